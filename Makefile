@@ -1,0 +1,47 @@
+# The two commands of the README: `make demo` and `make test`. Both install
+# what is missing first (Open vSwitch and tools from the OS packages, a
+# virtualenv with the project), so they work on a fresh Debian/Ubuntu box.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_WORKDIR ?= /tmp/bluefield-coordinator-demo
+SOURCES := coordinator tests proto
+
+.PHONY: test demo deps system-deps proto proto-check lint typecheck unit
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	@if ! command -v ovs-vswitchd >/dev/null || ! command -v ping >/dev/null || ! command -v ip >/dev/null \
+	     || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+	  echo "installing system packages (openvswitch-switch iputils-ping iproute2 python3-venv)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    openvswitch-switch iputils-ping iproute2 python3-venv >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: deps lint typecheck
+	$(BIN)/python -m pytest -q
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+demo: deps
+	$(BIN)/python -m coordinator.dev.demo --workdir $(DEMO_WORKDIR)

@@ -1,0 +1,1 @@
+"""The gRPC edge: TLS, caller identity, request validation, servicers."""

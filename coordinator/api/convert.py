@@ -1,0 +1,166 @@
+"""Proto <-> domain. Requests are validated here, at the edge; every error
+names the offending field."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator.errors import InvalidArgument
+from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.health import HealthReport
+from coordinator.service import AttachParams
+from coordinator.store.records import AttachmentRecord, AttachmentState, EventRecord, PolicyState, PoolStats
+
+T = TypeVar("T")
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+
+_KIND_TO_PB = {DeviceKind.VF: pb.DEVICE_KIND_VF, DeviceKind.SF: pb.DEVICE_KIND_SF}
+_KIND_FROM_PB = {
+    pb.DEVICE_KIND_UNSPECIFIED: None,
+    pb.DEVICE_KIND_VF: DeviceKind.VF,
+    pb.DEVICE_KIND_SF: DeviceKind.SF,
+}
+_STATE_TO_PB = {
+    AttachmentState.ATTACHING: pb.ATTACHMENT_STATE_ATTACHING,
+    AttachmentState.BOUND: pb.ATTACHMENT_STATE_BOUND,
+    AttachmentState.DETACHING: pb.ATTACHMENT_STATE_DETACHING,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_POLICY_TO_PB = {
+    PolicyState.APPLIED: pb.POLICY_STATE_APPLIED,
+    PolicyState.PENDING: pb.POLICY_STATE_PENDING,
+    PolicyState.STALE: pb.POLICY_STATE_STALE,
+    PolicyState.DEGRADED: pb.POLICY_STATE_DEGRADED,
+    PolicyState.BASELINE: pb.POLICY_STATE_BASELINE,
+}
+_INITIAL_FROM_PB = {
+    pb.INITIAL_POLICY_UNSPECIFIED: "",
+    pb.INITIAL_POLICY_WAIT_INITIAL: "WAIT_INITIAL",
+    pb.INITIAL_POLICY_BASELINE: "BASELINE",
+}
+
+
+def require_id(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "required")
+    if not ID_PATTERN.match(value):
+        raise InvalidArgument(
+            field, "must be 1-128 characters of letters, digits and ._:@/- starting with a letter or digit"
+        )
+    return value
+
+
+def optional_id(field: str, value: str) -> str:
+    return require_id(field, value) if value else ""
+
+
+def _enum(field: str, table: Mapping[Any, T], value: int) -> T:
+    if value not in table:
+        raise InvalidArgument(field, f"unknown value {value}")
+    return table[value]
+
+
+def attach_params(request: pb.AttachRequest) -> AttachParams:
+    kind = _enum("device_kind", _KIND_FROM_PB, request.device_kind)
+    initial = _enum("initial_policy", _INITIAL_FROM_PB, request.initial_policy)
+    if request.network_class and not ID_PATTERN.match(request.network_class):
+        raise InvalidArgument("network_class", "malformed network class name")
+    return AttachParams(
+        sandbox_id=require_id("sandbox_id", request.sandbox_id),
+        host_instance_id=require_id("host_instance_id", request.host_instance_id),
+        request_id=require_id("request_id", request.request_id),
+        kind=kind,
+        network_class=request.network_class,
+        initial_policy=initial,
+    )
+
+
+def detach_args(request: pb.DetachRequest) -> tuple[str, int]:
+    attachment_id = require_id("attachment_id", request.attachment_id)
+    if request.lease_generation < 1:
+        raise InvalidArgument("lease_generation", "required (>= 1): the generation Attach returned")
+    optional_id("host_instance_id", request.host_instance_id)
+    return attachment_id, request.lease_generation
+
+
+def list_filter_state(value: int) -> AttachmentState | None:
+    if value == pb.ATTACHMENT_STATE_UNSPECIFIED:
+        return None
+    return _enum("state", _STATE_FROM_PB, value)
+
+
+def timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def device_to_pb(device: DeviceSlot, mac: str) -> pb.Device:
+    return pb.Device(
+        kind=_KIND_TO_PB[device.kind],
+        controller=device.controller,
+        pf=device.pf,
+        vf_index=device.number if device.kind is DeviceKind.VF else 0,
+        sf_number=device.number if device.kind is DeviceKind.SF else 0,
+        host_pci_address=device.host_pci_address,
+        mac=mac,
+        representor=device.representor,
+    )
+
+
+def attachment_to_pb(record: AttachmentRecord) -> pb.Attachment:
+    return pb.Attachment(
+        attachment_id=record.attachment_id,
+        sandbox_id=record.sandbox_id,
+        host_instance_id=record.host_instance_id,
+        lease_generation=record.lease_generation,
+        device=device_to_pb(record.device, record.mac),
+        network_class=record.network_class,
+        policy=pb.PolicyStatus(
+            version=record.policy_version,
+            state=_POLICY_TO_PB[record.policy_state],
+            applied_at=timestamp(record.policy_applied_at),
+        ),
+        created_at=timestamp(record.created_at),
+        updated_at=timestamp(record.updated_at),
+        state=_STATE_TO_PB[record.state],
+        request_id=record.request_id,
+    )
+
+
+def event_to_pb(event: EventRecord) -> pb.AttachmentEvent:
+    return pb.AttachmentEvent(
+        seq=event.seq,
+        attachment_id=event.attachment_id,
+        sandbox_id=event.sandbox_id,
+        condition=pb.Condition(
+            type=event.type,
+            status=event.status,
+            reason=event.reason,
+            message=event.message,
+            last_transition=timestamp(event.time),
+        ),
+        time=timestamp(event.time),
+    )
+
+
+def health_to_pb(
+    report: HealthReport, pools: list[PoolStats], backend: str, version: str
+) -> pb.HealthResponse:
+    return pb.HealthResponse(
+        healthy=report.healthy,
+        checks=[
+            pb.HealthCheck(name=c.name, required=c.required, ok=c.ok, detail=c.detail) for c in report.checks
+        ],
+        pools=[pb.PoolCapacity(kind=_KIND_TO_PB[p.kind], total=p.total, free=p.free) for p in pools],
+        backend=backend,
+        version=version,
+    )

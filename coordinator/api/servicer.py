@@ -1,0 +1,155 @@
+"""The Coordinator gRPC service: authenticate, validate, call the service,
+map domain errors to status codes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+
+from coordinator import __version__
+from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.api import convert
+from coordinator.api.auth import Forbidden, RoleMap, Unauthenticated
+from coordinator.callers import Caller
+from coordinator.errors import (
+    AlreadyExists,
+    CoordinatorError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from coordinator.events import EventHub
+from coordinator.service import AttachmentService
+from coordinator.store.db import Store
+
+log = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[CoordinatorError], grpc.StatusCode], ...] = (
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+R = TypeVar("R")
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[Any, Any, Context], Awaitable[R]]
+
+
+def status_for(exc: CoordinatorError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def unary(handler: Handler[R]) -> Handler[R]:
+    @wraps(handler)
+    async def wrapper(self: Any, request: Any, context: Context) -> R:
+        try:
+            return await handler(self, request, context)
+        except CoordinatorError as exc:
+            await context.abort(status_for(exc), str(exc))
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+class CoordinatorServicer(pb_grpc.CoordinatorServicer):
+    def __init__(
+        self, service: AttachmentService, store: Store, events: EventHub, roles: RoleMap, backend_name: str
+    ) -> None:
+        self._service = service
+        self._store = store
+        self._events = events
+        self._roles = roles
+        self._backend_name = backend_name
+
+    async def _caller(self, context: Context) -> Caller:
+        try:
+            return self._roles.caller_from_auth_context(dict(context.auth_context()))
+        except Unauthenticated as exc:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except Forbidden as exc:
+            log.warning("rpc refused: %s", exc)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        raise AssertionError("unreachable")  # abort always raises
+
+    @unary
+    async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
+        await self._caller(context)
+        report = await self._service.health()
+        return convert.health_to_pb(report, self._service.pools(), self._backend_name, __version__)
+
+    @unary
+    async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.Attachment:
+        caller = await self._caller(context)
+        record = await self._service.attach(caller, convert.attach_params(request))
+        return convert.attachment_to_pb(record)
+
+    @unary
+    async def Detach(self, request: pb.DetachRequest, context: Context) -> pb.DetachResponse:
+        caller = await self._caller(context)
+        attachment_id, generation = convert.detach_args(request)
+        detached = await self._service.detach(caller, attachment_id, generation)
+        return pb.DetachResponse(detached=detached)
+
+    @unary
+    async def GetAttachment(self, request: pb.GetAttachmentRequest, context: Context) -> pb.Attachment:
+        caller = await self._caller(context)
+        attachment_id = convert.require_id("attachment_id", request.attachment_id)
+        return convert.attachment_to_pb(self._service.get(caller, attachment_id))
+
+    @unary
+    async def ListAttachments(
+        self, request: pb.ListAttachmentsRequest, context: Context
+    ) -> pb.ListAttachmentsResponse:
+        caller = await self._caller(context)
+        records = self._service.list(
+            caller,
+            sandbox_id=convert.optional_id("sandbox_id", request.sandbox_id),
+            host_instance_id=convert.optional_id("host_instance_id", request.host_instance_id),
+            state=convert.list_filter_state(request.state),
+        )
+        return pb.ListAttachmentsResponse(attachments=[convert.attachment_to_pb(r) for r in records])
+
+    @unary
+    async def Reconcile(self, request: pb.ReconcileRequest, context: Context) -> pb.ReconcileResponse:
+        await self._caller(context)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Reconcile is not implemented yet")
+        raise AssertionError("unreachable")
+
+    @unary
+    async def ExplainPacket(
+        self, request: pb.ExplainPacketRequest, context: Context
+    ) -> pb.ExplainPacketResponse:
+        await self._caller(context)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ExplainPacket is not implemented yet")
+        raise AssertionError("unreachable")
+
+    async def WatchAttachmentEvents(
+        self, request: pb.WatchAttachmentEventsRequest, context: Context
+    ) -> AsyncIterator[pb.AttachmentEvent]:
+        caller = await self._caller(context)
+        owner = None if caller.is_admin else caller.identity
+        seq = request.since_seq
+        while not self._events.closed:
+            batch = self._store.events_since(seq, owner=owner)
+            for event in batch:
+                yield convert.event_to_pb(event)
+                seq = event.seq
+            if not batch:
+                # Also wakes periodically: events of other owners advance
+                # nothing for this watcher but still notify.
+                await self._events.wait(timeout=5.0)

@@ -1,0 +1,122 @@
+"""Command line: serve, check, certs, dev."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from coordinator import __version__
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from coordinator.config import ConfigError, load_config
+    from coordinator.daemon import run_daemon
+    from coordinator.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"bluefield-coordinator: config error: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_daemon(config))
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from coordinator.config import ConfigError, config_to_mapping, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"bluefield-coordinator: config error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(config_to_mapping(config), indent=2))
+    return 0
+
+
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from coordinator.certs import init_dev_pki
+
+    pki = init_dev_pki(args.out, server_names=args.server_name or ["localhost"], force=args.force)
+    print(f"development PKI in {args.out}:")
+    for name, value in vars(pki).items():
+        print(f"  {name}: {value}")
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from coordinator.dev import env
+
+    try:
+        if args.dev_command == "up":
+            endpoint = env.dev_up(args.workdir, vfs=args.vfs, sfs=args.sfs, gateway=args.gateway)
+            print(json.dumps(vars(endpoint), indent=2))
+            return 0
+        if args.dev_command == "exec":
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not argv:
+                raise env.DevEnvError("dev exec: no command given after --")
+            return env.dev_exec(args.workdir, argv, attachment_id=args.attachment, uplink=args.uplink)
+        env.dev_down(args.workdir)
+        return 0
+    except env.DevEnvError as exc:
+        print(f"bluefield-coordinator: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bluefield-coordinator", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(func=_cmd_serve)
+
+    check = sub.add_parser("check", help="validate a config file and print the effective config")
+    check.add_argument("--config", type=Path, required=True)
+    check.set_defaults(func=_cmd_check)
+
+    certs = sub.add_parser("certs", help="development certificates")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init", help="issue a dev CA, server, host and admin certificates")
+    init.add_argument("--out", type=Path, required=True)
+    init.add_argument(
+        "--server-name", action="append", help="extra DNS name for the server cert (repeatable)"
+    )
+    init.add_argument("--force", action="store_true", help="replace existing files")
+    init.set_defaults(func=_cmd_certs_init)
+
+    dev = sub.add_parser("dev", help="the embedded default: everything on one box (root)")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_sub.add_parser("up", help="start (or restart what is not running)")
+    up.add_argument("--workdir", type=Path, required=True)
+    up.add_argument("--vfs", type=int, default=4)
+    up.add_argument("--sfs", type=int, default=4)
+    up.add_argument("--gateway", action="store_true", help="also run the reference policy gateway")
+    ex = dev_sub.add_parser("exec", help="run a command in a guest or the uplink namespace")
+    ex.add_argument("--workdir", type=Path, required=True)
+    where = ex.add_mutually_exclusive_group(required=True)
+    where.add_argument("--attachment", default="")
+    where.add_argument("--uplink", action="store_true")
+    ex.add_argument("argv", nargs=argparse.REMAINDER)
+    down = dev_sub.add_parser("down", help="stop and remove everything")
+    down.add_argument("--workdir", type=Path, required=True)
+    for p in (up, ex, down):
+        p.set_defaults(func=_cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

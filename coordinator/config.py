@@ -1,0 +1,225 @@
+"""The daemon's configuration: typed, with every default in this one file.
+
+A TOML file maps onto the dataclasses below section by section. An unknown
+key, a wrong type or an out-of-range value fails startup with the key's
+dotted name (``eswitch.emulated.vfs: expected an integer``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on the 3.10 BlueField images
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # host:port of the mTLS gRPC listener.
+    listen: str = "127.0.0.1:8443"
+    # Server certificate and key, and the CA bundle client certificates must chain to.
+    cert: str = "/etc/bluefield-coordinator/tls/server.pem"
+    key: str = "/etc/bluefield-coordinator/tls/server.key"
+    client_ca: str = "/etc/bluefield-coordinator/tls/ca.pem"
+    # Seconds in-flight RPCs get to finish on SIGTERM.
+    shutdown_grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Client identities (certificate SAN URI, else DNS name) per role.
+    admins: tuple[str, ...] = ()
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: str = "/var/lib/bluefield-coordinator/state.db"
+    # Events kept for resumable WatchAttachmentEvents.
+    event_log_size: int = 10000
+
+
+@dataclass(frozen=True)
+class OvsConfig:
+    # OVSDB endpoint (unix:PATH or tcp:HOST:PORT).
+    db: str = "unix:/var/run/openvswitch/db.sock"
+    # Directory holding BRIDGE.mgmt and ovs-vswitchd's control socket.
+    rundir: str = "/var/run/openvswitch"
+    bridge: str = "br-dpu"
+    datapath_type: Literal["system", "netdev"] = "system"
+    # Port that leads to the fabric; added to the bridge if missing.
+    uplink: str = "p0"
+    # Seconds an OVSDB transaction or ovs-ofctl call may take.
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class EmulatedConfig:
+    vfs: int = 4
+    sfs: int = 4
+    pf: int = 0
+    # Namespace the representor ends live in (where ovs-vswitchd runs); "" = the daemon's own.
+    switch_netns: str = ""
+    # Guest namespaces are named PREFIX + representor name.
+    guest_netns_prefix: str = "bfc-"
+
+
+@dataclass(frozen=True)
+class EswitchConfig:
+    backend: Literal["emulated", "switchdev"] = "emulated"
+    # Makes assigned MACs unique across DPUs on one fabric; "" = /etc/machine-id.
+    mac_salt: str = ""
+    emulated: EmulatedConfig = field(default_factory=EmulatedConfig)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    initial_policy: Literal["WAIT_INITIAL", "BASELINE"] = "BASELINE"
+    initial_policy_timeout_ms: int = 10000
+    network_class_defaults: str = "dpu-ovs-isolated"
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_attachments: int = 1024
+    max_attach_qps: float = 50.0
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    ovs: OvsConfig = field(default_factory=OvsConfig)
+    eswitch: EswitchConfig = field(default_factory=EswitchConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+# Range checks beyond types, by dotted key: (minimum, maximum).
+_RANGES: dict[str, tuple[float, float]] = {
+    "store.event_log_size": (100, 10_000_000),
+    "eswitch.emulated.vfs": (0, 1024),
+    "eswitch.emulated.sfs": (0, 1024),
+    "eswitch.emulated.pf": (0, 7),
+    "policy.initial_policy_timeout_ms": (1, 3_600_000),
+    "limits.max_attachments": (1, 65535),
+    "limits.max_attach_qps": (0.1, 100_000),
+    "ovs.timeout_s": (0.1, 600),
+    "server.shutdown_grace_s": (0, 600),
+}
+
+
+def _convert(key: str, hint: Any, value: Any) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, key)
+    if origin is Literal:
+        allowed = get_args(hint)
+        if value not in allowed:
+            raise ConfigError(key, f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
+        if not isinstance(value, list):
+            raise ConfigError(key, "expected a list")
+        return tuple(_convert(f"{key}[{i}]", item, v) for i, v in enumerate(value))
+    if origin in (Union, types.UnionType):
+        raise ConfigError(key, "unsupported union type")  # not used by Config
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, "expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, "expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, "expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, "expected a string")
+        return value
+    raise ConfigError(key, f"unsupported type {hint!r}")  # pragma: no cover
+
+
+def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix, "expected a table")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            dotted = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(dotted, "unknown key")
+    kwargs = {}
+    for name in names & raw.keys():
+        dotted = f"{prefix}.{name}" if prefix else name
+        value = _convert(dotted, hints[name], raw[name])
+        if dotted in _RANGES:
+            low, high = _RANGES[dotted]
+            if not low <= value <= high:
+                raise ConfigError(dotted, f"must be between {low:g} and {high:g}, got {value}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_mapping(raw: dict[str, Any]) -> Config:
+    config: Config = _build(Config, raw, "")
+    _check_cross_fields(config)
+    return config
+
+
+def _check_cross_fields(config: Config) -> None:
+    host, sep, port = config.server.listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError("server.listen", f"expected HOST:PORT, got {config.server.listen!r}")
+    if not config.ovs.db.startswith(("unix:", "tcp:", "ssl:")):
+        raise ConfigError("ovs.db", "expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")
+    overlap = set(config.auth.admins) & set(config.auth.hosts)
+    if overlap:
+        raise ConfigError("auth", f"identity in both admins and hosts: {sorted(overlap)[0]}")
+
+
+def load_config(path: Path) -> Config:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: invalid TOML: {exc}") from exc
+    return config_from_mapping(raw)
+
+
+def config_to_mapping(config: Config) -> dict[str, Any]:
+    """The effective configuration, for ``check`` to print."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        return value
+
+    def walk(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            out[f.name] = walk(value) if dataclasses.is_dataclass(value) else plain(value)
+        return out
+
+    return walk(config)

@@ -1,0 +1,89 @@
+"""Composition root: builds the adapters, runs the service and the gRPC
+server, and stops them in order on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from coordinator.api.auth import RoleMap
+from coordinator.api.server import start_server
+from coordinator.api.servicer import CoordinatorServicer
+from coordinator.config import Config
+from coordinator.eswitch.base import EswitchBackend, EswitchError
+from coordinator.eswitch.emulated import EmulatedEswitch
+from coordinator.events import EventHub
+from coordinator.flows.classes import load_network_classes
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.ovs.openflow import OpenFlowSwitch
+from coordinator.ovs.ovsdb import Ovsdb
+from coordinator.service import AttachmentService
+from coordinator.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def make_backend(config: Config) -> EswitchBackend:
+    if config.eswitch.backend == "emulated":
+        return EmulatedEswitch(config.eswitch.emulated)
+    raise EswitchError("eswitch.backend: the switchdev backend is not available in this build yet")
+
+
+def mac_salt(config: Config) -> str:
+    if config.eswitch.mac_salt:
+        return config.eswitch.mac_salt
+    try:
+        return Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        log.warning("no /etc/machine-id and no eswitch.mac_salt: MACs are unique on this DPU only")
+        return ""
+
+
+async def run_daemon(config: Config) -> int:
+    store = Store(Path(config.store.path), event_log_size=config.store.event_log_size)
+    # Backends use blocking netlink libraries that refuse to run on a thread
+    # with a running event loop: construct (and later call) them off-loop.
+    backend = await asyncio.to_thread(make_backend, config)
+    ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
+    events = EventHub()
+    try:
+        await ovsdb.connect()
+        openflow = OpenFlowSwitch(
+            f"unix:{config.ovs.rundir}/{config.ovs.bridge}.mgmt", timeout=config.ovs.timeout_s
+        )
+        service = AttachmentService(
+            config=config,
+            store=store,
+            backend=backend,
+            ovsdb=ovsdb,
+            openflow=openflow,
+            pipeline=load_pipeline(),
+            network_classes=load_network_classes(),
+            events=events,
+            mac_salt=mac_salt(config),
+        )
+        await service.start()
+        servicer = CoordinatorServicer(service, store, events, RoleMap(config.auth), backend.name)
+        server, port = await start_server(config.server, servicer)
+        log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
+        await _wait_for_signal()
+        log.info("stopping")
+        await events.close()
+        # Enforcement outlives the daemon: flows stay in OVS.
+        await server.stop(config.server.shutdown_grace_s)
+    finally:
+        await ovsdb.close()
+        backend.close()
+        store.close()
+    log.info("stopped")
+    return 0
+
+
+async def _wait_for_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

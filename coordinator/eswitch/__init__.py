@@ -1,0 +1,1 @@
+"""Eswitch backends: who owns the VF/SF functions and their representors."""

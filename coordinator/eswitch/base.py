@@ -1,0 +1,67 @@
+"""The interface every eswitch backend implements (emulated, switchdev)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class DeviceKind(enum.Enum):
+    VF = "vf"
+    SF = "sf"
+
+
+@dataclass(frozen=True)
+class DeviceSlot:
+    """A function the backend can hand out, and where it shows up.
+
+    VFs exist before they are claimed (the host creates them); SFs are
+    created on claim, so their representor name is known only then and
+    ``representor`` is the name the backend will give it.
+    """
+
+    kind: DeviceKind
+    controller: int
+    pf: int
+    number: int  # VF index or SF number
+    representor: str
+    host_pci_address: str = ""
+
+    @property
+    def device_id(self) -> str:
+        return f"{self.kind.value}:{self.controller}:{self.pf}:{self.number}"
+
+
+@dataclass(frozen=True)
+class HealthFact:
+    name: str
+    ok: bool
+    detail: str
+    required: bool
+
+
+class EswitchError(RuntimeError):
+    """A backend operation failed; the message says which step and device."""
+
+
+class EswitchBackend(Protocol):
+    name: str
+
+    def inventory(self) -> list[DeviceSlot]:
+        """Every function this eswitch can hand out (claimed or not)."""
+        ...
+
+    def prepare(self, slot: DeviceSlot, mac: str) -> str:
+        """Make the function usable with ``mac`` (create an SF, set the
+        function hw address); return the representor netdev name once it
+        exists. Idempotent for a slot that is already prepared."""
+        ...
+
+    def release(self, slot: DeviceSlot) -> None:
+        """Undo ``prepare`` (delete the SF, clear the address). Idempotent."""
+        ...
+
+    def health(self) -> list[HealthFact]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,131 @@
+"""The emulated eswitch: each VF/SF is a veth pair.
+
+The representor end sits in the switch's namespace (where ovs-vswitchd runs)
+and is plugged into OVS like a real representor; the function end sits in a
+namespace of its own that stands for the guest. VFs exist from start-up on
+(on a real DPU the host creates them); SFs are created on prepare and
+deleted on release, as devlink does on a BlueField.
+
+It drives iproute2 (``ip``) rather than netlink sockets: entering another
+network namespace from a library means forking the daemon, which a gRPC
+process must not do; ``ip -n NS`` is a clean fork+exec.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from coordinator.config import EmulatedConfig
+from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact
+
+FUNCTION_IFNAME = "eth0"
+SF_BASE_NUMBER = 1000  # BlueField numbers user SFs from here by convention
+IP_TIMEOUT_S = 10.0
+NETNS_DIR = Path("/run/netns")
+
+
+def _ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = ["ip", *(["-n", ns] if ns else []), *args]
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EswitchError(f"{' '.join(argv)}: {exc}") from exc
+    if check and result.returncode != 0:
+        raise EswitchError(f"{' '.join(argv)}: {result.stderr.strip()}")
+    return result
+
+
+def _netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+class EmulatedEswitch:
+    name = "emulated"
+
+    def __init__(self, config: EmulatedConfig) -> None:
+        self._config = config
+        self._switch_ns = config.switch_netns
+        if self._switch_ns and not _netns_exists(self._switch_ns):
+            raise EswitchError(f"eswitch.emulated.switch_netns: namespace {self._switch_ns!r} does not exist")
+        self._slots = [self._slot(DeviceKind.VF, i) for i in range(config.vfs)] + [
+            self._slot(DeviceKind.SF, SF_BASE_NUMBER + i) for i in range(config.sfs)
+        ]
+        for slot in self._slots:
+            if slot.kind is DeviceKind.VF:
+                self._ensure_pair(slot)
+
+    def _slot(self, kind: DeviceKind, number: int) -> DeviceSlot:
+        pf = self._config.pf
+        rep = f"pf{pf}vf{number}" if kind is DeviceKind.VF else f"en{pf}pf{pf}sf{number}"
+        return DeviceSlot(kind=kind, controller=0, pf=pf, number=number, representor=rep)
+
+    def guest_netns(self, slot: DeviceSlot) -> str:
+        return f"{self._config.guest_netns_prefix}{slot.representor}"
+
+    def _has_link(self, ns: str, ifname: str) -> bool:
+        return _ip(ns, "link", "show", "dev", ifname, check=False).returncode == 0
+
+    def _ensure_pair(self, slot: DeviceSlot) -> None:
+        guest = self.guest_netns(slot)
+        if not _netns_exists(guest):
+            _ip("", "netns", "add", guest)
+        if not self._has_link(self._switch_ns, slot.representor):
+            _ip(
+                self._switch_ns,
+                "link",
+                "add",
+                slot.representor,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                FUNCTION_IFNAME,
+                "netns",
+                guest,
+            )
+        _ip(self._switch_ns, "link", "set", "dev", slot.representor, "up")
+
+    def inventory(self) -> list[DeviceSlot]:
+        return list(self._slots)
+
+    def prepare(self, slot: DeviceSlot, mac: str) -> str:
+        self._ensure_pair(slot)
+        guest = self.guest_netns(slot)
+        _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up")
+        return slot.representor
+
+    def release(self, slot: DeviceSlot) -> None:
+        guest = self.guest_netns(slot)
+        if slot.kind is DeviceKind.SF:
+            if self._has_link(self._switch_ns, slot.representor):
+                _ip(self._switch_ns, "link", "del", "dev", slot.representor)
+            if _netns_exists(guest):
+                _ip("", "netns", "del", guest)
+        elif _netns_exists(guest) and self._has_link(guest, FUNCTION_IFNAME):
+            # A VF outlives its attachment: clear what the guest configured
+            # so the next tenant starts clean.
+            _ip(guest, "address", "flush", "dev", FUNCTION_IFNAME)
+            _ip(guest, "neigh", "flush", "dev", FUNCTION_IFNAME)
+            _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "down")
+
+    def health(self) -> list[HealthFact]:
+        missing = [
+            s.representor
+            for s in self._slots
+            if s.kind is DeviceKind.VF and not self._has_link(self._switch_ns, s.representor)
+        ]
+        detail = "all VF representors present" if not missing else f"missing: {', '.join(missing)}"
+        return [HealthFact("eswitch_representors", not missing, detail, required=False)]
+
+    def destroy(self) -> None:
+        """Remove every pair and guest namespace (dev down, tests)."""
+        for slot in self._slots:
+            if self._has_link(self._switch_ns, slot.representor):
+                _ip(self._switch_ns, "link", "del", "dev", slot.representor)
+            guest = self.guest_netns(slot)
+            if _netns_exists(guest):
+                _ip("", "netns", "del", guest)
+
+    def close(self) -> None:
+        pass

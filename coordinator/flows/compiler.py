@@ -1,0 +1,319 @@
+"""NetworkScope + attachment facts -> the attachment's flows (pure).
+
+The bridge-wide flows (uplink classification, flooding of ARP/ND, the
+default route to the uplink) carry the bridge cookie; every flow of one
+attachment carries that attachment's cookie so it can be read back,
+diffed and removed as a unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coordinator.flows.model import (
+    Ct,
+    CtClear,
+    CtCommit,
+    Drop,
+    Flood,
+    Flow,
+    FlowAction,
+    Goto,
+    Match,
+    Output,
+)
+from coordinator.flows.pipeline import Pipeline
+from coordinator.flows.rules import dns_rules, egress_side, ingress_side, rule_flows
+from coordinator.policy.scope import RuleAction, Scope
+
+# The top 16 bits of every cookie we install. Flows with this prefix are ours;
+# reconcile removes those that belong to no attachment.
+COOKIE_OWNER = 0xBFC0 << 48
+COOKIE_OWNER_MASK = 0xFFFF << 48
+MAX_SLOT = 0xFFFF  # slots double as conntrack zones, a 16-bit space
+
+ETH_ARP = "0x0806"
+ETH_IP = "0x0800"
+ETH_IPV6 = "0x86dd"
+PROTO_UDP = "17"
+PROTO_ICMPV6 = "58"
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+IPV6_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
+ZERO_MAC = "00:00:00:00:00:00"
+ND_SOLICIT = "135"
+ND_ADVERT = "136"
+ROUTER_ADVERT = "134"
+
+CT_INVALID = "+trk+inv"
+CT_ESTABLISHED = "+trk+est-inv"
+CT_RELATED = "+trk+rel-inv"
+CT_NEW = "+trk+new-est-rel-inv"
+
+
+def cookie_for_slot(slot: int) -> int:
+    if not 1 <= slot <= MAX_SLOT:
+        raise ValueError(f"slot {slot} outside 1..{MAX_SLOT}")
+    return COOKIE_OWNER | slot
+
+
+BRIDGE_COOKIE = COOKIE_OWNER
+
+
+@dataclass(frozen=True)
+class BridgeFacts:
+    uplink_ofport: int | None  # None: no uplink configured
+
+
+@dataclass(frozen=True)
+class PortFacts:
+    """What the compiler needs to know about one attachment's port."""
+
+    ofport: int
+    mac: str
+    zone: int
+    cookie: int
+
+
+class _Builder:
+    """Collects flows for one cookie with pipeline-checked priorities."""
+
+    def __init__(self, pipeline: Pipeline, cookie: int) -> None:
+        self.pipeline = pipeline
+        self.cookie = cookie
+        self.flows: list[Flow] = []
+
+    def add(self, table: str, priority: tuple[str, int], match: Match, *actions: FlowAction) -> None:
+        flow = Flow(
+            table=table,
+            priority=self.pipeline.priority(*priority),
+            match=match,
+            actions=actions,
+            cookie=self.cookie,
+        )
+        self.pipeline.check(flow)
+        self.flows.append(flow)
+
+
+def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
+    b = _Builder(pipeline, BRIDGE_COOKIE)
+    uplink = bridge.uplink_ofport
+    if uplink is not None:
+        b.add("classify", ("base", 0), (("in_port", str(uplink)),), Goto("ingress_classify"))
+    # Address resolution must reach every port; everything else is policed
+    # per attachment and never flooded (so a receiver's ingress policy is
+    # never bypassed by broadcast or multicast IP).
+    for table in ("forward", "ingress_classify"):
+        b.add(table, ("base", 10), (("dl_dst", BROADCAST), ("dl_type", ETH_ARP)), Flood())
+        for nd_type in (ND_SOLICIT, ND_ADVERT):
+            b.add(
+                table,
+                ("base", 10),
+                (
+                    ("dl_dst", IPV6_MULTICAST),
+                    ("dl_type", ETH_IPV6),
+                    ("nw_proto", PROTO_ICMPV6),
+                    ("icmpv6_type", nd_type),
+                ),
+                Flood(),
+            )
+    if uplink is not None:
+        b.add("forward", ("default_action", 0), (), Output(uplink))
+    return b.flows
+
+
+def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[Flow]:
+    b = _Builder(pipeline, port.cookie)
+    _classify(b, port)
+    _egress_spoof(b, port, scope)
+    _egress_conntrack(b, port, scope)
+    _forward(b, port)
+    _ingress(b, port, scope)
+    families = [f for f in (4, 6) if _own_networks(scope, f)]
+    slot = port.cookie & 0xFFFF
+    b.flows += rule_flows(
+        pipeline,
+        egress_side(port.ofport),
+        (*scope.egress, *dns_rules(scope)),
+        families,
+        cookie=port.cookie,
+        slot=slot,
+    )
+    b.flows += rule_flows(
+        pipeline, ingress_side(port.mac), scope.ingress, families, cookie=port.cookie, slot=slot
+    )
+    return b.flows
+
+
+def _own_networks(scope: Scope, version: int) -> list[str]:
+    nets = [n for n in scope.addresses if n.version == version]
+    return [str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets]
+
+
+def _classify(b: _Builder, port: PortFacts) -> None:
+    b.add("classify", ("base", 0), (("in_port", str(port.ofport)),), Goto("egress_spoof"))
+
+
+def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
+    src = (("in_port", str(port.ofport)),)
+    own_mac = (*src, ("dl_src", port.mac))
+    # A guest never serves DHCP or advertises routes.
+    b.add(
+        "egress_spoof",
+        ("guard", 0),
+        (*src, ("dl_type", ETH_IP), ("nw_proto", PROTO_UDP), ("tp_src", "67")),
+        Drop(),
+    )
+    b.add(
+        "egress_spoof",
+        ("guard", 0),
+        (*src, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", ROUTER_ADVERT)),
+        Drop(),
+    )
+    if scope.allow_dhcp:
+        b.add(
+            "egress_spoof",
+            ("base", 30),
+            (*own_mac, ("dl_type", ETH_IP), ("nw_proto", PROTO_UDP), ("tp_src", "68"), ("tp_dst", "67")),
+            Goto("forward"),
+        )
+    v4 = _own_networks(scope, 4)
+    arp = (*own_mac, ("dl_type", ETH_ARP), ("arp_sha", port.mac))
+    if v4:
+        for net in v4:
+            b.add("egress_spoof", ("base", 10), (*arp, ("arp_spa", net)), Goto("forward"))
+    else:
+        # No IPv4 address known yet (baseline, DHCP): ARP is limited to the
+        # assigned MAC only.
+        b.add("egress_spoof", ("base", 10), arp, Goto("forward"))
+    for net in v4:
+        b.add(
+            "egress_spoof", ("base", 0), (*own_mac, ("dl_type", ETH_IP), ("nw_src", net)), Goto("egress_ct")
+        )
+    v6 = _own_networks(scope, 6)
+    if v6:
+        for nd_type in (ND_SOLICIT, ND_ADVERT):
+            b.add(
+                "egress_spoof",
+                ("base", 20),
+                (*own_mac, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", nd_type)),
+                Goto("egress_nd"),
+            )
+        _egress_nd(b, port, v6)
+    for net in v6:
+        b.add(
+            "egress_spoof",
+            ("base", 0),
+            (*own_mac, ("dl_type", ETH_IPV6), ("ipv6_src", net)),
+            Goto("egress_ct"),
+        )
+
+
+def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
+    nd = (
+        ("in_port", str(port.ofport)),
+        ("dl_src", port.mac),
+        ("dl_type", ETH_IPV6),
+        ("nw_proto", PROTO_ICMPV6),
+    )
+    # Solicitations may ask for any neighbour but must name our own MAC
+    # (or none, for duplicate address detection).
+    for sll in (port.mac, ZERO_MAC):
+        b.add("egress_nd", ("base", 0), (*nd, ("icmpv6_type", ND_SOLICIT), ("nd_sll", sll)), Goto("forward"))
+    # Advertisements may only claim our own addresses for our own MAC.
+    for net in v6:
+        for tll in (port.mac, ZERO_MAC):
+            b.add(
+                "egress_nd",
+                ("base", 0),
+                (*nd, ("icmpv6_type", ND_ADVERT), ("nd_target", net), ("nd_tll", tll)),
+                Goto("forward"),
+            )
+
+
+def _ip_types(scope: Scope) -> list[str]:
+    types = []
+    if _own_networks(scope, 4):
+        types.append(ETH_IP)
+    if _own_networks(scope, 6):
+        types.append(ETH_IPV6)
+    return types
+
+
+def _egress_conntrack(b: _Builder, port: PortFacts, scope: Scope) -> None:
+    src = (("in_port", str(port.ofport)),)
+    for eth in _ip_types(scope):
+        b.add("egress_ct", ("base", 0), (*src, ("dl_type", eth)), Ct(port.zone, "egress_policy"))
+        _state_flows(b, "egress_policy", (*src, ("dl_type", eth)), Goto("forward"))
+        allow_new = scope.egress_default is RuleAction.ALLOW
+        b.add(
+            "egress_policy",
+            ("default_action", 0),
+            (*src, ("dl_type", eth), ("ct_state", CT_NEW)),
+            Goto("egress_commit") if allow_new else Drop(),
+        )
+        b.add("egress_commit", ("base", 0), (*src, ("dl_type", eth)), CtCommit(port.zone), Goto("forward"))
+
+
+def _state_flows(b: _Builder, table: str, match: Match, pass_action: FlowAction) -> None:
+    b.add(table, ("guard", 0), (*match, ("ct_state", CT_INVALID)), Drop())
+    b.add(table, ("base", 0), (*match, ("ct_state", CT_ESTABLISHED)), pass_action)
+    b.add(table, ("base", 0), (*match, ("ct_state", CT_RELATED)), pass_action)
+
+
+def _forward(b: _Builder, port: PortFacts) -> None:
+    # Local delivery re-enters at ingress_classify so the receiver's ingress
+    # policy and conntrack zone apply; the sender's ct state must not leak.
+    b.add("forward", ("base", 0), (("dl_dst", port.mac),), CtClear(), Goto("ingress_classify"))
+
+
+def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
+    dst = (("dl_dst", port.mac),)
+    deliver = Output(port.ofport)
+    b.add("ingress_classify", ("base", 10), (*dst, ("dl_type", ETH_ARP)), deliver)
+    if scope.allow_dhcp:
+        b.add(
+            "ingress_classify",
+            ("base", 10),
+            (*dst, ("dl_type", ETH_IP), ("nw_proto", PROTO_UDP), ("tp_src", "67"), ("tp_dst", "68")),
+            deliver,
+        )
+    if _own_networks(scope, 6):
+        for nd_type in (ND_SOLICIT, ND_ADVERT):
+            b.add(
+                "ingress_classify",
+                ("base", 10),
+                (*dst, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", nd_type)),
+                deliver,
+            )
+    for eth in _ip_types(scope):
+        b.add("ingress_classify", ("base", 0), (*dst, ("dl_type", eth)), Ct(port.zone, "ingress_policy"))
+        _state_flows(b, "ingress_policy", (*dst, ("dl_type", eth)), deliver)
+        allow_new = scope.ingress_default is RuleAction.ALLOW
+        b.add(
+            "ingress_policy",
+            ("default_action", 0),
+            (*dst, ("dl_type", eth), ("ct_state", CT_NEW)),
+            Goto("ingress_commit") if allow_new else Drop(),
+        )
+        b.add("ingress_commit", ("base", 0), (*dst, ("dl_type", eth)), CtCommit(port.zone), deliver)
+
+
+def parse_mac(value: str) -> str:
+    """Normalise a MAC to lower-case colon form; raise ValueError if bad."""
+    parts = value.strip().lower().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise ValueError(f"not a MAC address: {value!r}")
+    return ":".join(parts)
+
+
+__all__ = [
+    "BRIDGE_COOKIE",
+    "COOKIE_OWNER",
+    "COOKIE_OWNER_MASK",
+    "BridgeFacts",
+    "PortFacts",
+    "attachment_flows",
+    "bridge_flows",
+    "cookie_for_slot",
+    "parse_mac",
+]

@@ -1,0 +1,86 @@
+"""Flow values: what the compiler emits and the switch adapter installs.
+
+Actions are a closed set of small frozen types. Keeping the vocabulary closed
+is what makes the offload-safety rule enforceable: there is simply no way to
+express `controller`, `learn`, `sample`, hash actions or ct ALG helpers here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+Match = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Goto:
+    kind: ClassVar[str] = "goto"
+    table: str
+
+
+@dataclass(frozen=True)
+class Output:
+    kind: ClassVar[str] = "output"
+    port: int
+
+
+@dataclass(frozen=True)
+class Flood:
+    """All ports but the input port (OpenFlow ALL). The datapath sees plain
+    outputs, so it offloads like any output."""
+
+    kind: ClassVar[str] = "flood"
+
+
+@dataclass(frozen=True)
+class Ct:
+    """Send through conntrack in ``zone`` and continue in ``table``."""
+
+    kind: ClassVar[str] = "ct"
+    zone: int
+    table: str
+
+
+@dataclass(frozen=True)
+class CtCommit:
+    """Commit the connection in ``zone``; following actions continue."""
+
+    kind: ClassVar[str] = "ct_commit"
+    zone: int
+
+
+@dataclass(frozen=True)
+class CtClear:
+    kind: ClassVar[str] = "ct_clear"
+
+
+@dataclass(frozen=True)
+class Conjunction:
+    kind: ClassVar[str] = "conjunction"
+    conj_id: int
+    clause: int
+    n_clauses: int
+
+
+@dataclass(frozen=True)
+class Drop:
+    kind: ClassVar[str] = "drop"
+
+
+FlowAction = Goto | Output | Flood | Ct | CtCommit | CtClear | Conjunction | Drop
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One OpenFlow flow. ``match`` is an ordered tuple of (field, value)
+    pairs; prerequisites (dl_type, nw_proto) are spelled out explicitly."""
+
+    table: str
+    priority: int
+    match: Match
+    actions: tuple[FlowAction, ...]
+    cookie: int
+
+    def match_dict(self) -> dict[str, str]:
+        return dict(self.match)

@@ -1,0 +1,146 @@
+"""The pipeline declaration (ovs_programs/pipeline.yaml) and the check every
+emitted flow must pass against it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from coordinator.flows.model import Ct, Flow, Goto
+
+KNOWN_ACTIONS = frozenset({"goto", "output", "flood", "ct", "ct_commit", "ct_clear", "conjunction", "drop"})
+MISS_ACTIONS = frozenset({"drop"})
+
+
+class PipelineError(ValueError):
+    """The pipeline declaration itself is malformed."""
+
+
+class FlowViolation(ValueError):
+    """A flow breaks its table's declaration: a compiler bug, caught before
+    anything reaches the switch."""
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    number: int
+    match_fields: frozenset[str]
+    actions: frozenset[str]
+    next_tables: frozenset[str]
+    priority_ranges: tuple[tuple[int, int], ...]
+    miss: str
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    tables: tuple[Table, ...]
+    priorities: Mapping[str, tuple[int, int]]
+
+    def table(self, name: str) -> Table:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(f"no table named {name!r} in the pipeline")
+
+    def number(self, name: str) -> int:
+        return self.table(name).number
+
+    def priority(self, range_name: str, offset: int = 0) -> int:
+        low, high = self.priorities[range_name]
+        if not 0 <= offset <= high - low:
+            raise FlowViolation(f"priority offset {offset} outside range {range_name} [{low}, {high}]")
+        return low + offset
+
+    def check(self, flow: Flow) -> None:
+        try:
+            table = self.table(flow.table)
+        except KeyError as exc:
+            raise FlowViolation(str(exc)) from exc
+        where = f"flow in table {table.name} (priority {flow.priority}, match {dict(flow.match)})"
+        if not any(low <= flow.priority <= high for low, high in table.priority_ranges):
+            raise FlowViolation(f"{where}: priority outside the table's ranges")
+        for field_name, _ in flow.match:
+            if field_name not in table.match_fields:
+                raise FlowViolation(f"{where}: match field {field_name!r} not allowed here")
+        if not flow.actions:
+            raise FlowViolation(f"{where}: no actions")
+        for action in flow.actions:
+            if action.kind not in table.actions:
+                raise FlowViolation(f"{where}: action {action.kind!r} not allowed here")
+            if isinstance(action, Goto | Ct) and action.table not in table.next_tables:
+                raise FlowViolation(f"{where}: may not continue in table {action.table!r}")
+
+    def check_all(self, flows: Iterable[Flow]) -> None:
+        for flow in flows:
+            self.check(flow)
+
+
+def _str_list(raw: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PipelineError(f"{where}.{key}: expected a list of strings")
+    return value
+
+
+def parse_pipeline(raw: object) -> Pipeline:
+    if not isinstance(raw, dict):
+        raise PipelineError("pipeline: expected a mapping")
+    raw_priorities = raw.get("priorities")
+    if not isinstance(raw_priorities, dict):
+        raise PipelineError("priorities: expected a mapping of name to [low, high]")
+    priorities: dict[str, tuple[int, int]] = {}
+    for name, bounds in raw_priorities.items():
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, int) for b in bounds)):
+            raise PipelineError(f"priorities.{name}: expected [low, high]")
+        if not 0 <= bounds[0] <= bounds[1] <= 0xFFFF:
+            raise PipelineError(f"priorities.{name}: bounds out of order or range")
+        priorities[str(name)] = (bounds[0], bounds[1])
+    raw_tables = raw.get("tables")
+    if not isinstance(raw_tables, list) or not raw_tables:
+        raise PipelineError("tables: expected a non-empty list")
+    names = [t.get("name") if isinstance(t, dict) else None for t in raw_tables]
+    if len(set(names)) != len(names):
+        raise PipelineError("tables: duplicate table names")
+    tables = []
+    for number, raw_table in enumerate(raw_tables):
+        where = f"tables[{number}]"
+        if not isinstance(raw_table, dict) or not isinstance(raw_table.get("name"), str):
+            raise PipelineError(f"{where}.name: required")
+        actions = _str_list(raw_table, "actions", where)
+        unknown = set(actions) - KNOWN_ACTIONS
+        if unknown:
+            raise PipelineError(f"{where}.actions: unknown {sorted(unknown)}")
+        next_tables = _str_list(raw_table, "next", where)
+        for next_name in next_tables:
+            if next_name not in names or names.index(next_name) <= number:
+                raise PipelineError(f"{where}.next: {next_name!r} must be a later table")
+        ranges = []
+        for range_name in _str_list(raw_table, "priorities", where):
+            if range_name not in priorities:
+                raise PipelineError(f"{where}.priorities: unknown range {range_name!r}")
+            ranges.append(priorities[range_name])
+        miss = raw_table.get("miss", "drop")
+        if miss not in MISS_ACTIONS:
+            raise PipelineError(f"{where}.miss: must be one of {sorted(MISS_ACTIONS)}")
+        tables.append(
+            Table(
+                name=raw_table["name"],
+                number=number,
+                match_fields=frozenset(_str_list(raw_table, "match", where)),
+                actions=frozenset(actions),
+                next_tables=frozenset(next_tables),
+                priority_ranges=tuple(ranges),
+                miss=miss,
+            )
+        )
+    return Pipeline(tables=tuple(tables), priorities=priorities)
+
+
+def load_pipeline() -> Pipeline:
+    text = resources.files("coordinator.programs").joinpath("pipeline.yaml").read_text()
+    return parse_pipeline(yaml.safe_load(text))

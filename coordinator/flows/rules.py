@@ -1,0 +1,164 @@
+"""Egress/ingress rules -> policy-table flows (pure).
+
+Per rule and IP family, a rule has two dimensions: remote CIDRs and L4
+terms (protocol with port masks, or ICMP type/code). When both have more
+than one entry the rule becomes an OpenFlow conjunction - N + M + 1 flows
+instead of N x M; otherwise the cross product is at most N or M flows and is
+emitted directly.
+
+Deny beats allow by priority: every deny flow sits above every allow flow.
+Within a class, direct flows sit one above conjunctive ones so a direct flow
+never shares its exact match and priority with a conjunction clause (a flow
+cannot mix conjunction() with other actions). Identical clause flows of
+different rules at one priority are merged into one flow carrying several
+conjunction() actions, which OVS allows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from coordinator.flows.model import Conjunction, Drop, Flow, FlowAction, Goto, Match
+from coordinator.flows.pipeline import FlowViolation, Pipeline
+from coordinator.policy.portmask import ranges_to_masks
+from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
+
+ETH_BY_FAMILY = {4: "0x0800", 6: "0x86dd"}
+PROTO_NUMBER = {Protocol.TCP: "6", Protocol.UDP: "17", Protocol.ICMP: "1", Protocol.ICMPV6: "58"}
+CT_NEW = "+trk+new-est-rel-inv"
+DNS_PORT = 53
+MAX_RULE_INDEX = (1 << 14) - 1
+
+
+@dataclass(frozen=True)
+class Side:
+    """How one direction's policy table sees an attachment."""
+
+    name: str  # "egress" or "ingress"
+    table: str
+    commit_table: str
+    attachment: Match  # what identifies the attachment's packets in `table`
+    remote_v4: str  # the remote end's address field
+    remote_v6: str
+    bit: int  # distinguishes the directions inside conjunction ids
+
+
+def egress_side(ofport: int) -> Side:
+    return Side(
+        "egress", "egress_policy", "egress_commit", (("in_port", str(ofport)),), "nw_dst", "ipv6_dst", 0
+    )
+
+
+def ingress_side(mac: str) -> Side:
+    return Side("ingress", "ingress_policy", "ingress_commit", (("dl_dst", mac),), "nw_src", "ipv6_src", 1)
+
+
+def dns_rules(scope: Scope) -> tuple[Rule, ...]:
+    """The DNS toggle as implicit allow rules (deny rules still win)."""
+    if not scope.dns_servers:
+        return ()
+    servers = tuple(ipaddress.ip_network(a) for a in scope.dns_servers)
+    port = (PortRange(DNS_PORT, DNS_PORT),)
+    return tuple(
+        Rule(name="dns", action=RuleAction.ALLOW, cidrs=servers, protocol=p, ports=port)
+        for p in (Protocol.UDP, Protocol.TCP)
+    )
+
+
+def _port_text(value: int, mask: int) -> str:
+    return str(value) if mask == 0xFFFF else f"{value:#x}/{mask:#x}"
+
+
+def _l4_terms(rule: Rule, family: int) -> list[Match] | None:
+    """The rule's L4 alternatives for ``family``; None if it cannot match it."""
+    if rule.protocol is Protocol.ANY:
+        return [()]
+    if rule.protocol is Protocol.ICMP and family != 4:
+        return None
+    if rule.protocol is Protocol.ICMPV6 and family != 6:
+        return None
+    proto: Match = (("nw_proto", PROTO_NUMBER[rule.protocol]),)
+    if rule.protocol.has_ports:
+        if not rule.ports:
+            return [proto]
+        masks = ranges_to_masks((p.start, p.end) for p in rule.ports)
+        return [(*proto, ("tp_dst", _port_text(v, m))) for v, m in masks]
+    prefix = "icmp" if rule.protocol is Protocol.ICMP else "icmpv6"
+    term = proto
+    if rule.icmp_type is not None:
+        term = (*term, (f"{prefix}_type", str(rule.icmp_type)))
+    if rule.icmp_code is not None:
+        term = (*term, (f"{prefix}_code", str(rule.icmp_code)))
+    return [term]
+
+
+def _cidr_terms(rule: Rule, family: int, side: Side) -> list[Match] | None:
+    if not rule.cidrs:
+        return [()]
+    field = side.remote_v4 if family == 4 else side.remote_v6
+    nets = [n for n in rule.cidrs if n.version == family]
+    if not nets:
+        return None
+    return [((field, str(n.network_address) if n.num_addresses == 1 else str(n)),) for n in nets]
+
+
+def rule_flows(
+    pipeline: Pipeline,
+    side: Side,
+    rules: Sequence[Rule],
+    families: Iterable[int],
+    *,
+    cookie: int,
+    slot: int,
+) -> list[Flow]:
+    """The flows deciding new connections by ``rules`` (deny before allow)."""
+    if len(rules) > MAX_RULE_INDEX:
+        raise FlowViolation(f"{side.name}: {len(rules)} rules exceed the conjunction id space")
+    merged: dict[tuple[int, Match], list[FlowAction]] = {}
+
+    def emit(priority: int, match: Match, action: FlowAction) -> None:
+        merged.setdefault((priority, match), []).append(action)
+
+    for family in families:
+        common: Match = (*side.attachment, ("dl_type", ETH_BY_FAMILY[family]), ("ct_state", CT_NEW))
+        for index, rule in enumerate(rules):
+            cidrs = _cidr_terms(rule, family, side)
+            l4 = _l4_terms(rule, family)
+            if cidrs is None or l4 is None:
+                continue
+            deny = rule.action is RuleAction.DENY
+            verdict: FlowAction = Drop() if deny else Goto(side.commit_table)
+            base = pipeline.priority("deny_rule" if deny else "allow_rule")
+            if len(cidrs) > 1 and len(l4) > 1:
+                conj_id = (slot << 16) | (side.bit << 15) | ((family == 6) << 14) | index
+                for term in cidrs:
+                    emit(base, (*common, *term), Conjunction(conj_id, 1, 2))
+                for term in l4:
+                    emit(base, (*common, *term), Conjunction(conj_id, 2, 2))
+                emit(base, (*common, ("conj_id", str(conj_id))), verdict)
+            else:
+                for c in cidrs:
+                    for t in l4:
+                        emit(base + 1, (*common, *c, *t), verdict)
+    return [
+        _merge(pipeline, side.table, priority, match, actions, cookie)
+        for (priority, match), actions in merged.items()
+    ]
+
+
+def _merge(
+    pipeline: Pipeline, table: str, priority: int, match: Match, actions: list[FlowAction], cookie: int
+) -> Flow:
+    conj = sorted({a for a in actions if isinstance(a, Conjunction)}, key=lambda a: (a.conj_id, a.clause))
+    plain = set(actions) - set(conj)
+    if conj and plain:
+        raise FlowViolation(f"{table} priority {priority} {dict(match)}: conjunction mixed with {plain}")
+    if len(plain) > 1:
+        raise FlowViolation(f"{table} priority {priority} {dict(match)}: conflicting actions {plain}")
+    flow = Flow(
+        table=table, priority=priority, match=match, actions=tuple(conj) or tuple(plain), cookie=cookie
+    )
+    pipeline.check(flow)
+    return flow

@@ -1,0 +1,1 @@
+"""Adapters to Open vSwitch: OVSDB (ovsdbapp) and OpenFlow (ovs-ofctl)."""

@@ -1,0 +1,78 @@
+"""The validated, immutable form of a NetworkScope (DESIGN §4).
+
+Everything downstream of validation (compiler, evaluator, store) works on
+these types, never on protobuf messages, so a policy that got this far is
+known to be well-formed.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class RuleAction(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Protocol(enum.Enum):
+    ANY = "any"
+    TCP = "tcp"
+    UDP = "udp"
+    ICMP = "icmp"
+    ICMPV6 = "icmpv6"
+
+    @property
+    def has_ports(self) -> bool:
+        return self in (Protocol.TCP, Protocol.UDP)
+
+    @property
+    def is_icmp(self) -> bool:
+        return self in (Protocol.ICMP, Protocol.ICMPV6)
+
+
+@dataclass(frozen=True, order=True)
+class PortRange:
+    """Inclusive range of L4 ports, 1 <= start <= end <= 65535."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One egress or ingress rule. Empty ``cidrs`` means any address; empty
+    ``ports`` means any port. ``icmp_type``/``icmp_code`` only for ICMP."""
+
+    name: str
+    action: RuleAction
+    cidrs: tuple[IPNetwork, ...] = ()
+    protocol: Protocol = Protocol.ANY
+    ports: tuple[PortRange, ...] = ()
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    kbps: int
+    burst_kb: int
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A sandbox's L2/L3/L4 policy. Defaults deny in both directions."""
+
+    version: int = 0
+    addresses: tuple[IPNetwork, ...] = ()
+    egress: tuple[Rule, ...] = ()
+    ingress: tuple[Rule, ...] = ()
+    egress_default: RuleAction = RuleAction.DENY
+    ingress_default: RuleAction = RuleAction.DENY
+    allow_dhcp: bool = False
+    dns_servers: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    egress_rate_limit: RateLimit | None = field(default=None)

@@ -1,0 +1,315 @@
+"""The attachment service: Attach, Detach, Get, List, Health.
+
+Orchestrates store, eswitch backend and switch. Each mutation follows the
+same shape: decide and claim in one store transaction, act on the world,
+record the outcome; on failure undo what was done so bad input or a failed
+step never leaves a claimed device, a port or flows behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coordinator.callers import Caller
+from coordinator.config import Config
+from coordinator.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchError, HealthFact
+from coordinator.eswitch.mac import mac_for_device
+from coordinator.events import EventHub
+from coordinator.flows.compiler import (
+    BRIDGE_COOKIE,
+    BridgeFacts,
+    PortFacts,
+    attachment_flows,
+    bridge_flows,
+    cookie_for_slot,
+)
+from coordinator.flows.pipeline import Pipeline
+from coordinator.flows.render import render_flows
+from coordinator.health import HealthReport, ovs_checks
+from coordinator.leases import DetachDecision, decide_detach
+from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
+from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, SANDBOX_KEY, Ovsdb, OvsdbError
+from coordinator.policy.scope import Scope
+from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store
+from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats
+
+log = logging.getLogger(__name__)
+
+ROLE_KEY = "bluefield-coordinator-role"
+HEALTH_TTL_S = 1.0
+
+
+@dataclass(frozen=True)
+class AttachParams:
+    sandbox_id: str
+    host_instance_id: str
+    request_id: str
+    kind: DeviceKind | None
+    network_class: str  # "" = configured default
+    initial_policy: str  # "" = configured default; "BASELINE" or "WAIT_INITIAL"
+
+
+class AttachmentService:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        backend: EswitchBackend,
+        ovsdb: Ovsdb,
+        openflow: OpenFlowSwitch,
+        pipeline: Pipeline,
+        network_classes: Mapping[str, Scope],
+        events: EventHub,
+        mac_salt: str,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._backend = backend
+        self._ovsdb = ovsdb
+        self._openflow = openflow
+        self._pipeline = pipeline
+        self._classes = network_classes
+        self._events = events
+        self._mac_salt = mac_salt
+        # One mutation at a time: simple and correct for now; attaches are
+        # tens of milliseconds.
+        self._lock = asyncio.Lock()
+        self._uplink_ofport: int | None = None
+        self._health: tuple[float, HealthReport] | None = None
+
+    # -- start-up -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring the bridge and every stored attachment to their intended
+        state: finish what a crash interrupted, re-install flows."""
+        cfg = self._config.ovs
+        self._store.sync_devices(self._backend.inventory())
+        await self._ovsdb.ensure_bridge(cfg.bridge, cfg.datapath_type)
+        if cfg.uplink:
+            self._uplink_ofport = await self._ovsdb.ensure_port(
+                cfg.bridge, cfg.uplink, {OWNER_KEY: OWNER_VALUE, ROLE_KEY: "uplink"}
+            )
+        await self._install_bridge_flows()
+        for record in self._store.list_attachments():
+            if record.state is AttachmentState.BOUND:
+                await self._install(record)
+            else:
+                # ATTACHING: the client never got an answer; DETACHING: the
+                # client asked for it to go. Either way, finish removing it.
+                await self._teardown(record)
+                self._store.delete_attachment(
+                    record.attachment_id,
+                    reason="RolledBack",
+                    message=f"{record.state.value} interrupted by a restart",
+                )
+        await self._events.notify()
+
+    async def _install_bridge_flows(self) -> None:
+        flows = bridge_flows(self._pipeline, BridgeFacts(uplink_ofport=self._uplink_ofport))
+        await self._openflow.sync(BRIDGE_COOKIE, render_flows(flows, self._pipeline))
+
+    # -- health ---------------------------------------------------------------
+
+    async def health(self, *, fresh: bool = True) -> HealthReport:
+        now = time.monotonic()
+        if not fresh and self._health and now - self._health[0] < HEALTH_TTL_S:
+            return self._health[1]
+        checks: list[HealthFact] = []
+        try:
+            facts = await self._ovsdb.bridge_facts(self._config.ovs.bridge)
+            error = ""
+        except OvsdbError as exc:
+            facts, error = None, str(exc)
+        hw_required = self._backend.name == "switchdev"
+        checks += ovs_checks(facts, error, self._config.ovs.bridge, hw_offload_required=hw_required)
+        try:
+            await self._openflow.ping()
+            checks.append(HealthFact("openflow_reachable", True, "bridge answers OpenFlow", required=True))
+        except OpenFlowError as exc:
+            checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))
+        checks += await asyncio.to_thread(self._backend.health)
+        report = HealthReport(tuple(checks))
+        self._health = (now, report)
+        return report
+
+    def pools(self) -> list[PoolStats]:
+        return self._store.pool_stats()
+
+    # -- attach -----------------------------------------------------------------
+
+    async def attach(self, caller: Caller, params: AttachParams) -> AttachmentRecord:
+        network_class = params.network_class or self._config.policy.network_class_defaults
+        if network_class not in self._classes:
+            raise InvalidArgument(
+                "network_class",
+                f"unknown network class {network_class!r} (known: {', '.join(sorted(self._classes))})",
+            )
+        initial = params.initial_policy or self._config.policy.initial_policy
+        if initial == "WAIT_INITIAL":
+            raise FailedPrecondition(
+                "initial_policy WAIT_INITIAL needs the policy gateway stream, "
+                "which this coordinator does not run yet; use BASELINE"
+            )
+        async with self._lock:
+            existing = self._store.find_by_request(caller.identity, params.request_id)
+            if existing is not None:
+                return self._replay(existing, params, network_class)
+            report = await self.health(fresh=False)
+            failing = report.failing_required()
+            if failing:
+                names = ", ".join(f"{c.name} ({c.detail})" for c in failing)
+                raise FailedPrecondition(f"required health checks failing: {names}")
+            new = NewAttachment(
+                attachment_id=str(uuid.uuid4()),
+                owner=caller.identity,
+                request_id=params.request_id,
+                sandbox_id=params.sandbox_id,
+                host_instance_id=params.host_instance_id,
+                kind=params.kind,
+                network_class=network_class,
+            )
+            try:
+                record = self._store.create_attachment(
+                    new,
+                    mac_for=lambda s: mac_for_device(self._mac_salt, s.kind, s.controller, s.pf, s.number),
+                    max_attachments=self._config.limits.max_attachments,
+                )
+            except (PoolExhausted, AttachmentLimitReached) as exc:
+                raise ResourceExhausted(str(exc)) from exc
+            await self._events.notify()
+            try:
+                record = await self._install(record)
+            except BaseException as exc:
+                await self._undo_attach(record, exc)
+                raise
+        await self._events.notify()
+        log.info("attached", extra={"attachment_id": record.attachment_id, "sandbox_id": record.sandbox_id})
+        return record
+
+    def _replay(
+        self, existing: AttachmentRecord, params: AttachParams, network_class: str
+    ) -> AttachmentRecord:
+        same = (
+            existing.sandbox_id == params.sandbox_id
+            and existing.host_instance_id == params.host_instance_id
+            and existing.network_class == network_class
+            and (params.kind is None or existing.device.kind is params.kind)
+        )
+        if not same:
+            raise AlreadyExists(
+                f"request_id {params.request_id!r} was already used for a different Attach "
+                f"(attachment {existing.attachment_id})"
+            )
+        return existing
+
+    async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
+        """Prepare the device, plug the representor, install and verify the
+        baseline flows, mark BOUND. Idempotent: also used to re-install."""
+        try:
+            rep = await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
+            ofport = await self._ovsdb.ensure_port(self._config.ovs.bridge, rep, self._port_ids(record))
+            scope = self._classes[record.network_class]
+            port = PortFacts(
+                ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot)
+            )
+            flows = attachment_flows(self._pipeline, port, scope)
+            await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
+        except (EswitchError, OvsdbError, OpenFlowError) as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        if record.state is AttachmentState.BOUND and record.ofport == ofport:
+            return record
+        return self._store.mark_bound(
+            record.attachment_id, ofport=ofport, policy_state=PolicyState.BASELINE, policy_version=0
+        )
+
+    async def _undo_attach(self, record: AttachmentRecord, cause: BaseException) -> None:
+        try:
+            await self._teardown(record)
+            self._store.delete_attachment(record.attachment_id, reason="AttachFailed", message=str(cause))
+        except Exception:
+            # Left ATTACHING in the store: the next start-up rolls it back.
+            log.exception("rollback of attachment %s failed", record.attachment_id)
+        await self._events.notify()
+
+    def _port_ids(self, record: AttachmentRecord) -> dict[str, str]:
+        return {
+            OWNER_KEY: OWNER_VALUE,
+            ROLE_KEY: "attachment",
+            ATTACHMENT_KEY: record.attachment_id,
+            SANDBOX_KEY: record.sandbox_id,
+        }
+
+    async def _teardown(self, record: AttachmentRecord) -> None:
+        """Flows first (the port then carries no traffic: the bridge is
+        fail-secure), then the port, then the device. Each step idempotent."""
+        try:
+            await self._openflow.delete(cookie_for_slot(record.slot))
+            await self._ovsdb.delete_port(self._config.ovs.bridge, record.device.representor)
+            await asyncio.to_thread(self._backend.release, record.device)
+        except (EswitchError, OvsdbError, OpenFlowError) as exc:
+            raise Unavailable(f"detaching {record.attachment_id}: {exc}") from exc
+
+    # -- detach -------------------------------------------------------------------
+
+    async def detach(self, caller: Caller, attachment_id: str, generation: int) -> bool:
+        """True if detached now, False if it already was (idempotent)."""
+        async with self._lock:
+            record = self._store.get(attachment_id)
+            fence = self._store.fence(attachment_id)
+            owner = record.owner if record else fence.owner if fence else None
+            if owner is None or not caller.may_see(owner):
+                raise NotFound(f"attachment {attachment_id} not found")
+            decision = decide_detach(generation, fence.generation if fence else None, record is not None)
+            current = fence.generation if fence else 0
+            if decision is DetachDecision.STALE:
+                raise FailedPrecondition(
+                    f"stale lease generation: {generation} is older than the current "
+                    f"generation {current} of attachment {attachment_id}"
+                )
+            if decision is DetachDecision.NEVER_ISSUED:
+                raise FailedPrecondition(
+                    f"lease generation {generation} was never issued for attachment "
+                    f"{attachment_id} (current {current})"
+                )
+            if decision is DetachDecision.NOT_FOUND:
+                raise NotFound(f"attachment {attachment_id} not found")
+            if decision is DetachDecision.ALREADY_DETACHED or record is None:
+                return False
+            record = self._store.mark_detaching(attachment_id)
+            await self._teardown(record)
+            self._store.delete_attachment(
+                attachment_id, reason="Detached", message=f"detached by {caller.identity}"
+            )
+        await self._events.notify()
+        log.info("detached", extra={"attachment_id": attachment_id, "sandbox_id": record.sandbox_id})
+        return True
+
+    # -- queries -------------------------------------------------------------------
+
+    def get(self, caller: Caller, attachment_id: str) -> AttachmentRecord:
+        record = self._store.get(attachment_id)
+        if record is None or not caller.may_see(record.owner):
+            raise NotFound(f"attachment {attachment_id} not found")
+        return record
+
+    def list(
+        self, caller: Caller, *, sandbox_id: str, host_instance_id: str, state: AttachmentState | None
+    ) -> list[AttachmentRecord]:
+        owner = None if caller.is_admin else caller.identity
+        return self._store.list_attachments(
+            owner=owner, sandbox_id=sandbox_id, host_instance_id=host_instance_id, state=state
+        )

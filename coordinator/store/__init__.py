@@ -1,0 +1,1 @@
+"""The SQLite store: attachments, lease fences, the device pool, events."""

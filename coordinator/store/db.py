@@ -1,0 +1,415 @@
+"""SQLite store (DESIGN §6): WAL, synchronous=FULL, migrations, integrity
+check at open. Every multi-step change is one transaction, so a crash leaves
+either all of it or none of it."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.leases import next_generation
+from coordinator.store.records import (
+    AttachmentRecord,
+    AttachmentState,
+    EventRecord,
+    Fence,
+    NewAttachment,
+    PolicyState,
+    PoolStats,
+)
+from coordinator.store.schema import MIGRATIONS
+
+MAX_SLOT = 0xFFFF
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class PoolExhausted(StoreError):
+    pass
+
+
+class AttachmentLimitReached(StoreError):
+    pass
+
+
+class Store:
+    def __init__(
+        self, path: Path, *, event_log_size: int = 10000, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._path = path
+        self._event_log_size = event_log_size
+        self._clock = clock
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
+        # write lock is taken before any read a decision depends on.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._check_integrity()
+        self._migrate()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _check_integrity(self) -> None:
+        result = self._db.execute("PRAGMA integrity_check").fetchone()[0]
+        if result != "ok":
+            raise StoreError(f"store {self._path} failed its integrity check: {result}")
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StoreError(
+                f"store {self._path} has schema version {current}, newer than this daemon knows "
+                f"({len(MIGRATIONS)}); refusing to touch it"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            with self._txn() as db:
+                for statement in MIGRATIONS[version - 1].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={version}")
+
+    @contextmanager
+    def _txn(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- device pool -------------------------------------------------------
+
+    def sync_devices(self, slots: list[DeviceSlot]) -> None:
+        """Record the backend's inventory; devices no longer offered are kept
+        (a claimed one must stay referable) but marked absent."""
+        with self._txn() as db:
+            db.execute("UPDATE devices SET present = 0")
+            for s in slots:
+                db.execute(
+                    """INSERT INTO devices (device_id, kind, controller, pf, number, representor,
+                                            host_pci_address, present)
+                       VALUES (?, ?, ?, ?, ?, ?, ?, 1)
+                       ON CONFLICT (device_id) DO UPDATE SET representor = excluded.representor,
+                           host_pci_address = excluded.host_pci_address, present = 1""",
+                    (
+                        s.device_id,
+                        s.kind.value,
+                        s.controller,
+                        s.pf,
+                        s.number,
+                        s.representor,
+                        s.host_pci_address,
+                    ),
+                )
+
+    def pool_stats(self) -> list[PoolStats]:
+        rows = self._db.execute(
+            """SELECT d.kind, COUNT(*) AS total, SUM(a.attachment_id IS NULL) AS free
+               FROM devices d LEFT JOIN attachments a ON a.device_id = d.device_id
+               WHERE d.present = 1 GROUP BY d.kind"""
+        ).fetchall()
+        by_kind = {r["kind"]: (r["total"], r["free"]) for r in rows}
+        return [PoolStats(k, *by_kind.get(k.value, (0, 0))) for k in DeviceKind]
+
+    # -- attachments -------------------------------------------------------
+
+    def create_attachment(
+        self, new: NewAttachment, *, mac_for: Callable[[DeviceSlot], str], max_attachments: int
+    ) -> AttachmentRecord:
+        """Claim a free device, a slot and a lease generation, insert the
+        ATTACHING row and its event: all in one transaction."""
+        now = self._clock()
+        with self._txn() as db:
+            (count,) = db.execute("SELECT COUNT(*) FROM attachments").fetchone()
+            if count >= max_attachments:
+                raise AttachmentLimitReached(f"max_attachments ({max_attachments}) reached")
+            kinds = [new.kind.value] if new.kind else [k.value for k in DeviceKind]
+            row = db.execute(
+                f"""SELECT d.* FROM devices d LEFT JOIN attachments a ON a.device_id = d.device_id
+                    WHERE a.attachment_id IS NULL AND d.present = 1
+                      AND d.kind IN ({",".join("?" * len(kinds))})
+                    ORDER BY d.kind = 'sf', d.pf, d.number LIMIT 1""",
+                kinds,
+            ).fetchone()
+            if row is None:
+                wanted = new.kind.value.upper() if new.kind else "VF or SF"
+                raise PoolExhausted(f"no free {wanted} device")
+            slot = _device_from_row(row)
+            fence = db.execute(
+                "SELECT generation FROM lease_fences WHERE attachment_id = ?", (new.attachment_id,)
+            ).fetchone()
+            generation = next_generation(fence[0] if fence else None)
+            db.execute(
+                """INSERT INTO lease_fences (attachment_id, owner, sandbox_id, generation) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (attachment_id) DO UPDATE SET generation = excluded.generation,
+                       detached_at = NULL""",
+                (new.attachment_id, new.owner, new.sandbox_id, generation),
+            )
+            slot_number = self._free_slot(db)
+            db.execute(
+                """INSERT INTO attachments (attachment_id, owner, request_id, sandbox_id, host_instance_id,
+                       lease_generation, device_id, mac, slot, network_class, state, created_at, updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'ATTACHING', ?, ?)""",
+                (
+                    new.attachment_id,
+                    new.owner,
+                    new.request_id,
+                    new.sandbox_id,
+                    new.host_instance_id,
+                    generation,
+                    slot.device_id,
+                    mac_for(slot),
+                    slot_number,
+                    new.network_class,
+                    now,
+                    now,
+                ),
+            )
+            self._append_event(
+                db,
+                new.attachment_id,
+                new.sandbox_id,
+                new.owner,
+                "DpuAttachInProgress",
+                True,
+                "Attaching",
+                f"claimed {slot.kind.value.upper()} {slot.device_id}",
+            )
+        record = self.get(new.attachment_id)
+        if record is None:  # pragma: no cover - just inserted
+            raise StoreError("attachment vanished after insert")
+        return record
+
+    @staticmethod
+    def _free_slot(db: sqlite3.Connection) -> int:
+        # Lowest unused slot: slots are reused only after their attachment
+        # (and so its cookie and conntrack zone) is gone.
+        row = db.execute(
+            """SELECT 1 AS s WHERE NOT EXISTS (SELECT 1 FROM attachments WHERE slot = 1)
+               UNION ALL
+               SELECT a.slot + 1 FROM attachments a
+               WHERE a.slot < ? AND NOT EXISTS (SELECT 1 FROM attachments b WHERE b.slot = a.slot + 1)
+               ORDER BY s LIMIT 1""",
+            (MAX_SLOT,),
+        ).fetchone()
+        if row is None:
+            raise AttachmentLimitReached("no free conntrack zone")
+        return int(row[0])
+
+    def get(self, attachment_id: str) -> AttachmentRecord | None:
+        row = self._db.execute(_SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
+        return _attachment_from_row(row) if row else None
+
+    def find_by_request(self, owner: str, request_id: str) -> AttachmentRecord | None:
+        row = self._db.execute(
+            _SELECT_ATTACHMENT + " WHERE a.owner = ? AND a.request_id = ?", (owner, request_id)
+        ).fetchone()
+        return _attachment_from_row(row) if row else None
+
+    def list_attachments(
+        self,
+        *,
+        owner: str | None = None,
+        sandbox_id: str = "",
+        host_instance_id: str = "",
+        state: AttachmentState | None = None,
+    ) -> list[AttachmentRecord]:
+        clauses, params = [], []
+        for column, value in (
+            ("a.owner", owner),
+            ("a.sandbox_id", sandbox_id),
+            ("a.host_instance_id", host_instance_id),
+            ("a.state", state.value if state else None),
+        ):
+            if value:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.execute(
+            _SELECT_ATTACHMENT + where + " ORDER BY a.created_at, a.attachment_id", params
+        )
+        return [_attachment_from_row(r) for r in rows]
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM attachments").fetchone()[0])
+
+    def mark_bound(
+        self, attachment_id: str, *, ofport: int, policy_state: PolicyState, policy_version: int
+    ) -> AttachmentRecord:
+        now = self._clock()
+        with self._txn() as db:
+            db.execute(
+                """UPDATE attachments SET state = 'BOUND', ofport = ?, policy_state = ?, policy_version = ?,
+                       policy_applied_at = ?, updated_at = ? WHERE attachment_id = ?""",
+                (ofport, policy_state.value, policy_version, now, now, attachment_id),
+            )
+            record = self._require(db, attachment_id)
+            self._append_event(
+                db,
+                attachment_id,
+                record.sandbox_id,
+                record.owner,
+                "DpuAttachmentBound",
+                True,
+                "Bound",
+                f"representor {record.device.representor} on ofport {ofport}",
+            )
+        return record
+
+    def mark_detaching(self, attachment_id: str) -> AttachmentRecord:
+        with self._txn() as db:
+            db.execute(
+                "UPDATE attachments SET state = 'DETACHING', updated_at = ? WHERE attachment_id = ?",
+                (self._clock(), attachment_id),
+            )
+            return self._require(db, attachment_id)
+
+    def delete_attachment(self, attachment_id: str, *, reason: str, message: str) -> None:
+        """Remove the row (freeing its device and slot); the fence stays."""
+        now = self._clock()
+        with self._txn() as db:
+            record = self._require(db, attachment_id)
+            db.execute("DELETE FROM attachments WHERE attachment_id = ?", (attachment_id,))
+            db.execute(
+                "UPDATE lease_fences SET detached_at = ? WHERE attachment_id = ?", (now, attachment_id)
+            )
+            self._append_event(
+                db,
+                attachment_id,
+                record.sandbox_id,
+                record.owner,
+                "DpuAttachmentBound",
+                False,
+                reason,
+                message,
+            )
+
+    def _require(self, db: sqlite3.Connection, attachment_id: str) -> AttachmentRecord:
+        row = db.execute(_SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"attachment {attachment_id} not in the store")
+        return _attachment_from_row(row)
+
+    def fence(self, attachment_id: str) -> Fence | None:
+        row = self._db.execute(
+            "SELECT * FROM lease_fences WHERE attachment_id = ?", (attachment_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Fence(
+            row["attachment_id"], row["owner"], row["sandbox_id"], row["generation"], row["detached_at"]
+        )
+
+    # -- events ------------------------------------------------------------
+
+    def append_event(
+        self, record: AttachmentRecord, type_: str, status: bool, reason: str, message: str
+    ) -> None:
+        with self._txn() as db:
+            self._append_event(
+                db, record.attachment_id, record.sandbox_id, record.owner, type_, status, reason, message
+            )
+
+    def _append_event(
+        self,
+        db: sqlite3.Connection,
+        attachment_id: str,
+        sandbox_id: str,
+        owner: str,
+        type_: str,
+        status: bool,
+        reason: str,
+        message: str,
+    ) -> None:
+        cursor = db.execute(
+            """INSERT INTO events (attachment_id, sandbox_id, owner, type, status, reason, message, time)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            (attachment_id, sandbox_id, owner, type_, int(status), reason, message, self._clock()),
+        )
+        seq = cursor.lastrowid or 0
+        db.execute("DELETE FROM events WHERE seq <= ?", (seq - self._event_log_size,))
+
+    def events_since(
+        self, since_seq: int, *, owner: str | None = None, limit: int = 500
+    ) -> list[EventRecord]:
+        query = "SELECT * FROM events WHERE seq > ?"
+        params: list[Any] = [since_seq]
+        if owner is not None:
+            query += " AND owner = ?"
+            params.append(owner)
+        rows = self._db.execute(query + " ORDER BY seq LIMIT ?", [*params, limit]).fetchall()
+        return [
+            EventRecord(
+                r["seq"],
+                r["attachment_id"],
+                r["sandbox_id"],
+                r["owner"],
+                r["type"],
+                bool(r["status"]),
+                r["reason"],
+                r["message"],
+                r["time"],
+            )
+            for r in rows
+        ]
+
+    def last_event_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def oldest_event_seq(self) -> int:
+        row = self._db.execute("SELECT MIN(seq) FROM events").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+_SELECT_ATTACHMENT = """SELECT a.*, d.kind, d.controller, d.pf, d.number, d.representor, d.host_pci_address
+    FROM attachments a JOIN devices d ON d.device_id = a.device_id"""
+
+
+def _device_from_row(row: sqlite3.Row) -> DeviceSlot:
+    return DeviceSlot(
+        kind=DeviceKind(row["kind"]),
+        controller=row["controller"],
+        pf=row["pf"],
+        number=row["number"],
+        representor=row["representor"],
+        host_pci_address=row["host_pci_address"],
+    )
+
+
+def _attachment_from_row(row: sqlite3.Row) -> AttachmentRecord:
+    return AttachmentRecord(
+        attachment_id=row["attachment_id"],
+        owner=row["owner"],
+        request_id=row["request_id"],
+        sandbox_id=row["sandbox_id"],
+        host_instance_id=row["host_instance_id"],
+        lease_generation=row["lease_generation"],
+        device=_device_from_row(row),
+        mac=row["mac"],
+        slot=row["slot"],
+        network_class=row["network_class"],
+        state=AttachmentState(row["state"]),
+        ofport=row["ofport"],
+        policy_version=row["policy_version"],
+        policy_state=PolicyState(row["policy_state"]),
+        policy_applied_at=row["policy_applied_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )

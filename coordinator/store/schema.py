@@ -1,0 +1,63 @@
+"""Schema migrations. Each entry upgrades from version N-1 to N; the list
+only ever grows, and a released migration is never edited."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: attachments, fences, device pool, event log.
+    """
+    CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('vf', 'sf')),
+        controller INTEGER NOT NULL,
+        pf INTEGER NOT NULL,
+        number INTEGER NOT NULL,
+        representor TEXT NOT NULL,
+        host_pci_address TEXT NOT NULL DEFAULT '',
+        present INTEGER NOT NULL DEFAULT 1,
+        UNIQUE (kind, controller, pf, number)
+    );
+    CREATE TABLE attachments (
+        attachment_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        host_instance_id TEXT NOT NULL,
+        lease_generation INTEGER NOT NULL,
+        -- The claim: a device belongs to at most one attachment.
+        device_id TEXT NOT NULL UNIQUE REFERENCES devices (device_id),
+        mac TEXT NOT NULL UNIQUE,
+        -- Slot doubles as conntrack zone and the low bits of the flow cookie.
+        slot INTEGER NOT NULL UNIQUE CHECK (slot BETWEEN 1 AND 65535),
+        network_class TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('ATTACHING', 'BOUND', 'DETACHING')),
+        ofport INTEGER NOT NULL DEFAULT -1,
+        policy_version INTEGER NOT NULL DEFAULT 0,
+        policy_state TEXT NOT NULL DEFAULT 'PENDING',
+        policy_applied_at REAL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        UNIQUE (owner, request_id)
+    );
+    CREATE INDEX attachments_sandbox ON attachments (sandbox_id);
+    -- Kept after detach: generations never go backwards for an id.
+    CREATE TABLE lease_fences (
+        attachment_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        generation INTEGER NOT NULL CHECK (generation >= 1),
+        detached_at REAL
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        attachment_id TEXT NOT NULL,
+        sandbox_id TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        type TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        message TEXT NOT NULL,
+        time REAL NOT NULL
+    );
+    """,
+)

@@ -1,0 +1,391 @@
+"""End to end over real mTLS: the daemon process on the emulated eswitch,
+a private OVS, real SQLite, real packets between guest namespaces."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator.certs import init_dev_pki, issue_client_cert
+from coordinator.client import CoordinatorClient, TlsFiles
+from coordinator.dev import env, netns
+from coordinator.dev.ovs_instance import OvsInstance, pid_alive
+from coordinator.dev.reflection import list_services
+from coordinator.flows.compiler import cookie_for_slot
+from tests.conftest import require_ovs
+
+pytestmark = pytest.mark.ovs
+
+GUEST_A = "198.51.100.10/24"
+GUEST_B = "198.51.100.11/24"
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[env.Endpoint]:
+    require_ovs()
+    workdir = tmp_path_factory.mktemp("dev")
+    try:
+        yield env.dev_up(workdir, vfs=3, sfs=2)
+    finally:
+        env.dev_down(workdir)
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert env.names_for(workdir)[2] not in listed
+
+
+@pytest.fixture
+def admin(dev: env.Endpoint) -> Iterator[CoordinatorClient]:
+    with CoordinatorClient(dev.coordinator, dev.admin_tls()) as client:
+        yield client
+
+
+@pytest.fixture
+def host(dev: env.Endpoint) -> Iterator[CoordinatorClient]:
+    with CoordinatorClient(dev.coordinator, dev.host_tls()) as client:
+        yield client
+
+
+@pytest.fixture
+def host_b(dev: env.Endpoint) -> Iterator[CoordinatorClient]:
+    with CoordinatorClient(dev.coordinator, dev.host_b_tls()) as client:
+        yield client
+
+
+def _ovs(dev: env.Endpoint) -> OvsInstance:
+    return OvsInstance(Path(dev.ovs_rundir), dev.ovs_netns)
+
+
+def _flows(dev: env.Endpoint, slot: int) -> list[str]:
+    out = _ovs(dev).ofctl(
+        "dump-flows", "--no-stats", _ovs(dev).mgmt(dev.bridge), f"cookie={cookie_for_slot(slot):#x}/-1"
+    )
+    return [line for line in out.splitlines() if "actions=" in line]
+
+
+def _port_ids(dev: env.Endpoint, port: str) -> dict[str, str]:
+    out = _ovs(dev).vsctl("--if-exists", "get", "Port", port, "external_ids").strip()
+    if not out:
+        return {}
+    return dict(item.split("=", 1) for item in out.strip("{}").replace('"', "").split(", ") if item)
+
+
+def _slot(dev: env.Endpoint, attachment_id: str) -> int | None:
+    db = sqlite3.connect(Path(dev.config).parent / "state.db")
+    try:
+        row = db.execute("SELECT slot FROM attachments WHERE attachment_id = ?", (attachment_id,)).fetchone()
+        return int(row[0]) if row else None
+    finally:
+        db.close()
+
+
+def _guest(dev: env.Endpoint, attachment: pb.Attachment) -> str:
+    return dev.guest_netns_prefix + attachment.device.representor
+
+
+def _configure_guest(dev: env.Endpoint, attachment: pb.Attachment, cidr: str) -> str:
+    ns = _guest(dev, attachment)
+    netns.run_in_netns(ns, ["ip", "address", "replace", cidr, "dev", "eth0"])
+    netns.run_in_netns(ns, ["ip", "link", "set", "lo", "up"])
+    return ns
+
+
+def _ping(ns: str, address: str) -> bool:
+    return netns.run_in_netns(ns, ["ping", "-c", "1", "-W", "1", address], check=False).returncode == 0
+
+
+def _neighbour_mac(ns: str, address: str) -> str:
+    out = netns.run_in_netns(ns, ["ip", "neigh", "show", address]).stdout
+    parts = out.split()
+    return parts[parts.index("lladdr") + 1] if "lladdr" in parts else ""
+
+
+def _attach(client: CoordinatorClient, sandbox: str, **kwargs: object) -> pb.Attachment:
+    return client.attach(sandbox, "host-instance-1", f"req-{uuid.uuid4()}", **kwargs)  # type: ignore[arg-type]
+
+
+def test_attach_two_sandboxes_baseline_isolates_them(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    a = _attach(host, "sandbox-a", device_kind=pb.DEVICE_KIND_VF)
+    b = _attach(host, "sandbox-b", device_kind=pb.DEVICE_KIND_SF)
+    try:
+        assert a.policy.state == pb.POLICY_STATE_BASELINE and a.state == pb.ATTACHMENT_STATE_BOUND
+        assert b.device.kind == pb.DEVICE_KIND_SF and b.device.sf_number >= 1000
+        assert a.device.mac != b.device.mac and a.lease_generation == 1
+        # Real state: the port carries our tags, the flows are installed.
+        ids = _port_ids(dev, a.device.representor)
+        assert ids["bluefield-coordinator-attachment-id"] == a.attachment_id
+        assert ids["bluefield-coordinator-sandbox-id"] == "sandbox-a"
+        slot_a = _slot(dev, a.attachment_id)
+        assert slot_a is not None and len(_flows(dev, slot_a)) > 5
+        ns_a = _configure_guest(dev, a, GUEST_A)
+        ns_b = _configure_guest(dev, b, GUEST_B)
+        # The guest function carries the MAC the coordinator assigned.
+        link = netns.run_in_netns(ns_a, ["ip", "-o", "link", "show", "eth0"]).stdout
+        assert a.device.mac in link
+        # IP between the sandboxes is dropped by the baseline ...
+        assert not _ping(ns_a, GUEST_B.split("/", maxsplit=1)[0])
+        assert not _ping(ns_b, GUEST_A.split("/", maxsplit=1)[0])
+        # ... and so is IP towards the fabric's gateway ...
+        assert not _ping(ns_a, "198.51.100.1")
+        # ... while ARP passes: each resolved the other's assigned MAC.
+        assert _neighbour_mac(ns_a, GUEST_B.split("/", maxsplit=1)[0]) == b.device.mac
+        assert _neighbour_mac(ns_a, "198.51.100.1") != ""
+        # Control: the same probe passes once a catch-all flow outranks ours,
+        # so the failures above are the baseline's doing.
+        ovs = _ovs(dev)
+        ovs.ofctl("add-flow", ovs.mgmt(dev.bridge), "cookie=0x1,table=0,priority=65535,actions=NORMAL")
+        try:
+            assert _ping(ns_a, GUEST_B.split("/", maxsplit=1)[0])
+        finally:
+            ovs.ofctl("del-flows", ovs.mgmt(dev.bridge), "cookie=0x1/-1")
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)
+        host.detach(b.attachment_id, b.lease_generation)
+
+
+def test_spoofed_arp_is_dropped(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    a = _attach(host, "sandbox-spoof", device_kind=pb.DEVICE_KIND_VF)
+    try:
+        ns = _configure_guest(dev, a, GUEST_A)
+        # A guest that changes its MAC loses ARP too: nothing it sends passes.
+        netns.run_in_netns(ns, ["ip", "link", "set", "eth0", "address", "02:00:00:00:be:ef"])
+        _ping(ns, "198.51.100.1")
+        assert _neighbour_mac(ns, "198.51.100.1") == ""
+        netns.run_in_netns(ns, ["ip", "link", "set", "eth0", "address", a.device.mac])
+        netns.run_in_netns(ns, ["ip", "neigh", "flush", "all"])
+        _ping(ns, "198.51.100.1")
+        assert _neighbour_mac(ns, "198.51.100.1") != ""
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)
+
+
+def test_detach_removes_port_flows_and_row_but_keeps_the_fence(
+    dev: env.Endpoint, host: CoordinatorClient
+) -> None:
+    a = _attach(host, "sandbox-detach")
+    slot = _slot(dev, a.attachment_id)
+    assert slot is not None and _flows(dev, slot)
+    assert host.detach(a.attachment_id, a.lease_generation) is True
+    assert _flows(dev, slot) == []
+    assert _port_ids(dev, a.device.representor) == {}
+    assert _slot(dev, a.attachment_id) is None
+    # Idempotent with the current generation ...
+    assert host.detach(a.attachment_id, a.lease_generation) is False
+    # ... while a generation that was never issued is refused.
+    with pytest.raises(grpc.RpcError) as err:
+        host.detach(a.attachment_id, a.lease_generation + 1)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with pytest.raises(grpc.RpcError) as err:
+        host.get(a.attachment_id)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_same_request_id_returns_the_same_attachment(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    before = {p.kind: p.free for p in host.health().pools}
+    request_id = f"req-{uuid.uuid4()}"
+    first = host.attach("sandbox-idem", "host-instance-1", request_id)
+    second = host.attach("sandbox-idem", "host-instance-1", request_id)
+    try:
+        assert first.attachment_id == second.attachment_id
+        assert first.device == second.device
+        after = {p.kind: p.free for p in host.health().pools}
+        assert sum(before.values()) - sum(after.values()) == 1
+        with pytest.raises(grpc.RpcError) as err:
+            host.attach("another-sandbox", "host-instance-1", request_id)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    finally:
+        host.detach(first.attachment_id, first.lease_generation)
+
+
+def test_pool_exhaustion_is_resource_exhausted_and_leaves_nothing(
+    dev: env.Endpoint, host: CoordinatorClient, admin: CoordinatorClient
+) -> None:
+    attached = []
+    try:
+        free_sfs = next(p.free for p in host.health().pools if p.kind == pb.DEVICE_KIND_SF)
+        for i in range(free_sfs):
+            attached.append(_attach(host, f"sandbox-sf-{i}", device_kind=pb.DEVICE_KIND_SF))
+        count = len(admin.list())
+        with pytest.raises(grpc.RpcError) as err:
+            _attach(host, "sandbox-one-too-many", device_kind=pb.DEVICE_KIND_SF)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "no free SF" in (err.value.details() or "")
+        assert len(admin.list()) == count
+    finally:
+        for a in attached:
+            host.detach(a.attachment_id, a.lease_generation)
+
+
+@pytest.mark.parametrize(
+    ("field", "request_kwargs"),
+    [
+        ("sandbox_id", {"sandbox_id": ""}),
+        ("host_instance_id", {"host_instance_id": "bad id with spaces"}),
+        ("request_id", {"request_id": ""}),
+        ("device_kind", {"device_kind": 7}),
+        ("network_class", {"network_class": "no-such-class"}),
+    ],
+)
+def test_bad_attach_input_names_the_field_and_claims_nothing(
+    dev: env.Endpoint,
+    host: CoordinatorClient,
+    admin: CoordinatorClient,
+    field: str,
+    request_kwargs: dict[str, object],
+) -> None:
+    before = (len(admin.list()), [p.free for p in admin.health().pools])
+    args: dict[str, object] = {"sandbox_id": "sandbox-bad", "host_instance_id": "hi", "request_id": "r-bad"}
+    args.update(request_kwargs)
+    kind = args.pop("device_kind", pb.DEVICE_KIND_UNSPECIFIED)
+    with pytest.raises(grpc.RpcError) as err:
+        host.attach(
+            str(args["sandbox_id"]),
+            str(args["host_instance_id"]),
+            str(args["request_id"]),
+            device_kind=int(kind),
+            network_class=str(args.get("network_class", "")),
+        )  # type: ignore[call-overload]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert (err.value.details() or "").startswith(field)
+    assert (len(admin.list()), [p.free for p in admin.health().pools]) == before
+
+
+def test_host_sees_only_its_own_attachments(
+    dev: env.Endpoint, host: CoordinatorClient, host_b: CoordinatorClient, admin: CoordinatorClient
+) -> None:
+    a = _attach(host, "sandbox-owned")
+    try:
+        assert [x.attachment_id for x in host_b.list()] == []
+        for call in (lambda: host_b.get(a.attachment_id), lambda: host_b.detach(a.attachment_id, 1)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert a.attachment_id in [x.attachment_id for x in admin.list()]
+        assert admin.get(a.attachment_id).sandbox_id == "sandbox-owned"
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)
+
+
+def test_stale_generation_is_refused(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    a = _attach(host, "sandbox-stale")
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            host.detach(a.attachment_id, 0)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "lease_generation" in (err.value.details() or "")
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)
+
+
+def test_clients_without_a_valid_certificate_are_refused(dev: env.Endpoint, tmp_path: Path) -> None:
+    target = dev.coordinator
+    # No client certificate at all: the TLS handshake fails.
+    channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(Path(dev.ca).read_bytes()))
+    stub_call = channel.unary_unary(
+        "/bluefield.coordinator.v1.Coordinator/Health",
+        request_serializer=pb.HealthRequest.SerializeToString,
+        response_deserializer=pb.HealthResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        stub_call(pb.HealthRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    channel.close()
+    # A certificate from another CA, even with a known identity.
+    other = init_dev_pki(tmp_path / "other-ca")
+    tls = TlsFiles(Path(dev.ca), other.host_cert, other.host_key)
+    with CoordinatorClient(target, tls, timeout=5) as client, pytest.raises(grpc.RpcError) as err:
+        client.health()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    # A valid certificate whose identity has no role.
+    cert, key = issue_client_cert(
+        Path(dev.ca),
+        Path(dev.ca).with_name("ca.key"),
+        tmp_path,
+        "stranger",
+        uri="spiffe://bluefield.local/host/stranger",
+    )
+    with (
+        CoordinatorClient(target, TlsFiles(Path(dev.ca), cert, key), timeout=5) as client,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        client.list()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_restart_keeps_attachments_listed_and_enforced(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    a = _attach(host, "sandbox-restart", device_kind=pb.DEVICE_KIND_VF)
+    b = _attach(host, "sandbox-restart-b", device_kind=pb.DEVICE_KIND_VF)
+    try:
+        ns_a = _configure_guest(dev, a, GUEST_A)
+        _configure_guest(dev, b, GUEST_B)
+        slot = _slot(dev, a.attachment_id)
+        assert slot is not None
+        flows_before = sorted(_flows(dev, slot))
+        os.kill(dev.daemon_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(dev.daemon_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # Enforcement outlives the daemon: flows stay, IP stays blocked.
+        assert sorted(_flows(dev, slot)) == flows_before
+        assert not _ping(ns_a, GUEST_B.split("/", maxsplit=1)[0])
+        restarted = env.dev_up(Path(dev.config).parent)
+        assert restarted.daemon_pid != dev.daemon_pid
+        with CoordinatorClient(restarted.coordinator, restarted.host_tls()) as client:
+            listed = {x.attachment_id: x for x in client.list()}
+            assert listed[a.attachment_id].device == a.device
+            assert listed[a.attachment_id].state == pb.ATTACHMENT_STATE_BOUND
+        assert sorted(_flows(dev, slot)) == flows_before
+        assert not _ping(ns_a, GUEST_B.split("/", maxsplit=1)[0])
+    finally:
+        with CoordinatorClient(dev.coordinator, dev.host_tls()) as client:
+            client.detach(a.attachment_id, a.lease_generation)
+            client.detach(b.attachment_id, b.lease_generation)
+
+
+def test_watch_events_resumes_from_since_seq(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    a = _attach(host, "sandbox-events")
+    host.detach(a.attachment_id, a.lease_generation)
+    events = []
+    for event in host.watch(0, timeout=3):
+        events.append(event)
+        if event.attachment_id == a.attachment_id and event.condition.reason == "Detached":
+            break
+    mine = [e for e in events if e.attachment_id == a.attachment_id]
+    assert [e.condition.type for e in mine] == [
+        "DpuAttachInProgress",
+        "DpuAttachmentBound",
+        "DpuAttachmentBound",
+    ]
+    assert [e.condition.status for e in mine] == [True, True, False]
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    resumed = []
+    for event in host.watch(mine[0].seq, timeout=3):
+        resumed.append(event)
+        if event.seq == mine[-1].seq:
+            break
+    assert [e.seq for e in resumed if e.attachment_id == a.attachment_id] == [e.seq for e in mine[1:]]
+
+
+def test_reflection_lists_the_coordinator_over_mtls(dev: env.Endpoint) -> None:
+    services = list_services(dev.coordinator, dev.admin_tls())
+    assert "bluefield.coordinator.v1.Coordinator" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_health_reports_checks_and_pools(host: CoordinatorClient) -> None:
+    health = host.health()
+    assert health.healthy and health.backend == "emulated"
+    checks = {c.name: c for c in health.checks}
+    assert checks["bridge_secure"].ok and checks["bridge_secure"].required
+    assert not checks["ovs_hw_offload"].required
+    pools = {p.kind: p for p in health.pools}
+    assert pools[pb.DEVICE_KIND_VF].total == 3 and pools[pb.DEVICE_KIND_SF].total == 2

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from coordinator.flows.classes import load_network_classes
+from coordinator.flows.compiler import (
+    BRIDGE_COOKIE,
+    COOKIE_OWNER,
+    COOKIE_OWNER_MASK,
+    BridgeFacts,
+    PortFacts,
+    attachment_flows,
+    bridge_flows,
+    cookie_for_slot,
+)
+from coordinator.flows.model import Ct, Drop, Flow, Goto, Output
+from coordinator.flows.pipeline import FlowViolation, PipelineError, load_pipeline, parse_pipeline
+from coordinator.flows.render import render_flows
+from coordinator.policy.scope import Scope
+
+PIPELINE = load_pipeline()
+PORT = PortFacts(ofport=5, mac="02:aa:bb:cc:dd:01", zone=1, cookie=cookie_for_slot(1))
+
+
+def _raw() -> dict[str, Any]:
+    from importlib import resources
+
+    loaded: dict[str, Any] = yaml.safe_load(
+        resources.files("coordinator.programs").joinpath("pipeline.yaml").read_text()
+    )
+    return loaded
+
+
+def test_table_numbers_follow_declaration_order() -> None:
+    assert [t.number for t in PIPELINE.tables] == list(range(len(PIPELINE.tables)))
+    assert PIPELINE.number("classify") == 0
+
+
+@pytest.mark.parametrize(
+    ("flow", "message"),
+    [
+        (
+            Flow("egress_ct", 3000, (("nw_dst", "1.2.3.4"),), (Ct(1, "egress_policy"),), 1),
+            "match field 'nw_dst'",
+        ),
+        (Flow("classify", 3000, (), (Output(1),), 1), "action 'output'"),
+        (Flow("classify", 3000, (), (Goto("egress_policy"),), 1), "may not continue"),
+        (Flow("classify", 10, (), (Goto("egress_spoof"),), 1), "priority outside"),
+        (Flow("nope", 3000, (), (Drop(),), 1), "no table named"),
+        (Flow("classify", 3000, (), (), 1), "no actions"),
+    ],
+)
+def test_flow_violations_are_caught(flow: Flow, message: str) -> None:
+    with pytest.raises(FlowViolation, match=message):
+        PIPELINE.check(flow)
+
+
+def test_goto_must_point_forward() -> None:
+    raw = _raw()
+    raw["tables"][1]["next"] = ["classify"]
+    with pytest.raises(PipelineError, match="later table"):
+        parse_pipeline(raw)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r["tables"][0].update(actions=["controller"]), "unknown"),
+        (lambda r: r["tables"][0].update(priorities=["nope"]), "unknown range"),
+        (lambda r: r["tables"][0].update(miss="normal"), "miss"),
+        (lambda r: r["priorities"].update(bad=[5, 1]), "out of order"),
+        (lambda r: r["tables"].append(copy.deepcopy(r["tables"][0])), "duplicate"),
+    ],
+)
+def test_malformed_pipeline_is_refused(mutate: Any, message: str) -> None:
+    raw = _raw()
+    mutate(raw)
+    with pytest.raises(PipelineError, match=message):
+        parse_pipeline(raw)
+
+
+def test_cookies_carry_the_owner_prefix() -> None:
+    assert BRIDGE_COOKIE & COOKIE_OWNER_MASK == COOKIE_OWNER
+    assert cookie_for_slot(7) & COOKIE_OWNER_MASK == COOKIE_OWNER
+    with pytest.raises(ValueError):
+        cookie_for_slot(0)
+    with pytest.raises(ValueError):
+        cookie_for_slot(1 << 16)
+
+
+def test_baseline_class_flows_are_valid_tagged_and_isolating() -> None:
+    scope = load_network_classes()["dpu-ovs-isolated"]
+    flows = attachment_flows(PIPELINE, PORT, scope)
+    PIPELINE.check_all(flows)
+    assert {f.cookie for f in flows} == {PORT.cookie}
+    # No IP is sent through conntrack (nothing is allowed) and nothing is
+    # committed: the only ways out of egress_spoof are ARP and DHCP.
+    assert not [f for f in flows if f.table in ("egress_ct", "egress_commit", "ingress_commit")]
+    exits = [f for f in flows if f.table == "egress_spoof" and Goto("forward") in f.actions]
+    kinds = sorted(f.match_dict()["dl_type"] for f in exits)
+    assert kinds == ["0x0800", "0x0806"]
+    dhcp = next(f for f in exits if f.match_dict()["dl_type"] == "0x0800")
+    assert dhcp.match_dict()["tp_dst"] == "67" and dhcp.match_dict()["dl_src"] == PORT.mac
+    arp = next(f for f in exits if f.match_dict()["dl_type"] == "0x0806")
+    assert arp.match_dict()["arp_sha"] == PORT.mac
+
+
+def test_deny_all_has_no_dhcp() -> None:
+    flows = attachment_flows(PIPELINE, PORT, load_network_classes()["dpu-ovs-deny-all"])
+    assert not [f for f in flows if f.match_dict().get("tp_dst") in ("67", "68")]
+
+
+def test_rendering_is_deterministic_and_uses_table_numbers() -> None:
+    flows = bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=1)) + attachment_flows(PIPELINE, PORT, Scope())
+    text = render_flows(flows, PIPELINE)
+    assert text == render_flows(list(reversed(flows)), PIPELINE)
+    assert "cookie=0xbfc0000000000000,table=6,priority=10 actions=output:1" in text
+    assert all("goto_table:" not in line or "table=" in line for line in text)
+
+
+def test_no_uplink_means_no_default_route() -> None:
+    flows = bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=None))
+    assert not [f for f in flows if any(isinstance(a, Output) for a in f.actions)]
