@@ -9,6 +9,7 @@ step never leaves a claimed device, a port or flows behind.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -40,9 +41,10 @@ from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.leases import DetachDecision, decide_detach
-from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
+from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
 from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, SANDBOX_KEY, Ovsdb, OvsdbError
 from coordinator.policy.scope import Scope
+from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats
 
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ROLE_KEY = "bluefield-coordinator-role"
 HEALTH_TTL_S = 1.0
+DENY_ALL_CLASS = "dpu-ovs-deny-all"
 
 
 @dataclass(frozen=True)
@@ -216,25 +219,82 @@ class AttachmentService:
             )
         return existing
 
+    def _scope_for(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
+        """The sandbox's last good policy if there is one, else its class."""
+        stored = self._store.policy(record.sandbox_id)
+        if stored is None:
+            return self._classes[record.network_class], PolicyState.BASELINE, 0
+        version, text = stored
+        try:
+            return scope_from_mapping(json.loads(text)), PolicyState.APPLIED, version
+        except (ValueError, PolicyError) as exc:
+            # Validated before it was stored; unreadable now means the store
+            # was tampered with or limits tightened. Fail closed.
+            log.error("stored policy of sandbox %s unusable (%s); denying all", record.sandbox_id, exc)
+            return self._classes[DENY_ALL_CLASS], PolicyState.DEGRADED, version
+
+    async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
+        port = PortFacts(ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot))
+        flows = attachment_flows(self._pipeline, port, scope)
+        return await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
+
     async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
         """Prepare the device, plug the representor, install and verify the
-        baseline flows, mark BOUND. Idempotent: also used to re-install."""
+        sandbox's flows, mark BOUND. Idempotent: also used to re-install."""
+        scope, state, version = self._scope_for(record)
         try:
             rep = await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
             ofport = await self._ovsdb.ensure_port(self._config.ovs.bridge, rep, self._port_ids(record))
-            scope = self._classes[record.network_class]
-            port = PortFacts(
-                ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot)
-            )
-            flows = attachment_flows(self._pipeline, port, scope)
-            await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
+            await self._enforce(record, ofport, scope)
         except (EswitchError, OvsdbError, OpenFlowError) as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
-        if record.state is AttachmentState.BOUND and record.ofport == ofport:
+        if record.state is AttachmentState.BOUND and record.ofport == ofport and record.policy_state is state:
             return record
         return self._store.mark_bound(
-            record.attachment_id, ofport=ofport, policy_state=PolicyState.BASELINE, policy_version=0
+            record.attachment_id, ofport=ofport, policy_state=state, policy_version=version
         )
+
+    # -- policy -------------------------------------------------------------------
+
+    async def apply_policy(self, sandbox_id: str, scope: Scope) -> list[AttachmentRecord]:
+        """Make ``scope`` the sandbox's policy on every attachment it has.
+
+        Each attachment changes in one atomic bundle of only the differing
+        flows, is read back and compared, and only then counts as applied.
+        The policy becomes the stored last good one only if every attachment
+        took it; one that failed keeps its previous flows (the bundle is all
+        or nothing) and is marked DEGRADED.
+        """
+        results = []
+        failed = False
+        async with self._lock:
+            records = self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
+            for record in records:
+                try:
+                    sync = await self._enforce(record, record.ofport, scope)
+                except OpenFlowError as exc:
+                    failed = True
+                    event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
+                    results.append(
+                        self._store.set_policy_status(
+                            record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
+                        )
+                    )
+                    continue
+                message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed})"
+                event = ("DpuPolicyApplied", True, "Applied", message)
+                results.append(
+                    self._store.set_policy_status(
+                        record.attachment_id, PolicyState.APPLIED, scope.version, event=event
+                    )
+                )
+            if not failed:
+                self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        await self._events.notify()
+        return results
+
+    def scope_of(self, record: AttachmentRecord) -> Scope:
+        return self._scope_for(record)[0]
 
     async def _undo_attach(self, record: AttachmentRecord, cause: BaseException) -> None:
         try:

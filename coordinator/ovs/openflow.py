@@ -94,7 +94,7 @@ class OpenFlowSwitch:
         """Make the flows with ``cookie`` exactly ``desired``: one atomic
         bundle of only the differences, then read back and compare."""
         diff = await self.diff(await self.dump(cookie), desired)
-        lines = [f"flow delete_strict {_without_cookie(f)} cookie={cookie:#x}/-1" for f in diff.removed]
+        lines = [f"flow delete_strict {_match_of(f)} cookie={cookie:#x}/-1" for f in diff.removed]
         lines += [f"flow add {f}" for f in diff.added]
         await self.bundle(lines)
         leftover = await self.diff(await self.dump(cookie), desired)
@@ -112,5 +112,7 @@ class OpenFlowSwitch:
         await self._ofctl("show", self._target)
 
 
-def _without_cookie(flow: str) -> str:
-    return " ".join(part for part in flow.split(" ") if not part.startswith("cookie="))
+def _match_of(flow: str) -> str:
+    """A diff-flows line without its cookie and actions: what delete_strict takes."""
+    match, _, _ = flow.partition(" actions=")
+    return " ".join(part for part in match.split(" ") if not part.startswith("cookie="))

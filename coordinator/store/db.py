@@ -316,6 +316,48 @@ class Store:
             row["attachment_id"], row["owner"], row["sandbox_id"], row["generation"], row["detached_at"]
         )
 
+    # -- policies ------------------------------------------------------------
+
+    def save_policy(self, sandbox_id: str, version: int, scope_json: str) -> None:
+        with self._txn() as db:
+            db.execute(
+                """INSERT INTO sandbox_policies (sandbox_id, version, scope_json, updated_at) VALUES (?, ?, ?, ?)
+                   ON CONFLICT (sandbox_id) DO UPDATE SET version = excluded.version,
+                       scope_json = excluded.scope_json, updated_at = excluded.updated_at""",
+                (sandbox_id, version, scope_json, self._clock()),
+            )
+
+    def policy(self, sandbox_id: str) -> tuple[int, str] | None:
+        row = self._db.execute(
+            "SELECT version, scope_json FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
+        ).fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def delete_policy(self, sandbox_id: str) -> None:
+        with self._txn() as db:
+            db.execute("DELETE FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,))
+
+    def set_policy_status(
+        self,
+        attachment_id: str,
+        state: PolicyState,
+        version: int,
+        *,
+        event: tuple[str, bool, str, str] | None,
+    ) -> AttachmentRecord:
+        """Record an attachment's policy state (and its event) atomically."""
+        now = self._clock()
+        with self._txn() as db:
+            db.execute(
+                """UPDATE attachments SET policy_state = ?, policy_version = ?, policy_applied_at = ?,
+                       updated_at = ? WHERE attachment_id = ?""",
+                (state.value, version, now, now, attachment_id),
+            )
+            record = self._require(db, attachment_id)
+            if event is not None:
+                self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
+        return record
+
     # -- events ------------------------------------------------------------
 
     def append_event(

@@ -60,4 +60,14 @@ MIGRATIONS: tuple[str, ...] = (
         time REAL NOT NULL
     );
     """,
+    # 2: the last good policy per sandbox, so enforcement can be rebuilt
+    # after a restart without (and before) the gateway.
+    """
+    CREATE TABLE sandbox_policies (
+        sandbox_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        scope_json TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 )

@@ -432,3 +432,12 @@ def test_grpc_client_rejects_server_from_another_ca(pki: DevPki, other_pki: DevP
     with pytest.raises(grpc.RpcError) as info:
         _call(mtls_port, other_pki.ca_cert, pki.host_cert, pki.host_key)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_grpc_rejects_client_without_client_auth_eku(pki: DevPki, mtls_port: int) -> None:
+    # gateway.pem is serverAuth only: BoringSSL refuses it as a client
+    # certificate ("unsupported certificate purpose"), which is why
+    # coordinator.pem carries clientAuth for the gateway stream.
+    with pytest.raises(grpc.RpcError) as info:
+        _call(mtls_port, pki.ca_cert, pki.gateway_cert, pki.gateway_key)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -25,7 +25,7 @@ TCP, UDP, ICMP, ICMP6, GRE = 6, 17, 1, 58, 47
 ME4, ME6 = "198.51.100.10", "2001:db8::10"
 
 
-def pkt(  # noqa: PLR0917  (positional keeps the case tables readable)
+def pkt(
     direction: Direction,
     proto: int,
     src: str,

@@ -1,0 +1,126 @@
+"""Tiny traffic tools run inside test namespaces (``python netprobe.py ...``).
+
+serve: TCP listeners that accept and echo, UDP sockets that echo, on the
+given ports and any address. connect/udp: one probe, exit 0 on success.
+hold: open a TCP connection and report, line by line on stdout, whether a
+round trip still works each time a line arrives on stdin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import select
+import socket
+import sys
+import threading
+
+
+def _echo_tcp(conn: socket.socket) -> None:
+    with conn:
+        while True:
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            conn.sendall(data)
+
+
+def _serve_tcp(family: int, port: int) -> None:
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    srv.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", port))
+    srv.listen(64)
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=_echo_tcp, args=(conn,), daemon=True).start()
+
+
+def _serve_udp(address: str, port: int) -> None:
+    # Bound to one address: a wildcard socket would answer from whatever
+    # source the route picks, which conntrack rightly sees as a new flow.
+    srv = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind((address, port))
+    while True:
+        data, peer = srv.recvfrom(4096)
+        srv.sendto(data, peer)
+
+
+def serve(tcp: list[int], udp: list[int], udp_addresses: list[str]) -> None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for port in tcp:
+            threading.Thread(target=_serve_tcp, args=(family, port), daemon=True).start()
+    for address in udp_addresses:
+        for port in udp:
+            threading.Thread(target=_serve_udp, args=(address, port), daemon=True).start()
+    print("ready", flush=True)
+    sys.stdin.read()  # run until the test closes stdin
+
+
+def connect(host: str, port: int, timeout: float, source: str | None) -> bool:
+    try:
+        with socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        ) as s:
+            s.sendall(b"ping")
+            return s.recv(4) == b"ping"
+    except OSError:
+        return False
+
+
+def udp(host: str, port: int, timeout: float) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(b"ping", (host, port))
+            return s.recv(4) == b"ping"
+        except OSError:
+            return False
+
+
+def hold(host: str, port: int, timeout: float) -> None:
+    s = socket.create_connection((host, port), timeout=timeout)
+    print("connected", flush=True)
+    for _ in sys.stdin:
+        try:
+            s.sendall(b"ping")
+            ready, _, _ = select.select([s], [], [], timeout)
+            ok = bool(ready) and s.recv(4) == b"ping"
+        except OSError:
+            ok = False
+        print("ok" if ok else "fail", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("serve")
+    p.add_argument("--tcp", default="")
+    p.add_argument("--udp", default="")
+    p.add_argument("--udp-addresses", default="", help="addresses the UDP echo binds to")
+    for name in ("connect", "udp", "hold"):
+        p = sub.add_parser(name)
+        p.add_argument("host")
+        p.add_argument("port", type=int)
+        p.add_argument("--timeout", type=float, default=1.0)
+        if name == "connect":
+            p.add_argument("--source")
+    args = parser.parse_args()
+    ports = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    if args.cmd == "serve":
+        serve(ports(args.tcp), ports(args.udp), [a for a in args.udp_addresses.split(",") if a])
+        return 0
+    if args.cmd == "connect":
+        return 0 if connect(args.host, args.port, args.timeout, args.source) else 1
+    if args.cmd == "udp":
+        return 0 if udp(args.host, args.port, args.timeout) else 1
+    hold(args.host, args.port, args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
