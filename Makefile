@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= /tmp/bluefield-coordinator-demo
 SOURCES := coordinator tests proto
 
-.PHONY: test demo deps system-deps proto proto-check lint typecheck unit
+.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy
 
 deps: system-deps $(STAMP)
 
@@ -45,3 +45,6 @@ unit: $(STAMP)
 
 demo: deps
 	$(BIN)/python -m coordinator.dev.demo --workdir $(DEMO_WORKDIR)
+
+golden: $(STAMP)
+	$(BIN)/python -m tests.golden.regen

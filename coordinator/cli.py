@@ -48,6 +48,23 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from coordinator.flows.compiler import PortFacts, cookie_for_slot, parse_mac
+    from coordinator.flows.dry_run import compile_policy_file
+    from coordinator.policy.validate import PolicyError
+
+    try:
+        port = PortFacts(
+            ofport=args.ofport, mac=parse_mac(args.mac), zone=args.slot, cookie=cookie_for_slot(args.slot)
+        )
+        lines = compile_policy_file(args.policy, port, with_bridge=args.with_bridge)
+    except (PolicyError, ValueError) as exc:
+        print(f"bluefield-coordinator: {args.policy}: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
 def _cmd_dev(args: argparse.Namespace) -> int:
     from coordinator.dev import env
 
@@ -91,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="replace existing files")
     init.set_defaults(func=_cmd_certs_init)
+
+    comp = sub.add_parser("compile", help="print the flows a policy file compiles to (no switch needed)")
+    comp.add_argument(
+        "--policy", type=Path, required=True, help="NetworkScope as YAML/JSON (proto3 JSON mapping)"
+    )
+    comp.add_argument("--ofport", type=int, default=2, help="the attachment's OpenFlow port")
+    comp.add_argument("--mac", default="02:00:5e:00:53:01", help="the attachment's MAC")
+    comp.add_argument("--slot", type=int, default=1, help="the attachment's slot (conntrack zone, cookie)")
+    comp.add_argument("--with-bridge", action="store_true", help="also print the bridge-wide flows")
+    comp.set_defaults(func=_cmd_compile)
 
     dev = sub.add_parser("dev", help="the embedded default: everything on one box (root)")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

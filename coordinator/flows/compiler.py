@@ -146,7 +146,8 @@ def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[
 
 def _own_networks(scope: Scope, version: int) -> list[str]:
     nets = [n for n in scope.addresses if n.version == version]
-    return [str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets]
+    # A scope may list an address twice; one flow each is enough.
+    return list(dict.fromkeys(str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets))
 
 
 def _classify(b: _Builder, port: PortFacts) -> None:

@@ -1,0 +1,104 @@
+"""Rule compilation: conjunction sizing, determinism, offload-safe output."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+
+from hypothesis import given, settings
+
+from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
+from coordinator.flows.model import Conjunction, Flow
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
+from tests.unit.policy.strategies import scopes
+
+PIPELINE = load_pipeline()
+PORT = PortFacts(ofport=4, mac="02:00:5e:00:53:07", zone=9, cookie=cookie_for_slot(9))
+OWN_V4 = (ipaddress.ip_network("198.51.100.10/32"),)
+
+
+def _policy_flows(scope: Scope) -> list[Flow]:
+    return [
+        f for f in attachment_flows(PIPELINE, PORT, scope) if f.table in ("egress_policy", "ingress_policy")
+    ]
+
+
+def _rule_flows(scope: Scope) -> list[Flow]:
+    low, _ = PIPELINE.priorities["allow_rule"]
+    _, high = PIPELINE.priorities["deny_rule"]
+    return [f for f in _policy_flows(scope) if low <= f.priority <= high]
+
+
+def _cross(n_cidrs: int, n_ports: int) -> Scope:
+    cidrs = tuple(ipaddress.ip_network(f"203.0.113.{4 * i}/30") for i in range(n_cidrs))
+    # Ports two apart never merge into one masked range.
+    ports = tuple(PortRange(1000 + 2 * i, 1000 + 2 * i) for i in range(n_ports))
+    rule = Rule("x", RuleAction.ALLOW, cidrs, Protocol.TCP, ports)
+    return Scope(addresses=OWN_V4, egress=(rule,))
+
+
+def test_conjunction_grows_as_n_plus_m() -> None:
+    for n, m in [(2, 2), (20, 10), (50, 40), (3, 17)]:
+        assert len(_rule_flows(_cross(n, m))) == n + m + 1, (n, m)
+
+
+def test_one_dimension_is_emitted_directly() -> None:
+    assert len(_rule_flows(_cross(1, 12))) == 12
+    assert len(_rule_flows(_cross(9, 1))) == 9
+    assert not any(isinstance(a, Conjunction) for f in _rule_flows(_cross(9, 1)) for a in f.actions)
+
+
+def test_flow_count_is_linear_in_rules() -> None:
+    counts = []
+    for k in (1, 2, 4, 8):
+        rules = tuple(
+            Rule(f"r{i}", RuleAction.ALLOW, (ipaddress.ip_network(f"203.0.113.{8 * i}/29"),
+                                             ipaddress.ip_network(f"198.51.100.{8 * i}/29")),
+                 Protocol.TCP, (PortRange(80 + i, 80 + i), PortRange(9000 + i, 9000 + i)))
+            for i in range(k)
+        )  # fmt: skip
+        counts.append(len(_rule_flows(Scope(addresses=OWN_V4, egress=rules))))
+    assert counts == [5 * k for k in (1, 2, 4, 8)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(scopes())
+def test_no_two_flows_share_table_priority_and_match(scope: Scope) -> None:
+    flows = attachment_flows(PIPELINE, PORT, scope)
+    keys = [(f.table, f.priority, f.match) for f in flows]
+    assert len(keys) == len(set(keys))
+
+
+@settings(max_examples=150, deadline=None)
+@given(scopes())
+def test_overlapping_flows_at_one_priority_agree(scope: Scope) -> None:
+    """At one priority every non-conjunction flow of a table has the same
+    verdict, so which of two overlapping flows OVS picks cannot matter."""
+    verdicts: dict[tuple[str, int], set[object]] = defaultdict(set)
+    for flow in _rule_flows(scope):
+        if any(isinstance(a, Conjunction) for a in flow.actions):
+            assert all(isinstance(a, Conjunction) for a in flow.actions)
+            continue
+        verdicts[(flow.table, flow.priority)].add(flow.actions)
+    assert all(len(v) == 1 for v in verdicts.values()), verdicts
+
+
+@settings(max_examples=100, deadline=None)
+@given(scopes())
+def test_every_deny_flow_outranks_every_allow_flow(scope: Scope) -> None:
+    deny_low, _ = PIPELINE.priorities["deny_rule"]
+    _, allow_high = PIPELINE.priorities["allow_rule"]
+    for flow in _rule_flows(scope):
+        conj_ids = {a.conj_id for a in flow.actions if isinstance(a, Conjunction)}
+        assert flow.priority >= deny_low or flow.priority <= allow_high
+        assert conj_ids or flow.actions  # every rule flow decides or contributes
+
+
+@settings(max_examples=100, deadline=None)
+@given(scopes())
+def test_compilation_is_deterministic_and_checked(scope: Scope) -> None:
+    first = attachment_flows(PIPELINE, PORT, scope)
+    assert first == attachment_flows(PIPELINE, PORT, scope)
+    PIPELINE.check_all(first)
+    assert {f.cookie for f in first} == {PORT.cookie}
