@@ -43,6 +43,11 @@ test: deps lint typecheck
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
 
+# The differential test of the flow compiler against the reference evaluator,
+# ten times the probes of `make test` (packets traced through a private OVS).
+fuzz-policy: deps
+	POLICY_FUZZ_PROBES=20000 $(BIN)/python -m pytest -q tests/integration/test_differential.py
+
 demo: deps
 	$(BIN)/python -m coordinator.dev.demo --workdir $(DEMO_WORKDIR)
 

@@ -36,6 +36,8 @@ from coordinator.flows.compiler import (
     attachment_flows,
     bridge_flows,
     cookie_for_slot,
+    default_burst_kb,
+    meter_id,
 )
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
@@ -236,7 +238,15 @@ class AttachmentService:
     async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
         port = PortFacts(ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot))
         flows = attachment_flows(self._pipeline, port, scope)
-        return await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
+        limit = scope.egress_rate_limit
+        if limit is not None:
+            await self._openflow.set_meter(
+                meter_id(port), limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps)
+            )
+        result = await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
+        if limit is None:
+            await self._openflow.delete_meter(meter_id(port))
+        return result
 
     async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
         """Prepare the device, plug the representor, install and verify the
@@ -318,6 +328,7 @@ class AttachmentService:
         fail-secure), then the port, then the device. Each step idempotent."""
         try:
             await self._openflow.delete(cookie_for_slot(record.slot))
+            await self._openflow.delete_meter(record.slot)
             await self._ovsdb.delete_port(self._config.ovs.bridge, record.device.representor)
             await asyncio.to_thread(self._backend.release, record.device)
         except (EswitchError, OvsdbError, OpenFlowError) as exc:

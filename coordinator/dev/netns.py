@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import string
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,9 @@ DEFAULT_TIMEOUT = 30.0
 
 _NETNS_DIR = Path("/run/netns")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-_MIN_SUFFIX = 4
+_MIN_SUFFIX = 6
+_MAX_SUFFIX = 8
+_SUFFIX_ALPHABET = string.ascii_lowercase + string.digits
 
 
 class NetnsError(RuntimeError):
@@ -91,18 +94,18 @@ def _run(
 
 
 def unique_name(prefix: str, maxlen: int = IFNAMSIZ_MAX) -> str:
-    """Return ``prefix`` plus a random hex suffix, at most ``maxlen`` characters long.
+    """Return ``prefix`` plus a random suffix (``[a-z0-9]``), at most ``maxlen`` characters long.
 
     The default ``maxlen`` fits an interface name (IFNAMSIZ). The prefix is shortened when needed
-    so that at least four random hex digits remain (up to eight are used).
+    so that at least six random characters remain (36**6, about 2e9 values); up to eight are used.
     """
-    if maxlen < _MIN_SUFFIX + 1:
-        raise ValueError(f"maxlen must be at least {_MIN_SUFFIX + 1}, got {maxlen}")
+    if maxlen < _MIN_SUFFIX:
+        raise ValueError(f"maxlen must be at least {_MIN_SUFFIX}, got {maxlen}")
     if prefix:
         _check_name("prefix", prefix)
     prefix = prefix[: maxlen - _MIN_SUFFIX]
-    suffix_len = min(8, maxlen - len(prefix))
-    return prefix + secrets.token_hex(4)[:suffix_len]
+    suffix_len = min(_MAX_SUFFIX, maxlen - len(prefix))
+    return prefix + "".join(secrets.choice(_SUFFIX_ALPHABET) for _ in range(suffix_len))
 
 
 def netns_exists(name: str) -> bool:

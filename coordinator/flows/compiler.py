@@ -20,6 +20,7 @@ from coordinator.flows.model import (
     FlowAction,
     Goto,
     Match,
+    Meter,
     Output,
 )
 from coordinator.flows.pipeline import Pipeline
@@ -123,7 +124,7 @@ def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
 
 def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[Flow]:
     b = _Builder(pipeline, port.cookie)
-    _classify(b, port)
+    _classify(b, port, scope)
     _egress_spoof(b, port, scope)
     _egress_conntrack(b, port, scope)
     _forward(b, port)
@@ -150,8 +151,19 @@ def _own_networks(scope: Scope, version: int) -> list[str]:
     return list(dict.fromkeys(str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets))
 
 
-def _classify(b: _Builder, port: PortFacts) -> None:
-    b.add("classify", ("base", 0), (("in_port", str(port.ofport)),), Goto("egress_spoof"))
+def meter_id(port: PortFacts) -> int:
+    """One meter per attachment, numbered like its slot."""
+    return port.cookie & 0xFFFF
+
+
+def default_burst_kb(kbps: int) -> int:
+    """A burst (kilobits) of 100 ms at the rate, and at least 16."""
+    return max(kbps // 10, 16)
+
+
+def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
+    police = (Meter(meter_id(port)),) if scope.egress_rate_limit else ()
+    b.add("classify", ("base", 0), (("in_port", str(port.ofport)),), *police, Goto("egress_spoof"))
 
 
 def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
@@ -286,8 +298,13 @@ def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
                 (*dst, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", nd_type)),
                 deliver,
             )
+    for eth, field in ((ETH_IP, "nw_dst"), (ETH_IPV6, "ipv6_dst")):
+        # Only traffic addressed to the guest's own addresses is tracked;
+        # the rest misses and is dropped.
+        for net in _own_networks(scope, 4 if eth == ETH_IP else 6):
+            b.add("ingress_classify", ("base", 0), (*dst, ("dl_type", eth), (field, net)),
+                  Ct(port.zone, "ingress_policy"))  # fmt: skip
     for eth in _ip_types(scope):
-        b.add("ingress_classify", ("base", 0), (*dst, ("dl_type", eth)), Ct(port.zone, "ingress_policy"))
         _state_flows(b, "ingress_policy", (*dst, ("dl_type", eth)), deliver)
         allow_new = scope.ingress_default is RuleAction.ALLOW
         b.add(

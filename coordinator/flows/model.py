@@ -64,11 +64,20 @@ class Conjunction:
 
 
 @dataclass(frozen=True)
+class Meter:
+    """Police through OpenFlow meter ``meter_id`` (drop band); offloads as a
+    TC police action."""
+
+    kind: ClassVar[str] = "meter"
+    meter_id: int
+
+
+@dataclass(frozen=True)
 class Drop:
     kind: ClassVar[str] = "drop"
 
 
-FlowAction = Goto | Output | Flood | Ct | CtCommit | CtClear | Conjunction | Drop
+FlowAction = Goto | Output | Flood | Ct | CtCommit | CtClear | Conjunction | Meter | Drop
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ import yaml
 
 from coordinator.flows.model import Ct, Flow, Goto
 
-KNOWN_ACTIONS = frozenset({"goto", "output", "flood", "ct", "ct_commit", "ct_clear", "conjunction", "drop"})
+KNOWN_ACTIONS = frozenset(
+    {"goto", "output", "flood", "ct", "ct_commit", "ct_clear", "conjunction", "meter", "drop"}
+)
 MISS_ACTIONS = frozenset({"drop"})
 
 

@@ -14,6 +14,7 @@ from coordinator.flows.model import (
     Flow,
     FlowAction,
     Goto,
+    Meter,
     Output,
 )
 from coordinator.flows.pipeline import Pipeline
@@ -35,6 +36,8 @@ def render_action(action: FlowAction, pipeline: Pipeline) -> str:
             return "ct_clear"
         case Conjunction(conj_id=conj_id, clause=clause, n_clauses=n_clauses):
             return f"conjunction({conj_id},{clause}/{n_clauses})"
+        case Meter(meter_id=meter_id):
+            return f"meter:{meter_id}"
         case Drop():
             return "drop"
     raise TypeError(f"unknown action {action!r}")

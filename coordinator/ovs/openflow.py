@@ -105,6 +105,22 @@ class OpenFlowSwitch:
             )
         return SyncResult(added=len(diff.added), removed=len(diff.removed), total=len(desired))
 
+    async def set_meter(self, meter_id: int, kbps: int, burst_kb: int) -> None:
+        """Create or change a drop-band meter. Meters cannot ride in a flow
+        bundle, so callers set them before the bundle that references them."""
+        spec = f"meter={meter_id},kbps,burst,band=type=drop,rate={kbps},burst_size={burst_kb}"
+        code, _ = await self._ofctl("mod-meter", self._target, spec, ok_codes=(0, 1))
+        if code != 0:
+            await self._ofctl("add-meter", self._target, spec)
+
+    async def delete_meter(self, meter_id: int) -> None:
+        """Remove a meter no flow references any more (absent is fine)."""
+        await self._ofctl("del-meter", self._target, f"meter={meter_id}")
+
+    async def meter_stats(self, meter_id: int) -> str:
+        _, out = await self._ofctl("meter-stats", self._target, f"meter={meter_id}")
+        return out
+
     async def delete(self, cookie: int) -> None:
         await self._ofctl("del-flows", self._target, f"cookie={cookie:#x}/-1")
 

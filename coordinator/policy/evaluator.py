@@ -6,13 +6,16 @@ shares no code with the compiler. Do not optimise it.
 
 ``evaluate(scope, packet)`` decides, in this order:
 
-a. DHCP (EGRESS only): if ``scope.allow_dhcp`` and the packet is IPv4 UDP
-   from port 68 to port 67, it is allowed as ``"dhcp"``, whatever its
-   addresses (the client has none yet and sends from 0.0.0.0) and its
-   conntrack state. Nothing below is consulted.
-b. Anti-spoofing (EGRESS only): a source address outside every network of
-   ``scope.addresses`` is denied as ``"anti-spoof"`` (so with no addresses
-   every egress packet but DHCP is). INGRESS does not check the destination.
+a. DHCP: if ``scope.allow_dhcp`` and the packet is IPv4 UDP from port 68
+   to port 67 (EGRESS, the client's request) or from port 67 to port 68
+   (INGRESS, the server's answer), it is allowed as ``"dhcp"``, whatever its
+   addresses (the client has none yet and sends from 0.0.0.0; the answer
+   goes to an address it does not have yet) and its conntrack state.
+   Nothing below is consulted.
+b. Own addresses: an EGRESS packet whose source, or an INGRESS packet whose
+   destination, is outside every network of ``scope.addresses`` is denied
+   as ``"anti-spoof"`` (so with no addresses of a family, nothing of that
+   family passes either way, but DHCP).
 c. Conntrack: INVALID is denied as ``"invalid"``; ESTABLISHED and RELATED
    (replies to, and ICMP errors about, allowed connections) are allowed as
    ``"established"``.
@@ -82,11 +85,11 @@ def evaluate(scope: Scope, packet: Packet) -> Verdict:
     egress = packet.direction is Direction.EGRESS
 
     # a. DHCP
-    if egress and scope.allow_dhcp and is_dhcp_request(packet):
+    if scope.allow_dhcp and (is_dhcp_request(packet) if egress else is_dhcp_answer(packet)):
         return Verdict(True, VERDICT_DHCP)
 
-    # b. anti-spoofing
-    if egress and not source_is_own(scope, packet):
+    # b. own addresses
+    if not (source_is_own(scope, packet) if egress else destination_is_own(scope, packet)):
         return Verdict(False, VERDICT_ANTI_SPOOF)
 
     # c. conntrack
@@ -117,6 +120,21 @@ def is_dhcp_request(packet: Packet) -> bool:
         and packet.protocol == IPPROTO_UDP
         and packet.src_port == DHCP_CLIENT_PORT
         and packet.dst_port == DHCP_SERVER_PORT
+    )
+
+
+def is_dhcp_answer(packet: Packet) -> bool:
+    return (
+        packet.version == 4
+        and packet.protocol == IPPROTO_UDP
+        and packet.src_port == DHCP_SERVER_PORT
+        and packet.dst_port == DHCP_CLIENT_PORT
+    )
+
+
+def destination_is_own(scope: Scope, packet: Packet) -> bool:
+    return any(
+        network.version == packet.dst_ip.version and packet.dst_ip in network for network in scope.addresses
     )
 
 

@@ -5,11 +5,10 @@ the differential tests of the OpenFlow compiler."""
 from __future__ import annotations
 
 import enum
-import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from coordinator.policy.scope import IPAddress
 
 IPPROTO_ICMP: Final = 1
 IPPROTO_TCP: Final = 6

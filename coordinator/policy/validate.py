@@ -51,6 +51,7 @@ from google.protobuf.message import Message
 
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.policy.scope import (
+    IPAddress,
     IPNetwork,
     PortRange,
     Protocol,
@@ -86,8 +87,6 @@ MAX_ICMP_VALUE: Final = 255
 
 # The field name used for errors about the NetworkScope as a whole.
 ROOT_FIELD: Final = "network"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class PolicyError(ValueError):

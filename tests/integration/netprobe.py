@@ -82,6 +82,13 @@ def udp(host: str, port: int, timeout: float) -> bool:
             return False
 
 
+def blast(host: str, port: int, count: int, size: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        for _ in range(count):
+            s.sendto(b"x" * size, (host, port))
+
+
 def hold(host: str, port: int, timeout: float) -> None:
     s = socket.create_connection((host, port), timeout=timeout)
     print("connected", flush=True)
@@ -102,6 +109,11 @@ def main() -> int:
     p.add_argument("--tcp", default="")
     p.add_argument("--udp", default="")
     p.add_argument("--udp-addresses", default="", help="addresses the UDP echo binds to")
+    p = sub.add_parser("blast")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--count", type=int, default=500)
+    p.add_argument("--size", type=int, default=1200)
     for name in ("connect", "udp", "hold"):
         p = sub.add_parser(name)
         p.add_argument("host")
@@ -116,6 +128,9 @@ def main() -> int:
         return 0
     if args.cmd == "connect":
         return 0 if connect(args.host, args.port, args.timeout, args.source) else 1
+    if args.cmd == "blast":
+        blast(args.host, args.port, args.count, args.size)
+        return 0
     if args.cmd == "udp":
         return 0 if udp(args.host, args.port, args.timeout) else 1
     hold(args.host, args.port, args.timeout)

@@ -263,3 +263,30 @@ async def test_no_forbidden_packet_passes_during_a_stream_of_updates(stack: Stac
         stop.set()
         prober.join()
     assert leaks == []
+
+
+def _meter_counts(stats: str) -> tuple[int, int]:
+    """(packets into the meter, packets its drop band dropped) from
+    "meter:N ... packet_in_count:X ... bands:\n0: packet_count:Y ..."."""
+    head, _, bands = stats.partition("bands:")
+    seen = [int(p.split(":", 1)[1]) for p in head.split() if p.startswith("packet_in_count:")]
+    dropped = [int(p.split(":", 1)[1]) for p in bands.split() if p.startswith("packet_count:")]
+    return (seen[0] if seen else -1, dropped[0] if dropped else -1)
+
+
+async def test_egress_rate_limit_polices_through_a_meter(stack: Stack) -> None:
+    ns = await _guest(stack)
+    udp = [allow("udp", "PROTOCOL_UDP", ports=[5000])]
+    await stack.service.apply_policy(
+        "sb-1", scope(egress=udp, egress_rate_limit={"kbps": 1000, "burst_kb": 100})
+    )
+    record = stack.store.list_attachments()[0]
+    assert probe_udp(ns, SERVER_V4, 5000)
+    netns.run_in_netns(ns, [sys.executable, NETPROBE, "blast", SERVER_V4, "5000", "--count", "600"])
+    # Sent at once, this is far above 1 Mbit/s plus 100 kbit of burst: most
+    # of what reaches the meter must be dropped by its band.
+    seen, dropped = _meter_counts(await stack.openflow.meter_stats(record.slot))
+    assert seen > 20 and dropped > seen // 2, (seen, dropped)
+    await stack.service.apply_policy("sb-1", scope(egress=udp))
+    assert _meter_counts(await stack.openflow.meter_stats(record.slot)) == (-1, -1)
+    assert probe_udp(ns, SERVER_V4, 5000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -115,10 +116,16 @@ CASES: list[tuple[str, Scope, Packet, Verdict]] = [
         Verdict(DENIED, "default"),
     ),
     (
-        "dhcp-not-on-ingress",
+        "dhcp-request-ports-not-on-ingress",
         scope(allow_dhcp=True),
         pkt(I, UDP, "198.51.100.1", ME4, 68, 67),
         Verdict(DENIED, "default"),
+    ),
+    (
+        "dhcp-answer-on-ingress-to-any-address",
+        scope(allow_dhcp=True),
+        pkt(I, UDP, "198.51.100.1", "198.51.100.77", 67, 68),
+        Verdict(ALLOWED, "dhcp"),
     ),
     (
         "dhcp-not-ipv6",
@@ -164,9 +171,15 @@ CASES: list[tuple[str, Scope, Packet, Verdict]] = [
         Verdict(DENIED, "anti-spoof"),
     ),
     (
-        "ingress-destination-not-checked",
+        "ingress-destination-must-be-own",
         scope(ingress_default=RuleAction.ALLOW),
         pkt(I, TCP, "203.0.113.5", "198.51.100.200", 1, 22),
+        Verdict(DENIED, "anti-spoof"),
+    ),
+    (
+        "ingress-to-own-address-default",
+        scope(ingress_default=RuleAction.ALLOW),
+        pkt(I, TCP, "203.0.113.5", ME4, 1, 22),
         Verdict(ALLOWED, "default"),
     ),
     # c. conntrack
@@ -486,8 +499,8 @@ CASES: list[tuple[str, Scope, Packet, Verdict]] = [
     ),
     (
         "dns-not-ingress",
-        scope(dns_servers=(ip("198.51.100.1"),)),
-        pkt(I, UDP, "203.0.113.1", "198.51.100.1", 1, 53),
+        scope(dns_servers=(ip(ME4),)),
+        pkt(I, UDP, "203.0.113.1", ME4, 1, 53),
         Verdict(DENIED, "default"),
     ),
     (
@@ -537,8 +550,9 @@ def test_bad_packets_are_rejected(make: object) -> None:
 # Properties over generated scopes and packets
 
 
-def _own_source(scope_: Scope, packet: Packet) -> bool:
-    return any(packet.src_ip in n for n in scope_.addresses if n.version == packet.src_ip.version)
+def _own_local_end(scope_: Scope, packet: Packet) -> bool:
+    local = packet.src_ip if packet.direction is Direction.EGRESS else packet.dst_ip
+    return any(local in n for n in scope_.addresses if n.version == local.version)
 
 
 @settings(max_examples=400)
@@ -560,7 +574,7 @@ def test_verdicts_are_consistent(data: st.DataObject) -> None:
     # Deny wins: for a NEW packet from our own address that is not DHCP, a
     # matching DENY rule always denies.
     bypass = verdict.rule == "dhcp"
-    own = packet.direction is Direction.INGRESS or _own_source(scope_, packet)
+    own = _own_local_end(scope_, packet)
     if packet.ct_state is CtState.NEW and own and not bypass:
         matching = [i for i, r in enumerate(rules) if rule_matches(r, packet)]
         denies = [i for i in matching if rules[i].action is RuleAction.DENY]
@@ -580,15 +594,16 @@ def test_packets_for_reaches_rule_edges() -> None:
     )
     edges = packets_for(scope_)
     settings_ = settings(max_examples=5000, database=None)
+
+    def to_port(port: int) -> Callable[[Packet], bool]:
+        return lambda p: p.dst_port == port
+
+    def egress_to(address: str) -> Callable[[Packet], bool]:
+        return lambda p: p.direction is Direction.EGRESS and p.dst_ip == ip(address)
+
     for port in (999, 1000, 2000, 2001):
-        assert find(edges, lambda p, port=port: p.dst_port == port, settings=settings_).dst_port == port
-    for address in map(ip, ("203.0.113.63", "203.0.113.64", "203.0.113.127", "203.0.113.128")):
-        found = find(
-            edges,
-            lambda p, a=address: p.direction is Direction.EGRESS and p.dst_ip == a,
-            settings=settings_,
-        )
-        assert found.dst_ip == address
-    assert evaluate(
-        scope_, find(edges, lambda p: evaluate(scope_, p).rule == "r", settings=settings_)
-    ).allowed
+        assert find(edges, to_port(port), settings=settings_).dst_port == port
+    for address in ("203.0.113.63", "203.0.113.64", "203.0.113.127", "203.0.113.128"):
+        assert find(edges, egress_to(address), settings=settings_).dst_ip == ip(address)
+    matching = find(edges, lambda p: evaluate(scope_, p).rule == "r", settings=settings_)
+    assert evaluate(scope_, matching).allowed
