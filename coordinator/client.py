@@ -82,6 +82,9 @@ class CoordinatorClient:
         request = pb.ListAttachmentsRequest(sandbox_id=sandbox_id, host_instance_id=host_instance_id)
         return list(self._stub.ListAttachments(request, timeout=self._timeout).attachments)
 
+    def explain(self, request: pb.ExplainPacketRequest) -> pb.ExplainPacketResponse:
+        return cast(pb.ExplainPacketResponse, self._stub.ExplainPacket(request, timeout=self._timeout))
+
     def watch(self, since_seq: int = 0, *, timeout: float | None = None) -> Iterator[pb.AttachmentEvent]:
         request = pb.WatchAttachmentEventsRequest(since_seq=since_seq)
         yield from self._stub.WatchAttachmentEvents(request, timeout=timeout)

@@ -63,6 +63,8 @@ class OvsConfig:
     datapath_type: Literal["system", "netdev"] = "system"
     # Port that leads to the fabric; added to the bridge if missing.
     uplink: str = "p0"
+    # ovs-vswitchd's control socket (traces, conntrack); "" = found in rundir.
+    vswitchd_ctl: str = ""
     # Seconds an OVSDB transaction or ovs-ofctl call may take.
     timeout_s: float = 10.0
 

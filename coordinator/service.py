@@ -23,6 +23,7 @@ from coordinator.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -41,10 +42,15 @@ from coordinator.flows.compiler import (
 )
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
+from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.leases import DetachDecision, decide_detach
+from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
 from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, SANDBOX_KEY, Ovsdb, OvsdbError
+from coordinator.ovs.trace import TraceError, dpif_show, trace
+from coordinator.policy.evaluator import Verdict, evaluate
+from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store
@@ -55,6 +61,13 @@ log = logging.getLogger(__name__)
 ROLE_KEY = "bluefield-coordinator-role"
 HEALTH_TTL_S = 1.0
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
+
+
+@dataclass(frozen=True)
+class Explanation:
+    verdict: Verdict
+    trace: str
+    switch_agrees: bool
 
 
 @dataclass(frozen=True)
@@ -303,8 +316,27 @@ class AttachmentService:
         await self._events.notify()
         return results
 
-    def scope_of(self, record: AttachmentRecord) -> Scope:
-        return self._scope_for(record)[0]
+    # -- explain ---------------------------------------------------------------
+
+    async def explain(self, caller: Caller, attachment_id: str, packet: Packet) -> Explanation:
+        """The policy's verdict for ``packet`` and the live switch's trace."""
+        if not caller.is_admin:
+            raise PermissionDenied("ExplainPacket is for admins")
+        record = self.get(caller, attachment_id)
+        verdict = evaluate(self._scope_for(record)[0], packet)
+        ports = TracePorts(
+            attachment_ofport=record.ofport, attachment_mac=record.mac, uplink_ofport=self._uplink_ofport or 0
+        )
+        request = trace_request(packet, ports)
+        ctl = vswitchd_ctl(self._config.ovs.rundir, self._config.ovs.vswitchd_ctl)
+        timeout = self._config.ovs.timeout_s
+        try:
+            text = await trace(ctl, self._config.ovs.bridge, request.flow, request.ct_next, timeout=timeout)
+            odp = parse_dpif_show(await dpif_show(ctl, timeout=timeout), self._config.ovs.bridge)
+            switch = parse_trace(text, request.expected_ofport, odp)
+        except (TraceError, TraceParseError) as exc:
+            raise Unavailable(f"tracing through the switch: {exc}") from exc
+        return Explanation(verdict=verdict, trace=text, switch_agrees=switch.allowed == verdict.allowed)
 
     async def _undo_attach(self, record: AttachmentRecord, cause: BaseException) -> None:
         try:

@@ -3,6 +3,7 @@ names the offending field."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -10,10 +11,21 @@ from typing import Any, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.errors import InvalidArgument
 from coordinator.eswitch.base import DeviceKind, DeviceSlot
 from coordinator.health import HealthReport
-from coordinator.service import AttachParams
+from coordinator.policy.packet import (
+    IPPROTO_ICMP,
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    CtState,
+    Direction,
+    Packet,
+)
+from coordinator.policy.scope import IPAddress
+from coordinator.service import AttachParams, Explanation
 from coordinator.store.records import AttachmentRecord, AttachmentState, EventRecord, PolicyState, PoolStats
 
 T = TypeVar("T")
@@ -60,7 +72,7 @@ def optional_id(field: str, value: str) -> str:
     return require_id(field, value) if value else ""
 
 
-def _enum(field: str, table: Mapping[Any, T], value: int) -> T:
+def _enum(field: str, table: Mapping[Any, T], value: object) -> T:
     if value not in table:
         raise InvalidArgument(field, f"unknown value {value}")
     return table[value]
@@ -93,6 +105,71 @@ def list_filter_state(value: int) -> AttachmentState | None:
     if value == pb.ATTACHMENT_STATE_UNSPECIFIED:
         return None
     return _enum("state", _STATE_FROM_PB, value)
+
+
+_DIRECTIONS = {pb.DIRECTION_EGRESS: Direction.EGRESS, pb.DIRECTION_INGRESS: Direction.INGRESS}
+_PROTOCOLS = {
+    policy_pb2.PROTOCOL_TCP: IPPROTO_TCP,
+    policy_pb2.PROTOCOL_UDP: IPPROTO_UDP,
+    policy_pb2.PROTOCOL_ICMP: IPPROTO_ICMP,
+    policy_pb2.PROTOCOL_ICMPV6: IPPROTO_ICMPV6,
+}
+_CT_STATES = {"": CtState.NEW, **{s.value: s for s in CtState}, "established": CtState.ESTABLISHED,
+              "related": CtState.RELATED, "invalid": CtState.INVALID}  # fmt: skip
+
+
+def _address(field: str, value: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"not an IP address: {value!r}") from exc
+
+
+def explain_args(request: pb.ExplainPacketRequest) -> tuple[str, Packet]:
+    attachment_id = require_id("attachment_id", request.attachment_id)
+    direction = _enum("direction", _DIRECTIONS, request.direction)
+    protocol = _enum("protocol", _PROTOCOLS, request.protocol)
+    ct_state = _enum("ct_state", _CT_STATES, request.ct_state.strip().lower())
+    src, dst = _address("src_ip", request.src_ip), _address("dst_ip", request.dst_ip)
+    if src.version != dst.version:
+        raise InvalidArgument("dst_ip", "must be of the same address family as src_ip")
+    ported = protocol in (IPPROTO_TCP, IPPROTO_UDP)
+    for field in ("src_port", "dst_port"):
+        value = getattr(request, field)
+        if value > 65535 or (value and not ported):
+            raise InvalidArgument(field, "0-65535, and only for tcp or udp")
+    for field in ("icmp_type", "icmp_code"):
+        value = getattr(request, field)
+        if value > 255 or (value and ported):
+            raise InvalidArgument(field, "0-255, and only for icmp or icmpv6")
+    try:
+        packet = Packet(
+            direction=direction,
+            protocol=protocol,
+            src_ip=src,
+            dst_ip=dst,
+            src_port=request.src_port,
+            dst_port=request.dst_port,
+            icmp_type=request.icmp_type,
+            icmp_code=request.icmp_code,
+            ct_state=ct_state,
+        )
+    except ValueError as exc:
+        raise InvalidArgument("protocol", str(exc)) from exc
+    return attachment_id, packet
+
+
+def explanation_to_pb(explanation: Explanation) -> pb.ExplainPacketResponse:
+    verdict = explanation.verdict
+    response = pb.ExplainPacketResponse(
+        allowed=verdict.allowed,
+        rule=verdict.rule,
+        trace=explanation.trace,
+        switch_agrees=explanation.switch_agrees,
+    )
+    if verdict.direction_rule_index is not None:
+        response.rule_index = verdict.direction_rule_index
+    return response
 
 
 def timestamp(seconds: float | None) -> Timestamp | None:

@@ -134,9 +134,9 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def ExplainPacket(
         self, request: pb.ExplainPacketRequest, context: Context
     ) -> pb.ExplainPacketResponse:
-        await self._caller(context)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ExplainPacket is not implemented yet")
-        raise AssertionError("unreachable")
+        caller = await self._caller(context)
+        attachment_id, packet = convert.explain_args(request)
+        return convert.explanation_to_pb(await self._service.explain(caller, attachment_id, packet))
 
     async def WatchAttachmentEvents(
         self, request: pb.WatchAttachmentEventsRequest, context: Context

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.certs import init_dev_pki, issue_client_cert
 from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.dev import env, netns
@@ -389,3 +390,36 @@ def test_health_reports_checks_and_pools(host: CoordinatorClient) -> None:
     assert not checks["ovs_hw_offload"].required
     pools = {p.kind: p for p in health.pools}
     assert pools[pb.DEVICE_KIND_VF].total == 3 and pools[pb.DEVICE_KIND_SF].total == 2
+
+
+def test_explain_packet_is_for_admins_and_agrees_with_the_switch(
+    dev: env.Endpoint, host: CoordinatorClient, admin: CoordinatorClient
+) -> None:
+    a = _attach(host, "sandbox-explain")
+    try:
+        request = pb.ExplainPacketRequest(
+            attachment_id=a.attachment_id,
+            direction=pb.DIRECTION_EGRESS,
+            protocol=policy_pb2.PROTOCOL_TCP,
+            src_ip="198.51.100.10",
+            dst_ip="203.0.113.5",
+            src_port=40000,
+            dst_port=443,
+            ct_state="new",
+        )
+        answer = admin.explain(request)
+        # The baseline knows no address of the guest: its IP is spoofed.
+        assert not answer.allowed and answer.rule == "anti-spoof" and answer.switch_agrees
+        assert "Datapath actions" in answer.trace
+        with pytest.raises(grpc.RpcError) as err:
+            host.explain(request)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        bad = pb.ExplainPacketRequest()
+        bad.CopyFrom(request)
+        bad.dst_ip = "2001:db8::1"
+        with pytest.raises(grpc.RpcError) as err:
+            admin.explain(bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (err.value.details() or "").startswith("dst_ip")
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)

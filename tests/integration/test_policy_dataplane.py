@@ -8,16 +8,19 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
+from coordinator.callers import Caller, Role
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.flows.compiler import cookie_for_slot
+from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
 from tests.conftest import require_ovs
@@ -290,3 +293,27 @@ async def test_egress_rate_limit_polices_through_a_meter(stack: Stack) -> None:
     await stack.service.apply_policy("sb-1", scope(egress=udp))
     assert _meter_counts(await stack.openflow.meter_stats(record.slot)) == (-1, -1)
     assert probe_udp(ns, SERVER_V4, 5000)
+
+
+async def test_explain_names_the_deciding_rule_and_matches_the_switch(stack: Stack) -> None:
+    await _guest(stack)
+    rules = [*WEB, deny("no-8080-to-5", cidrs=[f"{SERVER_V4}/32"], ports=[8080])]
+    await stack.service.apply_policy("sb-1", scope(egress=rules))
+    record = stack.store.list_attachments()[0]
+    admin = Caller("spiffe://bluefield.local/admin/admin", Role.ADMIN)
+
+    def tcp(dport: int, direction: Direction = Direction.EGRESS, ct: CtState = CtState.NEW) -> Packet:
+        src, dst = (GUEST_V4, SERVER_V4) if direction is Direction.EGRESS else (SERVER_V4, GUEST_V4)
+        return Packet(direction, IPPROTO_TCP, ip_address(src), ip_address(dst), 40000, dport, ct_state=ct)
+
+    cases = [
+        (tcp(443), True, "web"),
+        (tcp(8080), False, "no-8080-to-5"),
+        (tcp(80), False, "default"),
+        (tcp(22, Direction.INGRESS), False, "default"),
+        (tcp(22, Direction.INGRESS, CtState.ESTABLISHED), True, "established"),
+    ]
+    for packet, allowed, rule in cases:
+        answer = await stack.service.explain(admin, record.attachment_id, packet)
+        assert (answer.verdict.allowed, answer.verdict.rule) == (allowed, rule), packet
+        assert answer.switch_agrees, answer.trace

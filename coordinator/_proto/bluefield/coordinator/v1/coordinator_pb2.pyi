@@ -321,11 +321,15 @@ class ExplainPacketRequest(_message.Message):
     def __init__(self, attachment_id: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., protocol: _Optional[_Union[_policy_pb2.Protocol, str]] = ..., src_ip: _Optional[str] = ..., dst_ip: _Optional[str] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., icmp_type: _Optional[int] = ..., icmp_code: _Optional[int] = ..., ct_state: _Optional[str] = ...) -> None: ...
 
 class ExplainPacketResponse(_message.Message):
-    __slots__ = ("allowed", "rule", "trace")
+    __slots__ = ("allowed", "rule", "trace", "switch_agrees", "rule_index")
     ALLOWED_FIELD_NUMBER: _ClassVar[int]
     RULE_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_AGREES_FIELD_NUMBER: _ClassVar[int]
+    RULE_INDEX_FIELD_NUMBER: _ClassVar[int]
     allowed: bool
     rule: str
     trace: str
-    def __init__(self, allowed: _Optional[bool] = ..., rule: _Optional[str] = ..., trace: _Optional[str] = ...) -> None: ...
+    switch_agrees: bool
+    rule_index: int
+    def __init__(self, allowed: _Optional[bool] = ..., rule: _Optional[str] = ..., trace: _Optional[str] = ..., switch_agrees: _Optional[bool] = ..., rule_index: _Optional[int] = ...) -> None: ...
