@@ -99,6 +99,9 @@ class PolicyConfig:
 class LimitsConfig:
     max_attachments: int = 1024
     max_attach_qps: float = 50.0
+    # Conntrack entries one attachment's zone may hold, so one guest cannot
+    # exhaust the table all guests share (0 = unlimited).
+    conntrack_per_attachment: int = 65536
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "policy.initial_policy_timeout_ms": (1, 3_600_000),
     "limits.max_attachments": (1, 65535),
     "limits.max_attach_qps": (0.1, 100_000),
+    "limits.conntrack_per_attachment": (0, 10_000_000),
     "ovs.timeout_s": (0.1, 600),
     "server.shutdown_grace_s": (0, 600),
 }

@@ -45,6 +45,7 @@ from coordinator.flows.render import render_flows
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.leases import DetachDecision, decide_detach
+from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
 from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, SANDBOX_KEY, Ovsdb, OvsdbError
@@ -106,6 +107,11 @@ class AttachmentService:
         # One mutation at a time: simple and correct for now; attaches are
         # tens of milliseconds.
         self._lock = asyncio.Lock()
+        self._conntrack = ConntrackControl(
+            vswitchd_ctl(config.ovs.rundir, config.ovs.vswitchd_ctl),
+            timeout=config.ovs.timeout_s,
+            userspace_datapath=config.ovs.datapath_type == "netdev",
+        )
         self._uplink_ofport: int | None = None
         self._health: tuple[float, HealthReport] | None = None
 
@@ -268,8 +274,11 @@ class AttachmentService:
         try:
             rep = await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
             ofport = await self._ovsdb.ensure_port(self._config.ovs.bridge, rep, self._port_ids(record))
+            # Before any flow lets traffic in: a limit does not count the
+            # connections that already exist when it is set.
+            await self._conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
             await self._enforce(record, ofport, scope)
-        except (EswitchError, OvsdbError, OpenFlowError) as exc:
+        except (EswitchError, OvsdbError, OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
         if record.state is AttachmentState.BOUND and record.ofport == ofport and record.policy_state is state:
             return record
@@ -304,7 +313,8 @@ class AttachmentService:
                         )
                     )
                     continue
-                message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed})"
+                cut = await self._revoke(record, scope)
+                message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
                 event = ("DpuPolicyApplied", True, "Applied", message)
                 results.append(
                     self._store.set_policy_status(
@@ -315,6 +325,22 @@ class AttachmentService:
                 self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         await self._events.notify()
         return results
+
+    async def _revoke(self, record: AttachmentRecord, scope: Scope) -> str:
+        """Cut the attachment's connections ``scope`` no longer allows; the
+        ones it still allows keep their conntrack entries. Returns a note
+        for the event message."""
+        try:
+            result = await self._conntrack.revoke_entries(record.slot, scope)
+        except ConntrackError as exc:
+            log.warning("revoking connections of %s failed: %s", record.attachment_id, exc)
+            return f"; revoking connections failed: {exc}"
+        note = f"; {len(result.flushed)} revoked connections cut" if result.flushed else ""
+        if result.unflushable:
+            # OVS 3.1's userspace conntrack cannot flush ICMPv6 entries by
+            # tuple; they stay until they time out (and never carry new flows).
+            note += f"; {len(result.unflushable)} revoked ICMPv6 entries left to expire"
+        return note
 
     # -- explain ---------------------------------------------------------------
 
@@ -361,9 +387,12 @@ class AttachmentService:
         try:
             await self._openflow.delete(cookie_for_slot(record.slot))
             await self._openflow.delete_meter(record.slot)
+            # The next attachment in this slot starts with an empty zone.
+            await self._conntrack.flush_zone(record.slot)
+            await self._conntrack.delete_zone_limit(record.slot)
             await self._ovsdb.delete_port(self._config.ovs.bridge, record.device.representor)
             await asyncio.to_thread(self._backend.release, record.device)
-        except (EswitchError, OvsdbError, OpenFlowError) as exc:
+        except (EswitchError, OvsdbError, OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"detaching {record.attachment_id}: {exc}") from exc
 
     # -- detach -------------------------------------------------------------------

@@ -6,23 +6,25 @@ on as ``+est`` entries. :func:`revoked` decides which entries those are with the
 :meth:`ConntrackControl.revoke` flushes exactly them; established connections the scope still allows
 are left alone.
 
-Facts about OVS 3.1.0 with the userspace (``netdev``) datapath, all checked on real traffic:
+Facts about OVS 3.1.0 with the userspace (``netdev``) datapath, checked on real traffic except
+where marked as read from the OVS source:
 
 - ``dpctl/dump-conntrack zone=N`` prints one entry per line, e.g.
   ``tcp,orig=(src=A,dst=B,sport=P,dport=Q),reply=(...),zone=5,protoinfo=(state=ESTABLISHED)``;
   ``zone=`` is omitted for zone 0, ``mark=``/``labels=`` only when non-zero; ICMP tuples carry
-  ``id=,type=,code=`` (newer releases print only ``id=`` unless ``-m``); protocols without a name
-  are printed as numbers (``253,orig=(...,sport=0,dport=0)``).
+  ``id=,type=,code=`` (source: newer releases print only ``id=`` unless ``-m``); protocols
+  without a name are printed as numbers (``253,orig=(...,sport=0,dport=0)``).
 - ``dpctl/flush-conntrack zone=N 'ct_nw_src=A,ct_nw_dst=B,ct_nw_proto=6,ct_tp_src=P,ct_tp_dst=Q'``
   removes one entry (IPv6: ``ct_ipv6_src``/``ct_ipv6_dst``; ICMP: ``icmp_type=,icmp_code=,icmp_id=``
   instead of the ports, and they must come after ``ct_nw_proto``). A full tuple that matches
   nothing fails with ``failed to flush conntrack (No such file or directory)``.
 - **Flushing an ICMPv6 entry by tuple aborts ovs-vswitchd** (any ICMPv6 type, full or partial
   tuple): the userspace conntrack builds the lookup key with the IPv4 ``reverse_icmp_type()``,
-  which hits ``OVS_NOT_REACHED()`` for types it does not know; the same holds for ICMPv4 types
-  other than 0/8/13/14/15/16. :class:`ConntrackControl` therefore refuses those flushes (raising
-  :class:`ConntrackUnsupportedError` without running anything) unless told the datapath is not the
-  userspace one. Flushing a whole zone is safe.
+  which hits ``OVS_NOT_REACHED()`` for types it does not know (source: so do ICMPv4 types other
+  than 0/8/13/14/15/16, which conntrack never creates entries for anyway). So
+  :class:`ConntrackControl` refuses those flushes (raising :class:`ConntrackUnsupportedError`
+  without running anything) unless told the datapath is not the userspace one. Flushing a whole
+  zone is safe.
 - ``dpctl/ct-set-limits zone=N,limit=M`` **is enforced** by the userspace datapath: once a zone
   holds M connections committed after the limit was set, further commits create no entry (so a
   reply that must match ``+est`` is dropped). Connections that existed before the limit was set
@@ -68,6 +70,7 @@ __all__ = [
     "parse_entry",
     "parse_limits",
     "revoked",
+    "userspace_flush_problem",
 ]
 
 DEFAULT_TIMEOUT: Final = 10.0

@@ -19,12 +19,14 @@ the expected verdict is the pipeline's documented behaviour instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -39,10 +41,18 @@ from coordinator.flows.render import render_flows
 from coordinator.flows.trace import TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.ovs.trace import trace
 from coordinator.policy.evaluator import evaluate
-from coordinator.policy.packet import IPPROTO_ICMPV6, IPPROTO_UDP, CtState, Direction, Packet
-from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
+from coordinator.policy.packet import (
+    IPPROTO_ICMPV6,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    CtState,
+    Direction,
+    IPAddress,
+    Packet,
+)
+from coordinator.policy.scope import IPNetwork, PortRange, Protocol, Rule, RuleAction, Scope
 from tests.conftest import require_ovs
-from tests.unit.policy.strategies import packets_for, scopes
+from tests.unit.policy.strategies import addresses, networks, packets_for, port_ranges, scopes
 
 pytestmark = pytest.mark.ovs
 
@@ -51,6 +61,7 @@ ATTACHMENT_PORT, UPLINK_PORT = "dt-att", "dt-uplink"
 ATTACHMENT_MAC = "02:00:00:00:0d:01"
 SLOT = 7
 PACKETS_PER_SCOPE = 20
+CONJUNCTION_PROBES = 5  # of PACKETS_PER_SCOPE, aimed at conjunctive rules when the scope has any
 CONCURRENCY = 8
 PROBES = int(os.environ.get("POLICY_FUZZ_PROBES", "2000"))
 
@@ -180,8 +191,21 @@ class Stats:
     scopes: int = 0
     probes: int = 0
     infrastructure: int = 0
+    decided_by: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     mismatches: list[str] = field(default_factory=list)
+
+
+def _category(scope: Scope, packet: Packet, want: Expected) -> str:
+    """What decided, for the summary: a fixed verdict name, 'rule' or
+    'conjunctive rule', or 'infrastructure'."""
+    if not want.why.startswith("evaluator: "):
+        return "infrastructure"
+    verdict = evaluate(scope, packet)
+    if verdict.direction_rule_index is None:
+        return verdict.rule
+    rules = scope.egress if packet.direction is Direction.EGRESS else scope.ingress
+    return "conjunctive rule" if _is_conjunctive(rules[verdict.direction_rule_index]) else "rule"
 
 
 def _describe(scope: Scope, packet: Packet, want: Expected, got: bool, text: str) -> str:
@@ -205,8 +229,9 @@ def check_scope(bench: Bench, scope: Scope, packets: Sequence[Packet], stats: St
     mismatches = []
     for packet, (got, text) in zip(packets, results, strict=True):
         want = expected(scope, packet)
-        if stats is not None and infrastructure(scope, packet) is not None:
-            stats.infrastructure += 1
+        if stats is not None:
+            stats.infrastructure += infrastructure(scope, packet) is not None
+            stats.decided_by[_category(scope, packet, want)] += 1
         if got != want.allowed:
             mismatches.append(_describe(scope, packet, want, got, text))
     if stats is not None:
@@ -221,6 +246,78 @@ def check_scope(bench: Bench, scope: Scope, packets: Sequence[Packet], stats: St
 
 # --------------------------------------------------------------------------
 # The fuzzer
+#
+# ``scopes()`` rarely draws a rule with several cidrs AND several port masks
+# (the only rules compiled to OpenFlow conjunctions), and ``packets_for``
+# rarely hits one at a point where it decides. Half of the scopes here get up
+# to three such rules inserted, and some packets of each scope are aimed at
+# the cross product of one such rule's cidrs and port-range edges.
+
+
+def _is_conjunctive(rule: Rule) -> bool:
+    return len(rule.cidrs) > 1 and rule.protocol.has_ports and bool(rule.ports)
+
+
+@st.composite
+def conjunctive_rules(draw: st.DrawFn, name: str) -> Rule:
+    return Rule(
+        name=name,
+        action=draw(st.sampled_from(RuleAction)),
+        cidrs=tuple(draw(st.lists(networks(), min_size=2, max_size=4, unique=True))),
+        protocol=draw(st.sampled_from((Protocol.TCP, Protocol.UDP))),
+        ports=tuple(draw(st.lists(port_ranges(), min_size=2, max_size=3))),
+    )
+
+
+@st.composite
+def _with_inserted(draw: st.DrawFn, rules: tuple[Rule, ...], prefix: str) -> tuple[Rule, ...]:
+    result = list(rules)
+    for i in range(draw(st.integers(0, 3))):
+        result.insert(draw(st.integers(0, len(result))), draw(conjunctive_rules(f"{prefix}-cj{i}")))
+    return tuple(result)
+
+
+@st.composite
+def differential_scopes(draw: st.DrawFn) -> Scope:
+    scope = draw(scopes())
+    if draw(st.booleans()):
+        return scope
+    return replace(
+        scope,
+        egress=draw(_with_inserted(scope.egress, "eg")),
+        ingress=draw(_with_inserted(scope.ingress, "in")),
+    )
+
+
+def _edges(network: IPNetwork) -> list[IPAddress]:
+    found = [network.network_address, network.broadcast_address]
+    for step, edge in ((-1, network.network_address), (1, network.broadcast_address)):
+        with contextlib.suppress(ipaddress.AddressValueError):  # the end of the address space
+            found.append(edge + step)
+    return found
+
+
+@st.composite
+def conjunction_probes(draw: st.DrawFn, scope: Scope) -> Packet:
+    """A NEW packet on or next to a corner of a conjunctive rule's cidr x port
+    cross product; any packet of ``packets_for`` if the scope has no such rule."""
+    targets = [(Direction.EGRESS, r) for r in scope.egress if _is_conjunctive(r)]
+    targets += [(Direction.INGRESS, r) for r in scope.ingress if _is_conjunctive(r)]
+    if not targets:
+        return draw(packets_for(scope))
+    direction, target = draw(st.sampled_from(targets))
+    remote = draw(st.sampled_from(_edges(draw(st.sampled_from(target.cidrs)))))
+    own = [n for n in scope.addresses if n.version == remote.version]
+    local = (
+        draw(st.sampled_from([n.network_address for n in own])) if own else draw(addresses(remote.version))
+    )
+    ports = sorted(
+        {p for r in target.ports for p in (r.start - 1, r.start, r.end, r.end + 1) if 0 <= p <= 65535}
+    )
+    same = IPPROTO_TCP if target.protocol is Protocol.TCP else IPPROTO_UDP
+    protocol = draw(st.sampled_from((same, same, same, IPPROTO_TCP + IPPROTO_UDP - same)))
+    src, dst = (local, remote) if direction is Direction.EGRESS else (remote, local)
+    return Packet(direction, protocol, src, dst, src_port=40000, dst_port=draw(st.sampled_from(ports)))
 
 
 def test_compiled_flows_decide_like_the_evaluator(bench: Bench, capsys: pytest.CaptureFixture[str]) -> None:
@@ -234,10 +331,12 @@ def test_compiled_flows_decide_like_the_evaluator(bench: Bench, capsys: pytest.C
     )
     @given(st.data())
     def run(data: st.DataObject) -> None:
-        scope = data.draw(scopes(), label="scope")
-        packets = data.draw(
-            st.lists(packets_for(scope), min_size=PACKETS_PER_SCOPE, max_size=PACKETS_PER_SCOPE),
-            label="packets",
+        scope = data.draw(differential_scopes(), label="scope")
+        size = PACKETS_PER_SCOPE - CONJUNCTION_PROBES
+        packets = data.draw(st.lists(packets_for(scope), min_size=size, max_size=size), label="packets")
+        packets += data.draw(
+            st.lists(conjunction_probes(scope), min_size=CONJUNCTION_PROBES, max_size=CONJUNCTION_PROBES),
+            label="conjunction probes",
         )
         check_scope(bench, scope, packets, stats)
 
@@ -249,7 +348,8 @@ def test_compiled_flows_decide_like_the_evaluator(bench: Bench, capsys: pytest.C
             f"\n[differential] {stats.probes} probes over {stats.scopes} scopes, "
             f"{len(stats.mismatches)} mismatches, {stats.infrastructure} infrastructure cases; "
             f"{elapsed:.1f}s in all, {stats.probes / max(stats.seconds, 1e-9):.0f} probes/s "
-            f"while installing and tracing"
+            f"while installing and tracing\n[differential] decided by: "
+            + ", ".join(f"{name} {count}" for name, count in stats.decided_by.most_common())
         )
     assert stats.probes >= examples * PACKETS_PER_SCOPE >= PROBES
 

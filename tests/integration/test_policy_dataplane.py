@@ -317,3 +317,45 @@ async def test_explain_names_the_deciding_rule_and_matches_the_switch(stack: Sta
         answer = await stack.service.explain(admin, record.attachment_id, packet)
         assert (answer.verdict.allowed, answer.verdict.rule) == (allowed, rule), packet
         assert answer.switch_agrees, answer.trace
+
+
+async def test_an_update_that_revokes_a_connection_cuts_it_and_spares_the_rest(stack: Stack) -> None:
+    ns = await _guest(stack)
+    await stack.service.apply_policy("sb-1", scope(egress=WEB))
+    holds = {
+        port: netns.popen_in_netns(
+            ns, [sys.executable, NETPROBE, "hold", SERVER_V4, str(port)], stdin=subprocess.PIPE
+        )
+        for port in (443, 8080)
+    }
+
+    def round_trip(port: int) -> str:
+        proc = holds[port]
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    try:
+        for proc in holds.values():
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "connected"
+        assert round_trip(443) == round_trip(8080) == "ok"
+        only_443 = [allow("web", cidrs=["203.0.113.0/24"], ports=[443])]
+        [record] = await stack.service.apply_policy("sb-1", scope(version=2, egress=only_443))
+        assert round_trip(443) == "ok"
+        assert round_trip(8080) == "fail"
+        events = [e for e in stack.store.events_since(0) if e.type == "DpuPolicyApplied"]
+        assert "1 revoked connections cut" in events[-1].message
+        assert record.policy_version == 2
+    finally:
+        for proc in holds.values():
+            proc.kill()
+            proc.wait()
+
+
+async def test_each_zone_gets_a_connection_limit_and_loses_it_on_detach(stack: Stack) -> None:
+    record = await stack.attach("sb-limit")
+    limits = await stack.service._conntrack.get_zone_limits([record.slot])
+    assert limits[record.slot] == stack.config.limits.conntrack_per_attachment
+    await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
+    assert record.slot not in await stack.service._conntrack.get_zone_limits()
