@@ -16,6 +16,13 @@ KNOWN_ACTIONS = frozenset(
     {"goto", "output", "flood", "ct", "ct_commit", "ct_clear", "conjunction", "meter", "drop"}
 )
 MISS_ACTIONS = frozenset({"drop"})
+# Offload safety. Hardware offload (TC flower on BlueField) cannot match
+# these at all, so a table that uses them would pin every flow through it to
+# software: no table may declare them.
+UNOFFLOADABLE_MATCHES = frozenset({"pkt_mark", "dp_hash", "recirc_id"})
+# Neighbour-discovery payload matches keep that traffic in software. It is
+# rare, so one dedicated table (declared `software_ok: true`) may use them.
+SOFTWARE_ONLY_MATCHES = frozenset({"nd_target", "nd_sll", "nd_tll"})
 
 
 class PipelineError(ValueError):
@@ -126,6 +133,16 @@ def parse_pipeline(raw: object) -> Pipeline:
             if range_name not in priorities:
                 raise PipelineError(f"{where}.priorities: unknown range {range_name!r}")
             ranges.append(priorities[range_name])
+        match_fields = set(_str_list(raw_table, "match", where))
+        if match_fields & UNOFFLOADABLE_MATCHES:
+            raise PipelineError(
+                f"{where}.match: {sorted(match_fields & UNOFFLOADABLE_MATCHES)} cannot be offloaded"
+            )
+        if match_fields & SOFTWARE_ONLY_MATCHES and raw_table.get("software_ok") is not True:
+            raise PipelineError(
+                f"{where}.match: {sorted(match_fields & SOFTWARE_ONLY_MATCHES)} only in a table "
+                "declared software_ok: true"
+            )
         miss = raw_table.get("miss", "drop")
         if miss not in MISS_ACTIONS:
             raise PipelineError(f"{where}.miss: must be one of {sorted(MISS_ACTIONS)}")
@@ -133,7 +150,7 @@ def parse_pipeline(raw: object) -> Pipeline:
             Table(
                 name=raw_table["name"],
                 number=number,
-                match_fields=frozenset(_str_list(raw_table, "match", where)),
+                match_fields=frozenset(match_fields),
                 actions=frozenset(actions),
                 next_tables=frozenset(next_tables),
                 priority_ranges=tuple(ranges),

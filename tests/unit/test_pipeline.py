@@ -74,6 +74,8 @@ def test_goto_must_point_forward() -> None:
         (lambda r: r["tables"][0].update(miss="normal"), "miss"),
         (lambda r: r["priorities"].update(bad=[5, 1]), "out of order"),
         (lambda r: r["tables"].append(copy.deepcopy(r["tables"][0])), "duplicate"),
+        (lambda r: r["tables"][1]["match"].append("pkt_mark"), "cannot be offloaded"),
+        (lambda r: r["tables"][1]["match"].append("nd_target"), "software_ok"),
     ],
 )
 def test_malformed_pipeline_is_refused(mutate: Any, message: str) -> None:
