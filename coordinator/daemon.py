@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.api.auth import RoleMap
@@ -41,22 +42,42 @@ def mac_salt(config: Config) -> str:
         return ""
 
 
-async def run_daemon(config: Config) -> int:
+@dataclass
+class Adapters:
+    """What the service runs on; ``close`` releases it in order."""
+
+    store: Store
+    backend: EswitchBackend
+    ovsdb: Ovsdb
+    openflow: OpenFlowSwitch
+    events: EventHub
+    service: AttachmentService
+
+    async def close(self) -> None:
+        await self.ovsdb.close()
+        self.backend.close()
+        self.store.close()
+
+
+async def build(config: Config, backend: EswitchBackend | None = None) -> Adapters:
+    """Wire store, backend, OVS adapters and the service; start the service
+    (which converges the switch to the store). ``backend`` overrides the
+    configured one (tests keep a handle on theirs)."""
     store = Store(Path(config.store.path), event_log_size=config.store.event_log_size)
-    # Backends use blocking netlink libraries that refuse to run on a thread
-    # with a running event loop: construct (and later call) them off-loop.
-    backend = await asyncio.to_thread(make_backend, config)
     ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
-    events = EventHub()
     try:
+        # Backends use blocking netlink libraries that refuse to run on a
+        # thread with a running event loop: construct (and call) them off-loop.
+        chosen = backend if backend is not None else await asyncio.to_thread(make_backend, config)
         await ovsdb.connect()
         openflow = OpenFlowSwitch(
             f"unix:{config.ovs.rundir}/{config.ovs.bridge}.mgmt", timeout=config.ovs.timeout_s
         )
+        events = EventHub()
         service = AttachmentService(
             config=config,
             store=store,
-            backend=backend,
+            backend=chosen,
             ovsdb=ovsdb,
             openflow=openflow,
             pipeline=load_pipeline(),
@@ -65,6 +86,17 @@ async def run_daemon(config: Config) -> int:
             mac_salt=mac_salt(config),
         )
         await service.start()
+    except BaseException:
+        await ovsdb.close()
+        store.close()
+        raise
+    return Adapters(store, chosen, ovsdb, openflow, events, service)
+
+
+async def run_daemon(config: Config) -> int:
+    adapters = await build(config)
+    store, backend, events, service = adapters.store, adapters.backend, adapters.events, adapters.service
+    try:
         servicer = CoordinatorServicer(service, store, events, RoleMap(config.auth), backend.name)
         server, port = await start_server(config.server, servicer)
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
@@ -74,9 +106,7 @@ async def run_daemon(config: Config) -> int:
         # Enforcement outlives the daemon: flows stay in OVS.
         await server.stop(config.server.shutdown_grace_s)
     finally:
-        await ovsdb.close()
-        backend.close()
-        store.close()
+        await adapters.close()
     log.info("stopped")
     return 0
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 from coordinator.callers import Caller, Role
 from coordinator.config import Config, config_from_mapping
+from coordinator.daemon import build
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.events import EventHub
-from coordinator.flows.classes import load_network_classes
-from coordinator.flows.pipeline import load_pipeline
 from coordinator.ovs.openflow import OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb
 from coordinator.service import AttachmentService, AttachParams
@@ -144,25 +143,9 @@ async def build_stack(
             },
         }
     )
-    store = Store(Path(config.store.path))
     backend = await asyncio.to_thread(EmulatedEswitch, config.eswitch.emulated)
-    ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
-    await ovsdb.connect()
-    openflow = OpenFlowSwitch(ovs.mgmt(bridge), timeout=config.ovs.timeout_s)
-    events = EventHub()
-    service = AttachmentService(
-        config=config,
-        store=store,
-        backend=backend,
-        ovsdb=ovsdb,
-        openflow=openflow,
-        pipeline=load_pipeline(),
-        network_classes=load_network_classes(),
-        events=events,
-        mac_salt="test",
-    )
-    await service.start()
-    return Stack(config, ovs, store, backend, ovsdb, openflow, service, events)
+    a = await build(config, backend)
+    return Stack(config, ovs, a.store, backend, a.ovsdb, a.openflow, a.service, a.events)
 
 
 def probe_tcp(ns: str, host: str, port: int, *, source: str | None = None, timeout: float = 1.0) -> bool:
