@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
+
 from coordinator.certs import init_dev_pki, issue_client_cert
 from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.config import load_config
@@ -224,7 +226,10 @@ def dev_up(workdir: Path, *, vfs: int = 4, sfs: int = 4, gateway: bool = False) 
 def guest_netns(workdir: Path, attachment_id: str) -> str:
     endpoint = load_endpoint(workdir.resolve())
     with CoordinatorClient(endpoint.coordinator, endpoint.admin_tls()) as client:
-        attachment = client.get(attachment_id)
+        try:
+            attachment = client.get(attachment_id)
+        except grpc.RpcError as exc:
+            raise DevEnvError(f"attachment {attachment_id}: {exc.details()}") from exc
     return endpoint.guest_netns_prefix + attachment.device.representor
 
 

@@ -89,6 +89,18 @@ def blast(host: str, port: int, count: int, size: int) -> None:
             s.sendto(b"x" * size, (host, port))
 
 
+def arp_request(ifname: str, sender_ip: str, target_ip: str) -> None:
+    """Broadcast one ARP who-has for ``target_ip`` claiming ``sender_ip``
+    (which need not be ours: that is the point)."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+        s.bind((ifname, 0))
+        mac = s.getsockname()[4]
+        frame = b"\xff" * 6 + mac + b"\x08\x06"
+        frame += b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac + socket.inet_aton(sender_ip)
+        frame += b"\x00" * 6 + socket.inet_aton(target_ip)
+        s.send(frame)
+
+
 def hold(host: str, port: int, timeout: float) -> None:
     s = socket.create_connection((host, port), timeout=timeout)
     print("connected", flush=True)
@@ -114,6 +126,10 @@ def main() -> int:
     p.add_argument("port", type=int)
     p.add_argument("--count", type=int, default=500)
     p.add_argument("--size", type=int, default=1200)
+    p = sub.add_parser("arp-request")
+    p.add_argument("ifname")
+    p.add_argument("sender_ip")
+    p.add_argument("target_ip")
     for name in ("connect", "udp", "hold"):
         p = sub.add_parser(name)
         p.add_argument("host")
@@ -128,6 +144,9 @@ def main() -> int:
         return 0
     if args.cmd == "connect":
         return 0 if connect(args.host, args.port, args.timeout, args.source) else 1
+    if args.cmd == "arp-request":
+        arp_request(args.ifname, args.sender_ip, args.target_ip)
+        return 0
     if args.cmd == "blast":
         blast(args.host, args.port, args.count, args.size)
         return 0

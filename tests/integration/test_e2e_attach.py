@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -421,5 +422,26 @@ def test_explain_packet_is_for_admins_and_agrees_with_the_switch(
             admin.explain(bad)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert (err.value.details() or "").startswith("dst_ip")
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)
+
+
+def test_dev_exec_runs_in_the_guest_and_the_uplink(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    workdir = str(Path(dev.config).parent)
+    a = _attach(host, "sandbox-exec")
+    try:
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            argv = [sys.executable, "-m", "coordinator", "dev", "exec", "--workdir", workdir, *args]
+            return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+        guest = cli("--attachment", a.attachment_id, "--", "ip", "-o", "link", "show", "eth0")
+        assert guest.returncode == 0 and a.device.mac in guest.stdout
+        up = cli("--uplink", "--", "ip", "-o", "addr", "show")
+        assert up.returncode == 0 and "198.51.100.1/24" in up.stdout
+        assert cli("--uplink", "--", "false").returncode == 1
+        missing = cli("--attachment", "no-such-attachment", "--", "true")
+        assert missing.returncode == 1 and "not found" in missing.stderr
+        assert "Traceback" not in missing.stderr
     finally:
         host.detach(a.attachment_id, a.lease_generation)

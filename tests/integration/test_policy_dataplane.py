@@ -4,6 +4,7 @@ through the attachment service's real path (compile, diff, bundle, verify)."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -29,6 +30,7 @@ from tests.integration.stack import (
     NETPROBE,
     SERVER_V4,
     SERVER_V6,
+    UPLINK_V4,
     Stack,
     Uplink,
     build_stack,
@@ -359,3 +361,20 @@ async def test_each_zone_gets_a_connection_limit_and_loses_it_on_detach(stack: S
     assert limits[record.slot] == stack.config.limits.conntrack_per_attachment
     await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
     assert record.slot not in await stack.service._conntrack.get_zone_limits()
+
+
+async def test_arp_claiming_a_foreign_address_is_dropped(stack: Stack, uplink: Uplink) -> None:
+    ns = await _guest(stack)
+    await stack.service.apply_policy("sb-1", scope(egress=WEB))
+
+    def uplink_learned(address: str) -> bool:
+        out = netns.run_in_netns(uplink.ns, ["ip", "neigh", "show", address]).stdout
+        return "lladdr" in out
+
+    for claimed in ("198.51.100.99", GUEST_V4):
+        netns.run_in_netns(uplink.ns, ["ip", "neigh", "flush", "all"])
+        netns.run_in_netns(ns, [sys.executable, NETPROBE, "arp-request", "eth0", claimed, UPLINK_V4])
+        # The fabric answers (and so learns the sender) only if the request
+        # got through; give its reply a moment.
+        await asyncio.sleep(0.3)
+        assert uplink_learned(claimed) is (claimed == GUEST_V4), claimed
