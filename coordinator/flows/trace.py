@@ -79,7 +79,7 @@ from coordinator.policy.packet import (
 CT_PASSES = 2
 
 # The far end of every trace: the MAC of "something behind the uplink".
-DEFAULT_REMOTE_MAC = "02:00:5e:00:53:01"
+DEFAULT_REMOTE_MAC = "02:00:5e:10:fe:01"
 
 CT_NEXT: Mapping[CtState, str] = {
     CtState.NEW: "trk,new",
@@ -128,6 +128,8 @@ class TraceVerdict:
 
 def trace_request(packet: Packet, ports: TracePorts) -> TraceRequest:
     """The ofproto/trace arguments for ``packet`` at the attachment."""
+    if ports.remote_mac.lower() == ports.attachment_mac.lower():
+        raise ValueError(f"the remote MAC must differ from the attachment's ({ports.attachment_mac})")
     if packet.direction is Direction.EGRESS:
         l2 = [
             f"in_port={ports.attachment_ofport}",

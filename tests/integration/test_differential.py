@@ -38,7 +38,7 @@ from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, cookie_for_slot
 from coordinator.flows.pipeline import Pipeline, load_pipeline
 from coordinator.flows.render import render_flows
-from coordinator.flows.trace import TracePorts, parse_dpif_show, parse_trace, trace_request
+from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.ovs.trace import trace
 from coordinator.policy.evaluator import evaluate
 from coordinator.policy.packet import (
@@ -47,7 +47,6 @@ from coordinator.policy.packet import (
     IPPROTO_UDP,
     CtState,
     Direction,
-    IPAddress,
     Packet,
 )
 from coordinator.policy.scope import IPNetwork, PortRange, Protocol, Rule, RuleAction, Scope
@@ -270,9 +269,9 @@ def conjunctive_rules(draw: st.DrawFn, name: str) -> Rule:
 
 
 @st.composite
-def _with_inserted(draw: st.DrawFn, rules: tuple[Rule, ...], prefix: str) -> tuple[Rule, ...]:
+def _with_inserted(draw: st.DrawFn, rules: tuple[Rule, ...], prefix: str, least: int) -> tuple[Rule, ...]:
     result = list(rules)
-    for i in range(draw(st.integers(0, 3))):
+    for i in range(draw(st.integers(least, 3))):
         result.insert(draw(st.integers(0, len(result))), draw(conjunctive_rules(f"{prefix}-cj{i}")))
     return tuple(result)
 
@@ -284,13 +283,14 @@ def differential_scopes(draw: st.DrawFn) -> Scope:
         return scope
     return replace(
         scope,
-        egress=draw(_with_inserted(scope.egress, "eg")),
-        ingress=draw(_with_inserted(scope.ingress, "in")),
+        egress=draw(_with_inserted(scope.egress, "eg", 1)),
+        ingress=draw(_with_inserted(scope.ingress, "in", 0)),
     )
 
 
-def _edges(network: IPNetwork) -> list[IPAddress]:
-    found = [network.network_address, network.broadcast_address]
+def _edges(network: IPNetwork) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """First and last address (weighted up) and the neighbours outside."""
+    found = [network.network_address, network.broadcast_address] * 2
     for step, edge in ((-1, network.network_address), (1, network.broadcast_address)):
         with contextlib.suppress(ipaddress.AddressValueError):  # the end of the address space
             found.append(edge + step)
@@ -311,9 +311,9 @@ def conjunction_probes(draw: st.DrawFn, scope: Scope) -> Packet:
     local = (
         draw(st.sampled_from([n.network_address for n in own])) if own else draw(addresses(remote.version))
     )
-    ports = sorted(
-        {p for r in target.ports for p in (r.start - 1, r.start, r.end, r.end + 1) if 0 <= p <= 65535}
-    )
+    inside = [p for r in target.ports for p in (r.start, r.end)]
+    outside = [p for r in target.ports for p in (r.start - 1, r.end + 1) if 0 <= p <= 65535]
+    ports = inside * 2 + outside
     same = IPPROTO_TCP if target.protocol is Protocol.TCP else IPPROTO_UDP
     protocol = draw(st.sampled_from((same, same, same, IPPROTO_TCP + IPPROTO_UDP - same)))
     src, dst = (local, remote) if direction is Direction.EGRESS else (remote, local)
@@ -528,3 +528,73 @@ def test_hand_written_case(bench: Bench, scope: Scope, packet: Packet, allowed: 
         bench.install(scope)
     [(got, text)] = asyncio.run(_probe_all(bench, scope, [packet]))
     assert got is allowed, _describe(scope, packet, expected(scope, packet), got, text)
+
+
+# --------------------------------------------------------------------------
+# The trace plumbing itself
+
+PORTS = TracePorts(attachment_ofport=5, attachment_mac=ATTACHMENT_MAC, uplink_ofport=9)
+
+
+def test_trace_request_fields() -> None:
+    udp = trace_request(pkt(E, UDP, ME4, "203.0.113.1", 68, 67, ct=INV), PORTS)
+    assert udp.flow == (
+        f"in_port=5,dl_src={ATTACHMENT_MAC},dl_dst={PORTS.remote_mac},"
+        "ip,nw_src=198.51.100.10,nw_dst=203.0.113.1,nw_proto=17,udp_src=68,udp_dst=67"
+    )
+    assert udp.ct_next == ("trk,inv", "trk,inv") and udp.expected_ofport == 9
+    icmp6 = trace_request(inc(ICMP6, "2001:db8::1", itype=128, icode=3, ct=REL), PORTS)
+    assert icmp6.flow == (
+        f"in_port=9,dl_src={PORTS.remote_mac},dl_dst={ATTACHMENT_MAC},"
+        "ipv6,ipv6_src=2001:db8::1,ipv6_dst=2001:db8::10,nw_proto=58,icmpv6_type=128,icmpv6_code=3"
+    )
+    assert icmp6.ct_next[0] == "trk,rel" and icmp6.expected_ofport == 5
+    # OVS parses no ICMPv4 header inside IPv6: the type is left out.
+    assert trace_request(inc(ICMP, "2001:db8::1", itype=8), PORTS).flow.endswith("nw_proto=1")
+
+
+DPIF_SHOW = """\
+netdev@ovs-netdev: hit:0 missed:0
+  br-other:
+    br-other 65534/4: (tap)
+    x 5/7: (tap)
+  br-diff:
+    br-diff 65534/1: (tap)
+    dt-att 5/2: (tap)
+    dt-uplink 9/3: (tap)
+"""
+
+
+def test_parse_dpif_show_and_trace_verdicts() -> None:
+    odp = parse_dpif_show(DPIF_SHOW, "br-diff")
+    assert odp == {1: 65534, 2: 5, 3: 9}
+    passed = "Datapath actions: ct(zone=7),recirc(0x1)\n...\nDatapath actions: meter(0),ct(commit,zone=7),3\n"
+    assert parse_trace(passed, 9, odp).allowed
+    assert not parse_trace(passed, 5, odp).allowed  # left, but not by the expected port
+    assert parse_trace("Datapath actions: clone(ct_clear,2),drop\n", 5, odp).output_ofports == (5,)
+    assert not parse_trace(
+        "Datapath actions: ct(zone=7),recirc(0x2)\nDatapath actions: drop\n", 9, odp
+    ).allowed
+    with pytest.raises(TraceParseError, match="no 'Datapath actions:'"):
+        parse_trace("Bad openflow flow syntax", 9, odp)
+    with pytest.raises(TraceParseError, match="ran out of --ct-next"):
+        parse_trace(
+            "recirc(0x3) - resume conntrack with default ct_state=trk|new (use --ct-next to customize)\n"
+            "Datapath actions: 3\n",
+            9,
+            odp,
+        )
+    with pytest.raises(TraceParseError, match="not in the port map"):
+        parse_trace("Datapath actions: 8\n", 9, odp)
+
+
+def test_a_second_conntrack_pass_gets_its_own_state(bench: Bench) -> None:
+    """Guest to a local guest (here: itself) passes two ct(): the sender's
+    zone, then the receiver's. Each consumes one --ct-next value."""
+    bench.install(OPEN)
+    request = trace_request(out(TCP, ME4, 80), bench.ports)
+    hairpin = request.flow.replace(f"dl_dst={bench.ports.remote_mac}", f"dl_dst={ATTACHMENT_MAC}")
+    text = asyncio.run(trace(bench.ovs.vswitchd_ctl, BRIDGE, hairpin, ("trk,new", "trk,est")))
+    assert "resume conntrack with ct_state=new|trk" in text
+    assert "resume conntrack with ct_state=est|trk" in text
+    parse_trace(text, bench.ports.attachment_ofport, bench.odp_to_ofport)  # no fallback state used
