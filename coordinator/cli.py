@@ -13,9 +13,14 @@ from coordinator import __version__
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from coordinator.api.server import ServerSetupError
+    from coordinator.certs import CertError
     from coordinator.config import ConfigError, load_config
     from coordinator.daemon import run_daemon
+    from coordinator.eswitch.base import EswitchError
     from coordinator.logs import setup_logging
+    from coordinator.ovs.ovsdb import OvsdbError
+    from coordinator.store.db import StoreError
 
     setup_logging(args.log_level)
     try:
@@ -23,7 +28,45 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"bluefield-coordinator: config error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(run_daemon(config))
+    try:
+        return asyncio.run(run_daemon(config))
+    except (ServerSetupError, CertError, EswitchError, OvsdbError, StoreError) as exc:
+        print(f"bluefield-coordinator: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cmd_gateway(args: argparse.Namespace) -> int:
+    import grpc
+
+    from coordinator.certs import CertError, check_private_key_file
+    from coordinator.config import ConfigError
+    from coordinator.gateway.config import load_gateway_config
+    from coordinator.gateway.reference import ReferenceGateway, serve_gateway
+    from coordinator.logs import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        config = load_gateway_config(args.config)
+        server = config.gateway
+        check_private_key_file(Path(server.key))
+        credentials = grpc.ssl_server_credentials(
+            [(Path(server.key).read_bytes(), Path(server.cert).read_bytes())],
+            root_certificates=Path(server.client_ca).read_bytes(),
+            require_client_auth=True,
+        )
+    except (ConfigError, CertError, OSError) as exc:
+        print(f"bluefield-coordinator gateway: {exc}", file=sys.stderr)
+        return 2
+    if not args.policies.is_dir():
+        print(
+            f"bluefield-coordinator gateway: --policies {args.policies} is not a directory", file=sys.stderr
+        )
+        return 2
+    gateway = ReferenceGateway(args.policies, config.allow, queue_size=server.queue_size)
+    asyncio.run(
+        serve_gateway(gateway, server.listen, credentials, poll_interval_s=server.poll_interval_ms / 1000)
+    )
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -108,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="replace existing files")
     init.set_defaults(func=_cmd_certs_init)
+
+    gateway = sub.add_parser(
+        "gateway", help="run the reference policy gateway over a directory of YAML files"
+    )
+    gateway.add_argument("--policies", type=Path, required=True, help="directory of <sandbox_id>.yaml files")
+    gateway.add_argument("--config", type=Path, required=True)
+    gateway.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    gateway.set_defaults(func=_cmd_gateway)
 
     comp = sub.add_parser("compile", help="print the flows a policy file compiles to (no switch needed)")
     comp.add_argument(

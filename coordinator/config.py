@@ -90,9 +90,32 @@ class EswitchConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    initial_policy: Literal["WAIT_INITIAL", "BASELINE"] = "BASELINE"
+    # What Attach enforces before answering: WAIT_INITIAL (the gateway's
+    # policy), BASELINE (network_class_defaults, replaced when the policy
+    # arrives); "auto" = WAIT_INITIAL when a gateway is configured.
+    initial_policy: Literal["auto", "WAIT_INITIAL", "BASELINE"] = "auto"
     initial_policy_timeout_ms: int = 10000
     network_class_defaults: str = "dpu-ovs-isolated"
+    # Policy is STALE once the gateway stream has been down this long.
+    stale_threshold_ms: int = 30000
+    # keep-last-known: keep enforcing the last good policy; deny-all: cut
+    # the attachments' traffic until fresh policy arrives.
+    on_stale: Literal["keep-last-known", "deny-all"] = "keep-last-known"
+
+
+@dataclass(frozen=True)
+class GatewayClientConfig:
+    # host:port of the policy gateway; "" = no gateway (BASELINE only).
+    endpoint: str = ""
+    # The coordinator's own client credential and the gateway's CA.
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
+    # TLS name to expect in the gateway's certificate ("" = the endpoint host).
+    server_name: str = ""
+    # Reconnect backoff: full jitter, doubling from base up to cap.
+    backoff_base_ms: int = 200
+    backoff_cap_ms: int = 5000
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,7 @@ class Config:
     ovs: OvsConfig = field(default_factory=OvsConfig)
     eswitch: EswitchConfig = field(default_factory=EswitchConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    gateway: GatewayClientConfig = field(default_factory=GatewayClientConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
@@ -122,6 +146,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "eswitch.emulated.sfs": (0, 1024),
     "eswitch.emulated.pf": (0, 7),
     "policy.initial_policy_timeout_ms": (1, 3_600_000),
+    "policy.stale_threshold_ms": (100, 86_400_000),
+    "gateway.backoff_base_ms": (10, 60_000),
+    "gateway.backoff_cap_ms": (100, 600_000),
     "limits.max_attachments": (1, 65535),
     "limits.max_attach_qps": (0.1, 100_000),
     "limits.conntrack_per_attachment": (0, 10_000_000),
@@ -186,6 +213,21 @@ def _build(cls: type[Any], raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def build_section(cls: type[Any], raw: Any, prefix: str) -> Any:
+    """Parse one table into dataclass ``cls`` with the same key-naming errors
+    (for other programs' configs, e.g. the reference gateway's)."""
+    return _build(cls, raw, prefix)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{path}: invalid TOML: {exc}") from exc
+
+
 def config_from_mapping(raw: dict[str, Any]) -> Config:
     config: Config = _build(Config, raw, "")
     _check_cross_fields(config)
@@ -198,19 +240,20 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("server.listen", f"expected HOST:PORT, got {config.server.listen!r}")
     if not config.ovs.db.startswith(("unix:", "tcp:", "ssl:")):
         raise ConfigError("ovs.db", "expected unix:PATH, tcp:HOST:PORT or ssl:HOST:PORT")
+    gateway = config.gateway
+    if gateway.endpoint:
+        for key in ("cert", "key", "ca"):
+            if not getattr(gateway, key):
+                raise ConfigError(f"gateway.{key}", "required when gateway.endpoint is set")
+    elif config.policy.initial_policy == "WAIT_INITIAL":
+        raise ConfigError("policy.initial_policy", "WAIT_INITIAL needs gateway.endpoint")
     overlap = set(config.auth.admins) & set(config.auth.hosts)
     if overlap:
         raise ConfigError("auth", f"identity in both admins and hosts: {sorted(overlap)[0]}")
 
 
 def load_config(path: Path) -> Config:
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{path}: invalid TOML: {exc}") from exc
-    return config_from_mapping(raw)
+    return config_from_mapping(read_toml(path))
 
 
 def config_to_mapping(config: Config) -> dict[str, Any]:

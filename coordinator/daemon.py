@@ -12,14 +12,18 @@ from pathlib import Path
 from coordinator.api.auth import RoleMap
 from coordinator.api.server import start_server
 from coordinator.api.servicer import CoordinatorServicer
+from coordinator.certs import check_private_key_file
+from coordinator.client import TlsFiles
 from coordinator.config import Config
 from coordinator.eswitch.base import EswitchBackend, EswitchError
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.events import EventHub
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
+from coordinator.gateway.client import PolicyStreamClient
 from coordinator.ovs.openflow import OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb
+from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 
@@ -93,10 +97,40 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
     return Adapters(store, chosen, ovsdb, openflow, events, service)
 
 
+def start_policy_stream(
+    config: Config, service: AttachmentService
+) -> tuple[PolicyStreamClient, list[asyncio.Task[None]]]:
+    """Connect the service to the gateway: every sandbox with an attachment
+    is registered; events flow to the service; staleness is watched."""
+    handler = PolicyStreamHandler(service, config.policy)
+    gateway = config.gateway
+    client = PolicyStreamClient(
+        gateway.endpoint,
+        TlsFiles(Path(gateway.ca), Path(gateway.cert), Path(gateway.key)),
+        handler.on_event,
+        on_denied=handler.on_denied,
+        server_name=gateway.server_name,
+        backoff_base_s=gateway.backoff_base_ms / 1000,
+        backoff_cap_s=gateway.backoff_cap_ms / 1000,
+    )
+    service.policy_source = client
+    client.register({r.sandbox_id for r in service.list_all()})
+    tasks = [
+        asyncio.ensure_future(client.run()),
+        asyncio.ensure_future(handler.watch_staleness(lambda: client.status)),
+    ]
+    return client, tasks
+
+
 async def run_daemon(config: Config) -> int:
     adapters = await build(config)
     store, backend, events, service = adapters.store, adapters.backend, adapters.events, adapters.service
+    stream: PolicyStreamClient | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
+        if config.gateway.endpoint:
+            check_private_key_file(Path(config.gateway.key))
+            stream, tasks = start_policy_stream(config, service)
         servicer = CoordinatorServicer(service, store, events, RoleMap(config.auth), backend.name)
         server, port = await start_server(config.server, servicer)
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
@@ -106,6 +140,11 @@ async def run_daemon(config: Config) -> int:
         # Enforcement outlives the daemon: flows stay in OVS.
         await server.stop(config.server.shutdown_grace_s)
     finally:
+        if stream is not None:
+            stream.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await adapters.close()
     log.info("stopped")
     return 0

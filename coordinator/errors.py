@@ -38,5 +38,9 @@ class Unavailable(CoordinatorError):
     pass
 
 
+class DeadlineExceeded(CoordinatorError):
+    pass
+
+
 class Internal(CoordinatorError):
     pass

@@ -13,13 +13,16 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from coordinator.callers import Caller
 from coordinator.config import Config
 from coordinator.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -43,6 +46,7 @@ from coordinator.flows.compiler import (
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
+from coordinator.gateway.client import StreamStatus
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.leases import DetachDecision, decide_detach
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
@@ -54,6 +58,7 @@ from coordinator.policy.evaluator import Verdict, evaluate
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
+from coordinator.policy_book import PolicyBook, PolicyDenied
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats
 
@@ -62,6 +67,16 @@ log = logging.getLogger(__name__)
 ROLE_KEY = "bluefield-coordinator-role"
 HEALTH_TTL_S = 1.0
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
+
+
+class PolicySource(Protocol):
+    """The gateway stream, as the service sees it."""
+
+    status: StreamStatus
+
+    def register(self, sandbox_ids: Iterable[str]) -> None: ...
+
+    def unregister(self, sandbox_ids: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,7 @@ class AttachParams:
     kind: DeviceKind | None
     network_class: str  # "" = configured default
     initial_policy: str  # "" = configured default; "BASELINE" or "WAIT_INITIAL"
+    initial_policy_timeout_ms: int = 0  # 0 = configured default
 
 
 class AttachmentService:
@@ -104,9 +120,13 @@ class AttachmentService:
         self._classes = network_classes
         self._events = events
         self._mac_salt = mac_salt
-        # One mutation at a time: simple and correct for now; attaches are
-        # tens of milliseconds.
-        self._lock = asyncio.Lock()
+        # Mutations of one sandbox (attach, detach, policy) run one at a
+        # time; different sandboxes proceed in parallel.
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Latest gateway policies; the gateway stream (if any) registers
+        # sandboxes through policy_source.
+        self.book = PolicyBook()
+        self.policy_source: PolicySource | None = None
         self._conntrack = ConntrackControl(
             vswitchd_ctl(config.ovs.rundir, config.ovs.vswitchd_ctl),
             timeout=config.ovs.timeout_s,
@@ -166,6 +186,13 @@ class AttachmentService:
         except OpenFlowError as exc:
             checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))
         checks += await asyncio.to_thread(self._backend.health)
+        if self.policy_source is not None:
+            status = self.policy_source.status
+            state = "connected" if status.connected else "down"
+            detail = f"{state}; {status.reconnects} reconnects, {status.resyncs} resyncs, last seq {status.last_seq}"
+            if status.denied:
+                detail += f"; refused sandboxes: {', '.join(sorted(status.denied))}"
+            checks.append(HealthFact("policy_stream", status.connected, detail, required=False))
         report = HealthReport(tuple(checks))
         self._health = (now, report)
         return report
@@ -182,13 +209,13 @@ class AttachmentService:
                 "network_class",
                 f"unknown network class {network_class!r} (known: {', '.join(sorted(self._classes))})",
             )
-        initial = params.initial_policy or self._config.policy.initial_policy
-        if initial == "WAIT_INITIAL":
+        initial = params.initial_policy or self._default_initial_policy()
+        if initial == "WAIT_INITIAL" and self.policy_source is None:
             raise FailedPrecondition(
-                "initial_policy WAIT_INITIAL needs the policy gateway stream, "
-                "which this coordinator does not run yet; use BASELINE"
+                "initial_policy WAIT_INITIAL needs the policy gateway stream, which is not configured "
+                "(gateway.endpoint); use BASELINE"
             )
-        async with self._lock:
+        async with self._locks[params.sandbox_id]:
             existing = self._store.find_by_request(caller.identity, params.request_id)
             if existing is not None:
                 return self._replay(existing, params, network_class)
@@ -216,13 +243,62 @@ class AttachmentService:
                 raise ResourceExhausted(str(exc)) from exc
             await self._events.notify()
             try:
-                record = await self._install(record)
+                if initial == "WAIT_INITIAL":
+                    record = await self._install_waiting(record, params.initial_policy_timeout_ms)
+                else:
+                    record = await self._install(record)
+                    self._register(record.sandbox_id)
             except BaseException as exc:
                 await self._undo_attach(record, exc)
                 raise
         await self._events.notify()
         log.info("attached", extra={"attachment_id": record.attachment_id, "sandbox_id": record.sandbox_id})
         return record
+
+    def _default_initial_policy(self) -> str:
+        configured: str = self._config.policy.initial_policy
+        if configured == "auto":
+            return "WAIT_INITIAL" if self.policy_source is not None else "BASELINE"
+        return configured
+
+    def _register(self, sandbox_id: str) -> None:
+        if self.policy_source is not None:
+            self.policy_source.register([sandbox_id])
+
+    def _unregister_if_unused(self, sandbox_id: str) -> None:
+        if self.policy_source is not None and not self._store.list_attachments(sandbox_id=sandbox_id):
+            self.policy_source.unregister([sandbox_id])
+            self.book.forget(sandbox_id)
+
+    async def _install_waiting(self, record: AttachmentRecord, timeout_ms: int) -> AttachmentRecord:
+        """WAIT_INITIAL: plug the device closed (deny-all), ask the gateway for
+        the sandbox's policy, enforce it when it comes, then mark BOUND."""
+        ofport = await self._plug(record)
+        try:
+            await self._enforce(record, ofport, self._classes[DENY_ALL_CLASS])
+        except OpenFlowError as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        self._register(record.sandbox_id)
+        timeout = (timeout_ms or self._config.policy.initial_policy_timeout_ms) / 1000
+        try:
+            scope = await self.book.wait(record.sandbox_id, timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"{exc}; attach of {record.sandbox_id} rolled back") from exc
+        except PolicyDenied as exc:
+            raise PermissionDenied(
+                f"gateway refused the policy of sandbox {record.sandbox_id}: {exc}"
+            ) from exc
+        try:
+            await self._enforce(record, ofport, scope)
+        except OpenFlowError as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        self._store.save_policy(record.sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        return self._store.mark_bound(
+            record.attachment_id,
+            ofport=ofport,
+            policy_state=PolicyState.APPLIED,
+            policy_version=scope.version,
+        )
 
     def _replay(
         self, existing: AttachmentRecord, params: AttachParams, network_class: str
@@ -267,18 +343,27 @@ class AttachmentService:
             await self._openflow.delete_meter(meter_id(port))
         return result
 
-    async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
-        """Prepare the device, plug the representor, install and verify the
-        sandbox's flows, mark BOUND. Idempotent: also used to re-install."""
-        scope, state, version = self._scope_for(record)
+    async def _plug(self, record: AttachmentRecord) -> int:
+        """Prepare the device and put its representor on the bridge; returns
+        the OpenFlow port. Idempotent."""
         try:
             rep = await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
             ofport = await self._ovsdb.ensure_port(self._config.ovs.bridge, rep, self._port_ids(record))
             # Before any flow lets traffic in: a limit does not count the
             # connections that already exist when it is set.
             await self._conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
+        except (EswitchError, OvsdbError, ConntrackError) as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        return ofport
+
+    async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
+        """Plug, install and verify the sandbox's flows, mark BOUND.
+        Idempotent: also used to re-install."""
+        scope, state, version = self._scope_for(record)
+        ofport = await self._plug(record)
+        try:
             await self._enforce(record, ofport, scope)
-        except (EswitchError, OvsdbError, OpenFlowError, ConntrackError) as exc:
+        except OpenFlowError as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
         if record.state is AttachmentState.BOUND and record.ofport == ofport and record.policy_state is state:
             return record
@@ -297,34 +382,107 @@ class AttachmentService:
         took it; one that failed keeps its previous flows (the bundle is all
         or nothing) and is marked DEGRADED.
         """
-        results = []
-        failed = False
-        async with self._lock:
-            records = self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
-            for record in records:
-                try:
-                    sync = await self._enforce(record, record.ofport, scope)
-                except OpenFlowError as exc:
-                    failed = True
-                    event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
-                    results.append(
-                        self._store.set_policy_status(
-                            record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
-                        )
-                    )
-                    continue
-                cut = await self._revoke(record, scope)
-                message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
-                event = ("DpuPolicyApplied", True, "Applied", message)
-                results.append(
-                    self._store.set_policy_status(
-                        record.attachment_id, PolicyState.APPLIED, scope.version, event=event
-                    )
-                )
-            if not failed:
-                self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        async with self._locks[sandbox_id]:
+            results = await self._apply_locked(sandbox_id, scope)
         await self._events.notify()
         return results
+
+    async def _apply_locked(self, sandbox_id: str, scope: Scope) -> list[AttachmentRecord]:
+        results = []
+        failed = False
+        records = self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
+        for record in records:
+            try:
+                sync = await self._enforce(record, record.ofport, scope)
+            except OpenFlowError as exc:
+                failed = True
+                event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
+                results.append(
+                    self._store.set_policy_status(
+                        record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
+                    )
+                )
+                continue
+            cut = await self._revoke(record, scope)
+            message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
+            event = ("DpuPolicyApplied", True, "Applied", message)
+            results.append(
+                self._store.set_policy_status(
+                    record.attachment_id, PolicyState.APPLIED, scope.version, event=event
+                )
+            )
+        if not failed:
+            self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        return results
+
+    async def apply_latest(self, sandbox_id: str) -> None:
+        """Enforce what the gateway last said for the sandbox: its policy, or
+        deny-all once the policy was withdrawn (REMOVED)."""
+        async with self._locks[sandbox_id]:
+            scope = self.book.latest(sandbox_id)
+            if scope is not None:
+                await self._apply_locked(sandbox_id, scope)
+            else:
+                self._store.delete_policy(sandbox_id)
+                await self._close_all(sandbox_id, PolicyState.PENDING, ("DpuPolicyApplied", False, "PolicyRemoved",
+                                      "the gateway withdrew the policy: deny-all until a new one arrives"))  # fmt: skip
+        await self._events.notify()
+
+    async def _close_all(
+        self, sandbox_id: str, state: PolicyState, event: tuple[str, bool, str, str]
+    ) -> None:
+        """Deny-all flows and ``state`` for every BOUND attachment of the
+        sandbox (policy withdrawn, or stale with on_stale = deny-all)."""
+        deny_all = self._classes[DENY_ALL_CLASS]
+        for record in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND):
+            try:
+                await self._enforce(record, record.ofport, deny_all)
+                await self._revoke(record, deny_all)
+            except OpenFlowError as exc:
+                log.error("closing %s failed: %s", record.attachment_id, exc)
+                continue
+            self._store.set_policy_status(record.attachment_id, state, record.policy_version, event=event)
+
+    async def degrade(self, sandbox_id: str, reason: str, message: str) -> None:
+        """The sandbox's new policy was unusable: keep enforcing the last good
+        one and say so."""
+        async with self._locks[sandbox_id]:
+            for record in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND):
+                self._store.set_policy_status(
+                    record.attachment_id, PolicyState.DEGRADED, record.policy_version,
+                    event=("DpuPolicyDegraded", True, reason, message),
+                )  # fmt: skip
+        await self._events.notify()
+
+    async def mark_stale(self, *, deny: bool) -> int:
+        """The policy stream has been down too long: every attachment's
+        policy is STALE (one DpuPolicyStale each); with ``deny``, cut their
+        traffic until fresh policy arrives. Returns how many turned stale."""
+        turned = 0
+        for sandbox_id in sorted(
+            {r.sandbox_id for r in self._store.list_attachments(state=AttachmentState.BOUND)}
+        ):
+            async with self._locks[sandbox_id]:
+                fresh = [
+                    r for r in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
+                    if r.policy_state is not PolicyState.STALE
+                ]  # fmt: skip
+                event = (
+                    "DpuPolicyStale",
+                    True,
+                    "StreamDown",
+                    "policy stream down longer than stale_threshold_ms",
+                )
+                if deny:
+                    await self._close_all(sandbox_id, PolicyState.STALE, event)
+                else:
+                    for record in fresh:
+                        self._store.set_policy_status(
+                            record.attachment_id, PolicyState.STALE, record.policy_version, event=event
+                        )
+                turned += len(fresh)
+        await self._events.notify()
+        return turned
 
     async def _revoke(self, record: AttachmentRecord, scope: Scope) -> str:
         """Cut the attachment's connections ``scope`` no longer allows; the
@@ -368,6 +526,7 @@ class AttachmentService:
         try:
             await self._teardown(record)
             self._store.delete_attachment(record.attachment_id, reason="AttachFailed", message=str(cause))
+            self._unregister_if_unused(record.sandbox_id)
         except Exception:
             # Left ATTACHING in the store: the next start-up rolls it back.
             log.exception("rollback of attachment %s failed", record.attachment_id)
@@ -399,7 +558,8 @@ class AttachmentService:
 
     async def detach(self, caller: Caller, attachment_id: str, generation: int) -> bool:
         """True if detached now, False if it already was (idempotent)."""
-        async with self._lock:
+        found = self._store.get(attachment_id) or self._store.fence(attachment_id)
+        async with self._locks[found.sandbox_id if found else ""]:
             record = self._store.get(attachment_id)
             fence = self._store.fence(attachment_id)
             owner = record.owner if record else fence.owner if fence else None
@@ -426,6 +586,7 @@ class AttachmentService:
             self._store.delete_attachment(
                 attachment_id, reason="Detached", message=f"detached by {caller.identity}"
             )
+            self._unregister_if_unused(record.sandbox_id)
         await self._events.notify()
         log.info("detached", extra={"attachment_id": attachment_id, "sandbox_id": record.sandbox_id})
         return True
@@ -437,6 +598,9 @@ class AttachmentService:
         if record is None or not caller.may_see(record.owner):
             raise NotFound(f"attachment {attachment_id} not found")
         return record
+
+    def list_all(self) -> list[AttachmentRecord]:
+        return self._store.list_attachments()
 
     def list(
         self, caller: Caller, *, sandbox_id: str, host_instance_id: str, state: AttachmentState | None

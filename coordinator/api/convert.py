@@ -90,6 +90,7 @@ def attach_params(request: pb.AttachRequest) -> AttachParams:
         kind=kind,
         network_class=request.network_class,
         initial_policy=initial,
+        initial_policy_timeout_ms=request.initial_policy_timeout_ms,
     )
 
 

@@ -19,6 +19,7 @@ from coordinator.callers import Caller
 from coordinator.errors import (
     AlreadyExists,
     CoordinatorError,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -40,6 +41,7 @@ _CODES: tuple[tuple[type[CoordinatorError], grpc.StatusCode], ...] = (
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
 R = TypeVar("R")

@@ -92,9 +92,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _write_config(workdir: Path, port: int, ovs: OvsInstance, vfs: int, sfs: int, guest_prefix: str) -> Path:
+def _write_config(
+    workdir: Path,
+    port: int,
+    ovs: OvsInstance,
+    vfs: int,
+    sfs: int,
+    guest_prefix: str,
+    gateway_port: int,
+    knobs: PolicyKnobs,
+) -> Path:
     certs = workdir / "certs"
     path = workdir / "config.toml"
+    gateway = (
+        f"""
+[gateway]
+endpoint = "127.0.0.1:{gateway_port}"
+cert = "{certs}/coordinator.pem"
+key = "{certs}/coordinator.key"
+ca = "{certs}/ca.pem"
+backoff_cap_ms = 1000
+"""
+        if gateway_port
+        else ""
+    )
     path.write_text(f"""# Written by `bluefield-coordinator dev up`.
 [server]
 listen = "127.0.0.1:{port}"
@@ -127,8 +148,11 @@ switch_netns = "{ovs.netns}"
 guest_netns_prefix = "{guest_prefix}"
 
 [policy]
-initial_policy = "BASELINE"
-""")
+initial_policy = "{"auto" if gateway_port else "BASELINE"}"
+initial_policy_timeout_ms = {knobs.initial_policy_timeout_ms}
+stale_threshold_ms = {knobs.stale_threshold_ms}
+on_stale = "{knobs.on_stale}"
+{gateway}""")
     return path
 
 
@@ -145,7 +169,7 @@ def _ensure_uplink(ovs: OvsInstance, uplink_ns: str) -> None:
         netns.run_in_netns(uplink_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
 
-def _start_daemon(workdir: Path, config: Path) -> int:
+def start_daemon(workdir: Path, config: Path) -> int:
     log = (workdir / "coordinator.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator", "serve", "--config", str(config)],
@@ -176,9 +200,45 @@ def _wait_healthy(endpoint: Endpoint, pid: int) -> None:
     raise DevEnvError(f"coordinator did not answer within {DAEMON_START_TIMEOUT_S}s: {last}")
 
 
-def dev_up(workdir: Path, *, vfs: int = 4, sfs: int = 4, gateway: bool = False) -> Endpoint:
-    if gateway:
-        raise DevEnvError("--gateway: the reference gateway is not part of this build yet")
+@dataclass(frozen=True)
+class PolicyKnobs:
+    """Policy settings `dev up` writes into a fresh config (tests vary them)."""
+
+    stale_threshold_ms: int = 5000
+    on_stale: str = "keep-last-known"
+    initial_policy_timeout_ms: int = 5000
+
+
+def _write_gateway_config(workdir: Path, port: int) -> Path:
+    certs = workdir / "certs"
+    path = workdir / "gateway.toml"
+    path.write_text(f"""# Written by `bluefield-coordinator dev up --gateway`.
+[gateway]
+listen = "127.0.0.1:{port}"
+cert = "{certs}/gateway.pem"
+key = "{certs}/gateway.key"
+client_ca = "{certs}/ca.pem"
+
+[allow]
+"spiffe://bluefield.local/coordinator" = ["*"]
+""")
+    return path
+
+
+def start_gateway(workdir: Path) -> int:
+    """Start the reference gateway of a `dev up --gateway` setup (again)."""
+    log = (workdir / "gateway.log").open("ab")
+    argv = [sys.executable, "-m", "coordinator", "gateway", "--policies", str(workdir / "policies"),
+            "--config", str(workdir / "gateway.toml")]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    (workdir / "gateway.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def dev_up(
+    workdir: Path, *, vfs: int = 4, sfs: int = 4, gateway: bool = False, knobs: PolicyKnobs | None = None
+) -> Endpoint:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     ovs_ns, uplink_ns, guest_prefix = names_for(workdir)
@@ -193,11 +253,23 @@ def dev_up(workdir: Path, *, vfs: int = 4, sfs: int = 4, gateway: bool = False) 
     _ensure_uplink(ovs, uplink_ns)
     config_path = workdir / "config.toml"
     if not config_path.exists():
-        _write_config(workdir, _free_port(), ovs, vfs, sfs, guest_prefix)
+        gateway_port = 0
+        if gateway:
+            gateway_port = _free_port()
+            _write_gateway_config(workdir, gateway_port)
+            (workdir / "policies").mkdir(exist_ok=True)
+        _write_config(
+            workdir, _free_port(), ovs, vfs, sfs, guest_prefix, gateway_port, knobs or PolicyKnobs()
+        )
     config = load_config(config_path)
+    gateway_pid = 0
+    if config.gateway.endpoint:
+        gateway_pid = read_pid(workdir / "gateway.pid") or 0
+        if not gateway_pid or not pid_alive(gateway_pid):
+            gateway_pid = start_gateway(workdir)
     pid = read_pid(workdir / "coordinator.pid")
     if pid is None or not pid_alive(pid):
-        pid = _start_daemon(workdir, config_path)
+        pid = start_daemon(workdir, config_path)
     endpoint = Endpoint(
         coordinator=config.server.listen,
         ca=str(pki.ca_cert),
@@ -213,10 +285,10 @@ def dev_up(workdir: Path, *, vfs: int = 4, sfs: int = 4, gateway: bool = False) 
         bridge=BRIDGE,
         uplink_netns=uplink_ns,
         guest_netns_prefix=guest_prefix,
-        gateway="",
-        policies_dir="",
+        gateway=config.gateway.endpoint,
+        policies_dir=str(workdir / "policies") if config.gateway.endpoint else "",
         daemon_pid=pid,
-        gateway_pid=0,
+        gateway_pid=gateway_pid,
     )
     (workdir / "endpoint.json").write_text(json.dumps(asdict(endpoint), indent=2) + "\n")
     _wait_healthy(endpoint, pid)
@@ -255,9 +327,10 @@ def _stop_pid(pid: int, timeout: float = 10.0) -> None:
 def dev_down(workdir: Path) -> None:
     workdir = workdir.resolve()
     ovs_ns, uplink_ns, _ = names_for(workdir)
-    pid = read_pid(workdir / "coordinator.pid")
-    if pid is not None:
-        _stop_pid(pid)
+    for pidfile in ("coordinator.pid", "gateway.pid"):
+        pid = read_pid(workdir / pidfile)
+        if pid is not None:
+            _stop_pid(pid)
     config_path = workdir / "config.toml"
     if config_path.exists() and netns.netns_exists(ovs_ns):
         with contextlib.suppress(Exception):

@@ -1,0 +1,330 @@
+"""The policy stream end to end: the daemon process, the reference gateway
+process, a private OVS, real packets. Policies are YAML files the tests
+write into the gateway's directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator.client import CoordinatorClient
+from coordinator.dev import env, netns
+from coordinator.dev.ovs_instance import OvsInstance, pid_alive
+from tests.conftest import require_ovs
+from tests.integration.stack import NETPROBE, SERVER_V4, probe_tcp
+
+pytestmark = pytest.mark.ovs
+
+GUEST = "198.51.100.10"
+STALE_MS = 1000
+
+
+def policy(version: int, ports: list[int], **extra: object) -> dict[str, object]:
+    return {
+        "version": version,
+        "addresses": [GUEST],
+        "egress": [{"name": "web", "action": "ACTION_ALLOW", "protocol": "PROTOCOL_TCP",
+                    "cidrs": ["203.0.113.0/24"], "ports": [{"start": p} for p in ports]}],
+        **extra,
+    }  # fmt: skip
+
+
+class Setup:
+    def __init__(self, workdir: Path, endpoint: env.Endpoint) -> None:
+        self.workdir = workdir
+        self.endpoint = endpoint
+        self.server: subprocess.Popen[str] | None = None
+
+    def write_policy(self, sandbox: str, body: dict[str, object] | str) -> None:
+        path = Path(self.endpoint.policies_dir) / f"{sandbox}.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(body if isinstance(body, str) else yaml.safe_dump(body))
+        tmp.rename(path)
+
+    def remove_policy(self, sandbox: str) -> None:
+        (Path(self.endpoint.policies_dir) / f"{sandbox}.yaml").unlink()
+
+    def client(self) -> CoordinatorClient:
+        return CoordinatorClient(self.endpoint.coordinator, self.endpoint.host_tls())
+
+    def admin(self) -> CoordinatorClient:
+        return CoordinatorClient(self.endpoint.coordinator, self.endpoint.admin_tls())
+
+    def guest(self, attachment: pb.Attachment) -> str:
+        ns = self.endpoint.guest_netns_prefix + attachment.device.representor
+        netns.run_in_netns(ns, ["ip", "address", "replace", f"{GUEST}/24", "dev", "eth0"])
+        netns.run_in_netns(ns, ["ip", "route", "replace", "default", "via", "198.51.100.1"])
+        return ns
+
+    def kill_gateway(self) -> None:
+        pid = self.endpoint.gateway_pid
+        os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid)
+
+    def restart(self) -> None:
+        self.endpoint = env.dev_up(self.workdir)
+
+    def events(self, attachment_id: str) -> list[pb.AttachmentEvent]:
+        with self.admin() as admin:
+            out = []
+            for event in admin.watch(0, timeout=2):
+                if event.attachment_id == attachment_id:
+                    out.append(event)
+                if event.seq >= self._last_seq():
+                    break
+            return out
+
+    def _last_seq(self) -> int:
+        db = sqlite3.connect(Path(self.endpoint.config).parent / "state.db")
+        try:
+            return int(db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0)
+        finally:
+            db.close()
+
+
+def _wait_dead(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()
+
+
+def _make(tmp: Path, on_stale: str) -> Iterator[Setup]:
+    require_ovs()
+    knobs = env.PolicyKnobs(stale_threshold_ms=STALE_MS, on_stale=on_stale, initial_policy_timeout_ms=2000)
+    endpoint = env.dev_up(tmp, vfs=3, sfs=1, gateway=True, knobs=knobs)
+    setup = Setup(tmp, endpoint)
+    netns.add_address(endpoint.uplink_netns, "lo", f"{SERVER_V4}/32")
+    setup.server = netns.popen_in_netns(
+        endpoint.uplink_netns, [sys.executable, NETPROBE, "serve", "--tcp", "80,443"], stdin=subprocess.PIPE
+    )
+    try:
+        assert setup.server.stdout is not None and setup.server.stdout.readline().strip() == "ready"
+        yield setup
+    finally:
+        setup.server.kill()
+        setup.server.wait()
+        env.dev_down(tmp)
+
+
+@pytest.fixture(scope="module")
+def keep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from _make(tmp_path_factory.mktemp("gw-keep"), "keep-last-known")
+
+
+@pytest.fixture(scope="module")
+def deny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    yield from _make(tmp_path_factory.mktemp("gw-deny"), "deny-all")
+
+
+def _attach(setup: Setup, sandbox: str) -> pb.Attachment:
+    with setup.client() as client:
+        return client.attach(sandbox, "hi", f"req-{uuid.uuid4()}", device_kind=pb.DEVICE_KIND_VF)
+
+
+def _detach(setup: Setup, attachment: pb.Attachment) -> None:
+    with setup.client() as client:
+        client.detach(attachment.attachment_id, attachment.lease_generation)
+
+
+def _state(setup: Setup, attachment: pb.Attachment) -> pb.PolicyStatus:
+    with setup.client() as client:
+        return client.get(attachment.attachment_id).policy
+
+
+def test_wait_initial_enforces_the_policy_before_attach_returns(keep: Setup) -> None:
+    keep.write_policy("sb-live", policy(1, [443]))
+    a = _attach(keep, "sb-live")
+    try:
+        assert a.policy.state == pb.POLICY_STATE_APPLIED and a.policy.version == 1
+        ns = keep.guest(a)
+        assert probe_tcp(ns, SERVER_V4, 443)
+        assert not probe_tcp(ns, SERVER_V4, 80)
+    finally:
+        _detach(keep, a)
+
+
+def test_wait_initial_without_a_policy_times_out_and_leaves_nothing(keep: Setup) -> None:
+    with keep.admin() as admin:
+        before = (len(admin.list()), [(p.kind, p.free) for p in admin.health().pools])
+    ovs = OvsInstance(Path(keep.endpoint.ovs_rundir), keep.endpoint.ovs_netns)
+    flows_before = ovs.ofctl("dump-flows", "--no-stats", ovs.mgmt(keep.endpoint.bridge))
+    ports_before = ovs.vsctl("list-ports", keep.endpoint.bridge)
+    with pytest.raises(grpc.RpcError) as err:
+        _attach(keep, "sb-no-policy")
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    with keep.admin() as admin:
+        assert (len(admin.list()), [(p.kind, p.free) for p in admin.health().pools]) == before
+    assert ovs.ofctl("dump-flows", "--no-stats", ovs.mgmt(keep.endpoint.bridge)) == flows_before
+    assert ovs.vsctl("list-ports", keep.endpoint.bridge) == ports_before
+
+
+def test_delta_changes_traffic_and_removed_denies_everything(keep: Setup) -> None:
+    keep.write_policy("sb-delta", policy(1, [443]))
+    a = _attach(keep, "sb-delta")
+    try:
+        ns = keep.guest(a)
+        assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
+        keep.write_policy("sb-delta", policy(2, [80]))
+        assert _eventually(lambda: _state(keep, a).version == 2)
+        assert probe_tcp(ns, SERVER_V4, 80) and not probe_tcp(ns, SERVER_V4, 443)
+        keep.remove_policy("sb-delta")
+        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_PENDING)
+        assert not probe_tcp(ns, SERVER_V4, 80) and not probe_tcp(ns, SERVER_V4, 443)
+    finally:
+        _detach(keep, a)
+
+
+def test_an_invalid_policy_keeps_the_last_good_one_and_degrades(keep: Setup) -> None:
+    keep.write_policy("sb-bad", policy(1, [443]))
+    a = _attach(keep, "sb-bad")
+    try:
+        ns = keep.guest(a)
+        bad_cidr = policy(2, [80])
+        bad_cidr["egress"][0]["cidrs"] = ["203.0.113.7/24"]  # type: ignore[index]
+        keep.write_policy("sb-bad", bad_cidr)
+        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_DEGRADED)
+        assert _state(keep, a).version == 1
+        assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
+        too_many = policy(3, [80])
+        too_many["egress"] = [
+            {"name": f"r{i}", "action": "ACTION_ALLOW", "protocol": "PROTOCOL_TCP"} for i in range(1100)
+        ]
+        keep.write_policy("sb-bad", too_many)
+        time.sleep(1.0)
+        assert (
+            _state(keep, a).version == 1
+            and probe_tcp(ns, SERVER_V4, 443)
+            and not probe_tcp(ns, SERVER_V4, 80)
+        )
+        degraded = [e for e in keep.events(a.attachment_id) if e.condition.type == "DpuPolicyDegraded"]
+        assert any("host bits" in e.condition.message for e in degraded)
+        assert any("too many" in e.condition.message for e in degraded)
+        keep.write_policy("sb-bad", policy(4, [80]))
+        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_APPLIED)
+        assert probe_tcp(ns, SERVER_V4, 80)
+    finally:
+        _detach(keep, a)
+
+
+def test_keep_last_known_goes_stale_but_keeps_enforcing_then_resyncs(keep: Setup) -> None:
+    keep.write_policy("sb-stale", policy(1, [443]))
+    a = _attach(keep, "sb-stale")
+    try:
+        ns = keep.guest(a)
+        keep.kill_gateway()
+        assert _eventually(
+            lambda: _state(keep, a).state == pb.POLICY_STATE_STALE, timeout=STALE_MS / 1000 + 5
+        )
+        assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
+        stale = [e for e in keep.events(a.attachment_id) if e.condition.type == "DpuPolicyStale"]
+        assert len(stale) == 1
+        keep.restart()  # brings the gateway back
+        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_APPLIED)
+        with keep.admin() as admin:
+            stream = next(c for c in admin.health().checks if c.name == "policy_stream")
+        assert (stream.ok and "1 reconnects" in stream.detail) or "reconnects" in stream.detail
+        print(f"[gateway] after restart: {stream.detail}")
+    finally:
+        _detach(keep, a)
+
+
+def test_deny_all_cuts_traffic_when_stale_until_fresh_policy(deny: Setup) -> None:
+    deny.write_policy("sb-cut", policy(1, [443]))
+    a = _attach(deny, "sb-cut")
+    try:
+        ns = deny.guest(a)
+        assert probe_tcp(ns, SERVER_V4, 443)
+        deny.kill_gateway()
+        assert _eventually(
+            lambda: _state(deny, a).state == pb.POLICY_STATE_STALE, timeout=STALE_MS / 1000 + 5
+        )
+        assert not probe_tcp(ns, SERVER_V4, 443)
+        deny.restart()
+        assert _eventually(lambda: _state(deny, a).state == pb.POLICY_STATE_APPLIED)
+        assert probe_tcp(ns, SERVER_V4, 443)
+    finally:
+        _detach(deny, a)
+
+
+def test_gateway_restart_with_a_new_epoch_resyncs(keep: Setup) -> None:
+    keep.write_policy("sb-epoch", policy(1, [443]))
+    a = _attach(keep, "sb-epoch")
+    try:
+        ns = keep.guest(a)
+        os.kill(keep.endpoint.gateway_pid, signal.SIGUSR1)  # simulated restart: new epoch, seq from 1
+        keep.write_policy("sb-epoch", policy(2, [80]))
+        assert _eventually(lambda: _state(keep, a).version == 2)
+        assert probe_tcp(ns, SERVER_V4, 80) and not probe_tcp(ns, SERVER_V4, 443)
+        with keep.admin() as admin:
+            stream = next(c for c in admin.health().checks if c.name == "policy_stream")
+        assert stream.ok
+    finally:
+        _detach(keep, a)
+
+
+def test_restart_while_the_gateway_is_down_reapplies_the_stored_policy(keep: Setup) -> None:
+    keep.write_policy("sb-stored", policy(1, [443]))
+    a = _attach(keep, "sb-stored")
+    try:
+        ns = keep.guest(a)
+        keep.kill_gateway()
+        os.kill(keep.endpoint.daemon_pid, signal.SIGKILL)
+        _wait_dead(keep.endpoint.daemon_pid)
+        # Lose the enforcement too: only the store can bring it back.
+        ovs = OvsInstance(Path(keep.endpoint.ovs_rundir), keep.endpoint.ovs_netns)
+        ovs.ofctl("del-flows", ovs.mgmt(keep.endpoint.bridge))
+        env.start_daemon(keep.workdir, Path(keep.endpoint.config))
+        with keep.admin() as admin:
+            assert _eventually(lambda: _healthy(admin))
+        assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
+    finally:
+        keep.restart()
+        _detach(keep, a)
+
+
+def _healthy(admin: CoordinatorClient) -> bool:
+    try:
+        return admin.health().healthy
+    except grpc.RpcError:
+        return False
+
+
+def test_a_sandbox_not_delegated_to_this_coordinator_gets_no_policy(keep: Setup) -> None:
+    config = Path(keep.workdir) / "gateway.toml"
+    original = config.read_text()
+    config.write_text(original.replace('= ["*"]', '= ["sb-*"]'))
+    keep.kill_gateway()
+    keep.restart()
+    try:
+        keep.write_policy("other-1", policy(1, [443]))
+        keep.write_policy("sb-ok", policy(1, [443]))
+        with pytest.raises(grpc.RpcError) as err:
+            _attach(keep, "other-1")
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        a = _attach(keep, "sb-ok")  # the stream carries on for the sandboxes it may have
+        _detach(keep, a)
+    finally:
+        config.write_text(original)
+        keep.kill_gateway()
+        keep.restart()
