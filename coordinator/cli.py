@@ -78,7 +78,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"bluefield-coordinator: config error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(config_to_mapping(config), indent=2))
-    return 0
+    if not args.health:
+        return 0
+    from coordinator.daemon import health_report
+
+    checks = asyncio.run(health_report(config))
+    print("\nhealth checks:")
+    for check in checks:
+        mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
+        print(f"  {mark} {check.name}{'' if check.required else ' (optional)'}: {check.detail}")
+    return 0 if all(c.ok for c in checks if c.required) else 1
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
@@ -140,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config file and print the effective config")
     check.add_argument("--config", type=Path, required=True)
+    check.add_argument(
+        "--health",
+        action="store_true",
+        help="also run the health checks against this machine's eswitch and OVS",
+    )
     check.set_defaults(func=_cmd_check)
 
     certs = sub.add_parser("certs", help="development certificates")

@@ -81,11 +81,35 @@ class EmulatedConfig:
 
 
 @dataclass(frozen=True)
+class SwitchdevConfig:
+    """A real BlueField eswitch (coordinator/eswitch/switchdev.py documents each key)."""
+
+    pci_address: str = "0000:03:00.0"
+    pf: int = 0
+    host_controller: int = 1
+    sysfs_root: str = "/sys"
+    min_firmware_version: str = ""
+    firmware_required: bool = False
+    sf_number_start: int = 1000
+    sf_number_end: int = 1015
+    representor_timeout_s: float = 10.0
+    representor_poll_s: float = 0.05
+    rename_grace_s: float = 1.0
+    host_pf_pci_address: str = ""
+    host_vf_offset: int = 1
+    host_vf_stride: int = 1
+    # The devlink CLI (iproute2) and how long one call may take.
+    devlink_command: tuple[str, ...] = ("devlink",)
+    devlink_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class EswitchConfig:
     backend: Literal["emulated", "switchdev"] = "emulated"
     # Makes assigned MACs unique across DPUs on one fabric; "" = /etc/machine-id.
     mac_salt: str = ""
     emulated: EmulatedConfig = field(default_factory=EmulatedConfig)
+    switchdev: SwitchdevConfig = field(default_factory=SwitchdevConfig)
 
 
 @dataclass(frozen=True)

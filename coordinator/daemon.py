@@ -4,6 +4,7 @@ server, and stops them in order on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from dataclasses import dataclass
@@ -15,14 +16,17 @@ from coordinator.api.servicer import CoordinatorServicer
 from coordinator.certs import check_private_key_file
 from coordinator.client import TlsFiles
 from coordinator.config import Config
-from coordinator.eswitch.base import EswitchBackend, EswitchError
+from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
+from coordinator.eswitch.devlink import DevlinkCli
 from coordinator.eswitch.emulated import EmulatedEswitch
+from coordinator.eswitch.switchdev import SwitchdevEswitch, SwitchdevSettings
 from coordinator.events import EventHub
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.gateway.client import PolicyStreamClient
+from coordinator.health import ovs_checks
 from coordinator.ovs.openflow import OpenFlowSwitch
-from coordinator.ovs.ovsdb import Ovsdb
+from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
@@ -33,7 +37,13 @@ log = logging.getLogger(__name__)
 def make_backend(config: Config) -> EswitchBackend:
     if config.eswitch.backend == "emulated":
         return EmulatedEswitch(config.eswitch.emulated)
-    raise EswitchError("eswitch.backend: the switchdev backend is not available in this build yet")
+    cfg = config.eswitch.switchdev
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(SwitchdevSettings)}
+    try:
+        settings = SwitchdevSettings(**fields)
+    except ValueError as exc:
+        raise EswitchError(f"eswitch.switchdev.{exc}") from exc
+    return SwitchdevEswitch(settings, DevlinkCli(cfg.devlink_command, timeout=cfg.devlink_timeout_s))
 
 
 def mac_salt(config: Config) -> str:
@@ -120,6 +130,31 @@ def start_policy_stream(
         asyncio.ensure_future(handler.watch_staleness(lambda: client.status)),
     ]
     return client, tasks
+
+
+async def health_report(config: Config) -> list[HealthFact]:
+    """The health checks for ``config`` on this machine, without serving
+    (``check --health``). A part that cannot even start is a failed check."""
+    checks: list[HealthFact] = []
+    try:
+        backend = await asyncio.to_thread(make_backend, config)
+        checks += await asyncio.to_thread(backend.health)
+        backend.close()
+    except EswitchError as exc:
+        checks.append(HealthFact("eswitch", False, str(exc), required=True))
+    ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
+    facts, error = None, ""
+    try:
+        await ovsdb.connect()
+        facts = await ovsdb.bridge_facts(config.ovs.bridge)
+    except OvsdbError as exc:
+        error = str(exc)
+    finally:
+        await ovsdb.close()
+    checks += ovs_checks(
+        facts, error, config.ovs.bridge, hw_offload_required=config.eswitch.backend == "switchdev"
+    )
+    return checks
 
 
 async def run_daemon(config: Config) -> int:

@@ -273,7 +273,7 @@ class AttachmentService:
     async def _install_waiting(self, record: AttachmentRecord, timeout_ms: int) -> AttachmentRecord:
         """WAIT_INITIAL: plug the device closed (deny-all), ask the gateway for
         the sandbox's policy, enforce it when it comes, then mark BOUND."""
-        ofport = await self._plug(record)
+        rep, ofport = await self._plug(record)
         try:
             await self._enforce(record, ofport, self._classes[DENY_ALL_CLASS])
         except OpenFlowError as exc:
@@ -298,6 +298,7 @@ class AttachmentService:
             ofport=ofport,
             policy_state=PolicyState.APPLIED,
             policy_version=scope.version,
+            representor=rep,
         )
 
     def _replay(
@@ -343,9 +344,9 @@ class AttachmentService:
             await self._openflow.delete_meter(meter_id(port))
         return result
 
-    async def _plug(self, record: AttachmentRecord) -> int:
+    async def _plug(self, record: AttachmentRecord) -> tuple[str, int]:
         """Prepare the device and put its representor on the bridge; returns
-        the OpenFlow port. Idempotent."""
+        the representor's name and OpenFlow port. Idempotent."""
         try:
             rep = await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
             ofport = await self._ovsdb.ensure_port(self._config.ovs.bridge, rep, self._port_ids(record))
@@ -354,21 +355,26 @@ class AttachmentService:
             await self._conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
         except (EswitchError, OvsdbError, ConntrackError) as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
-        return ofport
+        return rep, ofport
 
     async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
         """Plug, install and verify the sandbox's flows, mark BOUND.
         Idempotent: also used to re-install."""
         scope, state, version = self._scope_for(record)
-        ofport = await self._plug(record)
+        rep, ofport = await self._plug(record)
         try:
             await self._enforce(record, ofport, scope)
         except OpenFlowError as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
-        if record.state is AttachmentState.BOUND and record.ofport == ofport and record.policy_state is state:
+        if (
+            record.state is AttachmentState.BOUND
+            and record.ofport == ofport
+            and record.policy_state is state
+            and record.device.representor == rep
+        ):
             return record
         return self._store.mark_bound(
-            record.attachment_id, ofport=ofport, policy_state=state, policy_version=version
+            record.attachment_id, ofport=ofport, policy_state=state, policy_version=version, representor=rep
         )
 
     # -- policy -------------------------------------------------------------------

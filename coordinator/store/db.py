@@ -250,14 +250,20 @@ class Store:
         return int(self._db.execute("SELECT COUNT(*) FROM attachments").fetchone()[0])
 
     def mark_bound(
-        self, attachment_id: str, *, ofport: int, policy_state: PolicyState, policy_version: int
+        self,
+        attachment_id: str,
+        *,
+        ofport: int,
+        policy_state: PolicyState,
+        policy_version: int,
+        representor: str = "",
     ) -> AttachmentRecord:
         now = self._clock()
         with self._txn() as db:
             db.execute(
                 """UPDATE attachments SET state = 'BOUND', ofport = ?, policy_state = ?, policy_version = ?,
-                       policy_applied_at = ?, updated_at = ? WHERE attachment_id = ?""",
-                (ofport, policy_state.value, policy_version, now, now, attachment_id),
+                       policy_applied_at = ?, updated_at = ?, representor = ? WHERE attachment_id = ?""",
+                (ofport, policy_state.value, policy_version, now, now, representor, attachment_id),
             )
             record = self._require(db, attachment_id)
             self._append_event(
@@ -420,7 +426,8 @@ class Store:
         return int(row[0]) if row and row[0] is not None else 0
 
 
-_SELECT_ATTACHMENT = """SELECT a.*, d.kind, d.controller, d.pf, d.number, d.representor, d.host_pci_address
+_SELECT_ATTACHMENT = """SELECT a.*, d.kind, d.controller, d.pf, d.number, d.host_pci_address,
+        COALESCE(NULLIF(a.representor, ''), d.representor) AS device_representor
     FROM attachments a JOIN devices d ON d.device_id = a.device_id"""
 
 
@@ -430,7 +437,8 @@ def _device_from_row(row: sqlite3.Row) -> DeviceSlot:
         controller=row["controller"],
         pf=row["pf"],
         number=row["number"],
-        representor=row["representor"],
+        # sqlite3.Row's `in` looks at values, not column names.
+        representor=row["device_representor"] if "device_representor" in row.keys() else row["representor"],  # noqa: SIM118
         host_pci_address=row["host_pci_address"],
     )
 

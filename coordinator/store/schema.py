@@ -70,4 +70,9 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 3: the representor an attachment's device actually got (an SF's name
+    # is known only once it exists).
+    """
+    ALTER TABLE attachments ADD COLUMN representor TEXT NOT NULL DEFAULT '';
+    """,
 )

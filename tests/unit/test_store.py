@@ -136,3 +136,17 @@ def test_event_log_is_bounded_and_resumable(store: Store) -> None:
     assert len(kept) == 100 and kept[-1].seq == store.last_event_seq() == 160
     assert [e.seq for e in store.events_since(150)] == list(range(151, 161))
     assert store.events_since(0, owner="nobody") == []
+
+
+def test_the_representor_a_device_got_is_remembered(store: Store) -> None:
+    a = store.create_attachment(_new(1, DeviceKind.SF), mac_for=_macs, max_attachments=10)
+    assert a.device.representor == "en0pf0sf1000"  # the inventory's expectation
+    bound = store.mark_bound(
+        a.attachment_id,
+        ofport=3,
+        policy_state=PolicyState.BASELINE,
+        policy_version=0,
+        representor="en3f0pf0sf1000",
+    )
+    assert bound.device.representor == "en3f0pf0sf1000"
+    assert store.list_attachments()[0].device.representor == "en3f0pf0sf1000"
