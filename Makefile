@@ -9,16 +9,17 @@ STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= /tmp/bluefield-coordinator-demo
 SOURCES := coordinator tests proto
 
-.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy
+.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy bfb-overlay
 
 deps: system-deps $(STAMP)
 
 system-deps:
 	@if ! command -v ovs-vswitchd >/dev/null || ! command -v ping >/dev/null || ! command -v ip >/dev/null \
+	     || ! command -v curl >/dev/null || ! command -v systemd-analyze >/dev/null \
 	     || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-	  echo "installing system packages (openvswitch-switch iputils-ping iproute2 python3-venv)"; \
+	  echo "installing system packages (openvswitch-switch iputils-ping iproute2 curl systemd python3-venv)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    openvswitch-switch iputils-ping iproute2 python3-venv >/dev/null; \
+	    openvswitch-switch iputils-ping iproute2 curl systemd python3-venv >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -50,6 +51,13 @@ fuzz-policy: deps
 
 demo: deps
 	$(BIN)/python -m coordinator.dev.demo --workdir $(DEMO_WORKDIR)
+
+BFB_PLATFORM ?=
+BFB_PYTHON ?= 3.10
+# The archive layered onto the BFB image; for the DPU:
+#   make bfb-overlay BFB_PLATFORM=manylinux2014_aarch64 BFB_PYTHON=3.10
+bfb-overlay: $(STAMP)
+	bash bfb-overlay/build.sh --python $(BIN)/python $(if $(BFB_PLATFORM),--platform $(BFB_PLATFORM) --python-version $(BFB_PYTHON))
 
 golden: $(STAMP)
 	$(BIN)/python -m tests.golden.regen

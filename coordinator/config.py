@@ -152,6 +152,17 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # host:port of the Prometheus /metrics endpoint; "" = off.
+    listen: str = "127.0.0.1:9464"
+    # TLS for the endpoint: cert and key together; client_ca also asks
+    # scrapers for a client certificate.
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -160,6 +171,7 @@ class Config:
     eswitch: EswitchConfig = field(default_factory=EswitchConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     gateway: GatewayClientConfig = field(default_factory=GatewayClientConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
@@ -271,6 +283,11 @@ def _check_cross_fields(config: Config) -> None:
                 raise ConfigError(f"gateway.{key}", "required when gateway.endpoint is set")
     elif config.policy.initial_policy == "WAIT_INITIAL":
         raise ConfigError("policy.initial_policy", "WAIT_INITIAL needs gateway.endpoint")
+    metrics = config.metrics
+    if bool(metrics.cert) != bool(metrics.key):
+        raise ConfigError("metrics.key" if metrics.cert else "metrics.cert", "cert and key go together")
+    if metrics.client_ca and not metrics.cert:
+        raise ConfigError("metrics.client_ca", "needs metrics.cert and metrics.key")
     overlap = set(config.auth.admins) & set(config.auth.hosts)
     if overlap:
         raise ConfigError("auth", f"identity in both admins and hosts: {sorted(overlap)[0]}")

@@ -7,6 +7,8 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +27,14 @@ from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.gateway.client import PolicyStreamClient
 from coordinator.health import ovs_checks
+from coordinator.metrics import Metrics, MetricsServer, RpcMetricsInterceptor, start_metrics_server
+from coordinator.notify import Notifier, watchdog_task
 from coordinator.ovs.openflow import OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
+from coordinator.store.records import AttachmentState
 
 log = logging.getLogger(__name__)
 
@@ -158,19 +163,45 @@ async def health_report(config: Config) -> list[HealthFact]:
 
 
 async def run_daemon(config: Config) -> int:
+    # Read once and removed from the environment: ovs-ofctl and friends must
+    # not inherit systemd's socket.
+    notifier = Notifier.from_environment(unset=True)
+    notifier.status("starting: opening the store, converging the switch")
     adapters = await build(config)
     store, backend, events, service = adapters.store, adapters.backend, adapters.events, adapters.service
     stream: PolicyStreamClient | None = None
     tasks: list[asyncio.Task[None]] = []
+    metrics = Metrics()
+    metrics_server: MetricsServer | None = None
     try:
         if config.gateway.endpoint:
             check_private_key_file(Path(config.gateway.key))
             stream, tasks = start_policy_stream(config, service)
+        _add_metric_refreshers(metrics, store, stream)
+        if config.metrics.listen:
+            m = config.metrics
+            metrics_server = await start_metrics_server(
+                m.listen,
+                metrics.registry,
+                cert=m.cert,
+                key=m.key,
+                client_ca=m.client_ca,
+                before_scrape=metrics.refresh,
+            )
         servicer = CoordinatorServicer(service, store, events, RoleMap(config.auth), backend.name)
-        server, port = await start_server(config.server, servicer)
+        server, port = await start_server(
+            config.server, servicer, interceptors=[RpcMetricsInterceptor(metrics)]
+        )
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
+        # Only now: the store is open, the switch converged, gRPC listens.
+        notifier.ready(f"serving on {config.server.listen}")
+        interval = notifier.watchdog_interval()
+        if interval is not None:
+            alive = _liveness(config, adapters, notifier, stream)
+            tasks.append(asyncio.ensure_future(watchdog_task(notifier, alive, interval)))
         await _wait_for_signal()
         log.info("stopping")
+        notifier.stopping("stopping: draining RPCs")
         await events.close()
         # Enforcement outlives the daemon: flows stay in OVS.
         await server.stop(config.server.shutdown_grace_s)
@@ -180,9 +211,47 @@ async def run_daemon(config: Config) -> int:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if metrics_server is not None:
+            await metrics_server.close()
         await adapters.close()
+        notifier.close()
     log.info("stopped")
     return 0
+
+
+def _add_metric_refreshers(metrics: Metrics, store: Store, stream: PolicyStreamClient | None) -> None:
+    """Gauges are read from their sources when Prometheus scrapes."""
+    metrics.add_refresher(lambda: metrics.update_attachments(store.list_attachments()))
+    metrics.add_refresher(lambda: metrics.update_pools(store.pool_stats()))
+    if stream is not None:
+        status = stream.status
+        metrics.add_refresher(
+            lambda: metrics.update_gateway(
+                connected=status.connected,
+                reconnects=status.reconnects,
+                resyncs=status.resyncs,
+                last_seq=status.last_seq,
+            )
+        )
+
+
+def _liveness(
+    config: Config, adapters: Adapters, notifier: Notifier, stream: PolicyStreamClient | None
+) -> Callable[[], Awaitable[bool]]:
+    async def alive() -> bool:
+        # Being called at all proves the event loop runs; then the store and
+        # OVSDB must answer. OVS down past the watchdog means a restart,
+        # which reconverges everything.
+        states = Counter(r.state for r in adapters.store.list_attachments())
+        await adapters.ovsdb.bridge_facts(config.ovs.bridge)
+        gateway = "off" if stream is None else "up" if stream.status.connected else "down"
+        notifier.status(
+            f"{states[AttachmentState.BOUND]} bound, {states[AttachmentState.ATTACHING]} attaching, "
+            f"{states[AttachmentState.DETACHING]} detaching; gateway {gateway}"
+        )
+        return True
+
+    return alive
 
 
 async def _wait_for_signal() -> None:

@@ -3,7 +3,9 @@ and the standard grpc.health.v1 service."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -38,8 +40,12 @@ def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
     )
 
 
-async def start_server(config: ServerConfig, servicer: CoordinatorServicer) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server()
+async def start_server(
+    config: ServerConfig,
+    servicer: CoordinatorServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(interceptors=list(interceptors))
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

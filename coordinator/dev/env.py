@@ -58,6 +58,7 @@ class Endpoint:
     guest_netns_prefix: str
     gateway: str
     policies_dir: str
+    metrics: str
     daemon_pid: int
     gateway_pid: int
 
@@ -146,6 +147,9 @@ vfs = {vfs}
 sfs = {sfs}
 switch_netns = "{ovs.netns}"
 guest_netns_prefix = "{guest_prefix}"
+
+[metrics]
+listen = "127.0.0.1:{_free_port()}"
 
 [policy]
 initial_policy = "{"auto" if gateway_port else "BASELINE"}"
@@ -286,6 +290,7 @@ def dev_up(
         uplink_netns=uplink_ns,
         guest_netns_prefix=guest_prefix,
         gateway=config.gateway.endpoint,
+        metrics=config.metrics.listen,
         policies_dir=str(workdir / "policies") if config.gateway.endpoint else "",
         daemon_pid=pid,
         gateway_pid=gateway_pid,

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -445,3 +447,61 @@ def test_dev_exec_runs_in_the_guest_and_the_uplink(dev: env.Endpoint, host: Coor
         assert "Traceback" not in missing.stderr
     finally:
         host.detach(a.attachment_id, a.lease_generation)
+
+
+def test_metrics_endpoint_reports_attachments_and_rpcs(dev: env.Endpoint, host: CoordinatorClient) -> None:
+    a = _attach(host, "sandbox-metrics")
+    try:
+        text = urllib.request.urlopen(f"http://{dev.metrics}/metrics", timeout=5).read().decode()
+        bound = [
+            line
+            for line in text.splitlines()
+            if line.startswith('bluefield_coordinator_attachments{state="BOUND"}')
+        ]
+        assert bound and float(bound[0].split()[-1]) >= 1
+        attach_ok = [
+            line for line in text.splitlines()
+            if line.startswith("bluefield_coordinator_rpcs_total") and 'Coordinator/Attach"' in line and 'code="OK"' in line
+        ]  # fmt: skip
+        assert attach_ok and float(attach_ok[0].split()[-1]) >= 1
+    finally:
+        host.detach(a.attachment_id, a.lease_generation)
+
+
+def test_systemd_notify_ready_watchdog_and_stopping(dev: env.Endpoint, tmp_path: Path) -> None:
+    """The daemon under a test NOTIFY_SOCKET: READY=1 only once it answers,
+    WATCHDOG=1 on schedule, STOPPING=1 on SIGTERM."""
+    running = env.load_endpoint(Path(dev.config).parent).daemon_pid  # earlier tests may have restarted it
+    os.kill(running, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while pid_alive(running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(20)
+    environ = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "1000000"}
+    argv = [sys.executable, "-m", "coordinator", "serve", "--config", dev.config]
+    proc = subprocess.Popen(argv, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        messages: list[str] = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        with CoordinatorClient(dev.coordinator, dev.admin_tls(), timeout=5) as admin:
+            assert admin.health().healthy  # it listens by the time it says READY
+        started = time.monotonic()
+        pings = 0
+        while pings < 3:
+            if "WATCHDOG=1" in sock.recv(4096).decode():
+                pings += 1
+        assert time.monotonic() - started < 5  # about every half second
+        proc.send_signal(signal.SIGTERM)
+        tail = []
+        while not any("STOPPING=1" in m for m in tail):
+            tail.append(sock.recv(4096).decode())
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+        env.dev_up(Path(dev.config).parent)  # the module's other tests keep a daemon
