@@ -328,3 +328,20 @@ def test_a_sandbox_not_delegated_to_this_coordinator_gets_no_policy(keep: Setup)
         config.write_text(original)
         keep.kill_gateway()
         keep.restart()
+
+
+def test_baseline_attach_is_replaced_by_the_gateway_policy_when_it_arrives(keep: Setup) -> None:
+    with keep.client() as client:
+        a = client.attach(
+            "sb-baseline", "hi", f"req-{uuid.uuid4()}", device_kind=pb.DEVICE_KIND_VF,
+            initial_policy=pb.INITIAL_POLICY_BASELINE,
+        )  # fmt: skip
+    try:
+        assert a.policy.state == pb.POLICY_STATE_BASELINE
+        ns = keep.guest(a)
+        assert not probe_tcp(ns, SERVER_V4, 443)  # the baseline isolates
+        keep.write_policy("sb-baseline", policy(1, [443]))
+        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_APPLIED)
+        assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
+    finally:
+        _detach(keep, a)
