@@ -133,6 +133,8 @@ class AttachmentService:
             userspace_datapath=config.ovs.datapath_type == "netdev",
         )
         self._uplink_ofport: int | None = None
+        # slot -> whether its meter exists; absent = not known since start.
+        self._metered: dict[int, bool] = {}
         self._health: tuple[float, HealthReport] | None = None
 
     # -- start-up -----------------------------------------------------------
@@ -339,9 +341,14 @@ class AttachmentService:
             await self._openflow.set_meter(
                 meter_id(port), limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps)
             )
+            self._metered[record.slot] = True
         result = await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
-        if limit is None:
+        # A meter is removed only where one may exist: after a rate-limited
+        # policy, or once per slot after start (what OVS holds is unknown then).
+        # Policy updates without a rate limit spawn no extra ovs-ofctl.
+        if limit is None and self._metered.get(record.slot, True):
             await self._openflow.delete_meter(meter_id(port))
+            self._metered[record.slot] = False
         return result
 
     async def _plug(self, record: AttachmentRecord) -> tuple[str, int]:
@@ -552,6 +559,7 @@ class AttachmentService:
         try:
             await self._openflow.delete(cookie_for_slot(record.slot))
             await self._openflow.delete_meter(record.slot)
+            self._metered.pop(record.slot, None)
             # The next attachment in this slot starts with an empty zone.
             await self._conntrack.flush_zone(record.slot)
             await self._conntrack.delete_zone_limit(record.slot)
