@@ -7,9 +7,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= /tmp/bluefield-coordinator-demo
-SOURCES := coordinator tests proto
+SOURCES := coordinator tests proto examples
 
-.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy bfb-overlay
+.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy bfb-overlay bench soak
 
 deps: system-deps $(STAMP)
 
@@ -49,6 +49,11 @@ unit: $(STAMP)
 fuzz-policy: deps
 	POLICY_FUZZ_PROBES=20000 $(BIN)/python -m pytest -q tests/integration/test_differential.py
 
+# The restart-safety storm, longer: concurrent clients, SIGKILL at random
+# moments, invariants checked after every restart.
+soak: deps
+	STORM_ROUNDS=20 STORM_CLIENTS=8 $(BIN)/python -m pytest -q -s tests/integration/test_restart_safety.py -k storm
+
 demo: deps
 	$(BIN)/python -m coordinator.dev.demo --workdir $(DEMO_WORKDIR)
 
@@ -58,6 +63,18 @@ BFB_PYTHON ?= 3.10
 #   make bfb-overlay BFB_PLATFORM=manylinux2014_aarch64 BFB_PYTHON=3.10
 bfb-overlay: $(STAMP)
 	bash bfb-overlay/build.sh --python $(BIN)/python $(if $(BFB_PLATFORM),--platform $(BFB_PLATFORM) --python-version $(BFB_PYTHON))
+
+# The benchmark (docs/BENCHMARKS.md): the daemon against a raw ovs-ofctl bundle
+# and against OVN 23.03, all private (own OVS, OVN, daemon, namespaces). Prints
+# the table, writes bench/results/latest.json and rewrites docs/BENCHMARKS.md.
+bench: deps
+	@if ! command -v ovn-nbctl >/dev/null || ! command -v ovn-northd >/dev/null \
+	     || ! command -v ovn-controller >/dev/null; then \
+	  echo "installing system packages (ovn-central ovn-host)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    ovn-central ovn-host >/dev/null; \
+	fi
+	$(BIN)/python -m bench
 
 golden: $(STAMP)
 	$(BIN)/python -m tests.golden.regen

@@ -20,6 +20,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from coordinator.eswitch.base import EswitchError
     from coordinator.logs import setup_logging
     from coordinator.ovs.ovsdb import OvsdbError
+    from coordinator.security_log import SecurityLogError
     from coordinator.store.db import StoreError
 
     setup_logging(args.log_level)
@@ -30,7 +31,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         return asyncio.run(run_daemon(config))
-    except (ServerSetupError, CertError, EswitchError, OvsdbError, StoreError) as exc:
+    except (ServerSetupError, CertError, EswitchError, OvsdbError, StoreError, SecurityLogError) as exc:
         print(f"bluefield-coordinator: cannot start: {exc}", file=sys.stderr)
         return 1
 

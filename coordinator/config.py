@@ -67,6 +67,9 @@ class OvsConfig:
     vswitchd_ctl: str = ""
     # Seconds an OVSDB transaction or ovs-ofctl call may take.
     timeout_s: float = 10.0
+    # How often the switch is checked for having lost our flows (ovs-vswitchd
+    # restarted) or being unreachable; it is then re-programmed.
+    watch_interval_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,11 @@ class EswitchConfig:
     backend: Literal["emulated", "switchdev"] = "emulated"
     # Makes assigned MACs unique across DPUs on one fabric; "" = /etc/machine-id.
     mac_salt: str = ""
+    # Seconds between re-reads of the device inventory (VFs come and go with
+    # the host); the fallback where no udev events arrive.
+    inventory_poll_s: float = 10.0
+    # Also re-read on udev net events (switchdev backend, where udevd runs).
+    inventory_udev: bool = True
     emulated: EmulatedConfig = field(default_factory=EmulatedConfig)
     switchdev: SwitchdevConfig = field(default_factory=SwitchdevConfig)
 
@@ -152,6 +160,15 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class ReconcileConfig:
+    # What the daemon does on its own with attachments whose host identity
+    # has not called Reconcile (nor Attach/Detach) within host_grace_s of a
+    # start: advisory = report each as an event; authoritative = release them.
+    reconcile_mode: Literal["advisory", "authoritative"] = "advisory"
+    host_grace_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # host:port of the Prometheus /metrics endpoint; "" = off.
     listen: str = "127.0.0.1:9464"
@@ -160,6 +177,23 @@ class MetricsConfig:
     cert: str = ""
     key: str = ""
     client_ca: str = ""
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    # Seconds between the background health checks that log DpuFirmwareDegraded
+    # and DpuCoordinatorHealthy transitions as events.
+    poll_s: float = 10.0
+    # Seconds a datapath offload count (ovs-appctl dpctl/dump-flows) is reused
+    # by Health, GetAttachment and /metrics before it is read again.
+    offload_cache_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class LogsConfig:
+    # Security-relevant events as OCSF JSON lines appended to this file
+    # (absolute path; "" = off). Reopened when rotated away.
+    security_events_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -173,6 +207,9 @@ class Config:
     gateway: GatewayClientConfig = field(default_factory=GatewayClientConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    logs: LogsConfig = field(default_factory=LogsConfig)
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # Range checks beyond types, by dotted key: (minimum, maximum).
@@ -189,7 +226,12 @@ _RANGES: dict[str, tuple[float, float]] = {
     "limits.max_attach_qps": (0.1, 100_000),
     "limits.conntrack_per_attachment": (0, 10_000_000),
     "ovs.timeout_s": (0.1, 600),
+    "ovs.watch_interval_ms": (50, 600_000),
+    "reconcile.host_grace_s": (1, 604_800),
     "server.shutdown_grace_s": (0, 600),
+    "eswitch.inventory_poll_s": (0.1, 3600),
+    "health.poll_s": (0.5, 3600),
+    "health.offload_cache_s": (0, 600),
 }
 
 
@@ -288,6 +330,9 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("metrics.key" if metrics.cert else "metrics.cert", "cert and key go together")
     if metrics.client_ca and not metrics.cert:
         raise ConfigError("metrics.client_ca", "needs metrics.cert and metrics.key")
+    security_events = config.logs.security_events_path
+    if security_events and not Path(security_events).is_absolute():
+        raise ConfigError("logs.security_events_path", f"expected an absolute path, got {security_events!r}")
     overlap = set(config.auth.admins) & set(config.auth.hosts)
     if overlap:
         raise ConfigError("auth", f"identity in both admins and hosts: {sorted(overlap)[0]}")

@@ -12,6 +12,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
+
+from coordinator import faults
 from coordinator.api.auth import RoleMap
 from coordinator.api.server import start_server
 from coordinator.api.servicer import CoordinatorServicer
@@ -27,14 +30,19 @@ from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.gateway.client import PolicyStreamClient
 from coordinator.health import ovs_checks
+from coordinator.health_watch import start_health_watch
+from coordinator.inventory_watch import start_inventory_watch
 from coordinator.metrics import Metrics, MetricsServer, RpcMetricsInterceptor, start_metrics_server
 from coordinator.notify import Notifier, watchdog_task
+from coordinator.offload_status import offload_monitor
 from coordinator.ovs.openflow import OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.policy_stream import PolicyStreamHandler
+from coordinator.security_events import SecurityEvents, start_security_events
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
+from coordinator.switch_watch import watch_switch
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +174,7 @@ async def run_daemon(config: Config) -> int:
     # Read once and removed from the environment: ovs-ofctl and friends must
     # not inherit systemd's socket.
     notifier = Notifier.from_environment(unset=True)
+    faults.enable_from_environment()
     notifier.status("starting: opening the store, converging the switch")
     adapters = await build(config)
     store, backend, events, service = adapters.store, adapters.backend, adapters.events, adapters.service
@@ -173,10 +182,16 @@ async def run_daemon(config: Config) -> int:
     tasks: list[asyncio.Task[None]] = []
     metrics = Metrics()
     metrics_server: MetricsServer | None = None
+    security = SecurityEvents()  # inert until started; lets `finally` close it
     try:
         if config.gateway.endpoint:
             check_private_key_file(Path(config.gateway.key))
             stream, tasks = start_policy_stream(config, service)
+        security = start_security_events(config, store, events)
+        tasks += security.tasks
+        offload = offload_monitor(config)
+        tasks += _start_watches(config, adapters)
+        metrics.add_refresher(lambda: offload.update_metrics(metrics))
         _add_metric_refreshers(metrics, store, stream)
         if config.metrics.listen:
             m = config.metrics
@@ -188,9 +203,11 @@ async def run_daemon(config: Config) -> int:
                 client_ca=m.client_ca,
                 before_scrape=metrics.refresh,
             )
-        servicer = CoordinatorServicer(service, store, events, RoleMap(config.auth), backend.name)
+        servicer = CoordinatorServicer(
+            service, store, events, RoleMap(config.auth), backend.name, offload=offload
+        )
         server, port = await start_server(
-            config.server, servicer, interceptors=[RpcMetricsInterceptor(metrics)]
+            config.server, servicer, interceptors=[RpcMetricsInterceptor(metrics), *security.interceptors]
         )
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
         # Only now: the store is open, the switch converged, gRPC listens.
@@ -200,23 +217,61 @@ async def run_daemon(config: Config) -> int:
             alive = _liveness(config, adapters, notifier, stream)
             tasks.append(asyncio.ensure_future(watchdog_task(notifier, alive, interval)))
         await _wait_for_signal()
-        log.info("stopping")
-        notifier.stopping("stopping: draining RPCs")
-        await events.close()
-        # Enforcement outlives the daemon: flows stay in OVS.
-        await server.stop(config.server.shutdown_grace_s)
+        await _stop_serving(config, adapters, server, notifier)
     finally:
         if stream is not None:
             stream.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        security.close()
         if metrics_server is not None:
             await metrics_server.close()
         await adapters.close()
         notifier.close()
     log.info("stopped")
     return 0
+
+
+async def _stop_serving(
+    config: Config, adapters: Adapters, server: grpc.aio.Server, notifier: Notifier
+) -> None:
+    log.info("stopping")
+    notifier.stopping("stopping: draining RPCs")
+    await adapters.events.close()
+    # New RPCs are refused; operations in flight get shutdown_grace_s to
+    # finish (one cut short is rolled back, or finished by the next start).
+    # Enforcement outlives the daemon: flows stay in OVS.
+    grace = config.server.shutdown_grace_s
+    drained, _ = await asyncio.gather(adapters.service.drain(grace), server.stop(grace))
+    if not drained:
+        log.warning("stopping with %d operations unfinished", adapters.service.in_flight)
+
+
+def _start_watches(config: Config, adapters: Adapters) -> list[asyncio.Task[None]]:
+    """The background tasks that keep the world converged: the switch
+    (OVS restarts), the eswitch inventory, health transitions, and hosts
+    that never reconcile after a start."""
+    service = adapters.service
+    return [
+        asyncio.ensure_future(watch_switch(service, config.ovs.watch_interval_ms / 1000)),
+        start_inventory_watch(
+            config,
+            adapters.store,
+            adapters.backend,
+            adapters.events,
+            on_device_returned=service.device_returned,
+        ),
+        start_health_watch(config, adapters.store, adapters.events, lambda: service.health(fresh=True)),
+        asyncio.ensure_future(_expire_unreconciled(service, config.reconcile.host_grace_s)),
+    ]
+
+
+async def _expire_unreconciled(service: AttachmentService, grace_s: float) -> None:
+    await asyncio.sleep(grace_s)
+    quiet = await service.expire_unreconciled()
+    if quiet:
+        log.warning("%d attachments of hosts that never reconciled", len(quiet))
 
 
 def _add_metric_refreshers(metrics: Metrics, store: Store, stream: PolicyStreamClient | None) -> None:

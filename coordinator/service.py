@@ -1,9 +1,11 @@
-"""The attachment service: Attach, Detach, Get, List, Health.
+"""The attachment service: Attach, Detach, Get, List, Health, Reconcile.
 
-Orchestrates store, eswitch backend and switch. Each mutation follows the
-same shape: decide and claim in one store transaction, act on the world,
-record the outcome; on failure undo what was done so bad input or a failed
-step never leaves a claimed device, a port or flows behind.
+Orchestrates store, eswitch and switch (through the dataplane). Each
+mutation follows the same shape: decide and claim in one store transaction,
+act on the world, record the outcome; on failure undo what was done so bad
+input or a failed step never leaves a claimed device, a port or flows
+behind. On start and after OVS restarts, the whole world is converged to the
+store (``reconverge``), each correction reported as a drift event.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from coordinator import faults
+from coordinator.admission import TokenBucket
 from coordinator.callers import Caller
 from coordinator.config import Config
+from coordinator.dataplane import Dataplane
 from coordinator.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -30,43 +36,34 @@ from coordinator.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchError, HealthFact
+from coordinator.eswitch.base import DeviceKind, EswitchBackend, HealthFact
 from coordinator.eswitch.mac import mac_for_device
 from coordinator.events import EventHub
-from coordinator.flows.compiler import (
-    BRIDGE_COOKIE,
-    BridgeFacts,
-    PortFacts,
-    attachment_flows,
-    bridge_flows,
-    cookie_for_slot,
-    default_burst_kb,
-    meter_id,
-)
+from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.flows.pipeline import Pipeline
-from coordinator.flows.render import render_flows
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.gateway.client import StreamStatus
 from coordinator.health import HealthReport, ovs_checks
+from coordinator.host_reconcile import HostReconcilePlan, Known, ReconcileMode, plan_host_reconcile
 from coordinator.leases import DetachDecision, decide_detach
-from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
-from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
-from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, SANDBOX_KEY, Ovsdb, OvsdbError
+from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
+from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.ovs.trace import TraceError, dpif_show, trace
 from coordinator.policy.evaluator import Verdict, evaluate
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
 from coordinator.policy_book import PolicyBook, PolicyDenied
+from coordinator.reconcile import Plan, plan
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats
 
 log = logging.getLogger(__name__)
 
-ROLE_KEY = "bluefield-coordinator-role"
 HEALTH_TTL_S = 1.0
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
+DRIFT = "DpuDriftCorrected"
 
 
 class PolicySource(Protocol):
@@ -97,6 +94,25 @@ class AttachParams:
     initial_policy_timeout_ms: int = 0  # 0 = configured default
 
 
+@dataclass(frozen=True)
+class ConvergeReport:
+    reason: str
+    corrections: int
+    attachments: int
+    flows_added: int
+    flows_removed: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HostReconcileResult:
+    matched: tuple[AttachmentRecord, ...]
+    coordinator_only: tuple[AttachmentRecord, ...]
+    host_only: tuple[Known, ...]
+    stale_generation: tuple[Known, ...]
+    released: tuple[str, ...]
+
+
 class AttachmentService:
     def __init__(
         self,
@@ -116,10 +132,12 @@ class AttachmentService:
         self._backend = backend
         self._ovsdb = ovsdb
         self._openflow = openflow
-        self._pipeline = pipeline
         self._classes = network_classes
         self._events = events
         self._mac_salt = mac_salt
+        self.dataplane = Dataplane(
+            config=config, backend=backend, ovsdb=ovsdb, openflow=openflow, pipeline=pipeline
+        )
         # Mutations of one sandbox (attach, detach, policy) run one at a
         # time; different sandboxes proceed in parallel.
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -127,46 +145,251 @@ class AttachmentService:
         # sandboxes through policy_source.
         self.book = PolicyBook()
         self.policy_source: PolicySource | None = None
-        self._conntrack = ConntrackControl(
-            vswitchd_ctl(config.ovs.rundir, config.ovs.vswitchd_ctl),
-            timeout=config.ovs.timeout_s,
-            userspace_datapath=config.ovs.datapath_type == "netdev",
-        )
-        self._uplink_ofport: int | None = None
-        # slot -> whether its meter exists; absent = not known since start.
-        self._metered: dict[int, bool] = {}
         self._health: tuple[float, HealthReport] | None = None
+        self._admission = TokenBucket(config.limits.max_attach_qps)
+        # Operations in flight, and what stops new ones: a re-programming of
+        # the whole switch (waits for them, then runs alone) or shutdown.
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._converging: str | None = None
+        self._converged = asyncio.Event()
+        self._converged.set()
+        self._converge_lock = asyncio.Lock()
+        self._switch_lost: str | None = None
+        self._stopping = False
+        # Host identities heard from since start (Reconcile, Attach, Detach).
+        self._heard_from: set[str] = set()
+        self.last_converge: ConvergeReport | None = None
 
-    # -- start-up -----------------------------------------------------------
+    # -- start-up and re-programming ---------------------------------------------
 
     async def start(self) -> None:
         """Bring the bridge and every stored attachment to their intended
-        state: finish what a crash interrupted, re-install flows."""
-        cfg = self._config.ovs
-        self._store.sync_devices(self._backend.inventory())
-        await self._ovsdb.ensure_bridge(cfg.bridge, cfg.datapath_type)
-        if cfg.uplink:
-            self._uplink_ofport = await self._ovsdb.ensure_port(
-                cfg.bridge, cfg.uplink, {OWNER_KEY: OWNER_VALUE, ROLE_KEY: "uplink"}
-            )
-        await self._install_bridge_flows()
+        state: finish what a crash interrupted, remove what no attachment
+        holds, re-install flows."""
+        presence = self._store.sync_devices(await asyncio.to_thread(self._backend.inventory))
         for record in self._store.list_attachments():
-            if record.state is AttachmentState.BOUND:
-                await self._install(record)
-            else:
-                # ATTACHING: the client never got an answer; DETACHING: the
-                # client asked for it to go. Either way, finish removing it.
-                await self._teardown(record)
-                self._store.delete_attachment(
-                    record.attachment_id,
-                    reason="RolledBack",
-                    message=f"{record.state.value} interrupted by a restart",
-                )
+            if record.device.device_id in presence.vanished:
+                # Gone while the daemon was down (the host removed the VF).
+                self._store.append_event(record, "DpuAttachmentDrift", False, "DeviceRemoved",
+                                         f"{record.device.device_id} disappeared while the coordinator was down")  # fmt: skip
+        await self.reconverge("start")
+
+    async def device_returned(self, record: AttachmentRecord) -> None:
+        """A removed device is back (the host re-created the VF): its function
+        lost its address and its representor may be a new port: re-install."""
+        async with self._operation("re-install", wait=True), self._locks[record.sandbox_id]:
+            current = self._store.get(record.attachment_id)
+            if current is None or current.state is not AttachmentState.BOUND:
+                return
+            try:
+                await self._install(current)
+            except Unavailable as exc:
+                self._store.append_event(current, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
         await self._events.notify()
 
-    async def _install_bridge_flows(self) -> None:
-        flows = bridge_flows(self._pipeline, BridgeFacts(uplink_ofport=self._uplink_ofport))
-        await self._openflow.sync(BRIDGE_COOKIE, render_flows(flows, self._pipeline))
+    async def reconverge(self, reason: str) -> ConvergeReport:
+        """Converge the switch and the eswitch to the store (DESIGN §6). Runs
+        alone: new operations wait (policy) or are refused with UNAVAILABLE
+        (attach, detach) until it is done."""
+        async with self._converge_lock:
+            self._converging = reason
+            self._converged.clear()
+            try:
+                await self._idle.wait()
+                report = await self._converge(reason)
+            finally:
+                self._converging = None
+                self._converged.set()
+        self._switch_lost = None
+        self._health = None
+        self.last_converge = report
+        await self._events.notify()
+        log.info(
+            "converged",
+            extra={"reason": reason, "corrections": report.corrections, "attachments": report.attachments,
+                   "flows_added": report.flows_added, "seconds": round(report.seconds, 3)},
+        )  # fmt: skip
+        return report
+
+    def mark_switch_lost(self, reason: str) -> None:
+        """The switch lost our state or stopped answering: attaches are
+        refused (UNAVAILABLE) and Health is degraded until reconverge."""
+        if self._switch_lost is None:
+            log.warning("switch needs re-programming: %s", reason)
+        self._switch_lost = reason
+        self._health = None
+
+    async def switch_intact(self) -> str | None:
+        """None if the switch still holds our bridge flows; else why not."""
+        try:
+            installed = await self._openflow.dump(BRIDGE_COOKIE)
+            facts = await self._ovsdb.bridge_facts(self._config.ovs.bridge)
+        except (OpenFlowError, OvsdbError) as exc:
+            return f"switch unreachable: {exc}"
+        if facts.get("bridge") is None:
+            return f"bridge {self._config.ovs.bridge} missing"
+        expected = len(self.dataplane.bridge_flows())
+        if len(installed) != expected:
+            return f"bridge holds {len(installed)} of its {expected} base flows (ovs-vswitchd restarted?)"
+        return None
+
+    async def _converge(self, reason: str) -> ConvergeReport:
+        began = time.monotonic()
+        dp = self.dataplane
+        await dp.ensure_bridge()
+        facts = await dp.facts()
+        if reason != "start":
+            # OVS restarted: it holds no meters any more.
+            dp.forget_meters()
+        work = plan(
+            self._store.list_attachments(), facts.ports, facts.flows, facts.prepared, self._config.ovs.uplink
+        )
+        await self._finish_interrupted(work)
+        await self._remove_orphans(work)
+        added, removed, kept = await self._reinstall(work, facts.flows, restarted=reason != "start")
+        return ConvergeReport(
+            reason=reason,
+            corrections=work.corrections + kept,
+            attachments=len(work.keep),
+            flows_added=added,
+            flows_removed=removed,
+            seconds=time.monotonic() - began,
+        )
+
+    async def _finish_interrupted(self, work: Plan) -> None:
+        # ATTACHING: the client never got an answer; DETACHING: the client
+        # asked for it to go. Either way, finish removing it.
+        for record, reason, message in [
+            *((r, "RolledBack", "ATTACHING interrupted by a restart: rolled back") for r in work.roll_back),
+            *((r, "Detached", "DETACHING interrupted by a restart: detach finished") for r in work.finish_detach),
+        ]:  # fmt: skip
+            try:
+                await self.dataplane.teardown(record)
+            except Unavailable as exc:
+                # Kept in the store: the next reconverge tries again.
+                log.error("finishing %s of %s failed: %s", record.state.value, record.attachment_id, exc)
+                continue
+            self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
+
+    async def _remove_orphans(self, work: Plan) -> None:
+        dp = self.dataplane
+        for port in work.orphan_ports:
+            await dp.remove_port(port.name)
+            self._drift(port.attachment_id, port.sandbox_id, "OrphanPortRemoved",
+                        f"port {port.name} carried our owner tag but belongs to no attachment: removed")  # fmt: skip
+        for slot in work.orphan_slots:
+            await dp.remove_slot(slot)
+            self._drift("", "", "OrphanFlowsRemoved",
+                        f"flows of cookie {cookie_for_slot(slot):#x} belong to no attachment: removed")  # fmt: skip
+        for device in work.orphan_devices:
+            await dp.release(device)
+            self._drift("", "", "OrphanDeviceReleased",
+                        f"{device.device_id} was prepared but no attachment claims it: released")  # fmt: skip
+
+    def _drift(self, attachment_id: str, sandbox_id: str, reason: str, message: str) -> None:
+        """A drift event; its host sees it when the id was ever its."""
+        fence = self._store.fence(attachment_id) if attachment_id else None
+        owner = fence.owner if fence else ""
+        log.warning("drift corrected: %s", message, extra={"attachment_id": attachment_id, "reason": reason})
+        self._store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
+
+    async def _reinstall(
+        self, work: Plan, installed: Mapping[int, Sequence[str]], *, restarted: bool
+    ) -> tuple[int, int, int]:
+        """Plug every BOUND attachment and install all their flows in one
+        bundle of the differences. An attachment whose device or port cannot
+        be restored keeps whatever flows it has (none = closed: the bridge is
+        fail-secure) and gets a drift event."""
+        dp = self.dataplane
+        desired: dict[int, list[str]] = {}
+        plugged = []
+        for record in work.keep:
+            scope, state, version = self._scope_for(record)
+            try:
+                rep = await dp.prepare(record)
+                ofport = await dp.add_port(record, rep)
+                await dp.set_meter(record.slot, scope)
+            except (Unavailable, OpenFlowError) as exc:
+                record_event = ("DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
+                self._store.append_event(record, *record_event)
+                continue
+            if restarted and scope.egress_rate_limit is None:
+                dp.meters_known_absent([record.slot])
+            desired[cookie_for_slot(record.slot)] = dp.desired_flows(record, ofport, scope)
+            plugged.append((record, rep, ofport, state, version))
+        try:
+            changes = await dp.sync_all(installed, desired)
+        except OpenFlowError as exc:
+            raise Unavailable(f"re-installing flows: {exc}") from exc
+        repaired = 0
+        missing = set(work.missing_ports)
+        for record, rep, ofport, state, version in plugged:
+            if record.attachment_id in missing:
+                self._drift(record.attachment_id, record.sandbox_id, "PortRestored",
+                            f"port {rep} was missing from the bridge: re-added")  # fmt: skip
+            change = changes.get(cookie_for_slot(record.slot))
+            if change is not None and not restarted:
+                repaired += 1
+                self._drift(record.attachment_id, record.sandbox_id, "FlowsRepaired",
+                            f"flows differed from the stored policy: +{change.added} -{change.removed}")  # fmt: skip
+            if (record.ofport, record.device.representor, record.policy_state, record.policy_version) != (
+                ofport,
+                rep,
+                state,
+                version,
+            ):
+                self._store.mark_bound(
+                    record.attachment_id,
+                    ofport=ofport,
+                    policy_state=state,
+                    policy_version=version,
+                    representor=rep,
+                )
+        added = sum(c.added for c in changes.values())
+        removed = sum(c.removed for c in changes.values())
+        return added, removed, repaired
+
+    # -- operations in flight ------------------------------------------------------
+
+    @asynccontextmanager
+    async def _operation(self, what: str, *, wait: bool) -> AsyncIterator[None]:
+        """Counts an operation in flight. While the switch is re-programmed
+        or the daemon stops, ``wait`` operations (policy updates, which must
+        not be lost) wait; the others are refused with UNAVAILABLE."""
+        while True:
+            if self._stopping and not wait:
+                raise Unavailable(f"{what}: the coordinator is shutting down; retry against its successor")
+            if self._converging is None:
+                break
+            if not wait:
+                raise Unavailable(
+                    f"{what}: the switch is being re-programmed ({self._converging}); retry shortly"
+                )
+            await self._converged.wait()
+        self._active += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new attaches and detaches; wait up to ``timeout`` for those
+        in flight. True if none is left."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return self._active
 
     # -- health ---------------------------------------------------------------
 
@@ -187,6 +410,12 @@ class AttachmentService:
             checks.append(HealthFact("openflow_reachable", True, "bridge answers OpenFlow", required=True))
         except OpenFlowError as exc:
             checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))
+        lost = self._switch_lost or (f"re-programming ({self._converging})" if self._converging else None)
+        checks.append(
+            HealthFact(
+                "switch_programmed", lost is None, lost or "every attachment's flows installed", required=True
+            )
+        )
         checks += await asyncio.to_thread(self._backend.health)
         if self.policy_source is not None:
             status = self.policy_source.status
@@ -217,10 +446,17 @@ class AttachmentService:
                 "initial_policy WAIT_INITIAL needs the policy gateway stream, which is not configured "
                 "(gateway.endpoint); use BASELINE"
             )
-        async with self._locks[params.sandbox_id]:
+        self._heard_from.add(caller.identity)
+        if self._switch_lost is not None:
+            raise Unavailable(f"the switch is being re-programmed ({self._switch_lost}); retry shortly")
+        async with self._operation("Attach", wait=False), self._locks[params.sandbox_id]:
             existing = self._store.find_by_request(caller.identity, params.request_id)
             if existing is not None:
                 return self._replay(existing, params, network_class)
+            if not self._admission.try_take():
+                raise ResourceExhausted(
+                    f"limits.max_attach_qps ({self._admission.rate:g}/s) exceeded; retry with backoff"
+                )
             report = await self.health(fresh=False)
             failing = report.failing_required()
             if failing:
@@ -245,11 +481,13 @@ class AttachmentService:
                 raise ResourceExhausted(str(exc)) from exc
             await self._events.notify()
             try:
+                faults.reached("attach.claimed")
                 if initial == "WAIT_INITIAL":
                     record = await self._install_waiting(record, params.initial_policy_timeout_ms)
                 else:
                     record = await self._install(record)
                     self._register(record.sandbox_id)
+                faults.reached("attach.bound")
             except BaseException as exc:
                 await self._undo_attach(record, exc)
                 raise
@@ -276,10 +514,7 @@ class AttachmentService:
         """WAIT_INITIAL: plug the device closed (deny-all), ask the gateway for
         the sandbox's policy, enforce it when it comes, then mark BOUND."""
         rep, ofport = await self._plug(record)
-        try:
-            await self._enforce(record, ofport, self._classes[DENY_ALL_CLASS])
-        except OpenFlowError as exc:
-            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        await self._enforce(record, ofport, self._classes[DENY_ALL_CLASS])
         self._register(record.sandbox_id)
         timeout = (timeout_ms or self._config.policy.initial_policy_timeout_ms) / 1000
         try:
@@ -290,10 +525,8 @@ class AttachmentService:
             raise PermissionDenied(
                 f"gateway refused the policy of sandbox {record.sandbox_id}: {exc}"
             ) from exc
-        try:
-            await self._enforce(record, ofport, scope)
-        except OpenFlowError as exc:
-            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        await self._enforce(record, ofport, scope)
+        faults.reached("attach.flows_installed")
         self._store.save_policy(record.sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         return self._store.mark_bound(
             record.attachment_id,
@@ -333,53 +566,27 @@ class AttachmentService:
             log.error("stored policy of sandbox %s unusable (%s); denying all", record.sandbox_id, exc)
             return self._classes[DENY_ALL_CLASS], PolicyState.DEGRADED, version
 
-    async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
-        port = PortFacts(ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot))
-        flows = attachment_flows(self._pipeline, port, scope)
-        limit = scope.egress_rate_limit
-        if limit is not None:
-            await self._openflow.set_meter(
-                meter_id(port), limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps)
-            )
-            self._metered[record.slot] = True
-        result = await self._openflow.sync(port.cookie, render_flows(flows, self._pipeline))
-        # A meter is removed only where one may exist: after a rate-limited
-        # policy, or once per slot after start (what OVS holds is unknown then).
-        # Policy updates without a rate limit spawn no extra ovs-ofctl.
-        if limit is None and self._metered.get(record.slot, True):
-            await self._openflow.delete_meter(meter_id(port))
-            self._metered[record.slot] = False
-        return result
+    async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> None:
+        try:
+            await self.dataplane.enforce(record, ofport, scope)
+        except OpenFlowError as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
 
     async def _plug(self, record: AttachmentRecord) -> tuple[str, int]:
         """Prepare the device and put its representor on the bridge; returns
         the representor's name and OpenFlow port. Idempotent."""
-        try:
-            rep = await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
-            ofport = await self._ovsdb.ensure_port(self._config.ovs.bridge, rep, self._port_ids(record))
-            # Before any flow lets traffic in: a limit does not count the
-            # connections that already exist when it is set.
-            await self._conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
-        except (EswitchError, OvsdbError, ConntrackError) as exc:
-            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        rep = await self.dataplane.prepare(record)
+        faults.reached("attach.device_prepared")
+        ofport = await self.dataplane.add_port(record, rep)
+        faults.reached("attach.port_added")
         return rep, ofport
 
     async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
-        """Plug, install and verify the sandbox's flows, mark BOUND.
-        Idempotent: also used to re-install."""
+        """Plug, install and verify the sandbox's flows, mark BOUND."""
         scope, state, version = self._scope_for(record)
         rep, ofport = await self._plug(record)
-        try:
-            await self._enforce(record, ofport, scope)
-        except OpenFlowError as exc:
-            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
-        if (
-            record.state is AttachmentState.BOUND
-            and record.ofport == ofport
-            and record.policy_state is state
-            and record.device.representor == rep
-        ):
-            return record
+        await self._enforce(record, ofport, scope)
+        faults.reached("attach.flows_installed")
         return self._store.mark_bound(
             record.attachment_id, ofport=ofport, policy_state=state, policy_version=version, representor=rep
         )
@@ -395,7 +602,7 @@ class AttachmentService:
         took it; one that failed keeps its previous flows (the bundle is all
         or nothing) and is marked DEGRADED.
         """
-        async with self._locks[sandbox_id]:
+        async with self._operation("policy update", wait=True), self._locks[sandbox_id]:
             results = await self._apply_locked(sandbox_id, scope)
         await self._events.notify()
         return results
@@ -406,7 +613,7 @@ class AttachmentService:
         records = self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
         for record in records:
             try:
-                sync = await self._enforce(record, record.ofport, scope)
+                sync = await self.dataplane.enforce(record, record.ofport, scope)
             except OpenFlowError as exc:
                 failed = True
                 event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
@@ -416,7 +623,8 @@ class AttachmentService:
                     )
                 )
                 continue
-            cut = await self._revoke(record, scope)
+            faults.reached("policy.flows_applied")
+            cut = await self.dataplane.revoke(record, scope)
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
             event = ("DpuPolicyApplied", True, "Applied", message)
             results.append(
@@ -424,6 +632,7 @@ class AttachmentService:
                     record.attachment_id, PolicyState.APPLIED, scope.version, event=event
                 )
             )
+        faults.reached("policy.status_recorded")
         if not failed:
             self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         return results
@@ -431,7 +640,7 @@ class AttachmentService:
     async def apply_latest(self, sandbox_id: str) -> None:
         """Enforce what the gateway last said for the sandbox: its policy, or
         deny-all once the policy was withdrawn (REMOVED)."""
-        async with self._locks[sandbox_id]:
+        async with self._operation("policy update", wait=True), self._locks[sandbox_id]:
             scope = self.book.latest(sandbox_id)
             if scope is not None:
                 await self._apply_locked(sandbox_id, scope)
@@ -449,8 +658,8 @@ class AttachmentService:
         deny_all = self._classes[DENY_ALL_CLASS]
         for record in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND):
             try:
-                await self._enforce(record, record.ofport, deny_all)
-                await self._revoke(record, deny_all)
+                await self.dataplane.enforce(record, record.ofport, deny_all)
+                await self.dataplane.revoke(record, deny_all)
             except OpenFlowError as exc:
                 log.error("closing %s failed: %s", record.attachment_id, exc)
                 continue
@@ -475,7 +684,7 @@ class AttachmentService:
         for sandbox_id in sorted(
             {r.sandbox_id for r in self._store.list_attachments(state=AttachmentState.BOUND)}
         ):
-            async with self._locks[sandbox_id]:
+            async with self._operation("stale policy", wait=True), self._locks[sandbox_id]:
                 fresh = [
                     r for r in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
                     if r.policy_state is not PolicyState.STALE
@@ -497,22 +706,6 @@ class AttachmentService:
         await self._events.notify()
         return turned
 
-    async def _revoke(self, record: AttachmentRecord, scope: Scope) -> str:
-        """Cut the attachment's connections ``scope`` no longer allows; the
-        ones it still allows keep their conntrack entries. Returns a note
-        for the event message."""
-        try:
-            result = await self._conntrack.revoke_entries(record.slot, scope)
-        except ConntrackError as exc:
-            log.warning("revoking connections of %s failed: %s", record.attachment_id, exc)
-            return f"; revoking connections failed: {exc}"
-        note = f"; {len(result.flushed)} revoked connections cut" if result.flushed else ""
-        if result.unflushable:
-            # OVS 3.1's userspace conntrack cannot flush ICMPv6 entries by
-            # tuple; they stay until they time out (and never carry new flows).
-            note += f"; {len(result.unflushable)} revoked ICMPv6 entries left to expire"
-        return note
-
     # -- explain ---------------------------------------------------------------
 
     async def explain(self, caller: Caller, attachment_id: str, packet: Packet) -> Explanation:
@@ -522,7 +715,9 @@ class AttachmentService:
         record = self.get(caller, attachment_id)
         verdict = evaluate(self._scope_for(record)[0], packet)
         ports = TracePorts(
-            attachment_ofport=record.ofport, attachment_mac=record.mac, uplink_ofport=self._uplink_ofport or 0
+            attachment_ofport=record.ofport,
+            attachment_mac=record.mac,
+            uplink_ofport=self.dataplane.uplink_ofport or 0,
         )
         request = trace_request(packet, ports)
         ctl = vswitchd_ctl(self._config.ovs.rundir, self._config.ovs.vswitchd_ctl)
@@ -537,7 +732,7 @@ class AttachmentService:
 
     async def _undo_attach(self, record: AttachmentRecord, cause: BaseException) -> None:
         try:
-            await self._teardown(record)
+            await self.dataplane.teardown(record)
             self._store.delete_attachment(record.attachment_id, reason="AttachFailed", message=str(cause))
             self._unregister_if_unused(record.sandbox_id)
         except Exception:
@@ -545,35 +740,13 @@ class AttachmentService:
             log.exception("rollback of attachment %s failed", record.attachment_id)
         await self._events.notify()
 
-    def _port_ids(self, record: AttachmentRecord) -> dict[str, str]:
-        return {
-            OWNER_KEY: OWNER_VALUE,
-            ROLE_KEY: "attachment",
-            ATTACHMENT_KEY: record.attachment_id,
-            SANDBOX_KEY: record.sandbox_id,
-        }
-
-    async def _teardown(self, record: AttachmentRecord) -> None:
-        """Flows first (the port then carries no traffic: the bridge is
-        fail-secure), then the port, then the device. Each step idempotent."""
-        try:
-            await self._openflow.delete(cookie_for_slot(record.slot))
-            await self._openflow.delete_meter(record.slot)
-            self._metered.pop(record.slot, None)
-            # The next attachment in this slot starts with an empty zone.
-            await self._conntrack.flush_zone(record.slot)
-            await self._conntrack.delete_zone_limit(record.slot)
-            await self._ovsdb.delete_port(self._config.ovs.bridge, record.device.representor)
-            await asyncio.to_thread(self._backend.release, record.device)
-        except (EswitchError, OvsdbError, OpenFlowError, ConntrackError) as exc:
-            raise Unavailable(f"detaching {record.attachment_id}: {exc}") from exc
-
     # -- detach -------------------------------------------------------------------
 
     async def detach(self, caller: Caller, attachment_id: str, generation: int) -> bool:
         """True if detached now, False if it already was (idempotent)."""
+        self._heard_from.add(caller.identity)
         found = self._store.get(attachment_id) or self._store.fence(attachment_id)
-        async with self._locks[found.sandbox_id if found else ""]:
+        async with self._operation("Detach", wait=False), self._locks[found.sandbox_id if found else ""]:
             record = self._store.get(attachment_id)
             fence = self._store.fence(attachment_id)
             owner = record.owner if record else fence.owner if fence else None
@@ -595,15 +768,107 @@ class AttachmentService:
                 raise NotFound(f"attachment {attachment_id} not found")
             if decision is DetachDecision.ALREADY_DETACHED or record is None:
                 return False
-            record = self._store.mark_detaching(attachment_id)
-            await self._teardown(record)
-            self._store.delete_attachment(
-                attachment_id, reason="Detached", message=f"detached by {caller.identity}"
-            )
-            self._unregister_if_unused(record.sandbox_id)
+            if record.state is AttachmentState.ATTACHING:
+                raise FailedPrecondition(
+                    f"attachment {attachment_id} is still attaching; retry when it is bound"
+                )
+            await self._release(record, "Detached", f"detached by {caller.identity}")
         await self._events.notify()
-        log.info("detached", extra={"attachment_id": attachment_id, "sandbox_id": record.sandbox_id})
         return True
+
+    async def _release(self, record: AttachmentRecord, reason: str, message: str) -> None:
+        """Detach ``record`` (its sandbox lock held): DETACHING, tear down,
+        delete. A crash in between is finished by the next reconverge."""
+        record = self._store.mark_detaching(record.attachment_id)
+        faults.reached("detach.marked")
+        await self.dataplane.teardown(record)
+        self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
+        self._unregister_if_unused(record.sandbox_id)
+        log.info(
+            "detached",
+            extra={"attachment_id": record.attachment_id, "sandbox_id": record.sandbox_id, "reason": reason},
+        )
+
+    # -- host reconcile ----------------------------------------------------------
+
+    async def reconcile_host(
+        self, caller: Caller, host_instance_id: str, mode: ReconcileMode, known: Sequence[Known]
+    ) -> HostReconcileResult:
+        """Compare what a (restarted) host restored with what the coordinator
+        holds for its identity; take matched attachments over for a new host
+        instance; in AUTHORITATIVE mode release what the host does not know."""
+        if not host_instance_id:
+            raise InvalidArgument("host_instance_id", "required")
+        seen: set[str] = set()
+        for i, entry in enumerate(known):
+            if not entry.attachment_id:
+                raise InvalidArgument(f"known[{i}].attachment_id", "required")
+            if entry.attachment_id in seen:
+                raise InvalidArgument(f"known[{i}].attachment_id", f"{entry.attachment_id} listed twice")
+            seen.add(entry.attachment_id)
+        self._heard_from.add(caller.identity)
+        owner = None if caller.is_admin else caller.identity
+        decided: HostReconcilePlan = plan_host_reconcile(
+            host_instance_id, known, self._store.list_attachments(owner=owner)
+        )
+        taken = {}
+        for record in decided.take_over:
+            async with self._locks[record.sandbox_id]:
+                current = self._store.get(record.attachment_id)
+                if current is not None and current.lease_generation == record.lease_generation:
+                    taken[record.attachment_id] = self._store.take_over(
+                        record.attachment_id, host_instance_id
+                    )
+        matched = tuple(taken.get(r.attachment_id, r) for r in decided.matched)
+        released: list[str] = []
+        if mode is ReconcileMode.AUTHORITATIVE:
+            async with self._operation("Reconcile", wait=False):
+                for record in decided.coordinator_only:
+                    async with self._locks[record.sandbox_id]:
+                        current = self._store.get(record.attachment_id)
+                        if current is None or current.state is not AttachmentState.BOUND:
+                            continue
+                        await self._release(current, "ReleasedByReconcile",
+                                            f"host instance {host_instance_id!r} does not know it (AUTHORITATIVE)")  # fmt: skip
+                        released.append(record.attachment_id)
+        await self._events.notify()
+        log.info(
+            "host reconciled",
+            extra={"host": caller.identity, "host_instance_id": host_instance_id, "mode": mode.value,
+                   "matched": len(matched), "coordinator_only": len(decided.coordinator_only),
+                   "host_only": len(decided.host_only), "stale": len(decided.stale_generation),
+                   "released": len(released), "taken_over": len(taken)},
+        )  # fmt: skip
+        return HostReconcileResult(
+            matched=matched,
+            coordinator_only=decided.coordinator_only,
+            host_only=decided.host_only,
+            stale_generation=decided.stale_generation,
+            released=tuple(released),
+        )
+
+    async def expire_unreconciled(self) -> list[str]:
+        """After ``reconcile.host_grace_s``: attachments whose host identity
+        has not been heard from since start. advisory: one event each;
+        authoritative: released. Returns their ids."""
+        quiet = [
+            r
+            for r in self._store.list_attachments(state=AttachmentState.BOUND)
+            if r.owner not in self._heard_from
+        ]
+        authoritative = self._config.reconcile.reconcile_mode == "authoritative"
+        for record in quiet:
+            message = f"host {record.owner} has not reconciled within reconcile.host_grace_s"
+            if authoritative:
+                async with self._operation("reconcile expiry", wait=True), self._locks[record.sandbox_id]:
+                    current = self._store.get(record.attachment_id)
+                    if current is not None and current.state is AttachmentState.BOUND:
+                        await self._release(current, "HostNeverReconciled", message + ": released")
+            else:
+                self._store.append_event(record, "DpuHostNotReconciled", False, "HostNeverReconciled",
+                                         message + " (reconcile_mode advisory: kept)")  # fmt: skip
+        await self._events.notify()
+        return [r.attachment_id for r in quiet]
 
     # -- queries -------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.errors import InvalidArgument
 from coordinator.eswitch.base import DeviceKind, DeviceSlot
 from coordinator.health import HealthReport
+from coordinator.host_reconcile import Known, ReconcileMode
+from coordinator.offload_status import OffloadSummary, OffloadView
 from coordinator.policy.packet import (
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
@@ -25,7 +27,7 @@ from coordinator.policy.packet import (
     Packet,
 )
 from coordinator.policy.scope import IPAddress
-from coordinator.service import AttachParams, Explanation
+from coordinator.service import AttachParams, Explanation, HostReconcileResult
 from coordinator.store.records import AttachmentRecord, AttachmentState, EventRecord, PolicyState, PoolStats
 
 T = TypeVar("T")
@@ -100,6 +102,46 @@ def detach_args(request: pb.DetachRequest) -> tuple[str, int]:
         raise InvalidArgument("lease_generation", "required (>= 1): the generation Attach returned")
     optional_id("host_instance_id", request.host_instance_id)
     return attachment_id, request.lease_generation
+
+
+_MODE_FROM_PB = {
+    pb.RECONCILE_MODE_UNSPECIFIED: ReconcileMode.ADVISORY,
+    pb.RECONCILE_MODE_ADVISORY: ReconcileMode.ADVISORY,
+    pb.RECONCILE_MODE_AUTHORITATIVE: ReconcileMode.AUTHORITATIVE,
+}
+
+
+def reconcile_args(request: pb.ReconcileRequest) -> tuple[str, ReconcileMode, list[Known]]:
+    host_instance_id = require_id("host_instance_id", request.host_instance_id)
+    mode = _enum("mode", _MODE_FROM_PB, request.mode)
+    known = []
+    for i, entry in enumerate(request.known):
+        attachment_id = require_id(f"known[{i}].attachment_id", entry.attachment_id)
+        if entry.lease_generation < 1:
+            raise InvalidArgument(
+                f"known[{i}].lease_generation", "required (>= 1): the generation Attach returned"
+            )
+        sandbox_id = optional_id(f"known[{i}].sandbox_id", entry.sandbox_id)
+        known.append(Known(attachment_id, entry.lease_generation, sandbox_id))
+    return host_instance_id, mode, known
+
+
+def _known_to_pb(entry: Known) -> pb.KnownAttachment:
+    return pb.KnownAttachment(
+        attachment_id=entry.attachment_id,
+        lease_generation=entry.lease_generation,
+        sandbox_id=entry.sandbox_id,
+    )
+
+
+def reconcile_to_pb(result: HostReconcileResult) -> pb.ReconcileResponse:
+    return pb.ReconcileResponse(
+        matched=[attachment_to_pb(r) for r in result.matched],
+        coordinator_only=[attachment_to_pb(r) for r in result.coordinator_only],
+        host_only=[_known_to_pb(k) for k in result.host_only],
+        stale_generation=[_known_to_pb(k) for k in result.stale_generation],
+        released=list(result.released),
+    )
 
 
 def list_filter_state(value: int) -> AttachmentState | None:
@@ -194,7 +236,27 @@ def device_to_pb(device: DeviceSlot, mac: str) -> pb.Device:
     )
 
 
-def attachment_to_pb(record: AttachmentRecord) -> pb.Attachment:
+_OFFLOAD_TO_PB = {
+    OffloadView.AVAILABLE: pb.OFFLOAD_STATE_AVAILABLE,
+    OffloadView.UNAVAILABLE: pb.OFFLOAD_STATE_UNAVAILABLE,
+    OffloadView.UNKNOWN: pb.OFFLOAD_STATE_UNKNOWN,
+}
+
+
+def offload_to_pb(summary: OffloadSummary | None) -> pb.OffloadStatus | None:
+    if summary is None:
+        return None
+    counts = summary.counts
+    return pb.OffloadStatus(
+        state=_OFFLOAD_TO_PB[summary.state],
+        offloaded=counts.offloaded,
+        partially_offloaded=counts.partial,
+        not_offloaded=counts.not_offloaded,
+        detail=summary.detail,
+    )
+
+
+def attachment_to_pb(record: AttachmentRecord, *, offload: OffloadSummary | None = None) -> pb.Attachment:
     return pb.Attachment(
         attachment_id=record.attachment_id,
         sandbox_id=record.sandbox_id,
@@ -211,6 +273,7 @@ def attachment_to_pb(record: AttachmentRecord) -> pb.Attachment:
         updated_at=timestamp(record.updated_at),
         state=_STATE_TO_PB[record.state],
         request_id=record.request_id,
+        offload=offload_to_pb(offload),
     )
 
 
@@ -231,7 +294,12 @@ def event_to_pb(event: EventRecord) -> pb.AttachmentEvent:
 
 
 def health_to_pb(
-    report: HealthReport, pools: list[PoolStats], backend: str, version: str
+    report: HealthReport,
+    pools: list[PoolStats],
+    backend: str,
+    version: str,
+    *,
+    offload: OffloadSummary | None = None,
 ) -> pb.HealthResponse:
     return pb.HealthResponse(
         healthy=report.healthy,
@@ -241,4 +309,5 @@ def health_to_pb(
         pools=[pb.PoolCapacity(kind=_KIND_TO_PB[p.kind], total=p.total, free=p.free) for p in pools],
         backend=backend,
         version=version,
+        offload=offload_to_pb(offload),
     )

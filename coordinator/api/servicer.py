@@ -28,6 +28,7 @@ from coordinator.errors import (
     Unavailable,
 )
 from coordinator.events import EventHub
+from coordinator.offload_status import OffloadMonitor
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 
@@ -70,13 +71,22 @@ def unary(handler: Handler[R]) -> Handler[R]:
 
 class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(
-        self, service: AttachmentService, store: Store, events: EventHub, roles: RoleMap, backend_name: str
+        self,
+        service: AttachmentService,
+        store: Store,
+        events: EventHub,
+        roles: RoleMap,
+        backend_name: str,
+        *,
+        offload: OffloadMonitor | None = None,
     ) -> None:
         self._service = service
         self._store = store
         self._events = events
         self._roles = roles
         self._backend_name = backend_name
+        # Datapath offload counts for Health and GetAttachment; None = not reported.
+        self._offload = offload
 
     async def _caller(self, context: Context) -> Caller:
         try:
@@ -92,7 +102,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
         await self._caller(context)
         report = await self._service.health()
-        return convert.health_to_pb(report, self._service.pools(), self._backend_name, __version__)
+        offload = await self._offload.total() if self._offload is not None else None
+        return convert.health_to_pb(
+            report, self._service.pools(), self._backend_name, __version__, offload=offload
+        )
 
     @unary
     async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.Attachment:
@@ -111,7 +124,11 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def GetAttachment(self, request: pb.GetAttachmentRequest, context: Context) -> pb.Attachment:
         caller = await self._caller(context)
         attachment_id = convert.require_id("attachment_id", request.attachment_id)
-        return convert.attachment_to_pb(self._service.get(caller, attachment_id))
+        record = self._service.get(caller, attachment_id)
+        offload = None
+        if self._offload is not None:
+            offload = await self._offload.for_ports([record.device.representor])
+        return convert.attachment_to_pb(record, offload=offload)
 
     @unary
     async def ListAttachments(
@@ -128,9 +145,10 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @unary
     async def Reconcile(self, request: pb.ReconcileRequest, context: Context) -> pb.ReconcileResponse:
-        await self._caller(context)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Reconcile is not implemented yet")
-        raise AssertionError("unreachable")
+        caller = await self._caller(context)
+        host_instance_id, mode, known = convert.reconcile_args(request)
+        result = await self._service.reconcile_host(caller, host_instance_id, mode, known)
+        return convert.reconcile_to_pb(result)
 
     @unary
     async def ExplainPacket(

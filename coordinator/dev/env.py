@@ -151,6 +151,9 @@ guest_netns_prefix = "{guest_prefix}"
 [metrics]
 listen = "127.0.0.1:{_free_port()}"
 
+[logs]
+security_events_path = "{workdir}/security-events.jsonl"
+
 [policy]
 initial_policy = "{"auto" if gateway_port else "BASELINE"}"
 initial_policy_timeout_ms = {knobs.initial_policy_timeout_ms}
@@ -173,10 +176,13 @@ def _ensure_uplink(ovs: OvsInstance, uplink_ns: str) -> None:
         netns.run_in_netns(uplink_ns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
 
 
-def start_daemon(workdir: Path, config: Path) -> int:
+def start_daemon(workdir: Path, config: Path, extra_env: dict[str, str] | None = None) -> int:
+    """Start ``serve`` in the background; ``extra_env`` adds to its
+    environment (tests: fault injection)."""
     log = (workdir / "coordinator.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator", "serve", "--config", str(config)],
+        env={**os.environ, **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

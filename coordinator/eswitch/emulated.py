@@ -40,6 +40,15 @@ def _netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+def _link_up(ns: str) -> bool:
+    """Whether the guest end of a VF is up (prepare sets it up, release down)."""
+    if not _netns_exists(ns):
+        return False
+    shown = _ip(ns, "-o", "link", "show", "dev", FUNCTION_IFNAME, check=False)
+    flags = shown.stdout.partition("<")[2].partition(">")[0].split(",")
+    return shown.returncode == 0 and "UP" in flags
+
+
 class EmulatedEswitch:
     name = "emulated"
 
@@ -108,6 +117,16 @@ class EmulatedEswitch:
             _ip(guest, "address", "flush", "dev", FUNCTION_IFNAME)
             _ip(guest, "neigh", "flush", "dev", FUNCTION_IFNAME)
             _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "down")
+
+    def prepared(self) -> list[DeviceSlot]:
+        found = []
+        for slot in self._slots:
+            if slot.kind is DeviceKind.SF:
+                if self._has_link(self._switch_ns, slot.representor):
+                    found.append(slot)
+            elif _link_up(self.guest_netns(slot)):
+                found.append(slot)
+        return found
 
     def health(self) -> list[HealthFact]:
         missing = [

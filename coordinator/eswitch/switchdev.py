@@ -290,6 +290,17 @@ class SwitchdevEswitch:
             )
         return sorted(found, key=lambda e: e.slot.number)
 
+    def prepared(self) -> list[DeviceSlot]:
+        """Our SFs that exist, and our VFs whose function has an address set."""
+        found = [sf.slot for sf in self.existing_sfs()]
+        for port in self._devlink.ports(self._dev):
+            if port.flavour != "pcivf" or not self._ours(port.controller, port.pfnum) or port.vfnum is None:
+                continue
+            if port.function is not None and (port.function.hw_addr or ZERO_MAC).lower() != ZERO_MAC:
+                rep = self._function_representor(DeviceKind.VF, port.vfnum)
+                found.append(self._slot(DeviceKind.VF, port.vfnum, rep.name if rep else ""))
+        return found
+
     def current_representor(self, slot: DeviceSlot) -> str | None:
         """The representor netdev of ``slot`` now (None if absent): SF names are known only once created."""
         self._check_slot(slot)

@@ -21,6 +21,7 @@ OWNER_KEY = "bluefield-coordinator-owner"
 OWNER_VALUE = "bluefield-coordinator"
 ATTACHMENT_KEY = "bluefield-coordinator-attachment-id"
 SANDBOX_KEY = "bluefield-coordinator-sandbox-id"
+ROLE_KEY = "bluefield-coordinator-role"  # "uplink" or "attachment"
 
 T = TypeVar("T")
 
@@ -174,4 +175,4 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-__all__ = ["ATTACHMENT_KEY", "OWNER_KEY", "OWNER_VALUE", "SANDBOX_KEY", "Ovsdb", "OvsdbError"]
+__all__ = ["ATTACHMENT_KEY", "OWNER_KEY", "OWNER_VALUE", "ROLE_KEY", "SANDBOX_KEY", "Ovsdb", "OvsdbError"]

@@ -16,6 +16,7 @@ from coordinator.leases import next_generation
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
+    DevicePresence,
     EventRecord,
     Fence,
     NewAttachment,
@@ -25,6 +26,9 @@ from coordinator.store.records import (
 from coordinator.store.schema import MIGRATIONS
 
 MAX_SLOT = 0xFFFF
+# Owner of coordinator-wide events (health, firmware) that every caller sees;
+# never a certificate identity. Owner "" stays admins-only.
+EVERYONE = "*"
 
 
 class StoreError(RuntimeError):
@@ -95,10 +99,12 @@ class Store:
 
     # -- device pool -------------------------------------------------------
 
-    def sync_devices(self, slots: list[DeviceSlot]) -> None:
+    def sync_devices(self, slots: list[DeviceSlot]) -> DevicePresence:
         """Record the backend's inventory; devices no longer offered are kept
-        (a claimed one must stay referable) but marked absent."""
+        (a claimed one must stay referable) but marked absent. Returns which
+        device ids turned absent or present again (new ones included)."""
         with self._txn() as db:
+            before = {r[0] for r in db.execute("SELECT device_id FROM devices WHERE present = 1")}
             db.execute("UPDATE devices SET present = 0")
             for s in slots:
                 db.execute(
@@ -117,6 +123,8 @@ class Store:
                         s.host_pci_address,
                     ),
                 )
+        now = {s.device_id for s in slots}
+        return DevicePresence(appeared=frozenset(now - before), vanished=frozenset(before - now))
 
     def pool_stats(self) -> list[PoolStats]:
         rows = self._db.execute(
@@ -306,6 +314,47 @@ class Store:
                 message,
             )
 
+    def take_over(self, attachment_id: str, host_instance_id: str) -> AttachmentRecord:
+        """A new host instance takes the attachment over: the lease generation
+        (row and fence) goes up by one in one transaction, so the previous
+        instance's calls with the old generation are refused from now on."""
+        with self._txn() as db:
+            old = self._require(db, attachment_id)
+            (fence,) = db.execute(
+                "SELECT generation FROM lease_fences WHERE attachment_id = ?", (attachment_id,)
+            ).fetchone()
+            generation = next_generation(max(fence, old.lease_generation))
+            db.execute(
+                "UPDATE lease_fences SET generation = ? WHERE attachment_id = ?", (generation, attachment_id)
+            )
+            db.execute(
+                """UPDATE attachments SET lease_generation = ?, host_instance_id = ?, updated_at = ?
+                   WHERE attachment_id = ?""",
+                (generation, host_instance_id, self._clock(), attachment_id),
+            )
+            record = self._require(db, attachment_id)
+            self._append_event(
+                db, attachment_id, record.sandbox_id, record.owner, "DpuLeaseTakenOver", True, "HostReconcile",
+                f"host instance {host_instance_id!r} took over from {old.host_instance_id!r}; "
+                f"lease generation {old.lease_generation} -> {generation}",
+            )  # fmt: skip
+        return record
+
+    def record_event(
+        self,
+        attachment_id: str,
+        sandbox_id: str,
+        owner: str,
+        type_: str,
+        status: bool,
+        reason: str,
+        message: str,
+    ) -> None:
+        """An event not tied to a stored attachment (drift of something no
+        attachment holds); ``owner`` "" = seen by admins only."""
+        with self._txn() as db:
+            self._append_event(db, attachment_id, sandbox_id, owner, type_, status, reason, message)
+
     def _require(self, db: sqlite3.Connection, attachment_id: str) -> AttachmentRecord:
         row = db.execute(_SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
         if row is None:
@@ -374,6 +423,20 @@ class Store:
                 db, record.attachment_id, record.sandbox_id, record.owner, type_, status, reason, message
             )
 
+    def append_coordinator_event(self, type_: str, status: bool, reason: str, message: str) -> None:
+        """An event about the coordinator as a whole (health, firmware): no
+        attachment or sandbox; owner ``EVERYONE``, so every watcher sees it."""
+        with self._txn() as db:
+            self._append_event(db, "", "", EVERYONE, type_, status, reason, message)
+
+    def last_coordinator_event(self, type_: str) -> EventRecord | None:
+        """The newest coordinator-wide event of ``type_`` still in the log."""
+        row = self._db.execute(
+            "SELECT * FROM events WHERE owner = ? AND type = ? ORDER BY seq DESC LIMIT 1",
+            (EVERYONE, type_),
+        ).fetchone()
+        return _event_from_row(row) if row else None
+
     def _append_event(
         self,
         db: sqlite3.Connection,
@@ -399,23 +462,11 @@ class Store:
         query = "SELECT * FROM events WHERE seq > ?"
         params: list[Any] = [since_seq]
         if owner is not None:
-            query += " AND owner = ?"
-            params.append(owner)
+            # A caller's own events plus the coordinator-wide ones.
+            query += " AND owner IN (?, ?)"
+            params += [owner, EVERYONE]
         rows = self._db.execute(query + " ORDER BY seq LIMIT ?", [*params, limit]).fetchall()
-        return [
-            EventRecord(
-                r["seq"],
-                r["attachment_id"],
-                r["sandbox_id"],
-                r["owner"],
-                r["type"],
-                bool(r["status"]),
-                r["reason"],
-                r["message"],
-                r["time"],
-            )
-            for r in rows
-        ]
+        return [_event_from_row(r) for r in rows]
 
     def last_event_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -429,6 +480,20 @@ class Store:
 _SELECT_ATTACHMENT = """SELECT a.*, d.kind, d.controller, d.pf, d.number, d.host_pci_address,
         COALESCE(NULLIF(a.representor, ''), d.representor) AS device_representor
     FROM attachments a JOIN devices d ON d.device_id = a.device_id"""
+
+
+def _event_from_row(r: sqlite3.Row) -> EventRecord:
+    return EventRecord(
+        r["seq"],
+        r["attachment_id"],
+        r["sandbox_id"],
+        r["owner"],
+        r["type"],
+        bool(r["status"]),
+        r["reason"],
+        r["message"],
+        r["time"],
+    )
 
 
 def _device_from_row(row: sqlite3.Row) -> DeviceSlot:

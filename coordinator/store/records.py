@@ -83,3 +83,12 @@ class PoolStats:
     kind: DeviceKind
     total: int
     free: int
+
+
+@dataclass(frozen=True)
+class DevicePresence:
+    """What one inventory sync changed: device ids that turned present
+    (new, or back after a removal) and ones that turned absent."""
+
+    appeared: frozenset[str]
+    vanished: frozenset[str]

@@ -120,10 +120,19 @@ class Stack:
 
 
 async def build_stack(
-    tmp: Path, ovs: OvsInstance, bridge: str, uplink_port: str, *, vfs: int = 2, sfs: int = 1
+    tmp: Path,
+    ovs: OvsInstance,
+    bridge: str,
+    uplink_port: str,
+    *,
+    vfs: int = 2,
+    sfs: int = 1,
+    extra: dict[str, dict[str, object]] | None = None,
 ) -> Stack:
+    """``extra``: more config sections (e.g. ``{"limits": {...}}``)."""
     config = config_from_mapping(
         {
+            **(extra or {}),
             "store": {"path": str(tmp / "state.db")},
             "ovs": {
                 "db": ovs.db_remote,

@@ -357,10 +357,10 @@ async def test_an_update_that_revokes_a_connection_cuts_it_and_spares_the_rest(s
 
 async def test_each_zone_gets_a_connection_limit_and_loses_it_on_detach(stack: Stack) -> None:
     record = await stack.attach("sb-limit")
-    limits = await stack.service._conntrack.get_zone_limits([record.slot])
+    limits = await stack.service.dataplane.conntrack.get_zone_limits([record.slot])
     assert limits[record.slot] == stack.config.limits.conntrack_per_attachment
     await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
-    assert record.slot not in await stack.service._conntrack.get_zone_limits()
+    assert record.slot not in await stack.service.dataplane.conntrack.get_zone_limits()
 
 
 async def test_arp_claiming_a_foreign_address_is_dropped(stack: Stack, uplink: Uplink) -> None:

@@ -326,6 +326,20 @@ def test_restart_finds_our_sfs_and_never_reuses_a_live_one(bf: FakeBlueField) ->
     assert sorted(p.sfnum for p in bf.sf_ports() if p.sfnum is not None) == [0, 1000, 1002]
 
 
+def test_prepared_lists_our_live_sfs_and_vfs_with_an_address(bf: FakeBlueField) -> None:
+    """What restart reconcile releases when no attachment claims it."""
+    be = backend(bf)
+    assert be.prepared() == []
+    vf, sf = slot_of(be, DeviceKind.VF, 1), slot_of(be, DeviceKind.SF, 1001)
+    be.prepare(vf, MAC)
+    be.prepare(sf, OTHER_MAC)
+    bf.transport().port_add_sf("pci/0000:03:00.0", pfnum=0, sfnum=0, controller=1)  # not ours
+    assert sorted(s.device_id for s in be.prepared()) == ["sf:1:0:1001", "vf:1:0:1"]
+    be.release(vf)
+    be.release(sf)
+    assert be.prepared() == []
+
+
 # --------------------------------------------------------------------------- health
 
 

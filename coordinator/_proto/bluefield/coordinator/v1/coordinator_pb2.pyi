@@ -40,6 +40,13 @@ class AttachmentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ATTACHMENT_STATE_BOUND: _ClassVar[AttachmentState]
     ATTACHMENT_STATE_DETACHING: _ClassVar[AttachmentState]
 
+class OffloadState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OFFLOAD_STATE_UNSPECIFIED: _ClassVar[OffloadState]
+    OFFLOAD_STATE_AVAILABLE: _ClassVar[OffloadState]
+    OFFLOAD_STATE_UNAVAILABLE: _ClassVar[OffloadState]
+    OFFLOAD_STATE_UNKNOWN: _ClassVar[OffloadState]
+
 class ReconcileMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RECONCILE_MODE_UNSPECIFIED: _ClassVar[ReconcileMode]
@@ -67,6 +74,10 @@ ATTACHMENT_STATE_UNSPECIFIED: AttachmentState
 ATTACHMENT_STATE_ATTACHING: AttachmentState
 ATTACHMENT_STATE_BOUND: AttachmentState
 ATTACHMENT_STATE_DETACHING: AttachmentState
+OFFLOAD_STATE_UNSPECIFIED: OffloadState
+OFFLOAD_STATE_AVAILABLE: OffloadState
+OFFLOAD_STATE_UNAVAILABLE: OffloadState
+OFFLOAD_STATE_UNKNOWN: OffloadState
 RECONCILE_MODE_UNSPECIFIED: ReconcileMode
 RECONCILE_MODE_ADVISORY: ReconcileMode
 RECONCILE_MODE_AUTHORITATIVE: ReconcileMode
@@ -100,19 +111,35 @@ class PoolCapacity(_message.Message):
     free: int
     def __init__(self, kind: _Optional[_Union[DeviceKind, str]] = ..., total: _Optional[int] = ..., free: _Optional[int] = ...) -> None: ...
 
+class OffloadStatus(_message.Message):
+    __slots__ = ("state", "offloaded", "partially_offloaded", "not_offloaded", "detail")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OFFLOADED_FIELD_NUMBER: _ClassVar[int]
+    PARTIALLY_OFFLOADED_FIELD_NUMBER: _ClassVar[int]
+    NOT_OFFLOADED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    state: OffloadState
+    offloaded: int
+    partially_offloaded: int
+    not_offloaded: int
+    detail: str
+    def __init__(self, state: _Optional[_Union[OffloadState, str]] = ..., offloaded: _Optional[int] = ..., partially_offloaded: _Optional[int] = ..., not_offloaded: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+
 class HealthResponse(_message.Message):
-    __slots__ = ("healthy", "checks", "pools", "backend", "version")
+    __slots__ = ("healthy", "checks", "pools", "backend", "version", "offload")
     HEALTHY_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     POOLS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     healthy: bool
     checks: _containers.RepeatedCompositeFieldContainer[HealthCheck]
     pools: _containers.RepeatedCompositeFieldContainer[PoolCapacity]
     backend: str
     version: str
-    def __init__(self, healthy: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[HealthCheck, _Mapping]]] = ..., pools: _Optional[_Iterable[_Union[PoolCapacity, _Mapping]]] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
+    offload: OffloadStatus
+    def __init__(self, healthy: _Optional[bool] = ..., checks: _Optional[_Iterable[_Union[HealthCheck, _Mapping]]] = ..., pools: _Optional[_Iterable[_Union[PoolCapacity, _Mapping]]] = ..., backend: _Optional[str] = ..., version: _Optional[str] = ..., offload: _Optional[_Union[OffloadStatus, _Mapping]] = ...) -> None: ...
 
 class AttachRequest(_message.Message):
     __slots__ = ("sandbox_id", "host_instance_id", "request_id", "device_kind", "network_class", "initial_policy", "initial_policy_timeout_ms")
@@ -177,7 +204,7 @@ class Condition(_message.Message):
     def __init__(self, type: _Optional[str] = ..., status: _Optional[bool] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., last_transition: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Attachment(_message.Message):
-    __slots__ = ("attachment_id", "sandbox_id", "host_instance_id", "lease_generation", "device", "network_class", "policy", "conditions", "created_at", "updated_at", "state", "request_id")
+    __slots__ = ("attachment_id", "sandbox_id", "host_instance_id", "lease_generation", "device", "network_class", "policy", "conditions", "created_at", "updated_at", "state", "request_id", "offload")
     ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     HOST_INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +217,7 @@ class Attachment(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFLOAD_FIELD_NUMBER: _ClassVar[int]
     attachment_id: str
     sandbox_id: str
     host_instance_id: str
@@ -202,7 +230,8 @@ class Attachment(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     state: AttachmentState
     request_id: str
-    def __init__(self, attachment_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., host_instance_id: _Optional[str] = ..., lease_generation: _Optional[int] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network_class: _Optional[str] = ..., policy: _Optional[_Union[PolicyStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[AttachmentState, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    offload: OffloadStatus
+    def __init__(self, attachment_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., host_instance_id: _Optional[str] = ..., lease_generation: _Optional[int] = ..., device: _Optional[_Union[Device, _Mapping]] = ..., network_class: _Optional[str] = ..., policy: _Optional[_Union[PolicyStatus, _Mapping]] = ..., conditions: _Optional[_Iterable[_Union[Condition, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[AttachmentState, str]] = ..., request_id: _Optional[str] = ..., offload: _Optional[_Union[OffloadStatus, _Mapping]] = ...) -> None: ...
 
 class DetachRequest(_message.Message):
     __slots__ = ("attachment_id", "lease_generation", "host_instance_id")

@@ -1,0 +1,298 @@
+"""What the coordinator does to the switch and the eswitch, in one place.
+
+The attachment service decides *what* an attachment should look like; this
+module makes the world look like that: the bridge and its base flows, an
+attachment's device, port, conntrack zone limit, meter and flows, and their
+removal. It also reads back what the world holds (ports, flows and devices
+carrying our marks) for reconcile, and installs many attachments' flows in
+one atomic bundle when the whole switch is re-programmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from coordinator import faults
+from coordinator.config import Config
+from coordinator.errors import Unavailable
+from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError
+from coordinator.flows.compiler import (
+    BRIDGE_COOKIE,
+    COOKIE_OWNER,
+    COOKIE_OWNER_MASK,
+    BridgeFacts,
+    PortFacts,
+    attachment_flows,
+    bridge_flows,
+    cookie_for_slot,
+    default_burst_kb,
+)
+from coordinator.flows.pipeline import Pipeline
+from coordinator.flows.render import render_flows
+from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
+from coordinator.ovs.control import vswitchd_ctl
+from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
+from coordinator.ovs.ovsdb import (
+    ATTACHMENT_KEY,
+    OWNER_KEY,
+    OWNER_VALUE,
+    ROLE_KEY,
+    SANDBOX_KEY,
+    Ovsdb,
+    OvsdbError,
+)
+from coordinator.policy.scope import Scope
+from coordinator.store.records import AttachmentRecord
+
+log = logging.getLogger(__name__)
+
+_COOKIE_RE = re.compile(r"\bcookie=(0x[0-9a-fA-F]+|\d+)")
+
+
+@dataclass(frozen=True)
+class WorldFacts:
+    """What the switch and the eswitch hold that carries our marks."""
+
+    ports: Mapping[str, Mapping[str, str]]  # our OVS ports -> external_ids
+    flows: Mapping[int, tuple[str, ...]]  # cookie -> installed flows (ours only)
+    prepared: tuple[DeviceSlot, ...]  # functions the eswitch has prepared
+
+
+@dataclass(frozen=True)
+class CookieChange:
+    added: int
+    removed: int
+
+
+def flow_cookie(flow: str) -> int | None:
+    match = _COOKIE_RE.search(flow)
+    return int(match.group(1), 0) if match else None
+
+
+def flow_match(flow: str) -> str:
+    """A dumped flow without cookie and actions: what ``delete_strict`` takes."""
+    match, _, _ = flow.partition(" actions=")
+    return " ".join(part for part in match.split(" ") if not part.startswith("cookie="))
+
+
+class Dataplane:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        backend: EswitchBackend,
+        ovsdb: Ovsdb,
+        openflow: OpenFlowSwitch,
+        pipeline: Pipeline,
+    ) -> None:
+        self._config = config
+        self._bridge = config.ovs.bridge
+        self._backend = backend
+        self._ovsdb = ovsdb
+        self._openflow = openflow
+        self._pipeline = pipeline
+        self.uplink_ofport: int | None = None
+        # slot -> whether its meter exists; absent = not known since start.
+        self._metered: dict[int, bool] = {}
+
+    @property
+    def conntrack(self) -> ConntrackControl:
+        """Resolved per use: the control socket of a packaged ovs-vswitchd is
+        named after its pid, which changes when OVS restarts."""
+        cfg = self._config.ovs
+        return ConntrackControl(
+            vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl),
+            timeout=cfg.timeout_s,
+            userspace_datapath=cfg.datapath_type == "netdev",
+        )
+
+    # -- bridge -------------------------------------------------------------
+
+    async def ensure_bridge(self) -> None:
+        """The bridge (fail-secure), the uplink port and the base flows."""
+        cfg = self._config.ovs
+        try:
+            await self._ovsdb.ensure_bridge(cfg.bridge, cfg.datapath_type)
+            if cfg.uplink:
+                self.uplink_ofport = await self._ovsdb.ensure_port(
+                    cfg.bridge, cfg.uplink, {OWNER_KEY: OWNER_VALUE, ROLE_KEY: "uplink"}
+                )
+            await self._openflow.sync(BRIDGE_COOKIE, self.bridge_flows())
+        except (OvsdbError, OpenFlowError) as exc:
+            raise Unavailable(f"programming bridge {cfg.bridge}: {exc}") from exc
+
+    def bridge_flows(self) -> list[str]:
+        flows = bridge_flows(self._pipeline, BridgeFacts(uplink_ofport=self.uplink_ofport))
+        return render_flows(flows, self._pipeline)
+
+    # -- one attachment -------------------------------------------------------
+
+    def port_ids(self, record: AttachmentRecord) -> dict[str, str]:
+        return {
+            OWNER_KEY: OWNER_VALUE,
+            ROLE_KEY: "attachment",
+            ATTACHMENT_KEY: record.attachment_id,
+            SANDBOX_KEY: record.sandbox_id,
+        }
+
+    async def prepare(self, record: AttachmentRecord) -> str:
+        try:
+            return await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
+        except EswitchError as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+
+    async def add_port(self, record: AttachmentRecord, representor: str) -> int:
+        """Put the representor on the bridge with the zone limit in place
+        before any flow lets traffic in (a limit does not count connections
+        that already exist when it is set). Returns the OpenFlow port."""
+        try:
+            ofport = await self._ovsdb.ensure_port(self._bridge, representor, self.port_ids(record))
+            await self.conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
+        except (OvsdbError, ConntrackError) as exc:
+            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        return ofport
+
+    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[str]:
+        port = self._port(record, ofport)
+        return render_flows(attachment_flows(self._pipeline, port, scope), self._pipeline)
+
+    def _port(self, record: AttachmentRecord, ofport: int) -> PortFacts:
+        return PortFacts(ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot))
+
+    async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
+        """Make the attachment's flows those of ``scope``: one atomic bundle of
+        the differences, read back and verified. Raises OpenFlowError."""
+        port = self._port(record, ofport)
+        await self.set_meter(record.slot, scope)
+        result = await self._openflow.sync(port.cookie, self.desired_flows(record, ofport, scope))
+        await self.drop_meter_if_unused(record.slot, scope)
+        return result
+
+    async def set_meter(self, slot: int, scope: Scope) -> None:
+        # Meters cannot ride in a bundle: set before the flows that use it.
+        limit = scope.egress_rate_limit
+        if limit is not None:
+            await self._openflow.set_meter(slot, limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps))
+            self._metered[slot] = True
+
+    async def drop_meter_if_unused(self, slot: int, scope: Scope) -> None:
+        # Removed only where one may exist: after a rate-limited policy, or
+        # once per slot after start. Unmetered updates spawn no extra ovs-ofctl.
+        if scope.egress_rate_limit is None and self._metered.get(slot, True):
+            await self._openflow.delete_meter(slot)
+            self._metered[slot] = False
+
+    async def teardown(self, record: AttachmentRecord, on_step: Sequence[str] = ()) -> None:
+        """Flows first (the port then carries no traffic: the bridge is
+        fail-secure), then the port, then the device. Each step idempotent."""
+        try:
+            await self.remove_slot(record.slot)
+            faults.reached("detach.flows_removed")
+            await self._ovsdb.delete_port(self._bridge, record.device.representor)
+            faults.reached("detach.port_removed")
+            await asyncio.to_thread(self._backend.release, record.device)
+            faults.reached("detach.device_released")
+        except (EswitchError, OvsdbError, OpenFlowError, ConntrackError) as exc:
+            raise Unavailable(f"detaching {record.attachment_id}: {exc}") from exc
+
+    async def remove_slot(self, slot: int) -> None:
+        """A slot's flows, meter, conntrack entries and zone limit: the next
+        attachment in this slot starts empty."""
+        await self._openflow.delete(cookie_for_slot(slot))
+        await self._openflow.delete_meter(slot)  # meters are numbered like slots
+        self._metered.pop(slot, None)
+        control = self.conntrack
+        await control.flush_zone(slot)
+        await control.delete_zone_limit(slot)
+
+    async def revoke(self, record: AttachmentRecord, scope: Scope) -> str:
+        """Cut the attachment's connections ``scope`` no longer allows; the
+        ones it still allows keep their conntrack entries. Returns a note
+        for the event message."""
+        try:
+            result = await self.conntrack.revoke_entries(record.slot, scope)
+        except ConntrackError as exc:
+            log.warning("revoking connections of %s failed: %s", record.attachment_id, exc)
+            return f"; revoking connections failed: {exc}"
+        note = f"; {len(result.flushed)} revoked connections cut" if result.flushed else ""
+        if result.unflushable:
+            # OVS 3.1's userspace conntrack cannot flush ICMPv6 entries by
+            # tuple; they stay until they time out (and never carry new flows).
+            note += f"; {len(result.unflushable)} revoked ICMPv6 entries left to expire"
+        return note
+
+    # -- the whole switch ---------------------------------------------------------
+
+    async def facts(self) -> WorldFacts:
+        """Our ports, our flows by cookie, and the prepared functions."""
+        try:
+            ports = await self._ovsdb.owned_ports(self._bridge)
+            flows: dict[int, list[str]] = {}
+            for flow in await self._openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK):
+                cookie = flow_cookie(flow)
+                if cookie is not None:
+                    flows.setdefault(cookie, []).append(flow)
+            prepared = await asyncio.to_thread(self._backend.prepared)
+        except (OvsdbError, OpenFlowError, EswitchError) as exc:
+            raise Unavailable(f"reading what the switch holds: {exc}") from exc
+        return WorldFacts(ports, {c: tuple(f) for c, f in flows.items()}, tuple(prepared))
+
+    async def sync_all(self, installed: Mapping[int, Sequence[str]], desired: Mapping[int, Sequence[str]]
+                       ) -> dict[int, CookieChange]:  # fmt: skip
+        """Make every cookie in ``desired`` hold exactly its flows, in one
+        atomic bundle of the differences, then read back and verify. Cookies
+        not in ``desired`` are left alone. Returns the changes by cookie."""
+        have = [f for c in desired for f in installed.get(c, ())]
+        want = [f for flows in desired.values() for f in flows]
+        diff = await self._openflow.diff(have, want)
+        changes: dict[int, CookieChange] = {}
+
+        def count(flow: str, added: int, removed: int) -> None:
+            cookie = flow_cookie(flow) or 0
+            old = changes.get(cookie, CookieChange(0, 0))
+            changes[cookie] = CookieChange(old.added + added, old.removed + removed)
+
+        lines = []
+        for flow in diff.removed:
+            count(flow, 0, 1)
+            lines.append(f"flow delete_strict {flow_match(flow)} cookie={flow_cookie(flow) or 0:#x}/-1")
+        for flow in diff.added:
+            count(flow, 1, 0)
+            lines.append(f"flow add {flow}")
+        await self._openflow.bundle(lines)
+        if lines:
+            after: dict[int, list[str]] = {}
+            for flow in await self._openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK):
+                cookie = flow_cookie(flow)
+                if cookie is not None and cookie in desired:
+                    after.setdefault(cookie, []).append(flow)
+            leftover = await self._openflow.diff([f for fl in after.values() for f in fl], want)
+            if not leftover.empty:
+                raise OpenFlowError(
+                    f"flows differ from intent after re-programming: {len(leftover.removed)} unexpected, "
+                    f"{len(leftover.added)} missing"
+                )
+        return changes
+
+    async def set_zone_limits(self, slots: Sequence[int]) -> None:
+        control = self.conntrack
+        for slot in slots:
+            await control.set_zone_limit(slot, self._config.limits.conntrack_per_attachment)
+
+    async def remove_port(self, name: str) -> None:
+        await self._ovsdb.delete_port(self._bridge, name)
+
+    async def release(self, slot: DeviceSlot) -> None:
+        await asyncio.to_thread(self._backend.release, slot)
+
+    def forget_meters(self) -> None:
+        """After OVS restarted: no meter is known to exist."""
+        self._metered.clear()
+
+    def meters_known_absent(self, slots: Sequence[int]) -> None:
+        for slot in slots:
+            self._metered[slot] = False

@@ -1,0 +1,99 @@
+"""What to correct so the world matches the store (pure; DESIGN §6).
+
+The store is the intent. The switch and the eswitch may hold more (a crash
+between acting and recording, an operator's leftovers) or less (OVS
+restarted, someone deleted a port). The plan names every correction; the
+service carries it out and reports each one as a drift event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from coordinator.eswitch.base import DeviceSlot
+from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, MAX_SLOT
+from coordinator.ovs.ovsdb import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY
+from coordinator.store.records import AttachmentRecord, AttachmentState
+
+
+@dataclass(frozen=True)
+class OrphanPort:
+    name: str
+    attachment_id: str  # from its external_ids ("" if none)
+    sandbox_id: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    keep: tuple[AttachmentRecord, ...]  # BOUND: plug and (re-)install
+    roll_back: tuple[AttachmentRecord, ...]  # ATTACHING: the host never got an answer
+    finish_detach: tuple[AttachmentRecord, ...]  # DETACHING: the host asked for it to go
+    orphan_ports: tuple[OrphanPort, ...]
+    orphan_slots: tuple[int, ...]  # flows carrying our cookie of a slot no attachment holds
+    orphan_devices: tuple[DeviceSlot, ...]  # prepared functions no attachment claims
+    missing_ports: tuple[str, ...]  # attachment ids of BOUND attachments whose port is gone
+
+    @property
+    def corrections(self) -> int:
+        return (
+            len(self.roll_back)
+            + len(self.finish_detach)
+            + len(self.orphan_ports)
+            + len(self.orphan_slots)
+            + len(self.orphan_devices)
+            + len(self.missing_ports)
+        )
+
+
+def slot_of_cookie(cookie: int) -> int | None:
+    """The attachment slot a flow cookie belongs to; None for the bridge's
+    own cookie and for cookies that are not ours."""
+    if cookie & COOKIE_OWNER_MASK != COOKIE_OWNER or cookie == BRIDGE_COOKIE:
+        return None
+    low = cookie & ~COOKIE_OWNER_MASK
+    return low if 1 <= low <= MAX_SLOT else None
+
+
+def plan(
+    records: Iterable[AttachmentRecord],
+    ports: Mapping[str, Mapping[str, str]],
+    flow_cookies: Iterable[int],
+    prepared: Iterable[DeviceSlot],
+    uplink: str,
+) -> Plan:
+    records = list(records)
+    keep = tuple(r for r in records if r.state is AttachmentState.BOUND)
+    roll_back = tuple(r for r in records if r.state is AttachmentState.ATTACHING)
+    finish = tuple(r for r in records if r.state is AttachmentState.DETACHING)
+    # Rolled-back and detaching rows are torn down by their own record, so
+    # their port, flows and device are not orphans (that would be done twice).
+    representors = {r.device.representor for r in records}
+    orphan_ports = []
+    for name, ids in sorted(ports.items()):
+        if ids.get(ROLE_KEY) == "uplink":
+            if name != uplink:
+                orphan_ports.append(OrphanPort(name, "", ""))
+            continue
+        # A port named like an attachment's representor is that attachment's
+        # (its ids are rewritten when it is re-plugged); any other is an orphan.
+        if name not in representors:
+            orphan_ports.append(OrphanPort(name, ids.get(ATTACHMENT_KEY, ""), ids.get(SANDBOX_KEY, "")))
+    slots = {r.slot for r in records}
+    orphan_slots = sorted(
+        {s for s in (slot_of_cookie(c) for c in flow_cookies) if s is not None and s not in slots}
+    )
+    claimed = {r.device.device_id for r in records}
+    orphan_devices = tuple(
+        sorted((d for d in prepared if d.device_id not in claimed), key=lambda d: d.device_id)
+    )
+    missing = tuple(r.attachment_id for r in keep if r.device.representor not in ports)
+    return Plan(
+        keep=keep,
+        roll_back=roll_back,
+        finish_detach=finish,
+        orphan_ports=tuple(orphan_ports),
+        orphan_slots=tuple(orphan_slots),
+        orphan_devices=orphan_devices,
+        missing_ports=missing,
+    )

@@ -1,0 +1,122 @@
+"""Admission limits: max_attachments and max_attach_qps refuse with
+RESOURCE_EXHAUSTED and leave nothing behind."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.daemon import build
+from coordinator.dev import netns
+from coordinator.dev.ovs_instance import OvsInstance
+from coordinator.errors import ResourceExhausted
+from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK
+from coordinator.ovs.ovsdb import OWNER_KEY
+from tests.conftest import require_ovs
+from tests.integration.stack import HOST as HOST_ADMIN
+from tests.integration.stack import Stack, Uplink, build_stack
+
+pytestmark = pytest.mark.ovs
+
+BRIDGE = "br-limits"
+
+
+@pytest.fixture(scope="module")
+def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
+    require_ovs()
+    inst = OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns.unique_name("ovsl-"))
+    try:
+        yield inst
+    finally:
+        inst.stop()
+
+
+@pytest.fixture(scope="module")
+def uplink(ovs: OvsInstance) -> Iterator[Uplink]:
+    up = Uplink.create(ovs, "uplink")
+    try:
+        yield up
+    finally:
+        up.close()
+
+
+def _our_ports(stack: Stack) -> int:
+    out = stack.ovs.vsctl("--columns=external_ids", "list", "Port")
+    return out.count(OWNER_KEY)
+
+
+def _our_flow_cookies(stack: Stack) -> set[str]:
+    out = stack.ovs.ofctl("dump-flows", "--no-stats", stack.ovs.mgmt(BRIDGE),
+                          f"cookie={COOKIE_OWNER:#x}/{COOKIE_OWNER_MASK:#x}")  # fmt: skip
+    return {line.split(",", 1)[0].strip() for line in out.splitlines() if "actions=" in line}
+
+
+async def _refused_leaves_nothing(stack: Stack, sandbox: str, needle: str) -> None:
+    ports, cookies, rows = _our_ports(stack), _our_flow_cookies(stack), stack.store.count()
+    with pytest.raises(ResourceExhausted, match=needle):
+        await stack.attach(sandbox)
+    assert (_our_ports(stack), _our_flow_cookies(stack), stack.store.count()) == (ports, cookies, rows)
+
+
+async def test_max_attachments(tmp_path: Path, ovs: OvsInstance, uplink: Uplink) -> None:
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=3, sfs=0,
+                              extra={"limits": {"max_attachments": 2}})  # fmt: skip
+    try:
+        first, second = await stack.attach("lim-1"), await stack.attach("lim-2")
+        await _refused_leaves_nothing(stack, "lim-3", r"max_attachments \(2\)")
+        # Room again after a detach.
+        await stack.service.detach(HOST_ADMIN, first.attachment_id, first.lease_generation)
+        assert (await stack.attach("lim-3")).state.value == "BOUND"
+        del second
+    finally:
+        await _detach_all(stack)
+
+
+async def test_max_attach_qps(tmp_path: Path, ovs: OvsInstance, uplink: Uplink) -> None:
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=3, sfs=0,
+                              extra={"limits": {"max_attach_qps": 0.2}})  # fmt: skip
+    try:
+        await stack.attach("qps-1")  # the burst: one
+        await _refused_leaves_nothing(stack, "qps-2", r"max_attach_qps")
+        # A replay of an attach already made costs nothing.
+        again = await stack.attach("qps-1")
+        assert again.sandbox_id == "qps-1"
+    finally:
+        await _detach_all(stack)
+
+
+async def _detach_all(stack: Stack) -> None:
+    for record in stack.store.list_attachments():
+        await stack.service.detach(HOST_ADMIN, record.attachment_id, record.lease_generation)
+    await stack.close()
+
+
+@pytest.mark.parametrize("mode", ["advisory", "authoritative"])
+async def test_hosts_that_never_reconcile_after_a_restart(
+    tmp_path: Path, ovs: OvsInstance, uplink: Uplink, mode: str
+) -> None:
+    """reconcile_mode: after a restart, attachments of a host that is not
+    heard from within host_grace_s are reported (advisory) or released."""
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=2, sfs=0,
+                              extra={"reconcile": {"reconcile_mode": mode}})  # fmt: skip
+    record = await stack.attach("quiet")
+    assert await stack.service.expire_unreconciled() == []  # heard from: it attached
+    await stack.ovsdb.close()
+    stack.store.close()
+    again = await build(stack.config, stack.backend)  # a restart of the daemon
+    restarted = Stack(stack.config, ovs, again.store, stack.backend, again.ovsdb, again.openflow,
+                      again.service, again.events)  # fmt: skip
+    try:
+        assert await again.service.expire_unreconciled() == [record.attachment_id]
+        events = [e for e in again.store.events_since(0) if e.attachment_id == record.attachment_id]
+        if mode == "advisory":
+            assert again.store.get(record.attachment_id) is not None
+            assert events[-1].type == "DpuHostNotReconciled"
+        else:
+            assert again.store.get(record.attachment_id) is None
+            assert events[-1].reason == "HostNeverReconciled"
+            assert not _our_flow_cookies(restarted) - {f"cookie={BRIDGE_COOKIE:#x}"}
+    finally:
+        await _detach_all(restarted)
