@@ -27,7 +27,7 @@ from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator.client import CoordinatorClient, RetryPolicy
 from coordinator.config import load_config
 from coordinator.dev import env, netns
-from coordinator.dev.ovs_instance import pid_alive
+from coordinator.dev.ovs_instance import OvsInstance, pid_alive
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.compiler import cookie_for_slot
@@ -456,3 +456,28 @@ def _clear_storm(lab: Lab) -> None:
         for attachment in host.list():
             if attachment.sandbox_id.startswith("storm-"):
                 host.detach(attachment.attachment_id, attachment.lease_generation)
+
+
+def test_whole_ovs_restart_is_recovered(lab: Lab) -> None:
+    """ovsdb-server and ovs-vswitchd both killed and restarted (what
+    `systemctl restart openvswitch-switch` does): the OVSDB connection comes
+    back by itself and the switch is re-programmed."""
+    assert lab.steady is not None
+    _clear_victims(lab)
+    before = invariants.fences(lab.endpoint)
+    ovs = invariants.ovs_of(lab.endpoint)
+    ns = lab.endpoint.guest_netns_prefix + lab.steady.device.representor
+    pids = [ovs.vswitchd_pid, ovs.ovsdb_pid]
+    for pid in pids:
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_dead(pid)
+    assert eventually(lambda: not _healthy(lab), timeout=15)
+    began = time.monotonic()
+    OvsInstance.start(ovs.rundir, ovs.netns)
+    assert eventually(lambda: probe_tcp(ns, SERVER_V4, ALLOWED, timeout=0.5), timeout=60)
+    enforced = time.monotonic()
+    assert not probe_tcp(ns, SERVER_V4, DENIED, timeout=0.5)
+    assert eventually(lambda: _healthy(lab), timeout=20)
+    invariants.check(lab.endpoint, before)
+    print(f"[ovs-restart] whole OVS: traffic enforced again {enforced - began:.2f}s after it came back")
