@@ -305,8 +305,11 @@ class AttachmentService:
         dp = self.dataplane
         desired: dict[int, list[str]] = {}
         plugged = []
+        adopted: dict[str, Scope] = {}
         for record in work.keep:
-            scope, state, version = self._scope_for(record)
+            scope, state, version = self._intended(record)
+            if state is PolicyState.APPLIED and version != self._stored_version(record.sandbox_id):
+                adopted[record.sandbox_id] = scope
             try:
                 rep = await dp.prepare(record)
                 ofport = await dp.add_port(record, rep)
@@ -323,6 +326,10 @@ class AttachmentService:
             changes = await dp.sync_all(installed, desired)
         except OpenFlowError as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
+        for sandbox_id, scope in adopted.items():
+            # The gateway's latest policy, now installed (its apply had
+            # failed, e.g. OVS went away mid-update): the new last good one.
+            self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         repaired = 0
         missing = set(work.missing_ports)
         for record, rep, ofport, state, version in plugged:
@@ -565,6 +572,29 @@ class AttachmentService:
             # was tampered with or limits tightened. Fail closed.
             log.error("stored policy of sandbox %s unusable (%s); denying all", record.sandbox_id, exc)
             return self._classes[DENY_ALL_CLASS], PolicyState.DEGRADED, version
+
+    def _stored_version(self, sandbox_id: str) -> int | None:
+        stored = self._store.policy(sandbox_id)
+        return stored[0] if stored else None
+
+    def _intended(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
+        """What a BOUND attachment should enforce when it is re-installed,
+        and the policy state that goes with it: deny-all while its policy
+        is withdrawn (or stale with on_stale = deny-all); the gateway's
+        latest policy when it is newer than the stored one; else the stored
+        last good policy (or the class), keeping STALE / DEGRADED."""
+        deny_all = self._classes[DENY_ALL_CLASS]
+        if record.policy_state is PolicyState.PENDING:
+            return deny_all, PolicyState.PENDING, record.policy_version
+        if record.policy_state is PolicyState.STALE and self._config.policy.on_stale == "deny-all":
+            return deny_all, PolicyState.STALE, record.policy_version
+        scope, state, version = self._scope_for(record)
+        latest = self.book.latest(record.sandbox_id)
+        if latest is not None and (state is not PolicyState.APPLIED or latest.version != version):
+            return latest, PolicyState.APPLIED, latest.version
+        if state is PolicyState.APPLIED and record.policy_state in (PolicyState.STALE, PolicyState.DEGRADED):
+            state = record.policy_state
+        return scope, state, version
 
     async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> None:
         try:

@@ -1,5 +1,7 @@
-"""Admission limits: max_attachments and max_attach_qps refuse with
-RESOURCE_EXHAUSTED and leave nothing behind."""
+"""The service's life beyond single calls, in process on a private OVS:
+admission limits (max_attachments, max_attach_qps refuse with
+RESOURCE_EXHAUSTED and leave nothing behind), hosts that never reconcile
+after a restart, and a policy update cut short by an OVS restart."""
 
 from __future__ import annotations
 
@@ -12,8 +14,11 @@ from coordinator.daemon import build
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.errors import ResourceExhausted
-from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK
+from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
 from coordinator.ovs.ovsdb import OWNER_KEY
+from coordinator.policy.validate import scope_from_mapping
+from coordinator.store.records import PolicyState
+from coordinator.switch_watch import recover
 from tests.conftest import require_ovs
 from tests.integration.stack import HOST as HOST_ADMIN
 from tests.integration.stack import Stack, Uplink, build_stack
@@ -120,3 +125,31 @@ async def test_hosts_that_never_reconcile_after_a_restart(
             assert not _our_flow_cookies(restarted) - {f"cookie={BRIDGE_COOKIE:#x}"}
     finally:
         await _detach_all(restarted)
+
+
+async def test_policy_update_cut_short_by_an_ovs_restart_lands_after_recovery(
+    tmp_path: Path, ovs: OvsInstance, uplink: Uplink
+) -> None:
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=1, sfs=0)
+    try:
+        record = await stack.attach("mid")
+        v2 = scope_from_mapping({"version": 2, "addresses": ["198.51.100.30"],
+                                 "egress": [{"name": "web", "action": "ACTION_ALLOW", "protocol": "PROTOCOL_TCP",
+                                             "cidrs": ["203.0.113.0/24"], "ports": [{"start": 443}]}]})  # fmt: skip
+        ovs.stop_vswitchd()
+        stack.service.book.offer("mid", v2)
+        await stack.service.apply_latest("mid")  # OVS is away: the update fails
+        failed = stack.store.get(record.attachment_id)
+        assert failed is not None and failed.policy_state is PolicyState.DEGRADED
+        assert await stack.service.switch_intact() is not None
+        ovs.start_vswitchd()
+        report = await recover(stack.service, "test: vswitchd restarted")
+        assert report.attachments == 1 and report.flows_added > 0
+        landed = stack.store.get(record.attachment_id)
+        assert landed is not None and (landed.policy_state, landed.policy_version) == (PolicyState.APPLIED, 2)
+        assert stack.store.policy("mid") is not None and stack.store.policy("mid")[0] == 2
+        installed = await stack.openflow.dump(cookie_for_slot(landed.slot))
+        assert len(installed) == len(stack.service.dataplane.desired_flows(landed, landed.ofport, v2))
+        assert await stack.service.switch_intact() is None
+    finally:
+        await _detach_all(stack)
