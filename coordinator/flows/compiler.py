@@ -43,6 +43,7 @@ IPV6_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
 ZERO_MAC = "00:00:00:00:00:00"
 ND_SOLICIT = "135"
 ND_ADVERT = "136"
+LINK_LOCAL_V6 = "fe80::/10"
 ROUTER_ADVERT = "134"
 
 CT_INVALID = "+trk+inv"
@@ -228,10 +229,17 @@ def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
         ("dl_type", ETH_IPV6),
         ("nw_proto", PROTO_ICMPV6),
     )
-    # Solicitations may ask for any neighbour but must name our own MAC
-    # (or none, for duplicate address detection).
-    for sll in (port.mac, ZERO_MAC):
-        b.add("egress_nd", ("base", 0), (*nd, ("icmpv6_type", ND_SOLICIT), ("nd_sll", sll)), Goto("forward"))
+    # Solicitations may ask for any neighbour, but receivers learn the
+    # solicitation's source address -> source link-layer address: the source
+    # must be one of ours or link-local (link-locals are not in the scope;
+    # a guest picks its own, EUI-64 or stable-privacy), with our own MAC or
+    # none; the unspecified source (duplicate address detection) carries none.
+    for src in (*v6, LINK_LOCAL_V6):
+        for sll in (port.mac, ZERO_MAC):
+            b.add("egress_nd", ("base", 0),
+                  (*nd, ("ipv6_src", src), ("icmpv6_type", ND_SOLICIT), ("nd_sll", sll)), Goto("forward"))  # fmt: skip
+    b.add("egress_nd", ("base", 0),
+          (*nd, ("ipv6_src", "::"), ("icmpv6_type", ND_SOLICIT), ("nd_sll", ZERO_MAC)), Goto("forward"))  # fmt: skip
     # Advertisements may only claim our own addresses for our own MAC.
     for net in v6:
         for tll in (port.mac, ZERO_MAC):

@@ -171,7 +171,15 @@ def infrastructure(scope: Scope, packet: Packet) -> Expected | None:
             if not egress:
                 return Expected(True, "ingress_classify: neighbour discovery reaches the guest unpoliced")
             if packet.icmp_type == ND_SOLICIT:
-                return Expected(True, "egress_nd: solicitations without nd_sll pass, from any source")
+                # The trace carries no nd_sll option: a solicitation without one
+                # passes from an own, link-local or unspecified source only.
+                source = packet.src_ip
+                ok = (
+                    source.is_link_local
+                    or source.is_unspecified
+                    or any(source in network for network in scope.addresses if network.version == 6)
+                )
+                return Expected(ok, "egress_nd: solicitations only from own, link-local or :: sources")
             return Expected(False, "egress_nd: advertisements must name an own nd_target (traced: ::)")
     return None
 
@@ -511,6 +519,12 @@ CASES: list[tuple[str, Scope, Packet, bool]] = [
     ("spoof: ingress to own address", OPEN, pkt(I, TCP, "203.0.113.1", ME4, 1, 80), True),
     ("spoof: ingress v6 to a v4-only scope", V4_ONLY_OPEN, inc(TCP, "2001:db8::1", 80), False),
     ("spoof: ingress v4 to a v4-only scope", V4_ONLY_OPEN, inc(TCP, "203.0.113.1", 80), True),
+    # neighbour solicitations: receivers learn source address -> MAC
+    ("nd: solicitation from own address", CLOSED, pkt(E, ICMP6, ME6, "ff02::1:ff00:1", itype=135), True),
+    ("nd: solicitation from link-local", CLOSED, pkt(E, ICMP6, "fe80::1", "ff02::1:ff00:1", itype=135), True),
+    ("nd: solicitation for DAD", CLOSED, pkt(E, ICMP6, "::", "ff02::1:ff00:1", itype=135), True),
+    ("nd: solicitation from a foreign address", OPEN,
+     pkt(E, ICMP6, "2001:db8::11", "ff02::1:ff00:1", itype=135), False),
     # conntrack states
     ("ct: established egress", CLOSED, out(TCP, "203.0.113.1", 80, ct=EST), True),
     ("ct: related ingress", CLOSED, inc(ICMP, "203.0.113.1", itype=3, ct=REL), True),
