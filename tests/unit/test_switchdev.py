@@ -6,6 +6,7 @@ instead of a subprocess) and its real sysfs reader (over the fake's tree).
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.config import SwitchdevConfig
 from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchBackend, EswitchError, HealthFact
 from coordinator.eswitch.mac import mac_for_device
 from coordinator.eswitch.switchdev import (
@@ -473,3 +475,13 @@ def test_watcher_stops_when_the_source_fails() -> None:
     watcher.start()
     source.events.put(OSError("netlink socket closed"))
     watcher.stop(timeout=2)
+
+
+def test_config_section_and_backend_settings_agree() -> None:
+    """`[eswitch.switchdev]` mirrors SwitchdevSettings (config imports nothing
+    heavy); the daemon copies field by field, so they must not drift apart.
+    The config has only the devlink transport's own keys besides."""
+    config = {f.name: f.default for f in dataclasses.fields(SwitchdevConfig)}
+    settings = {f.name: f.default for f in dataclasses.fields(SwitchdevSettings)}
+    assert set(config) - set(settings) == {"devlink_command", "devlink_timeout_s"}
+    assert {name: config[name] for name in settings} == settings
