@@ -481,3 +481,48 @@ def test_whole_ovs_restart_is_recovered(lab: Lab) -> None:
     assert eventually(lambda: _healthy(lab), timeout=20)
     invariants.check(lab.endpoint, before)
     print(f"[ovs-restart] whole OVS: traffic enforced again {enforced - began:.2f}s after it came back")
+
+
+def test_sigterm_finishes_the_attach_in_flight_and_leaves_flows(lab: Lab) -> None:
+    """SIGTERM while an Attach waits for its initial policy: no new calls
+    are taken, the one in flight completes (its policy arrives during the
+    drain) and answers, the process exits 0, and every flow stays in OVS."""
+    assert lab.steady is not None
+    _clear_victims(lab)
+    (Path(lab.endpoint.policies_dir) / "latecomer.yaml").unlink(missing_ok=True)
+    before = invariants.fences(lab.endpoint)
+    result: dict[str, object] = {}
+
+    def attach() -> None:
+        with lab.host() as host:
+            try:
+                result["attachment"] = host.attach("latecomer", "hi-1", f"req-{uuid.uuid4()}",
+                                                   initial_policy=pb.INITIAL_POLICY_WAIT_INITIAL,
+                                                   initial_policy_timeout_ms=8000)  # fmt: skip
+            except grpc.RpcError as exc:
+                result["error"] = exc
+
+    caller = threading.Thread(target=attach, daemon=True)
+    caller.start()
+    assert eventually(lambda: any(r.sandbox_id == "latecomer" for r in invariants.rows(lab.endpoint)))
+    pid = lab.daemon_pid()
+    flows_before = invariants.our_flows(lab.endpoint)
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(0.3)
+    with lab.host() as host, pytest.raises(grpc.RpcError) as refused:
+        host.attach("latecomer-2", "hi-1", f"req-{uuid.uuid4()}", initial_policy=pb.INITIAL_POLICY_BASELINE)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    lab.write_policy("latecomer", policy(1, "198.51.100.22", [ALLOWED]))
+    caller.join(timeout=20)
+    assert "error" not in result, result
+    attachment = result["attachment"]
+    assert isinstance(attachment, pb.Attachment) and attachment.policy.version == 1
+    wait_dead(pid)
+    exit_log = (lab.workdir / "coordinator.log").read_text().splitlines()[-3:]
+    assert any('"stopped"' in line for line in exit_log), exit_log
+    after = invariants.our_flows(lab.endpoint)
+    assert set(flows_before) <= set(after)  # nothing removed on the way out
+    lab.restart()
+    invariants.check(lab.endpoint, before)
+    with lab.host() as host:
+        host.detach(attachment.attachment_id, attachment.lease_generation)
