@@ -192,6 +192,8 @@ async def run_daemon(config: Config) -> int:
         offload = offload_monitor(config)
         tasks += _start_watches(config, adapters)
         metrics.add_refresher(lambda: offload.update_metrics(metrics))
+        service.observer = metrics
+        metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
         _add_metric_refreshers(metrics, store, stream)
         if config.metrics.listen:
             m = config.metrics

@@ -98,6 +98,12 @@ class Dataplane:
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = not known since start.
         self._metered: dict[int, bool] = {}
+        # cookie -> flows installed and verified under it (for metrics).
+        self._flow_counts: dict[int, int] = {}
+
+    def installed_flows(self) -> int:
+        """Flows installed and verified (bridge and attachments)."""
+        return sum(self._flow_counts.values())
 
     @property
     def conntrack(self) -> ConntrackControl:
@@ -121,7 +127,8 @@ class Dataplane:
                 self.uplink_ofport = await self._ovsdb.ensure_port(
                     cfg.bridge, cfg.uplink, {OWNER_KEY: OWNER_VALUE, ROLE_KEY: "uplink"}
                 )
-            await self._openflow.sync(BRIDGE_COOKIE, self.bridge_flows())
+            result = await self._openflow.sync(BRIDGE_COOKIE, self.bridge_flows())
+            self._flow_counts[BRIDGE_COOKIE] = result.total
         except (OvsdbError, OpenFlowError) as exc:
             raise Unavailable(f"programming bridge {cfg.bridge}: {exc}") from exc
 
@@ -169,6 +176,7 @@ class Dataplane:
         port = self._port(record, ofport)
         await self.set_meter(record.slot, scope)
         result = await self._openflow.sync(port.cookie, self.desired_flows(record, ofport, scope))
+        self._flow_counts[port.cookie] = result.total
         await self.drop_meter_if_unused(record.slot, scope)
         return result
 
@@ -203,6 +211,7 @@ class Dataplane:
         """A slot's flows, meter, conntrack entries and zone limit: the next
         attachment in this slot starts empty."""
         await self._openflow.delete(cookie_for_slot(slot))
+        self._flow_counts.pop(cookie_for_slot(slot), None)
         await self._openflow.delete_meter(slot)  # meters are numbered like slots
         self._metered.pop(slot, None)
         control = self.conntrack
@@ -276,6 +285,8 @@ class Dataplane:
                     f"flows differ from intent after re-programming: {len(leftover.removed)} unexpected, "
                     f"{len(leftover.added)} missing"
                 )
+        for cookie, flows in desired.items():
+            self._flow_counts[cookie] = len(flows)
         return changes
 
     async def set_zone_limits(self, slots: Sequence[int]) -> None:

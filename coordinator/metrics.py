@@ -169,6 +169,14 @@ class Metrics:
         self.datapath_flows.labels(offloaded="true").set(offloaded)
         self.datapath_flows.labels(offloaded="false").set(non_offloaded)
 
+    def policy_applied(self, seconds: float, *, ok: bool) -> None:
+        """One attachment's policy apply (compile, bundle, verify) took ``seconds``."""
+        self.policy_apply_seconds.labels(result="ok" if ok else "error").observe(seconds)
+
+    def corrected(self, kind: str) -> None:
+        """Reconcile corrected one difference of ``kind`` (a drift reason)."""
+        self.reconcile_corrections.labels(kind=kind).inc()
+
     @contextlib.contextmanager
     def time_policy_apply(self) -> Iterator[None]:
         """``with metrics.time_policy_apply(): ...`` observes the duration as

@@ -66,6 +66,23 @@ DENY_ALL_CLASS = "dpu-ovs-deny-all"
 DRIFT = "DpuDriftCorrected"
 
 
+class ServiceObserver(Protocol):
+    """Where the service reports what metrics count (the daemon plugs in
+    Prometheus; nothing by default)."""
+
+    def policy_applied(self, seconds: float, *, ok: bool) -> None: ...
+
+    def corrected(self, kind: str) -> None: ...
+
+
+class _NoObserver:
+    def policy_applied(self, seconds: float, *, ok: bool) -> None:
+        pass
+
+    def corrected(self, kind: str) -> None:
+        pass
+
+
 class PolicySource(Protocol):
     """The gateway stream, as the service sees it."""
 
@@ -161,6 +178,7 @@ class AttachmentService:
         # Host identities heard from since start (Reconcile, Attach, Detach).
         self._heard_from: set[str] = set()
         self.last_converge: ConvergeReport | None = None
+        self.observer: ServiceObserver = _NoObserver()
 
     # -- start-up and re-programming ---------------------------------------------
 
@@ -272,6 +290,9 @@ class AttachmentService:
                 log.error("finishing %s of %s failed: %s", record.state.value, record.attachment_id, exc)
                 continue
             self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
+            self.observer.corrected(
+                "RolledBack" if record.state is AttachmentState.ATTACHING else "DetachFinished"
+            )
 
     async def _remove_orphans(self, work: Plan) -> None:
         dp = self.dataplane
@@ -293,6 +314,7 @@ class AttachmentService:
         fence = self._store.fence(attachment_id) if attachment_id else None
         owner = fence.owner if fence else ""
         log.warning("drift corrected: %s", message, extra={"attachment_id": attachment_id, "reason": reason})
+        self.observer.corrected(reason)
         self._store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
 
     async def _reinstall(
@@ -642,9 +664,11 @@ class AttachmentService:
         failed = False
         records = self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
         for record in records:
+            began = time.monotonic()
             try:
                 sync = await self.dataplane.enforce(record, record.ofport, scope)
             except OpenFlowError as exc:
+                self.observer.policy_applied(time.monotonic() - began, ok=False)
                 failed = True
                 event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
                 results.append(
@@ -653,6 +677,7 @@ class AttachmentService:
                     )
                 )
                 continue
+            self.observer.policy_applied(time.monotonic() - began, ok=True)
             faults.reached("policy.flows_applied")
             cut = await self.dataplane.revoke(record, scope)
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"

@@ -15,6 +15,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.errors import ResourceExhausted
 from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
+from coordinator.metrics import Metrics
 from coordinator.ovs.ovsdb import OWNER_KEY
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
@@ -151,5 +152,35 @@ async def test_policy_update_cut_short_by_an_ovs_restart_lands_after_recovery(
         installed = await stack.openflow.dump(cookie_for_slot(landed.slot))
         assert len(installed) == len(stack.service.dataplane.desired_flows(landed, landed.ofport, v2))
         assert await stack.service.switch_intact() is None
+    finally:
+        await _detach_all(stack)
+
+
+async def test_metrics_fed_by_the_service(tmp_path: Path, ovs: OvsInstance, uplink: Uplink) -> None:
+    """Policy-apply latency, flows installed and reconcile corrections come
+    from real operations."""
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=1, sfs=0)
+    metrics = Metrics()
+    stack.service.observer = metrics
+    try:
+        record = await stack.attach("metered")
+        v1 = scope_from_mapping({"version": 1, "addresses": ["198.51.100.31"]})
+        await stack.service.apply_policy("metered", v1)
+        sample = metrics.registry.get_sample_value
+        assert sample("bluefield_coordinator_policy_apply_duration_seconds_count", {"result": "ok"}) == 1
+        ours = await stack.openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK)
+        assert stack.service.dataplane.installed_flows() == len(ours) > 0
+        stray = cookie_for_slot(4000)
+        stack.ovs.ofctl(
+            "add-flow", stack.ovs.mgmt(BRIDGE), f"cookie={stray:#x},table=0,priority=1,actions=drop"
+        )
+        await stack.service.reconverge("start")
+        assert (
+            sample("bluefield_coordinator_reconcile_corrections_total", {"kind": "OrphanFlowsRemoved"}) == 1
+        )
+        assert stack.service.dataplane.installed_flows() == len(
+            await stack.openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK)
+        )
+        del record
     finally:
         await _detach_all(stack)
