@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from coordinator import faults
 from coordinator.config import Config
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError
+from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError, PreparedDevice
 from coordinator.flows.compiler import (
     BRIDGE_COOKIE,
     COOKIE_OWNER,
@@ -59,7 +59,8 @@ class WorldFacts:
 
     ports: Mapping[str, Mapping[str, str]]  # our OVS ports -> external_ids
     flows: Mapping[int, tuple[str, ...]]  # cookie -> installed flows (ours only)
-    prepared: tuple[DeviceSlot, ...]  # functions the eswitch has prepared
+    ofports: Mapping[str, int]  # interface -> OpenFlow port, where it has one
+    prepared: tuple[PreparedDevice, ...]  # functions the eswitch has prepared
 
 
 @dataclass(frozen=True)
@@ -152,13 +153,15 @@ class Dataplane:
         except EswitchError as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
 
-    async def add_port(self, record: AttachmentRecord, representor: str) -> int:
+    async def add_port(self, record: AttachmentRecord, representor: str, *, zone_limit: bool = True) -> int:
         """Put the representor on the bridge with the zone limit in place
         before any flow lets traffic in (a limit does not count connections
-        that already exist when it is set). Returns the OpenFlow port."""
+        that already exist when it is set; ``zone_limit=False``: the caller
+        sets it). Returns the OpenFlow port."""
         try:
             ofport = await self._ovsdb.ensure_port(self._bridge, representor, self.port_ids(record))
-            await self.conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
+            if zone_limit:
+                await self.conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
         except (OvsdbError, ConntrackError) as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
         return ofport
@@ -245,10 +248,11 @@ class Dataplane:
                 cookie = flow_cookie(flow)
                 if cookie is not None:
                     flows.setdefault(cookie, []).append(flow)
+            ofports = await self._ovsdb.interface_ofports()
             prepared = await asyncio.to_thread(self._backend.prepared)
         except (OvsdbError, OpenFlowError, EswitchError) as exc:
             raise Unavailable(f"reading what the switch holds: {exc}") from exc
-        return WorldFacts(ports, {c: tuple(f) for c, f in flows.items()}, tuple(prepared))
+        return WorldFacts(ports, {c: tuple(f) for c, f in flows.items()}, ofports, tuple(prepared))
 
     async def sync_all(self, installed: Mapping[int, Sequence[str]], desired: Mapping[int, Sequence[str]]
                        ) -> dict[int, CookieChange]:  # fmt: skip
@@ -290,9 +294,11 @@ class Dataplane:
         return changes
 
     async def set_zone_limits(self, slots: Sequence[int]) -> None:
-        control = self.conntrack
-        for slot in slots:
-            await control.set_zone_limit(slot, self._config.limits.conntrack_per_attachment)
+        """The zone limit of many slots, a few hundred per ovs-appctl call."""
+        try:
+            await self.conntrack.set_zone_limits(slots, self._config.limits.conntrack_per_attachment)
+        except ConntrackError as exc:
+            raise Unavailable(f"setting conntrack zone limits: {exc}") from exc
 
     async def remove_port(self, name: str) -> None:
         await self._ovsdb.delete_port(self._bridge, name)

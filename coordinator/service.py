@@ -25,7 +25,7 @@ from coordinator import faults
 from coordinator.admission import TokenBucket
 from coordinator.callers import Caller
 from coordinator.config import Config
-from coordinator.dataplane import Dataplane
+from coordinator.dataplane import Dataplane, WorldFacts
 from coordinator.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -62,6 +62,9 @@ from coordinator.store.records import AttachmentRecord, AttachmentState, NewAtta
 log = logging.getLogger(__name__)
 
 HEALTH_TTL_S = 1.0
+# Attachments plugged at once when the whole switch is re-programmed: the
+# eswitch and OVSDB calls of one overlap with the others'.
+PLUG_CONCURRENCY = 8
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
 DRIFT = "DpuDriftCorrected"
 
@@ -119,6 +122,16 @@ class ConvergeReport:
     flows_added: int
     flows_removed: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class _Plugged:
+    record: AttachmentRecord
+    rep: str
+    ofport: int
+    state: PolicyState
+    version: int
+    scope: Scope
 
 
 @dataclass(frozen=True)
@@ -261,12 +274,13 @@ class AttachmentService:
         if reason != "start":
             # OVS restarted: it holds no meters any more.
             dp.forget_meters()
+        prepared = [p.slot for p in facts.prepared]
         work = plan(
-            self._store.list_attachments(), facts.ports, facts.flows, facts.prepared, self._config.ovs.uplink
+            self._store.list_attachments(), facts.ports, facts.flows, prepared, self._config.ovs.uplink
         )
         await self._finish_interrupted(work)
         await self._remove_orphans(work)
-        added, removed, kept = await self._reinstall(work, facts.flows, restarted=reason != "start")
+        added, removed, kept = await self._reinstall(work, facts, restarted=reason != "start")
         return ConvergeReport(
             reason=reason,
             corrections=work.corrections + kept,
@@ -317,35 +331,48 @@ class AttachmentService:
         self.observer.corrected(reason)
         self._store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
 
-    async def _reinstall(
-        self, work: Plan, installed: Mapping[int, Sequence[str]], *, restarted: bool
-    ) -> tuple[int, int, int]:
+    async def _reinstall(self, work: Plan, facts: WorldFacts, *, restarted: bool) -> tuple[int, int, int]:
         """Plug every BOUND attachment and install all their flows in one
         bundle of the differences. An attachment whose device or port cannot
         be restored keeps whatever flows it has (none = closed: the bridge is
         fail-secure) and gets a drift event."""
         dp = self.dataplane
-        desired: dict[int, list[str]] = {}
-        plugged = []
-        adopted: dict[str, Scope] = {}
-        for record in work.keep:
+        prepared = {p.slot.device_id: p.mac for p in facts.prepared}
+        gate = asyncio.Semaphore(PLUG_CONCURRENCY)
+
+        async def plug(record: AttachmentRecord) -> _Plugged | None:
             scope, state, version = self._intended(record)
-            if state is PolicyState.APPLIED and version != self._stored_version(record.sandbox_id):
-                adopted[record.sandbox_id] = scope
-            try:
-                rep = await dp.prepare(record)
-                ofport = await dp.add_port(record, rep)
-                await dp.set_meter(record.slot, scope)
-            except (Unavailable, OpenFlowError) as exc:
-                record_event = ("DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
-                self._store.append_event(record, *record_event)
-                continue
-            if restarted and scope.egress_rate_limit is None:
-                dp.meters_known_absent([record.slot])
-            desired[cookie_for_slot(record.slot)] = dp.desired_flows(record, ofport, scope)
-            plugged.append((record, rep, ofport, state, version))
+            rep = record.device.representor
+            ofport = facts.ofports.get(rep)
+            mac = prepared.get(record.device.device_id)
+            # Prepared with our address (or one the backend cannot read) and
+            # on the bridge with a port number: nothing to redo but flows.
+            in_place = ofport is not None and rep in facts.ports and mac in ("", record.mac)
+            async with gate:
+                try:
+                    if not in_place or ofport is None:
+                        rep = await dp.prepare(record)
+                        ofport = await dp.add_port(record, rep, zone_limit=False)
+                    await dp.set_meter(record.slot, scope)
+                except (Unavailable, OpenFlowError) as exc:
+                    self._store.append_event(record, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
+                    return None
+            return _Plugged(record, rep, ofport, state, version, scope)
+
+        plugged = [p for p in await asyncio.gather(*(plug(r) for r in work.keep)) if p is not None]
+        # Zone limits before the flows that let traffic in (a limit does not
+        # count connections that exist when it is set).
+        await dp.set_zone_limits([p.record.slot for p in plugged])
+        desired: dict[int, list[str]] = {}
+        adopted: dict[str, Scope] = {}
+        for p in plugged:
+            if p.state is PolicyState.APPLIED and p.version != self._stored_version(p.record.sandbox_id):
+                adopted[p.record.sandbox_id] = p.scope
+            if restarted and p.scope.egress_rate_limit is None:
+                dp.meters_known_absent([p.record.slot])
+            desired[cookie_for_slot(p.record.slot)] = dp.desired_flows(p.record, p.ofport, p.scope)
         try:
-            changes = await dp.sync_all(installed, desired)
+            changes = await dp.sync_all(facts.flows, desired)
         except OpenFlowError as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
         for sandbox_id, scope in adopted.items():
@@ -354,7 +381,8 @@ class AttachmentService:
             self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         repaired = 0
         missing = set(work.missing_ports)
-        for record, rep, ofport, state, version in plugged:
+        for p in plugged:
+            record, rep, ofport, state, version = p.record, p.rep, p.ofport, p.state, p.version
             if record.attachment_id in missing:
                 self._drift(record.attachment_id, record.sandbox_id, "PortRestored",
                             f"port {rep} was missing from the bridge: re-added")  # fmt: skip

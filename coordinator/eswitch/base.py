@@ -41,6 +41,15 @@ class HealthFact:
     required: bool
 
 
+@dataclass(frozen=True)
+class PreparedDevice:
+    """A function the eswitch has prepared now, and the hardware address it
+    carries ("" when the backend cannot read it cheaply)."""
+
+    slot: DeviceSlot
+    mac: str = ""
+
+
 class EswitchError(RuntimeError):
     """A backend operation failed; the message says which step and device."""
 
@@ -62,9 +71,10 @@ class EswitchBackend(Protocol):
         """Undo ``prepare`` (delete the SF, clear the address). Idempotent."""
         ...
 
-    def prepared(self) -> list[DeviceSlot]:
+    def prepared(self) -> list[PreparedDevice]:
         """Functions that are prepared now (an SF that exists, a function with
-        an address set), claimed or not: reconcile releases the unclaimed."""
+        an address set), claimed or not: reconcile releases the unclaimed and
+        does not prepare again what is prepared with the right address."""
         ...
 
     def health(self) -> list[HealthFact]: ...

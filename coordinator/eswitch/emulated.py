@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from coordinator.config import EmulatedConfig
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact
+from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact, PreparedDevice
 
 FUNCTION_IFNAME = "eth0"
 SF_BASE_NUMBER = 1000  # BlueField numbers user SFs from here by convention
@@ -38,15 +38,6 @@ def _ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[
 
 def _netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
-
-
-def _link_up(ns: str) -> bool:
-    """Whether the guest end of a VF is up (prepare sets it up, release down)."""
-    if not _netns_exists(ns):
-        return False
-    shown = _ip(ns, "-o", "link", "show", "dev", FUNCTION_IFNAME, check=False)
-    flags = shown.stdout.partition("<")[2].partition(">")[0].split(",")
-    return shown.returncode == 0 and "UP" in flags
 
 
 class EmulatedEswitch:
@@ -118,14 +109,23 @@ class EmulatedEswitch:
             _ip(guest, "neigh", "flush", "dev", FUNCTION_IFNAME)
             _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "down")
 
-    def prepared(self) -> list[DeviceSlot]:
+    def prepared(self) -> list[PreparedDevice]:
+        """From one listing of the switch side: an SF is prepared when its
+        pair exists, a VF when its representor has a carrier (a veth has one
+        only while the guest end is up: prepare sets it up, release down).
+        The guest end's address is not visible from here."""
+        shown = _ip(self._switch_ns, "-o", "link", "show")
+        flags = {}
+        for line in shown.stdout.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3:
+                name = parts[1].strip().split("@", 1)[0]
+                flags[name] = parts[2].partition("<")[2].partition(">")[0].split(",")
         found = []
         for slot in self._slots:
-            if slot.kind is DeviceKind.SF:
-                if self._has_link(self._switch_ns, slot.representor):
-                    found.append(slot)
-            elif _link_up(self.guest_netns(slot)):
-                found.append(slot)
+            link = flags.get(slot.representor)
+            if link is not None and (slot.kind is DeviceKind.SF or "LOWER_UP" in link):
+                found.append(PreparedDevice(slot))
         return found
 
     def health(self) -> list[HealthFact]:

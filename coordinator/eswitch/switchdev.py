@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact
+from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact, PreparedDevice
 from coordinator.eswitch.devlink import ZERO_MAC, DevlinkError, DevlinkPort, DevlinkTransport, pci_handle
 from coordinator.eswitch.sysfs import NetDevice, PortFlavour, Sysfs
 
@@ -290,15 +290,18 @@ class SwitchdevEswitch:
             )
         return sorted(found, key=lambda e: e.slot.number)
 
-    def prepared(self) -> list[DeviceSlot]:
+    def prepared(self) -> list[PreparedDevice]:
         """Our SFs that exist, and our VFs whose function has an address set."""
-        found = [sf.slot for sf in self.existing_sfs()]
+        found = [PreparedDevice(sf.slot, (sf.hw_addr or "").lower()) for sf in self.existing_sfs()]
         for port in self._devlink.ports(self._dev):
             if port.flavour != "pcivf" or not self._ours(port.controller, port.pfnum) or port.vfnum is None:
                 continue
             if port.function is not None and (port.function.hw_addr or ZERO_MAC).lower() != ZERO_MAC:
                 rep = self._function_representor(DeviceKind.VF, port.vfnum)
-                found.append(self._slot(DeviceKind.VF, port.vfnum, rep.name if rep else ""))
+                slot = self._slot(DeviceKind.VF, port.vfnum, rep.name if rep else "")
+                found.append(
+                    PreparedDevice(slot, port.function.hw_addr.lower() if port.function.hw_addr else "")
+                )
         return found
 
     def current_representor(self, slot: DeviceSlot) -> str | None:

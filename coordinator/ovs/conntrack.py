@@ -556,6 +556,14 @@ class ConntrackControl:
             "dpctl/ct-set-limits", *self._dp, f"zone={_check_zone(zone)},limit={_check_limit(limit)}"
         )
 
+    async def set_zone_limits(self, zones: Iterable[int], limit: int, *, per_call: int = 200) -> None:
+        """Allow at most ``limit`` connections in each of ``zones``; one
+        ovs-appctl call per ``per_call`` zones (it takes many)."""
+        wanted = sorted({_check_zone(zone) for zone in zones})
+        for i in range(0, len(wanted), per_call):
+            args = [f"zone={zone},limit={_check_limit(limit)}" for zone in wanted[i : i + per_call]]
+            await self._appctl("dpctl/ct-set-limits", *self._dp, *args)
+
     async def set_default_zone_limit(self, limit: int) -> None:
         """The limit of zones without their own (0 = unlimited)."""
         await self._appctl("dpctl/ct-set-limits", *self._dp, f"default={_check_limit(limit)}")

@@ -139,6 +139,18 @@ class Ovsdb:
             if r["name"] in names and r["external_ids"].get(OWNER_KEY) == OWNER_VALUE
         }
 
+    async def interface_ofports(self) -> dict[str, int]:
+        """OpenFlow port numbers of every interface that has one."""
+
+        def read() -> dict[str, int]:
+            rows = self._execute(
+                "reading interfaces", self._api.db_list("Interface", columns=["name", "ofport"])
+            )
+            found = {r["name"]: _scalar(r["ofport"]) for r in rows}
+            return {name: port for name, port in found.items() if isinstance(port, int) and port > 0}
+
+        return await self._run(read)
+
     async def interface_ofport(self, name: str) -> int | None:
         def read() -> int | None:
             rows = self._execute("reading interface", api_list(self._api, name))

@@ -172,7 +172,7 @@ def flows_differ(dev: env.Endpoint, installed: list[str], expected: list[str]) -
 
 def prepared_devices(dev: env.Endpoint) -> set[str]:
     backend = EmulatedEswitch(load_config(Path(dev.config)).eswitch.emulated)
-    return {slot.device_id for slot in backend.prepared()}
+    return {p.slot.device_id for p in backend.prepared()}
 
 
 def check(dev: env.Endpoint, fences_before: dict[str, int]) -> list[Row]:

@@ -336,7 +336,10 @@ def test_prepared_lists_our_live_sfs_and_vfs_with_an_address(bf: FakeBlueField) 
     be.prepare(vf, MAC)
     be.prepare(sf, OTHER_MAC)
     bf.transport().port_add_sf("pci/0000:03:00.0", pfnum=0, sfnum=0, controller=1)  # not ours
-    assert sorted(s.device_id for s in be.prepared()) == ["sf:1:0:1001", "vf:1:0:1"]
+    assert sorted((p.slot.device_id, p.mac) for p in be.prepared()) == [
+        ("sf:1:0:1001", OTHER_MAC),
+        ("vf:1:0:1", MAC),
+    ]
     be.release(vf)
     be.release(sf)
     assert be.prepared() == []
