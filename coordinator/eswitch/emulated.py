@@ -70,20 +70,11 @@ class EmulatedEswitch:
         guest = self.guest_netns(slot)
         if not _netns_exists(guest):
             _ip("", "netns", "add", guest)
-        if not self._has_link(self._switch_ns, slot.representor):
-            _ip(
-                self._switch_ns,
-                "link",
-                "add",
-                slot.representor,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                FUNCTION_IFNAME,
-                "netns",
-                guest,
-            )
+        # Setting it up is also the check that it exists (one ip call).
+        if _ip(self._switch_ns, "link", "set", "dev", slot.representor, "up", check=False).returncode == 0:
+            return
+        _ip(self._switch_ns, "link", "add", slot.representor, "type", "veth",
+            "peer", "name", FUNCTION_IFNAME, "netns", guest)  # fmt: skip
         _ip(self._switch_ns, "link", "set", "dev", slot.representor, "up")
 
     def inventory(self) -> list[DeviceSlot]:
@@ -114,13 +105,7 @@ class EmulatedEswitch:
         pair exists, a VF when its representor has a carrier (a veth has one
         only while the guest end is up: prepare sets it up, release down).
         The guest end's address is not visible from here."""
-        shown = _ip(self._switch_ns, "-o", "link", "show")
-        flags = {}
-        for line in shown.stdout.splitlines():
-            parts = line.split(":", 2)
-            if len(parts) == 3:
-                name = parts[1].strip().split("@", 1)[0]
-                flags[name] = parts[2].partition("<")[2].partition(">")[0].split(",")
+        flags = self._switch_links()
         found = []
         for slot in self._slots:
             link = flags.get(slot.representor)
@@ -128,11 +113,21 @@ class EmulatedEswitch:
                 found.append(PreparedDevice(slot))
         return found
 
+    def _switch_links(self) -> dict[str, list[str]]:
+        """Links of the switch side by name, with their flags (one ``ip`` call)."""
+        shown = _ip(self._switch_ns, "-o", "link", "show")
+        links = {}
+        for line in shown.stdout.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3:
+                name = parts[1].strip().split("@", 1)[0]
+                links[name] = parts[2].partition("<")[2].partition(">")[0].split(",")
+        return links
+
     def health(self) -> list[HealthFact]:
+        links = self._switch_links()
         missing = [
-            s.representor
-            for s in self._slots
-            if s.kind is DeviceKind.VF and not self._has_link(self._switch_ns, s.representor)
+            s.representor for s in self._slots if s.kind is DeviceKind.VF and s.representor not in links
         ]
         detail = "all VF representors present" if not missing else f"missing: {', '.join(missing)}"
         return [HealthFact("eswitch_representors", not missing, detail, required=False)]
