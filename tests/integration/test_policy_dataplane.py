@@ -8,7 +8,7 @@ import asyncio
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from coordinator.flows.compiler import cookie_for_slot
 from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
-from tests.conftest import require_ovs
 from tests.integration.stack import (
     HOST,
     NETPROBE,
@@ -65,25 +64,6 @@ def deny(name: str, **kwargs: Any) -> dict[str, Any]:
 
 
 WEB = [allow("web", cidrs=["203.0.113.0/24", "2001:db8:ff::/64"], ports=[443, 8080])]
-
-
-@pytest.fixture(scope="module")
-def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    require_ovs()
-    inst = OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns.unique_name("ovsp-"))
-    try:
-        yield inst
-    finally:
-        inst.stop()
-
-
-@pytest.fixture(scope="module")
-def uplink(ovs: OvsInstance) -> Iterator[Uplink]:
-    up = Uplink.create(ovs, "uplink")
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 @pytest_asyncio.fixture

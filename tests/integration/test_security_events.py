@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,11 +34,9 @@ from coordinator.callers import Caller, Role
 from coordinator.certs import DevPki, init_dev_pki, issue_client_cert
 from coordinator.client import CoordinatorClient, RetryPolicy, TlsFiles
 from coordinator.config import AuthConfig, LogsConfig, ServerConfig
-from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.security_events import SecurityEvents, start_security_events
-from tests.conftest import require_ovs
 from tests.integration.stack import Stack, Uplink, build_stack
 
 pytestmark = pytest.mark.ovs
@@ -48,25 +46,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "host_extension.py"
 T = TypeVar("T")
 # Cleans up after a test as an admin would, whoever attached.
 OWNER = Caller("spiffe://bluefield.local/admin/admin", Role.ADMIN)
-
-
-@pytest.fixture(scope="module")
-def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    require_ovs()
-    inst = OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns.unique_name("ovss-"))
-    try:
-        yield inst
-    finally:
-        inst.stop()
-
-
-@pytest.fixture(scope="module")
-def uplink(ovs: OvsInstance) -> Iterator[Uplink]:
-    up = Uplink.create(ovs, "uplink")
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,11 @@ after a restart, and a policy update cut short by an OVS restart."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from coordinator.daemon import build
-from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.errors import ResourceExhausted
 from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
@@ -20,32 +18,12 @@ from coordinator.ovs.ovsdb import OWNER_KEY
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
 from coordinator.switch_watch import recover
-from tests.conftest import require_ovs
 from tests.integration.stack import HOST as HOST_ADMIN
 from tests.integration.stack import Stack, Uplink, build_stack
 
 pytestmark = pytest.mark.ovs
 
 BRIDGE = "br-limits"
-
-
-@pytest.fixture(scope="module")
-def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    require_ovs()
-    inst = OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns.unique_name("ovsl-"))
-    try:
-        yield inst
-    finally:
-        inst.stop()
-
-
-@pytest.fixture(scope="module")
-def uplink(ovs: OvsInstance) -> Iterator[Uplink]:
-    up = Uplink.create(ovs, "uplink")
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 def _our_ports(stack: Stack) -> int:
