@@ -63,21 +63,9 @@ class WorldFacts:
     prepared: tuple[PreparedDevice, ...]  # functions the eswitch has prepared
 
 
-@dataclass(frozen=True)
-class CookieChange:
-    added: int
-    removed: int
-
-
 def flow_cookie(flow: str) -> int | None:
     match = _COOKIE_RE.search(flow)
     return int(match.group(1), 0) if match else None
-
-
-def flow_match(flow: str) -> str:
-    """A dumped flow without cookie and actions: what ``delete_strict`` takes."""
-    match, _, _ = flow.partition(" actions=")
-    return " ".join(part for part in match.split(" ") if not part.startswith("cookie="))
 
 
 class Dataplane:
@@ -254,41 +242,12 @@ class Dataplane:
             raise Unavailable(f"reading what the switch holds: {exc}") from exc
         return WorldFacts(ports, {c: tuple(f) for c, f in flows.items()}, ofports, tuple(prepared))
 
-    async def sync_all(self, installed: Mapping[int, Sequence[str]], desired: Mapping[int, Sequence[str]]
-                       ) -> dict[int, CookieChange]:  # fmt: skip
+    async def sync_all(self, desired: Mapping[int, Sequence[str]]) -> dict[int, SyncResult]:
         """Make every cookie in ``desired`` hold exactly its flows, in one
-        atomic bundle of the differences, then read back and verify. Cookies
-        not in ``desired`` are left alone. Returns the changes by cookie."""
-        have = [f for c in desired for f in installed.get(c, ())]
-        want = [f for flows in desired.values() for f in flows]
-        diff = await self._openflow.diff(have, want)
-        changes: dict[int, CookieChange] = {}
-
-        def count(flow: str, added: int, removed: int) -> None:
-            cookie = flow_cookie(flow) or 0
-            old = changes.get(cookie, CookieChange(0, 0))
-            changes[cookie] = CookieChange(old.added + added, old.removed + removed)
-
-        lines = []
-        for flow in diff.removed:
-            count(flow, 0, 1)
-            lines.append(f"flow delete_strict {flow_match(flow)} cookie={flow_cookie(flow) or 0:#x}/-1")
-        for flow in diff.added:
-            count(flow, 1, 0)
-            lines.append(f"flow add {flow}")
-        await self._openflow.bundle(lines)
-        if lines:
-            after: dict[int, list[str]] = {}
-            for flow in await self._openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK):
-                cookie = flow_cookie(flow)
-                if cookie is not None and cookie in desired:
-                    after.setdefault(cookie, []).append(flow)
-            leftover = await self._openflow.diff([f for fl in after.values() for f in fl], want)
-            if not leftover.empty:
-                raise OpenFlowError(
-                    f"flows differ from intent after re-programming: {len(leftover.removed)} unexpected, "
-                    f"{len(leftover.added)} missing"
-                )
+        atomic bundle of the differences, then read back and verify. Our
+        cookies not in ``desired`` are left alone. Returns the changes by
+        cookie (cookies without a change are absent)."""
+        changes = await self._openflow.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
         return changes

@@ -372,7 +372,7 @@ class AttachmentService:
                 dp.meters_known_absent([p.record.slot])
             desired[cookie_for_slot(p.record.slot)] = dp.desired_flows(p.record, p.ofport, p.scope)
         try:
-            changes = await dp.sync_all(facts.flows, desired)
+            changes = await dp.sync_all(desired)
         except OpenFlowError as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
         for sandbox_id, scope in adopted.items():

@@ -1,16 +1,24 @@
 """OpenFlow through ovs-ofctl: bundles, per-cookie dumps, diffs.
 
 ovs-ofctl parses and normalises flows exactly as the switch does, so the
-diff between what is installed and what is wanted is computed by
-``ovs-ofctl diff-flows`` rather than by re-implementing OVS's canonical
-flow syntax here. Every change goes in one bundle: atomic, all or nothing.
+canonical form of the flows we want comes from ``ovs-ofctl diff-flows``
+rather than from re-implementing OVS's flow syntax here; what is installed
+comes canonical from the switch's dump. Every change goes in one bundle:
+atomic, all or nothing.
+
+Each ovs-ofctl run is a process spawn and, for the switch, a connection:
+the cost of a policy apply is mostly how many of them sit on its path
+(docs/BENCHMARKS.md). Hence ``--no-names`` everywhere (otherwise every
+run first asks the switch for its port names, over a second connection;
+our flows name ports by number only), and ``sync`` reads the switch and
+canonicalises the intent side by side and compares in-process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +56,7 @@ class OpenFlowSwitch:
             "ovs-ofctl",
             "-O",
             OPENFLOW_VERSION,
+            "--no-names",
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -90,20 +99,56 @@ class OpenFlowSwitch:
             path.write_text("".join(f"{line}\n" for line in lines))
             await self._ofctl("bundle", self._target, str(path))
 
+    async def canonical(self, flows: Sequence[str]) -> list[str]:
+        """``flows`` as ovs-ofctl prints them once parsed (no switch involved)."""
+        return list((await self.diff((), flows)).added)
+
     async def sync(self, cookie: int, desired: Sequence[str]) -> SyncResult:
         """Make the flows with ``cookie`` exactly ``desired``: one atomic
         bundle of only the differences, then read back and compare."""
-        diff = await self.diff(await self.dump(cookie), desired)
-        lines = [f"flow delete_strict {_match_of(f)} cookie={cookie:#x}/-1" for f in diff.removed]
-        lines += [f"flow add {f}" for f in diff.added]
-        await self.bundle(lines)
-        leftover = await self.diff(await self.dump(cookie), desired)
-        if not leftover.empty:
-            raise OpenFlowError(
-                f"flows of cookie {cookie:#x} differ from intent after apply: "
-                f"{len(leftover.removed)} unexpected, {len(leftover.added)} missing"
-            )
-        return SyncResult(added=len(diff.added), removed=len(diff.removed), total=len(desired))
+        changes = await self.sync_many({cookie: desired}, cookie, -1)
+        change = changes.get(cookie, SyncResult(0, 0, 0))
+        return SyncResult(added=change.added, removed=change.removed, total=len(desired))
+
+    async def sync_many(
+        self, desired: Mapping[int, Sequence[str]], cookie: int, mask: int
+    ) -> dict[int, SyncResult]:
+        """Make every cookie of ``desired`` hold exactly its flows, in one
+        atomic bundle of only the differences, then read back and compare.
+        ``cookie``/``mask`` select what to read; installed flows of cookies
+        not in ``desired`` are left alone. Returns the changes by cookie."""
+        # Independent, so side by side: the switch's flows and the intent's
+        # canonical form. The comparison is then a set difference by flow
+        # identity (table, priority and match; cookie and actions must agree).
+        wanted_flows = [f for flows in desired.values() for f in flows]
+        installed, wanted = await asyncio.gather(self.dump(cookie, mask), self.canonical(wanted_flows))
+        want = {_flow_key(f): f for f in wanted}
+        dumped = {_dumped(key): key for key in want}
+        have = {k: f for k, f in ((_key_of_dumped(f, dumped), f) for f in installed) if k.cookie in desired}
+        removed = [key for key in have if key not in want]
+        added = [key for key in want if key not in have]
+        lines = [f"flow delete_strict table={k.table} {k.match} cookie={k.cookie:#x}/-1" for k in removed]
+        lines += [f"flow add {want[k]}" for k in added]
+        if lines:
+            await self.bundle(lines)
+            after = await self.dump(cookie, mask)
+            keys = {k for k in (_key_of_dumped(f, dumped) for f in after) if k.cookie in desired}
+            if keys != want.keys():
+                # Only ovs-ofctl decides that two spellings differ: ask it
+                # before calling the apply failed.
+                mine = [f for f in after if _key_of_dumped(f, dumped).cookie in desired]
+                leftover = await self.diff(mine, wanted_flows)
+                if not leftover.empty:
+                    raise OpenFlowError(
+                        f"flows of cookie {cookie:#x}{'' if mask == -1 else f'/{mask:#x}'} differ from intent after apply: "
+                        f"{len(leftover.removed)} unexpected, {len(leftover.added)} missing"
+                    )
+        # With nothing to change, the dump just read is the read-back.
+        changes: dict[int, SyncResult] = {}
+        for key, sign in [*((k, -1) for k in removed), *((k, 1) for k in added)]:
+            old = changes.get(key.cookie, SyncResult(0, 0, len(desired.get(key.cookie, ()))))
+            changes[key.cookie] = SyncResult(old.added + (sign > 0), old.removed + (sign < 0), old.total)
+        return changes
 
     async def set_meter(self, meter_id: int, kbps: int, burst_kb: int) -> None:
         """Create or change a drop-band meter. Meters cannot ride in a flow
@@ -128,7 +173,43 @@ class OpenFlowSwitch:
         await self._ofctl("show", self._target)
 
 
-def _match_of(flow: str) -> str:
-    """A diff-flows line without its cookie and actions: what delete_strict takes."""
-    match, _, _ = flow.partition(" actions=")
-    return " ".join(part for part in match.split(" ") if not part.startswith("cookie="))
+@dataclass(frozen=True)
+class FlowKey:
+    """One canonical flow, whichever way ovs-ofctl printed it."""
+
+    cookie: int
+    table: int
+    match: str  # "priority=N,FIELD=VALUE,..." as ovs-ofctl prints it
+    actions: str
+
+
+def _flow_key(flow: str) -> FlowKey:
+    """Read a flow as ``dump-flows --no-stats`` prints it ("cookie=0x1,
+    table=3, priority=5,ip actions=drop") or as ``diff-flows`` does
+    ("table=3 priority=5,ip cookie=0x1 actions=drop"). Both print the match
+    and the actions with the same code; only cookie and table move."""
+    head, _, actions = flow.partition(" actions=")
+    cookie, table, rest = 0, 0, []
+    # Words are space-separated; the match is one word of its own commas.
+    for word in head.split():
+        token = word.rstrip(",")
+        if token.startswith("cookie="):
+            cookie = int(token[7:], 0)
+        elif token.startswith("table="):
+            table = int(token[6:])
+        else:
+            rest.append(token)
+    return FlowKey(cookie, table, ",".join(rest), actions)
+
+
+def _dumped(key: FlowKey) -> str:
+    """How ``dump-flows --no-stats`` spells the flow (table 0 goes unsaid)."""
+    table = f" table={key.table}," if key.table else ""
+    return f"cookie={key.cookie:#x},{table} {key.match} actions={key.actions}"
+
+
+def _key_of_dumped(flow: str, expected: dict[str, FlowKey]) -> FlowKey:
+    # Most dumped flows are spelled exactly as predicted from the intent:
+    # look them up instead of parsing each (a thousand-rule policy reads
+    # back thousands of flows). Anything else is parsed.
+    return expected.get(flow) or _flow_key(flow)

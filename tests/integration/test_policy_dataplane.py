@@ -151,6 +151,9 @@ async def test_spoofed_source_address_and_mac_are_dropped(stack: Stack) -> None:
     await stack.service.apply_policy("sb-1", scope(egress=WEB))
     netns.add_address(ns, "eth0", "198.51.100.99/24")
     assert not probe_tcp(ns, SERVER_V4, 443, source="198.51.100.99")
+    # The spoofed attempt resolved the gateway from the spoofed address too
+    # (and that ARP was dropped): start the real one with a clean cache.
+    netns.run_in_netns(ns, ["ip", "neigh", "flush", "all"])
     assert probe_tcp(ns, SERVER_V4, 443, source=GUEST_V4)
     record = stack.store.list_attachments()[0]
     netns.set_link(ns, "eth0", mac="02:00:00:00:be:ef")
