@@ -164,12 +164,43 @@ class Dataplane:
     async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
         """Make the attachment's flows those of ``scope``: one atomic bundle of
         the differences, read back and verified. Raises OpenFlowError."""
+        result, _ = await self._enforce(record, ofport, scope, revoke=False)
+        return result
+
+    async def enforce_and_revoke(
+        self, record: AttachmentRecord, ofport: int, scope: Scope
+    ) -> tuple[SyncResult, str]:
+        """``enforce``, then cut the connections ``scope`` no longer allows
+        (see ``revoke``), that while the flows are read back."""
+        return await self._enforce(record, ofport, scope, revoke=True)
+
+    async def _enforce(
+        self, record: AttachmentRecord, ofport: int, scope: Scope, *, revoke: bool
+    ) -> tuple[SyncResult, str]:
         port = self._port(record, ofport)
-        await self.set_meter(record.slot, scope)
-        result = await self._openflow.sync(port.cookie, self.desired_flows(record, ofport, scope))
+        # The dump of what is installed runs while the policy compiles.
+        installed = asyncio.ensure_future(self._openflow.dump(port.cookie))
+        notes: list[str] = []
+
+        async def cut() -> None:
+            notes.append(await self.revoke(record, scope))
+
+        try:
+            await self.set_meter(record.slot, scope)
+            desired = self.desired_flows(record, ofport, scope)
+            result = await self._openflow.sync(
+                port.cookie, desired, installed=installed, beside_readback=cut if revoke else None
+            )
+        finally:
+            if not installed.done():
+                installed.cancel()
+            elif not installed.cancelled():
+                installed.exception()  # seen: a failed dump already failed the sync
         self._flow_counts[port.cookie] = result.total
         await self.drop_meter_if_unused(record.slot, scope)
-        return result
+        if revoke and not notes:  # nothing changed: no bundle, so not cut yet
+            await cut()
+        return result, "".join(notes)
 
     async def set_meter(self, slot: int, scope: Scope) -> None:
         # Meters cannot ride in a bundle: set before the flows that use it.

@@ -694,7 +694,7 @@ class AttachmentService:
         for record in records:
             began = time.monotonic()
             try:
-                sync = await self.dataplane.enforce(record, record.ofport, scope)
+                sync, cut = await self.dataplane.enforce_and_revoke(record, record.ofport, scope)
             except OpenFlowError as exc:
                 self.observer.policy_applied(time.monotonic() - began, ok=False)
                 failed = True
@@ -707,7 +707,6 @@ class AttachmentService:
                 continue
             self.observer.policy_applied(time.monotonic() - began, ok=True)
             faults.reached("policy.flows_applied")
-            cut = await self.dataplane.revoke(record, scope)
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
             event = ("DpuPolicyApplied", True, "Applied", message)
             results.append(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,15 +103,33 @@ class OpenFlowSwitch:
         """``flows`` as ovs-ofctl prints them once parsed (no switch involved)."""
         return list((await self.diff((), flows)).added)
 
-    async def sync(self, cookie: int, desired: Sequence[str]) -> SyncResult:
+    async def sync(
+        self,
+        cookie: int,
+        desired: Sequence[str],
+        *,
+        installed: Awaitable[list[str]] | None = None,
+        beside_readback: Callable[[], Awaitable[object]] | None = None,
+    ) -> SyncResult:
         """Make the flows with ``cookie`` exactly ``desired``: one atomic
-        bundle of only the differences, then read back and compare."""
-        changes = await self.sync_many({cookie: desired}, cookie, -1)
+        bundle of only the differences, then read back and compare.
+        ``installed``: the dump of the cookie, already started by the caller
+        (it overlaps with compiling ``desired``); ``beside_readback`` runs
+        once the bundle is in, alongside the read-back."""
+        changes = await self.sync_many(
+            {cookie: desired}, cookie, -1, installed=installed, beside_readback=beside_readback
+        )
         change = changes.get(cookie, SyncResult(0, 0, 0))
         return SyncResult(added=change.added, removed=change.removed, total=len(desired))
 
     async def sync_many(
-        self, desired: Mapping[int, Sequence[str]], cookie: int, mask: int
+        self,
+        desired: Mapping[int, Sequence[str]],
+        cookie: int,
+        mask: int,
+        *,
+        installed: Awaitable[list[str]] | None = None,
+        beside_readback: Callable[[], Awaitable[object]] | None = None,
     ) -> dict[int, SyncResult]:
         """Make every cookie of ``desired`` hold exactly its flows, in one
         atomic bundle of only the differences, then read back and compare.
@@ -121,17 +139,22 @@ class OpenFlowSwitch:
         # canonical form. The comparison is then a set difference by flow
         # identity (table, priority and match; cookie and actions must agree).
         wanted_flows = [f for flows in desired.values() for f in flows]
-        installed, wanted = await asyncio.gather(self.dump(cookie, mask), self.canonical(wanted_flows))
+        current, wanted = await asyncio.gather(
+            installed if installed is not None else self.dump(cookie, mask), self.canonical(wanted_flows)
+        )
         want = {_flow_key(f): f for f in wanted}
         dumped = {_dumped(key): key for key in want}
-        have = {k: f for k, f in ((_key_of_dumped(f, dumped), f) for f in installed) if k.cookie in desired}
+        have = {k: f for k, f in ((_key_of_dumped(f, dumped), f) for f in current) if k.cookie in desired}
         removed = [key for key in have if key not in want]
         added = [key for key in want if key not in have]
         lines = [f"flow delete_strict table={k.table} {k.match} cookie={k.cookie:#x}/-1" for k in removed]
         lines += [f"flow add {want[k]}" for k in added]
         if lines:
             await self.bundle(lines)
-            after = await self.dump(cookie, mask)
+            if beside_readback is not None:
+                after, _ = await asyncio.gather(self.dump(cookie, mask), beside_readback())
+            else:
+                after = await self.dump(cookie, mask)
             keys = {k for k in (_key_of_dumped(f, dumped) for f in after) if k.cookie in desired}
             if keys != want.keys():
                 # Only ovs-ofctl decides that two spellings differ: ask it
