@@ -85,8 +85,10 @@ class Dataplane:
         self._openflow = openflow
         self._pipeline = pipeline
         self.uplink_ofport: int | None = None
-        # slot -> whether its meter exists; absent = not known since start.
+        # slot -> whether its meter exists; absent = unknown until the meters
+        # are learned (reconverge), known absent after.
         self._metered: dict[int, bool] = {}
+        self._meters_known = False
         # cookie -> flows installed and verified under it (for metrics).
         self._flow_counts: dict[int, int] = {}
 
@@ -212,7 +214,7 @@ class Dataplane:
     async def drop_meter_if_unused(self, slot: int, scope: Scope) -> None:
         # Removed only where one may exist: after a rate-limited policy, or
         # once per slot after start. Unmetered updates spawn no extra ovs-ofctl.
-        if scope.egress_rate_limit is None and self._metered.get(slot, True):
+        if scope.egress_rate_limit is None and self._metered.get(slot, not self._meters_known):
             await self._openflow.delete_meter(slot)
             self._metered[slot] = False
 
@@ -296,10 +298,17 @@ class Dataplane:
     async def release(self, slot: DeviceSlot) -> None:
         await asyncio.to_thread(self._backend.release, slot)
 
-    def forget_meters(self) -> None:
-        """After OVS restarted: no meter is known to exist."""
-        self._metered.clear()
+    async def learn_meters(self) -> set[int]:
+        """Read which meters the bridge has (meters are numbered like slots):
+        from now on a meter is removed only where one exists."""
+        try:
+            meters = await self._openflow.meters()
+        except OpenFlowError as exc:
+            raise Unavailable(f"reading the bridge's meters: {exc}") from exc
+        self._metered = dict.fromkeys(meters, True)
+        self._meters_known = True
+        return meters
 
-    def meters_known_absent(self, slots: Sequence[int]) -> None:
-        for slot in slots:
-            self._metered[slot] = False
+    async def remove_meter(self, meter: int) -> None:
+        await self._openflow.delete_meter(meter)
+        self._metered.pop(meter, None)

@@ -271,15 +271,13 @@ class AttachmentService:
         dp = self.dataplane
         await dp.ensure_bridge()
         facts = await dp.facts()
-        if reason != "start":
-            # OVS restarted: it holds no meters any more.
-            dp.forget_meters()
         prepared = [p.slot for p in facts.prepared]
         work = plan(
             self._store.list_attachments(), facts.ports, facts.flows, prepared, self._config.ovs.uplink
         )
         await self._finish_interrupted(work)
         await self._remove_orphans(work)
+        await self._remove_orphan_meters()
         added, removed, kept = await self._reinstall(work, facts, restarted=reason != "start")
         return ConvergeReport(
             reason=reason,
@@ -322,6 +320,15 @@ class AttachmentService:
             await dp.release(device)
             self._drift("", "", "OrphanDeviceReleased",
                         f"{device.device_id} was prepared but no attachment claims it: released")  # fmt: skip
+
+    async def _remove_orphan_meters(self) -> None:
+        # After the interrupted attachments are gone: a meter numbered like
+        # no BOUND attachment's slot is left from a crash (meters cannot ride
+        # in a bundle, so one can outlive its flows).
+        slots = {r.slot for r in self._store.list_attachments(state=AttachmentState.BOUND)}
+        for meter in sorted(await self.dataplane.learn_meters() - slots):
+            await self.dataplane.remove_meter(meter)
+            self._drift("", "", "OrphanMeterRemoved", f"meter {meter} belongs to no attachment: removed")
 
     def _drift(self, attachment_id: str, sandbox_id: str, reason: str, message: str) -> None:
         """A drift event; its host sees it when the id was ever its."""
@@ -368,13 +375,14 @@ class AttachmentService:
         for p in plugged:
             if p.state is PolicyState.APPLIED and p.version != self._stored_version(p.record.sandbox_id):
                 adopted[p.record.sandbox_id] = p.scope
-            if restarted and p.scope.egress_rate_limit is None:
-                dp.meters_known_absent([p.record.slot])
             desired[cookie_for_slot(p.record.slot)] = dp.desired_flows(p.record, p.ofport, p.scope)
         try:
             changes = await dp.sync_all(desired)
         except OpenFlowError as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
+        for p in plugged:
+            # A meter left from a rate limit the policy no longer has.
+            await dp.drop_meter_if_unused(p.record.slot, p.scope)
         for sandbox_id, scope in adopted.items():
             # The gateway's latest policy, now installed (its apply had
             # failed, e.g. OVS went away mid-update): the new last good one.

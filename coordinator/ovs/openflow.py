@@ -17,12 +17,14 @@ canonicalises the intent side by side and compares in-process.
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 OPENFLOW_VERSION = "OpenFlow13"
+_METER_RE = re.compile(r"^meter=(\d+)\b", re.MULTILINE)
 
 
 class OpenFlowError(RuntimeError):
@@ -184,6 +186,11 @@ class OpenFlowSwitch:
     async def delete_meter(self, meter_id: int) -> None:
         """Remove a meter no flow references any more (absent is fine)."""
         await self._ofctl("del-meter", self._target, f"meter={meter_id}")
+
+    async def meters(self) -> set[int]:
+        """The ids of the meters the bridge has."""
+        _, out = await self._ofctl("dump-meters", self._target)
+        return {int(m.group(1)) for m in _METER_RE.finditer(out)}
 
     async def meter_stats(self, meter_id: int) -> str:
         _, out = await self._ofctl("meter-stats", self._target, f"meter={meter_id}")

@@ -9,7 +9,8 @@ OVS and the real (emulated) eswitch of a dev environment:
 - the flows with our cookie prefix are exactly the bridge's and the BOUND
   attachments', and each attachment has exactly the flows its stored policy
   compiles to (compared by ``ovs-ofctl diff-flows``);
-- no eswitch function is prepared without an attachment claiming it.
+- no eswitch function is prepared without an attachment claiming it;
+- no meter exists but those of BOUND attachments.
 """
 
 from __future__ import annotations
@@ -191,4 +192,11 @@ def check(dev: env.Endpoint, fences_before: dict[str, int]) -> list[Row]:
         diff = flows_differ(dev, flows[cookie_for_slot(row.slot)], expected_flows(dev, row))
         assert diff == "", f"flows of {row.attachment_id} differ from its stored policy:\n{diff}"
     assert prepared_devices(dev) <= {r.device_id for r in found}
+    assert meters(dev) <= {r.slot for r in found}  # meters are numbered like slots
     return found
+
+
+def meters(dev: env.Endpoint) -> set[int]:
+    ovs = ovs_of(dev)
+    out = ovs.ofctl("dump-meters", ovs.mgmt(dev.bridge))
+    return {int(line.split()[0].split("=")[1]) for line in out.splitlines() if line.startswith("meter=")}

@@ -280,6 +280,11 @@ def test_restart_removes_orphans_and_repairs_drift(lab: Lab) -> None:
               "external_ids:bluefield-coordinator-attachment-id=gone")  # fmt: skip
     stray = cookie_for_slot(4000)
     ovs.ofctl("add-flow", ovs.mgmt(lab.endpoint.bridge), f"cookie={stray:#x},table=0,priority=1,actions=drop")
+    ovs.ofctl(
+        "add-meter",
+        ovs.mgmt(lab.endpoint.bridge),
+        "meter=4001,kbps,burst,band=type=drop,rate=1000,burst_size=64",
+    )
     config = load_config(Path(lab.endpoint.config))
     backend = EmulatedEswitch(config.eswitch.emulated)
     sf = next(s for s in backend.inventory() if s.kind is DeviceKind.SF)
@@ -296,7 +301,13 @@ def test_restart_removes_orphans_and_repairs_drift(lab: Lab) -> None:
     lab.restart()
     invariants.check(lab.endpoint, before)
     reasons = sorted(e.condition.reason for e in _events(lab, since, {"DpuDriftCorrected"}))
-    assert reasons == ["FlowsRepaired", "OrphanDeviceReleased", "OrphanFlowsRemoved", "OrphanPortRemoved"]
+    assert reasons == [
+        "FlowsRepaired",
+        "OrphanDeviceReleased",
+        "OrphanFlowsRemoved",
+        "OrphanMeterRemoved",
+        "OrphanPortRemoved",
+    ]
     ns = lab.endpoint.guest_netns_prefix + lab.steady.device.representor
     assert probe_tcp(ns, SERVER_V4, ALLOWED) and not probe_tcp(ns, SERVER_V4, DENIED, timeout=0.5)
     netns.run_in_netns(ovs.netns, ["ip", "link", "del", "bfc-orphan"], check=False)
