@@ -46,6 +46,7 @@ from coordinator.gateway.client import StreamStatus
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.host_reconcile import HostReconcilePlan, Known, ReconcileMode, plan_host_reconcile
 from coordinator.leases import DetachDecision, decide_detach
+from coordinator.memory import release_free_memory
 from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
@@ -236,6 +237,7 @@ class AttachmentService:
         self._switch_lost = None
         self._health = None
         self.last_converge = report
+        release_free_memory()
         await self._events.notify()
         log.info(
             "converged",
