@@ -153,7 +153,11 @@ async def build_stack(
         }
     )
     backend = await asyncio.to_thread(EmulatedEswitch, config.eswitch.emulated)
-    a = await build(config, backend)
+    try:
+        a = await build(config, backend)
+    except BaseException:
+        backend.destroy()  # its guest namespaces must not outlive a failed start
+        raise
     return Stack(config, ovs, a.store, backend, a.ovsdb, a.openflow, a.service, a.events)
 
 
