@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from bench.procs import stop_pid
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator.client import CoordinatorClient
 from coordinator.dev import env
+from coordinator.dev.ovs_instance import stop_pid
 
 LIMITS = """
 [limits]

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from coordinator.dev.ovs_instance import pid_alive, read_pid
+from coordinator.dev.ovs_instance import read_pid, stop_pid
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -47,22 +45,8 @@ def timed_run(argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> f
 def stop_pidfile(pidfile: Path, comm: str | None = None, timeout: float = 10.0) -> None:
     """SIGTERM, then SIGKILL, the process named in ``pidfile`` (if it runs)."""
     pid = read_pid(pidfile, comm)
-    if pid is None:
-        return
-    stop_pid(pid, timeout)
-
-
-def stop_pid(pid: int, timeout: float = 10.0) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                return
-            time.sleep(0.05)
+    if pid is not None:
+        stop_pid(pid, timeout)
 
 
 def count_flows(dump: str) -> int:

@@ -33,13 +33,13 @@ from typing import Any
 
 from bench.daemon_stack import HOST, bench_mapping, toml_text, uplink
 from bench.policies import n_rule_scope
-from bench.procs import BenchError, count_flows, run, stop_pid
+from bench.procs import BenchError, count_flows, run
 from coordinator.certs import DevPki, init_dev_pki
 from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.config import Config, load_config
 from coordinator.daemon import Adapters, build
 from coordinator.dev import netns
-from coordinator.dev.ovs_instance import OvsInstance, pid_alive
+from coordinator.dev.ovs_instance import OvsInstance, pid_alive, stop_pid
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.service import AttachParams

@@ -81,6 +81,21 @@ def pid_alive(pid: int, comm: str | None = None) -> bool:
     return comm is None or name == comm[:15]
 
 
+def stop_pid(pid: int, timeout: float = _STOP_TIMEOUT) -> bool:
+    """SIGTERM, then SIGKILL after ``timeout``; True once the process is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return True
+            time.sleep(_POLL)
+    return not pid_alive(pid)
+
+
 def read_pid(pidfile: Path, comm: str | None = None) -> int | None:
     """The pid recorded in ``pidfile`` if that process is still running, else None.
 
@@ -369,19 +384,7 @@ class OvsInstance:
 
     def _stop_daemon(self, pidfile: Path, comm: str, timeout: float = _STOP_TIMEOUT) -> None:
         pid = read_pid(pidfile, comm)
-        if pid is None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if not pid_alive(pid):
-                    return
-                time.sleep(_POLL)
-        if pid_alive(pid):
+        if pid is not None and not stop_pid(pid, timeout):
             raise OvsError(f"{comm} (pid {pid}) survived SIGKILL")
 
     def stop_vswitchd(self, *, timeout: float = _STOP_TIMEOUT) -> None:
