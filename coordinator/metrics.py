@@ -22,7 +22,7 @@ import logging
 import platform
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
 
 from coordinator import __version__
+from coordinator.api.handlers import on_call_end
 from coordinator.eswitch.base import DeviceKind
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState, PoolStats
 
@@ -423,58 +424,11 @@ class RpcMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-ar
 def _wrap_handler(
     handler: grpc.RpcMethodHandler[Any, Any], method: str, metrics: Metrics
 ) -> grpc.RpcMethodHandler[Any, Any]:
-    def record(started: float, code: grpc.StatusCode) -> None:
-        metrics.rpcs.labels(method=method, code=code.name).inc()
-        metrics.rpc_seconds.labels(method=method).observe(time.monotonic() - started)
+    def ended(request: Any, context: Any, exc: BaseException | None, seconds: float) -> None:
+        metrics.rpcs.labels(method=method, code=_code_of(context, exc).name).inc()
+        metrics.rpc_seconds.labels(method=method).observe(seconds)
 
-    def unary_response(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.monotonic()
-            try:
-                response = await behavior(request, context)
-            except BaseException as exc:
-                record(started, _code_of(context, exc))
-                raise
-            record(started, _code_of(context, None))
-            return response
-
-        return wrapper
-
-    def stream_response(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(behavior):
-            # Writes with context.write() and returns when the stream ends.
-            return unary_response(behavior)
-
-        async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            started = time.monotonic()
-            try:
-                responses = behavior(request, context)
-                if hasattr(responses, "__aiter__"):
-                    async for response in responses:
-                        yield response
-                else:
-                    for response in responses:
-                        yield response
-            except BaseException as exc:
-                record(started, _code_of(context, exc))
-                raise
-            record(started, _code_of(context, None))
-
-        return wrapper
-
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary_response(handler.unary_unary), **serializers)
-    if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(unary_response(handler.stream_unary), **serializers)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(stream_response(handler.unary_stream), **serializers)
-    if handler.stream_stream is not None:
-        return grpc.stream_stream_rpc_method_handler(stream_response(handler.stream_stream), **serializers)
-    return handler
+    return on_call_end(handler, ended)
 
 
 def _code_of(context: Any, exc: BaseException | None) -> grpc.StatusCode:

@@ -10,17 +10,17 @@ without an RPC (start-up rollbacks, reconciliation).
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from cryptography import x509
 
 from coordinator import ocsf
+from coordinator.api.handlers import on_call_end
 from coordinator.certs import IdentityError, identity_from_certificate
 from coordinator.config import AuthConfig
 
@@ -48,7 +48,9 @@ class SecurityEventInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        return _wrap(handler, lambda request, context: self._after(method, request, context))
+        return on_call_end(
+            handler, lambda request, context, exc, seconds: self._after(method, request, context)
+        )
 
     def _after(self, method: str, request: Any, context: Context) -> None:
         """Called once per RPC when the handler is done (returned or raised)."""
@@ -162,48 +164,3 @@ def _describe(certificate: x509.Certificate | None) -> tuple[str, str, str]:
         certificate.issuer.rfc4514_string(),
         format(certificate.serial_number, "x"),
     )
-
-
-def _wrap(
-    handler: grpc.RpcMethodHandler[Any, Any], after: Callable[[Any, Context], None]
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """``handler`` with ``after(request, context)`` run when it finishes.
-    Every Coordinator RPC takes a single request; client-streaming handlers
-    are passed through unchanged."""
-
-    def unary(behavior: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-        async def wrapper(request: Any, context: Context) -> Any:
-            try:
-                return await behavior(request, context)
-            finally:
-                after(request, context)
-
-        return wrapper
-
-    def streaming(behavior: Callable[..., Any]) -> Callable[..., Any]:
-        if inspect.iscoroutinefunction(behavior):
-            return unary(behavior)
-
-        async def wrapper(request: Any, context: Context) -> AsyncIterator[Any]:
-            try:
-                responses = behavior(request, context)
-                if hasattr(responses, "__aiter__"):
-                    async for response in responses:
-                        yield response
-                else:
-                    for response in responses:
-                        yield response
-            finally:
-                after(request, context)
-
-        return wrapper
-
-    serializers = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(streaming(handler.unary_stream), **serializers)
-    return handler
