@@ -1,4 +1,4 @@
-"""Command line: serve, check, certs, dev."""
+"""Command line: serve, check, certs, gateway, compile, dev, ctl."""
 
 from __future__ import annotations
 
@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--workdir", type=Path, required=True)
     for p in (up, ex, down):
         p.set_defaults(func=_cmd_dev)
+
+    from coordinator.ctl.parser import add_ctl_parser
+
+    add_ctl_parser(sub)
     return parser
 
 
