@@ -1,4 +1,4 @@
-"""Command line: serve, check, certs, gateway, compile, dev, ctl."""
+"""Command line: serve, check, certs, dev."""
 
 from __future__ import annotations
 
@@ -123,7 +123,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     try:
         if args.dev_command == "up":
-            endpoint = env.dev_up(args.workdir, vfs=args.vfs, sfs=args.sfs, gateway=args.gateway)
+            from coordinator.progress import Activity
+
+            endpoint = env.dev_up(
+                args.workdir, vfs=args.vfs, sfs=args.sfs, gateway=args.gateway, progress=Activity()
+            )
             print(json.dumps(vars(endpoint), indent=2))
             return 0
         if args.dev_command == "exec":

@@ -6,8 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import re
+import select
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -84,6 +89,54 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: str) -> 
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"bluefield-coordinator ctl: {code}: "), proc.stderr
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+CHECK_MARKS = {"ok", "warn", "FAIL"}
+
+
+def readme_status_block() -> list[str]:
+    text = README.read_text()
+    after = text[text.index("ctl --workdir DIR status` prints:") :].split("\n")[2:]
+    block = []
+    for line in after:
+        if not line.startswith("    "):
+            break
+        block.append(line[4:])
+    return block
+
+
+def shape(lines: list[str]) -> list[tuple[int, ...] | tuple[object, ...]]:
+    """What must agree between the README and the command: per line its
+    indent and label (the check name for check lines; for attachment rows
+    the number of columns), not the values of the moment."""
+    out: list[tuple[object, ...]] = []
+    for line in lines:
+        words = line.split()
+        indent = len(line) - len(line.lstrip())
+        if UUID.match(words[0]):
+            out.append((indent, "<attachment row>", len(words)))
+        elif words[0] in CHECK_MARKS:
+            out.append((indent, "<check>", words[1]))
+        else:
+            out.append((indent, words[0]))
+    return out
+
+
+def test_status_prints_what_the_readme_describes(setup: Setup) -> None:
+    proc = ctl("--workdir", str(setup.workdir), "status")
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout.splitlines()
+    described = readme_status_block()
+    assert len(described) > 10
+    assert shape(printed) == shape(described), proc.stdout
+    assert printed[0].endswith(": healthy (version 0.1.0, backend emulated)")
+    rows = [line.split() for line in printed if UUID.match(line.split()[0])]
+    assert sorted(row[1] for row in rows) == list(SANDBOXES)
+    assert all(row[4:7] == ["BOUND", "v3", "APPLIED"] for row in rows)
+    assert "attachments: 2 (2 BOUND; policy 2 APPLIED)" in printed
+    assert any(line.startswith("stream: connected;") for line in printed)
 
 
 def test_list_and_get_show_both_attachments(setup: Setup) -> None:
@@ -200,3 +253,60 @@ def test_wrong_ca_no_role_and_unknown_attachment_are_one_line_errors(setup: Setu
     assert_one_line_error(unknown, "NOT_FOUND")
     missing = ctl("--workdir", w, "--key", str(tmp_path / "absent.key"), "list")
     assert missing.returncode == 2 and "absent.key" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def with_terminal_stderr(args: list[str], until: str, timeout: float = 30) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (stdout a pipe) until ``until``
+    shows on the terminal, then Ctrl-C: (exit code, stdout, terminal text)."""
+    master, slave = pty.openpty()
+    environ = {**os.environ, "XDG_CONFIG_HOME": "/nonexistent"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, text=True,
+                            env=environ)  # fmt: skip
+    os.close(slave)
+    seen, deadline = "", time.monotonic() + timeout
+    try:
+        while until not in seen and time.monotonic() < deadline and proc.poll() is None:
+            seen += _read_terminal(master, 0.2)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+        while chunk := _read_terminal(master, 0.1):
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.stdout is not None
+    return code, proc.stdout.read(), seen
+
+
+def _read_terminal(master: int, wait_s: float) -> str:
+    if not select.select([master], [], [], wait_s)[0]:
+        return ""
+    try:
+        return os.read(master, 4096).decode(errors="replace")
+    except OSError:  # EIO: the process exited, the terminal is gone
+        return ""
+
+
+def test_follow_shows_activity_on_a_terminal_and_ctrl_c_ends_it(setup: Setup) -> None:
+    base = [sys.executable, "-m", "coordinator", "ctl", "--workdir", str(setup.workdir), "events", "--follow"]
+    code, out, terminal = with_terminal_stderr(base, until="waiting for events after seq")
+    assert code == 130, terminal
+    assert "Traceback" not in terminal
+    # The events went to stdout; the waiting line only to the terminal.
+    assert "DpuAttachmentBound" in out and "waiting" not in out
+    # --json: the same stream, and nothing drawn on the terminal.
+    code, out, terminal = with_terminal_stderr([*base, "--json"], until="never shown", timeout=3)
+    assert code == 130
+    assert terminal.strip() == "", terminal
+    assert all(json.loads(line)["seq"] for line in out.splitlines()) and out
+
+
+def test_dev_up_shows_its_steps_on_a_terminal_only(setup: Setup) -> None:
+    """Run again on the running setup (it restarts only what is down)."""
+    argv = [sys.executable, "-m", "coordinator", "dev", "up", "--workdir", str(setup.workdir)]
+    code, out, terminal = with_terminal_stderr(argv, until="never shown")
+    assert code == 0, terminal
+    assert "starting Open vSwitch" in terminal and "coordinator converging" in terminal
+    assert json.loads(out)["coordinator"] == setup.endpoint.coordinator
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    assert piped.stderr == ""
