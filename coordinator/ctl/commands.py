@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import grpc
 import yaml
@@ -247,7 +247,7 @@ def _events(
         if isinstance(item, grpc.RpcError):
             raise item
         quiet_since = time.monotonic()
-        yield item  # type: ignore[misc]
+        yield cast(pb.AttachmentEvent, item)
 
 
 def explain_request(args: argparse.Namespace) -> pb.ExplainPacketRequest:
