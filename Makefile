@@ -1,6 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both install
 # what is missing first (Open vSwitch and tools from the OS packages, a
 # virtualenv with the project), so they work on a fresh Debian/Ubuntu box.
+# (prometheus is there for its promtool: the suite checks ops/'s alerting rules.)
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,10 +17,11 @@ deps: system-deps $(STAMP)
 system-deps:
 	@if ! command -v ovs-vswitchd >/dev/null || ! command -v ping >/dev/null || ! command -v ip >/dev/null \
 	     || ! command -v curl >/dev/null || ! command -v systemd-analyze >/dev/null \
+	     || ! command -v promtool >/dev/null \
 	     || ! $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
-	  echo "installing system packages (openvswitch-switch iputils-ping iproute2 curl systemd python3-venv)"; \
+	  echo "installing system packages (openvswitch-switch iputils-ping iproute2 curl systemd python3-venv prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    openvswitch-switch iputils-ping iproute2 curl systemd python3-venv >/dev/null; \
+	    openvswitch-switch iputils-ping iproute2 curl systemd python3-venv prometheus >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

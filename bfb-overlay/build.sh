@@ -6,7 +6,9 @@
 #
 # containing, under bluefield-coordinator-overlay-<version>/:
 #   wheels/      the project's wheel, every dependency's wheel and pip's own
-#   rootfs/      the tree laid over the image: config, unit + enablement, tmpfiles.d
+#   rootfs/      the tree laid over the image: config, unit + enablement, tmpfiles.d,
+#                and the repository's ops/ (Grafana dashboard, Prometheus alerting
+#                rules) as usr/share/bluefield-coordinator/ops/
 #   install.sh   builds the venv in /opt/bluefield-coordinator offline and lays down rootfs/
 #   bf.cfg.fragment, README.md, VERSION, BUILD-INFO, SHA256SUMS
 #
@@ -210,6 +212,10 @@ cp -R "$here/rootfs" "$stage/rootfs"
 unit="$stage/rootfs/etc/systemd/system/bluefield-coordinator.service"
 rm -f "$unit"
 cp "$repo/systemd/bluefield-coordinator.service" "$unit"
+# The dashboard and alerting rules, for the fleet's Grafana and Prometheus
+# to pick up from the image.
+mkdir -p "$stage/rootfs/usr/share/bluefield-coordinator"
+cp -R "$repo/ops" "$stage/rootfs/usr/share/bluefield-coordinator/ops"
 # Git keeps no modes (and no empty directories): set them here.
 mkdir -p "$stage/rootfs/etc/bluefield-coordinator/tls"
 find "$stage/rootfs" -type d -exec chmod 0755 {} +

@@ -123,7 +123,11 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 
     try:
         if args.dev_command == "up":
-            endpoint = env.dev_up(args.workdir, vfs=args.vfs, sfs=args.sfs, gateway=args.gateway)
+            from coordinator.progress import Activity
+
+            endpoint = env.dev_up(
+                args.workdir, vfs=args.vfs, sfs=args.sfs, gateway=args.gateway, progress=Activity()
+            )
             print(json.dumps(vars(endpoint), indent=2))
             return 0
         if args.dev_command == "exec":
@@ -202,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--workdir", type=Path, required=True)
     for p in (up, ex, down):
         p.set_defaults(func=_cmd_dev)
+
+    from coordinator.ctl.parser import add_ctl_parser
+
+    add_ctl_parser(sub)
     return parser
 
 

@@ -195,6 +195,11 @@ async def run_daemon(config: Config) -> int:
         service.observer = metrics
         metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
         _add_metric_refreshers(metrics, store, stream)
+
+        async def health_metrics() -> None:
+            metrics.update_health(await service.health(fresh=False))
+
+        metrics.add_refresher(health_metrics)
         if config.metrics.listen:
             m = config.metrics
             metrics_server = await start_metrics_server(

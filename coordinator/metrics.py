@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
 from coordinator import __version__
 from coordinator.api.handlers import on_call_end
 from coordinator.eswitch.base import DeviceKind
+from coordinator.health import HealthReport
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState, PoolStats
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,18 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.policies = Gauge(
+            f"{PREFIX}_policies", "Attachments by policy state (degraded: the last update failed).", ["state"],
+            registry=r,
+        )  # fmt: skip
+        self.health_checks = Gauge(
+            f"{PREFIX}_health_check_ok",
+            "1 while a health check passes, 0 while it fails; required ones gate Attach.",
+            ["check", "required"],
+            registry=r,
+        )
+        # The daemon's RSS, CPU and open files, under our prefix.
+        ProcessCollector(namespace=PREFIX, registry=r)
         self.build_info = Info(f"{PREFIX}_build", "Version of the running daemon.", registry=r)
         self.build_info.info({"version": version, "python": platform.python_version()})
 
@@ -131,6 +144,8 @@ class Metrics:
             self.pool_devices.labels(kind=kind.value)
         for flag in ("true", "false"):
             self.datapath_flows.labels(offloaded=flag)
+        for policy_state in PolicyState:
+            self.policies.labels(state=policy_state.value)
         self._refreshers: list[Refresher] = []
         self._reconnects_seen = 0
         self._resyncs_seen = 0
@@ -140,14 +155,23 @@ class Metrics:
     def update_attachments(self, records: Iterable[AttachmentRecord]) -> None:
         """Attachments by state and stale policies, from the store's rows."""
         counts = dict.fromkeys(AttachmentState, 0)
+        policies = dict.fromkeys(PolicyState, 0)
         stale: set[str] = set()
         for record in records:
             counts[record.state] += 1
+            policies[record.policy_state] += 1
             if record.policy_state is PolicyState.STALE:
                 stale.add(record.sandbox_id)
         for state, count in counts.items():
             self.attachments.labels(state=state.value).set(count)
         self.stale_policies.set(len(stale))
+        for policy_state, count in policies.items():
+            self.policies.labels(state=policy_state.value).set(count)
+
+    def update_health(self, report: HealthReport) -> None:
+        for check in report.checks:
+            required = "true" if check.required else "false"
+            self.health_checks.labels(check=check.name, required=required).set(1 if check.ok else 0)
 
     def update_pools(self, pools: Iterable[PoolStats]) -> None:
         for stats in pools:

@@ -42,6 +42,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive, stop_pid
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
+from coordinator.progress import Activity, counted
 from coordinator.service import AttachParams
 
 BRIDGE = "br-scale"
@@ -92,16 +93,24 @@ async def _populate(
     gate = asyncio.Semaphore(SETUP_CONCURRENCY)
     scope = n_rule_scope(rules)
 
+    done = 0
+    # On a terminal: how many of the N are attached with their policy.
+    activity = Activity()
+
     async def one(i: int) -> None:
+        nonlocal done
         sandbox = f"scale-{i}"
         async with gate:
             params = AttachParams(sandbox, "bench-host", f"req-{sandbox}", DeviceKind.VF, "", "BASELINE")
             await adapters.service.attach(HOST, params)
             await adapters.service.apply_policy(sandbox, scope)
+        done += 1
+        activity.update(counted("scale: attached with policy", done, count))
 
     started = time.perf_counter()
     try:
-        await asyncio.gather(*(one(i) for i in range(count)))
+        with activity:
+            await asyncio.gather(*(one(i) for i in range(count)))
     finally:
         await adapters.close()
     return time.perf_counter() - started

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,6 +27,7 @@ from coordinator.config import load_config
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive, read_pid
 from coordinator.eswitch.emulated import EmulatedEswitch
+from coordinator.progress import Activity, counted
 
 BRIDGE = "br-dpu"
 UPLINK_PORT = "uplink"
@@ -192,10 +194,26 @@ def start_daemon(workdir: Path, config: Path, extra_env: dict[str, str] | None =
     return proc.pid
 
 
-def _wait_healthy(endpoint: Endpoint, pid: int) -> None:
+def _representors(switch_ns: str) -> int:
+    """VF representors the daemon's emulated eswitch has created so far."""
+    links = subprocess.run(["ip", "-n", switch_ns, "-o", "link", "show"], capture_output=True, text=True,
+                           check=False).stdout  # fmt: skip
+    return len(re.findall(r"^\d+: pf\d+vf\d+[@:]", links, flags=re.MULTILINE))
+
+
+def _wait_healthy(endpoint: Endpoint, pid: int, vfs: int, progress: Activity) -> None:
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     last = ""
     while time.monotonic() < deadline:
+        if progress.enabled:
+            # With many VFs most of the start is creating their veth pairs.
+            made = _representors(endpoint.ovs_netns)
+            step = (
+                counted("coordinator starting: VF representors", made, vfs)
+                if made < vfs
+                else "coordinator converging"
+            )
+            progress.update(step, force=True)
         if not pid_alive(pid):
             log = Path(endpoint.config).parent / "coordinator.log"
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
@@ -247,7 +265,22 @@ def start_gateway(workdir: Path) -> int:
 
 
 def dev_up(
-    workdir: Path, *, vfs: int = 4, sfs: int = 4, gateway: bool = False, knobs: PolicyKnobs | None = None
+    workdir: Path,
+    *,
+    vfs: int = 4,
+    sfs: int = 4,
+    gateway: bool = False,
+    knobs: PolicyKnobs | None = None,
+    progress: Activity | None = None,
+) -> Endpoint:
+    """``progress`` shows the steps on a terminal (the CLI passes one)."""
+    progress = progress or Activity(quiet=True)
+    with progress:
+        return _dev_up(workdir, vfs, sfs, gateway, knobs, progress)
+
+
+def _dev_up(
+    workdir: Path, vfs: int, sfs: int, gateway: bool, knobs: PolicyKnobs | None, progress: Activity
 ) -> Endpoint:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +292,7 @@ def dev_up(
         host_b_cert, host_b_key = issue_client_cert(
             pki.ca_cert, pki.ca_key, workdir / "certs", "host-b", uri=HOST_B
         )
+    progress.update("starting Open vSwitch", force=True)
     ovs = OvsInstance.start(workdir / "ovs", ovs_ns)
     _ensure_uplink(ovs, uplink_ns)
     config_path = workdir / "config.toml"
@@ -302,7 +336,7 @@ def dev_up(
         gateway_pid=gateway_pid,
     )
     (workdir / "endpoint.json").write_text(json.dumps(asdict(endpoint), indent=2) + "\n")
-    _wait_healthy(endpoint, pid)
+    _wait_healthy(endpoint, pid, config.eswitch.emulated.vfs, progress)
     return endpoint
 
 

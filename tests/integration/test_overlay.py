@@ -27,6 +27,7 @@ UNIT = REPO / "systemd" / "bluefield-coordinator.service"
 UNIT_NAME = "bluefield-coordinator.service"
 EXEC = "opt/bluefield-coordinator/bin/bluefield-coordinator"
 LISTEN = "198.51.100.7:8443"
+OPS = "usr/share/bluefield-coordinator/ops"  # the dashboard and alerting rules
 
 
 def _in_ci() -> bool:
@@ -203,6 +204,8 @@ def test_archive_layout_owners_and_modes(archive: Path, unpacked: Path) -> None:
         "rootfs/etc/bluefield-coordinator/tls": 0o700,
         f"rootfs/etc/systemd/system/{UNIT_NAME}": 0o644,
         "rootfs/etc/tmpfiles.d/bluefield-coordinator.conf": 0o644,
+        f"rootfs/{OPS}/grafana/bluefield-coordinator.json": 0o644,
+        f"rootfs/{OPS}/prometheus/bluefield-coordinator.rules.yml": 0o644,
     }
     for rel, mode in expected.items():
         assert _mode(unpacked / rel) == mode, rel
@@ -255,6 +258,9 @@ def test_install_into_a_temporary_root(unpacked: Path, tmp_path: Path) -> None:
     )
     daemon = root / EXEC
     assert os.access(daemon, os.X_OK)
+    for shipped in (REPO / "ops").rglob("*.*"):
+        installed = root / OPS / shipped.relative_to(REPO / "ops")
+        assert installed.read_bytes() == shipped.read_bytes(), installed
 
     check = subprocess.run(
         [str(daemon), "check", "--config", str(config)],

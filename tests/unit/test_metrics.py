@@ -21,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator import __version__
 from coordinator import metrics as metrics_module
 from coordinator.certs import DevPki, init_dev_pki
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, DeviceSlot, HealthFact
+from coordinator.health import HealthReport
 from coordinator.metrics import (
     Metrics,
     MetricsServer,
@@ -111,6 +112,10 @@ async def test_scrape_reflects_store_after_real_operations(
     assert after[(f"{P}_pool_free_devices", (("kind", "sf"),))] == 0
     assert after[(f"{P}_pool_devices", (("kind", "vf"),))] == 3
 
+    assert after[(f"{P}_policies", (("state", "STALE"),))] == 1
+    assert after[(f"{P}_policies", (("state", "BASELINE"),))] == 1
+    assert after[(f"{P}_policies", (("state", "DEGRADED"),))] == 0
+
     store.delete_attachment(bound, reason="Detached", message="test")
     again = await scrape(srv.url)
     assert again[(f"{P}_attachments", (("state", "BOUND"),))] == 1
@@ -145,6 +150,17 @@ async def test_pushed_metrics_and_conventional_names(server: tuple[Metrics, Metr
     assert samples[(f"{P}_gateway_stream_resyncs_total", ())] == 1
     assert samples[(f"{P}_gateway_stream_last_seq", ())] == 18
     assert samples[(f"{P}_reconcile_corrections_total", (("kind", "flows"),))] == 4
+
+    metrics.update_health(
+        HealthReport(
+            (HealthFact("ovs_reachable", True, "", True), HealthFact("policy_stream", False, "", False))
+        )
+    )
+    samples = await scrape(srv.url)
+    assert samples[(f"{P}_health_check_ok", (("check", "ovs_reachable"), ("required", "true")))] == 1
+    assert samples[(f"{P}_health_check_ok", (("check", "policy_stream"), ("required", "false")))] == 0
+    # The daemon's own memory, for the dashboard's RSS panel.
+    assert samples[(f"{P}_process_resident_memory_bytes", ())] > 0
 
     names = {name for name, _ in samples}
     assert all(name.startswith(f"{P}_") for name in names)
