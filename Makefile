@@ -1,7 +1,8 @@
 # The two commands of the README: `make demo` and `make test`. Both install
 # what is missing first (Open vSwitch and tools from the OS packages, a
 # virtualenv with the project), so they work on a fresh Debian/Ubuntu box.
-# (prometheus is there for its promtool: the suite checks ops/'s alerting rules.)
+# (prometheus is there for its promtool: the suite checks ops/'s alerting rules;
+# the Prometheus service Debian would start with it is disabled again.)
 
 PYTHON ?= python3
 VENV := .venv
@@ -22,6 +23,7 @@ system-deps:
 	  echo "installing system packages (openvswitch-switch iputils-ping iproute2 curl systemd python3-venv prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	    openvswitch-switch iputils-ping iproute2 curl systemd python3-venv prometheus >/dev/null; \
+	  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -127,18 +127,18 @@ def _edit(endpoint: env.Endpoint, host: CoordinatorClient, a: pb.Attachment) -> 
     return [not second[80], second[8080]]
 
 
-def _explain(endpoint: env.Endpoint, a: pb.Attachment) -> bool:
+def _explain(endpoint: env.Endpoint, workdir: Path, a: pb.Attachment) -> bool:
     with CoordinatorClient(endpoint.coordinator, endpoint.admin_tls()) as admin:
         answer = admin.explain(pb.ExplainPacketRequest(
             attachment_id=a.attachment_id, direction=pb.DIRECTION_EGRESS, protocol=policy_pb2.PROTOCOL_TCP,
             src_ip=GUESTS["sandbox-a"], dst_ip=SERVER, src_port=40000, dst_port=80, ct_state="new"))  # fmt: skip
     say(f"ExplainPacket (admin) for sandbox-a -> {SERVER}:80: allowed={answer.allowed}, "
         f"rule={answer.rule!r}, live switch agrees={answer.switch_agrees}")  # fmt: skip
-    say(
-        "an admin can ask the same with grpcurl while a `dev up` setup runs (grpcurl is not packaged by Debian):"
-    )
+    say("an admin can ask the same while a `dev up` setup runs, with ctl or grpcurl:")
+    print(f"    bluefield-coordinator ctl --workdir {workdir} status")
+    print(f"    bluefield-coordinator ctl --workdir {workdir} explain {a.attachment_id} --egress tcp "
+          f"{GUESTS['sandbox-a']} {SERVER} 80")  # fmt: skip
     tls = f"-cacert {endpoint.ca} -cert {endpoint.admin_cert} -key {endpoint.admin_key}"
-    print(f"    grpcurl {tls} {endpoint.coordinator} list")
     print(f"    grpcurl {tls} {endpoint.coordinator} bluefield.coordinator.v1.Coordinator/ListAttachments")
     return not answer.allowed and answer.switch_agrees
 
@@ -158,7 +158,7 @@ def run(workdir: Path) -> int:
             a, b = attachments["sandbox-a"], attachments["sandbox-b"]
             checks += _traffic(endpoint, a, b)
             checks += _edit(endpoint, host, a)
-            checks.append(_explain(endpoint, a))
+            checks.append(_explain(endpoint, workdir, a))
             for att in attachments.values():
                 host.detach(att.attachment_id, att.lease_generation)
                 say(f"detached {att.sandbox_id}")
