@@ -4,6 +4,8 @@ FAILED_PRECONDITION naming the check, and once fixed Attach works again."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -72,6 +74,17 @@ async def _attach(adapters: Adapters, sandbox: str) -> AttachmentRecord:
     return await adapters.service.attach(HOST, params)
 
 
+async def _until_check(adapters: Adapters, check: str, *, ok: bool) -> None:
+    """Wait until the daemon sees the change: an ``ovs-vsctl`` returns once OVSDB has committed
+    it, and the daemon's OVSDB replica hears of it a moment later."""
+    deadline = time.monotonic() + 5.0
+    while True:
+        report = await adapters.service.health()
+        if any(c.name == check and c.ok == ok for c in report.checks) or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_each_failing_required_check_refuses_attach_until_fixed(
     adapters: Adapters, fake: FakeBlueField, ovs: OvsInstance
 ) -> None:
@@ -88,11 +101,13 @@ async def test_each_failing_required_check_refuses_attach_until_fixed(
     ]  # fmt: skip
     for check, brake, fix in breakages:
         brake()
+        await _until_check(adapters, check, ok=False)
         rows = adapters.store.count()
         with pytest.raises(FailedPrecondition, match=check):
             await _attach(adapters, f"sd-{check}")
         assert adapters.store.count() == rows  # refused before anything was claimed
         fix()
+        await _until_check(adapters, check, ok=True)
     # All fixed: the second VF attaches, its function carrying the assigned MAC.
     again = await _attach(adapters, "sd-again")
     port = fake.vf_port(1)
