@@ -16,7 +16,7 @@ import grpc
 
 from coordinator import faults
 from coordinator.api.auth import RoleMap
-from coordinator.api.server import start_server
+from coordinator.api.server import ServerSetupError, load_server_trust, start_server
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.certs import check_private_key_file
 from coordinator.client import TlsFiles
@@ -32,7 +32,13 @@ from coordinator.gateway.client import PolicyStreamClient
 from coordinator.health import ovs_checks
 from coordinator.health_watch import start_health_watch
 from coordinator.inventory_watch import start_inventory_watch
-from coordinator.metrics import Metrics, MetricsServer, RpcMetricsInterceptor, start_metrics_server
+from coordinator.metrics import (
+    Metrics,
+    MetricsServer,
+    MetricsServerError,
+    RpcMetricsInterceptor,
+    start_metrics_server,
+)
 from coordinator.notify import Notifier, watchdog_task
 from coordinator.offload_status import offload_monitor
 from coordinator.ovs.openflow import OpenFlowSwitch
@@ -43,6 +49,9 @@ from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
 from coordinator.switch_watch import watch_switch
+from coordinator.trust.material import MaterialError, TrustFiles, TrustSet
+from coordinator.trust.reloader import TrustReloader
+from coordinator.trust_watch import TrustReport, start_trust_reloads
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +184,9 @@ async def run_daemon(config: Config) -> int:
     # not inherit systemd's socket.
     notifier = Notifier.from_environment(unset=True)
     faults.enable_from_environment()
+    # Before anything else: unusable certificates, keys or CRLs refuse the start.
+    server_trust = load_server_trust(config.server)
+    metrics_trust = _metrics_trust(config)
     notifier.status("starting: opening the store, converging the switch")
     adapters = await build(config)
     store, backend, events, service = adapters.store, adapters.backend, adapters.events, adapters.service
@@ -189,27 +201,23 @@ async def run_daemon(config: Config) -> int:
             stream, tasks = start_policy_stream(config, service)
         security = start_security_events(config, store, events)
         tasks += security.tasks
+        report = TrustReport(store, events, security, metrics)
+        tasks += _start_trust_reloads(config, report, server_trust, metrics_trust)
         offload = offload_monitor(config)
         tasks += _start_watches(config, adapters)
         metrics.add_refresher(lambda: offload.update_metrics(metrics))
         service.observer = metrics
         metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
         _add_metric_refreshers(metrics, store, stream)
-        if config.metrics.listen:
-            m = config.metrics
-            metrics_server = await start_metrics_server(
-                m.listen,
-                metrics.registry,
-                cert=m.cert,
-                key=m.key,
-                client_ca=m.client_ca,
-                before_scrape=metrics.refresh,
-            )
+        metrics_server = await _start_metrics(config, metrics, metrics_trust, report)
         servicer = CoordinatorServicer(
             service, store, events, RoleMap(config.auth), backend.name, offload=offload
         )
         server, port = await start_server(
-            config.server, servicer, interceptors=[RpcMetricsInterceptor(metrics), *security.interceptors]
+            config.server,
+            servicer,
+            interceptors=[RpcMetricsInterceptor(metrics), *security.interceptors],
+            trust=server_trust,
         )
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
         # Only now: the store is open, the switch converged, gRPC listens.
@@ -233,6 +241,65 @@ async def run_daemon(config: Config) -> int:
         notifier.close()
     log.info("stopped")
     return 0
+
+
+async def _start_metrics(
+    config: Config, metrics: Metrics, trust: TrustReloader | None, report: TrustReport
+) -> MetricsServer | None:
+    m = config.metrics
+    if not m.listen:
+        return None
+    server = await start_metrics_server(
+        m.listen,
+        metrics.registry,
+        cert=m.cert,
+        key=m.key,
+        client_ca=m.client_ca,
+        before_scrape=metrics.refresh,
+    )
+    if trust is not None:
+        _follow_metrics_trust(trust, server, report)
+    return server
+
+
+def _start_trust_reloads(
+    config: Config,
+    report: TrustReport,
+    server: TrustReloader,
+    metrics: TrustReloader | None,
+) -> list[asyncio.Task[None]]:
+    """Poll the listeners' files (SIGHUP: at once)."""
+    reloaders = [server, *([metrics] if metrics is not None else [])]
+    for reloader in reloaders:
+        report.watch(reloader)
+    return start_trust_reloads(reloaders, config.server.reload_interval_s)
+
+
+def _metrics_trust(config: Config) -> TrustReloader | None:
+    """The metrics listener's certificate and key (None without TLS); its
+    certificate is not chained to client_ca, which is the scrapers' CA."""
+    m = config.metrics
+    if not (m.listen and m.cert):
+        return None
+    files = TrustFiles(m.cert, m.key, m.client_ca, (), "metrics.cert", "metrics.key", "metrics.client_ca")
+    try:
+        return TrustReloader("metrics", files, chain_to_bundle=False)
+    except MaterialError as exc:
+        raise ServerSetupError(str(exc)) from exc
+
+
+def _follow_metrics_trust(reloader: TrustReloader, server: MetricsServer, report: TrustReport) -> None:
+    """A validated new set goes to the metrics listener's TLS."""
+
+    def reloaded(listener: str, material: TrustSet, recovered: bool) -> None:
+        try:
+            server.reload_tls()
+        except MetricsServerError as exc:
+            report.failed(listener, MaterialError("metrics.cert", reloader.files.cert, str(exc)))
+            return
+        report.reloaded(listener, material, recovered)
+
+    reloader.on_reloaded = reloaded
 
 
 async def _stop_serving(
