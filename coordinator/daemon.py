@@ -50,6 +50,7 @@ from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
 from coordinator.switch_watch import watch_switch
 from coordinator.trust.material import MaterialError, TrustFiles, TrustSet
+from coordinator.trust.peer import PeerCheck
 from coordinator.trust.reloader import TrustReloader
 from coordinator.trust_watch import TrustReport, start_trust_reloads
 
@@ -210,8 +211,9 @@ async def run_daemon(config: Config) -> int:
         metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
         _add_metric_refreshers(metrics, store, stream)
         metrics_server = await _start_metrics(config, metrics, metrics_trust, report)
+        peer_check = PeerCheck(lambda: server_trust.state, stale_policy=config.server.crl_after_next_update)
         servicer = CoordinatorServicer(
-            service, store, events, RoleMap(config.auth), backend.name, offload=offload
+            service, store, events, RoleMap(config.auth, peer_check), backend.name, offload=offload
         )
         server, port = await start_server(
             config.server,

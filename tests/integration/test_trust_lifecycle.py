@@ -132,6 +132,59 @@ def test_renewed_server_certificate_reaches_new_connections_while_old_ones_keep_
     assert dev.metric("bluefield_coordinator_trust_reloads_total", listener="server", result="ok") == 1.0
 
 
+def test_ca_rotation_dual_trust_window_then_old_ca_refused(dev: Dev) -> None:
+    old_admin = dev.client("admin")
+    old_admin.health()
+    # Step 1: the new CA beside the old one, both in the bundle.
+    certs_lifecycle.rotate_ca(dev.certs)
+    dev.sighup()
+    # Step 2: new leaves from the new CA (the server's too); old ones still work.
+    certs_lifecycle.issue(dev.certs, "host-new", "host", uri=HOST_A, ca="ca-next")
+    eventually(lambda: dev.client("host-new").health(), "a client of the added CA is accepted")
+    with dev.client("admin") as still_old:
+        still_old.health()
+    certs_lifecycle.issue(dev.certs, "admin-new", "admin", uri=ADMIN, ca="ca-next")
+    renewed = renew_server(dev, ca="ca-next")
+    dev.sighup()
+    eventually(lambda: dev.server_serial("admin-new") == renewed, "server certificate from the new CA")
+    # Step 3: the old CA leaves the bundle.
+    certs_lifecycle.finish_rotation(dev.certs)
+    dev.sighup()
+    with dev.client("admin") as old_on_new_connection:
+        eventually(
+            lambda: refused(old_on_new_connection.health) is not None, "the old CA's client is refused"
+        )
+    # The connection opened before the removal is refused on its next call.
+    assert refused(old_admin.health) is grpc.StatusCode.UNAUTHENTICATED
+    old_admin.close()
+    with dev.client("admin-new") as admin_new, dev.client("host-new") as host_new:
+        admin_new.health()
+        host_new.health()
+
+
+def test_revoked_host_is_refused_on_its_next_call_over_an_open_connection(dev: Dev) -> None:
+    issued = certs_lifecycle.issue(dev.certs, "host-r", "host", uri=HOST_A)
+    with dev.client("host-r") as host:
+        host.health()
+        serial, issuer = certs_lifecycle.revoke(dev.certs, issued.cert)
+        dev.sighup()
+        eventually(
+            lambda: refused(host.health) is grpc.StatusCode.UNAUTHENTICATED,
+            "the revoked certificate is refused over the connection opened before",
+        )
+    with dev.client("host") as other:
+        other.health()  # same identity, another certificate: not revoked
+
+    def authentication_failure() -> dict[str, Any] | None:
+        return next(
+            (e for e in dev.security_events() if e["class_uid"] == 3002 and "revoked" in e["message"]), None
+        )
+
+    event = eventually(authentication_failure, "an OCSF authentication failure")
+    assert event["certificate"]["serial_number"] == format(serial, "x")
+    assert event["certificate"]["issuer"] == issuer
+
+
 def _events(client: CoordinatorClient) -> list[Any]:
     events = []
     try:
