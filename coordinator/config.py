@@ -156,6 +156,9 @@ class GatewayClientConfig:
     ca: str = ""
     # TLS name to expect in the gateway's certificate ("" = the endpoint host).
     server_name: str = ""
+    # CRL files the gateway's certificate is checked against on each
+    # connection (PEM or DER; () = none).
+    crl: tuple[str, ...] = ()
     # Reconnect backoff: full jitter, doubling from base up to cap.
     backoff_base_ms: int = 200
     backoff_cap_ms: int = 5000

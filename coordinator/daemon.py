@@ -18,7 +18,6 @@ from coordinator import faults
 from coordinator.api.auth import RoleMap
 from coordinator.api.server import ServerSetupError, load_server_trust, start_server
 from coordinator.api.servicer import CoordinatorServicer
-from coordinator.certs import check_private_key_file
 from coordinator.client import TlsFiles
 from coordinator.config import Config
 from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
@@ -137,15 +136,19 @@ def start_policy_stream(
     is registered; events flow to the service; staleness is watched."""
     handler = PolicyStreamHandler(service, config.policy)
     gateway = config.gateway
-    client = PolicyStreamClient(
-        gateway.endpoint,
-        TlsFiles(Path(gateway.ca), Path(gateway.cert), Path(gateway.key)),
-        handler.on_event,
-        on_denied=handler.on_denied,
-        server_name=gateway.server_name,
-        backoff_base_s=gateway.backoff_base_ms / 1000,
-        backoff_cap_s=gateway.backoff_cap_ms / 1000,
-    )
+    try:
+        client = PolicyStreamClient(
+            gateway.endpoint,
+            TlsFiles(Path(gateway.ca), Path(gateway.cert), Path(gateway.key)),
+            handler.on_event,
+            on_denied=handler.on_denied,
+            server_name=gateway.server_name,
+            crl=gateway.crl,
+            backoff_base_s=gateway.backoff_base_ms / 1000,
+            backoff_cap_s=gateway.backoff_cap_ms / 1000,
+        )
+    except MaterialError as exc:
+        raise ServerSetupError(str(exc)) from exc
     service.policy_source = client
     client.register({r.sandbox_id for r in service.list_all()})
     tasks = [
@@ -198,12 +201,11 @@ async def run_daemon(config: Config) -> int:
     security = SecurityEvents()  # inert until started; lets `finally` close it
     try:
         if config.gateway.endpoint:
-            check_private_key_file(Path(config.gateway.key))
             stream, tasks = start_policy_stream(config, service)
         security = start_security_events(config, store, events)
         tasks += security.tasks
         report = TrustReport(store, events, security, metrics)
-        tasks += _start_trust_reloads(config, report, server_trust, metrics_trust)
+        tasks += _start_trust_reloads(config, report, server_trust, metrics_trust, stream)
         offload = offload_monitor(config)
         tasks += _start_watches(config, adapters)
         metrics.add_refresher(lambda: offload.update_metrics(metrics))
@@ -269,8 +271,13 @@ def _start_trust_reloads(
     report: TrustReport,
     server: TrustReloader,
     metrics: TrustReloader | None,
+    stream: PolicyStreamClient | None,
 ) -> list[asyncio.Task[None]]:
-    """Poll the listeners' files (SIGHUP: at once)."""
+    """Poll the listeners' files (SIGHUP: at once); the gateway client
+    re-reads its own on every connection and reports failures the same way."""
+    if stream is not None:
+        stream.channels.on_failure = report.failed
+        stream.channels.on_reloaded = report.reloaded
     reloaders = [server, *([metrics] if metrics is not None else [])]
     for reloader in reloaders:
         report.watch(reloader)
