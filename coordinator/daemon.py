@@ -48,7 +48,8 @@ from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
 from coordinator.switch_watch import watch_switch
-from coordinator.trust.material import MaterialError, TrustFiles, TrustSet
+from coordinator.trust.config_files import metrics_files
+from coordinator.trust.material import MaterialError, TrustSet
 from coordinator.trust.peer import PeerCheck
 from coordinator.trust.reloader import TrustReloader
 from coordinator.trust_watch import TrustReport, start_trust_reloads
@@ -287,10 +288,9 @@ def _start_trust_reloads(
 def _metrics_trust(config: Config) -> TrustReloader | None:
     """The metrics listener's certificate and key (None without TLS); its
     certificate is not chained to client_ca, which is the scrapers' CA."""
-    m = config.metrics
-    if not (m.listen and m.cert):
+    files = metrics_files(config.metrics)
+    if files is None:
         return None
-    files = TrustFiles(m.cert, m.key, m.client_ca, (), "metrics.cert", "metrics.key", "metrics.client_ca")
     try:
         return TrustReloader("metrics", files, chain_to_bundle=False)
     except MaterialError as exc:

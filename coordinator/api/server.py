@@ -14,7 +14,8 @@ from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.config import ServerConfig
-from coordinator.trust.material import MaterialError, TrustFiles, TrustSet
+from coordinator.trust.config_files import server_files
+from coordinator.trust.material import MaterialError, TrustSet
 from coordinator.trust.reloader import TrustReloader
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
@@ -22,13 +23,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
 class ServerSetupError(RuntimeError):
     pass
-
-
-def server_trust_files(config: ServerConfig) -> TrustFiles:
-    return TrustFiles(
-        config.cert, config.key, config.client_ca, config.crl,
-        "server.cert", "server.key", "server.client_ca", "server.crl",
-    )  # fmt: skip
 
 
 def server_credentials(trust: TrustReloader) -> grpc.ServerCredentials:
@@ -62,7 +56,7 @@ def _certificate_configuration(material: TrustSet) -> grpc.ServerCertificateConf
 def load_server_trust(config: ServerConfig, **kwargs: Any) -> TrustReloader:
     """The listener's trust set, validated; ServerSetupError names the file."""
     try:
-        return TrustReloader("server", server_trust_files(config), **kwargs)
+        return TrustReloader("server", server_files(config), **kwargs)
     except MaterialError as exc:
         raise ServerSetupError(str(exc)) from exc
 

@@ -1,0 +1,192 @@
+"""Trust material validation, the post-handshake peer check and the
+operator tooling, on real certificates and CRLs of a dev PKI."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from coordinator import certs_lifecycle
+from coordinator.certs import DevPki, init_dev_pki
+from coordinator.cli import main
+from coordinator.config import ConfigError, config_from_mapping
+from coordinator.trust.material import MaterialError, TrustFiles, TrustState, load_trust_set
+from coordinator.trust.peer import PeerCheck
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> DevPki:
+    pki = init_dev_pki(tmp_path / "pki")
+    certs_lifecycle.write_empty_crl(pki.directory)
+    return pki
+
+
+def files(pki: DevPki, crls: tuple[str, ...] | None = None) -> TrustFiles:
+    crl = (str(pki.directory / "ca.crl"),) if crls is None else crls
+    return TrustFiles(
+        str(pki.server_cert), str(pki.server_key), str(pki.ca_cert), crl,
+        "server.cert", "server.key", "server.client_ca", "server.crl",
+    )  # fmt: skip
+
+
+def pem(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def test_a_crl_signed_by_a_ca_outside_the_bundle_is_refused(pki: DevPki, tmp_path: Path) -> None:
+    other = init_dev_pki(tmp_path / "other")
+    certs_lifecycle.write_empty_crl(other.directory)
+    with pytest.raises(MaterialError, match="not signed by a CA of the bundle") as caught:
+        load_trust_set(files(pki, (str(other.directory / "ca.crl"),)))
+    assert caught.value.key == "server.crl"
+
+
+def test_every_ca_of_the_bundle_needs_a_crl_once_crls_are_configured(pki: DevPki) -> None:
+    crl_before = (pki.directory / "ca.crl").read_bytes()
+    certs_lifecycle.rotate_ca(pki.directory)
+    # The bundle now has two CAs; the old file holds the first one's CRL only.
+    (pki.directory / "old.crl").write_bytes(crl_before)
+    with pytest.raises(MaterialError, match="no CRL for CA"):
+        load_trust_set(files(pki, (str(pki.directory / "old.crl"),)))
+    assert len(load_trust_set(files(pki)).crls.by_issuer) == 2
+
+
+def test_a_der_crl_loads(pki: DevPki) -> None:
+    crl = x509.load_pem_x509_crl((pki.directory / "ca.crl").read_bytes())
+    der = pki.directory / "ca.der"
+    der.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    assert not load_trust_set(files(pki, (str(der),))).crls.empty
+
+
+def _expiring_crl(pki: DevPki, next_update: datetime.datetime) -> Path:
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    crl = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(NOW - datetime.timedelta(hours=1))
+        .next_update(next_update)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    path = pki.directory / "short.crl"
+    path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_an_expired_crl_is_a_reload_failure(pki: DevPki) -> None:
+    path = _expiring_crl(pki, NOW - datetime.timedelta(minutes=1))
+    with pytest.raises(MaterialError, match="expired at"):
+        load_trust_set(files(pki, (str(path),)))
+
+
+@pytest.mark.parametrize(("policy", "refused"), [("fail-closed", True), ("keep-last", False)])
+def test_a_crl_past_next_update_refuses_its_clients_unless_relaxed(
+    pki: DevPki, policy: str, refused: bool
+) -> None:
+    path = _expiring_crl(pki, NOW + datetime.timedelta(minutes=10))
+    state = TrustState(1, load_trust_set(files(pki, (str(path),))))
+    clock = [NOW]
+    check = PeerCheck(lambda: state, stale_policy=policy, clock=lambda: clock[0])  # type: ignore[arg-type]
+    assert check.refusal(pem(pki.host_cert)) == ""
+    clock[0] = NOW + datetime.timedelta(minutes=11)  # no newer CRL arrived
+    assert bool(check.refusal(pem(pki.host_cert))) is refused
+
+
+def test_peer_check_refuses_a_revoked_certificate_once_the_new_crl_is_in_force(pki: DevPki) -> None:
+    state = TrustState(1, load_trust_set(files(pki)))
+    check = PeerCheck(lambda: state)
+    assert check.refusal(pem(pki.host_cert)) == ""
+    certs_lifecycle.revoke(pki.directory, pki.host_cert)
+    assert check.refusal(pem(pki.host_cert)) == ""  # cached: the set in force did not change
+    state = TrustState(2, load_trust_set(files(pki)))
+    assert "was revoked" in check.refusal(pem(pki.host_cert))
+    assert check.refusal(pem(pki.admin_cert)) == ""
+
+
+def test_peer_check_cache_is_bounded(pki: DevPki) -> None:
+    state = TrustState(1, load_trust_set(files(pki)))
+    check = PeerCheck(lambda: state, cache_size=2)
+    for cert in (pki.host_cert, pki.admin_cert, pki.coordinator_cert):
+        check.refusal(pem(cert))
+    assert len(check._cache) == 2
+
+
+@pytest.mark.parametrize(
+    ("listen", "ok"),
+    [("127.0.0.1:9464", True), ("[::1]:9464", True), ("localhost:9464", True), ("0.0.0.0:9464", False),
+     ("198.51.100.2:9464", False)],
+)  # fmt: skip
+def test_plain_http_metrics_only_on_loopback(listen: str, ok: bool) -> None:
+    raw = {"metrics": {"listen": listen}}
+    if ok:
+        config_from_mapping(raw)
+        return
+    with pytest.raises(ConfigError) as caught:
+        config_from_mapping(raw)
+    assert caught.value.key == "metrics.listen"
+    config_from_mapping({"metrics": {"listen": listen, "cert": "/c.pem", "key": "/c.key"}})
+
+
+def _config(tmp_path: Path, pki: DevPki) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(f"""
+[server]
+cert = "{pki.server_cert}"
+key = "{pki.server_key}"
+client_ca = "{pki.ca_cert}"
+crl = ["{pki.directory / "ca.crl"}"]
+""")
+    return path
+
+
+def test_check_names_the_bad_file(tmp_path: Path, pki: DevPki, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config(tmp_path, pki)
+    assert main(["check", "--config", str(config)]) == 0
+    assert "trust ok   server:" in capsys.readouterr().err
+    pki.server_key.chmod(0o644)
+    assert main(["check", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert f"server.key ({pki.server_key})" in err and "mode 0644" in err
+    pki.server_key.chmod(0o600)
+    (pki.directory / "ca.crl").write_text("not a crl")
+    assert main(["check", "--config", str(config)]) == 1
+    assert f"server.crl ({pki.directory / 'ca.crl'})" in capsys.readouterr().err
+
+
+def test_check_warns_about_files_not_provisioned_yet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[server]\ncert = "{tmp_path}/none.pem"\n')
+    assert main(["check", "--config", str(config)]) == 0
+    assert "trust warn server: missing: server.cert" in capsys.readouterr().err
+
+
+def test_certs_commands_run_the_lifecycle(tmp_path: Path, pki: DevPki) -> None:
+    out = str(pki.directory)
+    assert main(["certs", "issue", "--out", out, "--name", "host-c", "--role", "host"]) == 0
+    issued = x509.load_pem_x509_certificate((pki.directory / "host-c.pem").read_bytes())
+    assert issued.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier
+    ) == ["spiffe://bluefield.local/host/host-c"]
+    assert (pki.directory / "host-c.key").stat().st_mode & 0o777 == 0o600
+    assert main(["certs", "revoke", "--out", out, "--cert", str(pki.directory / "host-c.pem")]) == 0
+    crl = x509.load_pem_x509_crl((pki.directory / "ca.crl").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(issued.serial_number) is not None
+    assert main(["certs", "rotate-ca", "--out", out]) == 0
+    assert len(x509.load_pem_x509_certificates(pki.ca_cert.read_bytes())) == 2
+    assert main(["certs", "rotate-ca", "--out", out]) == 1  # one rotation at a time
+    assert (
+        main(["certs", "issue", "--out", out, "--name", "host-d", "--role", "host", "--ca", "ca-next"]) == 0
+    )
+    assert main(["certs", "rotate-ca", "--out", out, "--finish"]) == 0
+    bundle = x509.load_pem_x509_certificates(pki.ca_cert.read_bytes())
+    assert len(bundle) == 1 and not (pki.directory / "ca-next.pem").exists()
+    host_d = x509.load_pem_x509_certificate((pki.directory / "host-d.pem").read_bytes())
+    assert host_d.issuer == bundle[0].subject
