@@ -17,7 +17,11 @@ from coordinator.config import ConfigError, config_from_mapping
 from coordinator.trust.material import MaterialError, TrustFiles, TrustState, load_trust_set
 from coordinator.trust.peer import PeerCheck
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+
+def now() -> datetime.datetime:
+    # Per test, not per module: the dev PKI's certificates start 5 minutes
+    # before they are made, and a long suite may run this file much later.
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 @pytest.fixture
@@ -65,12 +69,13 @@ def test_a_der_crl_loads(pki: DevPki) -> None:
 
 
 def _expiring_crl(pki: DevPki, next_update: datetime.datetime) -> Path:
+    start = now()
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
     ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
     crl = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.subject)
-        .last_update(NOW - datetime.timedelta(hours=1))
+        .last_update(start - datetime.timedelta(hours=1))
         .next_update(next_update)
         .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     )
@@ -80,7 +85,7 @@ def _expiring_crl(pki: DevPki, next_update: datetime.datetime) -> Path:
 
 
 def test_an_expired_crl_is_a_reload_failure(pki: DevPki) -> None:
-    path = _expiring_crl(pki, NOW - datetime.timedelta(minutes=1))
+    path = _expiring_crl(pki, now() - datetime.timedelta(minutes=1))
     with pytest.raises(MaterialError, match="expired at"):
         load_trust_set(files(pki, (str(path),)))
 
@@ -89,12 +94,13 @@ def test_an_expired_crl_is_a_reload_failure(pki: DevPki) -> None:
 def test_a_crl_past_next_update_refuses_its_clients_unless_relaxed(
     pki: DevPki, policy: str, refused: bool
 ) -> None:
-    path = _expiring_crl(pki, NOW + datetime.timedelta(minutes=10))
+    start = now()
+    path = _expiring_crl(pki, start + datetime.timedelta(minutes=10))
     state = TrustState(1, load_trust_set(files(pki, (str(path),))))
-    clock = [NOW]
+    clock = [start]
     check = PeerCheck(lambda: state, stale_policy=policy, clock=lambda: clock[0])  # type: ignore[arg-type]
     assert check.refusal(pem(pki.host_cert)) == ""
-    clock[0] = NOW + datetime.timedelta(minutes=11)  # no newer CRL arrived
+    clock[0] = start + datetime.timedelta(minutes=11)  # no newer CRL arrived
     assert bool(check.refusal(pem(pki.host_cert))) is refused
 
 
