@@ -31,7 +31,6 @@ from coordinator.certs import (
     _NAME_RE,
     CERT_MODE,
     DEFAULT_DAYS,
-    KEY_MODE,
     PkiError,
     _as_tuple,
     _check_days,
@@ -227,4 +226,4 @@ def _as_ec(key: _IssuerKey) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-__all__ = ["KEY_MODE", "Issued", "finish_rotation", "issue", "revoke", "rotate_ca", "write_empty_crl"]
+__all__ = ["Issued", "finish_rotation", "issue", "revoke", "rotate_ca", "write_empty_crl"]

@@ -3,17 +3,22 @@ operator tooling, on real certificates and CRLs of a dev PKI."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from prometheus_client import CollectorRegistry
 
 from coordinator import certs_lifecycle
 from coordinator.certs import DevPki, init_dev_pki
 from coordinator.cli import main
 from coordinator.config import ConfigError, config_from_mapping
+from coordinator.metrics import start_metrics_server
 from coordinator.trust.material import MaterialError, TrustFiles, TrustState, load_trust_set
 from coordinator.trust.peer import PeerCheck
 
@@ -196,3 +201,31 @@ def test_certs_commands_run_the_lifecycle(tmp_path: Path, pki: DevPki) -> None:
     assert len(bundle) == 1 and not (pki.directory / "ca-next.pem").exists()
     host_d = x509.load_pem_x509_certificate((pki.directory / "host-d.pem").read_bytes())
     assert host_d.issuer == bundle[0].subject
+
+
+def _served_serial(port: int, ca: Path) -> int:
+    context = ssl.create_default_context(cafile=str(ca))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+async def test_metrics_tls_serves_a_reloaded_certificate_to_new_connections(pki: DevPki) -> None:
+    issued = certs_lifecycle.issue(pki.directory, "metrics", "server", uri=None, dns=["localhost"])
+    server = await start_metrics_server(
+        "127.0.0.1:0", CollectorRegistry(), cert=str(issued.cert), key=str(issued.key)
+    )
+    try:
+        assert await asyncio.to_thread(_served_serial, server.port, pki.ca_cert) == issued.serial
+        renewed = certs_lifecycle.issue(
+            pki.directory, "metrics", "server", uri=None, dns=["localhost"], overwrite=True
+        )
+        assert await asyncio.to_thread(_served_serial, server.port, pki.ca_cert) == issued.serial
+        server.reload_tls()
+        assert await asyncio.to_thread(_served_serial, server.port, pki.ca_cert) == renewed.serial
+    finally:
+        await server.close()
