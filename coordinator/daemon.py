@@ -279,6 +279,7 @@ def _start_trust_reloads(
     if stream is not None:
         stream.channels.on_failure = report.failed
         stream.channels.on_reloaded = report.reloaded
+        stream.channels.on_refused = report.gateway_refused
     reloaders = [server, *([metrics] if metrics is not None else [])]
     for reloader in reloaders:
         report.watch(reloader)

@@ -10,7 +10,9 @@ outcomes where an operator looks:
   ``ReloadFailed``), one per transition;
 - a good reload after a failure: the condition back to True
   (``Reloaded``), the gauge to 0;
-- every good reload: the expiry of the certificate now presented.
+- every good reload: the expiry of the certificate now presented;
+- a gateway certificate the gateway client refused (``[gateway] crl``): an
+  OCSF 3002 authentication failure naming its serial and issuer.
 
 SIGHUP asks every reloader to re-read its files at once.
 """
@@ -18,10 +20,17 @@ SIGHUP asks every reloader to re-read its files at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Sequence
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from coordinator import ocsf
+from coordinator.certs import IdentityError, identity_from_certificate
 from coordinator.events import EventHub
 from coordinator.metrics import Metrics
 from coordinator.security_events import SecurityEvents
@@ -32,6 +41,8 @@ from coordinator.trust.reloader import TrustReloader
 log = logging.getLogger(__name__)
 
 CONDITION = "DpuTrustReloaded"
+# The same refused gateway certificate is reported at most this often.
+REFUSAL_REPEAT_S = 60.0
 
 
 class TrustReport:
@@ -41,6 +52,7 @@ class TrustReport:
         self._security = security
         self._metrics = metrics
         self._notify: set[asyncio.Task[None]] = set()
+        self._last_refusal: tuple[tuple[int, str], float] | None = None
 
     def watch(self, reloader: TrustReloader) -> None:
         """Report ``reloader``'s outcomes from now on (and its current set)."""
@@ -63,6 +75,32 @@ class TrustReport:
         self._expiry(listener, material)
         if recovered:
             self._condition(True, "Reloaded", f"{listener}: {material.summary()}")
+
+    def gateway_refused(self, target: str, certificate: x509.Certificate, refusal: str) -> None:
+        """The gateway presented a certificate the coordinator does not
+        accept (revoked, not from its CA, expired): an authentication
+        failure, with the gateway as the peer."""
+        key = (certificate.serial_number, refusal)
+        now = time.monotonic()
+        last = self._last_refusal
+        if last is not None and last[0] == key and now - last[1] < REFUSAL_REPEAT_S:
+            return  # every reconnect is refused alike: one event a minute is enough
+        self._last_refusal = (key, now)
+        host, _, port = target.rpartition(":")
+        identity = ""
+        with contextlib.suppress(IdentityError):
+            identity = identity_from_certificate(certificate.public_bytes(serialization.Encoding.PEM))
+        peer = ocsf.Peer(identity, "gateway", host.strip("[]"), int(port) if port.isdigit() else 0)
+        self._security.emit(
+            ocsf.authentication_failure(
+                time_ms=int(time.time() * 1000),
+                peer=peer,
+                subject=certificate.subject.rfc4514_string(),
+                issuer=certificate.issuer.rfc4514_string(),
+                serial=format(certificate.serial_number, "x"),
+                reason=f"gateway certificate refused: {refusal}",
+            )
+        )
 
     def _expiry(self, listener: str, material: TrustSet) -> None:
         self._metrics.certificate_expiry.labels(listener=listener).set(

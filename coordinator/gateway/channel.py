@@ -22,9 +22,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 
 import grpc
+from cryptography import x509
 
 from coordinator.client import TlsFiles
-from coordinator.gateway.tls_relay import TlsRelay
+from coordinator.gateway.tls_relay import OnRefused, TlsRelay
 from coordinator.trust.material import MaterialError, TrustFiles, TrustSet, TrustState, load_trust_set
 from coordinator.trust.peer import PeerCheck
 
@@ -48,6 +49,8 @@ class GatewayChannels:
         self._state = TrustState(1, self._load())
         self.on_failure: OnFailure | None = None
         self.on_reloaded: OnReloaded | None = None
+        # Told when the gateway's certificate is refused (CRL, chain, expiry).
+        self.on_refused: OnRefused | None = None
         self._failing = False
 
     def _load(self) -> TrustSet:
@@ -71,6 +74,10 @@ class GatewayChannels:
                 self.on_reloaded("gateway", material, recovered)
         return self._state
 
+    def _refused(self, target: str, certificate: x509.Certificate, refusal: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(target, certificate, refusal)
+
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[grpc.aio.Channel]:
         """A channel for one session, with the material as it is now."""
@@ -86,7 +93,9 @@ class GatewayChannels:
             async with grpc.aio.secure_channel(self._target, credentials, options=options) as channel:
                 yield channel
             return
-        relay = TlsRelay(self._target, self._server_name, self._files, PeerCheck(lambda: state))
+        relay = TlsRelay(
+            self._target, self._server_name, self._files, PeerCheck(lambda: state), self._refused
+        )
         socket_path = await relay.start()
         try:
             options = [("grpc.default_authority", self._server_name or self._target.rpartition(":")[0])]

@@ -18,6 +18,7 @@ import logging
 import shutil
 import ssl
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -31,9 +32,21 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024
 
+# (gateway target, its certificate, why it was refused)
+OnRefused = Callable[[str, x509.Certificate, str], None]
+
 
 class TlsRelay:
-    def __init__(self, target: str, server_name: str, files: TrustFiles, check: PeerCheck) -> None:
+    def __init__(
+        self,
+        target: str,
+        server_name: str,
+        files: TrustFiles,
+        check: PeerCheck,
+        on_refused: OnRefused | None = None,
+    ) -> None:
+        self._target = target
+        self._on_refused = on_refused
         host, _, port = target.rpartition(":")
         self._host = host.removeprefix("[").removesuffix("]")
         self._port = int(port)
@@ -99,6 +112,8 @@ class TlsRelay:
                         "certificate": describe(certificate),
                     },
                 )
+                if self._on_refused is not None:
+                    self._on_refused(self._target, certificate, refusal)
                 return
             await asyncio.gather(_pipe(local_reader, remote_writer), _pipe(remote_reader, local_writer))
         finally:

@@ -30,6 +30,7 @@ from coordinator.trust.crl import revoked_in_chain
 from coordinator.trust.material import TrustState
 
 CACHE_SIZE = 4096
+RECHECK_REFUSED = datetime.timedelta(seconds=60)
 
 # What counts when a CRL in force passes its next_update with no newer one.
 StalePolicy = Literal["fail-closed", "keep-last"]
@@ -98,7 +99,9 @@ class PeerCheck:
         try:
             chain = build_chain(leaf, intermediates, material.bundle, now, "client certificate")
         except ChainError as exc:
-            return _Verdict(state.version, str(exc), None)
+            # Looked at again a little later: a certificate not valid yet
+            # (clocks apart) may become valid without the set changing.
+            return _Verdict(state.version, str(exc), now + RECHECK_REFUSED)
         until = min(c.not_valid_after_utc for c in chain)
         crls = material.crls
         if not crls.empty:

@@ -143,6 +143,9 @@ async def test_a_bad_renewal_keeps_presenting_the_last_good_certificate(pki: Dev
 async def test_gateway_certificate_on_the_crl_is_refused(pki: DevPki) -> None:
     crl = (str(pki.directory / "ca.crl"),)
     certs_lifecycle.revoke(pki.directory, pki.gateway_cert)
+    refused: list[tuple[int, str]] = []
     async with gateway(pki) as (servicer, target), running(pki, target, crl) as client:
-        await asyncio.sleep(1.5)
+        client.channels.on_refused = lambda target, cert, why: refused.append((cert.serial_number, why))
+        await until(lambda: len(refused) >= 2, "the refusal is reported on each attempt")
         assert servicer.serials == [] and not client.status.connected
+    assert refused[0][0] == serial(pki.gateway_cert) and "was revoked" in refused[0][1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import socket
 import ssl
 from pathlib import Path
@@ -18,9 +19,14 @@ from coordinator import certs_lifecycle
 from coordinator.certs import DevPki, init_dev_pki
 from coordinator.cli import main
 from coordinator.config import ConfigError, config_from_mapping
-from coordinator.metrics import start_metrics_server
+from coordinator.events import EventHub
+from coordinator.metrics import Metrics, start_metrics_server
+from coordinator.security_events import SecurityEvents
+from coordinator.security_log import SecurityEventLog
+from coordinator.store.db import Store
 from coordinator.trust.material import MaterialError, TrustFiles, TrustState, load_trust_set
 from coordinator.trust.peer import PeerCheck
+from coordinator.trust_watch import CONDITION, TrustReport
 
 
 def now() -> datetime.datetime:
@@ -229,3 +235,42 @@ async def test_metrics_tls_serves_a_reloaded_certificate_to_new_connections(pki:
         assert await asyncio.to_thread(_served_serial, server.port, pki.ca_cert) == renewed.serial
     finally:
         await server.close()
+
+
+async def test_trust_report_writes_condition_finding_metrics_and_gateway_refusals(
+    tmp_path: Path, pki: DevPki
+) -> None:
+    store = Store(tmp_path / "state.db")
+    log_path = tmp_path / "security.jsonl"
+    security = SecurityEvents(SecurityEventLog(log_path))
+    metrics = Metrics()
+    report = TrustReport(store, EventHub(), security, metrics)
+    try:
+        report.failed("server", MaterialError("server.key", str(pki.server_key), "mode 0644"))
+        report.failed("server", MaterialError("server.key", str(pki.server_key), "mode 0644"))
+        condition = store.last_coordinator_event(CONDITION)
+        assert condition is not None and not condition.status and condition.reason == "ReloadFailed"
+        assert (
+            metrics.registry.get_sample_value(
+                "bluefield_coordinator_trust_reloads_total", {"listener": "server", "result": "failed"}
+            )
+            == 2.0
+        )
+        report.reloaded("server", load_trust_set(files(pki)), True)
+        condition = store.last_coordinator_event(CONDITION)
+        assert condition is not None and condition.status and condition.reason == "Reloaded"
+        gateway = x509.load_pem_x509_certificate(pki.gateway_cert.read_bytes())
+        for _ in range(3):  # every reconnect is refused alike
+            report.gateway_refused("127.0.0.1:9443", gateway, "revoked")
+        await asyncio.sleep(0)
+        lines = [json.loads(line) for line in log_path.read_text().splitlines()]
+        assert [e["finding_info"]["title"] for e in lines if e["class_uid"] == 2003] == [
+            "certificate reload failed", "certificate reload failed",
+        ]  # fmt: skip
+        refusals = [e for e in lines if e["class_uid"] == 3002]
+        assert len(refusals) == 1
+        assert refusals[0]["certificate"]["serial_number"] == format(gateway.serial_number, "x")
+        assert refusals[0]["user"]["uid"] == pki.gateway_identity
+    finally:
+        security.close()
+        store.close()
