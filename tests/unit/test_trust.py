@@ -8,6 +8,8 @@ import datetime
 import json
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -274,3 +276,14 @@ async def test_trust_report_writes_condition_finding_metrics_and_gateway_refusal
     finally:
         security.close()
         store.close()
+
+
+def test_serve_refuses_to_start_with_an_unusable_crl(tmp_path: Path, pki: DevPki) -> None:
+    config = _config(tmp_path, pki)
+    (pki.directory / "ca.crl").write_text("not a crl")
+    result = subprocess.run(
+        [sys.executable, "-m", "coordinator", "serve", "--config", str(config)],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert f"server.crl ({pki.directory / 'ca.crl'})" in result.stderr
