@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from coordinator import __version__
 
@@ -79,8 +80,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"bluefield-coordinator: config error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(config_to_mapping(config), indent=2))
+    from coordinator.trust.config_files import check_trust_files
+
+    # On stderr: stdout stays the effective config as JSON.
+    trust = check_trust_files(config)
+    for item in trust:
+        print(f"trust {item.status:<4} {item.name}: {item.detail}", file=sys.stderr)
+    trust_ok = all(item.status != "FAIL" for item in trust)
     if not args.health:
-        return 0
+        return 0 if trust_ok else 1
     from coordinator.daemon import health_report
 
     checks = asyncio.run(health_report(config))
@@ -88,17 +96,51 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for check in checks:
         mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
         print(f"  {mark} {check.name}{'' if check.required else ' (optional)'}: {check.detail}")
-    return 0 if all(c.ok for c in checks if c.required) else 1
+    return 0 if trust_ok and all(c.ok for c in checks if c.required) else 1
 
 
 def _cmd_certs_init(args: argparse.Namespace) -> int:
     from coordinator.certs import init_dev_pki
+    from coordinator.certs_lifecycle import write_empty_crl
 
     pki = init_dev_pki(args.out, server_names=args.server_name or ["localhost"], force=args.force)
+    crl = write_empty_crl(args.out)
     print(f"development PKI in {args.out}:")
     for name, value in vars(pki).items():
         print(f"  {name}: {value}")
+    print(f"  crl: {crl}")
     return 0
+
+
+def _cmd_certs_lifecycle(args: argparse.Namespace) -> int:
+    from coordinator import certs_lifecycle
+    from coordinator.certs import DEFAULT_TRUST_DOMAIN, CertError, spiffe_id
+
+    try:
+        if args.certs_command == "issue":
+            uri = args.identity or spiffe_id(DEFAULT_TRUST_DOMAIN, _default_path(args.role, args.name))
+            issued = certs_lifecycle.issue(
+                args.out, args.name, args.role, uri=uri, dns=args.dns or (), ips=args.ip or (),
+                ca=args.ca, days=args.days, overwrite=args.renew,
+            )  # fmt: skip
+            print(f"{issued.cert} (serial {issued.serial:x}, {uri}), key {issued.key}")
+        elif args.certs_command == "revoke":
+            serial, issuer = certs_lifecycle.revoke(args.out, args.cert)
+            print(f"revoked serial {serial:x} of {issuer} in {args.out / certs_lifecycle.CRL}")
+        elif args.finish:
+            print(f"rotation finished: {certs_lifecycle.finish_rotation(args.out)} holds only the new CA")
+        else:
+            new = certs_lifecycle.rotate_ca(args.out)
+            print(f"new CA {new} beside the old one; both are in {args.out / certs_lifecycle.BUNDLE}")
+    except (CertError, ValueError) as exc:
+        print(f"bluefield-coordinator certs: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _default_path(role: str, name: str) -> str:
+    # The dev PKI's identity layout: spiffe://<domain>/host/<name>, .../admin/<name>.
+    return "coordinator" if role in ("server", "coordinator") else f"{role}/{name}"
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -170,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     init.add_argument("--force", action="store_true", help="replace existing files")
     init.set_defaults(func=_cmd_certs_init)
+    _add_certs_lifecycle(certs_sub)
 
     gateway = sub.add_parser(
         "gateway", help="run the reference policy gateway over a directory of YAML files"
@@ -211,6 +254,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ctl_parser(sub)
     return parser
+
+
+def _add_certs_lifecycle(certs_sub: Any) -> None:
+    issue = certs_sub.add_parser("issue", help="issue (or --renew) a leaf certificate from the dev CA")
+    issue.add_argument("--out", type=Path, required=True, help="the dev PKI directory")
+    issue.add_argument("--name", required=True, help="file stem: writes NAME.pem and NAME.key")
+    issue.add_argument("--role", required=True, choices=["host", "admin", "server", "coordinator", "gateway"])
+    issue.add_argument("--identity", default="", help="SAN URI (default spiffe://bluefield.local/ROLE/NAME)")
+    issue.add_argument("--dns", action="append", help="DNS SAN (repeatable)")
+    issue.add_argument("--ip", action="append", help="IP SAN (repeatable)")
+    issue.add_argument("--ca", default="ca", help="issuing CA file stem (ca-next during a rotation)")
+    issue.add_argument("--days", type=int, default=365)
+    issue.add_argument("--renew", action="store_true", help="replace NAME.pem/NAME.key in place")
+    revoke = certs_sub.add_parser("revoke", help="add a certificate to its CA's CRL (ca.crl)")
+    revoke.add_argument("--out", type=Path, required=True, help="the dev PKI directory")
+    revoke.add_argument("--cert", type=Path, required=True, help="the certificate to revoke")
+    rotate = certs_sub.add_parser("rotate-ca", help="a new CA beside the old one, both in ca.pem")
+    rotate.add_argument("--out", type=Path, required=True, help="the dev PKI directory")
+    rotate.add_argument("--finish", action="store_true", help="end the window: only the new CA stays")
+    for p in (issue, revoke, rotate):
+        p.set_defaults(func=_cmd_certs_lifecycle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,6 +8,7 @@ dotted name (``eswitch.emulated.vfs: expected an integer``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import sys
 import types
 from dataclasses import dataclass, field
@@ -35,6 +36,16 @@ class ServerConfig:
     cert: str = "/etc/bluefield-coordinator/tls/server.pem"
     key: str = "/etc/bluefield-coordinator/tls/server.key"
     client_ca: str = "/etc/bluefield-coordinator/tls/ca.pem"
+    # CRL files (PEM, several CRLs per file allowed, or DER); with any, every
+    # CA of client_ca needs its CRL. () = no revocation checking.
+    crl: tuple[str, ...] = ()
+    # Seconds between checks of cert, key, client_ca and crl for changes
+    # (also at once on SIGHUP); a changed set is validated, then swapped in.
+    reload_interval_s: float = 30.0
+    # When a CRL in force passes its next_update with no newer one:
+    # fail-closed refuses every client of that CA until a fresh CRL is in
+    # place; keep-last keeps checking against the old one.
+    crl_after_next_update: Literal["fail-closed", "keep-last"] = "fail-closed"
     # Seconds in-flight RPCs get to finish on SIGTERM.
     shutdown_grace_s: float = 5.0
 
@@ -145,6 +156,9 @@ class GatewayClientConfig:
     ca: str = ""
     # TLS name to expect in the gateway's certificate ("" = the endpoint host).
     server_name: str = ""
+    # CRL files the gateway's certificate is checked against on each
+    # connection (PEM or DER; () = none).
+    crl: tuple[str, ...] = ()
     # Reconnect backoff: full jitter, doubling from base up to cap.
     backoff_base_ms: int = 200
     backoff_cap_ms: int = 5000
@@ -229,6 +243,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ovs.watch_interval_ms": (50, 600_000),
     "reconcile.host_grace_s": (1, 604_800),
     "server.shutdown_grace_s": (0, 600),
+    "server.reload_interval_s": (0.2, 86_400),
     "eswitch.inventory_poll_s": (0.1, 3600),
     "health.poll_s": (0.5, 3600),
     "health.offload_cache_s": (0, 600),
@@ -330,12 +345,28 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("metrics.key" if metrics.cert else "metrics.cert", "cert and key go together")
     if metrics.client_ca and not metrics.cert:
         raise ConfigError("metrics.client_ca", "needs metrics.cert and metrics.key")
+    if metrics.listen and not metrics.cert and not _is_loopback(metrics.listen):
+        raise ConfigError(
+            "metrics.listen",
+            f"{metrics.listen} is not a loopback address: plain HTTP is only allowed on loopback, "
+            "set metrics.cert and metrics.key for TLS",
+        )
     security_events = config.logs.security_events_path
     if security_events and not Path(security_events).is_absolute():
         raise ConfigError("logs.security_events_path", f"expected an absolute path, got {security_events!r}")
     overlap = set(config.auth.admins) & set(config.auth.hosts)
     if overlap:
         raise ConfigError("auth", f"identity in both admins and hosts: {sorted(overlap)[0]}")
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve anywhere
 
 
 def load_config(path: Path) -> Config:

@@ -16,9 +16,8 @@ import grpc
 
 from coordinator import faults
 from coordinator.api.auth import RoleMap
-from coordinator.api.server import start_server
+from coordinator.api.server import ServerSetupError, load_server_trust, start_server
 from coordinator.api.servicer import CoordinatorServicer
-from coordinator.certs import check_private_key_file
 from coordinator.client import TlsFiles
 from coordinator.config import Config
 from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
@@ -32,7 +31,13 @@ from coordinator.gateway.client import PolicyStreamClient
 from coordinator.health import ovs_checks
 from coordinator.health_watch import start_health_watch
 from coordinator.inventory_watch import start_inventory_watch
-from coordinator.metrics import Metrics, MetricsServer, RpcMetricsInterceptor, start_metrics_server
+from coordinator.metrics import (
+    Metrics,
+    MetricsServer,
+    MetricsServerError,
+    RpcMetricsInterceptor,
+    start_metrics_server,
+)
 from coordinator.notify import Notifier, watchdog_task
 from coordinator.offload_status import offload_monitor
 from coordinator.ovs.openflow import OpenFlowSwitch
@@ -43,6 +48,11 @@ from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
 from coordinator.switch_watch import watch_switch
+from coordinator.trust.config_files import metrics_files
+from coordinator.trust.material import MaterialError, TrustSet
+from coordinator.trust.peer import PeerCheck
+from coordinator.trust.reloader import TrustReloader
+from coordinator.trust_watch import TrustReport, start_trust_reloads
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +137,19 @@ def start_policy_stream(
     is registered; events flow to the service; staleness is watched."""
     handler = PolicyStreamHandler(service, config.policy)
     gateway = config.gateway
-    client = PolicyStreamClient(
-        gateway.endpoint,
-        TlsFiles(Path(gateway.ca), Path(gateway.cert), Path(gateway.key)),
-        handler.on_event,
-        on_denied=handler.on_denied,
-        server_name=gateway.server_name,
-        backoff_base_s=gateway.backoff_base_ms / 1000,
-        backoff_cap_s=gateway.backoff_cap_ms / 1000,
-    )
+    try:
+        client = PolicyStreamClient(
+            gateway.endpoint,
+            TlsFiles(Path(gateway.ca), Path(gateway.cert), Path(gateway.key)),
+            handler.on_event,
+            on_denied=handler.on_denied,
+            server_name=gateway.server_name,
+            crl=gateway.crl,
+            backoff_base_s=gateway.backoff_base_ms / 1000,
+            backoff_cap_s=gateway.backoff_cap_ms / 1000,
+        )
+    except MaterialError as exc:
+        raise ServerSetupError(str(exc)) from exc
     service.policy_source = client
     client.register({r.sandbox_id for r in service.list_all()})
     tasks = [
@@ -175,6 +189,9 @@ async def run_daemon(config: Config) -> int:
     # not inherit systemd's socket.
     notifier = Notifier.from_environment(unset=True)
     faults.enable_from_environment()
+    # Before anything else: unusable certificates, keys or CRLs refuse the start.
+    server_trust = load_server_trust(config.server)
+    metrics_trust = _metrics_trust(config)
     notifier.status("starting: opening the store, converging the switch")
     adapters = await build(config)
     store, backend, events, service = adapters.store, adapters.backend, adapters.events, adapters.service
@@ -185,36 +202,26 @@ async def run_daemon(config: Config) -> int:
     security = SecurityEvents()  # inert until started; lets `finally` close it
     try:
         if config.gateway.endpoint:
-            check_private_key_file(Path(config.gateway.key))
             stream, tasks = start_policy_stream(config, service)
         security = start_security_events(config, store, events)
         tasks += security.tasks
+        report = TrustReport(store, events, security, metrics)
+        tasks += _start_trust_reloads(config, report, server_trust, metrics_trust, stream)
         offload = offload_monitor(config)
         tasks += _start_watches(config, adapters)
         metrics.add_refresher(lambda: offload.update_metrics(metrics))
         service.observer = metrics
-        metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
-        _add_metric_refreshers(metrics, store, stream)
-
-        async def health_metrics() -> None:
-            metrics.update_health(await service.health(fresh=False))
-
-        metrics.add_refresher(health_metrics)
-        if config.metrics.listen:
-            m = config.metrics
-            metrics_server = await start_metrics_server(
-                m.listen,
-                metrics.registry,
-                cert=m.cert,
-                key=m.key,
-                client_ca=m.client_ca,
-                before_scrape=metrics.refresh,
-            )
+        _add_metric_refreshers(metrics, service, store, stream)
+        metrics_server = await _start_metrics(config, metrics, metrics_trust, report)
+        peer_check = PeerCheck(lambda: server_trust.state, stale_policy=config.server.crl_after_next_update)
         servicer = CoordinatorServicer(
-            service, store, events, RoleMap(config.auth), backend.name, offload=offload
+            service, store, events, RoleMap(config.auth, peer_check), backend.name, offload=offload
         )
         server, port = await start_server(
-            config.server, servicer, interceptors=[RpcMetricsInterceptor(metrics), *security.interceptors]
+            config.server,
+            servicer,
+            interceptors=[RpcMetricsInterceptor(metrics), *security.interceptors],
+            trust=server_trust,
         )
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
         # Only now: the store is open, the switch converged, gRPC listens.
@@ -238,6 +245,70 @@ async def run_daemon(config: Config) -> int:
         notifier.close()
     log.info("stopped")
     return 0
+
+
+async def _start_metrics(
+    config: Config, metrics: Metrics, trust: TrustReloader | None, report: TrustReport
+) -> MetricsServer | None:
+    m = config.metrics
+    if not m.listen:
+        return None
+    server = await start_metrics_server(
+        m.listen,
+        metrics.registry,
+        cert=m.cert,
+        key=m.key,
+        client_ca=m.client_ca,
+        before_scrape=metrics.refresh,
+    )
+    if trust is not None:
+        _follow_metrics_trust(trust, server, report)
+    return server
+
+
+def _start_trust_reloads(
+    config: Config,
+    report: TrustReport,
+    server: TrustReloader,
+    metrics: TrustReloader | None,
+    stream: PolicyStreamClient | None,
+) -> list[asyncio.Task[None]]:
+    """Poll the listeners' files (SIGHUP: at once); the gateway client
+    re-reads its own on every connection and reports failures the same way."""
+    if stream is not None:
+        stream.channels.on_failure = report.failed
+        stream.channels.on_reloaded = report.reloaded
+        stream.channels.on_refused = report.gateway_refused
+    reloaders = [server, *([metrics] if metrics is not None else [])]
+    for reloader in reloaders:
+        report.watch(reloader)
+    return start_trust_reloads(reloaders, config.server.reload_interval_s)
+
+
+def _metrics_trust(config: Config) -> TrustReloader | None:
+    """The metrics listener's certificate and key (None without TLS); its
+    certificate is not chained to client_ca, which is the scrapers' CA."""
+    files = metrics_files(config.metrics)
+    if files is None:
+        return None
+    try:
+        return TrustReloader("metrics", files, chain_to_bundle=False)
+    except MaterialError as exc:
+        raise ServerSetupError(str(exc)) from exc
+
+
+def _follow_metrics_trust(reloader: TrustReloader, server: MetricsServer, report: TrustReport) -> None:
+    """A validated new set goes to the metrics listener's TLS."""
+
+    def reloaded(listener: str, material: TrustSet, recovered: bool) -> None:
+        try:
+            server.reload_tls()
+        except MetricsServerError as exc:
+            report.failed(listener, MaterialError("metrics.cert", reloader.files.cert, str(exc)))
+            return
+        report.reloaded(listener, material, recovered)
+
+    reloader.on_reloaded = reloaded
 
 
 async def _stop_serving(
@@ -281,8 +352,16 @@ async def _expire_unreconciled(service: AttachmentService, grace_s: float) -> No
         log.warning("%d attachments of hosts that never reconciled", len(quiet))
 
 
-def _add_metric_refreshers(metrics: Metrics, store: Store, stream: PolicyStreamClient | None) -> None:
+def _add_metric_refreshers(
+    metrics: Metrics, service: AttachmentService, store: Store, stream: PolicyStreamClient | None
+) -> None:
     """Gauges are read from their sources when Prometheus scrapes."""
+    metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
+
+    async def health_metrics() -> None:
+        metrics.update_health(await service.health(fresh=False))
+
+    metrics.add_refresher(health_metrics)
     metrics.add_refresher(lambda: metrics.update_attachments(store.list_attachments()))
     metrics.add_refresher(lambda: metrics.update_pools(store.pool_stats()))
     if stream is not None:

@@ -132,6 +132,24 @@ class Metrics:
         )
         # The daemon's RSS, CPU and open files, under our prefix.
         ProcessCollector(namespace=PREFIX, registry=r)
+        self.trust_reloads = Counter(
+            f"{PREFIX}_trust_reloads",
+            "Reloads of a listener's certificate, key, CA bundle and CRLs, by result (ok, failed).",
+            ["listener", "result"],
+            registry=r,
+        )
+        self.trust_reload_failing = Gauge(
+            f"{PREFIX}_trust_reload_failing",
+            "1 while the last reload of a listener's trust files failed (the previous set is in force).",
+            ["listener"],
+            registry=r,
+        )
+        self.certificate_expiry = Gauge(
+            f"{PREFIX}_certificate_expiry_timestamp_seconds",
+            "When the certificate a listener presents expires (seconds since the epoch).",
+            ["listener"],
+            registry=r,
+        )
         self.build_info = Info(f"{PREFIX}_build", "Version of the running daemon.", registry=r)
         self.build_info.info({"version": version, "python": platform.python_version()})
 
@@ -254,6 +272,15 @@ class MetricsServer:
     port: int
     tls: bool
     _connections: set[asyncio.Task[Any]]
+    _tls: ReloadableTls | None = None
+
+    def reload_tls(self) -> None:
+        """Serve new connections with the certificate, key and client CA
+        files as they are now (connections already open keep theirs).
+        Raises MetricsServerError and keeps the previous ones if they do
+        not load."""
+        if self._tls is not None:
+            self._tls.reload()
 
     @property
     def url(self) -> str:
@@ -292,6 +319,27 @@ def server_ssl_context(cert: str, key: str, client_ca: str = "") -> ssl.SSLConte
     return context
 
 
+class ReloadableTls:
+    """TLS whose certificate can change under a running asyncio server:
+    every handshake starts on the context the server was created with, and
+    its SNI callback (called for every ClientHello, with or without a
+    server name) moves the connection to the newest context."""
+
+    def __init__(self, cert: str, key: str, client_ca: str) -> None:
+        self._files = (cert, key, client_ca)
+        self.base = server_ssl_context(*self._files)
+        self.base.sni_callback = self._select
+        self._current = self.base
+
+    def reload(self) -> None:
+        self._current = server_ssl_context(*self._files)
+
+    def _select(self, ssl_object: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        current = self._current
+        if current is not context:
+            ssl_object.context = current
+
+
 async def start_metrics_server(
     address: str,
     registry: CollectorRegistry,
@@ -310,7 +358,8 @@ async def start_metrics_server(
         raise MetricsServerError("metrics: cert and key must be given together")
     if client_ca and not cert:
         raise MetricsServerError("metrics: client_ca needs cert and key (TLS)")
-    context = server_ssl_context(cert, key, client_ca) if cert else None
+    tls = ReloadableTls(cert, key, client_ca) if cert else None
+    context = tls.base if tls is not None else None
     connections: set[asyncio.Task[Any]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -342,7 +391,7 @@ async def start_metrics_server(
         raise MetricsServerError(f"metrics.listen: cannot listen on {address}: {exc.strerror}") from exc
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     log.info("metrics endpoint listening", extra={"listen": address, "port": bound, "tls": bool(context)})
-    return MetricsServer(server, host, int(bound), context is not None, connections)
+    return MetricsServer(server, host, int(bound), context is not None, connections, tls)
 
 
 async def _serve_one(

@@ -195,10 +195,11 @@ def api_activity(
 def authentication_failure(
     *, time_ms: int, peer: Peer, subject: str, issuer: str, serial: str, reason: str
 ) -> Event:
-    """A client certificate from the trusted CA that names no identity (3002
-    Logon, Failure). The TLS handshake itself refuses unknown CAs and never
-    reaches the application, so this is the only authentication failure the
-    daemon can observe."""
+    """A certificate from a trusted CA refused after the handshake (3002
+    Logon, Failure): it names no identity, it or its chain is revoked, its
+    CA left the bundle, or (the gateway's) it fails the gateway client's
+    check. Refusals inside the TLS handshake (unknown CA, expired) never
+    reach the application and cannot be reported."""
     event = _base(AUTHENTICATION, 1, Severity.MEDIUM, time_ms, f"authentication failed: {reason}")
     _status(event, Status.FAILURE, "UNAUTHENTICATED", reason)
     event["auth_protocol_id"] = 99

@@ -4,7 +4,6 @@ and the standard grpc.health.v1 service."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -14,8 +13,10 @@ from grpc_reflection.v1alpha import reflection
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.api.servicer import CoordinatorServicer
-from coordinator.certs import check_private_key_file
 from coordinator.config import ServerConfig
+from coordinator.trust.config_files import server_files
+from coordinator.trust.material import MaterialError, TrustSet
+from coordinator.trust.reloader import TrustReloader
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
@@ -24,27 +25,50 @@ class ServerSetupError(RuntimeError):
     pass
 
 
-def server_credentials(config: ServerConfig) -> grpc.ServerCredentials:
-    paths = {"server.cert": config.cert, "server.key": config.key, "server.client_ca": config.client_ca}
-    blobs = {}
-    for key, value in paths.items():
-        try:
-            blobs[key] = Path(value).read_bytes()
-        except OSError as exc:
-            raise ServerSetupError(f"{key}: cannot read {value}: {exc.strerror}") from exc
-    check_private_key_file(Path(config.key))
-    return grpc.ssl_server_credentials(
-        [(blobs["server.key"], blobs["server.cert"])],
-        root_certificates=blobs["server.client_ca"],
-        require_client_auth=True,
+def server_credentials(trust: TrustReloader) -> grpc.ServerCredentials:
+    """Credentials that follow ``trust``: grpc asks the fetcher before every
+    new connection's handshake, and it hands over the set in force whenever
+    its version changed. Connections already open keep the set they
+    started with; nothing is restarted."""
+    served = [trust.state.version]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # Runs on a grpc core thread: only reads the state (one attribute).
+        state = trust.state
+        if state.version == served[0]:
+            return None
+        served[0] = state.version
+        return _certificate_configuration(state.material)
+
+    return grpc.dynamic_ssl_server_credentials(
+        _certificate_configuration(trust.state.material),
+        fetch,  # type: ignore[arg-type]  # the stubs miss that None means "no change"
+        require_client_authentication=True,
     )
+
+
+def _certificate_configuration(material: TrustSet) -> grpc.ServerCertificateConfiguration:
+    return grpc.ssl_server_certificate_configuration(
+        [(material.key_pem, material.cert_chain_pem)], root_certificates=material.bundle_pem
+    )
+
+
+def load_server_trust(config: ServerConfig, **kwargs: Any) -> TrustReloader:
+    """The listener's trust set, validated; ServerSetupError names the file."""
+    try:
+        return TrustReloader("server", server_files(config), **kwargs)
+    except MaterialError as exc:
+        raise ServerSetupError(str(exc)) from exc
 
 
 async def start_server(
     config: ServerConfig,
     servicer: CoordinatorServicer,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
+    trust: TrustReloader | None = None,
 ) -> tuple[grpc.aio.Server, int]:
+    """``trust``: the reloaded set the listener follows (the daemon's); by
+    default the files of ``config`` as they are now."""
     server = grpc.aio.server(interceptors=list(interceptors))
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
@@ -53,7 +77,7 @@ async def start_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_secure_port(config.listen, server_credentials(config))
+    port = server.add_secure_port(config.listen, server_credentials(trust or load_server_trust(config)))
     if port == 0:
         raise ServerSetupError(f"server.listen: cannot listen on {config.listen}")
     await server.start()

@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 
 from coordinator.certs import init_dev_pki, issue_client_cert
+from coordinator.certs_lifecycle import write_empty_crl
 from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.config import load_config
 from coordinator.dev import netns
@@ -125,6 +126,8 @@ listen = "127.0.0.1:{port}"
 cert = "{certs}/server.pem"
 key = "{certs}/server.key"
 client_ca = "{certs}/ca.pem"
+crl = ["{certs}/ca.crl"]
+reload_interval_s = 1
 
 [auth]
 admins = ["spiffe://bluefield.local/admin/admin"]
@@ -286,6 +289,7 @@ def _dev_up(
     workdir.mkdir(parents=True, exist_ok=True)
     ovs_ns, uplink_ns, guest_prefix = names_for(workdir)
     pki = init_dev_pki(workdir / "certs")
+    write_empty_crl(pki.directory)
     host_b_cert, host_b_key = workdir / "certs" / "host-b.pem", workdir / "certs" / "host-b.key"
     if not host_b_cert.exists():
         # A second host identity, to show (and test) that hosts are isolated.

@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2_grpc as gw_grpc
 from coordinator.client import TlsFiles
+from coordinator.gateway.channel import GatewayChannels
 from coordinator.gateway.reference import DENIED_TRAILER
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,16 @@ class PolicyStreamClient:
         *,
         on_denied: DeniedHandler | None = None,
         server_name: str = "",
+        crl: tuple[str, ...] = (),
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._target = target
-        self._tls = tls
+        # Credentials are re-read and validated for every session.
+        self.channels = GatewayChannels(target, tls, server_name=server_name, crl=crl)
         self._on_event = on_event
         self._on_denied = on_denied
-        self._server_name = server_name
         self._backoff_base = backoff_base_s
         self._backoff_cap = backoff_cap_s
         self._clock = clock
@@ -130,24 +132,16 @@ class PolicyStreamClient:
             except LongSessionEnded:
                 continue
 
-    def _credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self._tls.ca.read_bytes(),
-            private_key=self._tls.key.read_bytes(),
-            certificate_chain=self._tls.cert.read_bytes(),
-        )
-
     async def _session(self) -> None:
         if self._stopped.is_set():
             return
-        options = [("grpc.ssl_target_name_override", self._server_name)] if self._server_name else []
         outbox: asyncio.Queue[gw.WatchRequest | None] = asyncio.Queue()
         outbox.put_nowait(
             gw.WatchRequest(register=gw.Register(sandbox_ids=sorted(self._wanted), capabilities=CAPABILITIES))
         )
         self._outbox = outbox
         started = self._clock()
-        async with grpc.aio.secure_channel(self._target, self._credentials(), options=options) as channel:
+        async with self.channels.open() as channel:
             stub = gw_grpc.PolicyGatewayStub(channel)  # type: ignore[no-untyped-call]
             call = stub.WatchSandboxPolicies()
             writer = asyncio.ensure_future(_write_requests(call, outbox))
