@@ -45,7 +45,8 @@ async def start_server(
     servicer: CoordinatorServicer,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
 ) -> tuple[grpc.aio.Server, int]:
-    server = grpc.aio.server(interceptors=list(interceptors))
+    # The authorizer is innermost: the others see every call, refused ones too.
+    server = grpc.aio.server(interceptors=[*interceptors, servicer.authorizer])
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
