@@ -16,9 +16,12 @@ import pytest_asyncio
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.bounded import DETAIL_LIMIT
+from coordinator.callers import Caller, Role
 from coordinator.certs import DevPki, init_dev_pki
 from coordinator.dev.ovs_instance import OvsInstance
+from coordinator.errors import AlreadyExists, NotFound
 from coordinator.security_rate import BURST
+from coordinator.service import AttachParams
 from tests.integration.api_served import METHODS, Served, serve
 from tests.integration.stack import Uplink
 
@@ -30,6 +33,8 @@ U64_MAX = 2**64 - 1
 # A field 1 (string) whose bytes are not UTF-8; random bytes that are no message.
 BAD_UTF8 = b"\x0a\x02\xc3\x28"
 NOT_A_MESSAGE = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
+# Distinct refused or replayed calls that must leave no per-sandbox state.
+CALLS = 50_000
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +170,25 @@ async def test_echoes_are_bounded(served: Served) -> None:
         await stranger.message("ListAttachments", pb.ListAttachmentsRequest())
     refused = [e for e in served.security_lines() if e["actor"]["user"]["uid"].endswith("/stranger")]
     assert len(refused) == BURST
+
+
+async def test_refused_and_replayed_calls_leave_no_locks_behind(served: Served) -> None:
+    service = served.stack.service
+    host = Caller(served.pki.host_identity, Role.HOST)
+
+    def params(sandbox_id: str, request_id: str = "r-keep") -> AttachParams:
+        return AttachParams(sandbox_id, "hi-1", request_id, None, "", "BASELINE")
+
+    kept = await service.attach(host, params("sb-keep"))
+    for i in range(CALLS):
+        if i % 3 == 0:
+            assert (await service.attach(host, params("sb-keep"))).attachment_id == kept.attachment_id
+        elif i % 3 == 1:
+            with pytest.raises(AlreadyExists):  # the request id, reused for another sandbox
+                await service.attach(host, params(f"sb-{i}"))
+        else:
+            with pytest.raises(NotFound):
+                await service.detach(host, f"no-such-{i}", 1)
+    # Locks exist only while held or awaited: none now, one attachment kept.
+    assert len(service._locks) == 0
+    assert [r.attachment_id for r in served.stack.store.list_attachments()] == [kept.attachment_id]
