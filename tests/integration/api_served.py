@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ ADMIN = Caller("spiffe://bluefield.local/admin/admin", Role.ADMIN)
 STRANGER = "spiffe://bluefield.local/host/stranger"
 SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 METHODS = {m.name: m for m in SERVICE.methods}
+STREAM_WAIT_S = 0.5
 
 
 @dataclass
@@ -42,13 +43,15 @@ class RawCaller:
     channel: grpc.aio.Channel
 
     async def call(self, method: str, body: bytes, timeout: float = 10.0) -> tuple[grpc.StatusCode, str]:
-        """(status code, details) of one call; a stream is read to its end."""
+        """(status code, details) of one call. A stream (a watch, which never
+        ends by itself) is OK once its first answer comes, or when it is
+        still open after ``STREAM_WAIT_S``."""
         path = f"/{SERVICE_NAME}/{method}"
         try:
             if METHODS[method].server_streaming:
                 stream = self.channel.unary_stream(path)(body, timeout=timeout)
-                async for _ in stream:
-                    break  # a watch never ends by itself: one answer is enough
+                with suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stream.read(), STREAM_WAIT_S)
                 stream.cancel()
                 return grpc.StatusCode.OK, ""
             await self.channel.unary_unary(path)(body, timeout=timeout)
