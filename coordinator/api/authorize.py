@@ -17,9 +17,10 @@ not Coordinator RPCs and pass untouched.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -56,6 +57,17 @@ Context = grpc.aio.ServicerContext[Any, Any]
 def current_caller() -> Caller:
     """The caller of the RPC being handled, as authorized here."""
     return _caller.get()
+
+
+@contextlib.contextmanager
+def acting_as(caller: Caller) -> Iterator[None]:
+    """Servicer methods called in-process, not through the server (tests):
+    the caller they see, as if it had been authorized."""
+    token = _caller.set(caller)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
 
 
 class Received:
