@@ -13,6 +13,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from coordinator import faults
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.bounded import DETAIL_LIMIT
@@ -192,3 +193,14 @@ async def test_refused_and_replayed_calls_leave_no_locks_behind(served: Served) 
     # Locks exist only while held or awaited: none now, one attachment kept.
     assert len(service._locks) == 0
     assert [r.attachment_id for r in served.stack.store.list_attachments()] == [kept.attachment_id]
+
+
+async def test_an_exception_that_escapes_is_internal_without_its_text(served: Served) -> None:
+    faults.enable("attach.port_added", "raise")
+    try:
+        request = pb.AttachRequest(sandbox_id="sb-boom", host_instance_id="hi-1", request_id="r-boom")
+        code, details = await served.callers["host"].message("Attach", request)
+    finally:
+        faults.disable_all()
+    assert (code, details) == (grpc.StatusCode.INTERNAL, "internal error")
+    assert not served.stack.store.list_attachments()  # rolled back
