@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= /tmp/bluefield-coordinator-demo
 SOURCES := coordinator tests proto examples
 
-.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy bfb-overlay bench soak
+.PHONY: test demo deps system-deps proto lint typecheck unit golden fuzz-policy fuzz-api bfb-overlay bench soak
 
 deps: system-deps $(STAMP)
 
@@ -52,6 +52,12 @@ unit: $(STAMP)
 # ten times the probes of `make test` (packets traced through a private OVS).
 fuzz-policy: deps
 	POLICY_FUZZ_PROBES=20000 $(BIN)/python -m pytest -q tests/integration/test_differential.py
+
+# The fuzz test of the real API server (random messages and bytes for every
+# RPC as host, admin and a role-less identity), a hundred times the batches of
+# `make test`, with shrinking of what fails.
+fuzz-api: deps
+	API_FUZZ_BATCHES=1200 $(BIN)/python -m pytest -q -p no:logging --timeout=7200 tests/integration/test_api_fuzz.py
 
 # The restart-safety storm, longer: concurrent clients, SIGKILL at random
 # moments, invariants checked after every restart.

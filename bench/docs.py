@@ -70,7 +70,10 @@ them. Below 1.00x the daemon is faster.
   10-rule policy from the reference gateway and enforces it before
   answering. Throughput: 8 clients on their own channels, each attaching
   and detaching in a loop; attaches per second of wall time, detaches
-  included. (The emulated eswitch checks each VF with its own `ip link
+  included. *Health during the attach storm*: an admin asks Health in a
+  loop on its own channel while those 8 clients run (p50 / p95 / p99): how
+  long other RPCs wait behind the attaches' store commits and OVS calls.
+  (The emulated eswitch checks each VF with its own `ip link
   show` when Attach refreshes health, so a pool of hundreds would mostly
   measure that emulation cost.)
 - **scale** - that many attachments with a policy of that many rules

@@ -57,12 +57,16 @@ def _attach_rows(attach: Mapping[str, Any]) -> list[list[str]]:
     t = attach["throughput"]
     n = attach["baseline_ms"]["n"]
     blank = [NONE] * 6
-    return [
+    rows = [
         ["attach BASELINE, mTLS", f"{n} attaches", _pcts(attach["baseline_ms"]), *blank],
         ["attach WAIT_INITIAL, mTLS", f"{n} attaches", _pcts(attach["wait_initial_ms"]), *blank],
         [f"attach throughput, {t['clients']} clients", f"{t['attaches']} attaches",
          f"{t['per_second']:.1f} /s", *blank],
     ]  # fmt: skip
+    health = attach.get("health_during_storm_ms")  # absent from older results
+    if health:
+        rows.append(["Health during the attach storm", f"{health['n']} calls", _pcts(health), *blank])
+    return rows
 
 
 def _scale_rows(scale: Mapping[str, Any]) -> list[list[str]]:

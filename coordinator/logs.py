@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+from coordinator.bounded import DETAIL_LIMIT, bounded
+
 # LogRecord attributes that are not caller-supplied `extra` fields.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -22,7 +24,8 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STANDARD:
-                entry[key] = value
+                # Fields often carry what a caller or the gateway sent.
+                entry[key] = bounded(value, DETAIL_LIMIT) if isinstance(value, str) else value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

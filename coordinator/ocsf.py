@@ -17,6 +17,10 @@ line. Three classes cover what the coordinator has to say:
 
 ``type_uid`` is always ``class_uid * 100 + activity_id``. Fields OCSF has no
 attribute for (lease generations, the store's event seq) go in ``unmapped``.
+
+Every field that can carry what a caller sent (identities, certificate
+names, ids, messages quoting a request) is cut to ``bounded.ECHO_LIMIT``
+(ids) or ``bounded.DETAIL_LIMIT`` (messages, identities) characters.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coordinator import __version__
+from coordinator.bounded import DETAIL_LIMIT, bounded
 
 OCSF_VERSION = "1.1.0"
 PRODUCT = "bluefield-coordinator"
@@ -109,7 +114,7 @@ def _base(class_uid: int, activity_id: int, severity: Severity, time_ms: int, me
         "type_name": f"{class_name}: {activity_name}",
         "severity_id": int(severity),
         "severity": severity.name.capitalize(),
-        "message": message,
+        "message": bounded(message, DETAIL_LIMIT),
         "metadata": {
             "version": OCSF_VERSION,
             "product": {"name": PRODUCT, "vendor_name": PRODUCT, "version": __version__},
@@ -126,11 +131,16 @@ def _status(event: Event, status: Status, code: str = "", detail: str = "") -> N
     if code:
         event["status_code"] = code
     if detail:
-        event["status_detail"] = detail
+        event["status_detail"] = bounded(detail, DETAIL_LIMIT)
+
+
+def _user(identity: str) -> dict[str, Any]:
+    name = bounded(identity, DETAIL_LIMIT) or "unknown"
+    return {"uid": name, "name": name}
 
 
 def _actor(identity: str, role: str) -> dict[str, Any]:
-    user: dict[str, Any] = {"uid": identity or "unknown", "name": identity or "unknown"}
+    user = _user(identity)
     if role:
         # OCSF user types: 1 User, 2 Admin; a host extension is a user of the API.
         user["type_id"] = 2 if role == "admin" else 1
@@ -140,11 +150,11 @@ def _actor(identity: str, role: str) -> dict[str, Any]:
 
 
 def _attachment_resource(attachment_id: str, sandbox_id: str = "", owner: str = "") -> dict[str, Any]:
-    resource: dict[str, Any] = {"uid": attachment_id, "type": "attachment"}
+    resource: dict[str, Any] = {"uid": bounded(attachment_id), "type": "attachment"}
     if sandbox_id:
-        resource["labels"] = [f"sandbox_id={sandbox_id}"]
+        resource["labels"] = [f"sandbox_id={bounded(sandbox_id)}"]
     if owner:
-        resource["owner"] = {"uid": owner, "name": owner}
+        resource["owner"] = _user(owner)
     return resource
 
 
@@ -183,12 +193,29 @@ def api_activity(
     if response_error:
         response["error"] = response_error
     if response_message:
-        response["message"] = response_message
+        response["message"] = bounded(response_message, DETAIL_LIMIT)
     event["api"] = {"operation": operation, "service": {"name": SERVICE}, "response": response}
     if attachment_id:
         event["resources"] = [_attachment_resource(attachment_id, sandbox_id, owner)]
     if unmapped:
         event["unmapped"] = unmapped
+    return event
+
+
+def events_suppressed(*, time_ms: int, identity: str, count: int, since_ms: int, rule: str) -> Event:
+    """``count`` refused-call events of one identity not written, from
+    ``since_ms`` on, by the security event file's rate limit (``rule``)."""
+    event = _base(
+        API_ACTIVITY,
+        int(ApiActivity.READ),
+        Severity.MEDIUM,
+        time_ms,
+        f"suppressed {count} events of {bounded(identity, DETAIL_LIMIT) or 'unknown'} ({rule})",
+    )
+    _status(event, Status.FAILURE, "RATE_LIMITED")
+    event["actor"] = _actor(identity, "")
+    event["api"] = {"operation": "", "service": {"name": SERVICE}, "response": {"code": 0}}
+    event["unmapped"] = {"suppressed": count, "suppressed_since": since_ms}
     return event
 
 
@@ -204,11 +231,15 @@ def authentication_failure(
     _status(event, Status.FAILURE, "UNAUTHENTICATED", reason)
     event["auth_protocol_id"] = 99
     event["auth_protocol"] = "mTLS"
-    event["user"] = {"uid": peer.identity or "unknown", "name": peer.identity or "unknown"}
+    event["user"] = _user(peer.identity)
     event["src_endpoint"] = _src_endpoint(peer)
     event["service"] = {"name": SERVICE}
     if subject or issuer or serial:
-        event["certificate"] = {"subject": subject, "issuer": issuer, "serial_number": serial}
+        event["certificate"] = {
+            "subject": bounded(subject, DETAIL_LIMIT),
+            "issuer": bounded(issuer, DETAIL_LIMIT),
+            "serial_number": bounded(serial),
+        }
     return event
 
 

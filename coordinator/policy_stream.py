@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
+from coordinator.bounded import quoted
 from coordinator.config import PolicyConfig
 from coordinator.gateway.client import StreamStatus
+from coordinator.identifiers import is_identifier
 from coordinator.policy.validate import PolicyError, scope_from_proto
 from coordinator.service import AttachmentService
 
@@ -28,6 +30,13 @@ class PolicyStreamHandler:
 
     async def on_event(self, event: gw.PolicyEvent) -> None:
         sandbox_id = event.sandbox_id
+        if not is_identifier(sandbox_id):
+            # No sandbox of ours can have this id: nothing to apply or degrade.
+            log.warning(
+                "policy event ignored: malformed sandbox_id",
+                extra={"sandbox_id": quoted(sandbox_id), "seq": event.seq},
+            )
+            return
         if event.type == gw.EVENT_TYPE_REMOVED:
             log.info("policy removed", extra={"sandbox_id": sandbox_id, "seq": event.seq})
             self._service.book.offer(sandbox_id, None)
@@ -60,6 +69,11 @@ class PolicyStreamHandler:
         await self._service.apply_latest(sandbox_id)
 
     async def on_denied(self, sandbox_id: str, message: str) -> None:
+        if not is_identifier(sandbox_id):
+            log.warning(
+                "policy denial ignored: malformed sandbox_id", extra={"sandbox_id": quoted(sandbox_id)}
+            )
+            return
         self._service.book.deny(sandbox_id, message)
         await self._service.degrade(sandbox_id, "NotDelegated", message)
 

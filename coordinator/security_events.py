@@ -228,6 +228,9 @@ class SecurityEvents:
     def close(self) -> None:
         for task in self.tasks:
             task.cancel()
+        for interceptor in self.interceptors:
+            if isinstance(interceptor, SecurityEventInterceptor):
+                interceptor.flush()
         if self.sink is not None:
             self.sink.close()
 

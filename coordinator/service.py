@@ -15,7 +15,6 @@ import json
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show
 from coordinator.gateway.client import StreamStatus
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.host_reconcile import HostReconcilePlan, Known, ReconcileMode, plan_host_reconcile
+from coordinator.keyed_lock import KeyedLocks
 from coordinator.leases import DetachDecision, decide_detach
 from coordinator.memory import release_free_memory
 from coordinator.ovs.control import vswitchd_ctl
@@ -170,8 +170,9 @@ class AttachmentService:
             config=config, backend=backend, ovsdb=ovsdb, openflow=openflow, pipeline=pipeline
         )
         # Mutations of one sandbox (attach, detach, policy) run one at a
-        # time; different sandboxes proceed in parallel.
-        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # time; different sandboxes proceed in parallel. A sandbox's lock
+        # exists only while it is held or awaited.
+        self._locks = KeyedLocks()
         # Latest gateway policies; the gateway stream (if any) registers
         # sandboxes through policy_source.
         self.book = PolicyBook()

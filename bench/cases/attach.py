@@ -5,7 +5,10 @@ Latency: sequential attach -> detach cycles, timing only the Attach RPC
 the gateway's policy is fetched and enforced before it answers).
 Throughput: 8 clients, each on its own channel, each attaching and
 detaching in a loop; attaches per second of wall time (the detaches
-included: the pool is small, as a DPU's is).
+included: the pool is small, as a DPU's is). Meanwhile an admin asks
+Health in a loop on its own channel: its latency under the storm says how
+much the attaches (store commits with fsync, OVS round trips) hold up other
+RPCs.
 
 The pool holds 16 VFs: the emulated eswitch checks every VF with its own
 `ip link show` whenever Attach refreshes health (at most once a second),
@@ -39,6 +42,7 @@ class AttachResults:
     clients: int
     attaches: int
     throughput_s: float  # wall time of the concurrent run
+    health_during_storm: Summary
 
     @property
     def per_second(self) -> float:
@@ -56,6 +60,7 @@ class AttachResults:
                 "per_second": round(self.per_second, 1),
                 "pool_vfs": max(POOL_VFS, self.clients),
             },
+            "health_during_storm_ms": self.health_during_storm.to_json(),
         }
 
 
@@ -70,9 +75,22 @@ def _latency(endpoint: env.Endpoint, prefix: str, count: int, initial: int) -> S
     return summarize(samples)
 
 
-def _throughput(endpoint: env.Endpoint, clients: int, per_client: int) -> float:
-    start = threading.Barrier(clients + 1)
+def _throughput(endpoint: env.Endpoint, clients: int, per_client: int) -> tuple[float, Summary]:
+    """Wall time of the storm, and the latency of Health asked during it."""
+    start = threading.Barrier(clients + 2)
     errors: list[BaseException] = []
+    storm_over = threading.Event()
+    health_s: list[float] = []
+
+    def prober() -> None:
+        with CoordinatorClient(endpoint.coordinator, endpoint.admin_tls()) as admin:
+            admin.health()
+            start.wait()
+            while not storm_over.is_set():
+                asked = time.perf_counter()
+                admin.health()
+                health_s.append(time.perf_counter() - asked)
+                time.sleep(0.01)
 
     def worker(index: int) -> None:
         with CoordinatorClient(endpoint.coordinator, endpoint.host_tls()) as client:
@@ -86,16 +104,19 @@ def _throughput(endpoint: env.Endpoint, clients: int, per_client: int) -> float:
                 errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    for thread in threads:
+    probe = threading.Thread(target=prober)
+    for thread in [*threads, probe]:
         thread.start()
     start.wait()
     started = time.perf_counter()
     for thread in threads:
         thread.join()
     elapsed = time.perf_counter() - started
+    storm_over.set()
+    probe.join()
     if errors:
         raise errors[0]
-    return elapsed
+    return elapsed, summarize(health_s)
 
 
 def run_attach_case(workdir: Path, count: int, clients: int, progress: Any) -> AttachResults:
@@ -109,5 +130,5 @@ def run_attach_case(workdir: Path, count: int, clients: int, progress: Any) -> A
         progress(f"attach latency: {count} x WAIT_INITIAL")
         wait_initial = _latency(endpoint, "wait", count, pb.INITIAL_POLICY_WAIT_INITIAL)
         progress(f"attach throughput: {clients} clients x {per_client}")
-        seconds = _throughput(endpoint, clients, per_client)
-    return AttachResults(baseline, wait_initial, clients, per_client * clients, seconds)
+        seconds, health = _throughput(endpoint, clients, per_client)
+    return AttachResults(baseline, wait_initial, clients, per_client * clients, seconds, health)

@@ -4,7 +4,6 @@ names the offending field."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -12,10 +11,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
+from coordinator.bounded import quoted
 from coordinator.errors import InvalidArgument
 from coordinator.eswitch.base import DeviceKind, DeviceSlot
 from coordinator.health import HealthReport
 from coordinator.host_reconcile import Known, ReconcileMode
+from coordinator.identifiers import RULE, is_identifier
 from coordinator.offload_status import OffloadSummary, OffloadView
 from coordinator.policy.packet import (
     IPPROTO_ICMP,
@@ -32,7 +33,12 @@ from coordinator.store.records import AttachmentRecord, AttachmentState, EventRe
 
 T = TypeVar("T")
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+# The store keeps integers as SQLite's signed 64-bit INTEGER; uint64 fields
+# above this are refused at the edge rather than overflowing there.
+MAX_STORED_INT = 2**63 - 1
+# initial_policy_timeout_ms: how long an Attach may wait for the gateway, at
+# most what the config key policy.initial_policy_timeout_ms allows.
+MAX_INITIAL_POLICY_TIMEOUT_MS = 3_600_000
 
 _KIND_TO_PB = {DeviceKind.VF: pb.DEVICE_KIND_VF, DeviceKind.SF: pb.DEVICE_KIND_SF}
 _KIND_FROM_PB = {
@@ -63,10 +69,8 @@ _INITIAL_FROM_PB = {
 def require_id(field: str, value: str) -> str:
     if not value:
         raise InvalidArgument(field, "required")
-    if not ID_PATTERN.match(value):
-        raise InvalidArgument(
-            field, "must be 1-128 characters of letters, digits and ._:@/- starting with a letter or digit"
-        )
+    if not is_identifier(value):
+        raise InvalidArgument(field, f"must be {RULE}")
     return value
 
 
@@ -76,21 +80,36 @@ def optional_id(field: str, value: str) -> str:
 
 def _enum(field: str, table: Mapping[Any, T], value: object) -> T:
     if value not in table:
-        raise InvalidArgument(field, f"unknown value {value}")
+        shown = quoted(value) if isinstance(value, str) else str(value)
+        raise InvalidArgument(field, f"unknown value {shown}")
     return table[value]
+
+
+def _generation(field: str, value: int) -> int:
+    if value < 1 or value > MAX_STORED_INT:
+        raise InvalidArgument(field, f"required, 1-{MAX_STORED_INT}: the generation Attach returned")
+    return value
+
+
+def since_seq(request: pb.WatchAttachmentEventsRequest) -> int:
+    if request.since_seq > MAX_STORED_INT:
+        raise InvalidArgument("since_seq", f"0-{MAX_STORED_INT}")
+    return request.since_seq
 
 
 def attach_params(request: pb.AttachRequest) -> AttachParams:
     kind = _enum("device_kind", _KIND_FROM_PB, request.device_kind)
     initial = _enum("initial_policy", _INITIAL_FROM_PB, request.initial_policy)
-    if request.network_class and not ID_PATTERN.match(request.network_class):
-        raise InvalidArgument("network_class", "malformed network class name")
+    if request.initial_policy_timeout_ms > MAX_INITIAL_POLICY_TIMEOUT_MS:
+        raise InvalidArgument(
+            "initial_policy_timeout_ms", f"0-{MAX_INITIAL_POLICY_TIMEOUT_MS} (0: the configured default)"
+        )
     return AttachParams(
         sandbox_id=require_id("sandbox_id", request.sandbox_id),
         host_instance_id=require_id("host_instance_id", request.host_instance_id),
         request_id=require_id("request_id", request.request_id),
         kind=kind,
-        network_class=request.network_class,
+        network_class=optional_id("network_class", request.network_class),
         initial_policy=initial,
         initial_policy_timeout_ms=request.initial_policy_timeout_ms,
     )
@@ -98,10 +117,9 @@ def attach_params(request: pb.AttachRequest) -> AttachParams:
 
 def detach_args(request: pb.DetachRequest) -> tuple[str, int]:
     attachment_id = require_id("attachment_id", request.attachment_id)
-    if request.lease_generation < 1:
-        raise InvalidArgument("lease_generation", "required (>= 1): the generation Attach returned")
+    generation = _generation("lease_generation", request.lease_generation)
     optional_id("host_instance_id", request.host_instance_id)
-    return attachment_id, request.lease_generation
+    return attachment_id, generation
 
 
 _MODE_FROM_PB = {
@@ -117,12 +135,9 @@ def reconcile_args(request: pb.ReconcileRequest) -> tuple[str, ReconcileMode, li
     known = []
     for i, entry in enumerate(request.known):
         attachment_id = require_id(f"known[{i}].attachment_id", entry.attachment_id)
-        if entry.lease_generation < 1:
-            raise InvalidArgument(
-                f"known[{i}].lease_generation", "required (>= 1): the generation Attach returned"
-            )
+        generation = _generation(f"known[{i}].lease_generation", entry.lease_generation)
         sandbox_id = optional_id(f"known[{i}].sandbox_id", entry.sandbox_id)
-        known.append(Known(attachment_id, entry.lease_generation, sandbox_id))
+        known.append(Known(attachment_id, generation, sandbox_id))
     return host_instance_id, mode, known
 
 
@@ -165,7 +180,7 @@ def _address(field: str, value: str) -> IPAddress:
     try:
         return ipaddress.ip_address(value)
     except ValueError as exc:
-        raise InvalidArgument(field, f"not an IP address: {value!r}") from exc
+        raise InvalidArgument(field, f"not an IP address: {quoted(value)}") from exc
 
 
 def explain_args(request: pb.ExplainPacketRequest) -> tuple[str, Packet]:

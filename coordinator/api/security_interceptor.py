@@ -20,9 +20,11 @@ import grpc
 from cryptography import x509
 
 from coordinator import ocsf
+from coordinator.api.authorize import Received
 from coordinator.api.handlers import on_call_end
 from coordinator.certs import IdentityError, identity_from_certificate
 from coordinator.config import AuthConfig
+from coordinator.security_rate import IdentityRateLimit
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +36,18 @@ _LEASE_REFUSALS = (("stale lease generation", "stale"), ("was never issued", "ne
 
 
 class SecurityEventInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, emit: Emit, auth: AuthConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        emit: Emit,
+        auth: AuthConfig,
+        clock: Callable[[], float] = time.time,
+        limit: IdentityRateLimit | None = None,
+    ) -> None:
         self._emit = emit
         self._roles = {i: "admin" for i in auth.admins} | {i: "host" for i in auth.hosts}
         self._clock = clock
+        # Refused calls cost the caller nothing; what they write is limited.
+        self._limit = limit if limit is not None else IdentityRateLimit(clock=clock)
 
     async def intercept_service(
         self,
@@ -71,9 +81,36 @@ class SecurityEventInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             log.exception("building the security event for %s failed", method)
             return
         if event is not None:
+            self._write(event)
+
+    def _write(self, event: ocsf.Event) -> None:
+        user = event.get("actor", {}).get("user") or event.get("user") or {}
+        identity = str(user.get("uid", ""))
+        admitted, suppressed = self._limit.admit(identity)
+        if suppressed is not None:
+            self._emit(self._suppressed(suppressed.identity, suppressed.count, suppressed.since))
+        if admitted:
             self._emit(event)
 
+    def _suppressed(self, identity: str, count: int, since: float) -> ocsf.Event:
+        rule = f"at most {self._limit.burst} events, then one per {self._limit.refill_s:g} s"
+        return ocsf.events_suppressed(
+            time_ms=int(self._clock() * 1000),
+            identity=identity,
+            count=count,
+            since_ms=int(since * 1000),
+            rule=rule,
+        )
+
+    def flush(self) -> None:
+        """Write the counts not yet reported (the daemon is stopping)."""
+        for pending in self._limit.pending():
+            self._emit(self._suppressed(pending.identity, pending.count, pending.since))
+
     def _event(self, method: str, request: Any, context: Context, code: grpc.StatusCode) -> ocsf.Event | None:
+        if isinstance(request, Received):
+            # Decoded after the call was refused, only to name what it was about.
+            request = request.decode()
         details = context.details() or ""
         if isinstance(details, bytes):
             details = details.decode(errors="replace")
@@ -113,8 +150,11 @@ class SecurityEventInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             response_code=code.value[0],
             response_error=code.name,
             response_message=details,
-            attachment_id=request.attachment_id,
-            unmapped={"lease_generation": int(request.lease_generation), "lease_refusal": refusal},
+            attachment_id=str(getattr(request, "attachment_id", "") or ""),
+            unmapped={
+                "lease_generation": int(getattr(request, "lease_generation", 0)),
+                "lease_refusal": refusal,
+            },
         )
 
     def _peer(self, context: Context) -> tuple[ocsf.Peer, x509.Certificate | None]:

@@ -20,6 +20,37 @@ from coordinator.trust.reloader import TrustReloader
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Coordinator"].full_name
 
+# HTTP/2 and gRPC limits, set explicitly rather than left to the library's
+# defaults: any CA-signed client reaches the listener, roles or not, so what
+# one connection may make the daemon hold is bounded here (README, "Limits
+# of the API listener").
+MAX_RECEIVE_MESSAGE_BYTES = 1024 * 1024  # the largest request (a Reconcile of ~4,000 known) is far less
+MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024  # a ListAttachments of every attachment
+MAX_METADATA_BYTES = 16 * 1024  # the whole header list of a call, soft limit
+ABSOLUTE_MAX_METADATA_BYTES = 32 * 1024  # hard limit: beyond it the stream is reset
+MAX_CONCURRENT_STREAMS = 64  # per connection; more are refused (REFUSED_STREAM)
+MAX_CONNECTIONS = 256  # open at once; a host and a few admin tools need a handful
+MIN_CLIENT_PING_INTERVAL_MS = 30_000  # clients pinging more often get GOAWAY after two strikes
+MAX_PING_STRIKES = 2
+KEEPALIVE_MS = 60_000  # the server pings an idle connection this often ...
+KEEPALIVE_TIMEOUT_MS = 20_000  # ... and closes it if no answer comes
+MAX_CONNECTION_IDLE_MS = 10 * 60_000  # no call in flight this long: GOAWAY (clients reconnect)
+
+SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_receive_message_length", MAX_RECEIVE_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+    ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+    ("grpc.absolute_max_metadata_size", ABSOLUTE_MAX_METADATA_BYTES),
+    ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+    ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS),
+)
+
 
 class ServerSetupError(RuntimeError):
     pass
@@ -69,7 +100,8 @@ async def start_server(
 ) -> tuple[grpc.aio.Server, int]:
     """``trust``: the reloaded set the listener follows (the daemon's); by
     default the files of ``config`` as they are now."""
-    server = grpc.aio.server(interceptors=list(interceptors))
+    # The authorizer is innermost: the others see every call, refused ones too.
+    server = grpc.aio.server(interceptors=[*interceptors, servicer.authorizer], options=SERVER_OPTIONS)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

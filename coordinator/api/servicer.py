@@ -1,5 +1,6 @@
-"""The Coordinator gRPC service: authenticate, validate, call the service,
-map domain errors to status codes."""
+"""The Coordinator gRPC service: validate, call the service, map domain
+errors to status codes. Who may call what is decided before any of this,
+in ``api/authorize``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from coordinator import __version__
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
 from coordinator.api import convert
-from coordinator.api.auth import Forbidden, RoleMap, Unauthenticated
-from coordinator.callers import Caller
+from coordinator.api.auth import RoleMap
+from coordinator.api.authorize import Authorizer, current_caller
+from coordinator.bounded import DETAIL_LIMIT, bounded
 from coordinator.errors import (
     AlreadyExists,
     CoordinatorError,
@@ -63,7 +65,7 @@ def unary(handler: Handler[R]) -> Handler[R]:
         try:
             return await handler(self, request, context)
         except CoordinatorError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_for(exc), bounded(str(exc), DETAIL_LIMIT))
             raise  # unreachable: abort raises
 
     return wrapper
@@ -83,24 +85,14 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self._service = service
         self._store = store
         self._events = events
-        self._roles = roles
+        # The server installs it as the innermost interceptor (api/server).
+        self.authorizer = Authorizer(roles)
         self._backend_name = backend_name
         # Datapath offload counts for Health and GetAttachment; None = not reported.
         self._offload = offload
 
-    async def _caller(self, context: Context) -> Caller:
-        try:
-            return self._roles.caller_from_auth_context(dict(context.auth_context()))
-        except Unauthenticated as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-        except Forbidden as exc:
-            log.warning("rpc refused: %s", exc)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        raise AssertionError("unreachable")  # abort always raises
-
     @unary
     async def Health(self, request: pb.HealthRequest, context: Context) -> pb.HealthResponse:
-        await self._caller(context)
         report = await self._service.health()
         offload = await self._offload.total() if self._offload is not None else None
         return convert.health_to_pb(
@@ -109,20 +101,20 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @unary
     async def Attach(self, request: pb.AttachRequest, context: Context) -> pb.Attachment:
-        caller = await self._caller(context)
+        caller = current_caller()
         record = await self._service.attach(caller, convert.attach_params(request))
         return convert.attachment_to_pb(record)
 
     @unary
     async def Detach(self, request: pb.DetachRequest, context: Context) -> pb.DetachResponse:
-        caller = await self._caller(context)
+        caller = current_caller()
         attachment_id, generation = convert.detach_args(request)
         detached = await self._service.detach(caller, attachment_id, generation)
         return pb.DetachResponse(detached=detached)
 
     @unary
     async def GetAttachment(self, request: pb.GetAttachmentRequest, context: Context) -> pb.Attachment:
-        caller = await self._caller(context)
+        caller = current_caller()
         attachment_id = convert.require_id("attachment_id", request.attachment_id)
         record = self._service.get(caller, attachment_id)
         offload = None
@@ -134,7 +126,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def ListAttachments(
         self, request: pb.ListAttachmentsRequest, context: Context
     ) -> pb.ListAttachmentsResponse:
-        caller = await self._caller(context)
+        caller = current_caller()
         records = self._service.list(
             caller,
             sandbox_id=convert.optional_id("sandbox_id", request.sandbox_id),
@@ -145,7 +137,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
 
     @unary
     async def Reconcile(self, request: pb.ReconcileRequest, context: Context) -> pb.ReconcileResponse:
-        caller = await self._caller(context)
+        caller = current_caller()
         host_instance_id, mode, known = convert.reconcile_args(request)
         result = await self._service.reconcile_host(caller, host_instance_id, mode, known)
         return convert.reconcile_to_pb(result)
@@ -154,16 +146,19 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def ExplainPacket(
         self, request: pb.ExplainPacketRequest, context: Context
     ) -> pb.ExplainPacketResponse:
-        caller = await self._caller(context)
+        caller = current_caller()
         attachment_id, packet = convert.explain_args(request)
         return convert.explanation_to_pb(await self._service.explain(caller, attachment_id, packet))
 
     async def WatchAttachmentEvents(
         self, request: pb.WatchAttachmentEventsRequest, context: Context
     ) -> AsyncIterator[pb.AttachmentEvent]:
-        caller = await self._caller(context)
+        caller = current_caller()
         owner = None if caller.is_admin else caller.identity
-        seq = request.since_seq
+        try:
+            seq = convert.since_seq(request)
+        except InvalidArgument as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc), DETAIL_LIMIT))
         while not self._events.closed:
             batch = self._store.events_since(seq, owner=owner)
             for event in batch:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,21 @@ import yaml
 from google.protobuf import json_format
 
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
+from coordinator.identifiers import is_identifier
 
 log = logging.getLogger(__name__)
 
-SANDBOX_FILE = re.compile(r"^(?P<sandbox>[A-Za-z0-9][A-Za-z0-9._:@-]{0,127})\.ya?ml$")
+SUFFIXES = (".yaml", ".yml")
+
+
+def sandbox_of(name: str) -> str | None:
+    """The sandbox id a file name ``<sandbox_id>.yaml`` / ``.yml`` stands for,
+    None unless the id is one the coordinator accepts."""
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            sandbox_id = name[: -len(suffix)]
+            return sandbox_id if is_identifier(sandbox_id) else None
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,10 +63,9 @@ def scan(directory: Path, previous: dict[str, PolicyFile] | None = None) -> dict
     previous = previous or {}
     found: dict[str, PolicyFile] = {}
     for path in sorted(directory.glob("*.y*ml")):
-        match = SANDBOX_FILE.match(path.name)
-        if not match:
+        sandbox_id = sandbox_of(path.name)
+        if sandbox_id is None:
             continue
-        sandbox_id = match["sandbox"]
         try:
             stat = path.stat()
             known = previous.get(sandbox_id)

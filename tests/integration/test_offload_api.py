@@ -13,6 +13,7 @@ import pytest_asyncio
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator.api.auth import RoleMap
+from coordinator.api.authorize import acting_as
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.callers import Caller
 from coordinator.config import AuthConfig
@@ -60,6 +61,11 @@ async def stack(tmp_path: Path, private_ovs: OvsInstance) -> AsyncIterator[tuple
 
 
 async def test_health_and_get_attachment_report_offload_unavailable(stack: tuple[Stack, Uplink]) -> None:
+    with acting_as(HOST):  # the servicer is called directly, not through the server's authorizer
+        await _offload_unavailable(stack)
+
+
+async def _offload_unavailable(stack: tuple[Stack, Uplink]) -> None:
     s, _ = stack
     record = await s.attach("sb-offload", DeviceKind.VF)
     ns = s.configure_guest(record, f"{GUEST_V4}/24")

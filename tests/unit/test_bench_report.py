@@ -63,6 +63,7 @@ RESULTS: dict[str, Any] = {
         "baseline_ms": _summary(50),
         "wait_initial_ms": _summary(90),
         "throughput": {"clients": 8, "attaches": 200, "seconds": 10.0, "per_second": 20.0},
+        "health_during_storm_ms": _summary(7),
     },
     "scale": {
         "attachments": 32,
@@ -114,3 +115,14 @@ def test_a_failed_case_is_a_row_saying_so() -> None:
     failed = next(line for line in table.splitlines() if line.startswith("| attach"))
     assert "FAILED" in failed and "did not answer" in failed
     assert "attach BASELINE" not in table
+
+
+def test_health_under_the_attach_storm_is_a_row() -> None:
+    table = render_table(RESULTS)
+    row = next(line for line in table.splitlines() if "Health during the attach storm" in line)
+    assert "7.0" in row  # its percentiles
+    older = {
+        **RESULTS,
+        "attach": {k: v for k, v in RESULTS["attach"].items() if k != "health_during_storm_ms"},
+    }
+    assert "Health during" not in render_table(older)
