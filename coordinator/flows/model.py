@@ -44,10 +44,14 @@ class Ct:
 
 @dataclass(frozen=True)
 class CtCommit:
-    """Commit the connection in ``zone``; following actions continue."""
+    """Commit the connection in ``zone``, then continue in ``table`` (a
+    recirculation: whatever conntrack hands back at this point, such as
+    fragments its reassembly gives up on, is looked at again there rather
+    than sharing the committed packet's remaining actions)."""
 
     kind: ClassVar[str] = "ct_commit"
     zone: int
+    table: str
 
 
 @dataclass(frozen=True)

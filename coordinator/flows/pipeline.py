@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from coordinator.flows.model import Ct, Flow, Goto
+from coordinator.flows.model import Ct, CtCommit, Flow, Goto
 
 KNOWN_ACTIONS = frozenset(
     {"goto", "output", "flood", "ct", "ct_commit", "ct_clear", "conjunction", "meter", "drop"}
@@ -81,7 +81,7 @@ class Pipeline:
         for action in flow.actions:
             if action.kind not in table.actions:
                 raise FlowViolation(f"{where}: action {action.kind!r} not allowed here")
-            if isinstance(action, Goto | Ct) and action.table not in table.next_tables:
+            if isinstance(action, Goto | Ct | CtCommit) and action.table not in table.next_tables:
                 raise FlowViolation(f"{where}: may not continue in table {action.table!r}")
 
     def check_all(self, flows: Iterable[Flow]) -> None:

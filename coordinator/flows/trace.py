@@ -29,8 +29,9 @@ Building the flow (:func:`trace_request`)
   recirculation consumes the next ``--ct-next`` value (``trk,new``,
   ``trk,est``, ``trk,rel``, ``trk,inv``) and silently falls back to
   ``trk,new`` when none is left; surplus values are ignored. A guest-to-uplink
-  or uplink-to-guest packet passes one ct() (the attachment's zone); a packet
-  between two local guests would pass two (sender's zone, then receiver's).
+  or uplink-to-guest packet passes one ct() (the attachment's zone) and, when
+  new and allowed, the recirculating ct(commit); a packet between two local
+  guests passes those of the sender's zone, then of the receiver's.
   The request therefore carries the state :data:`CT_PASSES` times, and
   :func:`parse_trace` refuses a trace that used the fallback.
 
@@ -75,8 +76,9 @@ from coordinator.policy.packet import (
 )
 
 # How many --ct-next values a request carries: enough for the longest path
-# through the pipeline (guest -> forward -> another local guest: two zones).
-CT_PASSES = 2
+# through the pipeline (guest -> forward -> another local guest: two zones,
+# each a ct() and a recirculating ct(commit)).
+CT_PASSES = 4
 
 # The far end of every trace: the MAC of "something behind the uplink".
 DEFAULT_REMOTE_MAC = "02:00:5e:10:fe:01"

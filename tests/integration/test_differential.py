@@ -38,7 +38,14 @@ from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, cookie_for_slot
 from coordinator.flows.pipeline import Pipeline, load_pipeline
 from coordinator.flows.render import render_flows
-from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
+from coordinator.flows.trace import (
+    CT_PASSES,
+    TraceParseError,
+    TracePorts,
+    parse_dpif_show,
+    parse_trace,
+    trace_request,
+)
 from coordinator.ovs.trace import trace
 from coordinator.policy.evaluator import evaluate
 from coordinator.policy.packet import (
@@ -120,6 +127,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         assert attachment_ofport > 0 and uplink_ofport > 0
         # Scopes with an egress rate limit police through the attachment's
         # meter (numbered like its slot); flows naming a missing meter are refused.
+        # As the daemon sets it: first fragments are looked up with their ports.
+        ovs.ofctl("set-frags", BRIDGE, "nx-match")
         ovs.ofctl("add-meter", BRIDGE, f"meter={SLOT},kbps,burst,band=type=drop,rate=1000000,burst_size=1000")
         yield Bench(
             ovs=ovs,
@@ -556,7 +565,7 @@ def test_trace_request_fields() -> None:
         f"in_port=5,dl_src={ATTACHMENT_MAC},dl_dst={PORTS.remote_mac},"
         "ip,nw_src=198.51.100.10,nw_dst=203.0.113.1,nw_proto=17,udp_src=68,udp_dst=67"
     )
-    assert udp.ct_next == ("trk,inv", "trk,inv") and udp.expected_ofport == 9
+    assert udp.ct_next == ("trk,inv",) * CT_PASSES and udp.expected_ofport == 9
     icmp6 = trace_request(inc(ICMP6, "2001:db8::1", itype=128, icode=3, ct=REL), PORTS)
     assert icmp6.flow == (
         f"in_port=9,dl_src={PORTS.remote_mac},dl_dst={ATTACHMENT_MAC},"
@@ -603,12 +612,13 @@ def test_parse_dpif_show_and_trace_verdicts() -> None:
 
 
 def test_a_second_conntrack_pass_gets_its_own_state(bench: Bench) -> None:
-    """Guest to a local guest (here: itself) passes two ct(): the sender's
-    zone, then the receiver's. Each consumes one --ct-next value."""
+    """Guest to a local guest (here: itself) passes the sender's zone (ct(),
+    then the recirculating commit), then the receiver's. Each consumes one
+    --ct-next value."""
     bench.install(OPEN)
     request = trace_request(out(TCP, ME4, 80), bench.ports)
     hairpin = request.flow.replace(f"dl_dst={bench.ports.remote_mac}", f"dl_dst={ATTACHMENT_MAC}")
-    text = asyncio.run(trace(bench.ovs.vswitchd_ctl, BRIDGE, hairpin, ("trk,new", "trk,est")))
+    text = asyncio.run(trace(bench.ovs.vswitchd_ctl, BRIDGE, hairpin, ("trk,new", "trk,new", "trk,est")))
     assert "resume conntrack with ct_state=new|trk" in text
     assert "resume conntrack with ct_state=est|trk" in text
     parse_trace(text, bench.ports.attachment_ofport, bench.odp_to_ofport)  # no fallback state used
