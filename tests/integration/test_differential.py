@@ -54,11 +54,12 @@ from coordinator.policy.packet import (
     IPPROTO_UDP,
     CtState,
     Direction,
+    Fragment,
     Packet,
 )
 from coordinator.policy.scope import IPNetwork, PortRange, Protocol, Rule, RuleAction, Scope
 from tests.conftest import require_ovs
-from tests.unit.policy.strategies import addresses, networks, packets_for, port_ranges, scopes
+from tests.unit.policy.strategies import addresses, framed, networks, packets_for, port_ranges, scopes
 
 pytestmark = pytest.mark.ovs
 
@@ -73,6 +74,7 @@ PROBES = int(os.environ.get("POLICY_FUZZ_PROBES", "2000"))
 
 ND_SOLICIT, ND_ADVERT, ROUTER_ADVERT = 135, 136, 134
 DHCP_SERVER_PORT = 67
+DHCPV6_SERVER_PORT = 547
 
 
 # --------------------------------------------------------------------------
@@ -166,6 +168,8 @@ def infrastructure(scope: Scope, packet: Packet) -> Expected | None:
     (ovs_programs/pipeline.yaml), reported as a gap in the contract."""
     egress = packet.direction is Direction.EGRESS
     own_v6 = any(network.version == 6 for network in scope.addresses)
+    if not packet.untagged_ip:
+        return None  # the L2 guard refuses it before anything else: the evaluator's case
     if (
         egress
         and packet.version == 4
@@ -173,6 +177,13 @@ def infrastructure(scope: Scope, packet: Packet) -> Expected | None:
         and packet.src_port == DHCP_SERVER_PORT
     ):
         return Expected(False, "egress_spoof guard: a guest never serves DHCP (UDP from port 67)")
+    if (
+        egress
+        and packet.version == 6
+        and packet.protocol == IPPROTO_UDP
+        and packet.src_port == DHCPV6_SERVER_PORT
+    ):
+        return Expected(False, "egress_spoof guard: a guest never serves DHCPv6 (UDP from port 547)")
     if packet.version == 6 and packet.protocol == IPPROTO_ICMPV6:
         if egress and packet.icmp_type == ROUTER_ADVERT:
             return Expected(False, "egress_spoof guard: a guest never sends router advertisements")
@@ -350,7 +361,9 @@ def test_compiled_flows_decide_like_the_evaluator(bench: Bench, capsys: pytest.C
     def run(data: st.DataObject) -> None:
         scope = data.draw(differential_scopes(), label="scope")
         size = PACKETS_PER_SCOPE - CONJUNCTION_PROBES
-        packets = data.draw(st.lists(packets_for(scope), min_size=size, max_size=size), label="packets")
+        packets = data.draw(
+            st.lists(packets_for(scope).flatmap(framed), min_size=size, max_size=size), label="packets"
+        )
         packets += data.draw(
             st.lists(conjunction_probes(scope), min_size=CONJUNCTION_PROBES, max_size=CONJUNCTION_PROBES),
             label="conjunction probes",
@@ -378,6 +391,7 @@ ip = ipaddress.ip_address
 net = ipaddress.ip_network
 E, I = Direction.EGRESS, Direction.INGRESS  # noqa: E741
 NEW, EST, REL, INV = CtState.NEW, CtState.ESTABLISHED, CtState.RELATED, CtState.INVALID
+FIRST, LATER = Fragment.FIRST, Fragment.LATER
 TCP, UDP, ICMP, ICMP6, GRE = 6, 17, 1, 58, 47
 ME4, ME6 = "198.51.100.10", "2001:db8::10"
 OWN = (net(ME4), net(ME6))
@@ -541,6 +555,24 @@ CASES: list[tuple[str, Scope, Packet, bool]] = [
     ("ct: invalid egress, default allow", OPEN, out(TCP, "203.0.113.1", 80, ct=INV), False),
     ("ct: invalid ingress, default allow", OPEN, inc(GRE, "203.0.113.1", ct=INV), False),
     ("ct: new, default deny", CLOSED, out(GRE, "203.0.113.1"), False),
+    # the L2 guard, both directions, whatever the policy
+    ("guard: 802.1q tag", OPEN, replace(out(TCP, "203.0.113.1", 80), vlan_id=100), False),
+    ("guard: priority tag", OPEN, replace(out(TCP, "203.0.113.1", 80), vlan_id=0), False),
+    ("guard: tagged, ingress", OPEN, replace(inc(TCP, "203.0.113.1", 80), vlan_id=7), False),
+    ("guard: tagged dhcp", DHCP, replace(pkt(E, UDP, "0.0.0.0", "255.255.255.255", 68, 67), vlan_id=1), False),
+    ("guard: mpls", OPEN, replace(out(TCP, "203.0.113.1", 80), ethertype=0x8847), False),
+    ("guard: raw 802.3", OPEN, replace(inc(TCP, "203.0.113.1", 80), ethertype=0x05FF), False),
+    ("guard: lldp", OPEN, replace(out(UDP, "203.0.113.1", 80), ethertype=0x88CC), False),
+    # fragments: the first decides like the datagram, later ones go to the commit
+    ("frag: first, allowed", CONJ, replace(out(TCP, "203.0.113.130", 443), fragment=FIRST), True),
+    ("frag: first, denied", CONJ, replace(out(TCP, "203.0.113.5", 443), fragment=FIRST), False),
+    ("frag: later, new, to the commit", CLOSED, replace(pkt(E, UDP, ME4, "203.0.113.1"), fragment=LATER), True),
+    ("frag: later, ingress", CLOSED, replace(pkt(I, UDP, "2001:db8::1", ME6), fragment=LATER), True),
+    ("frag: later, established", CLOSED, replace(pkt(E, UDP, ME4, "203.0.113.1", ct=EST), fragment=LATER), True),
+    ("frag: later, invalid", OPEN, replace(pkt(E, UDP, ME4, "203.0.113.1", ct=INV), fragment=LATER), False),
+    ("frag: later, spoofed source", OPEN,
+     replace(pkt(E, UDP, "198.51.100.11", "203.0.113.1"), fragment=LATER), False),
+    ("frag: later, tagged", OPEN, replace(pkt(E, UDP, ME4, "203.0.113.1"), fragment=LATER, vlan_id=5), False),
 ]  # fmt: skip
 
 

@@ -414,6 +414,15 @@ def test_explain_packet_is_for_admins_and_agrees_with_the_switch(
         # The baseline knows no address of the guest: its IP is spoofed.
         assert not answer.allowed and answer.rule == "anti-spoof" and answer.switch_agrees
         assert "Datapath actions" in answer.trace
+        tagged = pb.ExplainPacketRequest()
+        tagged.CopyFrom(request)
+        tagged.vlan_id = 0
+        answer = admin.explain(tagged)
+        assert not answer.allowed and answer.rule == "l2-guard" and answer.switch_agrees
+        tagged.ethertype = 0x0806
+        with pytest.raises(grpc.RpcError) as err:
+            admin.explain(tagged)
+        assert (err.value.details() or "").startswith("ethertype")
         with pytest.raises(grpc.RpcError) as err:
             host.explain(request)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
