@@ -59,6 +59,12 @@ CT_ESTABLISHED = "+trk+est-inv"
 CT_RELATED = "+trk+rel-inv"
 CT_NEW = "+trk+new-est-rel-inv"
 CT_TRACKED_VALID = "+trk-inv"
+# The ct_mark bit every commit sets: a connection an allow decision let in.
+# Out of a commit only packets of such connections go on; conntrack can hand
+# back there fragments of other datagrams (the rest of a list that did not
+# fit its batch), which carry the state of a connection not committed yet.
+COMMITTED_MARK = 0x1
+COMMITTED = (("ct_state", CT_TRACKED_VALID), ("ct_mark", f"{COMMITTED_MARK:#x}/{COMMITTED_MARK:#x}"))
 
 
 def cookie_for_slot(slot: int) -> int:
@@ -111,8 +117,9 @@ def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
     if uplink is not None:
         for eth in GUARDED_ETHERTYPES:
             b.add("classify", ("base", 0), _guarded(uplink, eth), Goto("ingress_classify"))
-    # Out of a commit: only what conntrack tracked and found valid goes on.
-    b.add("egress_committed", ("base", 0), (("ct_state", CT_TRACKED_VALID),), Goto("forward"))
+    # Out of a commit: only what conntrack tracked, found valid and an allow
+    # decision committed goes on.
+    b.add("egress_committed", ("base", 0), COMMITTED, Goto("forward"))
     # Address probes (RFC 5227, sender 0.0.0.0) teach no one anything; they
     # go to the fabric only, so a guest without addresses (a network class
     # before its policy) never reaches another guest with ARP.
@@ -300,7 +307,12 @@ def _egress_conntrack(b: _Builder, port: PortFacts, scope: Scope) -> None:
             (*src, ("dl_type", eth), ("ct_state", CT_NEW)),
             Goto("egress_commit") if allow_new else Drop(),
         )
-        b.add("egress_commit", ("base", 0), (*src, ("dl_type", eth)), CtCommit(port.zone, "egress_committed"))
+        b.add(
+            "egress_commit",
+            ("base", 0),
+            (*src, ("dl_type", eth)),
+            CtCommit(port.zone, "egress_committed", COMMITTED_MARK),
+        )
 
 
 def _state_flows(b: _Builder, table: str, match: Match, pass_action: FlowAction, commit: str) -> None:
@@ -356,9 +368,14 @@ def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
             (*dst, ("dl_type", eth), ("ct_state", CT_NEW)),
             Goto("ingress_commit") if allow_new else Drop(),
         )
-        b.add("ingress_commit", ("base", 0), (*dst, ("dl_type", eth)), CtCommit(port.zone, "ingress_deliver"))
+        b.add(
+            "ingress_commit",
+            ("base", 0),
+            (*dst, ("dl_type", eth)),
+            CtCommit(port.zone, "ingress_deliver", COMMITTED_MARK),
+        )
     if _ip_types(scope):
-        b.add("ingress_deliver", ("base", 0), (*dst, ("ct_state", CT_TRACKED_VALID)), deliver)
+        b.add("ingress_deliver", ("base", 0), (*dst, *COMMITTED), deliver)
 
 
 def parse_mac(value: str) -> str:

@@ -132,11 +132,16 @@ def _big(tag: Tag, n: int = 0) -> bytes:
     return tag(n) * 400  # 3,200 bytes: three fragments at MTU 1500
 
 
-def _v4_fragments(env: Env, tag: Tag, dport: int, *, to_guest: bool = False) -> list[Packet]:
+def _v4_fragments(
+    env: Env, tag: Tag, dport: int, *, to_guest: bool = False, size: int = 3200
+) -> list[Packet]:
+    payload = Raw((tag(0) * (size // 8 + 1))[:size])
     if to_guest:
-        datagram = IP(src=SERVER_V4, dst=GUEST_V4, id=0x4242) / UDP(sport=40001, dport=dport) / Raw(_big(tag))
+        datagram = IP(src=SERVER_V4, dst=GUEST_V4, id=0x4242) / UDP(sport=40001, dport=dport) / payload
         return [_inbound(env) / f for f in fragment(datagram, fragsize=1400)]
-    datagram = IP(src=GUEST_V4, dst=SERVER_V4, id=0x4343) / UDP(sport=40002, dport=dport) / Raw(_big(tag))
+    datagram = (
+        IP(src=GUEST_V4, dst=SERVER_V4, id=0x4343 + size % 251) / UDP(sport=40002, dport=dport) / payload
+    )
     return [_out(env) / f for f in fragment(datagram, fragsize=1400)]
 
 
@@ -325,6 +330,12 @@ CASES: tuple[Case, ...] = (
     Case("overlapping fragment rewriting the port", "guest", _overlap_v4, (UPLINK, NOWHERE, UPLINK),
          leaked_before=True),
     Case("tiny first fragment", "guest", _tiny_v4, (NOWHERE,)),
+    # More fragments than a datapath batch holds: conntrack hands the rest
+    # back at its next ct() - here the commit of a new, allowed datagram.
+    Case("denied datagram of 46 fragments, then an allowed commit", "guest",
+         lambda e, t: [*_v4_fragments(e, t, 6000, size=64000),
+                       _out(e) / IP(src=GUEST_V4, dst=SERVER_V4) / UDP(sport=40041, dport=5000) / Raw(t(1) * 4)],
+         (NOWHERE, UPLINK)),
     # Expired fragments come back out of the next ct() of their family -
     # here the commit of a new, allowed datagram - and must not share its
     # way out.

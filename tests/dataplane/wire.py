@@ -30,6 +30,7 @@ def send(ifname: str) -> None:
 
 def capture(ifname: str, marker: bytes) -> None:
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)  # bursts of large fragments
         s.bind((ifname, 0))
         print("ready", flush=True)
         while True:

@@ -140,7 +140,8 @@ def test_commits_recirculate_through_a_tracked_valid_check() -> None:
     commits = [a for f in flows for a in f.actions if isinstance(a, CtCommit)]
     assert {a.table for a in commits} == {"egress_committed", "ingress_deliver"}
     [deliver] = [f for f in flows if f.table == "ingress_deliver"]
-    assert deliver.match_dict()["ct_state"] == "+trk-inv" and deliver.actions == (Output(PORT.ofport),)
+    assert deliver.match_dict()["ct_state"] == "+trk-inv" and deliver.match_dict()["ct_mark"] == "0x1/0x1"
+    assert deliver.actions == (Output(PORT.ofport),)
     later = [f for f in flows if f.match_dict().get("ip_frag") == "later"]
     assert {(f.table, f.actions) for f in later} == {
         ("egress_policy", (Goto("egress_commit"),)),
