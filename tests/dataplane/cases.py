@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scapy.contrib.mpls import MPLS
-from scapy.layers.inet import ICMP, IP, TCP, UDP, fragment
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_LSRR, fragment
 from scapy.layers.inet6 import (
     ICMPv6ND_NA,
     ICMPv6ND_NS,
@@ -31,6 +31,7 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptSrcLLAddr,
     IPv6,
     IPv6ExtHdrFragment,
+    IPv6ExtHdrSegmentRouting,
     fragment6,
 )
 from scapy.layers.l2 import ARP, LLC, SNAP, Dot1AD, Dot1Q, Dot3, Ether
@@ -172,6 +173,44 @@ def _lone_v6(env: Env, tag: Tag) -> list[Packet]:
     ]
 
 
+def _split_chain_v6(env: Env, tag: Tag) -> list[Packet]:
+    """A first fragment that ends inside a destination-options header, so
+    its L4 header is in the second fragment (RFC 7112 forbids it). The
+    datagram, UDP to an allowed port, is dropped all the same."""
+    options = bytes([17, 200]) + bytes(200 * 8 + 6)  # next header UDP, 1,608 bytes long
+    head = IPv6(src=GUEST_V6, dst=SERVER_V6) / IPv6ExtHdrFragment(nh=60, m=1, id=0x6464, offset=0)
+    rest = IPv6(src=GUEST_V6, dst=SERVER_V6) / IPv6ExtHdrFragment(nh=60, m=0, id=0x6464, offset=168)
+    udp = UDP(sport=40006, dport=5000) / Raw(tag(0) * 8)
+    tail = options[1344:] + bytes(IPv6(bytes(IPv6(src=GUEST_V6, dst=SERVER_V6) / udp))[UDP])
+    return [_out(env) / head / Raw(options[:1336] + tag(0)), _out(env) / rest / Raw(tail)]
+
+
+def _source_routed_v4(env: Env, tag: Tag) -> Packet:
+    # UDP checksum 0 (none): valid whichever destination one checks it for.
+    route = IPOption_LSRR(routers=["203.0.113.99"])
+    return (
+        _out(env)
+        / IP(src=GUEST_V4, dst=SERVER_V4, options=route)
+        / UDP(sport=40050, dport=5000, chksum=0)
+        / Raw(tag(0) * 4)
+    )
+
+
+def _source_routed_v6(env: Env, tag: Tag) -> Packet:
+    # The UDP checksum as the switch checks it: against the IPv6 header's
+    # destination (the first hop), not the route's last segment.
+    udp = UDP(sport=40051, dport=5000) / Raw(tag(0) * 4)
+    checksum = IPv6(bytes(IPv6(src=GUEST_V6, dst=SERVER_V6) / udp))[UDP].chksum
+    route = IPv6ExtHdrSegmentRouting(addresses=["2001:db8:dead::1"], segleft=1)
+    return (
+        _out(env)
+        / IPv6(src=GUEST_V6, dst=SERVER_V6)
+        / route
+        / UDP(sport=40051, dport=5000, chksum=checksum)
+        / Raw(tag(0) * 4)
+    )
+
+
 def _overlap_v4(env: Env, tag: Tag) -> list[Packet]:
     """Allowed first fragment, then a second one at offset 0 that would
     rewrite the UDP header to a denied port, then the last fragment."""
@@ -272,6 +311,12 @@ CASES: tuple[Case, ...] = (
          (NOWHERE,)),
     Case("llc/snap oui 0, spoofed source", "guest",
          _one(lambda e, t: _snap(e, 0, _v4(e, t, src="198.51.100.99"))), (NOWHERE,)),
+    # -- what OpenFlow cannot see (README, policy semantics): IP options and
+    # IPv6 extension headers are not matchable; such a packet is policed by
+    # its IP header, so a source route to a denied host via an allowed first
+    # hop passes - the fabric's routers drop source-routed packets.
+    Case("ipv4 loose source route (option) via an allowed hop", "guest", _one(_source_routed_v4), (UPLINK,)),
+    Case("ipv6 routing header via an allowed hop", "guest", _one(_source_routed_v6), (UPLINK,)),
     # -- spoofing --------------------------------------------------------------
     Case("spoofed source mac", "guest",
          _one(lambda e, t: Ether(src="02:00:5e:00:53:99", dst=e.uplink_mac) / _v4(e, t)), (NOWHERE,)),
@@ -326,7 +371,8 @@ CASES: tuple[Case, ...] = (
     Case("fragmented denied udp", "guest", lambda e, t: _v4_fragments(e, t, 6000), (NOWHERE,)),
     Case("fragmented denied udp6", "guest", lambda e, t: _v6_fragments(e, t, 6000), (NOWHERE,)),
     Case("lone later fragment", "guest", _lone_v4, (NOWHERE,)),
-    Case("lone later fragment, ipv6", "guest", _lone_v6, (NOWHERE,)),
+    Case("lone later fragment, ipv6", "guest", _lone_v6, (NOWHERE,), leaked_before=True),
+    Case("ipv6 first fragment whose header chain runs into the next", "guest", _split_chain_v6, (NOWHERE,)),
     Case("overlapping fragment rewriting the port", "guest", _overlap_v4, (UPLINK, NOWHERE, UPLINK),
          leaked_before=True),
     Case("tiny first fragment", "guest", _tiny_v4, (NOWHERE,)),

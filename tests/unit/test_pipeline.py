@@ -76,6 +76,9 @@ def test_goto_must_point_forward() -> None:
         (lambda r: r["priorities"].update(bad=[5, 1]), "out of order"),
         (lambda r: r["tables"].append(copy.deepcopy(r["tables"][0])), "duplicate"),
         (lambda r: r["tables"][1]["match"].append("pkt_mark"), "cannot be offloaded"),
+        # Deciding fragments by the conntrack tuple would pin the policy tables to software.
+        (lambda r: r["tables"][4]["match"].append("ct_tp_dst"), "cannot be offloaded"),
+        (lambda r: r["tables"][0]["match"].append("reg0"), "cannot be offloaded"),
         (lambda r: r["tables"][1]["match"].append("nd_target"), "software_ok"),
     ],
 )
