@@ -149,8 +149,7 @@ async def _arrivals(tmp: Path, ovs: OvsInstance, fabric: str) -> Arrivals:
             "classed": stack.guest_ns(classed),
         }
         env = Env(guest_mac=guest.mac, peer_mac=peer.mac, classed_mac=classed.mac, uplink_mac=_mac(fabric))
-        result = await asyncio.to_thread(run_cases, places, env, CASES)
-        return result
+        return await asyncio.to_thread(run_cases, places, env, CASES)
     finally:
         await stack.close()
 
