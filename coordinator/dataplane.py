@@ -118,9 +118,12 @@ class Dataplane:
                 self.uplink_ofport = await self._ovsdb.ensure_port(
                     cfg.bridge, cfg.uplink, {OWNER_KEY: OWNER_VALUE, ROLE_KEY: "uplink"}
                 )
+            # Before any flow: allowed fragmented datagrams need reassembly.
+            await self.conntrack.enable_fragment_reassembly()
+            await self._openflow.match_fragments_as_parsed()
             result = await self._openflow.sync(BRIDGE_COOKIE, self.bridge_flows())
             self._flow_counts[BRIDGE_COOKIE] = result.total
-        except (OvsdbError, OpenFlowError) as exc:
+        except (OvsdbError, OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"programming bridge {cfg.bridge}: {exc}") from exc
 
     def bridge_flows(self) -> list[str]:

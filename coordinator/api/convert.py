@@ -19,10 +19,13 @@ from coordinator.host_reconcile import Known, ReconcileMode
 from coordinator.identifiers import RULE, is_identifier
 from coordinator.offload_status import OffloadSummary, OffloadView
 from coordinator.policy.packet import (
+    ETHERTYPE_ARP,
+    ETHERTYPE_BY_VERSION,
     IPPROTO_ICMP,
     IPPROTO_ICMPV6,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    MAX_VLAN_ID,
     CtState,
     Direction,
     Packet,
@@ -200,6 +203,7 @@ def explain_args(request: pb.ExplainPacketRequest) -> tuple[str, Packet]:
         value = getattr(request, field)
         if value > 255 or (value and ported):
             raise InvalidArgument(field, "0-255, and only for icmp or icmpv6")
+    vlan_id, ethertype = _framing(request, src.version)
     try:
         packet = Packet(
             direction=direction,
@@ -211,10 +215,31 @@ def explain_args(request: pb.ExplainPacketRequest) -> tuple[str, Packet]:
             icmp_type=request.icmp_type,
             icmp_code=request.icmp_code,
             ct_state=ct_state,
+            vlan_id=vlan_id,
+            ethertype=ethertype,
         )
     except ValueError as exc:
         raise InvalidArgument("protocol", str(exc)) from exc
     return attachment_id, packet
+
+
+def _framing(request: pb.ExplainPacketRequest, version: int) -> tuple[int | None, int | None]:
+    """The optional VLAN id and ethertype; an IP ethertype must be the
+    addresses' family's (and then is the default, None)."""
+    vlan_id = ethertype = None
+    if request.HasField("vlan_id"):
+        if request.vlan_id > MAX_VLAN_ID:
+            raise InvalidArgument("vlan_id", f"0-{MAX_VLAN_ID} (0 is a priority tag)")
+        vlan_id = request.vlan_id
+    if request.HasField("ethertype"):
+        value = request.ethertype
+        if value > 0xFFFF or value == ETHERTYPE_ARP:
+            raise InvalidArgument("ethertype", "0-0xffff, and not ARP (the NetworkScope does not decide ARP)")
+        if value in ETHERTYPE_BY_VERSION.values() and value != ETHERTYPE_BY_VERSION[version]:
+            raise InvalidArgument("ethertype", f"{value:#06x} does not carry IPv{version} addresses")
+        if value != ETHERTYPE_BY_VERSION[version]:
+            ethertype = value
+    return vlan_id, ethertype
 
 
 def explanation_to_pb(explanation: Explanation) -> pb.ExplainPacketResponse:

@@ -36,6 +36,12 @@ MAX_SLOT = 0xFFFF  # slots double as conntrack zones, a 16-bit space
 ETH_ARP = "0x0806"
 ETH_IP = "0x0800"
 ETH_IPV6 = "0x86dd"
+# The L2 guard: the only ethertypes the pipeline handles, and "no VLAN tag
+# at all" (the tag-present bit clear: no 802.1Q, priority or 802.1ad tag).
+GUARDED_ETHERTYPES = (ETH_IP, ETH_IPV6, ETH_ARP)
+UNTAGGED = "0x0000/0x1000"
+ARP_REQUEST = "1"
+UNSPECIFIED_V4 = "0.0.0.0"
 PROTO_UDP = "17"
 PROTO_ICMPV6 = "58"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -45,11 +51,20 @@ ND_SOLICIT = "135"
 ND_ADVERT = "136"
 LINK_LOCAL_V6 = "fe80::/10"
 ROUTER_ADVERT = "134"
+DHCPV6_SERVER_PORT = "547"
+FRAG_LATER = "later"
 
 CT_INVALID = "+trk+inv"
 CT_ESTABLISHED = "+trk+est-inv"
 CT_RELATED = "+trk+rel-inv"
 CT_NEW = "+trk+new-est-rel-inv"
+CT_TRACKED_VALID = "+trk-inv"
+# The ct_mark bit every commit sets: a connection an allow decision let in.
+# Out of a commit only packets of such connections go on; conntrack can hand
+# back there fragments of other datagrams (the rest of a list that did not
+# fit its batch), which carry the state of a connection not committed yet.
+COMMITTED_MARK = 0x1
+COMMITTED = (("ct_state", CT_TRACKED_VALID), ("ct_mark", f"{COMMITTED_MARK:#x}/{COMMITTED_MARK:#x}"))
 
 
 def cookie_for_slot(slot: int) -> int:
@@ -100,7 +115,16 @@ def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
     b = _Builder(pipeline, BRIDGE_COOKIE)
     uplink = bridge.uplink_ofport
     if uplink is not None:
-        b.add("classify", ("base", 0), (("in_port", str(uplink)),), Goto("ingress_classify"))
+        for eth in GUARDED_ETHERTYPES:
+            b.add("classify", ("base", 0), _guarded(uplink, eth), Goto("ingress_classify"))
+    # Out of a commit: only what conntrack tracked, found valid and an allow
+    # decision committed goes on.
+    b.add("egress_committed", ("base", 0), COMMITTED, Goto("forward"))
+    # Address probes (RFC 5227, sender 0.0.0.0) teach no one anything; they
+    # go to the fabric only, so a guest without addresses (a network class
+    # before its policy) never reaches another guest with ARP.
+    probe = (("dl_type", ETH_ARP), ("arp_op", ARP_REQUEST), ("arp_spa", UNSPECIFIED_V4))
+    b.add("forward", ("base", 20), probe, Output(uplink) if uplink is not None else Drop())
     # Address resolution must reach every port; everything else is policed
     # per attachment and never flooded (so a receiver's ingress policy is
     # never bypassed by broadcast or multicast IP).
@@ -162,9 +186,14 @@ def default_burst_kb(kbps: int) -> int:
     return max(kbps // 10, 16)
 
 
+def _guarded(ofport: int, eth: str) -> Match:
+    return (("in_port", str(ofport)), ("vlan_tci", UNTAGGED), ("dl_type", eth))
+
+
 def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
     police = (Meter(meter_id(port)),) if scope.egress_rate_limit else ()
-    b.add("classify", ("base", 0), (("in_port", str(port.ofport)),), *police, Goto("egress_spoof"))
+    for eth in GUARDED_ETHERTYPES:
+        b.add("classify", ("base", 0), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
 
 
 def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
@@ -175,6 +204,12 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         "egress_spoof",
         ("guard", 0),
         (*src, ("dl_type", ETH_IP), ("nw_proto", PROTO_UDP), ("tp_src", "67")),
+        Drop(),
+    )
+    b.add(
+        "egress_spoof",
+        ("guard", 0),
+        (*src, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_UDP), ("tp_src", DHCPV6_SERVER_PORT)),
         Drop(),
     )
     b.add(
@@ -192,13 +227,13 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         )
     v4 = _own_networks(scope, 4)
     arp = (*own_mac, ("dl_type", ETH_ARP), ("arp_sha", port.mac))
-    if v4:
-        for net in v4:
-            b.add("egress_spoof", ("base", 10), (*arp, ("arp_spa", net)), Goto("forward"))
-    else:
-        # No IPv4 address known yet (baseline, DHCP): ARP is limited to the
-        # assigned MAC only.
-        b.add("egress_spoof", ("base", 10), arp, Goto("forward"))
+    # ARP only for own addresses, or as an address probe (sender 0.0.0.0,
+    # which forward sends to the fabric only). Without an IPv4 address (a
+    # network class before the policy, DHCP) that leaves probes alone.
+    for net in v4:
+        b.add("egress_spoof", ("base", 10), (*arp, ("arp_spa", net)), Goto("forward"))
+    b.add("egress_spoof", ("base", 10), (*arp, ("arp_op", ARP_REQUEST), ("arp_spa", UNSPECIFIED_V4)),
+          Goto("forward"))  # fmt: skip
     for net in v4:
         b.add(
             "egress_spoof", ("base", 0), (*own_mac, ("dl_type", ETH_IP), ("nw_src", net)), Goto("egress_ct")
@@ -264,7 +299,7 @@ def _egress_conntrack(b: _Builder, port: PortFacts, scope: Scope) -> None:
     src = (("in_port", str(port.ofport)),)
     for eth in _ip_types(scope):
         b.add("egress_ct", ("base", 0), (*src, ("dl_type", eth)), Ct(port.zone, "egress_policy"))
-        _state_flows(b, "egress_policy", (*src, ("dl_type", eth)), Goto("forward"))
+        _state_flows(b, "egress_policy", (*src, ("dl_type", eth)), Goto("forward"), "egress_commit")
         allow_new = scope.egress_default is RuleAction.ALLOW
         b.add(
             "egress_policy",
@@ -272,13 +307,25 @@ def _egress_conntrack(b: _Builder, port: PortFacts, scope: Scope) -> None:
             (*src, ("dl_type", eth), ("ct_state", CT_NEW)),
             Goto("egress_commit") if allow_new else Drop(),
         )
-        b.add("egress_commit", ("base", 0), (*src, ("dl_type", eth)), CtCommit(port.zone), Goto("forward"))
+        b.add(
+            "egress_commit",
+            ("base", 0),
+            (*src, ("dl_type", eth)),
+            CtCommit(port.zone, "egress_committed", COMMITTED_MARK),
+        )
 
 
-def _state_flows(b: _Builder, table: str, match: Match, pass_action: FlowAction) -> None:
+def _state_flows(b: _Builder, table: str, match: Match, pass_action: FlowAction, commit: str) -> None:
     b.add(table, ("guard", 0), (*match, ("ct_state", CT_INVALID)), Drop())
     b.add(table, ("base", 0), (*match, ("ct_state", CT_ESTABLISHED)), pass_action)
     b.add(table, ("base", 0), (*match, ("ct_state", CT_RELATED)), pass_action)
+    # A later fragment carries no L4 header to decide on. Conntrack gave it
+    # the state of its reassembled datagram; the commit reassembles again
+    # and releases it only together with the rest of the datagram - so only
+    # if the first fragment, which the rules below decide, got there too.
+    # (In the kernel datapath the reassembled datagram itself runs the
+    # pipeline and this flow never matches.)
+    b.add(table, ("guard", 0), (*match, ("ct_state", CT_NEW), ("ip_frag", FRAG_LATER)), Goto(commit))
 
 
 def _forward(b: _Builder, port: PortFacts) -> None:
@@ -313,7 +360,7 @@ def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
             b.add("ingress_classify", ("base", 0), (*dst, ("dl_type", eth), (field, net)),
                   Ct(port.zone, "ingress_policy"))  # fmt: skip
     for eth in _ip_types(scope):
-        _state_flows(b, "ingress_policy", (*dst, ("dl_type", eth)), deliver)
+        _state_flows(b, "ingress_policy", (*dst, ("dl_type", eth)), deliver, "ingress_commit")
         allow_new = scope.ingress_default is RuleAction.ALLOW
         b.add(
             "ingress_policy",
@@ -321,7 +368,14 @@ def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
             (*dst, ("dl_type", eth), ("ct_state", CT_NEW)),
             Goto("ingress_commit") if allow_new else Drop(),
         )
-        b.add("ingress_commit", ("base", 0), (*dst, ("dl_type", eth)), CtCommit(port.zone), deliver)
+        b.add(
+            "ingress_commit",
+            ("base", 0),
+            (*dst, ("dl_type", eth)),
+            CtCommit(port.zone, "ingress_deliver", COMMITTED_MARK),
+        )
+    if _ip_types(scope):
+        b.add("ingress_deliver", ("base", 0), (*dst, *COMMITTED), deliver)
 
 
 def parse_mac(value: str) -> str:

@@ -44,10 +44,16 @@ class Ct:
 
 @dataclass(frozen=True)
 class CtCommit:
-    """Commit the connection in ``zone``; following actions continue."""
+    """Commit the connection in ``zone`` with ``mark`` set in its ct_mark,
+    then continue in ``table`` (a recirculation: whatever conntrack hands
+    back at this point - fragments its reassembly gave up on, or the rest
+    of another datagram that did not fit a batch - is looked at again there
+    rather than sharing the committed packet's remaining actions)."""
 
     kind: ClassVar[str] = "ct_commit"
     zone: int
+    table: str
+    mark: int
 
 
 @dataclass(frozen=True)

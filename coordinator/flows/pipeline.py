@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from coordinator.flows.model import Ct, Flow, Goto
+from coordinator.flows.model import Ct, CtCommit, Flow, Goto
 
 KNOWN_ACTIONS = frozenset(
     {"goto", "output", "flood", "ct", "ct_commit", "ct_clear", "conjunction", "meter", "drop"}
@@ -18,8 +18,32 @@ KNOWN_ACTIONS = frozenset(
 MISS_ACTIONS = frozenset({"drop"})
 # Offload safety. Hardware offload (TC flower on BlueField) cannot match
 # these at all, so a table that uses them would pin every flow through it to
-# software: no table may declare them.
-UNOFFLOADABLE_MATCHES = frozenset({"pkt_mark", "dp_hash", "recirc_id"})
+# software: no table may declare them. Besides the first three, what Open
+# vSwitch 3.1's TC offload refuses outright (lib/netdev-offload-tc.c): the
+# conntrack original-direction tuple, registers and metadata, nw_tos, the
+# packet type, skb priority and the action-set output.
+UNOFFLOADABLE_MATCHES = frozenset(
+    {
+        "pkt_mark",
+        "dp_hash",
+        "recirc_id",
+        "ct_nw_src",
+        "ct_nw_dst",
+        "ct_ipv6_src",
+        "ct_ipv6_dst",
+        "ct_nw_proto",
+        "ct_tp_src",
+        "ct_tp_dst",
+        "metadata",
+        "nw_tos",
+        "packet_type",
+        "skb_priority",
+        "actset_output",
+        *(f"reg{n}" for n in range(16)),
+        *(f"xreg{n}" for n in range(8)),
+        *(f"xxreg{n}" for n in range(4)),
+    }
+)
 # Neighbour-discovery payload matches keep that traffic in software. It is
 # rare, so one dedicated table (declared `software_ok: true`) may use them.
 SOFTWARE_ONLY_MATCHES = frozenset({"nd_target", "nd_sll", "nd_tll"})
@@ -81,7 +105,7 @@ class Pipeline:
         for action in flow.actions:
             if action.kind not in table.actions:
                 raise FlowViolation(f"{where}: action {action.kind!r} not allowed here")
-            if isinstance(action, Goto | Ct) and action.table not in table.next_tables:
+            if isinstance(action, Goto | Ct | CtCommit) and action.table not in table.next_tables:
                 raise FlowViolation(f"{where}: may not continue in table {action.table!r}")
 
     def check_all(self, flows: Iterable[Flow]) -> None:

@@ -30,8 +30,8 @@ def render_action(action: FlowAction, pipeline: Pipeline) -> str:
             return "ALL"
         case Ct(zone=zone, table=table):
             return f"ct(zone={zone},table={pipeline.number(table)})"
-        case CtCommit(zone=zone):
-            return f"ct(commit,zone={zone})"
+        case CtCommit(zone=zone, table=table, mark=mark):
+            return f"ct(commit,zone={zone},table={pipeline.number(table)},exec(set_field:{mark:#x}->ct_mark))"
         case CtClear():
             return "ct_clear"
         case Conjunction(conj_id=conj_id, clause=clause, n_clauses=n_clauses):

@@ -25,12 +25,17 @@ Building the flow (:func:`trace_request`)
   and code are left out there (no NetworkScope rule can match them either).
   ND options (``nd_target``, ``nd_sll``, ``nd_tll``) are not part of a
   :class:`Packet` and stay zero (unspecified).
+- Framing: a VLAN tag is ``vlan_tci=<0x1000 | id>`` (the tag-present bit
+  set; id 0 is a priority tag); a frame of another ethertype is
+  ``dl_type=<ethertype>`` with no L3/L4 fields. Fragments carry
+  ``ip_frag=first`` or ``ip_frag=later`` (a later one without L4 fields).
 - Conntrack: ofproto/trace does not run conntrack; each ``ct(table=...)``
   recirculation consumes the next ``--ct-next`` value (``trk,new``,
   ``trk,est``, ``trk,rel``, ``trk,inv``) and silently falls back to
   ``trk,new`` when none is left; surplus values are ignored. A guest-to-uplink
-  or uplink-to-guest packet passes one ct() (the attachment's zone); a packet
-  between two local guests would pass two (sender's zone, then receiver's).
+  or uplink-to-guest packet passes one ct() (the attachment's zone) and, when
+  new and allowed, the recirculating ct(commit); a packet between two local
+  guests passes those of the sender's zone, then of the receiver's.
   The request therefore carries the state :data:`CT_PASSES` times, and
   :func:`parse_trace` refuses a trace that used the fallback.
 
@@ -71,12 +76,14 @@ from coordinator.policy.packet import (
     PORT_PROTOCOLS,
     CtState,
     Direction,
+    Fragment,
     Packet,
 )
 
 # How many --ct-next values a request carries: enough for the longest path
-# through the pipeline (guest -> forward -> another local guest: two zones).
-CT_PASSES = 2
+# through the pipeline (guest -> forward -> another local guest: two zones,
+# each a ct() and a recirculating ct(commit)).
+CT_PASSES = 4
 
 # The far end of every trace: the MAC of "something behind the uplink".
 DEFAULT_REMOTE_MAC = "02:00:5e:10:fe:01"
@@ -152,7 +159,14 @@ def trace_request(packet: Packet, ports: TracePorts) -> TraceRequest:
 
 
 def packet_fields(packet: Packet) -> list[str]:
-    """The L3/L4 part of a trace flow (see the module docstring)."""
+    """The L2 framing and L3/L4 part of a trace flow (see the module docstring)."""
+    tag = [] if packet.vlan_id is None else [f"vlan_tci={0x1000 | packet.vlan_id:#06x}"]
+    if packet.ethertype is not None:
+        return [*tag, f"dl_type={packet.ethertype:#06x}"]
+    return tag + _ip_fields(packet)
+
+
+def _ip_fields(packet: Packet) -> list[str]:
     v6 = packet.version == 6
     fields = [
         "ipv6" if v6 else "ip",
@@ -160,6 +174,10 @@ def packet_fields(packet: Packet) -> list[str]:
         f"{'ipv6_dst' if v6 else 'nw_dst'}={packet.dst_ip}",
         f"nw_proto={packet.protocol}",
     ]
+    if packet.fragment is not Fragment.NONE:
+        fields.append(f"ip_frag={packet.fragment.value}")
+    if packet.fragment is Fragment.LATER:
+        return fields
     if packet.protocol in PORT_PROTOCOLS:
         l4 = "tcp" if packet.protocol == IPPROTO_TCP else "udp"
         fields += [f"{l4}_src={packet.src_port}", f"{l4}_dst={packet.dst_port}"]

@@ -564,6 +564,14 @@ class ConntrackControl:
             args = [f"zone={zone},limit={_check_limit(limit)}" for zone in wanted[i : i + per_call]]
             await self._appctl("dpctl/ct-set-limits", *self._dp, *args)
 
+    async def enable_fragment_reassembly(self) -> None:
+        """Let the userspace datapath's conntrack reassemble IPv4 and IPv6
+        fragments (off by default there: every fragment would be invalid).
+        The kernel datapath always reassembles before conntrack."""
+        if self._userspace:
+            for family in ("v4", "v6"):
+                await self._appctl("dpctl/ipf-set-enabled", *self._dp, family)
+
     async def set_default_zone_limit(self, limit: int) -> None:
         """The limit of zones without their own (0 = unlimited)."""
         await self._appctl("dpctl/ct-set-limits", *self._dp, f"default={_check_limit(limit)}")

@@ -199,6 +199,14 @@ class OpenFlowSwitch:
     async def delete(self, cookie: int) -> None:
         await self._ofctl("del-flows", self._target, f"cookie={cookie:#x}/-1")
 
+    async def match_fragments_as_parsed(self) -> None:
+        """Fragment handling ``nx-match``: a first fragment is looked up
+        with its L4 ports (the default, ``normal``, zeroes the ports of every
+        fragment, so no port rule could ever allow one); later fragments have
+        none. Switch state, not a flow: set again whenever the bridge is
+        (re)programmed."""
+        await self._ofctl("set-frags", self._target, "nx-match")
+
     async def ping(self) -> None:
         await self._ofctl("show", self._target)
 

@@ -6,6 +6,10 @@ shares no code with the compiler. Do not optimise it.
 
 ``evaluate(scope, packet)`` decides, in this order:
 
+0. The L2 guard: a frame with a VLAN tag (any, priority tags included) or
+   with another ethertype than its IP family's is denied as ``"l2-guard"``.
+   (ARP, the third ethertype the guard lets in, is not a NetworkScope
+   matter and not described here.)
 a. DHCP: if ``scope.allow_dhcp`` and the packet is IPv4 UDP from port 68
    to port 67 (EGRESS, the client's request) or from port 67 to port 68
    (INGRESS, the server's answer), it is allowed as ``"dhcp"``, whatever its
@@ -19,7 +23,13 @@ b. Own addresses: an EGRESS packet whose source, or an INGRESS packet whose
 c. Conntrack: INVALID is denied as ``"invalid"``; ESTABLISHED and RELATED
    (replies to, and ICMP errors about, allowed connections) are allowed as
    ``"established"``.
-d. A NEW packet is matched against the rules of its direction. The remote
+d. A NEW LATER fragment (no L4 header) is allowed as ``"fragment"``: it
+   goes on to the commit, whose reassembly releases it only together with
+   the rest of its datagram, which the datagram's FIRST fragment (decided
+   like an unfragmented packet, below) must have reached. A lone, late,
+   overlapping or too small fragment never leaves (conntrack's reassembly
+   drops it), which is beyond what one packet can show.
+   Otherwise a NEW packet is matched against the rules of its direction. The remote
    address is the destination for EGRESS and the source for INGRESS. A rule
    matches when
 
@@ -54,6 +64,7 @@ from coordinator.policy.packet import (
     IPPROTO_UDP,
     CtState,
     Direction,
+    Fragment,
     Packet,
 )
 from coordinator.policy.scope import Protocol, Rule, RuleAction, Scope
@@ -64,6 +75,8 @@ VERDICT_INVALID: Final = "invalid"
 VERDICT_ANTI_SPOOF: Final = "anti-spoof"
 VERDICT_DHCP: Final = "dhcp"
 VERDICT_DNS: Final = "dns"
+VERDICT_L2_GUARD: Final = "l2-guard"
+VERDICT_FRAGMENT: Final = "fragment"
 
 DHCP_CLIENT_PORT: Final = 68
 DHCP_SERVER_PORT: Final = 67
@@ -84,6 +97,10 @@ def evaluate(scope: Scope, packet: Packet) -> Verdict:
     """The verdict of ``scope`` for ``packet`` (see the module docstring)."""
     egress = packet.direction is Direction.EGRESS
 
+    # 0. the L2 guard
+    if not packet.untagged_ip:
+        return Verdict(False, VERDICT_L2_GUARD)
+
     # a. DHCP
     if scope.allow_dhcp and (is_dhcp_request(packet) if egress else is_dhcp_answer(packet)):
         return Verdict(True, VERDICT_DHCP)
@@ -98,7 +115,9 @@ def evaluate(scope: Scope, packet: Packet) -> Verdict:
     if packet.ct_state in (CtState.ESTABLISHED, CtState.RELATED):
         return Verdict(True, VERDICT_ESTABLISHED)
 
-    # d. + e. rules of the packet's direction
+    # d. later fragments follow their datagram; + e. rules of the packet's direction
+    if packet.fragment is Fragment.LATER:
+        return Verdict(True, VERDICT_FRAGMENT)
     rules = scope.egress if egress else scope.ingress
     first_deny = first_matching_rule(rules, RuleAction.DENY, packet)
     if first_deny is not None:

@@ -38,7 +38,14 @@ from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, cookie_for_slot
 from coordinator.flows.pipeline import Pipeline, load_pipeline
 from coordinator.flows.render import render_flows
-from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
+from coordinator.flows.trace import (
+    CT_PASSES,
+    TraceParseError,
+    TracePorts,
+    parse_dpif_show,
+    parse_trace,
+    trace_request,
+)
 from coordinator.ovs.trace import trace
 from coordinator.policy.evaluator import evaluate
 from coordinator.policy.packet import (
@@ -47,11 +54,12 @@ from coordinator.policy.packet import (
     IPPROTO_UDP,
     CtState,
     Direction,
+    Fragment,
     Packet,
 )
 from coordinator.policy.scope import IPNetwork, PortRange, Protocol, Rule, RuleAction, Scope
 from tests.conftest import require_ovs
-from tests.unit.policy.strategies import addresses, networks, packets_for, port_ranges, scopes
+from tests.unit.policy.strategies import addresses, framed, networks, packets_for, port_ranges, scopes
 
 pytestmark = pytest.mark.ovs
 
@@ -66,6 +74,7 @@ PROBES = int(os.environ.get("POLICY_FUZZ_PROBES", "2000"))
 
 ND_SOLICIT, ND_ADVERT, ROUTER_ADVERT = 135, 136, 134
 DHCP_SERVER_PORT = 67
+DHCPV6_SERVER_PORT = 547
 
 
 # --------------------------------------------------------------------------
@@ -120,6 +129,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         assert attachment_ofport > 0 and uplink_ofport > 0
         # Scopes with an egress rate limit police through the attachment's
         # meter (numbered like its slot); flows naming a missing meter are refused.
+        # As the daemon sets it: first fragments are looked up with their ports.
+        ovs.ofctl("set-frags", BRIDGE, "nx-match")
         ovs.ofctl("add-meter", BRIDGE, f"meter={SLOT},kbps,burst,band=type=drop,rate=1000000,burst_size=1000")
         yield Bench(
             ovs=ovs,
@@ -157,6 +168,8 @@ def infrastructure(scope: Scope, packet: Packet) -> Expected | None:
     (ovs_programs/pipeline.yaml), reported as a gap in the contract."""
     egress = packet.direction is Direction.EGRESS
     own_v6 = any(network.version == 6 for network in scope.addresses)
+    if not packet.untagged_ip:
+        return None  # the L2 guard refuses it before anything else: the evaluator's case
     if (
         egress
         and packet.version == 4
@@ -164,6 +177,13 @@ def infrastructure(scope: Scope, packet: Packet) -> Expected | None:
         and packet.src_port == DHCP_SERVER_PORT
     ):
         return Expected(False, "egress_spoof guard: a guest never serves DHCP (UDP from port 67)")
+    if (
+        egress
+        and packet.version == 6
+        and packet.protocol == IPPROTO_UDP
+        and packet.src_port == DHCPV6_SERVER_PORT
+    ):
+        return Expected(False, "egress_spoof guard: a guest never serves DHCPv6 (UDP from port 547)")
     if packet.version == 6 and packet.protocol == IPPROTO_ICMPV6:
         if egress and packet.icmp_type == ROUTER_ADVERT:
             return Expected(False, "egress_spoof guard: a guest never sends router advertisements")
@@ -341,7 +361,9 @@ def test_compiled_flows_decide_like_the_evaluator(bench: Bench, capsys: pytest.C
     def run(data: st.DataObject) -> None:
         scope = data.draw(differential_scopes(), label="scope")
         size = PACKETS_PER_SCOPE - CONJUNCTION_PROBES
-        packets = data.draw(st.lists(packets_for(scope), min_size=size, max_size=size), label="packets")
+        packets = data.draw(
+            st.lists(packets_for(scope).flatmap(framed), min_size=size, max_size=size), label="packets"
+        )
         packets += data.draw(
             st.lists(conjunction_probes(scope), min_size=CONJUNCTION_PROBES, max_size=CONJUNCTION_PROBES),
             label="conjunction probes",
@@ -369,6 +391,7 @@ ip = ipaddress.ip_address
 net = ipaddress.ip_network
 E, I = Direction.EGRESS, Direction.INGRESS  # noqa: E741
 NEW, EST, REL, INV = CtState.NEW, CtState.ESTABLISHED, CtState.RELATED, CtState.INVALID
+FIRST, LATER = Fragment.FIRST, Fragment.LATER
 TCP, UDP, ICMP, ICMP6, GRE = 6, 17, 1, 58, 47
 ME4, ME6 = "198.51.100.10", "2001:db8::10"
 OWN = (net(ME4), net(ME6))
@@ -532,6 +555,24 @@ CASES: list[tuple[str, Scope, Packet, bool]] = [
     ("ct: invalid egress, default allow", OPEN, out(TCP, "203.0.113.1", 80, ct=INV), False),
     ("ct: invalid ingress, default allow", OPEN, inc(GRE, "203.0.113.1", ct=INV), False),
     ("ct: new, default deny", CLOSED, out(GRE, "203.0.113.1"), False),
+    # the L2 guard, both directions, whatever the policy
+    ("guard: 802.1q tag", OPEN, replace(out(TCP, "203.0.113.1", 80), vlan_id=100), False),
+    ("guard: priority tag", OPEN, replace(out(TCP, "203.0.113.1", 80), vlan_id=0), False),
+    ("guard: tagged, ingress", OPEN, replace(inc(TCP, "203.0.113.1", 80), vlan_id=7), False),
+    ("guard: tagged dhcp", DHCP, replace(pkt(E, UDP, "0.0.0.0", "255.255.255.255", 68, 67), vlan_id=1), False),
+    ("guard: mpls", OPEN, replace(out(TCP, "203.0.113.1", 80), ethertype=0x8847), False),
+    ("guard: raw 802.3", OPEN, replace(inc(TCP, "203.0.113.1", 80), ethertype=0x05FF), False),
+    ("guard: lldp", OPEN, replace(out(UDP, "203.0.113.1", 80), ethertype=0x88CC), False),
+    # fragments: the first decides like the datagram, later ones go to the commit
+    ("frag: first, allowed", CONJ, replace(out(TCP, "203.0.113.130", 443), fragment=FIRST), True),
+    ("frag: first, denied", CONJ, replace(out(TCP, "203.0.113.5", 443), fragment=FIRST), False),
+    ("frag: later, new, to the commit", CLOSED, replace(pkt(E, UDP, ME4, "203.0.113.1"), fragment=LATER), True),
+    ("frag: later, ingress", CLOSED, replace(pkt(I, UDP, "2001:db8::1", ME6), fragment=LATER), True),
+    ("frag: later, established", CLOSED, replace(pkt(E, UDP, ME4, "203.0.113.1", ct=EST), fragment=LATER), True),
+    ("frag: later, invalid", OPEN, replace(pkt(E, UDP, ME4, "203.0.113.1", ct=INV), fragment=LATER), False),
+    ("frag: later, spoofed source", OPEN,
+     replace(pkt(E, UDP, "198.51.100.11", "203.0.113.1"), fragment=LATER), False),
+    ("frag: later, tagged", OPEN, replace(pkt(E, UDP, ME4, "203.0.113.1"), fragment=LATER, vlan_id=5), False),
 ]  # fmt: skip
 
 
@@ -556,7 +597,7 @@ def test_trace_request_fields() -> None:
         f"in_port=5,dl_src={ATTACHMENT_MAC},dl_dst={PORTS.remote_mac},"
         "ip,nw_src=198.51.100.10,nw_dst=203.0.113.1,nw_proto=17,udp_src=68,udp_dst=67"
     )
-    assert udp.ct_next == ("trk,inv", "trk,inv") and udp.expected_ofport == 9
+    assert udp.ct_next == ("trk,inv",) * CT_PASSES and udp.expected_ofport == 9
     icmp6 = trace_request(inc(ICMP6, "2001:db8::1", itype=128, icode=3, ct=REL), PORTS)
     assert icmp6.flow == (
         f"in_port=9,dl_src={PORTS.remote_mac},dl_dst={ATTACHMENT_MAC},"
@@ -603,12 +644,13 @@ def test_parse_dpif_show_and_trace_verdicts() -> None:
 
 
 def test_a_second_conntrack_pass_gets_its_own_state(bench: Bench) -> None:
-    """Guest to a local guest (here: itself) passes two ct(): the sender's
-    zone, then the receiver's. Each consumes one --ct-next value."""
+    """Guest to a local guest (here: itself) passes the sender's zone (ct(),
+    then the recirculating commit), then the receiver's. Each consumes one
+    --ct-next value."""
     bench.install(OPEN)
     request = trace_request(out(TCP, ME4, 80), bench.ports)
     hairpin = request.flow.replace(f"dl_dst={bench.ports.remote_mac}", f"dl_dst={ATTACHMENT_MAC}")
-    text = asyncio.run(trace(bench.ovs.vswitchd_ctl, BRIDGE, hairpin, ("trk,new", "trk,est")))
+    text = asyncio.run(trace(bench.ovs.vswitchd_ctl, BRIDGE, hairpin, ("trk,new", "trk,new", "trk,est")))
     assert "resume conntrack with ct_state=new|trk" in text
     assert "resume conntrack with ct_state=est|trk" in text
     parse_trace(text, bench.ports.attachment_ofport, bench.odp_to_ofport)  # no fallback state used

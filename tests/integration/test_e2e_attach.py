@@ -25,8 +25,10 @@ from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.dev import env, netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive
 from coordinator.dev.reflection import list_services
-from coordinator.flows.compiler import cookie_for_slot
+from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
+from coordinator.flows.pipeline import load_pipeline
 from tests.conftest import require_ovs
+from tests.integration.stack import NETPROBE
 
 pytestmark = pytest.mark.ovs
 
@@ -112,6 +114,15 @@ def _neighbour_mac(ns: str, address: str) -> str:
     return parts[parts.index("lladdr") + 1] if "lladdr" in parts else ""
 
 
+def _probes_forwarded(dev: env.Endpoint) -> int:
+    """Packets the bridge's ARP-probe flow (sender 0.0.0.0, to the uplink) has forwarded."""
+    forward = load_pipeline().number("forward")
+    match = f"cookie={BRIDGE_COOKIE:#x}/-1,table={forward},arp,arp_spa=0.0.0.0,arp_op=1"
+    out = _ovs(dev).ofctl("dump-flows", _ovs(dev).mgmt(dev.bridge), match)
+    [count] = [int(f.split("n_packets=")[1].split(",")[0]) for f in out.splitlines() if "n_packets=" in f]
+    return count
+
+
 def _attach(client: CoordinatorClient, sandbox: str, **kwargs: object) -> pb.Attachment:
     return client.attach(sandbox, "host-instance-1", f"req-{uuid.uuid4()}", **kwargs)  # type: ignore[arg-type]
 
@@ -139,9 +150,12 @@ def test_attach_two_sandboxes_baseline_isolates_them(dev: env.Endpoint, host: Co
         assert not _ping(ns_b, GUEST_A.split("/", maxsplit=1)[0])
         # ... and so is IP towards the fabric's gateway ...
         assert not _ping(ns_a, "198.51.100.1")
-        # ... while ARP passes: each resolved the other's assigned MAC.
-        assert _neighbour_mac(ns_a, GUEST_B.split("/", maxsplit=1)[0]) == b.device.mac
-        assert _neighbour_mac(ns_a, "198.51.100.1") != ""
+        # ... and so is their ARP: the baseline knows no address of theirs, so
+        # only address probes (sender 0.0.0.0, to the fabric) would pass, and
+        # their kernels ask from the configured address. Neither resolves.
+        assert _neighbour_mac(ns_a, GUEST_B.split("/", maxsplit=1)[0]) == ""
+        assert _neighbour_mac(ns_b, GUEST_A.split("/", maxsplit=1)[0]) == ""
+        assert _neighbour_mac(ns_a, "198.51.100.1") == ""
         # Control: the same probe passes once a catch-all flow outranks ours,
         # so the failures above are the baseline's doing.
         ovs = _ovs(dev)
@@ -159,14 +173,21 @@ def test_spoofed_arp_is_dropped(dev: env.Endpoint, host: CoordinatorClient) -> N
     a = _attach(host, "sandbox-spoof", device_kind=pb.DEVICE_KIND_VF)
     try:
         ns = _configure_guest(dev, a, GUEST_A)
-        # A guest that changes its MAC loses ARP too: nothing it sends passes.
+        # Before its policy the guest may probe for addresses (ARP from
+        # 0.0.0.0, counted by the bridge's probe flow on its way to the
+        # fabric), but only with its own MAC: a changed MAC loses that too.
         netns.run_in_netns(ns, ["ip", "link", "set", "eth0", "address", "02:00:00:00:be:ef"])
-        _ping(ns, "198.51.100.1")
-        assert _neighbour_mac(ns, "198.51.100.1") == ""
+        before = _probes_forwarded(dev)
+        netns.run_in_netns(ns, [sys.executable, NETPROBE, "arp-request", "eth0", "0.0.0.0", "198.51.100.1"])
+        assert _probes_forwarded(dev) == before
         netns.run_in_netns(ns, ["ip", "link", "set", "eth0", "address", a.device.mac])
-        netns.run_in_netns(ns, ["ip", "neigh", "flush", "all"])
-        _ping(ns, "198.51.100.1")
-        assert _neighbour_mac(ns, "198.51.100.1") != ""
+        netns.run_in_netns(ns, [sys.executable, NETPROBE, "arp-request", "eth0", "0.0.0.0", "198.51.100.1"])
+        assert _probes_forwarded(dev) == before + 1
+        # An ARP request from an address the baseline does not know is dropped.
+        netns.run_in_netns(
+            ns, [sys.executable, NETPROBE, "arp-request", "eth0", "198.51.100.10", "198.51.100.1"]
+        )
+        assert _probes_forwarded(dev) == before + 1 and _neighbour_mac(ns, "198.51.100.1") == ""
     finally:
         host.detach(a.attachment_id, a.lease_generation)
 
@@ -414,6 +435,15 @@ def test_explain_packet_is_for_admins_and_agrees_with_the_switch(
         # The baseline knows no address of the guest: its IP is spoofed.
         assert not answer.allowed and answer.rule == "anti-spoof" and answer.switch_agrees
         assert "Datapath actions" in answer.trace
+        tagged = pb.ExplainPacketRequest()
+        tagged.CopyFrom(request)
+        tagged.vlan_id = 0
+        answer = admin.explain(tagged)
+        assert not answer.allowed and answer.rule == "l2-guard" and answer.switch_agrees
+        tagged.ethertype = 0x0806
+        with pytest.raises(grpc.RpcError) as err:
+            admin.explain(tagged)
+        assert (err.value.details() or "").startswith("ethertype")
         with pytest.raises(grpc.RpcError) as err:
             host.explain(request)
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED

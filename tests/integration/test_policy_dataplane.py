@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.flows.compiler import cookie_for_slot
-from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Packet
+from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Fragment, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
 from tests.integration.stack import (
@@ -297,6 +298,12 @@ async def test_explain_names_the_deciding_rule_and_matches_the_switch(stack: Sta
         (tcp(80), False, "default"),
         (tcp(22, Direction.INGRESS), False, "default"),
         (tcp(22, Direction.INGRESS, CtState.ESTABLISHED), True, "established"),
+        # The L2 guard refuses tagged and non-IP frames, whatever the rules say.
+        (replace(tcp(443), vlan_id=100), False, "l2-guard"),
+        (replace(tcp(443), vlan_id=0), False, "l2-guard"),
+        (replace(tcp(22, Direction.INGRESS, CtState.ESTABLISHED), vlan_id=7), False, "l2-guard"),
+        (replace(tcp(443), ethertype=0x8847), False, "l2-guard"),
+        (replace(tcp(443), fragment=Fragment.FIRST), True, "web"),
     ]
     for packet, allowed, rule in cases:
         answer = await stack.service.explain(admin, record.attachment_id, packet)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+from ipaddress import ip_network
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from coordinator.flows.compiler import (
     bridge_flows,
     cookie_for_slot,
 )
-from coordinator.flows.model import Ct, Drop, Flow, Goto, Output
+from coordinator.flows.model import Ct, CtCommit, Drop, Flood, Flow, Goto, Output
 from coordinator.flows.pipeline import FlowViolation, PipelineError, load_pipeline, parse_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.policy.scope import Scope
@@ -75,6 +76,9 @@ def test_goto_must_point_forward() -> None:
         (lambda r: r["priorities"].update(bad=[5, 1]), "out of order"),
         (lambda r: r["tables"].append(copy.deepcopy(r["tables"][0])), "duplicate"),
         (lambda r: r["tables"][1]["match"].append("pkt_mark"), "cannot be offloaded"),
+        # Deciding fragments by the conntrack tuple would pin the policy tables to software.
+        (lambda r: r["tables"][4]["match"].append("ct_tp_dst"), "cannot be offloaded"),
+        (lambda r: r["tables"][0]["match"].append("reg0"), "cannot be offloaded"),
         (lambda r: r["tables"][1]["match"].append("nd_target"), "software_ok"),
     ],
 )
@@ -109,6 +113,43 @@ def test_baseline_class_flows_are_valid_tagged_and_isolating() -> None:
     assert dhcp.match_dict()["tp_dst"] == "67" and dhcp.match_dict()["dl_src"] == PORT.mac
     arp = next(f for f in exits if f.match_dict()["dl_type"] == "0x0806")
     assert arp.match_dict()["arp_sha"] == PORT.mac
+    # Before its policy, a guest may only probe (sender 0.0.0.0).
+    assert arp.match_dict()["arp_spa"] == "0.0.0.0" and arp.match_dict()["arp_op"] == "1"
+
+
+def test_the_l2_guard_admits_only_untagged_ipv4_ipv6_and_arp() -> None:
+    bridge = bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=1))
+    for flows, ofport in ((attachment_flows(PIPELINE, PORT, Scope()), PORT.ofport), (bridge, 1)):
+        first = [f for f in flows if f.table == "classify"]
+        assert sorted(f.match_dict()["dl_type"] for f in first) == ["0x0800", "0x0806", "0x86dd"]
+        assert all(f.match_dict() == {**f.match_dict(), "in_port": str(ofport), "vlan_tci": "0x0000/0x1000"}
+                   for f in first)  # fmt: skip
+
+
+def test_address_probes_go_to_the_uplink_only() -> None:
+    [probe] = [f for f in bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=1)) if "arp_spa" in f.match_dict()]
+    assert probe.table == "forward" and probe.actions == (Output(1),)
+    assert probe.priority > max(
+        f.priority for f in bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=1)) if Flood() in f.actions
+    )
+    [no_uplink] = [
+        f for f in bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=None)) if "arp_spa" in f.match_dict()
+    ]
+    assert no_uplink.actions == (Drop(),)
+
+
+def test_commits_recirculate_through_a_tracked_valid_check() -> None:
+    flows = attachment_flows(PIPELINE, PORT, Scope(addresses=(ip_network("198.51.100.10/32"),)))
+    commits = [a for f in flows for a in f.actions if isinstance(a, CtCommit)]
+    assert {a.table for a in commits} == {"egress_committed", "ingress_deliver"}
+    [deliver] = [f for f in flows if f.table == "ingress_deliver"]
+    assert deliver.match_dict()["ct_state"] == "+trk-inv" and deliver.match_dict()["ct_mark"] == "0x1/0x1"
+    assert deliver.actions == (Output(PORT.ofport),)
+    later = [f for f in flows if f.match_dict().get("ip_frag") == "later"]
+    assert {(f.table, f.actions) for f in later} == {
+        ("egress_policy", (Goto("egress_commit"),)),
+        ("ingress_policy", (Goto("ingress_commit"),)),
+    }
 
 
 def test_deny_all_has_no_dhcp() -> None:
@@ -120,7 +161,7 @@ def test_rendering_is_deterministic_and_uses_table_numbers() -> None:
     flows = bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=1)) + attachment_flows(PIPELINE, PORT, Scope())
     text = render_flows(flows, PIPELINE)
     assert text == render_flows(list(reversed(flows)), PIPELINE)
-    assert "cookie=0xbfc0000000000000,table=6,priority=10 actions=output:1" in text
+    assert "cookie=0xbfc0000000000000,table=7,priority=10 actions=output:1" in text
     assert all("goto_table:" not in line or "table=" in line for line in text)
 
 

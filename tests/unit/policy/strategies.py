@@ -6,7 +6,10 @@ rule) whose addresses all lie in the documentation ranges 198.51.100.0/24,
 ``packets_for(scope)`` draws packets biased towards the scope's edges: port
 range endpoints and their neighbours, the first and last address of each
 cidr and the addresses just outside it, the sandbox's own addresses, DNS
-servers, DHCP. Both are reused by the differential test against real OVS.
+servers, DHCP. ``framed(packet)`` sometimes turns a packet into a
+fragment of its datagram or puts it in a frame the L2 guard refuses (a VLAN
+tag, a foreign ethertype). All are reused by the differential test against
+real OVS.
 
 Usage::
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 from collections.abc import Iterable
+from dataclasses import replace
 
 from hypothesis import strategies as st
 
@@ -33,6 +37,7 @@ from coordinator.policy.packet import (
     IPPROTO_UDP,
     CtState,
     Direction,
+    Fragment,
     Packet,
 )
 from coordinator.policy.scope import (
@@ -361,3 +366,29 @@ def packets_for(draw: st.DrawFn, scope: Scope) -> Packet:
     if kind == "dns":
         return draw(_dns_query(scope))
     return draw(_packet(scope, aim=kind == "aimed"))
+
+
+# Ethertypes a hostile guest might use instead of IP: MPLS, PPPoE discovery
+# and session, LLDP, an experimental one, 802.1X, and the value Open vSwitch
+# gives 802.3 frames that are not LLC/SNAP (OUI 0).
+FOREIGN_ETHERTYPES = (0x8847, 0x8863, 0x8864, 0x88CC, 0x88B5, 0x888E, 0x05FF)
+
+
+@st.composite
+def framed(draw: st.DrawFn, packet: Packet) -> Packet:
+    """``packet`` mostly as is; sometimes a FIRST or LATER fragment of its
+    datagram, tagged (802.1Q or a priority tag) or of a foreign ethertype."""
+    kind = draw(
+        st.sampled_from(["as is"] * 14 + ["first", "later", "later", "vlan", "priority", "ethertype"])
+    )
+    if kind == "as is":
+        return packet
+    if kind == "first":
+        return replace(packet, fragment=Fragment.FIRST)
+    if kind == "later":
+        return replace(packet, fragment=Fragment.LATER, src_port=0, dst_port=0, icmp_type=0, icmp_code=0)
+    if kind == "vlan":
+        return replace(packet, vlan_id=draw(st.integers(1, 4095)))
+    if kind == "priority":
+        return replace(packet, vlan_id=0)
+    return replace(packet, ethertype=draw(st.sampled_from(FOREIGN_ETHERTYPES)))

@@ -11,7 +11,7 @@ from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from coordinator.policy.evaluator import Verdict, evaluate, rule_matches
-from coordinator.policy.packet import CtState, Direction, Packet
+from coordinator.policy.packet import CtState, Direction, Fragment, Packet
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
 from tests.unit.policy.strategies import packets_for, scopes
 
@@ -607,3 +607,50 @@ def test_packets_for_reaches_rule_edges() -> None:
         assert find(edges, egress_to(address), settings=settings_).dst_ip == ip(address)
     matching = find(edges, lambda p: evaluate(scope_, p).rule == "r", settings=settings_)
     assert evaluate(scope_, matching).allowed
+
+
+# -- the L2 guard and fragments ----------------------------------------------
+
+OPEN_BOTH = Scope(
+    addresses=(net(ME4), net(ME6)),
+    egress_default=RuleAction.ALLOW,
+    ingress_default=RuleAction.ALLOW,
+    allow_dhcp=True,
+)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [{"vlan_id": 100}, {"vlan_id": 0}, {"ethertype": 0x8847}, {"ethertype": 0x05FF}, {"ethertype": 0x0806}],
+)
+def test_the_l2_guard_comes_before_everything(framing: dict[str, int]) -> None:
+    for packet in (
+        pkt(E, TCP, ME4, "203.0.113.1", 40000, 443),
+        pkt(I, UDP, "2001:db8::1", ME6, 40000, 53, ct=EST),
+        pkt(E, UDP, "0.0.0.0", "255.255.255.255", 68, 67),  # DHCP would pass untagged
+    ):
+        assert evaluate(OPEN_BOTH, replace(packet, **framing)) == Verdict(False, "l2-guard")  # type: ignore[arg-type]
+
+
+def test_fragments() -> None:
+    closed = Scope(addresses=(net(ME4),), egress=(Rule("web", RuleAction.ALLOW, protocol=Protocol.TCP,
+                   ports=(PortRange(443, 443),)),))  # fmt: skip
+    first = replace(pkt(E, TCP, ME4, "203.0.113.1", 40000, 443), fragment=Fragment.FIRST)
+    assert evaluate(closed, first) == Verdict(True, "web", 0)
+    assert not evaluate(closed, replace(first, dst_port=22)).allowed
+    later = replace(pkt(E, TCP, ME4, "203.0.113.1"), fragment=Fragment.LATER)
+    assert evaluate(closed, later) == Verdict(True, "fragment")
+    assert evaluate(closed, replace(later, ct_state=INV)) == Verdict(False, "invalid")
+    assert evaluate(closed, replace(later, src_ip=ip("198.51.100.11"))) == Verdict(False, "anti-spoof")
+
+
+def test_packet_framing_is_validated() -> None:
+    base = pkt(E, TCP, ME4, "203.0.113.1", 40000, 443)
+    with pytest.raises(ValueError, match="later fragment"):
+        replace(base, fragment=Fragment.LATER)
+    with pytest.raises(ValueError, match="vlan_id"):
+        replace(base, vlan_id=4096)
+    with pytest.raises(ValueError, match="ethertype"):
+        replace(base, ethertype=0x86DD)
+    with pytest.raises(ValueError, match="ethertype"):
+        replace(base, ethertype=0x10000)

@@ -326,7 +326,7 @@ class AttachmentEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attachment_id: _Optional[str] = ..., sandbox_id: _Optional[str] = ..., condition: _Optional[_Union[Condition, _Mapping]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExplainPacketRequest(_message.Message):
-    __slots__ = ("attachment_id", "direction", "protocol", "src_ip", "dst_ip", "src_port", "dst_port", "icmp_type", "icmp_code", "ct_state")
+    __slots__ = ("attachment_id", "direction", "protocol", "src_ip", "dst_ip", "src_port", "dst_port", "icmp_type", "icmp_code", "ct_state", "vlan_id", "ethertype")
     ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
@@ -337,6 +337,8 @@ class ExplainPacketRequest(_message.Message):
     ICMP_TYPE_FIELD_NUMBER: _ClassVar[int]
     ICMP_CODE_FIELD_NUMBER: _ClassVar[int]
     CT_STATE_FIELD_NUMBER: _ClassVar[int]
+    VLAN_ID_FIELD_NUMBER: _ClassVar[int]
+    ETHERTYPE_FIELD_NUMBER: _ClassVar[int]
     attachment_id: str
     direction: Direction
     protocol: _policy_pb2.Protocol
@@ -347,7 +349,9 @@ class ExplainPacketRequest(_message.Message):
     icmp_type: int
     icmp_code: int
     ct_state: str
-    def __init__(self, attachment_id: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., protocol: _Optional[_Union[_policy_pb2.Protocol, str]] = ..., src_ip: _Optional[str] = ..., dst_ip: _Optional[str] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., icmp_type: _Optional[int] = ..., icmp_code: _Optional[int] = ..., ct_state: _Optional[str] = ...) -> None: ...
+    vlan_id: int
+    ethertype: int
+    def __init__(self, attachment_id: _Optional[str] = ..., direction: _Optional[_Union[Direction, str]] = ..., protocol: _Optional[_Union[_policy_pb2.Protocol, str]] = ..., src_ip: _Optional[str] = ..., dst_ip: _Optional[str] = ..., src_port: _Optional[int] = ..., dst_port: _Optional[int] = ..., icmp_type: _Optional[int] = ..., icmp_code: _Optional[int] = ..., ct_state: _Optional[str] = ..., vlan_id: _Optional[int] = ..., ethertype: _Optional[int] = ...) -> None: ...
 
 class ExplainPacketResponse(_message.Message):
     __slots__ = ("allowed", "rule", "trace", "switch_agrees", "rule_index")
