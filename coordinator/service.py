@@ -267,6 +267,26 @@ class AttachmentService:
         expected = len(self.dataplane.bridge_flows())
         if len(installed) != expected:
             return f"bridge holds {len(installed)} of its {expected} base flows (ovs-vswitchd restarted?)"
+        try:
+            numbers = await self._ovsdb.interface_ofports()
+        except OvsdbError as exc:
+            return f"switch unreachable: {exc}"
+        return self._port_moved(numbers)
+
+    def _port_moved(self, numbers: Mapping[str, int]) -> str | None:
+        """OpenFlow port numbers are not fixed: after an ovs-vswitchd restart
+        a port can come back under another one (a port added while it was
+        down may have taken the old number first). Our flows name ports by
+        number, so a port that moved needs its flows re-programmed."""
+        in_use = {record.device.representor: record.ofport for record in self._store.list_attachments()
+                  if record.state == AttachmentState.BOUND and record.ofport > 0}  # fmt: skip
+        uplink = self._config.ovs.uplink
+        if uplink and self.dataplane.uplink_ofport is not None:
+            in_use[uplink] = self.dataplane.uplink_ofport
+        for name, number in sorted(in_use.items()):
+            now = numbers.get(name)
+            if now != number:
+                return f"port {name} is now OpenFlow port {now or 'none'}, its flows use {number}"
         return None
 
     async def _converge(self, reason: str) -> ConvergeReport:

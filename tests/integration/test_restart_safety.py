@@ -340,6 +340,29 @@ def test_ovs_vswitchd_restart_is_recovered(lab: Lab) -> None:
           f"({enforced - killed:.2f}s after it was killed)")  # fmt: skip
 
 
+def test_ports_renumbered_under_the_daemon_are_followed(lab: Lab) -> None:
+    """OpenFlow port numbers are not fixed: after an ovs-vswitchd restart a
+    port can come back under another number (a port added while it was down
+    may take the old one first). Here the uplink and the steady guest's
+    representor are moved by hand; the daemon must notice and re-program,
+    so the policy is enforced on the new numbers."""
+    assert lab.steady is not None
+    _clear_victims(lab)
+    before = invariants.fences(lab.endpoint)
+    ovs = invariants.ovs_of(lab.endpoint)
+    ns = lab.endpoint.guest_netns_prefix + lab.steady.device.representor
+    assert probe_tcp(ns, SERVER_V4, ALLOWED, timeout=2)
+    for name, number in (("uplink", "4711"), (lab.steady.device.representor, "4712")):
+        ovs.vsctl("set", "Interface", name, f"ofport_request={number}")
+    assert ovs.vsctl("get", "Interface", "uplink", "ofport").strip() == "4711"
+    assert eventually(lambda: probe_tcp(ns, SERVER_V4, ALLOWED, timeout=0.5), timeout=15)
+    assert not probe_tcp(ns, SERVER_V4, DENIED, timeout=0.5)
+    flows = ovs.ofctl("dump-flows", lab.endpoint.bridge)
+    assert "output:4711" in flows and "in_port=4712" in flows
+    assert eventually(lambda: _healthy(lab), timeout=10)
+    invariants.check(lab.endpoint, before)
+
+
 def _attach_refused(host: CoordinatorClient) -> bool:
     try:
         attachment = host.attach("victim", "hi-1", f"req-{uuid.uuid4()}", device_kind=pb.DEVICE_KIND_VF)
