@@ -31,10 +31,10 @@ GUEST = "198.51.100.10"
 STALE_MS = 1000
 
 
-def policy(version: int, ports: list[int], **extra: object) -> dict[str, object]:
+def policy(version: int, ports: list[int], *, address: str = GUEST, **extra: object) -> dict[str, object]:
     return {
         "version": version,
-        "addresses": [GUEST],
+        "addresses": [address],
         "egress": [{"name": "web", "action": "ACTION_ALLOW", "protocol": "PROTOCOL_TCP",
                     "cidrs": ["203.0.113.0/24"], "ports": [{"start": p} for p in ports]}],
         **extra,
@@ -62,9 +62,9 @@ class Setup:
     def admin(self) -> CoordinatorClient:
         return CoordinatorClient(self.endpoint.coordinator, self.endpoint.admin_tls())
 
-    def guest(self, attachment: pb.Attachment) -> str:
+    def guest(self, attachment: pb.Attachment, address: str = GUEST) -> str:
         ns = self.endpoint.guest_netns_prefix + attachment.device.representor
-        netns.run_in_netns(ns, ["ip", "address", "replace", f"{GUEST}/24", "dev", "eth0"])
+        netns.run_in_netns(ns, ["ip", "address", "replace", f"{address}/24", "dev", "eth0"])
         netns.run_in_netns(ns, ["ip", "route", "replace", "default", "via", "198.51.100.1"])
         return ns
 
@@ -75,6 +75,12 @@ class Setup:
 
     def restart(self) -> None:
         self.endpoint = env.dev_up(self.workdir)
+
+    def ovs(self) -> OvsInstance:
+        return OvsInstance(Path(self.endpoint.ovs_rundir), self.endpoint.ovs_netns)
+
+    def conntrack_of(self, address: str) -> list[str]:
+        return [line for line in self.ovs().dpctl_dump_conntrack() if f"src={address}," in line]
 
     def events(self, attachment_id: str) -> list[pb.AttachmentEvent]:
         with self.admin() as admin:
@@ -343,5 +349,94 @@ def test_baseline_attach_is_replaced_by_the_gateway_policy_when_it_arrives(keep:
         keep.write_policy("sb-baseline", policy(1, [443]))
         assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_APPLIED)
         assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
+    finally:
+        _detach(keep, a)
+
+
+# -- failing closed at once ------------------
+
+CUT_BOUND_S = 0.3  # how long after the stale threshold a new connection may still get through
+PROBED = [("sb-probe-0", "198.51.100.11"), ("sb-probe-1", "198.51.100.12"), ("sb-probe-2", "198.51.100.13")]
+
+
+def _busy(setup: Setup, ns: str, address: str, count: int = 150) -> None:
+    """Leave ``count`` conntrack entries in the guest's zone (closed TCP
+    connections linger in TIME_WAIT): revoking them must not delay the cut."""
+    done = netns.run_in_netns(
+        ns, [sys.executable, NETPROBE, "burst", SERVER_V4, "443", "--count", str(count)]
+    )
+    assert int(done.stdout) == count
+    assert len(setup.conntrack_of(address)) >= count
+
+
+def _start_prober(ns: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, NETPROBE, "prober", SERVER_V4, "443", "--interval", "0.02", "--timeout", "0.2"]
+    return netns.popen_in_netns(ns, argv, stdin=subprocess.PIPE)
+
+
+def _prober_results(proc: subprocess.Popen[str]) -> list[tuple[float, bool]]:
+    out, _ = proc.communicate("", timeout=10)
+    return [(float(began), verdict == "ok") for began, verdict in (line.split() for line in out.splitlines())]
+
+
+def test_deny_all_cuts_every_attachment_at_once_after_the_threshold(deny: Setup) -> None:
+    attachments, probers = [], []
+    try:
+        for sandbox, address in PROBED:
+            deny.write_policy(sandbox, policy(1, [443], address=address))
+            a = _attach(deny, sandbox)
+            attachments.append(a)
+            ns = deny.guest(a, address)
+            _busy(deny, ns, address)
+            probers.append(_start_prober(ns))
+        time.sleep(0.3)
+        killed_wall, killed = time.time(), time.monotonic()
+        deny.kill_gateway()
+        assert _eventually(
+            lambda: all(_state(deny, a).state == pb.POLICY_STATE_STALE for a in attachments),
+            timeout=STALE_MS / 1000 + 5,
+        )
+        time.sleep(0.5)
+        results = [_prober_results(p) for p in probers]
+        cut_by = killed + STALE_MS / 1000 + CUT_BOUND_S
+        for (sandbox, _), probes in zip(PROBED, results, strict=True):
+            assert any(ok for began, ok in probes if began < killed), f"{sandbox}: no traffic before the kill"
+            late = [round(began - killed, 3) for began, ok in probes if ok and began > cut_by]
+            assert not late, f"{sandbox}: connections accepted {late} s after the gateway died"
+            last_ok = max(began for began, ok in probes if ok) - killed
+            print(f"[deny-all] {sandbox}: last accepted connection began {last_ok:.3f} s after the kill")
+            assert not probes[-1][1], f"{sandbox}: still open"
+        for a in attachments:
+            stale = [e for e in deny.events(a.attachment_id) if e.condition.type == "DpuPolicyStale"]
+            assert len(stale) == 1
+            recorded = stale[0].time.seconds + stale[0].time.nanos / 1e9
+            assert recorded - killed_wall <= STALE_MS / 1000 + CUT_BOUND_S, "STALE recorded late"
+        # The zones' connections are revoked after the cut, each zone at once.
+        assert _eventually(lambda: not any(deny.conntrack_of(address) for _, address in PROBED), timeout=5)
+        deny.restart()
+        assert _eventually(lambda: all(_state(deny, a).state == pb.POLICY_STATE_APPLIED for a in attachments))
+    finally:
+        for proc in probers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for a in attachments:
+            _detach(deny, a)
+
+
+def test_removed_is_recorded_as_promptly_as_it_cuts(keep: Setup) -> None:
+    address = "198.51.100.21"
+    keep.write_policy("sb-removed", policy(1, [443], address=address))
+    a = _attach(keep, "sb-removed")
+    try:
+        ns = keep.guest(a, address)
+        _busy(keep, ns, address)
+        keep.remove_policy("sb-removed")
+        removed = time.monotonic()
+        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_PENDING, timeout=5)
+        # The gateway notices the file within its 0.2 s poll; then ~0.3 s.
+        assert time.monotonic() - removed <= 0.2 + 0.3, "PENDING recorded late"
+        assert not probe_tcp(ns, SERVER_V4, 443)
+        assert _eventually(lambda: not keep.conntrack_of(address), timeout=5)
     finally:
         _detach(keep, a)
