@@ -5,8 +5,11 @@ own mTLS credential. The client registers every sandbox it holds
 attachments for; the gateway answers with INITIAL/DELTA/REMOVED events
 whose `seq` counts up by one per stream. Anything that breaks that contract
 - a gap, a regression, the stream ending, the gateway restarting - ends the
-session; the next session re-registers everything, and the gateway's
-INITIAL events for it are the resync. Reconnects back off exponentially with
+session; the next session re-registers everything, and that session is a
+resync: the gateway answers every registered sandbox with INITIAL or
+REMOVED, then SYNC_COMPLETE (``on_resync`` learns which sandboxes the
+session opened with; the events, marker included, go to ``on_event``).
+Reconnects back off exponentially with
 full jitter (tenacity), capped; a session that was healthy for a while starts
 the backoff afresh.
 """
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[gw.PolicyEvent], Awaitable[None]]
 DeniedHandler = Callable[[str, str], Awaitable[None]]
+ResyncHandler = Callable[[frozenset[str]], Awaitable[None]]
 HEALTHY_SESSION_S = 30.0
 CAPABILITIES = (gw.CAPABILITY_EGRESS_RATE_LIMIT, gw.CAPABILITY_IPV6)
 
@@ -66,6 +70,7 @@ class PolicyStreamClient:
         on_event: EventHandler,
         *,
         on_denied: DeniedHandler | None = None,
+        on_resync: ResyncHandler | None = None,
         server_name: str = "",
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 5.0,
@@ -75,6 +80,9 @@ class PolicyStreamClient:
         self._tls = tls
         self._on_event = on_event
         self._on_denied = on_denied
+        self._on_resync = on_resync
+        # The sandboxes the current session's first Register carried.
+        self._resync_ids: frozenset[str] = frozenset()
         self._server_name = server_name
         self._backoff_base = backoff_base_s
         self._backoff_cap = backoff_cap_s
@@ -142,6 +150,7 @@ class PolicyStreamClient:
             return
         options = [("grpc.ssl_target_name_override", self._server_name)] if self._server_name else []
         outbox: asyncio.Queue[gw.WatchRequest | None] = asyncio.Queue()
+        self._resync_ids = frozenset(self._wanted)
         outbox.put_nowait(
             gw.WatchRequest(register=gw.Register(sandbox_ids=sorted(self._wanted), capabilities=CAPABILITIES))
         )
@@ -176,6 +185,8 @@ class PolicyStreamClient:
             return
         await connect
         self._mark_up()
+        if self._on_resync is not None:
+            await self._on_resync(self._resync_ids)
         expected_seq = 1
         while True:
             read = asyncio.ensure_future(call.read())

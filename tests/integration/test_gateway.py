@@ -115,9 +115,14 @@ def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return check()
 
 
-def _make(tmp: Path, on_stale: str) -> Iterator[Setup]:
+def _make(tmp: Path, on_stale: str, *, stale_ms: int = STALE_MS, resync_ms: int = 10000) -> Iterator[Setup]:
     require_ovs()
-    knobs = env.PolicyKnobs(stale_threshold_ms=STALE_MS, on_stale=on_stale, initial_policy_timeout_ms=2000)
+    knobs = env.PolicyKnobs(
+        stale_threshold_ms=stale_ms,
+        on_stale=on_stale,
+        initial_policy_timeout_ms=2000,
+        resync_timeout_ms=resync_ms,
+    )
     endpoint = env.dev_up(tmp, vfs=3, sfs=1, gateway=True, knobs=knobs)
     setup = Setup(tmp, endpoint)
     netns.add_address(endpoint.uplink_netns, "lo", f"{SERVER_V4}/32")
@@ -353,10 +358,20 @@ def test_baseline_attach_is_replaced_by_the_gateway_policy_when_it_arrives(keep:
         _detach(keep, a)
 
 
-# -- failing closed at once ------------------
+# -- failing closed at once, and resyncs as a full statement of the truth ------------------
 
 CUT_BOUND_S = 0.3  # how long after the stale threshold a new connection may still get through
 PROBED = [("sb-probe-0", "198.51.100.11"), ("sb-probe-1", "198.51.100.12"), ("sb-probe-2", "198.51.100.13")]
+RESYNC_MS = 1500
+
+
+@pytest.fixture(scope="module")
+def resync(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    # The stream is never down long enough to turn stale here: what happens
+    # is the resync's doing alone.
+    yield from _make(
+        tmp_path_factory.mktemp("gw-resync"), "keep-last-known", stale_ms=60000, resync_ms=RESYNC_MS
+    )
 
 
 def _busy(setup: Setup, ns: str, address: str, count: int = 150) -> None:
@@ -377,6 +392,16 @@ def _start_prober(ns: str) -> subprocess.Popen[str]:
 def _prober_results(proc: subprocess.Popen[str]) -> list[tuple[float, bool]]:
     out, _ = proc.communicate("", timeout=10)
     return [(float(began), verdict == "ok") for began, verdict in (line.split() for line in out.splitlines())]
+
+
+def _gateway_mode(setup: Setup, *, legacy: bool) -> None:
+    """Restart the gateway serving the current contract or the first one
+    (no REMOVED on registration, no SYNC_COMPLETE)."""
+    config = Path(setup.workdir) / "gateway.toml"
+    text = config.read_text().replace("legacy_resync = true\n", "")
+    if legacy:
+        text = text.replace("[gateway]\n", "[gateway]\nlegacy_resync = true\n")
+    config.write_text(text)
 
 
 def test_deny_all_cuts_every_attachment_at_once_after_the_threshold(deny: Setup) -> None:
@@ -440,3 +465,54 @@ def test_removed_is_recorded_as_promptly_as_it_cuts(keep: Setup) -> None:
         assert _eventually(lambda: not keep.conntrack_of(address), timeout=5)
     finally:
         _detach(keep, a)
+
+
+def test_a_policy_deleted_while_the_gateway_is_down_is_withdrawn_by_the_resync(resync: Setup) -> None:
+    address = "198.51.100.31"
+    resync.write_policy("sb-gone", policy(1, [443], address=address))
+    a = _attach(resync, "sb-gone")
+    try:
+        ns = resync.guest(a, address)
+        assert probe_tcp(ns, SERVER_V4, 443)
+        resync.kill_gateway()
+        resync.remove_policy("sb-gone")
+        resync.restart()  # the gateway answers the resync with REMOVED
+        assert _eventually(lambda: _state(resync, a).state == pb.POLICY_STATE_PENDING)
+        assert not probe_tcp(ns, SERVER_V4, 443)
+        withdrawn = [e for e in resync.events(a.attachment_id) if e.condition.reason == "PolicyRemoved"]
+        assert len(withdrawn) == 1 and not withdrawn[0].condition.status
+        resync.write_policy("sb-gone", policy(2, [443], address=address))
+        assert _eventually(lambda: _state(resync, a).state == pb.POLICY_STATE_APPLIED)
+        assert probe_tcp(ns, SERVER_V4, 443)
+    finally:
+        _detach(resync, a)
+
+
+def test_a_resync_that_never_completes_leaves_the_unconfirmed_stale(resync: Setup) -> None:
+    kept, dropped = ("sb-kept", "198.51.100.32"), ("sb-dropped", "198.51.100.33")
+    attachments = []
+    try:
+        for sandbox, address in (kept, dropped):
+            resync.write_policy(sandbox, policy(1, [443], address=address))
+            attachments.append(_attach(resync, sandbox))
+        a_kept, a_dropped = attachments
+        ns = resync.guest(a_dropped, dropped[1])
+        resync.kill_gateway()
+        resync.remove_policy(dropped[0])
+        _gateway_mode(resync, legacy=True)  # answers only what it has, never SYNC_COMPLETE
+        resync.restart()
+        began = time.monotonic()
+        assert _eventually(lambda: _state(resync, a_dropped).state == pb.POLICY_STATE_STALE, timeout=10)
+        assert time.monotonic() - began >= RESYNC_MS / 1000 - 0.5
+        assert _state(resync, a_kept).state == pb.POLICY_STATE_APPLIED  # confirmed by its INITIAL
+        stale = [e for e in resync.events(a_dropped.attachment_id) if e.condition.type == "DpuPolicyStale"]
+        assert [e.condition.reason for e in stale] == ["ResyncIncomplete"]
+        assert probe_tcp(ns, SERVER_V4, 443)  # keep-last-known: still the last policy
+        time.sleep(0.5)
+        assert _state(resync, a_dropped).state == pb.POLICY_STATE_STALE  # and never APPLIED again
+    finally:
+        _gateway_mode(resync, legacy=False)
+        resync.kill_gateway()
+        resync.restart()
+        for a in attachments:
+            _detach(resync, a)
