@@ -101,6 +101,8 @@ class PolicyStreamHandler:
         self._resync_began, self._resync_expired = None, False
         log.info("policy resync complete", extra={"seq": event.seq, "not_mentioned": len(missing)})
         if missing:
+            for sandbox_id in missing:
+                self._service.book.offer(sandbox_id, None)
             message = (
                 f"the gateway's resync (epoch {event.gateway_epoch[:64]}) completed without this sandbox: "
                 "deny-all until a policy arrives"

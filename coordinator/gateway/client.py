@@ -186,7 +186,10 @@ class PolicyStreamClient:
         await connect
         self._mark_up()
         if self._on_resync is not None:
-            await self._on_resync(self._resync_ids)
+            try:
+                await self._on_resync(self._resync_ids)
+            except Exception:
+                log.exception("starting the resync of %d sandboxes failed", len(self._resync_ids))
         expected_seq = 1
         while True:
             read = asyncio.ensure_future(call.read())
