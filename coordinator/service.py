@@ -855,6 +855,7 @@ class AttachmentService:
         ]
         if not records:
             return 0
+        began = time.monotonic()
         deny_all = self._classes[DENY_ALL_CLASS]
         installed: dict[int, list[str]] = {}
         if deny:
@@ -865,9 +866,11 @@ class AttachmentService:
                     "deny-all for %d attachments in one bundle failed (%s); one at a time", len(records), exc
                 )
                 records = await self._close_one_by_one(records, deny_all)
+        cut = time.monotonic()
         self._store.set_policy_statuses(
             [(r.attachment_id, state, r.policy_version) for r in records], event=event
         )
+        recorded = time.monotonic()
         await self._events.notify()
         if deny and records:
             await self.dataplane.cut_zones(records)
@@ -877,6 +880,12 @@ class AttachmentService:
                 except OpenFlowError as exc:
                     log.error("deny-all flows of %d attachments did not read back: %s", len(records), exc)
             await self.dataplane.drop_meters_if_unused(records, deny_all)
+        log.info(
+            "policy %s", state.value,
+            extra={"attachments": len(records), "reason": event[2], "deny_all": deny,
+                   "cut_ms": round((cut - began) * 1000, 1), "recorded_ms": round((recorded - began) * 1000, 1),
+                   "done_ms": round((time.monotonic() - began) * 1000, 1)},
+        )  # fmt: skip
         return len(records)
 
     async def _close_one_by_one(

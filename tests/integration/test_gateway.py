@@ -453,17 +453,33 @@ def test_removed_is_recorded_as_promptly_as_it_cuts(keep: Setup) -> None:
     address = "198.51.100.21"
     keep.write_policy("sb-removed", policy(1, [443], address=address))
     a = _attach(keep, "sb-removed")
+    prober = None
     try:
         ns = keep.guest(a, address)
         _busy(keep, ns, address)
+        prober = _start_prober(ns)
+        time.sleep(0.3)
         keep.remove_policy("sb-removed")
-        removed = time.monotonic()
-        assert _eventually(lambda: _state(keep, a).state == pb.POLICY_STATE_PENDING, timeout=5)
-        # The gateway notices the file within its 0.2 s poll; then ~0.3 s.
-        assert time.monotonic() - removed <= 0.2 + 0.3, "PENDING recorded late"
-        assert not probe_tcp(ns, SERVER_V4, 443)
+        with keep.client() as client:
+            deadline = time.monotonic() + 5
+            while client.get(a.attachment_id).policy.state != pb.POLICY_STATE_PENDING:
+                assert time.monotonic() < deadline, "never PENDING"
+                time.sleep(0.01)
+            pending_seen = time.monotonic()
+        time.sleep(0.3)
+        probes = _prober_results(prober)
+        last_ok = max(began for began, ok in probes if ok)
+        # Cut (the last accepted connection began just before it) and record, ~together.
+        print(
+            f"[removed] PENDING seen {pending_seen - last_ok:.3f} s after the last accepted connection began"
+        )
+        assert pending_seen - last_ok <= CUT_BOUND_S, "PENDING recorded long after the cut"
+        assert not probes[-1][1] and not probe_tcp(ns, SERVER_V4, 443)
         assert _eventually(lambda: not keep.conntrack_of(address), timeout=5)
     finally:
+        if prober is not None and prober.poll() is None:
+            prober.kill()
+            prober.wait()
         _detach(keep, a)
 
 
