@@ -1,4 +1,4 @@
-"""The coordinator's side of `WatchSandboxPolicies` (DESIGN §4).
+"""The coordinator's side of `WatchSandboxPolicies`.
 
 One long-lived bidirectional stream to the gateway, over the coordinator's
 own mTLS credential. The client registers every sandbox it holds

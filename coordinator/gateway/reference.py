@@ -1,4 +1,4 @@
-"""The reference policy gateway (DESIGN §4): serves NetworkScopes from a
+"""The reference policy gateway: serves NetworkScopes from a
 directory of YAML files over `WatchSandboxPolicies`, for the demo and the
 tests. The production gateway is not part of this project; this one
 implements the same contract.
