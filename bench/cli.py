@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients for attach throughput")
     p.add_argument("--scale", type=int, default=1024, help="attachments in the scale case")
     p.add_argument("--scale-rules", type=int, default=32, help="rules per attachment in the scale case")
+    p.add_argument(
+        "--scale-conns",
+        type=int,
+        default=100,
+        help="connections per attachment for the scale case's stale deny-all",
+    )
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="where the JSON results go")
     p.add_argument("--docs", type=Path, default=DEFAULT_DOCS, help="the page regenerated from the results")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite the docs page")
@@ -53,10 +59,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         reps = {10: 5, 100: 5, 1000: 3}
         return {"reps_by_size": reps, "attaches": 20, "clients": args.clients, "scale": 32,
-                "scale_rules": args.scale_rules, "ovn": not args.no_ovn}  # fmt: skip
+                "scale_rules": args.scale_rules, "scale_conns": 10, "ovn": not args.no_ovn}  # fmt: skip
     reps = {10: args.reps or 100, 100: args.reps or 100, 1000: args.reps or 30}
     return {"reps_by_size": reps, "attaches": args.attaches, "clients": args.clients, "scale": args.scale,
-            "scale_rules": args.scale_rules, "ovn": not args.no_ovn}  # fmt: skip
+            "scale_rules": args.scale_rules, "scale_conns": args.scale_conns, "ovn": not args.no_ovn}  # fmt: skip
 
 
 def _progress(started: float) -> Any:
@@ -88,7 +94,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             run_policy_cases(d, settings["reps_by_size"], with_ovn=settings["ovn"], progress=say)
         ),
         "attach": lambda d: run_attach_case(d, settings["attaches"], settings["clients"], say),
-        "scale": lambda d: run_scale_case(d, settings["scale"], settings["scale_rules"], say),
+        "scale": lambda d: run_scale_case(
+            d, settings["scale"], settings["scale_rules"], say, connections=settings["scale_conns"]
+        ),
     }
     workdir = Path(tempfile.mkdtemp(prefix="bfc-bench-"))
     try:

@@ -125,8 +125,8 @@ def _quote(value: object) -> str:
 
 @contextlib.contextmanager
 def uplink(ovs: OvsInstance) -> Iterator[str]:
-    """The bridge's uplink: a veth into a namespace of its own (no addresses:
-    the bench sends no packets). Removed afterwards."""
+    """The bridge's uplink: a veth into a namespace of its own (no addresses;
+    only the scale case sends raw frames from it). Removed afterwards."""
     ns = netns.unique_name("bu-", maxlen=24)
     netns.create_netns(ns)
     try:

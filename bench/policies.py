@@ -3,7 +3,8 @@
 Rule ``i`` of an N-rule policy allows TCP to (egress) or from (ingress)
 one /32 on one port; every rule is distinct, so each costs its own flows.
 Addresses come only from the documentation ranges (198.51.100.0/24,
-203.0.113.0/24); the bench sends no traffic with them.
+203.0.113.0/24); the only traffic with them is the scale case's SYNs from
+the uplink (``bench/conntrack_load.py``).
 """
 
 from __future__ import annotations

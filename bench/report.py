@@ -72,13 +72,32 @@ def _attach_rows(attach: Mapping[str, Any]) -> list[list[str]]:
 def _scale_rows(scale: Mapping[str, Any]) -> list[list[str]]:
     size = f"{scale['attachments']} x {scale['rules']} rules"
     blank = [NONE] * 6
-    return [
+    rows = [
         ["scale: daemon RSS", size, f"{scale['rss_mb']:.0f} MB", *blank],
         ["scale: flows on the bridge", size, str(scale["total_flows"]), *blank],
         ["scale: daemon start until Health", size, f"{scale['daemon_start_s']:.2f} s", *blank],
         ["scale: restart reconcile, no drift", size, f"{scale['reconcile_s']:.2f} s", *blank],
         ["scale: re-program after vswitchd restart", size, f"{scale['reprogram_s']:.2f} s", *blank],
     ]
+    if "stale_cut_s" in scale:  # results from before the stale case have none
+        load = f"{size}, {scale['stale_connections']} conns"
+        rows += [
+            [
+                "scale: stale deny-all, all cut + STALE",
+                load,
+                f"{scale['stale_cut_s'] * 1000:.0f} ms",
+                f"{scale['stale_floor_s'] * 1000:.0f} ms",
+                f"{scale['stale_cut_s'] / scale['stale_floor_s']:.2f}x",
+                *blank[:4],
+            ],
+            [
+                "scale: stale deny-all, conns flushed",
+                load,
+                f"{scale['stale_flushed_s'] * 1000:.0f} ms",
+                *blank,
+            ],
+        ]
+    return rows
 
 
 def table_rows(results: Mapping[str, Any]) -> list[list[str]]:

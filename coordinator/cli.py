@@ -64,7 +64,9 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
             f"bluefield-coordinator gateway: --policies {args.policies} is not a directory", file=sys.stderr
         )
         return 2
-    gateway = ReferenceGateway(args.policies, config.allow, queue_size=server.queue_size)
+    gateway = ReferenceGateway(
+        args.policies, config.allow, queue_size=server.queue_size, legacy_resync=server.legacy_resync
+    )
     asyncio.run(
         serve_gateway(gateway, server.listen, credentials, poll_interval_s=server.poll_interval_ms / 1000)
     )

@@ -144,6 +144,11 @@ class PolicyConfig:
     # keep-last-known: keep enforcing the last good policy; deny-all: cut
     # the attachments' traffic until fresh policy arrives.
     on_stale: Literal["keep-last-known", "deny-all"] = "keep-last-known"
+    # A resync (every new gateway stream) must end with the gateway's
+    # SYNC_COMPLETE within this time; otherwise every attachment it has not
+    # confirmed turns STALE (on_stale applies). A gateway that never sends
+    # the marker is handled so.
+    resync_timeout_ms: int = 10000
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "eswitch.emulated.pf": (0, 7),
     "policy.initial_policy_timeout_ms": (1, 3_600_000),
     "policy.stale_threshold_ms": (100, 86_400_000),
+    "policy.resync_timeout_ms": (100, 3_600_000),
     "gateway.backoff_base_ms": (10, 60_000),
     "gateway.backoff_cap_ms": (100, 600_000),
     "limits.max_attachments": (1, 65535),

@@ -143,6 +143,7 @@ def start_policy_stream(
             TlsFiles(Path(gateway.ca), Path(gateway.cert), Path(gateway.key)),
             handler.on_event,
             on_denied=handler.on_denied,
+            on_resync=handler.on_resync,
             server_name=gateway.server_name,
             crl=gateway.crl,
             backoff_base_s=gateway.backoff_base_ms / 1000,

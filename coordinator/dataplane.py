@@ -261,6 +261,45 @@ class Dataplane:
             note += f"; {len(result.unflushable)} revoked ICMPv6 entries left to expire"
         return note
 
+    # -- many attachments at once ----------------------------------------------------
+
+    async def close_many(self, records: Sequence[AttachmentRecord], deny_all: Scope) -> dict[int, list[str]]:
+        """Replace the flows of every attachment in ``records`` with
+        ``deny_all``'s in one atomic bundle, without reading the switch
+        first (the promptness of a stale deny-all must not grow with what is
+        installed). Returns the flows by cookie, for ``verify_many``.
+        Raises OpenFlowError (then nothing changed)."""
+        desired = {cookie_for_slot(r.slot): self.desired_flows(r, r.ofport, deny_all) for r in records}
+        await self._openflow.replace_many(desired)
+        for cookie, flows in desired.items():
+            self._flow_counts[cookie] = len(flows)
+        return desired
+
+    async def verify_many(self, desired: Mapping[int, Sequence[str]]) -> None:
+        """Read back the cookies of ``desired`` and correct any difference in
+        one bundle; raises OpenFlowError if they still differ. One cookie is
+        read by itself, not with every flow of ours."""
+        if len(desired) == 1:
+            ((cookie, flows),) = desired.items()
+            await self._openflow.sync(cookie, flows)
+        else:
+            await self.sync_all(desired)
+
+    async def cut_zones(self, records: Sequence[AttachmentRecord]) -> str:
+        """Every connection of these attachments' conntrack zones, gone: one
+        flush per zone over one control connection. A note for logs ("" if
+        it worked)."""
+        try:
+            await self.conntrack.flush_zones([r.slot for r in records])
+        except ConntrackError as exc:
+            log.warning("cutting the connections of %d attachments failed: %s", len(records), exc)
+            return f"cutting connections failed: {exc}"
+        return ""
+
+    async def drop_meters_if_unused(self, records: Sequence[AttachmentRecord], scope: Scope) -> None:
+        for record in records:
+            await self.drop_meter_if_unused(record.slot, scope)
+
     # -- the whole switch ---------------------------------------------------------
 
     async def facts(self) -> WorldFacts:

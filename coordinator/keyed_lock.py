@@ -23,6 +23,11 @@ class KeyedLocks:
         """``async with locks[key]:`` holds ``key``'s lock."""
         return _Held(self, key)
 
+    def locked(self, key: str) -> bool:
+        """Whether someone holds ``key``'s lock right now (asking keeps nothing)."""
+        entry = self._entries.get(key)
+        return entry is not None and entry.lock.locked()
+
     def __len__(self) -> int:
         """Keys whose lock is held or awaited right now."""
         return len(self._entries)

@@ -11,11 +11,12 @@ store (``reconverge``), each correction reported as a drift event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -67,6 +68,8 @@ HEALTH_TTL_S = 1.0
 # eswitch and OVSDB calls of one overlap with the others'.
 PLUG_CONCURRENCY = 8
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
+REMOVED_REASON = "PolicyRemoved"
+REMOVED_MESSAGE = "the gateway withdrew the policy: deny-all until a new one arrives"
 DRIFT = "DpuDriftCorrected"
 
 
@@ -753,30 +756,37 @@ class AttachmentService:
     async def apply_latest(self, sandbox_id: str) -> None:
         """Enforce what the gateway last said for the sandbox: its policy, or
         deny-all once the policy was withdrawn (REMOVED)."""
+        if self.book.latest(sandbox_id) is None:
+            await self.withdraw([sandbox_id], REMOVED_REASON, REMOVED_MESSAGE, keep_baseline=True)
+            return
         async with self._operation("policy update", wait=True), self._locks[sandbox_id]:
             scope = self.book.latest(sandbox_id)
             if scope is not None:
                 await self._apply_locked(sandbox_id, scope)
-            else:
-                self._store.delete_policy(sandbox_id)
-                await self._close_all(sandbox_id, PolicyState.PENDING, ("DpuPolicyApplied", False, "PolicyRemoved",
-                                      "the gateway withdrew the policy: deny-all until a new one arrives"))  # fmt: skip
         await self._events.notify()
 
-    async def _close_all(
-        self, sandbox_id: str, state: PolicyState, event: tuple[str, bool, str, str]
-    ) -> None:
-        """Deny-all flows and ``state`` for every BOUND attachment of the
-        sandbox (policy withdrawn, or stale with on_stale = deny-all)."""
-        deny_all = self._classes[DENY_ALL_CLASS]
-        for record in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND):
-            try:
-                await self.dataplane.enforce(record, record.ofport, deny_all)
-                await self.dataplane.revoke(record, deny_all)
-            except OpenFlowError as exc:
-                log.error("closing %s failed: %s", record.attachment_id, exc)
-                continue
-            self._store.set_policy_status(record.attachment_id, state, record.policy_version, event=event)
+    async def withdraw(
+        self, sandbox_ids: Iterable[str], reason: str, message: str, *, keep_baseline: bool
+    ) -> int:
+        """The gateway has no policy for these sandboxes (REMOVED, or a
+        completed resync did not mention them): their stored policy is
+        forgotten and every BOUND attachment denies all traffic, PENDING,
+        until a new policy arrives. ``keep_baseline``: an attachment still on
+        its network class (it never had a policy) keeps it. Returns how many
+        attachments turned."""
+        wanted = set(sandbox_ids)
+        for sandbox_id in sorted(wanted):
+            self._store.delete_policy(sandbox_id)
+
+        def pick(record: AttachmentRecord) -> bool:
+            if record.policy_state is PolicyState.PENDING:
+                return False  # already closed
+            return not (keep_baseline and record.policy_state is PolicyState.BASELINE)
+
+        event = ("DpuPolicyApplied", False, reason, message)
+        return await self._transition(
+            "policy withdrawal", wanted, pick, PolicyState.PENDING, event, deny=True
+        )
 
     async def degrade(self, sandbox_id: str, reason: str, message: str) -> None:
         """The sandbox's new policy was unusable: keep enforcing the last good
@@ -789,35 +799,128 @@ class AttachmentService:
                 )  # fmt: skip
         await self._events.notify()
 
-    async def mark_stale(self, *, deny: bool) -> int:
-        """The policy stream has been down too long: every attachment's
-        policy is STALE (one DpuPolicyStale each); with ``deny``, cut their
-        traffic until fresh policy arrives. Returns how many turned stale."""
-        turned = 0
-        for sandbox_id in sorted(
-            {r.sandbox_id for r in self._store.list_attachments(state=AttachmentState.BOUND)}
-        ):
-            async with self._operation("stale policy", wait=True), self._locks[sandbox_id]:
-                fresh = [
-                    r for r in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
-                    if r.policy_state is not PolicyState.STALE
-                ]  # fmt: skip
-                event = (
-                    "DpuPolicyStale",
-                    True,
-                    "StreamDown",
-                    "policy stream down longer than stale_threshold_ms",
-                )
-                if deny:
-                    await self._close_all(sandbox_id, PolicyState.STALE, event)
-                else:
-                    for record in fresh:
-                        self._store.set_policy_status(
-                            record.attachment_id, PolicyState.STALE, record.policy_version, event=event
-                        )
-                turned += len(fresh)
-        await self._events.notify()
+    async def mark_stale(
+        self,
+        *,
+        deny: bool,
+        sandbox_ids: Iterable[str] | None = None,
+        reason: str = "StreamDown",
+        message: str = "policy stream down longer than stale_threshold_ms",
+    ) -> int:
+        """Every attachment's policy (of ``sandbox_ids``, default all) is
+        STALE, one DpuPolicyStale each; with ``deny``, their traffic is cut
+        until fresh policy arrives. Withdrawn (PENDING) attachments already
+        deny all and stay so. Returns how many turned stale."""
+
+        def pick(record: AttachmentRecord) -> bool:
+            return record.policy_state not in (PolicyState.STALE, PolicyState.PENDING)
+
+        wanted = None if sandbox_ids is None else set(sandbox_ids)
+        event = ("DpuPolicyStale", True, reason, message)
+        return await self._transition("stale policy", wanted, pick, PolicyState.STALE, event, deny=deny)
+
+    async def _transition(
+        self,
+        what: str,
+        sandbox_ids: set[str] | None,
+        pick: Callable[[AttachmentRecord], bool],
+        state: PolicyState,
+        event: tuple[str, bool, str, str],
+        *,
+        deny: bool,
+    ) -> int:
+        """Turn the BOUND attachments ``pick`` selects (of ``sandbox_ids``,
+        default all) to ``state`` with ``event``, all at once: the sandboxes
+        nobody else holds go together in one step (their deny-all flows in
+        one bundle, their states in one transaction); a sandbox busy with
+        another operation follows as soon as that one is done."""
+        async with self._operation(what, wait=True):
+            affected = sorted(
+                {
+                    r.sandbox_id
+                    for r in self._store.list_attachments(state=AttachmentState.BOUND)
+                    if (sandbox_ids is None or r.sandbox_id in sandbox_ids) and pick(r)
+                }
+            )
+            free = [s for s in affected if not self._locks.locked(s)]
+            busy = [s for s in affected if self._locks.locked(s)]
+            async with contextlib.AsyncExitStack() as held:
+                for sandbox_id in free:  # none is held: each acquire returns at once
+                    await held.enter_async_context(self._locks[sandbox_id])
+                turned = await self._transition_locked(set(free), pick, state, event, deny=deny)
+
+            async def later(sandbox_id: str) -> int:
+                async with self._locks[sandbox_id]:
+                    return await self._transition_locked({sandbox_id}, pick, state, event, deny=deny)
+
+            turned += sum(await asyncio.gather(*(later(s) for s in busy)))
         return turned
+
+    async def _transition_locked(
+        self,
+        sandbox_ids: set[str],
+        pick: Callable[[AttachmentRecord], bool],
+        state: PolicyState,
+        event: tuple[str, bool, str, str],
+        *,
+        deny: bool,
+    ) -> int:
+        """``_transition`` with the sandboxes' locks held. Order: flows (the
+        cut), then states and events together, then the watchers told; only
+        after that are connections revoked and the flows read back, so
+        neither delays the cut nor its record."""
+        records = [
+            r
+            for r in self._store.list_attachments(state=AttachmentState.BOUND)
+            if r.sandbox_id in sandbox_ids and pick(r)
+        ]
+        if not records:
+            return 0
+        began = time.monotonic()
+        deny_all = self._classes[DENY_ALL_CLASS]
+        installed: dict[int, list[str]] = {}
+        if deny:
+            try:
+                installed = await self.dataplane.close_many(records, deny_all)
+            except OpenFlowError as exc:
+                log.error(
+                    "deny-all for %d attachments in one bundle failed (%s); one at a time", len(records), exc
+                )
+                records = await self._close_one_by_one(records, deny_all)
+        cut = time.monotonic()
+        self._store.set_policy_statuses(
+            [(r.attachment_id, state, r.policy_version) for r in records], event=event
+        )
+        recorded = time.monotonic()
+        await self._events.notify()
+        if deny and records:
+            await self.dataplane.cut_zones(records)
+            if installed:
+                try:
+                    await self.dataplane.verify_many(installed)
+                except OpenFlowError as exc:
+                    log.error("deny-all flows of %d attachments did not read back: %s", len(records), exc)
+            await self.dataplane.drop_meters_if_unused(records, deny_all)
+        log.info(
+            "policy %s", state.value,
+            extra={"attachments": len(records), "reason": event[2], "deny_all": deny,
+                   "cut_ms": round((cut - began) * 1000, 1), "recorded_ms": round((recorded - began) * 1000, 1),
+                   "done_ms": round((time.monotonic() - began) * 1000, 1)},
+        )  # fmt: skip
+        return len(records)
+
+    async def _close_one_by_one(
+        self, records: Sequence[AttachmentRecord], deny_all: Scope
+    ) -> list[AttachmentRecord]:
+        closed = []
+        for record in records:
+            try:
+                await self.dataplane.enforce(record, record.ofport, deny_all)
+            except OpenFlowError as exc:
+                log.error("closing %s failed: %s", record.attachment_id, exc)
+                continue
+            closed.append(record)
+        return closed
 
     # -- explain ---------------------------------------------------------------
 

@@ -15,6 +15,12 @@ R-rule policy to each. Then:
 - re-program after an ovs-vswitchd restart: vswitchd stopped and started
   (flows gone, ports back from OVSDB), then the time until every flow is
   back (checked).
+- stale deny-all: every zone filled with connections from the uplink (TCP
+  SYNs the policy admits, committed to conntrack), the gateway stream
+  reported down, and the daemon's own staleness watch (``on_stale =
+  "deny-all"``) left to act; the time from the stale threshold until every
+  attachment is cut (its deny-all flows installed) and recorded STALE, and
+  until their connections are flushed too.
 
 Not `dev up`: its daemon must answer within 30 s, and with a thousand
 VFs the emulated eswitch alone takes longer to check its veth pairs.
@@ -24,6 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import logging
+import re
 import subprocess
 import sys
 import time
@@ -42,13 +51,21 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive, stop_pid
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
+from coordinator.flows.classes import load_network_classes
+from coordinator.flows.compiler import cookie_for_slot
+from coordinator.gateway.client import StreamStatus
+from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.progress import Activity, counted
-from coordinator.service import AttachParams
+from coordinator.service import DENY_ALL_CLASS, AttachmentService, AttachParams
+from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 
 BRIDGE = "br-scale"
 SETUP_CONCURRENCY = 4
 DAEMON_START_TIMEOUT_S = 900.0
 SETTLE_S = 2.0
+LOAD_SCRIPT = Path(__file__).resolve().parent.parent / "conntrack_load.py"
+STALE_THRESHOLD_MS = 1000
+_TOTAL_RE = re.compile(r"Total:\s*(\d+)")
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,10 @@ class ScaleResults:
     total_flows: int
     reconcile_s: float
     reprogram_s: float
+    stale_connections: int  # conntrack entries in the attachments' zones when the stream went stale
+    stale_cut_s: float  # stale threshold -> every attachment deny-all and recorded STALE
+    stale_flushed_s: float  # stale threshold -> their connections flushed as well
+    stale_floor_s: float  # the cut's bundle alone, as a raw ovs-ofctl bundle
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -170,12 +191,108 @@ async def _reconcile_and_reprogram(
     return reconcile, reprogram
 
 
-def run_scale_case(workdir: Path, attachments: int, rules: int, progress: Any) -> ScaleResults:
+class _TransitionDone(logging.Handler):
+    """Notices the service's log line that ends a stale transition."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen = asyncio.Event()
+        self.phases: dict[str, object] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "policy STALE":
+            self.phases = {
+                k: getattr(record, k, None) for k in ("attachments", "cut_ms", "recorded_ms", "done_ms")
+            }
+            self.seen.set()
+
+
+def _connections(ovs: OvsInstance) -> int:
+    match = _TOTAL_RE.search(ovs.appctl("dpctl/ct-stats-show"))
+    return int(match.group(1)) if match else 0
+
+
+async def _stale_deny_all(
+    config: Config, ovs: OvsInstance, uplink_ns: str, per_attachment: int, progress: Any
+) -> tuple[int, float, float, float]:
+    """(connections, threshold -> all cut and STALE, threshold -> flushed,
+    the cut's bundle alone as a raw ovs-ofctl bundle)."""
+    backend = await asyncio.to_thread(EmulatedEswitch, config.eswitch.emulated)
+    adapters = await build(config, backend)
+    try:
+        service = adapters.service
+        bound = service.list_all()
+        load = [sys.executable, str(LOAD_SCRIPT), "eth0", str(per_attachment), *(r.mac for r in bound)]
+        await asyncio.to_thread(netns.set_link, uplink_ns, "eth0")
+        await asyncio.to_thread(netns.run_in_netns, uplink_ns, load, timeout=600)
+        await asyncio.sleep(1.0)  # the switch works through its queues
+        connections = await asyncio.to_thread(_connections, ovs)
+        policy = dataclasses.replace(
+            config.policy, on_stale="deny-all", stale_threshold_ms=STALE_THRESHOLD_MS
+        )
+        handler = PolicyStreamHandler(service, policy)
+        done = _TransitionDone()
+        service_log = logging.getLogger("coordinator.service")
+        level, propagate = service_log.level, service_log.propagate
+        service_log.addHandler(done)
+        service_log.setLevel(logging.INFO)
+        service_log.propagate = False  # its INFO lines are for the handler only
+        status = StreamStatus(connected=False, down_since=time.monotonic())
+        threshold = status.down_since + STALE_THRESHOLD_MS / 1000  # type: ignore[operator]
+        watch = asyncio.ensure_future(handler.watch_staleness(lambda: status))
+        try:
+            while not all(
+                r.policy_state is PolicyState.STALE
+                for r in adapters.store.list_attachments(state=AttachmentState.BOUND)
+            ):
+                await asyncio.sleep(0.005)
+            cut = time.monotonic() - threshold
+            while await asyncio.to_thread(_connections, ovs) > 0:
+                await asyncio.sleep(0.01)
+            flushed = time.monotonic() - threshold
+            # Let the transition finish (read-back, meters) before the service goes.
+            await asyncio.wait_for(done.seen.wait(), 600)
+        finally:
+            watch.cancel()
+            service_log.removeHandler(done)
+            service_log.setLevel(level)
+            service_log.propagate = propagate
+        progress(f"scale: stale transition as the service timed it: {done.phases}")
+        # Every attachment holds exactly its deny-all flows (what the daemon verified).
+        if (flows := _bridge_flows(ovs)) != service.dataplane.installed_flows():
+            raise BenchError(
+                f"after the stale deny-all: {flows} flows, {service.dataplane.installed_flows()} expected"
+            )
+        floor = await asyncio.to_thread(_replace_floor, ovs, service, bound)
+    finally:
+        await adapters.close()
+    return connections, cut, flushed, floor
+
+
+def _replace_floor(ovs: OvsInstance, service: AttachmentService, bound: list[AttachmentRecord]) -> float:
+    """The same bundle the cut sends (each cookie's flows deleted, the
+    deny-all flows added), as a raw ``ovs-ofctl bundle`` of a file written
+    beforehand: what the switch alone takes for it."""
+    deny_all = load_network_classes()[DENY_ALL_CLASS]
+    lines = []
+    for record in bound:
+        lines.append(f"flow delete cookie={cookie_for_slot(record.slot):#x}/-1")
+        lines += [f"flow add {f}" for f in service.dataplane.desired_flows(record, record.ofport, deny_all)]
+    path = ovs.rundir / "stale-floor.bundle"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    started = time.perf_counter()
+    run(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "bundle", ovs.mgmt(BRIDGE), str(path)], timeout=600)
+    return time.perf_counter() - started
+
+
+def run_scale_case(
+    workdir: Path, attachments: int, rules: int, progress: Any, connections: int = 100
+) -> ScaleResults:
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
         ovs = OvsInstance.start(workdir / "ovs", netns.unique_name("bps-"))
         cleanup.callback(ovs.stop)
-        cleanup.enter_context(uplink(ovs))
+        uplink_ns = cleanup.enter_context(uplink(ovs))
         pki = init_dev_pki(workdir / "certs")
         config_path = workdir / "config.toml"
         config_path.write_text(toml_text(bench_mapping(workdir, ovs, BRIDGE, vfs=attachments, pki=pki)))
@@ -195,4 +312,6 @@ def run_scale_case(workdir: Path, attachments: int, rules: int, progress: Any) -
             stop_pid(pid)
         progress("scale: restart reconcile, then ovs-vswitchd restart")
         reconcile, reprogram = asyncio.run(_reconcile_and_reprogram(config, ovs, flows))
-    return ScaleResults(attachments, rules, setup, start, rss, flows, reconcile, reprogram)
+        progress(f"scale: stale deny-all with {connections} connections per attachment")
+        stale = asyncio.run(_stale_deny_all(config, ovs, uplink_ns, connections, progress))
+    return ScaleResults(attachments, rules, setup, start, rss, flows, reconcile, reprogram, *stale)

@@ -164,6 +164,7 @@ initial_policy = "{"auto" if gateway_port else "BASELINE"}"
 initial_policy_timeout_ms = {knobs.initial_policy_timeout_ms}
 stale_threshold_ms = {knobs.stale_threshold_ms}
 on_stale = "{knobs.on_stale}"
+resync_timeout_ms = {knobs.resync_timeout_ms}
 {gateway}""")
     return path
 
@@ -238,6 +239,7 @@ class PolicyKnobs:
     stale_threshold_ms: int = 5000
     on_stale: str = "keep-last-known"
     initial_policy_timeout_ms: int = 5000
+    resync_timeout_ms: int = 10000
 
 
 def _write_gateway_config(workdir: Path, port: int) -> Path:

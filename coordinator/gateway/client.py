@@ -1,12 +1,15 @@
-"""The coordinator's side of `WatchSandboxPolicies` (DESIGN §4).
+"""The coordinator's side of `WatchSandboxPolicies`.
 
 One long-lived bidirectional stream to the gateway, over the coordinator's
 own mTLS credential. The client registers every sandbox it holds
 attachments for; the gateway answers with INITIAL/DELTA/REMOVED events
 whose `seq` counts up by one per stream. Anything that breaks that contract
 - a gap, a regression, the stream ending, the gateway restarting - ends the
-session; the next session re-registers everything, and the gateway's
-INITIAL events for it are the resync. Reconnects back off exponentially with
+session; the next session re-registers everything, and that session is a
+resync: the gateway answers every registered sandbox with INITIAL or
+REMOVED, then SYNC_COMPLETE (``on_resync`` learns which sandboxes the
+session opened with; the events, marker included, go to ``on_event``).
+Reconnects back off exponentially with
 full jitter (tenacity), capped; a session that was healthy for a while starts
 the backoff afresh.
 """
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[gw.PolicyEvent], Awaitable[None]]
 DeniedHandler = Callable[[str, str], Awaitable[None]]
+ResyncHandler = Callable[[frozenset[str]], Awaitable[None]]
 HEALTHY_SESSION_S = 30.0
 CAPABILITIES = (gw.CAPABILITY_EGRESS_RATE_LIMIT, gw.CAPABILITY_IPV6)
 
@@ -67,6 +71,7 @@ class PolicyStreamClient:
         on_event: EventHandler,
         *,
         on_denied: DeniedHandler | None = None,
+        on_resync: ResyncHandler | None = None,
         server_name: str = "",
         crl: tuple[str, ...] = (),
         backoff_base_s: float = 0.2,
@@ -78,6 +83,9 @@ class PolicyStreamClient:
         self.channels = GatewayChannels(target, tls, server_name=server_name, crl=crl)
         self._on_event = on_event
         self._on_denied = on_denied
+        self._on_resync = on_resync
+        # The sandboxes the current session's first Register carried.
+        self._resync_ids: frozenset[str] = frozenset()
         self._backoff_base = backoff_base_s
         self._backoff_cap = backoff_cap_s
         self._clock = clock
@@ -136,6 +144,7 @@ class PolicyStreamClient:
         if self._stopped.is_set():
             return
         outbox: asyncio.Queue[gw.WatchRequest | None] = asyncio.Queue()
+        self._resync_ids = frozenset(self._wanted)
         outbox.put_nowait(
             gw.WatchRequest(register=gw.Register(sandbox_ids=sorted(self._wanted), capabilities=CAPABILITIES))
         )
@@ -170,6 +179,11 @@ class PolicyStreamClient:
             return
         await connect
         self._mark_up()
+        if self._on_resync is not None:
+            try:
+                await self._on_resync(self._resync_ids)
+            except Exception:
+                log.exception("starting the resync of %d sandboxes failed", len(self._resync_ids))
         expected_seq = 1
         while True:
             read = asyncio.ensure_future(call.read())

@@ -28,6 +28,9 @@ class GatewayServerConfig:
     # Events a consumer may fall behind before it is disconnected.
     queue_size: int = 256
     poll_interval_ms: int = 200
+    # Serve the first stream contract (no REMOVED on registration, no
+    # SYNC_COMPLETE): for testing how coordinators handle such a gateway.
+    legacy_resync: bool = False
 
 
 @dataclass(frozen=True)

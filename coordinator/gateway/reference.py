@@ -1,4 +1,4 @@
-"""The reference policy gateway (DESIGN §4): serves NetworkScopes from a
+"""The reference policy gateway: serves NetworkScopes from a
 directory of YAML files over `WatchSandboxPolicies`, for the demo and the
 tests. The production gateway is not part of this project; this one
 implements the same contract.
@@ -9,8 +9,14 @@ implements the same contract.
   `denied-sandbox-id` trailer.
 - Per stream, `seq` counts 1, 2, 3, ... with no gaps; `gateway_epoch` is new
   for every start (and for every simulated restart).
-- A registered sandbox gets INITIAL with its file (if it has one, or when
-  one appears), DELTA when the file changes, REMOVED when it is deleted.
+- Every stream is a resync: each sandbox of a Register is answered with
+  INITIAL (its file) or REMOVED (no file); after the stream's first
+  Register, one SYNC_COMPLETE says the initial sync of this epoch is done.
+  Later, a registered sandbox gets INITIAL when its file appears, DELTA
+  when it changes, REMOVED when it is deleted.
+- ``legacy_resync`` serves the first contract instead (INITIAL only for
+  sandboxes with a file, no REMOVED on registration, no SYNC_COMPLETE): how
+  the coordinator copes with a gateway that never completes a resync.
 - A consumer that falls `queue_size` events behind is disconnected.
 - SIGUSR1 simulates a restart: new epoch, every stream closed.
 """
@@ -47,22 +53,19 @@ class Subscriber:
     queue: asyncio.Queue[gw.PolicyEvent | None]
     registered: set[str] = field(default_factory=set)
     seq: int = 0
+    # Whether the initial sync (the answer to the first Register) was sent.
+    synced: bool = False
     # Why the stream must end, once set (slow consumer, restart, denial).
     closing: tuple[grpc.StatusCode, str, str] | None = None
 
     def event(self, type_: gw.EventType, sandbox_id: str, epoch: str, scope: gw.NetworkScope | None) -> bool:
         """Queue one event; False if the consumer is too far behind."""
         self.seq += 1
-        projection = gw.PolicyProjection(sandbox_id=sandbox_id)
-        if scope is not None:
-            projection.network.CopyFrom(scope)
-        message = gw.PolicyEvent(
-            seq=self.seq,
-            type=type_,
-            sandbox_id=sandbox_id,
-            projection=projection,
-            gateway_epoch=epoch,
-        )
+        message = gw.PolicyEvent(seq=self.seq, type=type_, sandbox_id=sandbox_id, gateway_epoch=epoch)
+        if type_ != gw.EVENT_TYPE_SYNC_COMPLETE:
+            message.projection.sandbox_id = sandbox_id
+            if scope is not None:
+                message.projection.network.CopyFrom(scope)
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -80,8 +83,16 @@ class Subscriber:
 
 
 class ReferenceGateway(gw_grpc.PolicyGatewayServicer):
-    def __init__(self, directory: Path, allow: Mapping[str, Iterable[str]], *, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        allow: Mapping[str, Iterable[str]],
+        *,
+        queue_size: int = 256,
+        legacy_resync: bool = False,
+    ) -> None:
         self._directory = directory
+        self._legacy_resync = legacy_resync
         self._allow = {identity: tuple(patterns) for identity, patterns in allow.items()}
         self._queue_size = queue_size
         self._subscribers: set[Subscriber] = set()
@@ -172,9 +183,18 @@ class ReferenceGateway(gw_grpc.PolicyGatewayServicer):
                 continue
             sub.registered.add(sandbox_id)
             policy = self._files.get(sandbox_id)
-            if policy is not None and not sub.event(
-                gw.EVENT_TYPE_INITIAL, sandbox_id, self.epoch, policy.scope
-            ):
+            if policy is not None:
+                queued = sub.event(gw.EVENT_TYPE_INITIAL, sandbox_id, self.epoch, policy.scope)
+            elif not self._legacy_resync:
+                queued = sub.event(gw.EVENT_TYPE_REMOVED, sandbox_id, self.epoch, None)
+            else:
+                continue
+            if not queued:
+                sub.close(grpc.StatusCode.RESOURCE_EXHAUSTED, "consumer too slow: event queue full")
+                return
+        if not sub.synced and not self._legacy_resync:
+            sub.synced = True
+            if not sub.event(gw.EVENT_TYPE_SYNC_COMPLETE, "", self.epoch, None):
                 sub.close(grpc.StatusCode.RESOURCE_EXHAUSTED, "consumer too slow: event queue full")
 
 

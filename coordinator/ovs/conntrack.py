@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
 from coordinator.policy.evaluator import evaluate
 from coordinator.policy.packet import (
     IPPROTO_ICMP,
@@ -501,6 +502,14 @@ class ConntrackControl:
             )
         return out.decode(errors="replace")
 
+    async def _batch(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
+        """Many commands over one connection to the control socket (no
+        process per command); a reply may carry OVS's error text."""
+        try:
+            return await call_many(self._ctl, commands, timeout=self._timeout)
+        except UnixctlError as exc:
+            raise ConntrackError(str(exc)) from exc
+
     async def dump(self, zone: int) -> list[ConnEntry]:
         """The entries of ``zone``."""
         out = await self._appctl("dpctl/dump-conntrack", *self._dp, f"zone={_check_zone(zone)}")
@@ -530,20 +539,50 @@ class ConntrackControl:
         """Remove every entry of ``zone``."""
         await self._appctl("dpctl/flush-conntrack", *self._dp, f"zone={_check_zone(zone)}")
 
+    async def flush_zones(self, zones: Iterable[int]) -> None:
+        """Remove every entry of each of ``zones``: one flush per zone, all
+        over one connection (a thousand zones take a fraction of a second)."""
+        wanted = sorted({_check_zone(zone) for zone in zones})
+        replies = await self._batch([["dpctl/flush-conntrack", *self._dp, f"zone={zone}"] for zone in wanted])
+        failed = [(zone, r.error) for zone, r in zip(wanted, replies, strict=True) if not r.ok]
+        if failed:
+            zone, error = failed[0]
+            raise ConntrackError(
+                f"flushing {len(failed)} of {len(wanted)} zones failed; zone={zone}: {error}"
+            )
+
+    async def flush_entries(self, entries: Sequence[ConnEntry]) -> tuple[list[ConnEntry], list[ConnEntry]]:
+        """Remove each of ``entries`` by its tuple, all over one connection;
+        (flushed, already gone). Raises ConntrackUnsupportedError (running
+        nothing) if one would abort a userspace-datapath ovs-vswitchd."""
+        if self._userspace:
+            for entry in entries:
+                problem = userspace_flush_problem(entry)
+                if problem:
+                    raise ConntrackUnsupportedError(f"refusing to flush {entry.line or entry}: {problem}")
+        commands = [
+            ["dpctl/flush-conntrack", *self._dp, f"zone={_check_zone(e.zone)}", flush_tuple(e)]
+            for e in entries
+        ]
+        flushed: list[ConnEntry] = []
+        missing: list[ConnEntry] = []
+        for entry, reply in zip(entries, await self._batch(commands), strict=True):
+            if reply.ok:
+                flushed.append(entry)
+            elif _ENOENT_TEXT in (reply.error or ""):
+                missing.append(entry)
+            else:
+                raise ConntrackError(f"dpctl/flush-conntrack {flush_tuple(entry)} failed: {reply.error}")
+        return flushed, missing
+
     async def revoke_entries(
         self, zone: int, scope: Scope, own_addresses: Iterable[OwnAddress] | None = None
     ) -> RevokeResult:
-        """Dump ``zone``, and flush each entry ``scope`` no longer allows (see :func:`revoked`)."""
-        flushed: list[ConnEntry] = []
-        missing: list[ConnEntry] = []
-        unflushable: list[ConnEntry] = []
-        for entry in revoked(await self.dump(zone), scope, own_addresses):
-            if self._userspace and userspace_flush_problem(entry):
-                unflushable.append(entry)
-            elif await self.flush_entry(entry):
-                flushed.append(entry)
-            else:
-                missing.append(entry)
+        """Dump ``zone``, and flush each entry ``scope`` no longer allows (see :func:`revoked`),
+        in one batch; the entries it still allows survive."""
+        gone = revoked(await self.dump(zone), scope, own_addresses)
+        unflushable = [e for e in gone if self._userspace and userspace_flush_problem(e)]
+        flushed, missing = await self.flush_entries([e for e in gone if e not in unflushable])
         return RevokeResult(tuple(flushed), tuple(missing), tuple(unflushable))
 
     async def revoke(self, zone: int, scope: Scope, own_addresses: Iterable[OwnAddress] | None = None) -> int:

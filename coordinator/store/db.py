@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -412,6 +412,26 @@ class Store:
             if event is not None:
                 self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
         return record
+
+    def set_policy_statuses(
+        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: tuple[str, bool, str, str]
+    ) -> list[AttachmentRecord]:
+        """Record many attachments' policy states (attachment id, state,
+        version) and one event each, in one transaction: a transition of
+        every attachment at once costs one commit, not one per attachment."""
+        now = self._clock()
+        records = []
+        with self._txn() as db:
+            for attachment_id, state, version in updates:
+                db.execute(
+                    """UPDATE attachments SET policy_state = ?, policy_version = ?, policy_applied_at = ?,
+                           updated_at = ? WHERE attachment_id = ?""",
+                    (state.value, version, now, now, attachment_id),
+                )
+                record = self._require(db, attachment_id)
+                self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
+                records.append(record)
+        return records
 
     # -- events ------------------------------------------------------------
 

@@ -4,6 +4,11 @@ serve: TCP listeners that accept and echo, UDP sockets that echo, on the
 given ports and any address. connect/udp: one probe, exit 0 on success.
 hold: open a TCP connection and report, line by line on stdout, whether a
 round trip still works each time a line arrives on stdin.
+prober: a new TCP connection (with a round trip) every --interval seconds
+until stdin closes; one line per attempt: its start (CLOCK_MONOTONIC,
+shared by every namespace) and "ok" or "fail".
+burst: --count TCP connections one after another (each leaves a conntrack
+entry behind); prints how many succeeded.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import select
 import socket
 import sys
 import threading
+import time
 
 
 def _echo_tcp(conn: socket.socket) -> None:
@@ -114,6 +120,20 @@ def hold(host: str, port: int, timeout: float) -> None:
         print("ok" if ok else "fail", flush=True)
 
 
+def prober(host: str, port: int, timeout: float, interval: float) -> None:
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.is_set():
+        began = time.monotonic()
+        ok = connect(host, port, timeout, None)
+        print(f"{began:.6f} {'ok' if ok else 'fail'}", flush=True)
+        stop.wait(max(0.0, interval - (time.monotonic() - began)))
+
+
+def burst(host: str, port: int, count: int, timeout: float) -> None:
+    print(sum(connect(host, port, timeout, None) for _ in range(count)), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -130,13 +150,17 @@ def main() -> int:
     p.add_argument("ifname")
     p.add_argument("sender_ip")
     p.add_argument("target_ip")
-    for name in ("connect", "udp", "hold"):
+    for name in ("connect", "udp", "hold", "prober", "burst"):
         p = sub.add_parser(name)
         p.add_argument("host")
         p.add_argument("port", type=int)
         p.add_argument("--timeout", type=float, default=1.0)
         if name == "connect":
             p.add_argument("--source")
+        if name == "prober":
+            p.add_argument("--interval", type=float, default=0.05)
+        if name == "burst":
+            p.add_argument("--count", type=int, default=100)
     args = parser.parse_args()
     ports = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     if args.cmd == "serve":
@@ -149,6 +173,12 @@ def main() -> int:
         return 0
     if args.cmd == "blast":
         blast(args.host, args.port, args.count, args.size)
+        return 0
+    if args.cmd == "prober":
+        prober(args.host, args.port, args.timeout, args.interval)
+        return 0
+    if args.cmd == "burst":
+        burst(args.host, args.port, args.count, args.timeout)
         return 0
     if args.cmd == "udp":
         return 0 if udp(args.host, args.port, args.timeout) else 1

@@ -31,10 +31,10 @@ GUEST = "198.51.100.10"
 STALE_MS = 1000
 
 
-def policy(version: int, ports: list[int], **extra: object) -> dict[str, object]:
+def policy(version: int, ports: list[int], *, address: str = GUEST, **extra: object) -> dict[str, object]:
     return {
         "version": version,
-        "addresses": [GUEST],
+        "addresses": [address],
         "egress": [{"name": "web", "action": "ACTION_ALLOW", "protocol": "PROTOCOL_TCP",
                     "cidrs": ["203.0.113.0/24"], "ports": [{"start": p} for p in ports]}],
         **extra,
@@ -62,9 +62,9 @@ class Setup:
     def admin(self) -> CoordinatorClient:
         return CoordinatorClient(self.endpoint.coordinator, self.endpoint.admin_tls())
 
-    def guest(self, attachment: pb.Attachment) -> str:
+    def guest(self, attachment: pb.Attachment, address: str = GUEST) -> str:
         ns = self.endpoint.guest_netns_prefix + attachment.device.representor
-        netns.run_in_netns(ns, ["ip", "address", "replace", f"{GUEST}/24", "dev", "eth0"])
+        netns.run_in_netns(ns, ["ip", "address", "replace", f"{address}/24", "dev", "eth0"])
         netns.run_in_netns(ns, ["ip", "route", "replace", "default", "via", "198.51.100.1"])
         return ns
 
@@ -75,6 +75,12 @@ class Setup:
 
     def restart(self) -> None:
         self.endpoint = env.dev_up(self.workdir)
+
+    def ovs(self) -> OvsInstance:
+        return OvsInstance(Path(self.endpoint.ovs_rundir), self.endpoint.ovs_netns)
+
+    def conntrack_of(self, address: str) -> list[str]:
+        return [line for line in self.ovs().dpctl_dump_conntrack() if f"src={address}," in line]
 
     def events(self, attachment_id: str) -> list[pb.AttachmentEvent]:
         with self.admin() as admin:
@@ -109,9 +115,14 @@ def _eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
     return check()
 
 
-def _make(tmp: Path, on_stale: str) -> Iterator[Setup]:
+def _make(tmp: Path, on_stale: str, *, stale_ms: int = STALE_MS, resync_ms: int = 10000) -> Iterator[Setup]:
     require_ovs()
-    knobs = env.PolicyKnobs(stale_threshold_ms=STALE_MS, on_stale=on_stale, initial_policy_timeout_ms=2000)
+    knobs = env.PolicyKnobs(
+        stale_threshold_ms=stale_ms,
+        on_stale=on_stale,
+        initial_policy_timeout_ms=2000,
+        resync_timeout_ms=resync_ms,
+    )
     endpoint = env.dev_up(tmp, vfs=3, sfs=1, gateway=True, knobs=knobs)
     setup = Setup(tmp, endpoint)
     netns.add_address(endpoint.uplink_netns, "lo", f"{SERVER_V4}/32")
@@ -345,3 +356,179 @@ def test_baseline_attach_is_replaced_by_the_gateway_policy_when_it_arrives(keep:
         assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
     finally:
         _detach(keep, a)
+
+
+# -- failing closed at once, and resyncs as a full statement of the truth ------------------
+
+CUT_BOUND_S = 0.3  # how long after the stale threshold a new connection may still get through
+PROBED = [("sb-probe-0", "198.51.100.11"), ("sb-probe-1", "198.51.100.12"), ("sb-probe-2", "198.51.100.13")]
+RESYNC_MS = 1500
+
+
+@pytest.fixture(scope="module")
+def resync(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    # The stream is never down long enough to turn stale here: what happens
+    # is the resync's doing alone.
+    yield from _make(
+        tmp_path_factory.mktemp("gw-resync"), "keep-last-known", stale_ms=60000, resync_ms=RESYNC_MS
+    )
+
+
+def _busy(setup: Setup, ns: str, address: str, count: int = 150) -> None:
+    """Leave ``count`` conntrack entries in the guest's zone (closed TCP
+    connections linger in TIME_WAIT): revoking them must not delay the cut."""
+    done = netns.run_in_netns(
+        ns, [sys.executable, NETPROBE, "burst", SERVER_V4, "443", "--count", str(count)]
+    )
+    assert int(done.stdout) == count
+    assert len(setup.conntrack_of(address)) >= count
+
+
+def _start_prober(ns: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, NETPROBE, "prober", SERVER_V4, "443", "--interval", "0.02", "--timeout", "0.2"]
+    return netns.popen_in_netns(ns, argv, stdin=subprocess.PIPE)
+
+
+def _prober_results(proc: subprocess.Popen[str]) -> list[tuple[float, bool]]:
+    out, _ = proc.communicate("", timeout=10)
+    return [(float(began), verdict == "ok") for began, verdict in (line.split() for line in out.splitlines())]
+
+
+def _gateway_mode(setup: Setup, *, legacy: bool) -> None:
+    """Restart the gateway serving the current contract or the first one
+    (no REMOVED on registration, no SYNC_COMPLETE)."""
+    config = Path(setup.workdir) / "gateway.toml"
+    text = config.read_text().replace("legacy_resync = true\n", "")
+    if legacy:
+        text = text.replace("[gateway]\n", "[gateway]\nlegacy_resync = true\n")
+    config.write_text(text)
+
+
+def test_deny_all_cuts_every_attachment_at_once_after_the_threshold(deny: Setup) -> None:
+    attachments, probers = [], []
+    try:
+        for sandbox, address in PROBED:
+            deny.write_policy(sandbox, policy(1, [443], address=address))
+            a = _attach(deny, sandbox)
+            attachments.append(a)
+            ns = deny.guest(a, address)
+            _busy(deny, ns, address)
+            probers.append(_start_prober(ns))
+        time.sleep(0.3)
+        killed_wall, killed = time.time(), time.monotonic()
+        deny.kill_gateway()
+        assert _eventually(
+            lambda: all(_state(deny, a).state == pb.POLICY_STATE_STALE for a in attachments),
+            timeout=STALE_MS / 1000 + 5,
+        )
+        time.sleep(0.5)
+        results = [_prober_results(p) for p in probers]
+        cut_by = killed + STALE_MS / 1000 + CUT_BOUND_S
+        for (sandbox, _), probes in zip(PROBED, results, strict=True):
+            assert any(ok for began, ok in probes if began < killed), f"{sandbox}: no traffic before the kill"
+            late = [round(began - killed, 3) for began, ok in probes if ok and began > cut_by]
+            assert not late, f"{sandbox}: connections accepted {late} s after the gateway died"
+            last_ok = max(began for began, ok in probes if ok) - killed
+            print(f"[deny-all] {sandbox}: last accepted connection began {last_ok:.3f} s after the kill")
+            assert not probes[-1][1], f"{sandbox}: still open"
+        for a in attachments:
+            stale = [e for e in deny.events(a.attachment_id) if e.condition.type == "DpuPolicyStale"]
+            assert len(stale) == 1
+            recorded = stale[0].time.seconds + stale[0].time.nanos / 1e9
+            assert recorded - killed_wall <= STALE_MS / 1000 + CUT_BOUND_S, "STALE recorded late"
+        # The zones' connections are revoked after the cut, each zone at once.
+        assert _eventually(lambda: not any(deny.conntrack_of(address) for _, address in PROBED), timeout=5)
+        deny.restart()
+        assert _eventually(lambda: all(_state(deny, a).state == pb.POLICY_STATE_APPLIED for a in attachments))
+    finally:
+        for proc in probers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for a in attachments:
+            _detach(deny, a)
+
+
+def test_removed_is_recorded_as_promptly_as_it_cuts(keep: Setup) -> None:
+    address = "198.51.100.21"
+    keep.write_policy("sb-removed", policy(1, [443], address=address))
+    a = _attach(keep, "sb-removed")
+    prober = None
+    try:
+        ns = keep.guest(a, address)
+        _busy(keep, ns, address)
+        prober = _start_prober(ns)
+        time.sleep(0.3)
+        keep.remove_policy("sb-removed")
+        with keep.client() as client:
+            deadline = time.monotonic() + 5
+            while client.get(a.attachment_id).policy.state != pb.POLICY_STATE_PENDING:
+                assert time.monotonic() < deadline, "never PENDING"
+                time.sleep(0.01)
+            pending_seen = time.monotonic()
+        time.sleep(0.3)
+        probes = _prober_results(prober)
+        last_ok = max(began for began, ok in probes if ok)
+        # Cut (the last accepted connection began just before it) and record, ~together.
+        print(
+            f"[removed] PENDING seen {pending_seen - last_ok:.3f} s after the last accepted connection began"
+        )
+        assert pending_seen - last_ok <= CUT_BOUND_S, "PENDING recorded long after the cut"
+        assert not probes[-1][1] and not probe_tcp(ns, SERVER_V4, 443)
+        assert _eventually(lambda: not keep.conntrack_of(address), timeout=5)
+    finally:
+        if prober is not None and prober.poll() is None:
+            prober.kill()
+            prober.wait()
+        _detach(keep, a)
+
+
+def test_a_policy_deleted_while_the_gateway_is_down_is_withdrawn_by_the_resync(resync: Setup) -> None:
+    address = "198.51.100.31"
+    resync.write_policy("sb-gone", policy(1, [443], address=address))
+    a = _attach(resync, "sb-gone")
+    try:
+        ns = resync.guest(a, address)
+        assert probe_tcp(ns, SERVER_V4, 443)
+        resync.kill_gateway()
+        resync.remove_policy("sb-gone")
+        resync.restart()  # the gateway answers the resync with REMOVED
+        assert _eventually(lambda: _state(resync, a).state == pb.POLICY_STATE_PENDING)
+        assert not probe_tcp(ns, SERVER_V4, 443)
+        withdrawn = [e for e in resync.events(a.attachment_id) if e.condition.reason == "PolicyRemoved"]
+        assert len(withdrawn) == 1 and not withdrawn[0].condition.status
+        resync.write_policy("sb-gone", policy(2, [443], address=address))
+        assert _eventually(lambda: _state(resync, a).state == pb.POLICY_STATE_APPLIED)
+        assert probe_tcp(ns, SERVER_V4, 443)
+    finally:
+        _detach(resync, a)
+
+
+def test_a_resync_that_never_completes_leaves_the_unconfirmed_stale(resync: Setup) -> None:
+    kept, dropped = ("sb-kept", "198.51.100.32"), ("sb-dropped", "198.51.100.33")
+    attachments = []
+    try:
+        for sandbox, address in (kept, dropped):
+            resync.write_policy(sandbox, policy(1, [443], address=address))
+            attachments.append(_attach(resync, sandbox))
+        a_kept, a_dropped = attachments
+        ns = resync.guest(a_dropped, dropped[1])
+        resync.kill_gateway()
+        resync.remove_policy(dropped[0])
+        _gateway_mode(resync, legacy=True)  # answers only what it has, never SYNC_COMPLETE
+        resync.restart()
+        began = time.monotonic()
+        assert _eventually(lambda: _state(resync, a_dropped).state == pb.POLICY_STATE_STALE, timeout=10)
+        assert time.monotonic() - began >= RESYNC_MS / 1000 - 0.5
+        assert _state(resync, a_kept).state == pb.POLICY_STATE_APPLIED  # confirmed by its INITIAL
+        stale = [e for e in resync.events(a_dropped.attachment_id) if e.condition.type == "DpuPolicyStale"]
+        assert [e.condition.reason for e in stale] == ["ResyncIncomplete"]
+        assert probe_tcp(ns, SERVER_V4, 443)  # keep-last-known: still the last policy
+        time.sleep(0.5)
+        assert _state(resync, a_dropped).state == pb.POLICY_STATE_STALE  # and never APPLIED again
+    finally:
+        _gateway_mode(resync, legacy=False)
+        resync.kill_gateway()
+        resync.restart()
+        for a in attachments:
+            _detach(resync, a)

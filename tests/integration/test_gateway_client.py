@@ -137,11 +137,11 @@ def test_the_reference_gateway_disconnects_a_consumer_whose_queue_is_full(tmp_pa
     async def run() -> None:
         for i in range(3):
             (tmp_path / f"sb-{i}.yaml").write_text("version: 1\n")
-        gateway = ReferenceGateway(tmp_path, {"id": ["*"]}, queue_size=2)
-        sub = Subscriber("id", asyncio.Queue(maxsize=2))
+        gateway = ReferenceGateway(tmp_path, {"id": ["*"]}, queue_size=3)
+        sub = Subscriber("id", asyncio.Queue(maxsize=3))
         gateway._subscribers.add(sub)
-        gateway._register(sub, ["sb-0", "sb-1"])
-        assert sub.closing is None and sub.queue.qsize() == 2
+        gateway._register(sub, ["sb-0", "sb-1"])  # two INITIALs and SYNC_COMPLETE
+        assert sub.closing is None and sub.queue.qsize() == 3
         gateway._register(sub, ["sb-2"])  # a third event does not fit
         assert sub.closing is not None and sub.closing[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert sub.queue.get_nowait() is None  # the backlog is dropped; the stream ends now
@@ -179,3 +179,56 @@ async def test_after_a_slow_consumer_disconnect_the_client_resyncs(pki: DevPki) 
         client.stop()
         await asyncio.wait_for(task, 5)
         await server.stop(0)
+
+
+def test_the_reference_gateway_answers_every_registration_then_marks_the_sync_complete(
+    tmp_path: Path,
+) -> None:
+    async def run(legacy: bool) -> list[tuple[int, int, str]]:
+        (tmp_path / "sb-has.yaml").write_text("version: 3\n")
+        gateway = ReferenceGateway(tmp_path, {"id": ["*"]}, legacy_resync=legacy)
+        sub = Subscriber("id", asyncio.Queue())
+        gateway._subscribers.add(sub)
+        gateway._register(sub, ["sb-has", "sb-none"])
+        gateway._register(sub, ["sb-later"])  # a later registration: answered, no second marker
+        out = []
+        while not sub.queue.empty():
+            e = sub.queue.get_nowait()
+            assert e is not None and e.gateway_epoch == gateway.epoch
+            out.append((e.seq, e.type, e.sandbox_id))
+        return out
+
+    assert asyncio.run(run(legacy=False)) == [
+        (1, gw.EVENT_TYPE_INITIAL, "sb-has"),
+        (2, gw.EVENT_TYPE_REMOVED, "sb-none"),
+        (3, gw.EVENT_TYPE_SYNC_COMPLETE, ""),
+        (4, gw.EVENT_TYPE_REMOVED, "sb-later"),
+    ]
+    assert asyncio.run(run(legacy=True)) == [(1, gw.EVENT_TYPE_INITIAL, "sb-has")]
+
+
+async def test_every_session_is_a_resync_of_what_it_registered(pki: DevPki) -> None:
+    def script(session: int, registered: list[str]) -> list[gw.PolicyEvent]:
+        marker = gw.PolicyEvent(seq=len(registered) + 1, type=gw.EVENT_TYPE_SYNC_COMPLETE, gateway_epoch="e1")
+        if session == 0:  # the marker is counted: a gap after it ends the session
+            return [*(event(i + 1, s, 1) for i, s in enumerate(registered)), marker, event(9, "sb-a", 2)]
+        return [*(event(i + 1, s, 3) for i, s in enumerate(registered)), marker]
+
+    received: list[gw.PolicyEvent] = []
+    resyncs: list[frozenset[str]] = []
+
+    async def on_resync(ids: frozenset[str]) -> None:
+        resyncs.append(ids)
+
+    async with scripted(pki, script) as (_, target):
+        client = _client(pki, target, received, on_resync=on_resync)
+        client.register(["sb-a", "sb-b"])
+        task = asyncio.ensure_future(client.run())
+        try:
+            await _until(lambda: len(received) == 6)
+            assert resyncs == [frozenset({"sb-a", "sb-b"})] * 2
+            assert [e.type for e in received].count(gw.EVENT_TYPE_SYNC_COMPLETE) == 2
+            assert client.status.resyncs == 1
+        finally:
+            client.stop()
+            await asyncio.wait_for(task, 5)

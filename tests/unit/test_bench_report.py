@@ -74,6 +74,10 @@ RESULTS: dict[str, Any] = {
         "total_flows": 1700,
         "reconcile_s": 1.25,
         "reprogram_s": 2.5,
+        "stale_connections": 3200,
+        "stale_cut_s": 0.055,
+        "stale_flushed_s": 0.086,
+        "stale_floor_s": 0.044,
     },
 }
 
@@ -88,6 +92,8 @@ def test_table_has_the_ratio_columns_and_divides_p50s() -> None:
     change = next(line for line in table.splitlines() if "1-rule change" in line)
     assert "5.00x" in change and change.count("—") >= 2  # no OVN sample: no OVN ratio
     assert "70 MB" in table and "1.25 s" in table and "20.0 /s" in table
+    stale = next(line for line in table.splitlines() if "all cut + STALE" in line)
+    assert "3200 conns" in stale and "55 ms" in stale and "44 ms" in stale and "1.25x" in stale
 
 
 def test_headlines_are_the_same_ratios() -> None:

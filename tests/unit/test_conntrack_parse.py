@@ -29,6 +29,7 @@ from coordinator.ovs.conntrack import (
 )
 from coordinator.policy.packet import CtState, Direction
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
+from tests.fake_unixctl import FakeControlSocket
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
@@ -439,16 +440,47 @@ async def test_wrapper_refuses_crashing_icmpv6_flush(fake_appctl: Path) -> None:
     assert await kernel.flush_entry(entry(ICMP6)) is True
 
 
-async def test_wrapper_revoke(fake_appctl: Path) -> None:
-    ct = ConntrackControl("/c.ctl", timeout=2)
-    # Nothing allowed: TCP, UDP, ICMPv6 (egress) and B's ping (ingress) are all revoked; the
-    # ICMPv6 one cannot be flushed in the userspace datapath.
-    result = await ct.revoke_entries(7, Scope(addresses=OWN))
-    assert result.flushed == (entry(TCP_EST), entry(UDP), entry(ICMP_FROM_B))
-    assert result.unflushable == (entry(ICMP6),) and result.missing == ()
-    assert await ct.revoke(7, SCOPE) == 1  # only the TCP connection to 443
-    flushes = [c for c in fake_appctl.read_text().splitlines() if "flush-conntrack" in c]
-    assert len(flushes) == 4 and "ct_tp_dst=443" in flushes[-1]
+def _flush_answer(method: str, params: list[str]) -> tuple[str, str | None]:
+    if "ct_tp_src=1," in " ".join(params):
+        return "", "ovs-vswitchd: failed to flush conntrack (No such file or directory)"
+    if "ct_tp_src=2," in " ".join(params):
+        return "", "ovs-vswitchd: invalid L4 fields (Invalid argument)"
+    return "", None
+
+
+async def test_wrapper_revoke_flushes_in_one_batch(fake_appctl: Path, tmp_path: Path) -> None:
+    async with FakeControlSocket(tmp_path / "c.ctl", _flush_answer) as fake:
+        ct = ConntrackControl(fake.path, timeout=2)
+        # Nothing allowed: TCP, UDP, ICMPv6 (egress) and B's ping (ingress) are all revoked; the
+        # ICMPv6 one cannot be flushed in the userspace datapath.
+        result = await ct.revoke_entries(7, Scope(addresses=OWN))
+        assert result.flushed == (entry(TCP_EST), entry(UDP), entry(ICMP_FROM_B))
+        assert result.unflushable == (entry(ICMP6),) and result.missing == ()
+        assert await ct.revoke(7, SCOPE) == 1  # only the TCP connection to 443
+    # The dumps spawned ovs-appctl; the four flushes went over two connections, no process each.
+    assert not [c for c in fake_appctl.read_text().splitlines() if "flush-conntrack" in c]
+    assert fake.connections == 2 and len(fake.requests) == 4
+    assert (
+        fake.requests[-1][:2] == ["dpctl/flush-conntrack", "zone=7"]
+        and "ct_tp_dst=443" in fake.requests[-1][2]
+    )
+
+
+async def test_wrapper_batch_flushes_sort_out_missing_and_failed(tmp_path: Path) -> None:
+    async with FakeControlSocket(tmp_path / "c.ctl", _flush_answer) as fake:
+        ct = ConntrackControl(fake.path, timeout=2)
+        gone, there = conn(6, "198.51.100.10", "198.51.100.20", 1, 443), entry(TCP_EST)
+        assert await ct.flush_entries([gone, there]) == ([there], [gone])
+        with pytest.raises(ConntrackError, match="invalid L4 fields"):
+            await ct.flush_entries([conn(6, "198.51.100.10", "198.51.100.20", 2, 443)])
+        with pytest.raises(ConntrackUnsupportedError):
+            await ct.flush_entries([there, entry(ICMP6)])
+        assert len(fake.requests) == 3  # the refused batch sent nothing
+        await ct.flush_zones([9, 3, 9])
+        assert fake.requests[-2:] == [
+            ["dpctl/flush-conntrack", "zone=3"],
+            ["dpctl/flush-conntrack", "zone=9"],
+        ]
 
 
 async def test_wrapper_timeout_and_missing_tool(fake_appctl: Path, monkeypatch: pytest.MonkeyPatch) -> None:

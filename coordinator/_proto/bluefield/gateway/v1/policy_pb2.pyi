@@ -20,6 +20,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_INITIAL: _ClassVar[EventType]
     EVENT_TYPE_DELTA: _ClassVar[EventType]
     EVENT_TYPE_REMOVED: _ClassVar[EventType]
+    EVENT_TYPE_SYNC_COMPLETE: _ClassVar[EventType]
 
 class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,6 +42,7 @@ EVENT_TYPE_UNSPECIFIED: EventType
 EVENT_TYPE_INITIAL: EventType
 EVENT_TYPE_DELTA: EventType
 EVENT_TYPE_REMOVED: EventType
+EVENT_TYPE_SYNC_COMPLETE: EventType
 ACTION_UNSPECIFIED: Action
 ACTION_ALLOW: Action
 ACTION_DENY: Action
