@@ -1,4 +1,4 @@
-"""Certificates for the mTLS API (DESIGN §7): a development PKI, issuing more
+"""Certificates for the mTLS API: a development PKI, issuing more
 identities from it, private-key file hygiene, and peer identity extraction.
 
 Identities are SPIFFE-style URIs in a certificate's subjectAltName, e.g.
@@ -374,7 +374,7 @@ def _subject_alt_name(spec: _LeafSpec) -> x509.SubjectAlternativeName:
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
     # Leaves: ECDSA signatures in the TLS handshake only. CA: signs
-    # certificates and the CRLs the server reloads (DESIGN §7).
+    # certificates and the CRLs the server reloads.
     return x509.KeyUsage(
         digital_signature=not ca,
         content_commitment=False,

@@ -1,5 +1,5 @@
-"""Health checks (DESIGN §3): each required or optional; a failing required
-check refuses Attach."""
+"""Health checks (the Health RPC, Attach's gate): each required or
+optional; a failing required check refuses Attach."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The host's Reconcile call, decided (pure; DESIGN §3).
+"""The host's Reconcile call, decided (pure): matched, taken over,
+coordinator-only, host-only and stale-generation attachments.
 
 A host driver that restarted sends what it restored: (attachment id, lease
 generation, sandbox id) per attachment it believes it holds. Compared with

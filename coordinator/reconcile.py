@@ -1,4 +1,5 @@
-"""What to correct so the world matches the store (pure; DESIGN §6).
+"""What to correct so the world matches the store (pure), at every start,
+after an OVS restart and on an admin's request.
 
 The store is the intent. The switch and the eswitch may hold more (a crash
 between acting and recording, an operator's leftovers) or less (OVS

@@ -226,7 +226,8 @@ class AttachmentService:
         await self._events.notify()
 
     async def reconverge(self, reason: str) -> ConvergeReport:
-        """Converge the switch and the eswitch to the store (DESIGN §6). Runs
+        """Converge the switch and the eswitch to the store (see
+        `reconcile`). Runs
         alone: new operations wait (policy) or are refused with UNAVAILABLE
         (attach, detach) until it is done."""
         async with self._converge_lock:

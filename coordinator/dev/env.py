@@ -1,4 +1,4 @@
-"""The embedded default (DESIGN Appendix B): a whole coordinator setup on
+"""The embedded default (`dev up`, `dev exec`, `dev down`): a whole coordinator setup on
 one Linux box - private OVS in its own namespace, an uplink namespace that
 stands for the fabric, dev certificates, a config and the daemon on the
 emulated eswitch. Everything lives under one work directory."""

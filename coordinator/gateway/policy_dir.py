@@ -1,5 +1,6 @@
 """A directory of policy files, one per sandbox: ``<sandbox_id>.yaml`` holding
-a NetworkScope in the proto3 JSON mapping (DESIGN Appendix A).
+a NetworkScope in the proto3 JSON mapping (proto field names, enum value
+names as strings), as the README's "Policy from the gateway" describes.
 
 The reference gateway does not judge policies (that is the coordinator's
 job, and the tests need to send it bad ones); it only needs each file to

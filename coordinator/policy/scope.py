@@ -1,4 +1,6 @@
-"""The validated, immutable form of a NetworkScope (DESIGN §4).
+"""The validated, immutable form of a NetworkScope: the sandbox's own
+addresses, egress and ingress rules, defaults, DHCP/DNS toggles and rate
+limit, as the gateway's policy stream carries it.
 
 Everything downstream of validation (compiler, evaluator, store) works on
 these types, never on protobuf messages, so a policy that got this far is

@@ -1,5 +1,6 @@
 """Turn a NetworkScope (protobuf message or its proto3 JSON mapping) into a
-validated :class:`~coordinator.policy.scope.Scope` (DESIGN §4).
+validated :class:`~coordinator.policy.scope.Scope`, within the documented
+size limits (rules, CIDRs, ports).
 
 A bad policy is rejected as a whole with a :class:`PolicyError` naming the
 first offending field as a path relative to the NetworkScope, e.g.

@@ -1,5 +1,6 @@
-"""SQLite store (DESIGN §6): WAL, synchronous=FULL, migrations, integrity
-check at open. Every multi-step change is one transaction, so a crash leaves
+"""SQLite store of attachments, lease fences, the device pool, the last
+good policy per sandbox and the event log: WAL, synchronous=FULL,
+migrations, integrity check at open. Every multi-step change is one transaction, so a crash leaves
 either all of it or none of it."""
 
 from __future__ import annotations
