@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from coordinator.eswitch.base import DeviceSlot
 from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, MAX_SLOT
-from coordinator.ovs.ovsdb import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY
+from coordinator.ovs.port_keys import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY
 from coordinator.store.records import AttachmentRecord, AttachmentState
 
 

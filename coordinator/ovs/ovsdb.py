@@ -17,11 +17,7 @@ from typing import Any, TypeVar
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.open_vswitch import impl_idl
 
-OWNER_KEY = "bluefield-coordinator-owner"
-OWNER_VALUE = "bluefield-coordinator"
-ATTACHMENT_KEY = "bluefield-coordinator-attachment-id"
-SANDBOX_KEY = "bluefield-coordinator-sandbox-id"
-ROLE_KEY = "bluefield-coordinator-role"  # "uplink" or "attachment"
+from coordinator.ovs.port_keys import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY, SANDBOX_KEY
 
 T = TypeVar("T")
 
