@@ -42,6 +42,7 @@ GUARDED_ETHERTYPES = (ETH_IP, ETH_IPV6, ETH_ARP)
 UNTAGGED = "0x0000/0x1000"
 ARP_REQUEST = "1"
 UNSPECIFIED_V4 = "0.0.0.0"
+LIMITED_BROADCAST_V4 = "255.255.255.255"
 PROTO_UDP = "17"
 PROTO_ICMPV6 = "58"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -218,14 +219,22 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         (*src, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", ROUTER_ADVERT)),
         Drop(),
     )
-    if scope.allow_dhcp:
-        b.add(
-            "egress_spoof",
-            ("base", 30),
-            (*own_mac, ("dl_type", ETH_IP), ("nw_proto", PROTO_UDP), ("tp_src", "68"), ("tp_dst", "67")),
-            Goto("forward"),
-        )
     v4 = _own_networks(scope, 4)
+    if scope.allow_dhcp:
+        # The DHCP client's broadcasts, from no address yet or an own one,
+        # pass before any address or policy check. Nothing else does: a
+        # unicast request (a renewal) is policed like any packet, and the
+        # exception can carry no made-up source and reach no other guest or
+        # fabric host (a client falls back to broadcasting when a renewal
+        # gets no answer).
+        for client in (UNSPECIFIED_V4, *v4):
+            b.add(
+                "egress_spoof",
+                ("base", 30),
+                (*own_mac, ("dl_type", ETH_IP), ("nw_src", client), ("nw_dst", LIMITED_BROADCAST_V4),
+                 ("nw_proto", PROTO_UDP), ("tp_src", "68"), ("tp_dst", "67")),
+                Goto("forward"),
+            )  # fmt: skip
     arp = (*own_mac, ("dl_type", ETH_ARP), ("arp_sha", port.mac))
     # ARP only for own addresses, or as an address probe (sender 0.0.0.0,
     # which forward sends to the fabric only). Without an IPv4 address (a

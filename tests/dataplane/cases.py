@@ -558,4 +558,12 @@ CASES: tuple[Case, ...] = (
               / ICMPv6ND_NS(tgt="2001:db8::77") / Padding(t(0) * 2)), (NOWHERE,)),
     Case("class: dhcp discover", "classed",
          _one(lambda e, t: _dhcp(e, t, src="0.0.0.0", dst="255.255.255.255")), (UPLINK,)),
+    # The DHCP exception is for a client's broadcasts, not a way around the
+    # policy: unicast from a made-up source to another guest or a fabric host.
+    Case("class: dhcp to the peer, spoofed source", "classed",
+         _one(lambda e, t: _dhcp(e, t, src=GATEWAY_V4, dst=PEER_V4, mac_dst=e.peer_mac)), (NOWHERE,),
+         leaked_before=True),
+    Case("class: dhcp to a fabric host", "classed",
+         _one(lambda e, t: _dhcp(e, t, src="0.0.0.0", dst=SERVER_V4, mac_dst=e.uplink_mac)), (NOWHERE,),
+         leaked_before=True),
 )  # fmt: skip
