@@ -8,6 +8,7 @@ diffed and removed as a unit.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from coordinator.flows.model import (
@@ -50,7 +51,6 @@ IPV6_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
 ZERO_MAC = "00:00:00:00:00:00"
 ND_SOLICIT = "135"
 ND_ADVERT = "136"
-LINK_LOCAL_V6 = "fe80::/10"
 ROUTER_ADVERT = "134"
 DHCPV6_SERVER_PORT = "547"
 FRAG_LATER = "later"
@@ -266,6 +266,14 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         )
 
 
+def link_local_v6(mac: str) -> str:
+    """The EUI-64 link-local address (RFC 4291) of ``mac``: the only one a
+    guest may use (as OVN's and Neutron's port security have it)."""
+    octets = bytes.fromhex(parse_mac(mac).replace(":", ""))
+    interface_id = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]])
+    return str(ipaddress.IPv6Address(bytes.fromhex("fe80000000000000") + interface_id))
+
+
 def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
     nd = (
         ("in_port", str(port.ofport)),
@@ -273,19 +281,24 @@ def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
         ("dl_type", ETH_IPV6),
         ("nw_proto", PROTO_ICMPV6),
     )
-    # Solicitations may ask for any neighbour, but receivers learn the
-    # solicitation's source address -> source link-layer address: the source
-    # must be one of ours or link-local (link-locals are not in the scope;
-    # a guest picks its own, EUI-64 or stable-privacy), with our own MAC or
-    # none; the unspecified source (duplicate address detection) carries none.
-    for src in (*v6, LINK_LOCAL_V6):
+    # Receivers learn a solicitation's source address -> its source
+    # link-layer address, so the source must be one of ours - the scope's or
+    # the link-local one the guest's MAC gives it (any other link-local would
+    # let it claim the gateway's or another guest's) - with our own MAC or
+    # none. Duplicate address detection (the unspecified source, no option)
+    # only for our own addresses: for another's, it makes the owner give up
+    # its address while tentative.
+    own = (*v6, link_local_v6(port.mac))
+    for src in own:
         for sll in (port.mac, ZERO_MAC):
             b.add("egress_nd", ("base", 0),
                   (*nd, ("ipv6_src", src), ("icmpv6_type", ND_SOLICIT), ("nd_sll", sll)), Goto("forward"))  # fmt: skip
-    b.add("egress_nd", ("base", 0),
-          (*nd, ("ipv6_src", "::"), ("icmpv6_type", ND_SOLICIT), ("nd_sll", ZERO_MAC)), Goto("forward"))  # fmt: skip
+    for target in own:
+        b.add("egress_nd", ("base", 0),
+              (*nd, ("ipv6_src", "::"), ("icmpv6_type", ND_SOLICIT), ("nd_target", target), ("nd_sll", ZERO_MAC)),
+              Goto("forward"))  # fmt: skip
     # Advertisements may only claim our own addresses for our own MAC.
-    for net in v6:
+    for net in own:
         for tll in (port.mac, ZERO_MAC):
             b.add(
                 "egress_nd",
@@ -404,5 +417,6 @@ __all__ = [
     "attachment_flows",
     "bridge_flows",
     "cookie_for_slot",
+    "link_local_v6",
     "parse_mac",
 ]

@@ -428,8 +428,16 @@ CASES: tuple[Case, ...] = (
               / Padding(t(0) * 2)), (NOWHERE,)),
     Case("neighbour solicitation from a foreign address", "guest",
          _one(lambda e, t: _ns(e, t, "2001:db8::99", "2001:db8::1")), (NOWHERE,)),
+    # Receivers learn a solicitation's source -> its link-layer option: a
+    # guest's link-local source is the one its MAC gives it (EUI-64).
+    Case("neighbour solicitation from another link-local address", "guest",
+         _one(lambda e, t: _ns(e, t, "fe80::1", PEER_V6, PEER_SOLICITED)), (NOWHERE,), leaked_before=True),
     Case("neighbour solicitation from own link-local address", "guest",
          _one(lambda e, t: _ns(e, t, link_local(e.guest_mac), PEER_V6, PEER_SOLICITED)), (frozenset({"uplink", "peer", "classed"}),)),
+    # Duplicate address detection for another's address makes its owner give
+    # the address up while it is tentative.
+    Case("duplicate address detection for the peer's address", "guest",
+         _one(lambda e, t: _ns(e, t, "::", PEER_V6, PEER_SOLICITED)), (NOWHERE,), leaked_before=True),
     Case("duplicate address detection for own address", "guest",
          _one(lambda e, t: _ns(e, t, "::", GUEST_V6, "ff02::1:ff00:10")), (frozenset({"uplink", "peer", "classed"}),)),
     Case("mld report", "guest",
