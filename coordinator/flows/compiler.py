@@ -194,7 +194,13 @@ def _guarded(ofport: int, eth: str) -> Match:
 def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
     police = (Meter(meter_id(port)),) if scope.egress_rate_limit else ()
     for eth in GUARDED_ETHERTYPES:
-        b.add("classify", ("base", 0), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
+        b.add("classify", ("base", 20), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
+    # ARP claiming one of this guest's addresses comes only from the guest
+    # itself (whose flows above outrank this one; egress_spoof checks it).
+    # From anywhere else - the uplink - it would teach every guest and the
+    # fabric to send this guest's traffic elsewhere.
+    for net in _own_networks(scope, 4):
+        b.add("classify", ("base", 10), (("dl_type", ETH_ARP), ("arp_spa", net)), Drop())
 
 
 def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:

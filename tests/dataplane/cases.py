@@ -538,6 +538,15 @@ CASES: tuple[Case, ...] = (
          _one(lambda e, t: Ether(src=e.uplink_mac, dst=BROADCAST) / Dot1Q(vlan=100)
               / ARP(hwsrc=e.uplink_mac, psrc=GATEWAY_V4, pdst=GUEST_V4) / Padding(t(0) * 2)),
          (NOWHERE,), leaked_before=True),
+    Case("uplink arp request for the guest", "uplink",
+         _one(lambda e, t: Ether(src=e.uplink_mac, dst=BROADCAST)
+              / ARP(hwsrc=e.uplink_mac, psrc=GATEWAY_V4, pdst=GUEST_V4) / Padding(t(0) * 2)),
+         (frozenset({"guest", "peer", "classed"}),)),
+    # Only the peer may say where the peer's address is.
+    Case("uplink arp claiming the peer's address", "uplink",
+         _one(lambda e, t: Ether(src=e.uplink_mac, dst=BROADCAST)
+              / ARP(op=2, hwsrc=e.uplink_mac, psrc=PEER_V4, pdst=GUEST_V4) / Padding(t(0) * 2)),
+         (NOWHERE,), leaked_before=True),
     Case("uplink unknown ethertype", "uplink",
          _one(lambda e, t: Ether(src=e.uplink_mac, dst=e.guest_mac, type=0x88B5) / Raw(t(0) * 4)), (NOWHERE,)),
     Case("uplink to the guest's mac for the peer's address", "uplink",
