@@ -8,6 +8,7 @@ diffed and removed as a unit.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from coordinator.flows.model import (
@@ -42,6 +43,7 @@ GUARDED_ETHERTYPES = (ETH_IP, ETH_IPV6, ETH_ARP)
 UNTAGGED = "0x0000/0x1000"
 ARP_REQUEST = "1"
 UNSPECIFIED_V4 = "0.0.0.0"
+LIMITED_BROADCAST_V4 = "255.255.255.255"
 PROTO_UDP = "17"
 PROTO_ICMPV6 = "58"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -49,7 +51,6 @@ IPV6_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
 ZERO_MAC = "00:00:00:00:00:00"
 ND_SOLICIT = "135"
 ND_ADVERT = "136"
-LINK_LOCAL_V6 = "fe80::/10"
 ROUTER_ADVERT = "134"
 DHCPV6_SERVER_PORT = "547"
 FRAG_LATER = "later"
@@ -193,7 +194,13 @@ def _guarded(ofport: int, eth: str) -> Match:
 def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
     police = (Meter(meter_id(port)),) if scope.egress_rate_limit else ()
     for eth in GUARDED_ETHERTYPES:
-        b.add("classify", ("base", 0), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
+        b.add("classify", ("base", 20), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
+    # ARP claiming one of this guest's addresses comes only from the guest
+    # itself (whose flows above outrank this one; egress_spoof checks it).
+    # From anywhere else - the uplink - it would teach every guest and the
+    # fabric to send this guest's traffic elsewhere.
+    for net in _own_networks(scope, 4):
+        b.add("classify", ("base", 10), (("dl_type", ETH_ARP), ("arp_spa", net)), Drop())
 
 
 def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
@@ -218,14 +225,22 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         (*src, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", ROUTER_ADVERT)),
         Drop(),
     )
-    if scope.allow_dhcp:
-        b.add(
-            "egress_spoof",
-            ("base", 30),
-            (*own_mac, ("dl_type", ETH_IP), ("nw_proto", PROTO_UDP), ("tp_src", "68"), ("tp_dst", "67")),
-            Goto("forward"),
-        )
     v4 = _own_networks(scope, 4)
+    if scope.allow_dhcp:
+        # The DHCP client's broadcasts, from no address yet or an own one,
+        # pass before any address or policy check. Nothing else does: a
+        # unicast request (a renewal) is policed like any packet, and the
+        # exception can carry no made-up source and reach no other guest or
+        # fabric host (a client falls back to broadcasting when a renewal
+        # gets no answer).
+        for client in (UNSPECIFIED_V4, *v4):
+            b.add(
+                "egress_spoof",
+                ("base", 30),
+                (*own_mac, ("dl_type", ETH_IP), ("nw_src", client), ("nw_dst", LIMITED_BROADCAST_V4),
+                 ("nw_proto", PROTO_UDP), ("tp_src", "68"), ("tp_dst", "67")),
+                Goto("forward"),
+            )  # fmt: skip
     arp = (*own_mac, ("dl_type", ETH_ARP), ("arp_sha", port.mac))
     # ARP only for own addresses, or as an address probe (sender 0.0.0.0,
     # which forward sends to the fabric only). Without an IPv4 address (a
@@ -257,6 +272,14 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         )
 
 
+def link_local_v6(mac: str) -> str:
+    """The EUI-64 link-local address (RFC 4291) of ``mac``: the only one a
+    guest may use (as OVN's and Neutron's port security have it)."""
+    octets = bytes.fromhex(parse_mac(mac).replace(":", ""))
+    interface_id = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]])
+    return str(ipaddress.IPv6Address(bytes.fromhex("fe80000000000000") + interface_id))
+
+
 def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
     nd = (
         ("in_port", str(port.ofport)),
@@ -264,19 +287,24 @@ def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
         ("dl_type", ETH_IPV6),
         ("nw_proto", PROTO_ICMPV6),
     )
-    # Solicitations may ask for any neighbour, but receivers learn the
-    # solicitation's source address -> source link-layer address: the source
-    # must be one of ours or link-local (link-locals are not in the scope;
-    # a guest picks its own, EUI-64 or stable-privacy), with our own MAC or
-    # none; the unspecified source (duplicate address detection) carries none.
-    for src in (*v6, LINK_LOCAL_V6):
+    # Receivers learn a solicitation's source address -> its source
+    # link-layer address, so the source must be one of ours - the scope's or
+    # the link-local one the guest's MAC gives it (any other link-local would
+    # let it claim the gateway's or another guest's) - with our own MAC or
+    # none. Duplicate address detection (the unspecified source, no option)
+    # only for our own addresses: for another's, it makes the owner give up
+    # its address while tentative.
+    own = (*v6, link_local_v6(port.mac))
+    for src in own:
         for sll in (port.mac, ZERO_MAC):
             b.add("egress_nd", ("base", 0),
                   (*nd, ("ipv6_src", src), ("icmpv6_type", ND_SOLICIT), ("nd_sll", sll)), Goto("forward"))  # fmt: skip
-    b.add("egress_nd", ("base", 0),
-          (*nd, ("ipv6_src", "::"), ("icmpv6_type", ND_SOLICIT), ("nd_sll", ZERO_MAC)), Goto("forward"))  # fmt: skip
+    for target in own:
+        b.add("egress_nd", ("base", 0),
+              (*nd, ("ipv6_src", "::"), ("icmpv6_type", ND_SOLICIT), ("nd_target", target), ("nd_sll", ZERO_MAC)),
+              Goto("forward"))  # fmt: skip
     # Advertisements may only claim our own addresses for our own MAC.
-    for net in v6:
+    for net in own:
         for tll in (port.mac, ZERO_MAC):
             b.add(
                 "egress_nd",
@@ -395,5 +423,6 @@ __all__ = [
     "attachment_flows",
     "bridge_flows",
     "cookie_for_slot",
+    "link_local_v6",
     "parse_mac",
 ]

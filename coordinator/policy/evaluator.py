@@ -11,11 +11,13 @@ shares no code with the compiler. Do not optimise it.
    (ARP, the third ethertype the guard lets in, is not a NetworkScope
    matter and not described here.)
 a. DHCP: if ``scope.allow_dhcp`` and the packet is IPv4 UDP from port 68
-   to port 67 (EGRESS, the client's request) or from port 67 to port 68
-   (INGRESS, the server's answer), it is allowed as ``"dhcp"``, whatever its
-   addresses (the client has none yet and sends from 0.0.0.0; the answer
-   goes to an address it does not have yet) and its conntrack state.
-   Nothing below is consulted.
+   to port 67 sent to 255.255.255.255 from 0.0.0.0 or from an address in
+   ``scope.addresses`` (EGRESS, the client's broadcast request), or from
+   port 67 to port 68 (INGRESS, the server's answer, whatever its
+   addresses: it goes to an address the client does not have yet), it is
+   allowed as ``"dhcp"``, whatever its conntrack state. Nothing below is
+   consulted. (A unicast request - a renewal - is decided like any packet
+   below.)
 b. Own addresses: an EGRESS packet whose source, or an INGRESS packet whose
    destination, is outside every network of ``scope.addresses`` is denied
    as ``"anti-spoof"`` (so with no addresses of a family, nothing of that
@@ -54,6 +56,7 @@ coincide with the fixed names; the index tells them apart.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
@@ -81,6 +84,8 @@ VERDICT_FRAGMENT: Final = "fragment"
 DHCP_CLIENT_PORT: Final = 68
 DHCP_SERVER_PORT: Final = 67
 DNS_PORT: Final = 53
+LIMITED_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
+UNSPECIFIED: Final = ipaddress.IPv4Address("0.0.0.0")
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def evaluate(scope: Scope, packet: Packet) -> Verdict:
         return Verdict(False, VERDICT_L2_GUARD)
 
     # a. DHCP
-    if scope.allow_dhcp and (is_dhcp_request(packet) if egress else is_dhcp_answer(packet)):
+    if scope.allow_dhcp and (is_dhcp_request(scope, packet) if egress else is_dhcp_answer(packet)):
         return Verdict(True, VERDICT_DHCP)
 
     # b. own addresses
@@ -133,12 +138,14 @@ def evaluate(scope: Scope, packet: Packet) -> Verdict:
     return Verdict(default is RuleAction.ALLOW, VERDICT_DEFAULT)
 
 
-def is_dhcp_request(packet: Packet) -> bool:
+def is_dhcp_request(scope: Scope, packet: Packet) -> bool:
     return (
         packet.version == 4
         and packet.protocol == IPPROTO_UDP
         and packet.src_port == DHCP_CLIENT_PORT
         and packet.dst_port == DHCP_SERVER_PORT
+        and packet.dst_ip == LIMITED_BROADCAST
+        and (packet.src_ip == UNSPECIFIED or source_is_own(scope, packet))
     )
 
 

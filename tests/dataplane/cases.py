@@ -17,13 +17,17 @@ TCP 8080 and UDP 5000 from the fabric; everything else is denied.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from scapy.contrib.mpls import MPLS
+from scapy.layers.igmp import IGMP
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_LSRR, fragment
 from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    ICMPv6MLReport2,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
     ICMPv6ND_RA,
@@ -31,18 +35,22 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptSrcLLAddr,
     IPv6,
     IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
     IPv6ExtHdrSegmentRouting,
     fragment6,
 )
 from scapy.layers.l2 import ARP, LLC, SNAP, Dot1AD, Dot1Q, Dot3, Ether
 from scapy.layers.ppp import PPPoE, PPPoED
 from scapy.packet import Packet, Padding, Raw
+from scapy.utils6 import in6_mactoifaceid
 
 GUEST_V4, GUEST_V6 = "198.51.100.10", "2001:db8::10"
 PEER_V4, PEER_V6 = "198.51.100.20", "2001:db8::20"
 GATEWAY_V4 = "198.51.100.1"
 SERVER_V4, SERVER_V6 = "203.0.113.5", "2001:db8:ff::5"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+# The peer's solicited-node multicast group (and its MAC).
+PEER_SOLICITED, PEER_SOLICITED_MAC = "ff02::1:ff00:20", "33:33:ff:00:00:20"
 
 _FABRIC_V4, _FABRIC_V6 = ["203.0.113.0/24"], ["2001:db8:ff::/64"]
 
@@ -120,11 +128,11 @@ def _inbound(env: Env) -> Ether:
     return Ether(src=env.uplink_mac, dst=env.guest_mac)
 
 
-def _snap(env: Env, oui: int, payload: Packet) -> Packet:
+def _snap(env: Env, oui: int, payload: Packet, code: int = 0x0800, dst: str = "") -> Packet:
     return (
-        Dot3(src=env.guest_mac, dst=env.uplink_mac)
+        Dot3(src=env.guest_mac, dst=dst or env.uplink_mac)
         / LLC(dsap=0xAA, ssap=0xAA, ctrl=3)
-        / SNAP(OUI=oui, code=0x0800)
+        / SNAP(OUI=oui, code=code)
         / payload
     )
 
@@ -234,14 +242,84 @@ def _arp(env: Env, tag: Tag, *, mac: str, sha: str, spa: str, op: int = 1, dst: 
     return Ether(src=mac, dst=dst) / ARP(op=op, hwsrc=sha, psrc=spa, pdst=GATEWAY_V4) / Padding(tag(0) * 2)
 
 
-def _ns(env: Env, tag: Tag, src: str, target: str) -> Packet:
+def _ns(env: Env, tag: Tag, src: str, target: str, group: str = "ff02::1:ff00:1") -> Packet:
+    group_mac = "33:33:" + ":".join(f"{b:02x}" for b in ipaddress.IPv6Address(group).packed[-4:])
+    # A solicitation from the unspecified address (duplicate address
+    # detection) carries no link-layer option.
+    sll = ICMPv6NDOptSrcLLAddr(lladdr=env.guest_mac) if src != "::" else Raw(b"")
     return (
-        Ether(src=env.guest_mac, dst="33:33:ff:00:00:01")
-        / IPv6(src=src, dst="ff02::1:ff00:1")
+        Ether(src=env.guest_mac, dst=group_mac)
+        / IPv6(src=src, dst=group)
         / ICMPv6ND_NS(tgt=target)
-        / ICMPv6NDOptSrcLLAddr(lladdr=env.guest_mac)
+        / sll
         / Padding(tag(0) * 2)
     )
+
+
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address of ``mac``."""
+    return f"fe80::{in6_mactoifaceid(mac).lower()}"
+
+
+def _to_peer(env: Env, tag: Tag, dport: int = 5000, dst: str = PEER_V4) -> Packet:
+    return Ether(src=env.guest_mac, dst=env.peer_mac) / _v4(env, tag, dport=dport, dst=dst)
+
+
+def _dhcp(env: Env, tag: Tag, *, src: str, dst: str, mac_dst: str = BROADCAST) -> Packet:
+    return (
+        Ether(src=env.classed_mac, dst=mac_dst)
+        / IP(src=src, dst=dst)
+        / UDP(sport=68, dport=67)
+        / Raw(tag(0) * 4)
+    )
+
+
+def _atomic_v6(env: Env, tag: Tag, dport: int) -> Packet:
+    """A fragment header that fragments nothing (offset 0, no more)."""
+    return (
+        _out(env)
+        / IPv6(src=GUEST_V6, dst=SERVER_V6)
+        / IPv6ExtHdrFragment(offset=0, m=0, id=0x5353 + dport)
+        / UDP(sport=40060, dport=dport)
+        / Raw(tag(0) * 4)
+    )
+
+
+def _hop_by_hop_fragments(env: Env, tag: Tag, dport: int) -> list[Packet]:
+    """Fragments whose fragment header follows a hop-by-hop options header."""
+    datagram = (
+        IPv6(src=GUEST_V6, dst=SERVER_V6)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrFragment(id=0x5454 + dport)
+        / UDP(sport=40061, dport=dport)
+        / Raw(_big(tag))
+    )
+    return [_out(env) / f for f in fragment6(datagram, 1400)]
+
+
+def _overlap_v6(env: Env, tag: Tag) -> list[Packet]:
+    """As _overlap_v4, for IPv6 (whose UDP checksum is mandatory: computed
+    over the datagram the first and last fragments make)."""
+    payload = _big(tag, 0)[: 1400 - 8] + _big(tag, 2)[:1408]
+    datagram = bytes(IPv6(src=GUEST_V6, dst=SERVER_V6) / UDP(sport=40062, dport=5000) / Raw(payload))[40:]
+    rewrite = bytes(UDP(sport=40062, dport=6000, len=len(datagram))) + _big(tag, 1)[: 1400 - 8]
+
+    def piece(offset: int, more: int, data: bytes) -> Packet:
+        head = IPv6(src=GUEST_V6, dst=SERVER_V6) / IPv6ExtHdrFragment(offset=offset, m=more, id=0x7373, nh=17)
+        return _out(env) / head / Raw(data)
+
+    return [piece(0, 1, datagram[:1400]), piece(0, 1, rewrite), piece(175, 0, datagram[1400:])]
+
+
+def _tiny_v6(env: Env, tag: Tag) -> list[Packet]:
+    """A first fragment of 8 bytes: the TCP flags are in the second."""
+    segment = bytes(TCP(sport=40063, dport=443, flags="S")) + _big(tag)[:1200]
+
+    def piece(offset: int, more: int, data: bytes) -> Packet:
+        head = IPv6(src=GUEST_V6, dst=SERVER_V6) / IPv6ExtHdrFragment(offset=offset, m=more, id=0x7474, nh=6)
+        return _out(env) / head / Raw(data)
+
+    return [piece(0, 1, segment[:8]), piece(1, 0, segment[8:])]
 
 
 def _tcp(env: Env, tag: Tag, flags: str, dport: int = 22) -> Packet:
@@ -311,6 +389,12 @@ CASES: tuple[Case, ...] = (
          (NOWHERE,)),
     Case("llc/snap oui 0, spoofed source", "guest",
          _one(lambda e, t: _snap(e, 0, _v4(e, t, src="198.51.100.99"))), (NOWHERE,)),
+    Case("llc/snap oui 0, arp claiming the peer's address", "guest",
+         _one(lambda e, t: _snap(e, 0, ARP(op=2, hwsrc=e.guest_mac, psrc=PEER_V4, pdst=GATEWAY_V4)
+                                 / Padding(t(0) * 2), code=0x0806, dst=BROADCAST)), (NOWHERE,)),
+    Case("rarp", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst=BROADCAST, type=0x8035)
+              / ARP(op=3, hwsrc=e.guest_mac, hwdst=e.guest_mac) / Padding(t(0) * 2)), (NOWHERE,)),
     # -- what OpenFlow cannot see (README, policy semantics): IP options and
     # IPv6 extension headers are not matchable; such a packet is policed by
     # its IP header, so a source route to a denied host via an allowed first
@@ -320,12 +404,21 @@ CASES: tuple[Case, ...] = (
     # -- spoofing --------------------------------------------------------------
     Case("spoofed source mac", "guest",
          _one(lambda e, t: Ether(src="02:00:5e:00:53:99", dst=e.uplink_mac) / _v4(e, t)), (NOWHERE,)),
+    Case("multicast source mac", "guest",
+         _one(lambda e, t: Ether(src="01:00:5e:00:00:fb", dst=e.uplink_mac) / _v4(e, t)), (NOWHERE,)),
     Case("spoofed ipv4 source", "guest", _one(lambda e, t: _out(e) / _v4(e, t, src=PEER_V4)), (NOWHERE,)),
     Case("spoofed ipv6 source", "guest", _one(lambda e, t: _out(e) / _v6(e, t, src=PEER_V6)), (NOWHERE,)),
     Case("arp claiming the peer's address", "guest",
          _one(lambda e, t: _arp(e, t, mac=e.guest_mac, sha=e.guest_mac, spa=PEER_V4, op=2)), (NOWHERE,)),
     Case("arp with a foreign sender mac", "guest",
          _one(lambda e, t: _arp(e, t, mac=e.guest_mac, sha="02:00:5e:00:53:99", spa=GUEST_V4)), (NOWHERE,)),
+    # OpenFlow reads ARP fields only for hardware type 1; Linux also takes 6.
+    Case("arp with hardware type 6 claiming the peer's address", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst=BROADCAST)
+              / ARP(hwtype=6, op=2, hwsrc=e.guest_mac, psrc=PEER_V4, pdst=GATEWAY_V4) / Padding(t(0) * 2)),
+         (NOWHERE,)),
+    Case("arp reply from 0.0.0.0", "guest",
+         _one(lambda e, t: _arp(e, t, mac=e.guest_mac, sha=e.guest_mac, spa="0.0.0.0", op=2)), (NOWHERE,)),
     Case("arp with own addresses", "guest",
          _one(lambda e, t: _arp(e, t, mac=e.guest_mac, sha=e.guest_mac, spa=GUEST_V4)),
          (frozenset({"uplink", "peer", "classed"}),)),
@@ -333,8 +426,33 @@ CASES: tuple[Case, ...] = (
          _one(lambda e, t: Ether(src=e.guest_mac, dst="33:33:00:00:00:01") / IPv6(src=GUEST_V6, dst="ff02::1")
               / ICMPv6ND_NA(tgt=PEER_V6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=e.guest_mac)
               / Padding(t(0) * 2)), (NOWHERE,)),
+    # Open vSwitch reads a repeated link-layer option as no options and no
+    # target (Linux takes the first): such an advertisement claims nothing.
+    Case("neighbour advertisement with a foreign target link-layer option first", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst="33:33:00:00:00:01") / IPv6(src=GUEST_V6, dst="ff02::1")
+              / ICMPv6ND_NA(tgt=GUEST_V6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr="02:00:5e:00:53:99")
+              / ICMPv6NDOptDstLLAddr(lladdr=e.guest_mac) / Padding(t(0) * 2)), (NOWHERE,)),
     Case("neighbour solicitation from a foreign address", "guest",
          _one(lambda e, t: _ns(e, t, "2001:db8::99", "2001:db8::1")), (NOWHERE,)),
+    # Receivers learn a solicitation's source -> its link-layer option: a
+    # guest's link-local source is the one its MAC gives it (EUI-64).
+    Case("neighbour solicitation from another link-local address", "guest",
+         _one(lambda e, t: _ns(e, t, "fe80::1", PEER_V6, PEER_SOLICITED)), (NOWHERE,), leaked_before=True),
+    Case("neighbour solicitation from own link-local address", "guest",
+         _one(lambda e, t: _ns(e, t, link_local(e.guest_mac), PEER_V6, PEER_SOLICITED)), (frozenset({"uplink", "peer", "classed"}),)),
+    # Duplicate address detection for another's address makes its owner give
+    # the address up while it is tentative.
+    Case("duplicate address detection for the peer's address", "guest",
+         _one(lambda e, t: _ns(e, t, "::", PEER_V6, PEER_SOLICITED)), (NOWHERE,), leaked_before=True),
+    Case("duplicate address detection for own address", "guest",
+         _one(lambda e, t: _ns(e, t, "::", GUEST_V6, "ff02::1:ff00:10")), (frozenset({"uplink", "peer", "classed"}),)),
+    Case("mld report", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst="33:33:00:00:00:16")
+              / IPv6(src=link_local(e.guest_mac), dst="ff02::16", hlim=1) / ICMPv6MLReport2()
+              / Raw(t(0) * 2)), (NOWHERE,)),
+    Case("igmp report", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst="01:00:5e:00:00:16") / IP(src=GUEST_V4, dst="224.0.0.22")
+              / IGMP(type=0x16, gaddr="224.0.0.251") / Raw(t(0) * 2)), (NOWHERE,)),
     Case("router advertisement", "guest",
          _one(lambda e, t: Ether(src=e.guest_mac, dst="33:33:00:00:00:01") / IPv6(src="fe80::10", dst="ff02::1")
               / ICMPv6ND_RA() / Padding(t(0) * 2)), (NOWHERE,)),
@@ -344,11 +462,22 @@ CASES: tuple[Case, ...] = (
     Case("dhcpv6 server advertise", "guest",
          _one(lambda e, t: Ether(src=e.guest_mac, dst=e.peer_mac) / IPv6(src=GUEST_V6, dst=PEER_V6)
               / UDP(sport=547, dport=546) / Raw(t(0) * 4)), (NOWHERE,)),
+    # -- between guests of different sandboxes -----------------------------
+    Case("unicast udp to the peer", "guest", _one(_to_peer), (frozenset({"peer"}),)),
+    Case("unicast udp to the peer, denied port", "guest", _one(lambda e, t: _to_peer(e, t, 6000)), (NOWHERE,)),
+    Case("the peer's mac with a fabric address", "guest", _one(lambda e, t: _to_peer(e, t, dst=SERVER_V4)),
+         (NOWHERE,)),
+    Case("the fabric's mac with the peer's address", "guest", _one(lambda e, t: _out(e) / _v4(e, t, dst=PEER_V4)),
+         (UPLINK,)),
     # -- conntrack -----------------------------------------------------------
     Case("tcp fin scan, denied port", "guest", _one(lambda e, t: _tcp(e, t, "F")), (NOWHERE,)),
     Case("tcp null scan, denied port", "guest", _one(lambda e, t: _tcp(e, t, "")), (NOWHERE,)),
     Case("tcp xmas scan, denied port", "guest", _one(lambda e, t: _tcp(e, t, "FPU")), (NOWHERE,)),
     Case("tcp ack scan, denied port", "guest", _one(lambda e, t: _tcp(e, t, "A")), (NOWHERE,)),
+    Case("tcp syn+fin, denied port", "guest", _one(lambda e, t: _tcp(e, t, "SF")), (NOWHERE,)),
+    Case("tcp syn+rst, denied port", "guest", _one(lambda e, t: _tcp(e, t, "SR")), (NOWHERE,)),
+    # Conntrack finds SYN+FIN invalid whatever the port.
+    Case("tcp syn+fin to an allowed port", "guest", _one(lambda e, t: _tcp(e, t, "SF", dport=443)), (NOWHERE,)),
     # Conntrack picks a connection up mid-stream (as Linux does by default):
     # a lone ACK to an allowed destination is a new, allowed connection.
     Case("tcp ack to an allowed port", "guest", _one(lambda e, t: _tcp(e, t, "A", dport=443)), (UPLINK,)),
@@ -363,6 +492,11 @@ CASES: tuple[Case, ...] = (
          (UPLINK,)),
     Case("ipv6 multicast udp", "guest",
          _one(lambda e, t: Ether(src=e.guest_mac, dst="33:33:00:00:00:01") / _v6(e, t, dst="ff02::1")), (UPLINK,)),
+    Case("ipv4 limited broadcast, no rule allows it", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst=BROADCAST) / _v4(e, t, dst="255.255.255.255")), (NOWHERE,)),
+    Case("icmpv6 echo to all nodes, no rule allows it", "guest",
+         _one(lambda e, t: Ether(src=e.guest_mac, dst="33:33:00:00:00:01") / IPv6(src=GUEST_V6, dst="ff02::1")
+              / ICMPv6EchoRequest(data=t(0) * 2)), (NOWHERE,)),
     # -- fragments -----------------------------------------------------------
     Case("fragmented allowed udp", "guest", lambda e, t: _v4_fragments(e, t, 5000), (UPLINK,),
          leaked_before=True),  # "leaked": the allowed datagram did not pass
@@ -376,6 +510,14 @@ CASES: tuple[Case, ...] = (
     Case("overlapping fragment rewriting the port", "guest", _overlap_v4, (UPLINK, NOWHERE, UPLINK),
          leaked_before=True),
     Case("tiny first fragment", "guest", _tiny_v4, (NOWHERE,)),
+    Case("tiny first fragment, ipv6", "guest", _tiny_v6, (NOWHERE,)),
+    Case("overlapping fragment rewriting the port, ipv6", "guest", _overlap_v6, (UPLINK, NOWHERE, UPLINK)),
+    Case("ipv6 atomic fragment, allowed udp", "guest", _one(lambda e, t: _atomic_v6(e, t, 5000)), (UPLINK,)),
+    Case("ipv6 atomic fragment, denied port", "guest", _one(lambda e, t: _atomic_v6(e, t, 6000)), (NOWHERE,)),
+    Case("fragments after a hop-by-hop header, allowed udp6", "guest",
+         lambda e, t: _hop_by_hop_fragments(e, t, 5000), (UPLINK,)),
+    Case("fragments after a hop-by-hop header, denied port", "guest",
+         lambda e, t: _hop_by_hop_fragments(e, t, 6000), (NOWHERE,)),
     # More fragments than a datapath batch holds: conntrack hands the rest
     # back at its next ct() - here the commit of a new, allowed datagram.
     Case("denied datagram of 46 fragments, then an allowed commit", "guest",
@@ -402,8 +544,20 @@ CASES: tuple[Case, ...] = (
          _one(lambda e, t: Ether(src=e.uplink_mac, dst=BROADCAST) / Dot1Q(vlan=100)
               / ARP(hwsrc=e.uplink_mac, psrc=GATEWAY_V4, pdst=GUEST_V4) / Padding(t(0) * 2)),
          (NOWHERE,), leaked_before=True),
+    Case("uplink arp request for the guest", "uplink",
+         _one(lambda e, t: Ether(src=e.uplink_mac, dst=BROADCAST)
+              / ARP(hwsrc=e.uplink_mac, psrc=GATEWAY_V4, pdst=GUEST_V4) / Padding(t(0) * 2)),
+         (frozenset({"guest", "peer", "classed"}),)),
+    # Only the peer may say where the peer's address is.
+    Case("uplink arp claiming the peer's address", "uplink",
+         _one(lambda e, t: Ether(src=e.uplink_mac, dst=BROADCAST)
+              / ARP(op=2, hwsrc=e.uplink_mac, psrc=PEER_V4, pdst=GUEST_V4) / Padding(t(0) * 2)),
+         (NOWHERE,), leaked_before=True),
     Case("uplink unknown ethertype", "uplink",
          _one(lambda e, t: Ether(src=e.uplink_mac, dst=e.guest_mac, type=0x88B5) / Raw(t(0) * 4)), (NOWHERE,)),
+    Case("uplink to the guest's mac for the peer's address", "uplink",
+         _one(lambda e, t: _inbound(e) / IP(src=SERVER_V4, dst=PEER_V4) / UDP(sport=40023, dport=5000)
+              / Raw(t(0) * 4)), (NOWHERE,)),
     Case("uplink fragmented allowed udp", "uplink", lambda e, t: _v4_fragments(e, t, 5000, to_guest=True),
          (GUEST,), leaked_before=True),
     Case("uplink fragmented allowed udp6", "uplink", lambda e, t: _v6_fragments(e, t, 5000, to_guest=True),
@@ -425,4 +579,14 @@ CASES: tuple[Case, ...] = (
     Case("class: neighbour solicitation", "classed",
          _one(lambda e, t: Ether(src=e.classed_mac, dst="33:33:ff:00:00:01") / IPv6(src="::", dst="ff02::1:ff00:1")
               / ICMPv6ND_NS(tgt="2001:db8::77") / Padding(t(0) * 2)), (NOWHERE,)),
+    Case("class: dhcp discover", "classed",
+         _one(lambda e, t: _dhcp(e, t, src="0.0.0.0", dst="255.255.255.255")), (UPLINK,)),
+    # The DHCP exception is for a client's broadcasts, not a way around the
+    # policy: unicast from a made-up source to another guest or a fabric host.
+    Case("class: dhcp to the peer, spoofed source", "classed",
+         _one(lambda e, t: _dhcp(e, t, src=GATEWAY_V4, dst=PEER_V4, mac_dst=e.peer_mac)), (NOWHERE,),
+         leaked_before=True),
+    Case("class: dhcp to a fabric host", "classed",
+         _one(lambda e, t: _dhcp(e, t, src="0.0.0.0", dst=SERVER_V4, mac_dst=e.uplink_mac)), (NOWHERE,),
+         leaked_before=True),
 )  # fmt: skip

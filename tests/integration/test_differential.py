@@ -35,7 +35,14 @@ from hypothesis import strategies as st
 
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, cookie_for_slot
+from coordinator.flows.compiler import (
+    BridgeFacts,
+    PortFacts,
+    attachment_flows,
+    bridge_flows,
+    cookie_for_slot,
+    link_local_v6,
+)
 from coordinator.flows.pipeline import Pipeline, load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.flows.trace import (
@@ -66,6 +73,7 @@ pytestmark = pytest.mark.ovs
 BRIDGE = "br-diff"
 ATTACHMENT_PORT, UPLINK_PORT = "dt-att", "dt-uplink"
 ATTACHMENT_MAC = "02:00:00:00:0d:01"
+ATTACHMENT_LINK_LOCAL = ipaddress.IPv6Address(link_local_v6(ATTACHMENT_MAC))
 SLOT = 7
 PACKETS_PER_SCOPE = 20
 CONJUNCTION_PROBES = 5  # of PACKETS_PER_SCOPE, aimed at conjunctive rules when the scope has any
@@ -191,15 +199,15 @@ def infrastructure(scope: Scope, packet: Packet) -> Expected | None:
             if not egress:
                 return Expected(True, "ingress_classify: neighbour discovery reaches the guest unpoliced")
             if packet.icmp_type == ND_SOLICIT:
-                # The trace carries no nd_sll option: a solicitation without one
-                # passes from an own, link-local or unspecified source only.
+                # The trace carries no nd_sll option and nd_target ::. A
+                # solicitation without an option passes from an own source (the
+                # scope's or the MAC's link-local) only; duplicate address
+                # detection (source ::) only for an own target, which :: is not.
                 source = packet.src_ip
-                ok = (
-                    source.is_link_local
-                    or source.is_unspecified
-                    or any(source in network for network in scope.addresses if network.version == 6)
+                ok = source == ATTACHMENT_LINK_LOCAL or any(
+                    source in network for network in scope.addresses if network.version == 6
                 )
-                return Expected(ok, "egress_nd: solicitations only from own, link-local or :: sources")
+                return Expected(ok, "egress_nd: solicitations only from own sources, DAD for own targets")
             return Expected(False, "egress_nd: advertisements must name an own nd_target (traced: ::)")
     return None
 
@@ -525,7 +533,11 @@ CASES: list[tuple[str, Scope, Packet, bool]] = [
         pkt(E, UDP, "0.0.0.0", "255.255.255.255", 68, 67, ct=INV),
         True,
     ),
-    ("dhcp: request from own address", DHCP_OWN, pkt(E, UDP, ME4, "198.51.100.1", 68, 67), True),
+    ("dhcp: broadcast from own address", DHCP_OWN, pkt(E, UDP, ME4, "255.255.255.255", 68, 67), True),
+    ("dhcp: unicast renewal is policed", DHCP_OWN, pkt(E, UDP, ME4, "198.51.100.1", 68, 67), False),
+    ("dhcp: unicast from no address", DHCP, pkt(E, UDP, "0.0.0.0", "203.0.113.5", 68, 67), False),
+    ("dhcp: broadcast from a foreign address", DHCP_OWN,
+     pkt(E, UDP, "198.51.100.99", "255.255.255.255", 68, 67), False),
     ("dhcp: off means anti-spoof", NO_DHCP, pkt(E, UDP, "0.0.0.0", "255.255.255.255", 68, 67), False),
     ("dhcp: off, own address, default allow", NO_DHCP, pkt(E, UDP, ME4, "198.51.100.1", 68, 67), True),
     ("dhcp: answer to a guest without address", DHCP,
@@ -544,8 +556,12 @@ CASES: list[tuple[str, Scope, Packet, bool]] = [
     ("spoof: ingress v4 to a v4-only scope", V4_ONLY_OPEN, inc(TCP, "203.0.113.1", 80), True),
     # neighbour solicitations: receivers learn source address -> MAC
     ("nd: solicitation from own address", CLOSED, pkt(E, ICMP6, ME6, "ff02::1:ff00:1", itype=135), True),
-    ("nd: solicitation from link-local", CLOSED, pkt(E, ICMP6, "fe80::1", "ff02::1:ff00:1", itype=135), True),
-    ("nd: solicitation for DAD", CLOSED, pkt(E, ICMP6, "::", "ff02::1:ff00:1", itype=135), True),
+    ("nd: solicitation from own link-local", CLOSED,
+     pkt(E, ICMP6, str(ATTACHMENT_LINK_LOCAL), "ff02::1:ff00:1", itype=135), True),
+    ("nd: solicitation from another link-local", CLOSED,
+     pkt(E, ICMP6, "fe80::1", "ff02::1:ff00:1", itype=135), False),
+    # traced with nd_target ::, which is not an own address
+    ("nd: DAD for an address not ours", CLOSED, pkt(E, ICMP6, "::", "ff02::1:ff00:1", itype=135), False),
     ("nd: solicitation from a foreign address", OPEN,
      pkt(E, ICMP6, "2001:db8::11", "ff02::1:ff00:1", itype=135), False),
     # conntrack states

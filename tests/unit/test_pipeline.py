@@ -111,6 +111,8 @@ def test_baseline_class_flows_are_valid_tagged_and_isolating() -> None:
     assert kinds == ["0x0800", "0x0806"]
     dhcp = next(f for f in exits if f.match_dict()["dl_type"] == "0x0800")
     assert dhcp.match_dict()["tp_dst"] == "67" and dhcp.match_dict()["dl_src"] == PORT.mac
+    # Only the client's broadcasts, from no address: no way to another guest or host.
+    assert dhcp.match_dict()["nw_src"] == "0.0.0.0" and dhcp.match_dict()["nw_dst"] == "255.255.255.255"
     arp = next(f for f in exits if f.match_dict()["dl_type"] == "0x0806")
     assert arp.match_dict()["arp_sha"] == PORT.mac
     # Before its policy, a guest may only probe (sender 0.0.0.0).

@@ -122,6 +122,30 @@ CASES: list[tuple[str, Scope, Packet, Verdict]] = [
         Verdict(DENIED, "default"),
     ),
     (
+        "dhcp-broadcast-from-own-address",
+        scope(allow_dhcp=True),
+        pkt(E, UDP, ME4, "255.255.255.255", 68, 67),
+        Verdict(ALLOWED, "dhcp"),
+    ),
+    (
+        "dhcp-unicast-renewal-is-policed",
+        scope(allow_dhcp=True),
+        pkt(E, UDP, ME4, "198.51.100.1", 68, 67),
+        Verdict(DENIED, "default"),
+    ),
+    (
+        "dhcp-from-a-foreign-source-is-spoofed",
+        scope(allow_dhcp=True),
+        pkt(E, UDP, "198.51.100.99", "255.255.255.255", 68, 67),
+        Verdict(DENIED, "anti-spoof"),
+    ),
+    (
+        "dhcp-unicast-from-unspecified-is-spoofed",
+        scope(allow_dhcp=True),
+        pkt(E, UDP, "0.0.0.0", "203.0.113.5", 68, 67),
+        Verdict(DENIED, "anti-spoof"),
+    ),
+    (
         "dhcp-answer-on-ingress-to-any-address",
         scope(allow_dhcp=True),
         pkt(I, UDP, "198.51.100.1", "198.51.100.77", 67, 68),
