@@ -25,7 +25,7 @@ from coordinator.flows.model import (
     Output,
 )
 from coordinator.flows.pipeline import Pipeline
-from coordinator.flows.rules import dns_rules, egress_side, ingress_side, rule_flows
+from coordinator.flows.rules import CT_NEW, dns_rules, egress_side, ingress_side, rule_flows
 from coordinator.policy.scope import RuleAction, Scope
 
 # The top 16 bits of every cookie we install. Flows with this prefix are ours;
@@ -58,7 +58,6 @@ FRAG_LATER = "later"
 CT_INVALID = "+trk+inv"
 CT_ESTABLISHED = "+trk+est-inv"
 CT_RELATED = "+trk+rel-inv"
-CT_NEW = "+trk+new-est-rel-inv"
 CT_TRACKED_VALID = "+trk-inv"
 # The ct_mark bit every commit sets: a connection an allow decision let in.
 # Out of a commit only packets of such connections go on; conntrack can hand
