@@ -97,6 +97,9 @@ def _scale_rows(scale: Mapping[str, Any]) -> list[list[str]]:
                 *blank,
             ],
         ]
+    if "stale_replace_floor_s" in scale:  # absent from older results
+        replaced = f"{scale['stale_replace_floor_s'] * 1000:.0f} ms"
+        rows.append(["scale: stale deny-all flows replacing the cut (raw bundle)", size, replaced, *blank])
     return rows
 
 

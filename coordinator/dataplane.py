@@ -29,6 +29,7 @@ from coordinator.flows.compiler import (
     attachment_flows,
     bridge_flows,
     cookie_for_slot,
+    cut_flows,
     default_burst_kb,
 )
 from coordinator.flows.pipeline import Pipeline
@@ -263,17 +264,33 @@ class Dataplane:
 
     # -- many attachments at once ----------------------------------------------------
 
-    async def close_many(self, records: Sequence[AttachmentRecord], deny_all: Scope) -> dict[int, list[str]]:
-        """Replace the flows of every attachment in ``records`` with
-        ``deny_all``'s in one atomic bundle, without reading the switch
-        first (the promptness of a stale deny-all must not grow with what is
-        installed). Returns the flows by cookie, for ``verify_many``.
-        Raises OpenFlowError (then nothing changed)."""
+    def cut_flows(self, record: AttachmentRecord) -> list[str]:
+        port = self._port(record, record.ofport)
+        return render_flows(cut_flows(self._pipeline, port), self._pipeline)
+
+    async def cut_many(self, records: Sequence[AttachmentRecord]) -> None:
+        """Stop all traffic of every attachment in ``records`` at once: two
+        drops each (see ``cut_flows``) added in one atomic bundle, without
+        reading the switch and without deleting anything, so the bundle stays
+        small however many flows the attachments hold. ``settle_cut`` then
+        puts the deny-all flows in their place. Raises OpenFlowError (then
+        nothing changed)."""
+        await self._openflow.bundle([f"flow add {f}" for r in records for f in self.cut_flows(r)])
+
+    async def settle_cut(self, records: Sequence[AttachmentRecord], deny_all: Scope) -> None:
+        """After ``cut_many``: each attachment's flows (the drops included)
+        replaced with ``deny_all``'s in one atomic bundle, then read back and
+        corrected. Raises OpenFlowError if they still differ; as every bundle
+        is all or nothing, an attachment then still holds its drops or
+        already its deny-all flows, closed either way."""
         desired = {cookie_for_slot(r.slot): self.desired_flows(r, r.ofport, deny_all) for r in records}
-        await self._openflow.replace_many(desired)
+        try:
+            await self._openflow.replace_many(desired)
+        except OpenFlowError as exc:
+            log.warning("replacing the drops of %d attachments failed (%s); correcting", len(records), exc)
+        await self.verify_many(desired)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
-        return desired
 
     async def verify_many(self, desired: Mapping[int, Sequence[str]]) -> None:
         """Read back the cookies of ``desired`` and correct any difference in

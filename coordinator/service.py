@@ -866,10 +866,11 @@ class AttachmentService:
         *,
         deny: bool,
     ) -> int:
-        """``_transition`` with the sandboxes' locks held. Order: flows (the
-        cut), then states and events together, then the watchers told; only
-        after that are connections revoked and the flows read back, so
-        neither delays the cut nor its record."""
+        """``_transition`` with the sandboxes' locks held. Order: the cut
+        (two drops per attachment, one small bundle), then states and events
+        together, then the watchers told; only after that are connections
+        revoked and the drops replaced by the deny-all flows and read back,
+        so none of it delays the cut nor its record."""
         records = [
             r
             for r in self._store.list_attachments(state=AttachmentState.BOUND)
@@ -879,13 +880,14 @@ class AttachmentService:
             return 0
         began = time.monotonic()
         deny_all = self._classes[DENY_ALL_CLASS]
-        installed: dict[int, list[str]] = {}
+        dropped = False  # cut by drops that the deny-all flows replace after the record
         if deny:
             try:
-                installed = await self.dataplane.close_many(records, deny_all)
+                await self.dataplane.cut_many(records)
+                dropped = True
             except OpenFlowError as exc:
                 log.error(
-                    "deny-all for %d attachments in one bundle failed (%s); one at a time", len(records), exc
+                    "cutting %d attachments in one bundle failed (%s); one at a time", len(records), exc
                 )
                 records = await self._close_one_by_one(records, deny_all)
         cut = time.monotonic()
@@ -896,9 +898,9 @@ class AttachmentService:
         await self._events.notify()
         if deny and records:
             await self.dataplane.cut_zones(records)
-            if installed:
+            if dropped:
                 try:
-                    await self.dataplane.verify_many(installed)
+                    await self.dataplane.settle_cut(records, deny_all)
                 except OpenFlowError as exc:
                     log.error("deny-all flows of %d attachments did not read back: %s", len(records), exc)
             await self.dataplane.drop_meters_if_unused(records, deny_all)

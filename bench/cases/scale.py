@@ -19,8 +19,10 @@ R-rule policy to each. Then:
   SYNs the policy admits, committed to conntrack), the gateway stream
   reported down, and the daemon's own staleness watch (``on_stale =
   "deny-all"``) left to act; the time from the stale threshold until every
-  attachment is cut (its deny-all flows installed) and recorded STALE, and
-  until their connections are flushed too.
+  attachment is cut (its drops installed) and recorded STALE, and until
+  their connections are flushed too; beside it, the cut's bundle alone and
+  the replacement of every attachment's flows by deny-all's (what follows
+  the cut) as raw ovs-ofctl bundles.
 
 Not `dev up`: its daemon must answer within 30 s, and with a thousand
 VFs the emulated eswitch alone takes longer to check its veth pairs.
@@ -81,7 +83,8 @@ class ScaleResults:
     stale_connections: int  # conntrack entries in the attachments' zones when the stream went stale
     stale_cut_s: float  # stale threshold -> every attachment deny-all and recorded STALE
     stale_flushed_s: float  # stale threshold -> their connections flushed as well
-    stale_floor_s: float  # the cut's bundle alone, as a raw ovs-ofctl bundle
+    stale_floor_s: float  # the cut's bundle alone (the drops), as a raw ovs-ofctl bundle
+    stale_replace_floor_s: float  # every attachment's flows replaced by deny-all's, as a raw bundle
 
     def to_json(self) -> dict[str, Any]:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -214,9 +217,10 @@ def _connections(ovs: OvsInstance) -> int:
 
 async def _stale_deny_all(
     config: Config, ovs: OvsInstance, uplink_ns: str, per_attachment: int, progress: Any
-) -> tuple[int, float, float, float]:
+) -> tuple[int, float, float, float, float]:
     """(connections, threshold -> all cut and STALE, threshold -> flushed,
-    the cut's bundle alone as a raw ovs-ofctl bundle)."""
+    the cut's bundle alone and the replacement by deny-all as raw
+    ovs-ofctl bundles)."""
     backend = await asyncio.to_thread(EmulatedEswitch, config.eswitch.emulated)
     adapters = await build(config, backend)
     try:
@@ -263,22 +267,34 @@ async def _stale_deny_all(
             raise BenchError(
                 f"after the stale deny-all: {flows} flows, {service.dataplane.installed_flows()} expected"
             )
-        floor = await asyncio.to_thread(_replace_floor, ovs, service, bound)
+        replace_floor = await asyncio.to_thread(_replace_floor, ovs, service, bound)
+        floor = await asyncio.to_thread(_cut_floor, ovs, service, bound)
     finally:
         await adapters.close()
-    return connections, cut, flushed, floor
+    return connections, cut, flushed, floor, replace_floor
 
 
 def _replace_floor(ovs: OvsInstance, service: AttachmentService, bound: list[AttachmentRecord]) -> float:
-    """The same bundle the cut sends (each cookie's flows deleted, the
-    deny-all flows added), as a raw ``ovs-ofctl bundle`` of a file written
-    beforehand: what the switch alone takes for it."""
+    """The bundle that follows the cut (each cookie's flows deleted, the
+    deny-all flows added), as a raw ``ovs-ofctl bundle``."""
     deny_all = load_network_classes()[DENY_ALL_CLASS]
     lines = []
     for record in bound:
         lines.append(f"flow delete cookie={cookie_for_slot(record.slot):#x}/-1")
         lines += [f"flow add {f}" for f in service.dataplane.desired_flows(record, record.ofport, deny_all)]
-    path = ovs.rundir / "stale-floor.bundle"
+    return _raw_bundle(ovs, "stale-replace.bundle", lines)
+
+
+def _cut_floor(ovs: OvsInstance, service: AttachmentService, bound: list[AttachmentRecord]) -> float:
+    """The same bundle the cut sends (two drops per attachment added), as a
+    raw ``ovs-ofctl bundle``: what the switch alone takes for it."""
+    lines = [f"flow add {f}" for record in bound for f in service.dataplane.cut_flows(record)]
+    return _raw_bundle(ovs, "stale-cut.bundle", lines)
+
+
+def _raw_bundle(ovs: OvsInstance, name: str, lines: list[str]) -> float:
+    """Seconds ``ovs-ofctl bundle`` takes for ``lines``, from a file written beforehand."""
+    path = ovs.rundir / name
     path.write_text("".join(f"{line}\n" for line in lines))
     started = time.perf_counter()
     run(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "bundle", ovs.mgmt(BRIDGE), str(path)], timeout=600)

@@ -170,6 +170,19 @@ def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[
     return b.flows
 
 
+def cut_flows(pipeline: Pipeline, port: PortFacts) -> list[Flow]:
+    """Two drops above every other flow of the attachment: all it sends
+    (at classify, by its port) and all unicast towards it (at
+    ingress_classify, by its MAC). Stricter than deny-all (not even
+    address probes) and far fewer flows, so many attachments stop in one
+    small bundle; the attachment's cookie, so read-back and reconcile treat
+    them as its flows (a sync to its desired flows removes them)."""
+    b = _Builder(pipeline, port.cookie)
+    b.add("classify", ("cut", 0), (("in_port", str(port.ofport)),), Drop())
+    b.add("ingress_classify", ("cut", 0), (("dl_dst", port.mac),), Drop())
+    return b.flows
+
+
 def _own_networks(scope: Scope, version: int) -> list[str]:
     nets = [n for n in scope.addresses if n.version == version]
     # A scope may list an address twice; one flow each is enough.
@@ -422,6 +435,7 @@ __all__ = [
     "attachment_flows",
     "bridge_flows",
     "cookie_for_slot",
+    "cut_flows",
     "link_local_v6",
     "parse_mac",
 ]
