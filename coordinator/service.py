@@ -662,17 +662,21 @@ class AttachmentService:
         stored = self._store.policy(sandbox_id)
         return stored[0] if stored else None
 
+    def _denied(self, record: AttachmentRecord) -> bool:
+        """Whether the attachment is held at deny-all: its policy withdrawn
+        (PENDING), or stale with on_stale = deny-all."""
+        return record.policy_state is PolicyState.PENDING or (
+            record.policy_state is PolicyState.STALE and self._config.policy.on_stale == "deny-all"
+        )
+
     def _intended(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
         """What a BOUND attachment should enforce when it is re-installed,
         and the policy state that goes with it: deny-all while its policy
         is withdrawn (or stale with on_stale = deny-all); the gateway's
         latest policy when it is newer than the stored one; else the stored
         last good policy (or the class), keeping STALE / DEGRADED."""
-        deny_all = self._classes[DENY_ALL_CLASS]
-        if record.policy_state is PolicyState.PENDING:
-            return deny_all, PolicyState.PENDING, record.policy_version
-        if record.policy_state is PolicyState.STALE and self._config.policy.on_stale == "deny-all":
-            return deny_all, PolicyState.STALE, record.policy_version
+        if self._denied(record):
+            return self._classes[DENY_ALL_CLASS], record.policy_state, record.policy_version
         scope, state, version = self._scope_for(record)
         latest = self.book.latest(record.sandbox_id)
         if latest is not None and (state is not PolicyState.APPLIED or latest.version != version):
@@ -932,7 +936,9 @@ class AttachmentService:
         if not caller.is_admin:
             raise PermissionDenied("ExplainPacket is for admins")
         record = self.get(caller, attachment_id)
-        verdict = evaluate(self._scope_for(record)[0], packet)
+        # What the switch enforces: deny-all while withdrawn or stale-denied.
+        enforced = self._classes[DENY_ALL_CLASS] if self._denied(record) else self._scope_for(record)[0]
+        verdict = evaluate(enforced, packet)
         ports = TracePorts(
             attachment_ofport=record.ofport,
             attachment_mac=record.mac,

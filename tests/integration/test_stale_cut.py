@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
 
+from coordinator.callers import Caller, Role
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.compiler import cookie_for_slot
 from coordinator.flows.pipeline import load_pipeline
+from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS
 from coordinator.store.records import AttachmentRecord, PolicyState
@@ -24,6 +27,7 @@ from tests.integration.stack import HOST, SERVER_V4, Stack, Uplink, build_stack,
 pytestmark = pytest.mark.ovs
 
 BRIDGE = "br-cut"
+ADMIN = Caller("spiffe://bluefield.local/admin/ops", Role.ADMIN)
 GUESTS = ("198.51.100.50", "198.51.100.51")
 WEB = 80
 DENY_ALL_WHEN_STALE: dict[str, dict[str, object]] = {"policy": {"on_stale": "deny-all"}}
@@ -122,6 +126,11 @@ async def test_stale_deny_all_cuts_with_two_drops_each_then_holds_exactly_deny_a
             assert not _drops(flows) and "ct(" not in " ".join(flows)
             assert len(flows) == len(stack.service.dataplane.desired_flows(record, record.ofport, deny_all))
         assert not any(probe_tcp(n, SERVER_V4, WEB) for n in ns)
+        # ExplainPacket judges what is enforced (deny-all), not the stored
+        # policy that allowed the web port, and the live switch agrees.
+        web = Packet(Direction.EGRESS, IPPROTO_TCP, ip_address(GUESTS[0]), ip_address(SERVER_V4), 40000, WEB)
+        explained = await stack.service.explain(ADMIN, records[0].attachment_id, web)
+        assert not explained.verdict.allowed and explained.switch_agrees
     finally:
         await _detach_all(stack)
 
