@@ -47,6 +47,7 @@ from coordinator.security_events import SecurityEvents, start_security_events
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
+from coordinator.store.worker import AsyncStore
 from coordinator.switch_watch import watch_switch
 from coordinator.trust.config_files import metrics_files
 from coordinator.trust.material import MaterialError, TrustSet
@@ -83,7 +84,7 @@ def mac_salt(config: Config) -> str:
 class Adapters:
     """What the service runs on; ``close`` releases it in order."""
 
-    store: Store
+    store: AsyncStore
     backend: EswitchBackend
     ovsdb: Ovsdb
     openflow: OpenFlowSwitch
@@ -93,14 +94,14 @@ class Adapters:
     async def close(self) -> None:
         await self.ovsdb.close()
         self.backend.close()
-        self.store.close()
+        await self.store.close()
 
 
 async def build(config: Config, backend: EswitchBackend | None = None) -> Adapters:
     """Wire store, backend, OVS adapters and the service; start the service
     (which converges the switch to the store). ``backend`` overrides the
     configured one (tests keep a handle on theirs)."""
-    store = Store(Path(config.store.path), event_log_size=config.store.event_log_size)
+    store = AsyncStore(Store(Path(config.store.path), event_log_size=config.store.event_log_size))
     ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
     try:
         # Backends use blocking netlink libraries that refuse to run on a
@@ -125,12 +126,12 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
         await service.start()
     except BaseException:
         await ovsdb.close()
-        store.close()
+        await store.close()
         raise
     return Adapters(store, chosen, ovsdb, openflow, events, service)
 
 
-def start_policy_stream(
+async def start_policy_stream(
     config: Config, service: AttachmentService
 ) -> tuple[PolicyStreamClient, list[asyncio.Task[None]]]:
     """Connect the service to the gateway: every sandbox with an attachment
@@ -152,7 +153,7 @@ def start_policy_stream(
     except MaterialError as exc:
         raise ServerSetupError(str(exc)) from exc
     service.policy_source = client
-    client.register({r.sandbox_id for r in service.list_all()})
+    client.register({r.sandbox_id for r in await service.list_all()})
     tasks = [
         asyncio.ensure_future(client.run()),
         asyncio.ensure_future(handler.watch_staleness(lambda: client.status)),
@@ -203,7 +204,7 @@ async def run_daemon(config: Config) -> int:
     security = SecurityEvents()  # inert until started; lets `finally` close it
     try:
         if config.gateway.endpoint:
-            stream, tasks = start_policy_stream(config, service)
+            stream, tasks = await start_policy_stream(config, service)
         security = start_security_events(config, store, events)
         tasks += security.tasks
         report = TrustReport(store, events, security, metrics)
@@ -354,7 +355,7 @@ async def _expire_unreconciled(service: AttachmentService, grace_s: float) -> No
 
 
 def _add_metric_refreshers(
-    metrics: Metrics, service: AttachmentService, store: Store, stream: PolicyStreamClient | None
+    metrics: Metrics, service: AttachmentService, store: AsyncStore, stream: PolicyStreamClient | None
 ) -> None:
     """Gauges are read from their sources when Prometheus scrapes."""
     metrics.add_refresher(lambda: metrics.flows_installed.set(service.dataplane.installed_flows()))
@@ -363,8 +364,12 @@ def _add_metric_refreshers(
         metrics.update_health(await service.health(fresh=False))
 
     metrics.add_refresher(health_metrics)
-    metrics.add_refresher(lambda: metrics.update_attachments(store.list_attachments()))
-    metrics.add_refresher(lambda: metrics.update_pools(store.pool_stats()))
+
+    async def store_metrics() -> None:
+        metrics.update_attachments(await store.list_attachments())
+        metrics.update_pools(await store.pool_stats())
+
+    metrics.add_refresher(store_metrics)
     if stream is not None:
         status = stream.status
         metrics.add_refresher(
@@ -384,7 +389,7 @@ def _liveness(
         # Being called at all proves the event loop runs; then the store and
         # OVSDB must answer. OVS down past the watchdog means a restart,
         # which reconverges everything.
-        states = Counter(r.state for r in adapters.store.list_attachments())
+        states = Counter(r.state for r in await adapters.store.list_attachments())
         await adapters.ovsdb.bridge_facts(config.ovs.bridge)
         gateway = "off" if stream is None else "up" if stream.status.connected else "down"
         notifier.status(

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from coordinator.config import Config
 from coordinator.events import EventHub
 from coordinator.health import HealthReport
-from coordinator.store.db import Store
+from coordinator.store.worker import AsyncStore
 
 __all__ = ["FIRMWARE_CHECK", "FIRMWARE_EVENT", "HEALTHY_EVENT", "HealthWatch", "start_health_watch"]
 
@@ -43,26 +43,26 @@ HealthProbe = Callable[[], Awaitable[HealthReport]]
 
 
 class HealthWatch:
-    def __init__(self, store: Store, events: EventHub, health: HealthProbe) -> None:
+    def __init__(self, store: AsyncStore, events: EventHub, health: HealthProbe) -> None:
         self._store = store
         self._events = events
         self._health = health
         # The status of the last event of each type; None = never reported.
         self._last: dict[str, bool | None] = {}
 
-    def _known(self, type_: str) -> bool | None:
+    async def _known(self, type_: str) -> bool | None:
         if type_ not in self._last:
-            event = self._store.last_coordinator_event(type_)
+            event = await self._store.last_coordinator_event(type_)
             self._last[type_] = event.status if event is not None else None
         return self._last[type_]
 
-    def _transition(self, type_: str, status: bool, default: bool, reason: str, message: str) -> bool:
+    async def _transition(self, type_: str, status: bool, default: bool, reason: str, message: str) -> bool:
         """Write the event if ``status`` differs from the last one (or, with
         none logged, from ``default``, the unremarkable state)."""
-        known = self._known(type_)
+        known = await self._known(type_)
         if status == (default if known is None else known):
             return False
-        self._store.append_coordinator_event(type_, status, reason, message)
+        await self._store.append_coordinator_event(type_, status, reason, message)
         self._last[type_] = status
         log.warning("%s -> %s: %s", type_, status, message)
         return True
@@ -74,9 +74,9 @@ class HealthWatch:
         failing = report.failing_required()
         if failing:
             names = "; ".join(f"{c.name}: {c.detail}" for c in failing)
-            changed = self._transition(HEALTHY_EVENT, False, True, "RequiredCheckFailed", names)
+            changed = await self._transition(HEALTHY_EVENT, False, True, "RequiredCheckFailed", names)
         else:
-            changed = self._transition(
+            changed = await self._transition(
                 HEALTHY_EVENT, True, True, "RequiredChecksPass", "every required health check passes"
             )
         if changed:
@@ -84,7 +84,7 @@ class HealthWatch:
         firmware = next((c for c in report.checks if c.name == FIRMWARE_CHECK), None)
         if firmware is not None:
             reason = "FirmwareOk" if firmware.ok else "FirmwareCheckFailed"
-            if self._transition(FIRMWARE_EVENT, not firmware.ok, False, reason, firmware.detail):
+            if await self._transition(FIRMWARE_EVENT, not firmware.ok, False, reason, firmware.detail):
                 written.append(FIRMWARE_EVENT)
         if written:
             await self._events.notify()
@@ -102,7 +102,7 @@ class HealthWatch:
 
 
 def start_health_watch(
-    config: Config, store: Store, events: EventHub, health: HealthProbe
+    config: Config, store: AsyncStore, events: EventHub, health: HealthProbe
 ) -> asyncio.Task[None]:
     """Start the watch as a task (cancel it to stop); ``health`` is e.g.
     ``lambda: service.health(fresh=True)``."""

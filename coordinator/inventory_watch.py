@@ -32,8 +32,9 @@ from coordinator.config import Config
 from coordinator.eswitch.base import EswitchBackend, EswitchError
 from coordinator.eswitch.switchdev import NetEvent, NetEventSource, RepresentorWatcher
 from coordinator.events import EventHub
-from coordinator.store.db import Store, StoreError
+from coordinator.store.db import StoreError
 from coordinator.store.records import AttachmentRecord
+from coordinator.store.worker import AsyncStore
 
 __all__ = [
     "DRIFT_EVENT",
@@ -62,7 +63,7 @@ class SyncOutcome:
 class InventoryWatch:
     def __init__(
         self,
-        store: Store,
+        store: AsyncStore,
         backend: EswitchBackend,
         events: EventHub,
         *,
@@ -92,7 +93,7 @@ class InventoryWatch:
             log.warning("inventory re-read failed; keeping the pool as it is: %s", exc)
             return None
         try:
-            change = self._store.sync_devices(slots)
+            change = await self._store.sync_devices(slots)
         except StoreError as exc:  # pragma: no cover - the store failing is logged, not fatal
             log.error("recording the inventory failed: %s", exc)
             return None
@@ -104,14 +105,14 @@ class InventoryWatch:
         )
         written = 0
         returned: list[AttachmentRecord] = []
-        for record in self._store.list_attachments():
+        for record in await self._store.list_attachments():
             device = record.device
             if device.device_id in change.vanished:
                 message = (
                     f"{device.kind.value.upper()} {device.device_id} (representor {device.representor}) "
                     "was removed from the eswitch while attached"
                 )
-                self._store.append_event(record, DRIFT_EVENT, False, "DeviceRemoved", message)
+                await self._store.append_event(record, DRIFT_EVENT, False, "DeviceRemoved", message)
                 log.warning("device removed while attached", extra={"attachment_id": record.attachment_id})
                 written += 1
             elif device.device_id in change.appeared:
@@ -119,7 +120,7 @@ class InventoryWatch:
                     f"{device.kind.value.upper()} {device.device_id} (representor {device.representor}) "
                     "is present again"
                 )
-                self._store.append_event(record, DRIFT_EVENT, True, "DeviceReturned", message)
+                await self._store.append_event(record, DRIFT_EVENT, True, "DeviceReturned", message)
                 returned.append(record)
                 written += 1
         await self._events.notify()
@@ -174,7 +175,7 @@ class InventoryWatch:
 
 def start_inventory_watch(
     config: Config,
-    store: Store,
+    store: AsyncStore,
     backend: EswitchBackend,
     events: EventHub,
     *,

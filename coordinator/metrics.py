@@ -5,8 +5,9 @@ Everything hangs off one ``Metrics`` object with an injectable
 default registry). Values that live in the store (attachments, pools,
 stale policies) are not pushed by every code path that changes them:
 refreshers registered with ``Metrics.add_refresher`` read them right
-before each scrape, on the event loop, so the numbers are exact and the
-store is only ever used from the loop thread.
+before each scrape, as coroutines on the event loop (store reads are
+awaited from the store's thread), so the numbers are exact and the store
+is only reached through the daemon's one store thread.
 
 The endpoint is a deliberately tiny asyncio HTTP/1.1 server (GET or HEAD
 ``/metrics``, one request per connection) rather than prometheus-client's

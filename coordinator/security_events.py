@@ -33,8 +33,8 @@ from coordinator.api.security_interceptor import SecurityEventInterceptor
 from coordinator.config import Config
 from coordinator.events import EventHub
 from coordinator.security_log import SecurityEventLog
-from coordinator.store.db import Store
 from coordinator.store.records import EventRecord
+from coordinator.store.worker import AsyncStore
 
 log = logging.getLogger(__name__)
 
@@ -177,13 +177,16 @@ def _attachment_event(record: EventRecord, time_ms: int) -> ocsf.Event:
 
 
 async def follow_store(
-    store: Store, events: EventHub, emit: Callable[[ocsf.Event], None], since_seq: int
+    store: AsyncStore, events: EventHub, emit: Callable[[ocsf.Event], None], since_seq: int
 ) -> None:
     """Emit every store event after ``since_seq``, then each new one as the
     service records it, until the hub closes."""
     seq = since_seq
+    if seq > await store.last_event_seq():
+        # A store younger than the file (recreated): its seqs start again.
+        seq = 0
     while not events.closed:
-        batch = store.events_since(seq)
+        batch = await store.events_since(seq)
         for record in batch:
             event = event_from_store(record)
             if event is not None:
@@ -235,7 +238,7 @@ class SecurityEvents:
             self.sink.close()
 
 
-def start_security_events(config: Config, store: Store, events: EventHub) -> SecurityEvents:
+def start_security_events(config: Config, store: AsyncStore, events: EventHub) -> SecurityEvents:
     """Open the security event file, start following the store and return
     the interceptor to install on the gRPC server. With
     ``logs.security_events_path = ""`` nothing runs and nothing is written.
@@ -246,9 +249,6 @@ def start_security_events(config: Config, store: Store, events: EventHub) -> Sec
     sink = SecurityEventLog(Path(path))
     security = SecurityEvents(sink)
     resume = sink.last_sequence()
-    if resume > store.last_event_seq():
-        # A store younger than the file (recreated): its seqs start again.
-        resume = 0
     security.interceptors.append(SecurityEventInterceptor(security.emit, config.auth))
     security.tasks.append(asyncio.ensure_future(follow_store(store, events, security.emit, resume)))
     log.info("security events", extra={"path": path, "since_seq": resume})

@@ -58,8 +58,9 @@ from coordinator.policy.scope import Scope
 from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
 from coordinator.policy_book import PolicyBook, PolicyDenied
 from coordinator.reconcile import Plan, plan
-from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store
+from coordinator.store.db import AttachmentLimitReached, PoolExhausted
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats
+from coordinator.store.worker import AsyncStore
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class AttachmentService:
         self,
         *,
         config: Config,
-        store: Store,
+        store: AsyncStore,
         backend: EswitchBackend,
         ovsdb: Ovsdb,
         openflow: OpenFlowSwitch,
@@ -204,11 +205,11 @@ class AttachmentService:
         """Bring the bridge and every stored attachment to their intended
         state: finish what a crash interrupted, remove what no attachment
         holds, re-install flows."""
-        presence = self._store.sync_devices(await asyncio.to_thread(self._backend.inventory))
-        for record in self._store.list_attachments():
+        presence = await self._store.sync_devices(await asyncio.to_thread(self._backend.inventory))
+        for record in await self._store.list_attachments():
             if record.device.device_id in presence.vanished:
                 # Gone while the daemon was down (the host removed the VF).
-                self._store.append_event(record, "DpuAttachmentDrift", False, "DeviceRemoved",
+                await self._store.append_event(record, "DpuAttachmentDrift", False, "DeviceRemoved",
                                          f"{record.device.device_id} disappeared while the coordinator was down")  # fmt: skip
         await self.reconverge("start")
 
@@ -216,13 +217,15 @@ class AttachmentService:
         """A removed device is back (the host re-created the VF): its function
         lost its address and its representor may be a new port: re-install."""
         async with self._operation("re-install", wait=True), self._locks[record.sandbox_id]:
-            current = self._store.get(record.attachment_id)
+            current = await self._store.get(record.attachment_id)
             if current is None or current.state is not AttachmentState.BOUND:
                 return
             try:
                 await self._install(current)
             except Unavailable as exc:
-                self._store.append_event(current, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
+                await self._store.append_event(
+                    current, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc)
+                )
         await self._events.notify()
 
     async def reconverge(self, reason: str) -> ConvergeReport:
@@ -275,14 +278,14 @@ class AttachmentService:
             numbers = await self._ovsdb.interface_ofports()
         except OvsdbError as exc:
             return f"switch unreachable: {exc}"
-        return self._port_moved(numbers)
+        return await self._port_moved(numbers)
 
-    def _port_moved(self, numbers: Mapping[str, int]) -> str | None:
+    async def _port_moved(self, numbers: Mapping[str, int]) -> str | None:
         """OpenFlow port numbers are not fixed: after an ovs-vswitchd restart
         a port can come back under another one (a port added while it was
         down may have taken the old number first). Our flows name ports by
         number, so a port that moved needs its flows re-programmed."""
-        in_use = {record.device.representor: record.ofport for record in self._store.list_attachments()
+        in_use = {record.device.representor: record.ofport for record in await self._store.list_attachments()
                   if record.state == AttachmentState.BOUND and record.ofport > 0}  # fmt: skip
         uplink = self._config.ovs.uplink
         if uplink and self.dataplane.uplink_ofport is not None:
@@ -300,7 +303,7 @@ class AttachmentService:
         facts = await dp.facts()
         prepared = [p.slot for p in facts.prepared]
         work = plan(
-            self._store.list_attachments(), facts.ports, facts.flows, prepared, self._config.ovs.uplink
+            await self._store.list_attachments(), facts.ports, facts.flows, prepared, self._config.ovs.uplink
         )
         await self._finish_interrupted(work)
         await self._remove_orphans(work)
@@ -328,7 +331,7 @@ class AttachmentService:
                 # Kept in the store: the next reconverge tries again.
                 log.error("finishing %s of %s failed: %s", record.state.value, record.attachment_id, exc)
                 continue
-            self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
+            await self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
             self.observer.corrected(
                 "RolledBack" if record.state is AttachmentState.ATTACHING else "DetachFinished"
             )
@@ -337,33 +340,35 @@ class AttachmentService:
         dp = self.dataplane
         for port in work.orphan_ports:
             await dp.remove_port(port.name)
-            self._drift(port.attachment_id, port.sandbox_id, "OrphanPortRemoved",
+            await self._drift(port.attachment_id, port.sandbox_id, "OrphanPortRemoved",
                         f"port {port.name} carried our owner tag but belongs to no attachment: removed")  # fmt: skip
         for slot in work.orphan_slots:
             await dp.remove_slot(slot)
-            self._drift("", "", "OrphanFlowsRemoved",
+            await self._drift("", "", "OrphanFlowsRemoved",
                         f"flows of cookie {cookie_for_slot(slot):#x} belong to no attachment: removed")  # fmt: skip
         for device in work.orphan_devices:
             await dp.release(device)
-            self._drift("", "", "OrphanDeviceReleased",
+            await self._drift("", "", "OrphanDeviceReleased",
                         f"{device.device_id} was prepared but no attachment claims it: released")  # fmt: skip
 
     async def _remove_orphan_meters(self) -> None:
         # After the interrupted attachments are gone: a meter numbered like
         # no BOUND attachment's slot is left from a crash (meters cannot ride
         # in a bundle, so one can outlive its flows).
-        slots = {r.slot for r in self._store.list_attachments(state=AttachmentState.BOUND)}
+        slots = {r.slot for r in await self._store.list_attachments(state=AttachmentState.BOUND)}
         for meter in sorted(await self.dataplane.learn_meters() - slots):
             await self.dataplane.remove_meter(meter)
-            self._drift("", "", "OrphanMeterRemoved", f"meter {meter} belongs to no attachment: removed")
+            await self._drift(
+                "", "", "OrphanMeterRemoved", f"meter {meter} belongs to no attachment: removed"
+            )
 
-    def _drift(self, attachment_id: str, sandbox_id: str, reason: str, message: str) -> None:
+    async def _drift(self, attachment_id: str, sandbox_id: str, reason: str, message: str) -> None:
         """A drift event; its host sees it when the id was ever its."""
-        fence = self._store.fence(attachment_id) if attachment_id else None
+        fence = await self._store.fence(attachment_id) if attachment_id else None
         owner = fence.owner if fence else ""
         log.warning("drift corrected: %s", message, extra={"attachment_id": attachment_id, "reason": reason})
         self.observer.corrected(reason)
-        self._store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
+        await self._store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
 
     async def _reinstall(self, work: Plan, facts: WorldFacts, *, restarted: bool) -> tuple[int, int, int]:
         """Plug every BOUND attachment and install all their flows in one
@@ -375,7 +380,7 @@ class AttachmentService:
         gate = asyncio.Semaphore(PLUG_CONCURRENCY)
 
         async def plug(record: AttachmentRecord) -> _Plugged | None:
-            scope, state, version = self._intended(record)
+            scope, state, version = await self._intended(record)
             rep = record.device.representor
             ofport = facts.ofports.get(rep)
             mac = prepared.get(record.device.device_id)
@@ -389,7 +394,9 @@ class AttachmentService:
                         ofport = await dp.add_port(record, rep, zone_limit=False)
                     await dp.set_meter(record.slot, scope)
                 except (Unavailable, OpenFlowError) as exc:
-                    self._store.append_event(record, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
+                    await self._store.append_event(
+                        record, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc)
+                    )
                     return None
             return _Plugged(record, rep, ofport, state, version, scope)
 
@@ -400,7 +407,9 @@ class AttachmentService:
         desired: dict[int, list[str]] = {}
         adopted: dict[str, Scope] = {}
         for p in plugged:
-            if p.state is PolicyState.APPLIED and p.version != self._stored_version(p.record.sandbox_id):
+            if p.state is PolicyState.APPLIED and p.version != await self._stored_version(
+                p.record.sandbox_id
+            ):
                 adopted[p.record.sandbox_id] = p.scope
             desired[cookie_for_slot(p.record.slot)] = dp.desired_flows(p.record, p.ofport, p.scope)
         try:
@@ -413,18 +422,18 @@ class AttachmentService:
         for sandbox_id, scope in adopted.items():
             # The gateway's latest policy, now installed (its apply had
             # failed, e.g. OVS went away mid-update): the new last good one.
-            self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+            await self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         repaired = 0
         missing = set(work.missing_ports)
         for p in plugged:
             record, rep, ofport, state, version = p.record, p.rep, p.ofport, p.state, p.version
             if record.attachment_id in missing:
-                self._drift(record.attachment_id, record.sandbox_id, "PortRestored",
+                await self._drift(record.attachment_id, record.sandbox_id, "PortRestored",
                             f"port {rep} was missing from the bridge: re-added")  # fmt: skip
             change = changes.get(cookie_for_slot(record.slot))
             if change is not None and not restarted:
                 repaired += 1
-                self._drift(record.attachment_id, record.sandbox_id, "FlowsRepaired",
+                await self._drift(record.attachment_id, record.sandbox_id, "FlowsRepaired",
                             f"flows differed from the stored policy: +{change.added} -{change.removed}")  # fmt: skip
             if (record.ofport, record.device.representor, record.policy_state, record.policy_version) != (
                 ofport,
@@ -432,7 +441,7 @@ class AttachmentService:
                 state,
                 version,
             ):
-                self._store.mark_bound(
+                await self._store.mark_bound(
                     record.attachment_id,
                     ofport=ofport,
                     policy_state=state,
@@ -520,8 +529,8 @@ class AttachmentService:
         self._health = (now, report)
         return report
 
-    def pools(self) -> list[PoolStats]:
-        return self._store.pool_stats()
+    async def pools(self) -> list[PoolStats]:
+        return await self._store.pool_stats()
 
     # -- attach -----------------------------------------------------------------
 
@@ -542,7 +551,7 @@ class AttachmentService:
         if self._switch_lost is not None:
             raise Unavailable(f"the switch is being re-programmed ({self._switch_lost}); retry shortly")
         async with self._operation("Attach", wait=False), self._locks[params.sandbox_id]:
-            existing = self._store.find_by_request(caller.identity, params.request_id)
+            existing = await self._store.find_by_request(caller.identity, params.request_id)
             if existing is not None:
                 return self._replay(existing, params, network_class)
             if not self._admission.try_take():
@@ -564,7 +573,7 @@ class AttachmentService:
                 network_class=network_class,
             )
             try:
-                record = self._store.create_attachment(
+                record = await self._store.create_attachment(
                     new,
                     mac_for=lambda s: mac_for_device(self._mac_salt, s.kind, s.controller, s.pf, s.number),
                     max_attachments=self._config.limits.max_attachments,
@@ -597,8 +606,8 @@ class AttachmentService:
         if self.policy_source is not None:
             self.policy_source.register([sandbox_id])
 
-    def _unregister_if_unused(self, sandbox_id: str) -> None:
-        if self.policy_source is not None and not self._store.list_attachments(sandbox_id=sandbox_id):
+    async def _unregister_if_unused(self, sandbox_id: str) -> None:
+        if self.policy_source is not None and not await self._store.list_attachments(sandbox_id=sandbox_id):
             self.policy_source.unregister([sandbox_id])
             self.book.forget(sandbox_id)
 
@@ -619,8 +628,8 @@ class AttachmentService:
             ) from exc
         await self._enforce(record, ofport, scope)
         faults.reached("attach.flows_installed")
-        self._store.save_policy(record.sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
-        return self._store.mark_bound(
+        await self._store.save_policy(record.sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        return await self._store.mark_bound(
             record.attachment_id,
             ofport=ofport,
             policy_state=PolicyState.APPLIED,
@@ -644,9 +653,9 @@ class AttachmentService:
             )
         return existing
 
-    def _scope_for(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
+    async def _scope_for(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
         """The sandbox's last good policy if there is one, else its class."""
-        stored = self._store.policy(record.sandbox_id)
+        stored = await self._store.policy(record.sandbox_id)
         if stored is None:
             return self._classes[record.network_class], PolicyState.BASELINE, 0
         version, text = stored
@@ -658,8 +667,8 @@ class AttachmentService:
             log.error("stored policy of sandbox %s unusable (%s); denying all", record.sandbox_id, exc)
             return self._classes[DENY_ALL_CLASS], PolicyState.DEGRADED, version
 
-    def _stored_version(self, sandbox_id: str) -> int | None:
-        stored = self._store.policy(sandbox_id)
+    async def _stored_version(self, sandbox_id: str) -> int | None:
+        stored = await self._store.policy(sandbox_id)
         return stored[0] if stored else None
 
     def _denied(self, record: AttachmentRecord) -> bool:
@@ -669,7 +678,7 @@ class AttachmentService:
             record.policy_state is PolicyState.STALE and self._config.policy.on_stale == "deny-all"
         )
 
-    def _intended(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
+    async def _intended(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
         """What a BOUND attachment should enforce when it is re-installed,
         and the policy state that goes with it: deny-all while its policy
         is withdrawn (or stale with on_stale = deny-all); the gateway's
@@ -677,7 +686,7 @@ class AttachmentService:
         last good policy (or the class), keeping STALE / DEGRADED."""
         if self._denied(record):
             return self._classes[DENY_ALL_CLASS], record.policy_state, record.policy_version
-        scope, state, version = self._scope_for(record)
+        scope, state, version = await self._scope_for(record)
         latest = self.book.latest(record.sandbox_id)
         if latest is not None and (state is not PolicyState.APPLIED or latest.version != version):
             return latest, PolicyState.APPLIED, latest.version
@@ -702,11 +711,11 @@ class AttachmentService:
 
     async def _install(self, record: AttachmentRecord) -> AttachmentRecord:
         """Plug, install and verify the sandbox's flows, mark BOUND."""
-        scope, state, version = self._scope_for(record)
+        scope, state, version = await self._scope_for(record)
         rep, ofport = await self._plug(record)
         await self._enforce(record, ofport, scope)
         faults.reached("attach.flows_installed")
-        return self._store.mark_bound(
+        return await self._store.mark_bound(
             record.attachment_id, ofport=ofport, policy_state=state, policy_version=version, representor=rep
         )
 
@@ -729,7 +738,7 @@ class AttachmentService:
     async def _apply_locked(self, sandbox_id: str, scope: Scope) -> list[AttachmentRecord]:
         results = []
         failed = False
-        records = self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
+        records = await self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
         for record in records:
             began = time.monotonic()
             try:
@@ -739,7 +748,7 @@ class AttachmentService:
                 failed = True
                 event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
                 results.append(
-                    self._store.set_policy_status(
+                    await self._store.set_policy_status(
                         record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
                     )
                 )
@@ -749,13 +758,13 @@ class AttachmentService:
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
             event = ("DpuPolicyApplied", True, "Applied", message)
             results.append(
-                self._store.set_policy_status(
+                await self._store.set_policy_status(
                     record.attachment_id, PolicyState.APPLIED, scope.version, event=event
                 )
             )
         faults.reached("policy.status_recorded")
         if not failed:
-            self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+            await self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
         return results
 
     async def apply_latest(self, sandbox_id: str) -> None:
@@ -781,7 +790,7 @@ class AttachmentService:
         attachments turned."""
         wanted = set(sandbox_ids)
         for sandbox_id in sorted(wanted):
-            self._store.delete_policy(sandbox_id)
+            await self._store.delete_policy(sandbox_id)
 
         def pick(record: AttachmentRecord) -> bool:
             if record.policy_state is PolicyState.PENDING:
@@ -797,8 +806,10 @@ class AttachmentService:
         """The sandbox's new policy was unusable: keep enforcing the last good
         one and say so."""
         async with self._locks[sandbox_id]:
-            for record in self._store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND):
-                self._store.set_policy_status(
+            for record in await self._store.list_attachments(
+                sandbox_id=sandbox_id, state=AttachmentState.BOUND
+            ):
+                await self._store.set_policy_status(
                     record.attachment_id, PolicyState.DEGRADED, record.policy_version,
                     event=("DpuPolicyDegraded", True, reason, message),
                 )  # fmt: skip
@@ -843,7 +854,7 @@ class AttachmentService:
             affected = sorted(
                 {
                     r.sandbox_id
-                    for r in self._store.list_attachments(state=AttachmentState.BOUND)
+                    for r in await self._store.list_attachments(state=AttachmentState.BOUND)
                     if (sandbox_ids is None or r.sandbox_id in sandbox_ids) and pick(r)
                 }
             )
@@ -877,7 +888,7 @@ class AttachmentService:
         so none of it delays the cut nor its record."""
         records = [
             r
-            for r in self._store.list_attachments(state=AttachmentState.BOUND)
+            for r in await self._store.list_attachments(state=AttachmentState.BOUND)
             if r.sandbox_id in sandbox_ids and pick(r)
         ]
         if not records:
@@ -895,7 +906,7 @@ class AttachmentService:
                 )
                 records = await self._close_one_by_one(records, deny_all)
         cut = time.monotonic()
-        self._store.set_policy_statuses(
+        await self._store.set_policy_statuses(
             [(r.attachment_id, state, r.policy_version) for r in records], event=event
         )
         recorded = time.monotonic()
@@ -935,9 +946,11 @@ class AttachmentService:
         """The policy's verdict for ``packet`` and the live switch's trace."""
         if not caller.is_admin:
             raise PermissionDenied("ExplainPacket is for admins")
-        record = self.get(caller, attachment_id)
+        record = await self.get(caller, attachment_id)
         # What the switch enforces: deny-all while withdrawn or stale-denied.
-        enforced = self._classes[DENY_ALL_CLASS] if self._denied(record) else self._scope_for(record)[0]
+        enforced = (
+            self._classes[DENY_ALL_CLASS] if self._denied(record) else (await self._scope_for(record))[0]
+        )
         verdict = evaluate(enforced, packet)
         ports = TracePorts(
             attachment_ofport=record.ofport,
@@ -958,8 +971,10 @@ class AttachmentService:
     async def _undo_attach(self, record: AttachmentRecord, cause: BaseException) -> None:
         try:
             await self.dataplane.teardown(record)
-            self._store.delete_attachment(record.attachment_id, reason="AttachFailed", message=str(cause))
-            self._unregister_if_unused(record.sandbox_id)
+            await self._store.delete_attachment(
+                record.attachment_id, reason="AttachFailed", message=str(cause)
+            )
+            await self._unregister_if_unused(record.sandbox_id)
         except Exception:
             # Left ATTACHING in the store: the next start-up rolls it back.
             log.exception("rollback of attachment %s failed", record.attachment_id)
@@ -970,10 +985,10 @@ class AttachmentService:
     async def detach(self, caller: Caller, attachment_id: str, generation: int) -> bool:
         """True if detached now, False if it already was (idempotent)."""
         self._heard_from.add(caller.identity)
-        found = self._store.get(attachment_id) or self._store.fence(attachment_id)
+        found = await self._store.get(attachment_id) or await self._store.fence(attachment_id)
         async with self._operation("Detach", wait=False), self._locks[found.sandbox_id if found else ""]:
-            record = self._store.get(attachment_id)
-            fence = self._store.fence(attachment_id)
+            record = await self._store.get(attachment_id)
+            fence = await self._store.fence(attachment_id)
             owner = record.owner if record else fence.owner if fence else None
             if owner is None or not caller.may_see(owner):
                 raise NotFound(f"attachment {attachment_id} not found")
@@ -1004,11 +1019,11 @@ class AttachmentService:
     async def _release(self, record: AttachmentRecord, reason: str, message: str) -> None:
         """Detach ``record`` (its sandbox lock held): DETACHING, tear down,
         delete. A crash in between is finished by the next reconverge."""
-        record = self._store.mark_detaching(record.attachment_id)
+        record = await self._store.mark_detaching(record.attachment_id)
         faults.reached("detach.marked")
         await self.dataplane.teardown(record)
-        self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
-        self._unregister_if_unused(record.sandbox_id)
+        await self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
+        await self._unregister_if_unused(record.sandbox_id)
         log.info(
             "detached",
             extra={"attachment_id": record.attachment_id, "sandbox_id": record.sandbox_id, "reason": reason},
@@ -1034,14 +1049,14 @@ class AttachmentService:
         self._heard_from.add(caller.identity)
         owner = None if caller.is_admin else caller.identity
         decided: HostReconcilePlan = plan_host_reconcile(
-            host_instance_id, known, self._store.list_attachments(owner=owner)
+            host_instance_id, known, await self._store.list_attachments(owner=owner)
         )
         taken = {}
         for record in decided.take_over:
             async with self._locks[record.sandbox_id]:
-                current = self._store.get(record.attachment_id)
+                current = await self._store.get(record.attachment_id)
                 if current is not None and current.lease_generation == record.lease_generation:
-                    taken[record.attachment_id] = self._store.take_over(
+                    taken[record.attachment_id] = await self._store.take_over(
                         record.attachment_id, host_instance_id
                     )
         matched = tuple(taken.get(r.attachment_id, r) for r in decided.matched)
@@ -1050,7 +1065,7 @@ class AttachmentService:
             async with self._operation("Reconcile", wait=False):
                 for record in decided.coordinator_only:
                     async with self._locks[record.sandbox_id]:
-                        current = self._store.get(record.attachment_id)
+                        current = await self._store.get(record.attachment_id)
                         if current is None or current.state is not AttachmentState.BOUND:
                             continue
                         await self._release(current, "ReleasedByReconcile",
@@ -1078,7 +1093,7 @@ class AttachmentService:
         authoritative: released. Returns their ids."""
         quiet = [
             r
-            for r in self._store.list_attachments(state=AttachmentState.BOUND)
+            for r in await self._store.list_attachments(state=AttachmentState.BOUND)
             if r.owner not in self._heard_from
         ]
         authoritative = self._config.reconcile.reconcile_mode == "authoritative"
@@ -1086,30 +1101,30 @@ class AttachmentService:
             message = f"host {record.owner} has not reconciled within reconcile.host_grace_s"
             if authoritative:
                 async with self._operation("reconcile expiry", wait=True), self._locks[record.sandbox_id]:
-                    current = self._store.get(record.attachment_id)
+                    current = await self._store.get(record.attachment_id)
                     if current is not None and current.state is AttachmentState.BOUND:
                         await self._release(current, "HostNeverReconciled", message + ": released")
             else:
-                self._store.append_event(record, "DpuHostNotReconciled", False, "HostNeverReconciled",
+                await self._store.append_event(record, "DpuHostNotReconciled", False, "HostNeverReconciled",
                                          message + " (reconcile_mode advisory: kept)")  # fmt: skip
         await self._events.notify()
         return [r.attachment_id for r in quiet]
 
     # -- queries -------------------------------------------------------------------
 
-    def get(self, caller: Caller, attachment_id: str) -> AttachmentRecord:
-        record = self._store.get(attachment_id)
+    async def get(self, caller: Caller, attachment_id: str) -> AttachmentRecord:
+        record = await self._store.get(attachment_id)
         if record is None or not caller.may_see(record.owner):
             raise NotFound(f"attachment {attachment_id} not found")
         return record
 
-    def list_all(self) -> list[AttachmentRecord]:
-        return self._store.list_attachments()
+    async def list_all(self) -> list[AttachmentRecord]:
+        return await self._store.list_attachments()
 
-    def list(
+    async def list(
         self, caller: Caller, *, sandbox_id: str, host_instance_id: str, state: AttachmentState | None
     ) -> list[AttachmentRecord]:
         owner = None if caller.is_admin else caller.identity
-        return self._store.list_attachments(
+        return await self._store.list_attachments(
             owner=owner, sandbox_id=sandbox_id, host_instance_id=host_instance_id, state=state
         )

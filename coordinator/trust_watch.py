@@ -34,7 +34,7 @@ from coordinator.certs import IdentityError, identity_from_certificate
 from coordinator.events import EventHub
 from coordinator.metrics import Metrics
 from coordinator.security_events import SecurityEvents
-from coordinator.store.db import Store
+from coordinator.store.worker import AsyncStore
 from coordinator.trust.material import MaterialError, TrustSet
 from coordinator.trust.reloader import TrustReloader
 
@@ -46,7 +46,9 @@ REFUSAL_REPEAT_S = 60.0
 
 
 class TrustReport:
-    def __init__(self, store: Store, events: EventHub, security: SecurityEvents, metrics: Metrics) -> None:
+    def __init__(
+        self, store: AsyncStore, events: EventHub, security: SecurityEvents, metrics: Metrics
+    ) -> None:
         self._store = store
         self._events = events
         self._security = security
@@ -108,13 +110,27 @@ class TrustReport:
         )
 
     def _condition(self, status: bool, reason: str, message: str) -> None:
-        last = self._store.last_coordinator_event(CONDITION)
-        if (last.status if last is not None else True) == status:
-            return
-        self._store.append_coordinator_event(CONDITION, status, reason, message)
-        task = asyncio.ensure_future(self._events.notify())
+        # The reloaders call back from plain functions: the store work runs
+        # as a task, its check and write as one call on the store's thread,
+        # so conditions land in the order they were reported.
+        task = asyncio.ensure_future(self._record_condition(status, reason, message))
         self._notify.add(task)
         task.add_done_callback(self._notify.discard)
+
+    async def _record_condition(self, status: bool, reason: str, message: str) -> None:
+        def record() -> bool:
+            last = self._store.sync.last_coordinator_event(CONDITION)
+            if (last.status if last is not None else True) == status:
+                return False
+            self._store.sync.append_coordinator_event(CONDITION, status, reason, message)
+            return True
+
+        if await self._store.run(record):
+            await self._events.notify()
+
+    async def settled(self) -> None:
+        """Wait until every condition reported so far is in the store."""
+        await asyncio.gather(*self._notify)
 
 
 def start_trust_reloads(reloaders: Sequence[TrustReloader], interval_s: float) -> list[asyncio.Task[None]]:

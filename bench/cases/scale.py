@@ -225,7 +225,7 @@ async def _stale_deny_all(
     adapters = await build(config, backend)
     try:
         service = adapters.service
-        bound = service.list_all()
+        bound = await service.list_all()
         load = [sys.executable, str(LOAD_SCRIPT), "eth0", str(per_attachment), *(r.mac for r in bound)]
         await asyncio.to_thread(netns.set_link, uplink_ns, "eth0")
         await asyncio.to_thread(netns.run_in_netns, uplink_ns, load, timeout=600)

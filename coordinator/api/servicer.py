@@ -32,7 +32,7 @@ from coordinator.errors import (
 from coordinator.events import EventHub
 from coordinator.offload_status import OffloadMonitor
 from coordinator.service import AttachmentService
-from coordinator.store.db import Store
+from coordinator.store.worker import AsyncStore
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     def __init__(
         self,
         service: AttachmentService,
-        store: Store,
+        store: AsyncStore,
         events: EventHub,
         roles: RoleMap,
         backend_name: str,
@@ -96,7 +96,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         report = await self._service.health()
         offload = await self._offload.total() if self._offload is not None else None
         return convert.health_to_pb(
-            report, self._service.pools(), self._backend_name, __version__, offload=offload
+            report, await self._service.pools(), self._backend_name, __version__, offload=offload
         )
 
     @unary
@@ -116,7 +116,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
     async def GetAttachment(self, request: pb.GetAttachmentRequest, context: Context) -> pb.Attachment:
         caller = current_caller()
         attachment_id = convert.require_id("attachment_id", request.attachment_id)
-        record = self._service.get(caller, attachment_id)
+        record = await self._service.get(caller, attachment_id)
         offload = None
         if self._offload is not None:
             offload = await self._offload.for_ports([record.device.representor])
@@ -127,7 +127,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         self, request: pb.ListAttachmentsRequest, context: Context
     ) -> pb.ListAttachmentsResponse:
         caller = current_caller()
-        records = self._service.list(
+        records = await self._service.list(
             caller,
             sandbox_id=convert.optional_id("sandbox_id", request.sandbox_id),
             host_instance_id=convert.optional_id("host_instance_id", request.host_instance_id),
@@ -160,7 +160,7 @@ class CoordinatorServicer(pb_grpc.CoordinatorServicer):
         except InvalidArgument as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc), DETAIL_LIMIT))
         while not self._events.closed:
-            batch = self._store.events_since(seq, owner=owner)
+            batch = await self._store.events_since(seq, owner=owner)
             for event in batch:
                 yield convert.event_to_pb(event)
                 seq = event.seq

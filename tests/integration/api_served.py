@@ -101,8 +101,10 @@ async def serve(tmp: Path, ovs: OvsInstance, pki: DevPki, bridge: str, uplink: s
         auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity,)),
         logs=LogsConfig(security_events_path=str(log)),
     )
-    security = start_security_events(config, stack.store, stack.events)
-    servicer = CoordinatorServicer(stack.service, stack.store, stack.events, RoleMap(config.auth), "emulated")
+    security = start_security_events(config, stack.async_store, stack.events)
+    servicer = CoordinatorServicer(
+        stack.service, stack.async_store, stack.events, RoleMap(config.auth), "emulated"
+    )
     metrics = RpcMetricsInterceptor(Metrics(CollectorRegistry()))
     server, port = await start_server(config.server, servicer, interceptors=[metrics, *security.interceptors])
     target = f"127.0.0.1:{port}"

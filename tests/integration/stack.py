@@ -24,6 +24,7 @@ from coordinator.ovs.ovsdb import Ovsdb
 from coordinator.service import AttachmentService, AttachParams
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentRecord
+from coordinator.store.worker import AsyncStore
 
 NETPROBE = str(Path(__file__).with_name("netprobe.py"))
 UPLINK_V4 = "198.51.100.1"
@@ -94,6 +95,9 @@ class Stack:
     openflow: OpenFlowSwitch
     service: AttachmentService
     events: EventHub
+    # The daemon's store thread; ``store`` is the same database, for
+    # inspection from the test between operations.
+    async_store: AsyncStore
     guests: list[str] = field(default_factory=list)
 
     async def attach(self, sandbox: str, kind: DeviceKind | None = None) -> AttachmentRecord:
@@ -116,7 +120,7 @@ class Stack:
     async def close(self) -> None:
         await self.ovsdb.close()
         self.backend.destroy()
-        self.store.close()
+        await self.async_store.close()
 
 
 async def build_stack(
@@ -158,7 +162,7 @@ async def build_stack(
     except BaseException:
         backend.destroy()  # its guest namespaces must not outlive a failed start
         raise
-    return Stack(config, ovs, a.store, backend, a.ovsdb, a.openflow, a.service, a.events)
+    return Stack(config, ovs, a.store.sync, backend, a.ovsdb, a.openflow, a.service, a.events, a.store)
 
 
 def probe_tcp(ns: str, host: str, port: int, *, source: str | None = None, timeout: float = 1.0) -> bool:

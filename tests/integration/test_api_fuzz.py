@@ -147,7 +147,7 @@ async def _check_invariants(served: Served) -> None:
     attached: dict[str, int] = {}
     for record in records:
         attached[record.device.kind.name] = attached.get(record.device.kind.name, 0) + 1
-    for pool in served.stack.service.pools():
+    for pool in await served.stack.service.pools():
         assert pool.free + attached.get(pool.kind.name, 0) == pool.total, (pool, attached)
     ports = set(served.stack.ovs.vsctl("list-ports", BRIDGE).split())
     assert ports == {"uplink", *(r.device.representor for r in records)}, (ports, records)

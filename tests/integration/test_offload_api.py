@@ -72,7 +72,7 @@ async def _offload_unavailable(stack: tuple[Stack, Uplink]) -> None:
     probe_ping(ns, UPLINK_V4)  # allowed or not, it puts datapath flows in from the representor
     monitor = offload_monitor(s.config)
     servicer = CoordinatorServicer(
-        s.service, s.store, s.events, AsHost(AuthConfig()), "emulated", offload=monitor
+        s.service, s.async_store, s.events, AsHost(AuthConfig()), "emulated", offload=monitor
     )
     context: Any = Context()
 
@@ -92,7 +92,7 @@ async def _offload_unavailable(stack: tuple[Stack, Uplink]) -> None:
     assert monitor.dumps == 1
 
     # Without a monitor the fields stay unset rather than claiming anything.
-    plain = CoordinatorServicer(s.service, s.store, s.events, AsHost(AuthConfig()), "emulated")
+    plain = CoordinatorServicer(s.service, s.async_store, s.events, AsHost(AuthConfig()), "emulated")
     assert not (await plain.Health(pb.HealthRequest(), context)).HasField("offload")
     got = await plain.GetAttachment(pb.GetAttachmentRequest(attachment_id=record.attachment_id), context)
     assert not got.HasField("offload")

@@ -66,7 +66,7 @@ def _reasons(stack: Stack, record: AttachmentRecord) -> list[str]:
 
 
 async def _detach_all(stack: Stack) -> None:
-    for record in stack.service.list_all():
+    for record in await stack.service.list_all():
         await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
     await stack.close()
 

@@ -103,8 +103,10 @@ async def served(tmp_path: Path, ovs: OvsInstance, uplink: Uplink, pki: DevPki) 
         logs=LogsConfig(security_events_path=str(log)),
     )
     # The same wiring as daemon.run_daemon.
-    security: SecurityEvents = start_security_events(config, stack.store, stack.events)
-    servicer = CoordinatorServicer(stack.service, stack.store, stack.events, RoleMap(config.auth), "emulated")
+    security: SecurityEvents = start_security_events(config, stack.async_store, stack.events)
+    servicer = CoordinatorServicer(
+        stack.service, stack.async_store, stack.events, RoleMap(config.auth), "emulated"
+    )
     server, port = await start_server(config.server, servicer, interceptors=security.interceptors)
     try:
         yield Served(stack, pki, f"127.0.0.1:{port}", log)

@@ -88,18 +88,18 @@ async def test_hosts_that_never_reconcile_after_a_restart(
     record = await stack.attach("quiet")
     assert await stack.service.expire_unreconciled() == []  # heard from: it attached
     await stack.ovsdb.close()
-    stack.store.close()
+    await stack.async_store.close()
     again = await build(stack.config, stack.backend)  # a restart of the daemon
-    restarted = Stack(stack.config, ovs, again.store, stack.backend, again.ovsdb, again.openflow,
-                      again.service, again.events)  # fmt: skip
+    restarted = Stack(stack.config, ovs, again.store.sync, stack.backend, again.ovsdb, again.openflow,
+                      again.service, again.events, again.store)  # fmt: skip
     try:
         assert await again.service.expire_unreconciled() == [record.attachment_id]
-        events = [e for e in again.store.events_since(0) if e.attachment_id == record.attachment_id]
+        events = [e for e in await again.store.events_since(0) if e.attachment_id == record.attachment_id]
         if mode == "advisory":
-            assert again.store.get(record.attachment_id) is not None
+            assert await again.store.get(record.attachment_id) is not None
             assert events[-1].type == "DpuHostNotReconciled"
         else:
-            assert again.store.get(record.attachment_id) is None
+            assert await again.store.get(record.attachment_id) is None
             assert events[-1].reason == "HostNeverReconciled"
             assert not _our_flow_cookies(restarted) - {f"cookie={BRIDGE_COOKIE:#x}"}
     finally:

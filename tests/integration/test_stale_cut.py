@@ -73,7 +73,7 @@ async def _applied(stack: Stack) -> list[AttachmentRecord]:
 
 
 async def _detach_all(stack: Stack) -> None:
-    for record in stack.service.list_all():
+    for record in await stack.service.list_all():
         await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
     await stack.close()
 

@@ -63,7 +63,7 @@ async def adapters(tmp_path: Path, ovs: OvsInstance, fake: FakeBlueField) -> Asy
     try:
         yield built
     finally:
-        for record in built.store.list_attachments():
+        for record in await built.store.list_attachments():
             await built.service.detach(HOST, record.attachment_id, record.lease_generation)
         await built.close()
 
@@ -102,10 +102,10 @@ async def test_each_failing_required_check_refuses_attach_until_fixed(
     for check, brake, fix in breakages:
         brake()
         await _until_check(adapters, check, ok=False)
-        rows = adapters.store.count()
+        rows = await adapters.store.count()
         with pytest.raises(FailedPrecondition, match=check):
             await _attach(adapters, f"sd-{check}")
-        assert adapters.store.count() == rows  # refused before anything was claimed
+        assert await adapters.store.count() == rows  # refused before anything was claimed
         fix()
         await _until_check(adapters, check, ok=True)
     # All fixed: the second VF attaches, its function carrying the assigned MAC.

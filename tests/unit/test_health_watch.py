@@ -20,6 +20,7 @@ from coordinator.health import HealthReport
 from coordinator.health_watch import FIRMWARE_EVENT, HEALTHY_EVENT, HealthWatch, start_health_watch
 from coordinator.store.db import Store
 from coordinator.store.records import EventRecord, NewAttachment
+from coordinator.store.worker import AsyncStore
 from tests.fake_bluefield import FakeBlueField
 
 HOST = "spiffe://bluefield.local/host/host-a"
@@ -66,7 +67,7 @@ async def test_one_event_per_transition(bf: FakeBlueField, store: Store) -> None
     be = SwitchdevEswitch(bf.settings(min_firmware_version="24.35.1000"), bf.transport())
     probe = Probe(be)
     events = EventHub()
-    watch = HealthWatch(store, events, probe)
+    watch = HealthWatch(AsyncStore(store), events, probe)
 
     assert await watch.check_once() == []  # healthy from the start: nothing to say
     bf.set_firmware("24.30.1000")  # below the minimum; not required by default
@@ -95,7 +96,7 @@ async def test_a_required_firmware_check_makes_the_coordinator_unhealthy(
     bf: FakeBlueField, store: Store
 ) -> None:
     settings = bf.settings(min_firmware_version="24.35.1000", firmware_required=True)
-    watch = HealthWatch(store, EventHub(), Probe(SwitchdevEswitch(settings, bf.transport())))
+    watch = HealthWatch(AsyncStore(store), EventHub(), Probe(SwitchdevEswitch(settings, bf.transport())))
     bf.set_firmware("22.1.1")
     assert sorted(await watch.check_once()) == sorted([HEALTHY_EVENT, FIRMWARE_EVENT])
     [healthy] = [e for e in store.events_since(0) if e.type == HEALTHY_EVENT]
@@ -104,7 +105,7 @@ async def test_a_required_firmware_check_makes_the_coordinator_unhealthy(
 
 async def test_other_required_checks_count_too(bf: FakeBlueField, store: Store) -> None:
     probe = Probe(SwitchdevEswitch(bf.settings(), bf.transport()))
-    watch = HealthWatch(store, EventHub(), probe)
+    watch = HealthWatch(AsyncStore(store), EventHub(), probe)
     probe.ovs = HealthFact("ovs_reachable", False, "connection refused", required=True)
     assert await watch.check_once() == [HEALTHY_EVENT]
     probe.ovs = OVS_OK
@@ -117,9 +118,9 @@ async def test_other_required_checks_count_too(bf: FakeBlueField, store: Store) 
 async def test_no_repeat_after_a_restart(bf: FakeBlueField, store: Store) -> None:
     be = SwitchdevEswitch(bf.settings(), bf.transport())
     bf.set_mode("legacy")
-    assert await HealthWatch(store, EventHub(), Probe(be)).check_once() == [HEALTHY_EVENT]
+    assert await HealthWatch(AsyncStore(store), EventHub(), Probe(be)).check_once() == [HEALTHY_EVENT]
     # A new watch (the daemon restarted) knows the last state from the log.
-    again = HealthWatch(store, EventHub(), Probe(be))
+    again = HealthWatch(AsyncStore(store), EventHub(), Probe(be))
     assert await again.check_once() == []
     bf.set_mode("switchdev")
     assert await again.check_once() == [HEALTHY_EVENT]
@@ -134,7 +135,9 @@ async def test_hosts_and_admins_see_coordinator_events_but_hosts_not_others(
     # An event with no owner (drift of something no attachment holds) stays admins-only.
     store.append_event(dataclasses.replace(other, owner=""), "DpuOrphanDrift", True, "Orphan", "admins only")
     bf.set_mode("legacy")
-    await HealthWatch(store, EventHub(), Probe(SwitchdevEswitch(bf.settings(), bf.transport()))).check_once()
+    await HealthWatch(
+        AsyncStore(store), EventHub(), Probe(SwitchdevEswitch(bf.settings(), bf.transport()))
+    ).check_once()
     seen: list[EventRecord] = store.events_since(0, owner=HOST)
     assert [(e.type, e.attachment_id, e.sandbox_id) for e in seen] == [(HEALTHY_EVENT, "", "")]
     admin = {e.type for e in store.events_since(0)}
@@ -154,7 +157,7 @@ async def test_the_task_polls_and_survives_a_failing_probe(store: Store) -> None
 
     config = config_from_mapping({"health": {"poll_s": 0.5}})
     events = EventHub()
-    task = start_health_watch(config, store, events, probe)
+    task = start_health_watch(config, AsyncStore(store), events, probe)
     try:
         await asyncio.wait_for(events.wait(timeout=5), timeout=5)
         assert calls == 2 and not task.done()

@@ -19,6 +19,7 @@ from coordinator.events import EventHub
 from coordinator.inventory_watch import DRIFT_EVENT, InventoryWatch, start_inventory_watch
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentRecord, EventRecord, NewAttachment
+from coordinator.store.worker import AsyncStore
 from tests.fake_bluefield import FakeBlueField
 
 OWNER = "spiffe://bluefield.local/host/host-a"
@@ -81,7 +82,7 @@ async def running(task: asyncio.Task[None]) -> AsyncIterator[asyncio.Task[None]]
 def polling_watch(
     store: Store, backend: SwitchdevEswitch, events: EventHub, **kwargs: object
 ) -> InventoryWatch:
-    return InventoryWatch(store, backend, events, poll_s=FAST_POLL_S, **kwargs)  # type: ignore[arg-type]
+    return InventoryWatch(AsyncStore(store), backend, events, poll_s=FAST_POLL_S, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_hot_add_and_remove_reach_the_pool_by_polling(
@@ -103,7 +104,7 @@ async def test_start_inventory_watch_uses_the_configured_interval(
     # No udevd here: the switchdev backend's udev source sees nothing (or
     # cannot open), and polling alone must do.
     config = config_from_mapping({"eswitch": {"inventory_poll_s": 0.1}})
-    async with running(start_inventory_watch(config, store, backend, EventHub())):
+    async with running(start_inventory_watch(config, AsyncStore(store), backend, EventHub())):
         bf.add_vf(6)
         await eventually(lambda: vf_pool(store) == (4, 4))
 
@@ -201,7 +202,7 @@ async def test_a_failing_inventory_keeps_the_pool_and_the_watch(
 ) -> None:
     flaky = FlakyBackend(backend)
     flaky.failures = 3
-    watch = InventoryWatch(store, flaky, EventHub(), poll_s=FAST_POLL_S)  # type: ignore[arg-type]
+    watch = InventoryWatch(AsyncStore(store), flaky, EventHub(), poll_s=FAST_POLL_S)  # type: ignore[arg-type]
     bf.remove_vf(2)
     assert await watch.sync_once() is None
     assert vf_pool(store) == (3, 3)  # unchanged, not emptied
@@ -238,7 +239,7 @@ async def test_udev_events_trigger_an_early_sync(
             notified.append(1)
 
     # Polling so slow that only the event can explain a prompt sync.
-    watch = InventoryWatch(store, backend, events, poll_s=600, event_source=source, settle_s=0.01)
+    watch = InventoryWatch(AsyncStore(store), backend, events, poll_s=600, event_source=source, settle_s=0.01)
     waiter = asyncio.ensure_future(count_notifies())
     try:
         async with running(asyncio.ensure_future(watch.run())):

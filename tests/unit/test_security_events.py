@@ -20,6 +20,7 @@ from coordinator.security_events import event_from_store, start_security_events
 from coordinator.security_log import SecurityEventLog
 from coordinator.store.db import Store
 from coordinator.store.records import EventRecord, NewAttachment, PolicyState
+from coordinator.store.worker import AsyncStore
 
 HOST = "spiffe://bluefield.local/host/host-a"
 ADMIN = "spiffe://bluefield.local/admin/admin"
@@ -225,7 +226,7 @@ async def test_follower_writes_store_events_and_resumes_after_a_restart(tmp_path
     config = config_from_mapping({"logs": {"security_events_path": str(path)}})
     first = _attach_and_detach(store, 1)
     events = EventHub()
-    security = start_security_events(config, store, events)
+    security = start_security_events(config, AsyncStore(store), events)
     assert len(security.interceptors) == 1 and len(security.tasks) == 1
     # Events from before the start (start-up convergence) are not lost.
     await _until(lambda: path.exists() and len(_lines(path)) == 2)
@@ -244,7 +245,7 @@ async def test_follower_writes_store_events_and_resumes_after_a_restart(tmp_path
     # A restart resumes after the last line written: nothing twice.
     third = _attach_and_detach(store, 3)
     events = EventHub()
-    security = start_security_events(config, store, events)
+    security = start_security_events(config, AsyncStore(store), events)
     await _until(lambda: len(_lines(path)) == 6)
     await asyncio.sleep(0.1)
     assert [e["resources"][0]["uid"] for e in _lines(path)[4:]] == [third, third]

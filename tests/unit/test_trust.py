@@ -26,6 +26,7 @@ from coordinator.metrics import Metrics, start_metrics_server
 from coordinator.security_events import SecurityEvents
 from coordinator.security_log import SecurityEventLog
 from coordinator.store.db import Store
+from coordinator.store.worker import AsyncStore
 from coordinator.trust.material import MaterialError, TrustFiles, TrustState, load_trust_set
 from coordinator.trust.peer import PeerCheck
 from coordinator.trust_watch import CONDITION, TrustReport
@@ -246,10 +247,11 @@ async def test_trust_report_writes_condition_finding_metrics_and_gateway_refusal
     log_path = tmp_path / "security.jsonl"
     security = SecurityEvents(SecurityEventLog(log_path))
     metrics = Metrics()
-    report = TrustReport(store, EventHub(), security, metrics)
+    report = TrustReport(AsyncStore(store), EventHub(), security, metrics)
     try:
         report.failed("server", MaterialError("server.key", str(pki.server_key), "mode 0644"))
         report.failed("server", MaterialError("server.key", str(pki.server_key), "mode 0644"))
+        await report.settled()
         condition = store.last_coordinator_event(CONDITION)
         assert condition is not None and not condition.status and condition.reason == "ReloadFailed"
         assert (
@@ -259,6 +261,7 @@ async def test_trust_report_writes_condition_finding_metrics_and_gateway_refusal
             == 2.0
         )
         report.reloaded("server", load_trust_set(files(pki)), True)
+        await report.settled()
         condition = store.last_coordinator_event(CONDITION)
         assert condition is not None and condition.status and condition.reason == "Reloaded"
         gateway = x509.load_pem_x509_certificate(pki.gateway_cert.read_bytes())

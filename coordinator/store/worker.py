@@ -1,0 +1,78 @@
+"""The store behind one worker thread, for the daemon's event loop.
+
+With synchronous=FULL every commit waits for an fsync; called on the loop,
+that wait would stall every RPC, the switch watch and the policy stream.
+``AsyncStore`` has the ``Store``'s methods as coroutines and runs each on a
+single dedicated thread, so the loop never waits on the disk and store
+calls stay strictly one after another, in the order they were made (the
+same discipline as the OVSDB adapter). Transactions never interleave: each
+method is one call on that thread.
+
+Code not on the daemon's loop (tests, offline tools) may keep using the
+``Store`` directly through ``sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+from coordinator.store.db import Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _on_store_thread(
+    method: Callable[Concatenate[Store, P], R],
+) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, R]]:
+    """``Store.method`` as a coroutine that runs it on the store's thread."""
+
+    async def call(self: AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.run(functools.partial(method, self.sync, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
+
+
+class AsyncStore:
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def run(self, fn: Callable[[], R]) -> R:
+        """Run ``fn`` on the store's thread, after every call made before it."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def close(self) -> None:
+        """Finish the calls already made, then close the database."""
+        await self.run(self.sync.close)
+        self._executor.shutdown(wait=True)
+
+    sync_devices = _on_store_thread(Store.sync_devices)
+    pool_stats = _on_store_thread(Store.pool_stats)
+    create_attachment = _on_store_thread(Store.create_attachment)
+    get = _on_store_thread(Store.get)
+    find_by_request = _on_store_thread(Store.find_by_request)
+    list_attachments = _on_store_thread(Store.list_attachments)
+    count = _on_store_thread(Store.count)
+    mark_bound = _on_store_thread(Store.mark_bound)
+    mark_detaching = _on_store_thread(Store.mark_detaching)
+    delete_attachment = _on_store_thread(Store.delete_attachment)
+    take_over = _on_store_thread(Store.take_over)
+    record_event = _on_store_thread(Store.record_event)
+    fence = _on_store_thread(Store.fence)
+    save_policy = _on_store_thread(Store.save_policy)
+    policy = _on_store_thread(Store.policy)
+    delete_policy = _on_store_thread(Store.delete_policy)
+    set_policy_status = _on_store_thread(Store.set_policy_status)
+    set_policy_statuses = _on_store_thread(Store.set_policy_statuses)
+    append_event = _on_store_thread(Store.append_event)
+    append_coordinator_event = _on_store_thread(Store.append_coordinator_event)
+    last_coordinator_event = _on_store_thread(Store.last_coordinator_event)
+    events_since = _on_store_thread(Store.events_since)
+    last_event_seq = _on_store_thread(Store.last_event_seq)
+    oldest_event_seq = _on_store_thread(Store.oldest_event_seq)
