@@ -11,24 +11,18 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
 
-from coordinator.certs import DevPki, init_dev_pki
-from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.identifiers import MAX_ID_LENGTH
-from tests.integration.api_served import ADMIN, METHODS, Served, serve
-from tests.integration.stack import Uplink
+from tests.integration.api_served import ADMIN, METHODS, Served
 
 pytestmark = pytest.mark.ovs
 
@@ -126,17 +120,6 @@ def _call() -> SearchStrategy[tuple[str, str, bytes]]:
     )
     raw = st.tuples(st.sampled_from(sorted(METHODS)), st.binary(max_size=512))
     return st.tuples(st.sampled_from(ROLES), st.one_of(typed, raw)).map(lambda t: (t[0], *t[1]))
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return init_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest_asyncio.fixture
-async def served(tmp_path: Path, ovs: OvsInstance, uplink: Uplink, pki: DevPki) -> AsyncIterator[Served]:
-    async with serve(tmp_path, ovs, pki, BRIDGE, "uplink") as running:
-        yield running
 
 
 async def _check_invariants(served: Served) -> None:

@@ -6,25 +6,19 @@ nothing a caller sends is echoed or written unbounded."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from coordinator import faults
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.bounded import DETAIL_LIMIT
 from coordinator.callers import Caller, Role
-from coordinator.certs import DevPki, init_dev_pki
-from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.errors import AlreadyExists, NotFound
 from coordinator.security_rate import BURST
 from coordinator.service import AttachParams
-from tests.integration.api_served import METHODS, Served, serve
-from tests.integration.stack import Uplink
+from tests.integration.api_served import METHODS, Served
 
 pytestmark = pytest.mark.ovs
 
@@ -36,17 +30,6 @@ BAD_UTF8 = b"\x0a\x02\xc3\x28"
 NOT_A_MESSAGE = b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
 # Distinct refused or replayed calls that must leave no per-sandbox state.
 CALLS = 50_000
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return init_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest_asyncio.fixture
-async def served(tmp_path: Path, ovs: OvsInstance, uplink: Uplink, pki: DevPki) -> AsyncIterator[Served]:
-    async with serve(tmp_path, ovs, pki, BRIDGE, "uplink") as running:
-        yield running
 
 
 async def test_authorization_comes_before_the_request_is_read(served: Served) -> None:

@@ -7,18 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
-from coordinator.certs import DevPki, init_dev_pki
-from coordinator.dev.ovs_instance import OvsInstance
-from tests.integration.api_served import Served, serve
-from tests.integration.stack import Uplink
+from tests.integration.api_served import Served
 
 pytestmark = pytest.mark.ovs
 
@@ -28,17 +22,6 @@ SLOW_COMMIT_S = 0.5
 PROMPT_S = 0.25
 TICK_S = 0.02
 STORM = 5  # more than the pool (3 devices): some are refused after a read
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return init_dev_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest_asyncio.fixture
-async def served(tmp_path: Path, ovs: OvsInstance, uplink: Uplink, pki: DevPki) -> AsyncIterator[Served]:
-    async with serve(tmp_path, ovs, pki, BRIDGE, "uplink") as running:
-        yield running
 
 
 def _slow_commits(statement: str) -> None:
