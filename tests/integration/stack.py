@@ -117,6 +117,12 @@ class Stack:
             netns.add_route(ns, "default", UPLINK_V6)
         return ns
 
+    async def detach_all_and_close(self) -> None:
+        """Detach what ``attach`` made, then close."""
+        for record in await self.service.list_all():
+            await self.service.detach(HOST, record.attachment_id, record.lease_generation)
+        await self.close()
+
     async def close(self) -> None:
         await self.ovsdb.close()
         self.backend.destroy()

@@ -15,7 +15,7 @@ from coordinator.flows.compiler import cookie_for_slot
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.store.records import AttachmentRecord, PolicyState
-from tests.integration.stack import HOST, Stack, Uplink, build_stack
+from tests.integration.stack import Stack, Uplink, build_stack
 
 pytestmark = pytest.mark.ovs
 
@@ -65,12 +65,6 @@ def _reasons(stack: Stack, record: AttachmentRecord) -> list[str]:
     return [e.reason for e in stack.store.events_since(0) if e.attachment_id == record.attachment_id]
 
 
-async def _detach_all(stack: Stack) -> None:
-    for record in await stack.service.list_all():
-        await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
-    await stack.close()
-
-
 async def test_a_completed_sync_withdraws_what_it_did_not_mention(
     tmp_path: Path, ovs: OvsInstance, uplink: Uplink
 ) -> None:
@@ -96,7 +90,7 @@ async def test_a_completed_sync_withdraws_what_it_did_not_mention(
         await handler.check_resync()  # nothing pending: nothing turns stale
         assert _state(stack, a) is PolicyState.APPLIED
     finally:
-        await _detach_all(stack)
+        await stack.detach_all_and_close()
 
 
 async def test_an_overdue_resync_leaves_the_unconfirmed_stale_and_flapping_does_not_delay_it(
@@ -129,4 +123,4 @@ async def test_an_overdue_resync_leaves_the_unconfirmed_stale_and_flapping_does_
         await handler.check_resync()
         assert (_state(stack, a), _state(stack, b)) == (PolicyState.APPLIED, PolicyState.APPLIED)
     finally:
-        await _detach_all(stack)
+        await stack.detach_all_and_close()

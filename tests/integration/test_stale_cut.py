@@ -22,7 +22,7 @@ from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS
 from coordinator.store.records import AttachmentRecord, PolicyState
-from tests.integration.stack import HOST, SERVER_V4, Stack, Uplink, build_stack, probe_tcp
+from tests.integration.stack import SERVER_V4, Stack, Uplink, build_stack, probe_tcp
 
 pytestmark = pytest.mark.ovs
 
@@ -70,12 +70,6 @@ async def _applied(stack: Stack) -> list[AttachmentRecord]:
         (record,) = await stack.service.apply_policy(sandbox, scope_from_mapping(policy(1, guest)))
         records.append(record)
     return records
-
-
-async def _detach_all(stack: Stack) -> None:
-    for record in await stack.service.list_all():
-        await stack.service.detach(HOST, record.attachment_id, record.lease_generation)
-    await stack.close()
 
 
 async def test_stale_deny_all_cuts_with_two_drops_each_then_holds_exactly_deny_all(
@@ -132,7 +126,7 @@ async def test_stale_deny_all_cuts_with_two_drops_each_then_holds_exactly_deny_a
         explained = await stack.service.explain(ADMIN, records[0].attachment_id, web)
         assert not explained.verdict.allowed and explained.switch_agrees
     finally:
-        await _detach_all(stack)
+        await stack.detach_all_and_close()
 
 
 async def test_drops_left_by_an_interrupted_cut_go_with_fresh_policy_and_with_reconverge(
@@ -162,4 +156,4 @@ async def test_drops_left_by_an_interrupted_cut_go_with_fresh_policy_and_with_re
         assert _state(stack, crashed) is PolicyState.STALE
         assert not probe_tcp(stack.guest_ns(crashed), SERVER_V4, WEB)
     finally:
-        await _detach_all(stack)
+        await stack.detach_all_and_close()
