@@ -53,6 +53,7 @@ from coordinator.policy.packet import (
     Packet,
 )
 from coordinator.policy.scope import IPNetwork, Scope
+from coordinator.toplevel import split_top_level
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -139,31 +140,10 @@ class ConnEntry:
         return self.protocol in (IPPROTO_ICMP, IPPROTO_ICMPV6)
 
 
-def _split_top(text: str) -> list[str]:
-    """Split at commas outside parentheses; raises ValueError on unbalanced parentheses."""
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    for index, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                raise ValueError("unbalanced ')'")
-        elif char == "," and depth == 0:
-            parts.append(text[start:index])
-            start = index + 1
-    if depth:
-        raise ValueError("unbalanced '('")
-    parts.append(text[start:])
-    return parts
-
-
 def _key_values(text: str) -> dict[str, str]:
     """``a=1,b=(x=2,y=3)`` -> {"a": "1", "b": "(x=2,y=3)"}; a part without '=' is an error."""
     result: dict[str, str] = {}
-    for part in _split_top(text):
+    for part in split_top_level(text):
         key, sep, value = part.partition("=")
         if not sep or not key:
             raise ValueError(f"not key=value: {part!r}")

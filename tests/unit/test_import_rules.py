@@ -23,6 +23,7 @@ PURE_CORE = (
     "reconcile.py",
     "identifiers.py",
     "bounded.py",
+    "toplevel.py",
     "callers.py",
     "errors.py",
     "health.py",
