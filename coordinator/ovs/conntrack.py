@@ -34,7 +34,6 @@ where marked as read from the OVS source:
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import math
 import os
@@ -42,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from coordinator.ovs.process import OvsCommandError, run_command
 from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
 from coordinator.policy.evaluator import evaluate
 from coordinator.policy.packet import (
@@ -400,13 +400,8 @@ def _check_limit(limit: int) -> int:
 # --------------------------------------------------------------------------- the control
 
 
-class ConntrackError(RuntimeError):
+class ConntrackError(OvsCommandError):
     """An ``ovs-appctl dpctl/...`` command failed (or was refused, see the subclass)."""
-
-    def __init__(self, message: str, *, argv: Sequence[str] = (), stderr: str = "") -> None:
-        self.argv = list(argv)
-        self.stderr = stderr
-        super().__init__(message)
 
 
 class ConntrackUnsupportedError(ConntrackError):
@@ -455,32 +450,15 @@ class ConntrackControl:
     async def _appctl(self, *args: str, missing_ok: bool = False) -> str | None:
         """Run ``ovs-appctl``; stdout, or None if ``missing_ok`` and OVS answered ENOENT."""
         argv = ["ovs-appctl", "-t", self._ctl, f"--timeout={max(1, math.ceil(self._timeout))}", *args]
-        command = " ".join(args)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            result = await run_command(
+                argv, timeout=self._timeout + 1, label=f"ovs-appctl {' '.join(args)}", error=ConntrackError
             )
-        except OSError as exc:
-            raise ConntrackError(f"ovs-appctl {command}: cannot run: {exc}", argv=argv) from exc
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self._timeout + 1)
-        except asyncio.TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
-            raise ConntrackError(f"ovs-appctl {command} timed out after {self._timeout}s", argv=argv) from exc
-        stderr = err.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            if missing_ok and _ENOENT_TEXT in stderr:
+        except ConntrackError as exc:
+            if missing_ok and exc.returncode is not None and _ENOENT_TEXT in exc.stderr:
                 return None
-            raise ConntrackError(
-                f"ovs-appctl {command} failed ({proc.returncode}): {stderr or '(no stderr)'}",
-                argv=argv,
-                stderr=stderr,
-            )
-        return out.decode(errors="replace")
+            raise
+        return result.stdout
 
     async def _batch(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
         """Many commands over one connection to the control socket (no

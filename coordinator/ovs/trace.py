@@ -13,21 +13,16 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
-import shlex
 from collections.abc import Sequence
 from os import PathLike
+
+from coordinator.ovs.process import OvsCommandError, run_command
 
 DEFAULT_TIMEOUT = 10.0
 
 
-class TraceError(RuntimeError):
+class TraceError(OvsCommandError):
     """ovs-appctl failed, timed out or could not be started; ``argv`` is the command."""
-
-    def __init__(self, message: str, *, argv: Sequence[str], stderr: str = "") -> None:
-        self.argv = list(argv)
-        self.stderr = stderr
-        super().__init__(message)
 
 
 def trace_argv(
@@ -84,27 +79,7 @@ async def dpif_show(
 
 
 async def _run(argv: list[str], timeout: float) -> str:
-    command = shlex.join(argv)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-    except OSError as exc:
-        raise TraceError(f"cannot run {command}: {exc}", argv=argv) from exc
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise TraceError(f"{command} timed out after {timeout}s", argv=argv) from exc
-    stderr = err.decode(errors="replace").strip()
-    if proc.returncode != 0:
-        raise TraceError(
-            f"{command} exited with status {proc.returncode}: {stderr or '(no stderr)'}",
-            argv=argv,
-            stderr=stderr,
-        )
-    return out.decode(errors="replace")
+    return (await run_command(argv, timeout=timeout, error=TraceError)).stdout
 
 
 __all__ = ["DEFAULT_TIMEOUT", "TraceError", "dpif_show", "run_appctl", "trace", "trace_argv"]
