@@ -16,6 +16,7 @@ import grpc
 
 from coordinator import faults
 from coordinator.api.auth import RoleMap
+from coordinator.api.rpc_metrics import RpcMetricsInterceptor
 from coordinator.api.server import ServerSetupError, load_server_trust, start_server
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.client import TlsFiles
@@ -35,7 +36,6 @@ from coordinator.metrics import (
     Metrics,
     MetricsServer,
     MetricsServerError,
-    RpcMetricsInterceptor,
     start_metrics_server,
 )
 from coordinator.notify import Notifier, watchdog_task
