@@ -35,7 +35,8 @@ DEFAULT_TIMEOUT = 10.0
 
 
 class TraceError(OvsCommandError):
-    """ovs-appctl failed, timed out or could not be started; ``argv`` is the command."""
+    """ovs-appctl (or ovs-vswitchd over its control socket) failed, timed out or could not be
+    reached; ``argv`` is the command as ovs-appctl would run it."""
 
 
 def trace_argv(
@@ -59,7 +60,7 @@ async def run_appctl(
     timeout: float = DEFAULT_TIMEOUT,
     executable: Sequence[str] = ("ovs-appctl",),
 ) -> str:
-    """Run ``ovs-appctl -t CTL ARGS``; its stdout, or :class:`TraceError`."""
+    """``ovs-appctl -t CTL ARGS`` (over the socket when CTL is one); its output, or :class:`TraceError`."""
     return await _run(executable, ctl, list(args), timeout)
 
 
