@@ -16,6 +16,7 @@ import grpc
 
 from coordinator import faults
 from coordinator.api.auth import RoleMap
+from coordinator.api.rpc_metrics import RpcMetricsInterceptor
 from coordinator.api.server import ServerSetupError, load_server_trust, start_server
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.client import TlsFiles
@@ -28,32 +29,32 @@ from coordinator.events import EventHub
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.gateway.client import PolicyStreamClient
+from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.health import ovs_checks
-from coordinator.health_watch import start_health_watch
-from coordinator.inventory_watch import start_inventory_watch
 from coordinator.metrics import (
     Metrics,
     MetricsServer,
     MetricsServerError,
-    RpcMetricsInterceptor,
     start_metrics_server,
 )
 from coordinator.notify import Notifier, watchdog_task
 from coordinator.offload_status import offload_monitor
 from coordinator.ovs.openflow import OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
-from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.security_events import SecurityEvents, start_security_events
 from coordinator.service import AttachmentService
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentState
 from coordinator.store.worker import AsyncStore
-from coordinator.switch_watch import watch_switch
 from coordinator.trust.config_files import metrics_files
 from coordinator.trust.material import MaterialError, TrustSet
 from coordinator.trust.peer import PeerCheck
 from coordinator.trust.reloader import TrustReloader
 from coordinator.trust_watch import TrustReport, start_trust_reloads
+from coordinator.watches.health import start_health_watch
+from coordinator.watches.host_grace import expire_unreconciled_after
+from coordinator.watches.inventory import start_inventory_watch
+from coordinator.watches.switch import watch_switch
 
 log = logging.getLogger(__name__)
 
@@ -343,15 +344,8 @@ def _start_watches(config: Config, adapters: Adapters) -> list[asyncio.Task[None
             on_device_returned=service.device_returned,
         ),
         start_health_watch(config, adapters.store, adapters.events, lambda: service.health(fresh=True)),
-        asyncio.ensure_future(_expire_unreconciled(service, config.reconcile.host_grace_s)),
+        asyncio.ensure_future(expire_unreconciled_after(service, config.reconcile.host_grace_s)),
     ]
-
-
-async def _expire_unreconciled(service: AttachmentService, grace_s: float) -> None:
-    await asyncio.sleep(grace_s)
-    quiet = await service.expire_unreconciled()
-    if quiet:
-        log.warning("%d attachments of hosts that never reconciled", len(quiet))
 
 
 def _add_metric_refreshers(

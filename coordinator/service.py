@@ -43,6 +43,7 @@ from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.gateway.client import StreamStatus
+from coordinator.gateway.policy_book import PolicyBook, PolicyDenied
 from coordinator.health import HealthReport, ovs_checks
 from coordinator.host_reconcile import HostReconcilePlan, Known, ReconcileMode, plan_host_reconcile
 from coordinator.keyed_lock import KeyedLocks
@@ -56,7 +57,6 @@ from coordinator.policy.evaluator import Verdict, evaluate
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
-from coordinator.policy_book import PolicyBook, PolicyDenied
 from coordinator.reconcile import Plan, plan
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats

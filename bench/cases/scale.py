@@ -56,7 +56,7 @@ from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.compiler import cookie_for_slot
 from coordinator.gateway.client import StreamStatus
-from coordinator.policy_stream import PolicyStreamHandler
+from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.progress import Activity, counted
 from coordinator.service import DENY_ALL_CLASS, AttachmentService, AttachParams
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState

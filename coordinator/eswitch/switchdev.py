@@ -33,10 +33,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact, PreparedDevice
 from coordinator.eswitch.devlink import ZERO_MAC, DevlinkError, DevlinkPort, DevlinkTransport, pci_handle
+from coordinator.eswitch.net_events import NetEvent, NetEventSource, PyudevNetEventSource, RepresentorWatcher
+from coordinator.eswitch.switchdev_settings import SwitchdevSettings, compare_versions, host_vf_pci_address
 from coordinator.eswitch.sysfs import NetDevice, PortFlavour, Sysfs
 
 __all__ = [
@@ -53,94 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PCI_RE = re.compile(r"([0-9a-fA-F]{4}):([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-_MAX_SF_NUMBER = (1 << 20) - 1  # what mac_for_device can encode
-
-
-@dataclass(frozen=True)
-class SwitchdevSettings:
-    """Where the eswitch is and how to use it (config section ``eswitch.switchdev``)."""
-
-    # PCI address of the eswitch manager PF on the DPU (devlink handle pci/<this>).
-    pci_address: str = "0000:03:00.0"
-    # PF number of the host functions handed out (pf0vfN, pf0sfN, pf0hpf).
-    pf: int = 0
-    # devlink controller number of the x86 host (external controller; 1 on BlueField).
-    host_controller: int = 1
-    sysfs_root: str = "/sys"
-    # Lowest acceptable running firmware ("" = no check), dotted numbers: "24.35.2000".
-    min_firmware_version: str = ""
-    # Whether a firmware below the minimum blocks Attach (default: reported only).
-    firmware_required: bool = False
-    # SF numbers this daemon owns, inclusive; SFs outside it are never touched.
-    sf_number_start: int = 1000
-    sf_number_end: int = 1015
-    # How long prepare waits for a new SF's representor to appear.
-    representor_timeout_s: float = 10.0
-    representor_poll_s: float = 0.05
-    # A representor still carrying a kernel eth%d name is given this long to
-    # be renamed by udev before its name is used (never longer than the timeout).
-    rename_grace_s: float = 1.0
-    # The host PF's PCI address as the host sees it ("" = host addresses unknown,
-    # Attachment.host_pci_address stays empty); VF n is at
-    # PF routing id + host_vf_offset + n * host_vf_stride (SR-IOV "First VF
-    # Offset" and "VF Stride", `lspci -vvv -s PF` on the host).
-    host_pf_pci_address: str = ""
-    host_vf_offset: int = 1
-    host_vf_stride: int = 1
-
-    def __post_init__(self) -> None:
-        if not _PCI_RE.fullmatch(self.pci_address):
-            raise ValueError(f"pci_address: expected DDDD:BB:DD.F, got {self.pci_address!r}")
-        if self.host_pf_pci_address and not _PCI_RE.fullmatch(self.host_pf_pci_address):
-            raise ValueError(f"host_pf_pci_address: expected DDDD:BB:DD.F, got {self.host_pf_pci_address!r}")
-        if not 0 <= self.pf <= 7:
-            raise ValueError(f"pf: {self.pf} outside 0..7")
-        if not 0 <= self.sf_number_start <= self.sf_number_end <= _MAX_SF_NUMBER:
-            raise ValueError(
-                f"sf_number_start..sf_number_end: {self.sf_number_start}..{self.sf_number_end} "
-                f"is not a range within 0..{_MAX_SF_NUMBER}"
-            )
-        if self.min_firmware_version:
-            compare_versions(self.min_firmware_version, self.min_firmware_version)  # validates
-        if self.representor_timeout_s <= 0 or self.representor_poll_s <= 0 or self.rename_grace_s < 0:
-            raise ValueError("representor_timeout_s and representor_poll_s must be > 0, rename_grace_s >= 0")
-        if self.host_vf_stride < 1 or self.host_vf_offset < 0:
-            raise ValueError("host_vf_offset must be >= 0 and host_vf_stride >= 1")
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1 as dotted numeric version ``a`` is below, equal to or above ``b``.
-
-    ``24.35.2000`` vs ``24.35.1012`` compares 24, 35, then 2000 > 1012.
-    Raises ValueError for anything but dot-separated decimal numbers.
-    """
-
-    def parts(text: str) -> tuple[int, ...]:
-        items = text.strip().split(".")
-        if not text.strip() or not all(item.isdigit() for item in items):
-            raise ValueError(f"not a dotted numeric version: {text!r}")
-        return tuple(int(item) for item in items)
-
-    pa, pb = parts(a), parts(b)
-    width = max(len(pa), len(pb))
-    pa += (0,) * (width - len(pa))
-    pb += (0,) * (width - len(pb))
-    return (pa > pb) - (pa < pb)
-
-
-def host_vf_pci_address(pf_address: str, vf_index: int, offset: int, stride: int) -> str:
-    """The host PCI address of VF ``vf_index``: PF routing id + offset + index * stride (SR-IOV)."""
-    match = _PCI_RE.fullmatch(pf_address)
-    if not match:
-        raise ValueError(f"not a PCI address: {pf_address!r}")
-    domain, bus, dev, fn = (int(match[i], 16) for i in range(1, 5))
-    rid = (bus << 8) | (dev << 3) | fn
-    vf_rid = rid + offset + vf_index * stride
-    if vf_rid > 0xFFFF:
-        raise ValueError(f"VF {vf_index} of {pf_address} would be beyond bus 0xff")
-    return f"{domain:04x}:{vf_rid >> 8:02x}:{(vf_rid >> 3) & 0x1F:02x}.{vf_rid & 0x7}"
 
 
 @dataclass(frozen=True)
@@ -545,112 +459,3 @@ def _representor_fact(name: str, device: NetDevice | None, what: str) -> HealthF
     if not device.is_up:
         return HealthFact(name, False, f"{device.name} is not up (operstate {device.operstate})", True)
     return HealthFact(name, True, f"{device.name} ({device.phys_port_name}) is up", True)
-
-
-# --------------------------------------------------------------------------- udev events
-
-
-@dataclass(frozen=True)
-class NetEvent:
-    action: str  # "add", "remove", "move" (rename), "change", ...
-    ifname: str
-
-
-class NetEventSource(Protocol):
-    def poll(self, timeout: float) -> NetEvent | None:
-        """The next event, or None after ``timeout`` seconds without one."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class PyudevNetEventSource:
-    """Net device events from pyudev.
-
-    ``source="udev"`` (after udevd's processing, renames done) needs a running
-    udevd; ``"kernel"`` gets raw uevents, but only of the daemon's own network
-    namespace. Without udevd nothing arrives: polling stays the fallback.
-    """
-
-    def __init__(self, source: str = "udev") -> None:
-        import pyudev  # imported here: only daemons that watch need libudev
-
-        self._monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=source)
-        self._monitor.filter_by("net")
-        self._monitor.start()
-
-    def poll(self, timeout: float) -> NetEvent | None:
-        device = self._monitor.poll(timeout)
-        if device is None:
-            return None
-        return NetEvent(str(device.action or ""), str(device.sys_name))
-
-    def close(self) -> None:
-        # pyudev has no close(); dropping the monitor releases its socket.
-        self._monitor = None
-
-
-class RepresentorWatcher:
-    """Calls ``callback(event)`` for net add/remove/move events on a daemon thread.
-
-    Meant to trigger an early ``inventory()`` (a VF appeared or went) instead
-    of waiting for the next poll. The callback runs on the watcher's thread;
-    an exception in it is logged and the watcher goes on.
-    """
-
-    ACTIONS = frozenset({"add", "remove", "move"})
-
-    def __init__(
-        self,
-        callback: Callable[[NetEvent], None],
-        source: NetEventSource | None = None,
-        *,
-        poll_timeout_s: float = 0.5,
-    ) -> None:
-        self._callback = callback
-        self._source = source
-        self._own_source = source is None
-        self._poll_timeout = poll_timeout_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        if self._source is None:
-            self._source = PyudevNetEventSource()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="representor-watcher", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        source = self._source
-        assert source is not None
-        while not self._stop.is_set():
-            try:
-                event = source.poll(self._poll_timeout)
-            except Exception:
-                log.exception("representor watcher: event source failed; stopping (polling continues)")
-                return
-            if event is None or event.action not in self.ACTIONS:
-                continue
-            try:
-                self._callback(event)
-            except Exception:
-                log.exception("representor watcher: callback failed for %s %s", event.action, event.ifname)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-        if self._source is not None and self._own_source:
-            self._source.close()
-            self._source = None
-
-    def __enter__(self) -> RepresentorWatcher:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

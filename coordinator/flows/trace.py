@@ -79,6 +79,7 @@ from coordinator.policy.packet import (
     Fragment,
     Packet,
 )
+from coordinator.toplevel import split_top_level
 
 # How many --ct-next values a request carries: enough for the longest path
 # through the pipeline (guest -> forward -> another local guest: two zones,
@@ -216,25 +217,11 @@ def parse_dpif_show(text: str, bridge: str) -> dict[int, int]:
 
 def split_actions(text: str) -> list[str]:
     """Top-level comma-separated actions (commas inside parentheses kept)."""
-    parts: list[str] = []
-    depth = 0
-    current: list[str] = []
-    for char in text:
-        if char == "," and depth == 0:
-            parts.append("".join(current).strip())
-            current = []
-            continue
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                raise TraceParseError(f"unbalanced parentheses in datapath actions {text!r}")
-        current.append(char)
-    if depth != 0:
-        raise TraceParseError(f"unbalanced parentheses in datapath actions {text!r}")
-    parts.append("".join(current).strip())
-    return [p for p in parts if p]
+    try:
+        parts = split_top_level(text)
+    except ValueError as exc:
+        raise TraceParseError(f"unbalanced parentheses in datapath actions {text!r}") from exc
+    return [p.strip() for p in parts if p.strip()]
 
 
 def datapath_outputs(actions: str) -> list[int]:

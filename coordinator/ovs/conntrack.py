@@ -1,10 +1,10 @@
 """Conntrack of the OVS datapath through ``ovs-appctl dpctl/*``: dump, flush, revoke, zone limits.
 
 When a NetworkScope is narrowed, connections that the new scope would no longer admit must not live
-on as ``+est`` entries. :func:`revoked` decides which entries those are with the reference evaluator
-(the packet that opened the connection, replayed as ``ct_state=new`` against the new scope), and
-:meth:`ConntrackControl.revoke` flushes exactly them; established connections the scope still allows
-are left alone.
+on as ``+est`` entries. :func:`coordinator.policy.revocation.revoked` (pure, beside the evaluator)
+decides which entries those are (the packet that opened the connection, replayed as
+``ct_state=new`` against the new scope), and :meth:`ConntrackControl.revoke` flushes exactly them;
+established connections the scope still allows are left alone.
 
 Facts about OVS 3.1.0 with the userspace (``netdev``) datapath, checked on real traffic except
 where marked as read from the OVS source:
@@ -34,27 +34,33 @@ where marked as read from the OVS source:
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import math
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
-from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
-from coordinator.policy.evaluator import evaluate
-from coordinator.policy.packet import (
-    IPPROTO_ICMP,
-    IPPROTO_ICMPV6,
-    PORT_PROTOCOLS,
-    CtState,
-    Direction,
-    Packet,
+from coordinator.ovs.conntrack_text import (
+    MAX_LIMIT,
+    MAX_ZONE,
+    ZoneLimit,
+    flush_tuple,
+    parse_dump,
+    parse_dump_lines,
+    parse_entry,
+    parse_limits,
+    userspace_flush_problem,
 )
-from coordinator.policy.scope import IPNetwork, Scope
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from coordinator.ovs.process import OvsCommandError, run_command
+from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
+from coordinator.policy.revocation import (
+    ConnEntry,
+    OwnAddress,
+    connection_direction,
+    connection_packet,
+    revoked,
+)
+from coordinator.policy.scope import Scope
 
 __all__ = [
     "ConnEntry",
@@ -76,333 +82,8 @@ __all__ = [
 
 DEFAULT_TIMEOUT: Final = 10.0
 
-MAX_ZONE: Final = 0xFFFF
-MAX_LIMIT: Final = 0xFFFFFFFF
-
-#: Names ``ct_dpif_format_ipproto`` prints instead of the protocol number.
-PROTOCOL_NAMES: Final = {
-    "icmp": IPPROTO_ICMP,
-    "igmp": 2,
-    "tcp": 6,
-    "udp": 17,
-    "dccp": 33,
-    "icmpv6": IPPROTO_ICMPV6,
-    "sctp": 132,
-    "udplite": 136,
-}
-
-ICMP_ECHO_REQUEST: Final = 8
-ICMPV6_ECHO_REQUEST: Final = 128
-
-#: ICMPv4 types OVS's userspace ``reverse_icmp_type()`` knows; any other type in a flush tuple
-#: aborts ovs-vswitchd (OVS 3.1).
-_USERSPACE_FLUSHABLE_ICMP_TYPES: Final = frozenset({0, 8, 13, 14, 15, 16})
-
 #: What ovs-vswitchd answers when a full flush tuple matches no entry.
 _ENOENT_TEXT: Final = "No such file or directory"
-
-
-# --------------------------------------------------------------------------- entries and parsing
-
-
-@dataclass(frozen=True)
-class ConnEntry:
-    """One conntrack entry, described by its original direction (the packet that opened it).
-
-    ``sport``/``dport`` are those of the dump (0 for ICMP and for protocols without ports);
-    ``icmp_type``/``icmp_code``/``icmp_id`` are set only for ICMP and ICMPv6 (type and code may be
-    None when the dump does not print them). ``state`` is the TCP state text (``ESTABLISHED``,
-    ``TIME_WAIT``...) or None. ``line`` is the dump line the entry came from (not compared).
-    """
-
-    protocol: int
-    src: IPAddress
-    dst: IPAddress
-    sport: int = 0
-    dport: int = 0
-    icmp_type: int | None = None
-    icmp_code: int | None = None
-    icmp_id: int | None = None
-    zone: int = 0
-    mark: int = 0
-    labels: int = 0
-    state: str | None = None
-    line: str = field(default="", compare=False, repr=False)
-
-    @property
-    def version(self) -> int:
-        """IP version, 4 or 6."""
-        return self.src.version
-
-    @property
-    def is_icmp(self) -> bool:
-        return self.protocol in (IPPROTO_ICMP, IPPROTO_ICMPV6)
-
-
-def _split_top(text: str) -> list[str]:
-    """Split at commas outside parentheses; raises ValueError on unbalanced parentheses."""
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    for index, char in enumerate(text):
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-            if depth < 0:
-                raise ValueError("unbalanced ')'")
-        elif char == "," and depth == 0:
-            parts.append(text[start:index])
-            start = index + 1
-    if depth:
-        raise ValueError("unbalanced '('")
-    parts.append(text[start:])
-    return parts
-
-
-def _key_values(text: str) -> dict[str, str]:
-    """``a=1,b=(x=2,y=3)`` -> {"a": "1", "b": "(x=2,y=3)"}; a part without '=' is an error."""
-    result: dict[str, str] = {}
-    for part in _split_top(text):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ValueError(f"not key=value: {part!r}")
-        result[key.strip()] = value.strip()
-    return result
-
-
-def _group(value: str) -> dict[str, str]:
-    if not (value.startswith("(") and value.endswith(")")):
-        raise ValueError(f"expected a parenthesised group: {value!r}")
-    inner = value[1:-1]
-    return _key_values(inner) if inner else {}
-
-
-def _int(value: str, low: int, high: int) -> int:
-    number = int(value)
-    if not low <= number <= high:
-        raise ValueError(f"{number} outside {low}..{high}")
-    return number
-
-
-def _protocol(token: str) -> int:
-    token = token.strip()
-    if token in PROTOCOL_NAMES:
-        return PROTOCOL_NAMES[token]
-    if token.isdigit():
-        return _int(token, 0, 255)
-    raise ValueError(f"unknown protocol {token!r}")
-
-
-def _state(protoinfo: dict[str, str]) -> str | None:
-    if "state" in protoinfo:
-        return protoinfo["state"]
-    orig, reply = protoinfo.get("state_orig"), protoinfo.get("state_reply")  # -m output
-    if orig is None or reply is None or orig == reply:
-        return orig or reply
-    return f"{orig}/{reply}"
-
-
-def parse_entry(line: str) -> ConnEntry | None:
-    """Parse one ``dpctl/dump-conntrack`` line (plain, ``-m`` or ``-s``); None if it is not one."""
-    text = line.strip()
-    if not text:
-        return None
-    try:
-        proto_token, _, rest = text.partition(",")
-        protocol = _protocol(proto_token)
-        fields = _key_values(rest)
-        orig = _group(fields["orig"])
-        _group(fields["reply"])  # must be there and well-formed; the orig tuple says it all
-        src = ipaddress.ip_address(orig["src"])
-        dst = ipaddress.ip_address(orig["dst"])
-        if src.version != dst.version:
-            raise ValueError("mixed address families")
-        sport = dport = 0
-        icmp_type = icmp_code = icmp_id = None
-        if protocol in (IPPROTO_ICMP, IPPROTO_ICMPV6):
-            icmp_id = _int(orig["id"], 0, 0xFFFF)
-            icmp_type = _int(orig["type"], 0, 255) if "type" in orig else None
-            icmp_code = _int(orig["code"], 0, 255) if "code" in orig else None
-        else:
-            sport = _int(orig.get("sport", "0"), 0, 0xFFFF)
-            dport = _int(orig.get("dport", "0"), 0, 0xFFFF)
-        protoinfo = _group(fields["protoinfo"]) if "protoinfo" in fields else {}
-        return ConnEntry(
-            protocol=protocol,
-            src=src,
-            dst=dst,
-            sport=sport,
-            dport=dport,
-            icmp_type=icmp_type,
-            icmp_code=icmp_code,
-            icmp_id=icmp_id,
-            zone=_int(fields.get("zone", "0"), 0, MAX_ZONE),
-            mark=_int(fields.get("mark", "0"), 0, MAX_LIMIT),
-            labels=int(fields.get("labels", "0"), 16),
-            state=_state(protoinfo),
-            line=text,
-        )
-    except (KeyError, ValueError):
-        return None
-
-
-def parse_dump_lines(text: str) -> tuple[list[ConnEntry], list[str]]:
-    """Entries of a ``dpctl/dump-conntrack`` output, plus the non-empty lines that were not entries."""
-    entries: list[ConnEntry] = []
-    skipped: list[str] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        entry = parse_entry(line)
-        if entry is None:
-            skipped.append(line)
-        else:
-            entries.append(entry)
-    return entries, skipped
-
-
-def parse_dump(text: str) -> list[ConnEntry]:
-    """Entries of a ``dpctl/dump-conntrack`` output; lines that are not entries are skipped."""
-    return parse_dump_lines(text)[0]
-
-
-# --------------------------------------------------------------------------- revocation (pure)
-
-
-OwnAddress = IPNetwork | IPAddress
-
-
-def _is_own(address: IPAddress, own: Iterable[OwnAddress]) -> bool:
-    for item in own:
-        if item.version != address.version:
-            continue
-        if isinstance(item, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            if address in item:
-                return True
-        elif address == item:
-            return True
-    return False
-
-
-def connection_direction(entry: ConnEntry, own_addresses: Iterable[OwnAddress]) -> Direction:
-    """EGRESS if the guest opened the connection (its original source is one of the guest's own
-    addresses, or unspecified: a client without an address yet, e.g. DHCP), else INGRESS."""
-    if entry.src.is_unspecified or _is_own(entry.src, own_addresses):
-        return Direction.EGRESS
-    return Direction.INGRESS
-
-
-def connection_packet(entry: ConnEntry, direction: Direction) -> Packet:
-    """The packet that opened ``entry``, as the policy sees it, with ``ct_state`` NEW."""
-    ports = entry.protocol in PORT_PROTOCOLS
-    icmp_type = icmp_code = 0
-    if entry.is_icmp:
-        default_type = ICMP_ECHO_REQUEST if entry.protocol == IPPROTO_ICMP else ICMPV6_ECHO_REQUEST
-        icmp_type = entry.icmp_type if entry.icmp_type is not None else default_type
-        icmp_code = entry.icmp_code or 0
-    return Packet(
-        direction=direction,
-        protocol=entry.protocol,
-        src_ip=entry.src,
-        dst_ip=entry.dst,
-        src_port=entry.sport if ports else 0,
-        dst_port=entry.dport if ports else 0,
-        icmp_type=icmp_type,
-        icmp_code=icmp_code,
-        ct_state=CtState.NEW,
-    )
-
-
-def revoked(
-    entries: Iterable[ConnEntry], scope: Scope, own_addresses: Iterable[OwnAddress] | None = None
-) -> list[ConnEntry]:
-    """The entries ``scope`` no longer allows, in input order.
-
-    Each connection's first packet (direction by :func:`connection_direction` against
-    ``own_addresses``, by default ``scope.addresses``) is evaluated as NEW with the reference
-    evaluator; a connection whose first packet would be denied is revoked.
-    """
-    own = tuple(scope.addresses if own_addresses is None else own_addresses)
-    result = []
-    for entry in entries:
-        packet = connection_packet(entry, connection_direction(entry, own))
-        if not evaluate(scope, packet).allowed:
-            result.append(entry)
-    return result
-
-
-# --------------------------------------------------------------------------- flush tuples, limits
-
-
-def flush_tuple(entry: ConnEntry) -> str:
-    """The ``dpctl/flush-conntrack`` tuple naming exactly ``entry`` (its original direction)."""
-    if entry.version == 4:
-        parts = [f"ct_nw_src={entry.src}", f"ct_nw_dst={entry.dst}"]
-    else:
-        parts = [f"ct_ipv6_src={entry.src}", f"ct_ipv6_dst={entry.dst}"]
-    parts.append(f"ct_nw_proto={entry.protocol}")
-    if entry.is_icmp:
-        default_type = ICMP_ECHO_REQUEST if entry.protocol == IPPROTO_ICMP else ICMPV6_ECHO_REQUEST
-        icmp_type = entry.icmp_type if entry.icmp_type is not None else default_type
-        # Order matters to OVS: icmp_* are only accepted after ct_nw_proto.
-        parts += [
-            f"icmp_type={icmp_type}",
-            f"icmp_code={entry.icmp_code or 0}",
-            f"icmp_id={entry.icmp_id or 0}",
-        ]
-    else:
-        parts += [f"ct_tp_src={entry.sport}", f"ct_tp_dst={entry.dport}"]
-    return ",".join(parts)
-
-
-def userspace_flush_problem(entry: ConnEntry) -> str | None:
-    """Why flushing ``entry`` by tuple would abort OVS 3.1's userspace conntrack, or None if safe."""
-    if entry.protocol == IPPROTO_ICMPV6:
-        return "flushing an ICMPv6 entry by tuple aborts ovs-vswitchd (userspace conntrack, OVS 3.1)"
-    if entry.protocol == IPPROTO_ICMP:
-        icmp_type = entry.icmp_type if entry.icmp_type is not None else ICMP_ECHO_REQUEST
-        if icmp_type not in _USERSPACE_FLUSHABLE_ICMP_TYPES:
-            return (
-                f"flushing an ICMP type {icmp_type} entry by tuple aborts ovs-vswitchd (userspace conntrack)"
-            )
-    return None
-
-
-@dataclass(frozen=True)
-class ZoneLimit:
-    """A zone's connection limit (0 = unlimited) and how many connections count against it."""
-
-    zone: int
-    limit: int
-    count: int
-
-
-def parse_limits(text: str) -> tuple[int | None, dict[int, ZoneLimit]]:
-    """Parse ``dpctl/ct-get-limits`` output: (default limit or None, zone -> ZoneLimit).
-
-    Lines look like ``default limit=0`` and ``zone=7,limit=2,count=0``; others are skipped.
-    """
-    default: int | None = None
-    zones: dict[int, ZoneLimit] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        try:
-            if line.startswith("default limit="):
-                default = _int(line.partition("=")[2], 0, MAX_LIMIT)
-                continue
-            if not line.startswith("zone="):
-                continue
-            fields = _key_values(line)
-            zone = _int(fields["zone"], 0, MAX_ZONE)
-            zones[zone] = ZoneLimit(
-                zone=zone,
-                limit=_int(fields["limit"], 0, MAX_LIMIT),
-                count=_int(fields.get("count", "0"), 0, MAX_LIMIT),
-            )
-        except (KeyError, ValueError):
-            continue
-    return default, zones
 
 
 def _check_zone(zone: int) -> int:
@@ -420,13 +101,8 @@ def _check_limit(limit: int) -> int:
 # --------------------------------------------------------------------------- the control
 
 
-class ConntrackError(RuntimeError):
+class ConntrackError(OvsCommandError):
     """An ``ovs-appctl dpctl/...`` command failed (or was refused, see the subclass)."""
-
-    def __init__(self, message: str, *, argv: Sequence[str] = (), stderr: str = "") -> None:
-        self.argv = list(argv)
-        self.stderr = stderr
-        super().__init__(message)
 
 
 class ConntrackUnsupportedError(ConntrackError):
@@ -475,32 +151,15 @@ class ConntrackControl:
     async def _appctl(self, *args: str, missing_ok: bool = False) -> str | None:
         """Run ``ovs-appctl``; stdout, or None if ``missing_ok`` and OVS answered ENOENT."""
         argv = ["ovs-appctl", "-t", self._ctl, f"--timeout={max(1, math.ceil(self._timeout))}", *args]
-        command = " ".join(args)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            result = await run_command(
+                argv, timeout=self._timeout + 1, label=f"ovs-appctl {' '.join(args)}", error=ConntrackError
             )
-        except OSError as exc:
-            raise ConntrackError(f"ovs-appctl {command}: cannot run: {exc}", argv=argv) from exc
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self._timeout + 1)
-        except asyncio.TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
-            raise ConntrackError(f"ovs-appctl {command} timed out after {self._timeout}s", argv=argv) from exc
-        stderr = err.decode(errors="replace").strip()
-        if proc.returncode != 0:
-            if missing_ok and _ENOENT_TEXT in stderr:
+        except ConntrackError as exc:
+            if missing_ok and exc.returncode is not None and _ENOENT_TEXT in exc.stderr:
                 return None
-            raise ConntrackError(
-                f"ovs-appctl {command} failed ({proc.returncode}): {stderr or '(no stderr)'}",
-                argv=argv,
-                stderr=stderr,
-            )
-        return out.decode(errors="replace")
+            raise
+        return result.stdout
 
     async def _batch(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
         """Many commands over one connection to the control socket (no

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 
 from coordinator.ovs.trace import DEFAULT_TIMEOUT, run_appctl
+from coordinator.toplevel import split_top_level
 
 __all__ = [
     "DatapathFlow",
@@ -125,44 +126,13 @@ class OffloadReport:
         return _count(f for f in self.flows if f.in_port in wanted or wanted.intersection(f.output_ports))
 
 
-def _split_top(text: str) -> list[str]:
-    """Split at ``", "`` outside parentheses (the separator of dump-flows' top-level fields)."""
-    parts: list[str] = []
-    depth = 0
-    start = 0
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth = max(0, depth - 1)
-        elif char == "," and depth == 0 and text.startswith(", ", index):
-            parts.append(text[start:index])
-            start = index + 2
-            index += 1
-        index += 1
-    parts.append(text[start:])
-    return parts
-
-
 def _action_outputs(actions: str) -> tuple[str, ...]:
     """Plain port outputs of an action list (``ct(commit,zone=5),p0`` -> ``("p0",)``)."""
     outputs = []
-    depth = 0
-    token = ""
-    for char in actions + ",":
-        if char == "(":
-            depth += 1
-        elif char == ")":
-            depth -= 1
-        if char == "," and depth == 0:
-            name = token.strip()
-            if name and "(" not in name and "=" not in name and name not in _NOT_PORTS:
-                outputs.append(name)
-            token = ""
-        else:
-            token += char
+    for token in split_top_level(actions, strict=False):
+        name = token.strip()
+        if name and "(" not in name and "=" not in name and name not in _NOT_PORTS:
+            outputs.append(name)
     return tuple(outputs)
 
 
@@ -176,7 +146,8 @@ def parse_flow_line(line: str) -> DatapathFlow | None:
     offloaded = partial = False
     dp_layer = None
     key = ""
-    for part in _split_top(head):
+    # Top-level fields are separated by ", " (a key's own commas have no space).
+    for part in split_top_level(head, ", ", strict=False):
         name, _, value = part.partition(":")
         if name == "offloaded":
             offloaded = value in ("yes", "partial")

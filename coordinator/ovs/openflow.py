@@ -23,12 +23,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.ovs.process import OvsCommandError, run_command
+
 OPENFLOW_VERSION = "OpenFlow13"
 _METER_RE = re.compile(r"^meter=(\d+)\b", re.MULTILINE)
 
 
-class OpenFlowError(RuntimeError):
-    pass
+class OpenFlowError(OvsCommandError):
+    """ovs-ofctl failed, or the switch's flows differ from the intent after an apply."""
 
 
 @dataclass(frozen=True)
@@ -54,25 +56,14 @@ class OpenFlowSwitch:
         self._timeout = timeout
 
     async def _ofctl(self, *args: str, ok_codes: Sequence[int] = (0,)) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(
-            "ovs-ofctl",
-            "-O",
-            OPENFLOW_VERSION,
-            "--no-names",
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        result = await run_command(
+            ["ovs-ofctl", "-O", OPENFLOW_VERSION, "--no-names", *args],
+            timeout=self._timeout,
+            label=f"ovs-ofctl {args[0]}",
+            ok_codes=ok_codes,
+            error=OpenFlowError,
         )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), self._timeout)
-        except asyncio.TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
-            raise OpenFlowError(f"ovs-ofctl {args[0]} timed out after {self._timeout}s") from exc
-        code = proc.returncode if proc.returncode is not None else -1
-        if code not in ok_codes:
-            raise OpenFlowError(f"ovs-ofctl {args[0]} failed ({code}): {err.decode().strip()}")
-        return code, out.decode()
+        return result.returncode, result.stdout
 
     async def dump(self, cookie: int, mask: int = -1) -> list[str]:
         """Installed flows whose cookie matches, without statistics."""

@@ -5,6 +5,13 @@ Runs the commands only; building the flow string and reading the verdict is
 what the installed flows would do, with conntrack states supplied by the
 caller (``--ct-next``). Used by the differential tests and by ExplainPacket.
 
+When ``ctl`` is the control socket itself and no other executable is asked
+for, the command goes over that socket (:mod:`coordinator.ovs.unixctl`):
+the same text as ``ovs-appctl`` prints, without a process spawn per call.
+Otherwise (a name such as ``ovs-vswitchd`` that ovs-appctl resolves through
+the rundir and pidfile, or a wrapper such as ``ip netns exec``) ovs-appctl
+runs.
+
 Example::
 
     text = await trace("/run/openvswitch/ovs-vswitchd.ctl", "br-int",
@@ -13,21 +20,23 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
+import os
 import shlex
+import stat
 from collections.abc import Sequence
 from os import PathLike
+
+from coordinator.ovs.process import OvsCommandError, run_command
+from coordinator.ovs.unixctl import UnixctlError, call_many
+
+APPCTL: tuple[str, ...] = ("ovs-appctl",)
 
 DEFAULT_TIMEOUT = 10.0
 
 
-class TraceError(RuntimeError):
-    """ovs-appctl failed, timed out or could not be started; ``argv`` is the command."""
-
-    def __init__(self, message: str, *, argv: Sequence[str], stderr: str = "") -> None:
-        self.argv = list(argv)
-        self.stderr = stderr
-        super().__init__(message)
+class TraceError(OvsCommandError):
+    """ovs-appctl (or ovs-vswitchd over its control socket) failed, timed out or could not be
+    reached; ``argv`` is the command as ovs-appctl would run it."""
 
 
 def trace_argv(
@@ -51,8 +60,8 @@ async def run_appctl(
     timeout: float = DEFAULT_TIMEOUT,
     executable: Sequence[str] = ("ovs-appctl",),
 ) -> str:
-    """Run ``ovs-appctl -t CTL ARGS``; its stdout, or :class:`TraceError`."""
-    return await _run([*executable, "-t", str(ctl), *args], timeout)
+    """``ovs-appctl -t CTL ARGS`` (over the socket when CTL is one); its output, or :class:`TraceError`."""
+    return await _run(executable, ctl, list(args), timeout)
 
 
 async def trace(
@@ -70,7 +79,8 @@ async def trace(
     recirculation, in order. ``executable`` replaces the executable (e.g. to add
     ``--timeout``, or run it through ``ip netns exec``).
     """
-    return await _run(trace_argv(ctl, bridge, flow, ct_next, executable=executable), timeout)
+    command = trace_argv(ctl, bridge, flow, ct_next, executable=())[2:]
+    return await _run(executable, ctl, command, timeout)
 
 
 async def dpif_show(
@@ -80,31 +90,36 @@ async def dpif_show(
     executable: Sequence[str] = ("ovs-appctl",),
 ) -> str:
     """``ovs-appctl dpif/show``: each port's OpenFlow and datapath numbers."""
-    return await _run([*executable, "-t", str(ctl), "dpif/show"], timeout)
+    return await _run(executable, ctl, ["dpif/show"], timeout)
 
 
-async def _run(argv: list[str], timeout: float) -> str:
-    command = shlex.join(argv)
+async def _run(
+    executable: Sequence[str], ctl: str | PathLike[str], command: list[str], timeout: float
+) -> str:
+    """``EXECUTABLE -t CTL COMMAND...``, or COMMAND over the socket ``CTL``."""
+    argv = [*executable, "-t", str(ctl), *command]
+    if tuple(executable) == APPCTL and _is_socket(str(ctl)):
+        return await _over_socket(str(ctl), command, timeout, argv)
+    return (await run_command(argv, timeout=timeout, error=TraceError)).stdout
+
+
+def _is_socket(path: str) -> bool:
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-    except OSError as exc:
-        raise TraceError(f"cannot run {command}: {exc}", argv=argv) from exc
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+async def _over_socket(ctl: str, command: list[str], timeout: float, argv: list[str]) -> str:
+    name = shlex.join(argv)
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise TraceError(f"{command} timed out after {timeout}s", argv=argv) from exc
-    stderr = err.decode(errors="replace").strip()
-    if proc.returncode != 0:
-        raise TraceError(
-            f"{command} exited with status {proc.returncode}: {stderr or '(no stderr)'}",
-            argv=argv,
-            stderr=stderr,
-        )
-    return out.decode(errors="replace")
+        (reply,) = await call_many(ctl, [command], timeout=timeout)
+    except UnixctlError as exc:
+        raise TraceError(f"{name}: {exc}", argv=argv) from exc
+    if reply.error is not None:
+        # What ovs-appctl would print to stderr before exiting with status 2.
+        raise TraceError(f"{name} failed: {reply.error}", argv=argv, stderr=reply.error)
+    return reply.result
 
 
 __all__ = ["DEFAULT_TIMEOUT", "TraceError", "dpif_show", "run_appctl", "trace", "trace_argv"]

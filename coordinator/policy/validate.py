@@ -48,9 +48,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from google.protobuf import json_format
-from google.protobuf.message import Message
 
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
+from coordinator.policy.json_errors import PARSE_ERRORS, clean_parse_message, kind_of, locate_parse_error
 from coordinator.policy.scope import (
     IPAddress,
     IPNetwork,
@@ -140,16 +140,16 @@ def scope_from_mapping(data: object) -> Scope:
     field names) of the offending entry.
     """
     if not isinstance(data, Mapping):
-        raise PolicyError(ROOT_FIELD, f"expected a mapping (NetworkScope), got {_kind(data)}")
+        raise PolicyError(ROOT_FIELD, f"expected a mapping (NetworkScope), got {kind_of(data)}")
     msg = policy_pb2.NetworkScope()
     try:
         json_format.ParseDict(dict(data), msg)
-    except _PARSE_ERRORS as exc:
+    except PARSE_ERRORS as exc:
         # json_format's messages locate the error only partly (no index inside
         # nested lists), so find the exact entry by parsing piece by piece.
-        located = _locate_parse_error(policy_pb2.NetworkScope(), data, "")
+        located = locate_parse_error(policy_pb2.NetworkScope(), data, "")
         if located is None:
-            raise PolicyError(ROOT_FIELD, _clean_parse_message(exc)) from exc
+            raise PolicyError(ROOT_FIELD, clean_parse_message(exc)) from exc
         raise PolicyError(located[0] or ROOT_FIELD, located[1]) from exc
     return scope_from_proto(msg)
 
@@ -416,96 +416,3 @@ def _parse_rate_limit(msg: policy_pb2.NetworkScope) -> RateLimit | None:
     if limit.kbps > MAX_RATE_KBPS:
         raise PolicyError("egress_rate_limit.kbps", f"{limit.kbps} is over {MAX_RATE_KBPS}")
     return RateLimit(kbps=limit.kbps, burst_kb=limit.burst_kb)
-
-
-# --------------------------------------------------------------------------
-# Locating json_format parse errors
-
-# What ParseDict raises on bad input: ParseError mostly, the others for some
-# shapes it does not check before using them.
-_PARSE_ERRORS: Final = (json_format.ParseError, TypeError, ValueError, AttributeError, KeyError, IndexError)
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return type(value).__name__
-
-
-def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
-
-
-def _clean_parse_message(exc: BaseException) -> str:
-    """json_format's message without its nesting prefixes and location suffix
-    (the path is reported separately)."""
-    text = str(exc).split("\n", 1)[0]
-    while True:
-        stripped = re.sub(r"^Failed to parse \S+ field: ", "", text)
-        if stripped == text:
-            break
-        text = stripped
-    text = re.sub(r"\s+at\s+\"?[A-Za-z_][\w.\[\]]*\"?\.*$", "", text)
-    return text.rstrip(".").strip() or "cannot be parsed"
-
-
-def _parses(message_class: type[Message], data: dict[str, Any]) -> BaseException | None:
-    try:
-        json_format.ParseDict(data, message_class())
-    except _PARSE_ERRORS as exc:
-        return exc
-    return None
-
-
-def _leaf_reason(enum_names: Sequence[str], value: object, exc: BaseException) -> str:
-    if enum_names:
-        return f"invalid value {value!r}; expected one of {', '.join(enum_names)}"
-    return _clean_parse_message(exc)
-
-
-def _locate_parse_error(message: Message, data: object, path: str) -> tuple[str, str] | None:
-    """Find the first entry of ``data`` that ParseDict rejects, as (path, reason),
-    by parsing one field (and one list element) at a time."""
-    if not isinstance(data, Mapping):
-        return path, f"expected a mapping, got {_kind(data)}"
-    message_class = type(message)
-    fields = {name: fd for fd in message.DESCRIPTOR.fields for name in (fd.name, fd.json_name)}
-    for key, value in data.items():
-        fd = fields.get(key) if isinstance(key, str) else None
-        if fd is None:
-            return _join(path, str(key)), "unknown field"
-        field_path = _join(path, fd.name)
-        exc = _parses(message_class, {key: value})
-        if exc is None:
-            continue
-        enum_names = [v.name for v in fd.enum_type.values] if fd.enum_type is not None else []
-        sub_class: type[Message] | None = None
-        if fd.message_type is not None:
-            # An instance of the field's message type, for its class.
-            container = getattr(message_class(), fd.name)
-            sub_class = type(container.add() if fd.is_repeated else container)
-        if fd.is_repeated:
-            if not isinstance(value, list):
-                return field_path, f"expected a list, got {_kind(value)}"
-            for i, element in enumerate(value):
-                element_path = f"{field_path}[{i}]"
-                if element is None:
-                    return element_path, "null is not allowed in a list"
-                if sub_class is not None:
-                    found = _locate_parse_error(sub_class(), element, element_path)
-                    if found is not None:
-                        return found
-                else:
-                    element_exc = _parses(message_class, {key: [element]})
-                    if element_exc is not None:
-                        return element_path, _leaf_reason(enum_names, element, element_exc)
-            return field_path, _clean_parse_message(exc)
-        if sub_class is not None:
-            found = _locate_parse_error(sub_class(), value, field_path)
-            return found if found is not None else (field_path, _clean_parse_message(exc))
-        return field_path, _leaf_reason(enum_names, value, exc)
-    return None

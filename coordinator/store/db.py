@@ -14,6 +14,7 @@ from typing import Any
 
 from coordinator.eswitch.base import DeviceKind, DeviceSlot
 from coordinator.leases import next_generation
+from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -24,24 +25,15 @@ from coordinator.store.records import (
     PolicyState,
     PoolStats,
 )
+from coordinator.store.rows import SELECT_ATTACHMENT, attachment_from_row, device_from_row, event_from_row
 from coordinator.store.schema import MIGRATIONS
+
+__all__ = ["EVERYONE", "MAX_SLOT", "AttachmentLimitReached", "PoolExhausted", "Store", "StoreError"]
 
 MAX_SLOT = 0xFFFF
 # Owner of coordinator-wide events (health, firmware) that every caller sees;
 # never a certificate identity. Owner "" stays admins-only.
 EVERYONE = "*"
-
-
-class StoreError(RuntimeError):
-    pass
-
-
-class PoolExhausted(StoreError):
-    pass
-
-
-class AttachmentLimitReached(StoreError):
-    pass
 
 
 class Store:
@@ -159,7 +151,7 @@ class Store:
             if row is None:
                 wanted = new.kind.value.upper() if new.kind else "VF or SF"
                 raise PoolExhausted(f"no free {wanted} device")
-            slot = _device_from_row(row)
+            slot = device_from_row(row)
             fence = db.execute(
                 "SELECT generation FROM lease_fences WHERE attachment_id = ?", (new.attachment_id,)
             ).fetchone()
@@ -222,14 +214,14 @@ class Store:
         return int(row[0])
 
     def get(self, attachment_id: str) -> AttachmentRecord | None:
-        row = self._db.execute(_SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
-        return _attachment_from_row(row) if row else None
+        row = self._db.execute(SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
+        return attachment_from_row(row) if row else None
 
     def find_by_request(self, owner: str, request_id: str) -> AttachmentRecord | None:
         row = self._db.execute(
-            _SELECT_ATTACHMENT + " WHERE a.owner = ? AND a.request_id = ?", (owner, request_id)
+            SELECT_ATTACHMENT + " WHERE a.owner = ? AND a.request_id = ?", (owner, request_id)
         ).fetchone()
-        return _attachment_from_row(row) if row else None
+        return attachment_from_row(row) if row else None
 
     def list_attachments(
         self,
@@ -250,10 +242,8 @@ class Store:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._db.execute(
-            _SELECT_ATTACHMENT + where + " ORDER BY a.created_at, a.attachment_id", params
-        )
-        return [_attachment_from_row(r) for r in rows]
+        rows = self._db.execute(SELECT_ATTACHMENT + where + " ORDER BY a.created_at, a.attachment_id", params)
+        return [attachment_from_row(r) for r in rows]
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM attachments").fetchone()[0])
@@ -357,10 +347,10 @@ class Store:
             self._append_event(db, attachment_id, sandbox_id, owner, type_, status, reason, message)
 
     def _require(self, db: sqlite3.Connection, attachment_id: str) -> AttachmentRecord:
-        row = db.execute(_SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
+        row = db.execute(SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
         if row is None:
             raise StoreError(f"attachment {attachment_id} not in the store")
-        return _attachment_from_row(row)
+        return attachment_from_row(row)
 
     def fence(self, attachment_id: str) -> Fence | None:
         row = self._db.execute(
@@ -456,7 +446,7 @@ class Store:
             "SELECT * FROM events WHERE owner = ? AND type = ? ORDER BY seq DESC LIMIT 1",
             (EVERYONE, type_),
         ).fetchone()
-        return _event_from_row(row) if row else None
+        return event_from_row(row) if row else None
 
     def _append_event(
         self,
@@ -487,7 +477,7 @@ class Store:
             query += " AND owner IN (?, ?)"
             params += [owner, EVERYONE]
         rows = self._db.execute(query + " ORDER BY seq LIMIT ?", [*params, limit]).fetchall()
-        return [_event_from_row(r) for r in rows]
+        return [event_from_row(r) for r in rows]
 
     def last_event_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -496,56 +486,3 @@ class Store:
     def oldest_event_seq(self) -> int:
         row = self._db.execute("SELECT MIN(seq) FROM events").fetchone()
         return int(row[0]) if row and row[0] is not None else 0
-
-
-_SELECT_ATTACHMENT = """SELECT a.*, d.kind, d.controller, d.pf, d.number, d.host_pci_address,
-        COALESCE(NULLIF(a.representor, ''), d.representor) AS device_representor
-    FROM attachments a JOIN devices d ON d.device_id = a.device_id"""
-
-
-def _event_from_row(r: sqlite3.Row) -> EventRecord:
-    return EventRecord(
-        r["seq"],
-        r["attachment_id"],
-        r["sandbox_id"],
-        r["owner"],
-        r["type"],
-        bool(r["status"]),
-        r["reason"],
-        r["message"],
-        r["time"],
-    )
-
-
-def _device_from_row(row: sqlite3.Row) -> DeviceSlot:
-    return DeviceSlot(
-        kind=DeviceKind(row["kind"]),
-        controller=row["controller"],
-        pf=row["pf"],
-        number=row["number"],
-        # sqlite3.Row's `in` looks at values, not column names.
-        representor=row["device_representor"] if "device_representor" in row.keys() else row["representor"],  # noqa: SIM118
-        host_pci_address=row["host_pci_address"],
-    )
-
-
-def _attachment_from_row(row: sqlite3.Row) -> AttachmentRecord:
-    return AttachmentRecord(
-        attachment_id=row["attachment_id"],
-        owner=row["owner"],
-        request_id=row["request_id"],
-        sandbox_id=row["sandbox_id"],
-        host_instance_id=row["host_instance_id"],
-        lease_generation=row["lease_generation"],
-        device=_device_from_row(row),
-        mac=row["mac"],
-        slot=row["slot"],
-        network_class=row["network_class"],
-        state=AttachmentState(row["state"]),
-        ofport=row["ofport"],
-        policy_version=row["policy_version"],
-        policy_state=PolicyState(row["policy_state"]),
-        policy_applied_at=row["policy_applied_at"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )

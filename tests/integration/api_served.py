@@ -19,13 +19,14 @@ from prometheus_client import CollectorRegistry
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator.api.auth import RoleMap
+from coordinator.api.rpc_metrics import RpcMetricsInterceptor
 from coordinator.api.server import SERVICE_NAME, start_server
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.callers import Caller, Role
 from coordinator.certs import DevPki, issue_client_cert
 from coordinator.config import AuthConfig, LogsConfig, ServerConfig
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.metrics import Metrics, RpcMetricsInterceptor
+from coordinator.metrics import Metrics
 from coordinator.security_events import start_security_events
 from tests.integration.stack import Stack, build_stack
 

@@ -12,8 +12,8 @@ import pytest
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import cookie_for_slot
+from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.policy.validate import scope_from_mapping
-from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.store.records import AttachmentRecord, PolicyState
 from tests.integration.stack import Stack, Uplink, build_stack
 

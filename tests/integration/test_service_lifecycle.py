@@ -17,7 +17,7 @@ from coordinator.metrics import Metrics
 from coordinator.ovs.ovsdb import OWNER_KEY
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
-from coordinator.switch_watch import recover
+from coordinator.watches.switch import recover
 from tests.integration.stack import HOST as HOST_ADMIN
 from tests.integration.stack import Stack, Uplink, build_stack
 

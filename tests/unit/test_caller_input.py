@@ -12,9 +12,9 @@ from coordinator.api.security_interceptor import SecurityEventInterceptor
 from coordinator.bounded import TRUNCATED_MARK, bounded
 from coordinator.config import AuthConfig, PolicyConfig
 from coordinator.gateway import policy_dir
+from coordinator.gateway.policy_book import PolicyBook
+from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.identifiers import MAX_ID_LENGTH, is_identifier
-from coordinator.policy_book import PolicyBook
-from coordinator.policy_stream import PolicyStreamHandler
 from coordinator.security_rate import IdentityRateLimit
 
 

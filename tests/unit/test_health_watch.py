@@ -17,10 +17,10 @@ from coordinator.eswitch.base import HealthFact
 from coordinator.eswitch.switchdev import SwitchdevEswitch
 from coordinator.events import EventHub
 from coordinator.health import HealthReport
-from coordinator.health_watch import FIRMWARE_EVENT, HEALTHY_EVENT, HealthWatch, start_health_watch
 from coordinator.store.db import Store
 from coordinator.store.records import EventRecord, NewAttachment
 from coordinator.store.worker import AsyncStore
+from coordinator.watches.health import FIRMWARE_EVENT, HEALTHY_EVENT, HealthWatch, start_health_watch
 from tests.fake_bluefield import FakeBlueField
 
 HOST = "spiffe://bluefield.local/host/host-a"

@@ -23,6 +23,7 @@ PURE_CORE = (
     "reconcile.py",
     "identifiers.py",
     "bounded.py",
+    "toplevel.py",
     "callers.py",
     "errors.py",
     "health.py",
@@ -70,8 +71,8 @@ ONLY_IN = (
     OnlyIn("pyudev", ("eswitch/",)),
     OnlyIn("pyroute2", ("eswitch/", "dev/")),
     # gRPC lives at the edges: the API, the gateway stream, the clients and
-    # the composition root. metrics.py and security_events.py still carry
-    # their gRPC interceptors.
+    # the composition root. security_events.py still carries its gRPC
+    # interceptor.
     OnlyIn(
         "grpc",
         (
@@ -82,7 +83,6 @@ ONLY_IN = (
             "daemon.py",
             "dev/",
             "cli.py",
-            "metrics.py",
             "security_events.py",
         ),
     ),

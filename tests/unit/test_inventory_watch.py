@@ -16,10 +16,10 @@ from coordinator.config import config_from_mapping
 from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError
 from coordinator.eswitch.switchdev import NetEvent, SwitchdevEswitch
 from coordinator.events import EventHub
-from coordinator.inventory_watch import DRIFT_EVENT, InventoryWatch, start_inventory_watch
 from coordinator.store.db import Store
 from coordinator.store.records import AttachmentRecord, EventRecord, NewAttachment
 from coordinator.store.worker import AsyncStore
+from coordinator.watches.inventory import DRIFT_EVENT, InventoryWatch, start_inventory_watch
 from tests.fake_bluefield import FakeBlueField
 
 OWNER = "spiffe://bluefield.local/host/host-a"

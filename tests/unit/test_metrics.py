@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coordinator import __version__
 from coordinator import metrics as metrics_module
+from coordinator.api.rpc_metrics import RpcMetricsInterceptor
 from coordinator.certs import DevPki, init_dev_pki
 from coordinator.eswitch.base import DeviceKind, DeviceSlot, HealthFact
 from coordinator.health import HealthReport
@@ -27,7 +28,6 @@ from coordinator.metrics import (
     Metrics,
     MetricsServer,
     MetricsServerError,
-    RpcMetricsInterceptor,
     parse_listen,
     start_metrics_server,
 )

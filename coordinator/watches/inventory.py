@@ -4,7 +4,7 @@ The host creates and destroys VFs whenever it likes (``sriov_numvfs``), so
 their representors come and go under a running daemon. This task re-reads
 ``backend.inventory()`` on a polling interval (``[eswitch]
 inventory_poll_s``) and, where udevd runs, early on net add/remove/rename
-events (:class:`coordinator.eswitch.switchdev.RepresentorWatcher`), then
+events (:class:`coordinator.eswitch.net_events.RepresentorWatcher`), then
 records it with ``Store.sync_devices``: new devices join the pool, vanished
 ones are marked absent (kept, so an attachment holding one stays
 referable) and drop out of the pool stats.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from coordinator.config import Config
 from coordinator.eswitch.base import EswitchBackend, EswitchError
-from coordinator.eswitch.switchdev import NetEvent, NetEventSource, RepresentorWatcher
+from coordinator.eswitch.net_events import NetEvent, NetEventSource, RepresentorWatcher
 from coordinator.events import EventHub
 from coordinator.store.db import StoreError
 from coordinator.store.records import AttachmentRecord
