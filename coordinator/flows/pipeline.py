@@ -3,6 +3,7 @@ emitted flow must pass against it."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -75,10 +76,14 @@ class Pipeline:
     priorities: Mapping[str, tuple[int, int]]
 
     def table(self, name: str) -> Table:
-        for table in self.tables:
-            if table.name == name:
-                return table
-        raise KeyError(f"no table named {name!r} in the pipeline")
+        table = self._by_name.get(name)
+        if table is None:
+            raise KeyError(f"no table named {name!r} in the pipeline")
+        return table
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Table]:
+        return {table.name: table for table in self.tables}
 
     def number(self, name: str) -> int:
         return self.table(name).number
@@ -90,27 +95,32 @@ class Pipeline:
         return low + offset
 
     def check(self, flow: Flow) -> None:
+        # Every flow of every compile passes here, so the message naming the
+        # flow is only built for a flow that breaks a rule.
         try:
             table = self.table(flow.table)
         except KeyError as exc:
             raise FlowViolation(str(exc)) from exc
-        where = f"flow in table {table.name} (priority {flow.priority}, match {dict(flow.match)})"
         if not any(low <= flow.priority <= high for low, high in table.priority_ranges):
-            raise FlowViolation(f"{where}: priority outside the table's ranges")
+            raise FlowViolation(f"{_where(table, flow)}: priority outside the table's ranges")
         for field_name, _ in flow.match:
             if field_name not in table.match_fields:
-                raise FlowViolation(f"{where}: match field {field_name!r} not allowed here")
+                raise FlowViolation(f"{_where(table, flow)}: match field {field_name!r} not allowed here")
         if not flow.actions:
-            raise FlowViolation(f"{where}: no actions")
+            raise FlowViolation(f"{_where(table, flow)}: no actions")
         for action in flow.actions:
             if action.kind not in table.actions:
-                raise FlowViolation(f"{where}: action {action.kind!r} not allowed here")
+                raise FlowViolation(f"{_where(table, flow)}: action {action.kind!r} not allowed here")
             if isinstance(action, Goto | Ct | CtCommit) and action.table not in table.next_tables:
-                raise FlowViolation(f"{where}: may not continue in table {action.table!r}")
+                raise FlowViolation(f"{_where(table, flow)}: may not continue in table {action.table!r}")
 
     def check_all(self, flows: Iterable[Flow]) -> None:
         for flow in flows:
             self.check(flow)
+
+
+def _where(table: Table, flow: Flow) -> str:
+    return f"flow in table {table.name} (priority {flow.priority}, match {dict(flow.match)})"
 
 
 def _str_list(raw: Mapping[str, Any], key: str, where: str) -> list[str]:

@@ -16,6 +16,7 @@ conjunction() actions, which OVS allows.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -71,10 +72,18 @@ def _port_text(value: int, mask: int) -> str:
     return str(value) if mask == 0xFFFF else f"{value:#x}/{mask:#x}"
 
 
-def _l4_terms(rule: Rule, family: int) -> list[Match] | None:
+# The terms of a rule depend on the rule and the family alone (not on the
+# attachment), and turning port ranges into masks and networks into text is
+# most of a compile's work: a policy change recompiles only the rules it
+# changed, and a thousand attachments running the same rules share them.
+# Bounded, so a stream of distinct rules cannot grow it without end.
+TERM_CACHE_SIZE = 16384
+
+
+def _l4_terms(rule: Rule, family: int) -> tuple[Match, ...] | None:
     """The rule's L4 alternatives for ``family``; None if it cannot match it."""
     if rule.protocol is Protocol.ANY:
-        return [()]
+        return ((),)
     if rule.protocol is Protocol.ICMP and family != 4:
         return None
     if rule.protocol is Protocol.ICMPV6 and family != 6:
@@ -82,26 +91,46 @@ def _l4_terms(rule: Rule, family: int) -> list[Match] | None:
     proto: Match = (("nw_proto", PROTO_NUMBER[rule.protocol]),)
     if rule.protocol.has_ports:
         if not rule.ports:
-            return [proto]
+            return (proto,)
         masks = ranges_to_masks((p.start, p.end) for p in rule.ports)
-        return [(*proto, ("tp_dst", _port_text(v, m))) for v, m in masks]
+        return tuple((*proto, ("tp_dst", _port_text(v, m))) for v, m in masks)
     prefix = "icmp" if rule.protocol is Protocol.ICMP else "icmpv6"
     term = proto
     if rule.icmp_type is not None:
         term = (*term, (f"{prefix}_type", str(rule.icmp_type)))
     if rule.icmp_code is not None:
         term = (*term, (f"{prefix}_code", str(rule.icmp_code)))
-    return [term]
+    return (term,)
 
 
-def _cidr_terms(rule: Rule, family: int, side: Side) -> list[Match] | None:
+def _cidr_terms(rule: Rule, family: int, field: str) -> tuple[Match, ...] | None:
     if not rule.cidrs:
-        return [()]
-    field = side.remote_v4 if family == 4 else side.remote_v6
+        return ((),)
     nets = [n for n in rule.cidrs if n.version == family]
     if not nets:
         return None
-    return [((field, str(n.network_address) if n.num_addresses == 1 else str(n)),) for n in nets]
+    return tuple(((field, str(n.network_address) if n.num_addresses == 1 else str(n)),) for n in nets)
+
+
+@dataclass(frozen=True)
+class _Conjunctive:
+    """A rule with several networks and several L4 terms: one conjunction."""
+
+    cidrs: tuple[Match, ...]
+    l4: tuple[Match, ...]
+
+
+@functools.lru_cache(maxsize=TERM_CACHE_SIZE)
+def _rule_terms(rule: Rule, family: int, remote_field: str) -> _Conjunctive | tuple[Match, ...] | None:
+    """What ``rule`` matches in ``family``: a conjunction's two dimensions,
+    or the direct matches (the cross product); None if it cannot match."""
+    cidrs = _cidr_terms(rule, family, remote_field)
+    l4 = _l4_terms(rule, family)
+    if cidrs is None or l4 is None:
+        return None
+    if len(cidrs) > 1 and len(l4) > 1:
+        return _Conjunctive(cidrs, l4)
+    return tuple((*c, *t) for c in cidrs for t in l4)
 
 
 def rule_flows(
@@ -124,24 +153,22 @@ def rule_flows(
     for family in families:
         common: Match = (*side.attachment, ("dl_type", ETH_BY_FAMILY[family]), ("ct_state", CT_NEW))
         for index, rule in enumerate(rules):
-            cidrs = _cidr_terms(rule, family, side)
-            l4 = _l4_terms(rule, family)
-            if cidrs is None or l4 is None:
+            terms = _rule_terms(rule, family, side.remote_v4 if family == 4 else side.remote_v6)
+            if terms is None:
                 continue
             deny = rule.action is RuleAction.DENY
             verdict: FlowAction = Drop() if deny else Goto(side.commit_table)
             base = pipeline.priority("deny_rule" if deny else "allow_rule")
-            if len(cidrs) > 1 and len(l4) > 1:
+            if isinstance(terms, _Conjunctive):
                 conj_id = (slot << 16) | (side.bit << 15) | ((family == 6) << 14) | index
-                for term in cidrs:
+                for term in terms.cidrs:
                     emit(base, (*common, *term), Conjunction(conj_id, 1, 2))
-                for term in l4:
+                for term in terms.l4:
                     emit(base, (*common, *term), Conjunction(conj_id, 2, 2))
                 emit(base, (*common, ("conj_id", str(conj_id))), verdict)
             else:
-                for c in cidrs:
-                    for t in l4:
-                        emit(base + 1, (*common, *c, *t), verdict)
+                for term in terms:
+                    emit(base + 1, (*common, *term), verdict)
     return [
         _merge(pipeline, side.table, priority, match, actions, cookie)
         for (priority, match), actions in merged.items()

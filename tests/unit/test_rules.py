@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from hypothesis import given, settings
 
+from coordinator.flows import rules as rules_module
 from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
 from coordinator.flows.model import Conjunction, Flow
 from coordinator.flows.pipeline import load_pipeline
@@ -102,3 +103,25 @@ def test_compilation_is_deterministic_and_checked(scope: Scope) -> None:
     assert first == attachment_flows(PIPELINE, PORT, scope)
     PIPELINE.check_all(first)
     assert {f.cookie for f in first} == {PORT.cookie}
+
+
+@settings(max_examples=60, deadline=None)
+@given(scopes(), scopes())
+def test_a_compile_from_remembered_rule_terms_equals_a_fresh_one(first: Scope, second: Scope) -> None:
+    """Rule terms are remembered across compiles and attachments: whatever
+    was compiled before (another scope, another slot), the flows are the
+    ones a compile from nothing gives."""
+    other = PortFacts(ofport=11, mac="02:00:5e:00:53:0b", zone=300, cookie=cookie_for_slot(300))
+    rules_module._rule_terms.cache_clear()
+    fresh_first = attachment_flows(PIPELINE, PORT, first)
+    fresh_second = attachment_flows(PIPELINE, other, second)
+    rules_module._rule_terms.cache_clear()
+    attachment_flows(PIPELINE, other, first)
+    attachment_flows(PIPELINE, PORT, second)
+    assert attachment_flows(PIPELINE, PORT, first) == fresh_first
+    assert attachment_flows(PIPELINE, other, second) == fresh_second
+
+
+def test_remembered_rule_terms_are_bounded() -> None:
+    info = rules_module._rule_terms.cache_info()
+    assert info.maxsize == rules_module.TERM_CACHE_SIZE
