@@ -13,14 +13,11 @@ from typing import Protocol
 
 from coordinator.callers import Caller
 from coordinator.config import Config
-from coordinator.dataplane import Dataplane
+from coordinator.dataplane_port import DataplanePort
 from coordinator.errors import NotFound
-from coordinator.eswitch.base import EswitchBackend
 from coordinator.events import EventHub
 from coordinator.gateway.client import StreamStatus
 from coordinator.keyed_lock import KeyedLocks
-from coordinator.ovs.openflow import OpenFlowSwitch
-from coordinator.ovs.ovsdb import Ovsdb
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import scope_to_mapping
 from coordinator.policy_book import PolicyBook
@@ -62,10 +59,7 @@ class PolicySource(Protocol):
 class ServiceContext:
     config: Config
     store: AsyncStore
-    dataplane: Dataplane
-    backend: EswitchBackend
-    ovsdb: Ovsdb
-    openflow: OpenFlowSwitch
+    dataplane: DataplanePort  # the only door to the switch and the eswitch
     classes: Mapping[str, Scope]
     events: EventHub
     mac_salt: str

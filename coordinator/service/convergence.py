@@ -14,12 +14,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from coordinator.dataplane import WorldFacts
+from coordinator.dataplane_port import FlowsRejected, WorldFacts
 from coordinator.errors import Unavailable
-from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
+from coordinator.flows.compiler import cookie_for_slot
 from coordinator.memory import release_free_memory
-from coordinator.ovs.openflow import OpenFlowError
-from coordinator.ovs.ovsdb import OvsdbError
 from coordinator.policy.scope import Scope
 from coordinator.reconcile import Plan, plan
 from coordinator.service.context import ServiceContext
@@ -68,7 +66,7 @@ class Convergence:
         state: finish what a crash interrupted, remove what no attachment
         holds, re-install flows."""
         store = self._ctx.store
-        presence = await store.sync_devices(await asyncio.to_thread(self._ctx.backend.inventory))
+        presence = await store.sync_devices(await self._ctx.dataplane.inventory())
         for record in await store.list_attachments():
             if record.device.device_id in presence.vanished:
                 # Gone while the daemon was down (the host removed the VF).
@@ -95,40 +93,11 @@ class Convergence:
         return report
 
     async def switch_intact(self) -> str | None:
-        """None if the switch still holds our bridge flows; else why not."""
-        ctx = self._ctx
-        try:
-            installed = await ctx.openflow.dump(BRIDGE_COOKIE)
-            facts = await ctx.ovsdb.bridge_facts(ctx.config.ovs.bridge)
-        except (OpenFlowError, OvsdbError) as exc:
-            return f"switch unreachable: {exc}"
-        if facts.get("bridge") is None:
-            return f"bridge {ctx.config.ovs.bridge} missing"
-        expected = len(ctx.dataplane.bridge_flows())
-        if len(installed) != expected:
-            return f"bridge holds {len(installed)} of its {expected} base flows (ovs-vswitchd restarted?)"
-        try:
-            numbers = await ctx.ovsdb.interface_ofports()
-        except OvsdbError as exc:
-            return f"switch unreachable: {exc}"
-        return await self._port_moved(numbers)
-
-    async def _port_moved(self, numbers: Mapping[str, int]) -> str | None:
-        """OpenFlow port numbers are not fixed: after an ovs-vswitchd restart
-        a port can come back under another one (a port added while it was
-        down may have taken the old number first). Our flows name ports by
-        number, so a port that moved needs its flows re-programmed."""
-        ctx = self._ctx
-        in_use = {record.device.representor: record.ofport for record in await ctx.store.list_attachments()
+        """None if the switch still holds our bridge flows and every BOUND
+        attachment's port its OpenFlow number; else why not."""
+        in_use = {record.device.representor: record.ofport for record in await self._ctx.store.list_attachments()
                   if record.state == AttachmentState.BOUND and record.ofport > 0}  # fmt: skip
-        uplink = ctx.config.ovs.uplink
-        if uplink and ctx.dataplane.uplink_ofport is not None:
-            in_use[uplink] = ctx.dataplane.uplink_ofport
-        for name, number in sorted(in_use.items()):
-            now = numbers.get(name)
-            if now != number:
-                return f"port {name} is now OpenFlow port {now or 'none'}, its flows use {number}"
-        return None
+        return await self._ctx.dataplane.switch_intact(in_use)
 
     async def _converge(self, reason: str) -> ConvergeReport:
         began = time.monotonic()
@@ -231,7 +200,7 @@ class Convergence:
                     rep = await ctx.dataplane.prepare(record)
                     ofport = await ctx.dataplane.add_port(record, rep, zone_limit=False)
                 await ctx.dataplane.set_meter(record.slot, chosen.scope)
-            except (Unavailable, OpenFlowError) as exc:
+            except (Unavailable, FlowsRejected) as exc:
                 await ctx.store.append_event(record, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
                 return None
         return _Plugged(record, rep, ofport, chosen.state, chosen.version, chosen.scope, adopted)
@@ -255,7 +224,7 @@ class Convergence:
         }
         try:
             changes = await dp.sync_all(desired)
-        except OpenFlowError as exc:
+        except FlowsRejected as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
         for p in plugged:
             # A meter left from a rate limit the policy no longer has.

@@ -14,14 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from coordinator.callers import Caller
 from coordinator.config import Config
-from coordinator.dataplane import Dataplane
-from coordinator.eswitch.base import EswitchBackend
+from coordinator.dataplane_port import DataplanePort
 from coordinator.events import EventHub
-from coordinator.flows.pipeline import Pipeline
 from coordinator.health import HealthReport
 from coordinator.host_reconcile import Known, ReconcileMode
-from coordinator.ovs.openflow import OpenFlowSwitch
-from coordinator.ovs.ovsdb import Ovsdb
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.policy_book import PolicyBook
@@ -43,24 +39,16 @@ class AttachmentService:
         *,
         config: Config,
         store: AsyncStore,
-        backend: EswitchBackend,
-        ovsdb: Ovsdb,
-        openflow: OpenFlowSwitch,
-        pipeline: Pipeline,
+        dataplane: DataplanePort,
         network_classes: Mapping[str, Scope],
         events: EventHub,
         mac_salt: str,
     ) -> None:
-        self.dataplane = Dataplane(
-            config=config, backend=backend, ovsdb=ovsdb, openflow=openflow, pipeline=pipeline
-        )
+        self.dataplane = dataplane
         ctx = ServiceContext(
             config=config,
             store=store,
             dataplane=self.dataplane,
-            backend=backend,
-            ovsdb=ovsdb,
-            openflow=openflow,
             classes=network_classes,
             events=events,
             mac_salt=mac_salt,

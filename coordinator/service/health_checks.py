@@ -4,13 +4,10 @@ store says, and the gateway stream; cached briefly for Attach."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from coordinator.eswitch.base import HealthFact
-from coordinator.health import HealthReport, ovs_checks
-from coordinator.ovs.openflow import OpenFlowError
-from coordinator.ovs.ovsdb import OvsdbError
+from coordinator.health import HealthReport
 from coordinator.service.context import ServiceContext
 from coordinator.service.gate import OperationGate
 
@@ -32,19 +29,7 @@ class ServiceHealth:
         if not fresh and self._cached and now - self._cached[0] < HEALTH_TTL_S:
             return self._cached[1]
         ctx = self._ctx
-        checks: list[HealthFact] = []
-        try:
-            facts = await ctx.ovsdb.bridge_facts(ctx.config.ovs.bridge)
-            error = ""
-        except OvsdbError as exc:
-            facts, error = None, str(exc)
-        hw_required = ctx.backend.name == "switchdev"
-        checks += ovs_checks(facts, error, ctx.config.ovs.bridge, hw_offload_required=hw_required)
-        try:
-            await ctx.openflow.ping()
-            checks.append(HealthFact("openflow_reachable", True, "bridge answers OpenFlow", required=True))
-        except OpenFlowError as exc:
-            checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))
+        checks = await ctx.dataplane.switch_health()
         converging = self._gate.converging
         lost = self._gate.switch_lost or (f"re-programming ({converging})" if converging else None)
         checks.append(
@@ -52,7 +37,7 @@ class ServiceHealth:
                 "switch_programmed", lost is None, lost or "every attachment's flows installed", required=True
             )
         )
-        checks += await asyncio.to_thread(ctx.backend.health)
+        checks += await ctx.dataplane.eswitch_health()
         if ctx.policy_source is not None:
             status = ctx.policy_source.status
             state = "connected" if status.connected else "down"

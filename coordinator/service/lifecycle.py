@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from coordinator import faults
 from coordinator.callers import Caller
+from coordinator.dataplane_port import FlowsRejected
 from coordinator.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -27,7 +28,6 @@ from coordinator.errors import (
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.mac import mac_for_device
 from coordinator.leases import DetachDecision, decide_detach
-from coordinator.ovs.openflow import OpenFlowError
 from coordinator.policy.scope import Scope
 from coordinator.policy_book import PolicyDenied
 from coordinator.service import intent
@@ -176,7 +176,7 @@ class Lifecycle:
     async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> None:
         try:
             await self._ctx.dataplane.enforce(record, ofport, scope)
-        except OpenFlowError as exc:
+        except FlowsRejected as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
 
     async def _undo_attach(self, record: AttachmentRecord, cause: BaseException) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from coordinator import faults
-from coordinator.ovs.openflow import OpenFlowError
+from coordinator.dataplane_port import FlowsRejected
 from coordinator.policy.scope import Scope
 from coordinator.service.context import ServiceContext
 from coordinator.service.gate import OperationGate
@@ -61,7 +61,7 @@ class PolicyApply:
             began = time.monotonic()
             try:
                 sync, cut = await ctx.dataplane.enforce_and_revoke(record, record.ofport, scope)
-            except OpenFlowError as exc:
+            except FlowsRejected as exc:
                 ctx.observer.policy_applied(time.monotonic() - began, ok=False)
                 failed = True
                 event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
@@ -221,7 +221,7 @@ class PolicyApply:
             try:
                 await ctx.dataplane.cut_many(records)
                 dropped = True
-            except OpenFlowError as exc:
+            except FlowsRejected as exc:
                 log.error(
                     "cutting %d attachments in one bundle failed (%s); one at a time", len(records), exc
                 )
@@ -237,7 +237,7 @@ class PolicyApply:
             if dropped:
                 try:
                     await ctx.dataplane.settle_cut(records, deny_all)
-                except OpenFlowError as exc:
+                except FlowsRejected as exc:
                     log.error("deny-all flows of %d attachments did not read back: %s", len(records), exc)
             await ctx.dataplane.drop_meters_if_unused(records, deny_all)
         log.info(
@@ -255,7 +255,7 @@ class PolicyApply:
         for record in records:
             try:
                 await self._ctx.dataplane.enforce(record, record.ofport, deny_all)
-            except OpenFlowError as exc:
+            except FlowsRejected as exc:
                 log.error("closing %s failed: %s", record.attachment_id, exc)
                 continue
             closed.append(record)
