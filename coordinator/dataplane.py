@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from coordinator import faults
 from coordinator.config import Config
 from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
+from coordinator.dataplane_probes import SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError, HealthFact
 from coordinator.flows.compiler import (
@@ -42,8 +43,6 @@ from coordinator.flows.compiler import (
 )
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
-from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
-from coordinator.health import ovs_checks
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
@@ -56,7 +55,6 @@ from coordinator.ovs.ovsdb import (
     Ovsdb,
     OvsdbError,
 )
-from coordinator.ovs.trace import TraceError, dpif_show, trace
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
@@ -98,6 +96,7 @@ class Dataplane:
         self._ovsdb = ovsdb
         self._openflow = openflow
         self._pipeline = pipeline
+        self._probes = SwitchProbes(config.ovs, backend, ovsdb, openflow)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.
@@ -398,76 +397,19 @@ class Dataplane:
         await self._openflow.delete_meter(meter)
         self._metered.pop(meter, None)
 
-    # -- what the service asks of the switch ------------------------------------------
+    # -- what the service asks of the switch (see ``dataplane_probes``) ---------------------
 
     async def inventory(self) -> list[DeviceSlot]:
         return await asyncio.to_thread(self._backend.inventory)
 
     async def switch_intact(self, ports_in_use: Mapping[str, int]) -> str | None:
-        """None if the switch still holds our bridge flows and our ports keep
-        their numbers; else why not."""
-        try:
-            installed = await self._openflow.dump(BRIDGE_COOKIE)
-            facts = await self._ovsdb.bridge_facts(self._bridge)
-        except (OpenFlowError, OvsdbError) as exc:
-            return f"switch unreachable: {exc}"
-        if facts.get("bridge") is None:
-            return f"bridge {self._bridge} missing"
-        expected = len(self.bridge_flows())
-        if len(installed) != expected:
-            return f"bridge holds {len(installed)} of its {expected} base flows (ovs-vswitchd restarted?)"
-        try:
-            numbers = await self._ovsdb.interface_ofports()
-        except OvsdbError as exc:
-            return f"switch unreachable: {exc}"
-        return self._port_moved(ports_in_use, numbers)
-
-    def _port_moved(self, ports_in_use: Mapping[str, int], numbers: Mapping[str, int]) -> str | None:
-        """OpenFlow port numbers are not fixed: after an ovs-vswitchd restart
-        a port can come back under another one (a port added while it was
-        down may have taken the old number first). Our flows name ports by
-        number, so a port that moved needs its flows re-programmed."""
-        in_use = dict(ports_in_use)
-        uplink = self._config.ovs.uplink
-        if uplink and self.uplink_ofport is not None:
-            in_use[uplink] = self.uplink_ofport
-        for name, number in sorted(in_use.items()):
-            now = numbers.get(name)
-            if now != number:
-                return f"port {name} is now OpenFlow port {now or 'none'}, its flows use {number}"
-        return None
+        return await self._probes.switch_intact(len(self.bridge_flows()), ports_in_use, self.uplink_ofport)
 
     async def switch_health(self) -> list[HealthFact]:
-        try:
-            facts = await self._ovsdb.bridge_facts(self._bridge)
-            error = ""
-        except OvsdbError as exc:
-            facts, error = None, str(exc)
-        hw_required = self._backend.name == "switchdev"
-        checks = ovs_checks(facts, error, self._bridge, hw_offload_required=hw_required)
-        try:
-            await self._openflow.ping()
-            checks.append(HealthFact("openflow_reachable", True, "bridge answers OpenFlow", required=True))
-        except OpenFlowError as exc:
-            checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))
-        return checks
+        return await self._probes.switch_health()
 
     async def eswitch_health(self) -> list[HealthFact]:
-        return await asyncio.to_thread(self._backend.health)
+        return await self._probes.eswitch_health()
 
     async def trace(self, record: AttachmentRecord, packet: Packet) -> SwitchTrace:
-        """``packet`` traced through the live switch, from or to the
-        attachment. Raises Unavailable when the switch cannot trace it."""
-        ports = TracePorts(
-            attachment_ofport=record.ofport, attachment_mac=record.mac, uplink_ofport=self.uplink_ofport or 0
-        )
-        request = trace_request(packet, ports)
-        cfg = self._config.ovs
-        ctl = vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl)
-        try:
-            text = await trace(ctl, cfg.bridge, request.flow, request.ct_next, timeout=cfg.timeout_s)
-            odp = parse_dpif_show(await dpif_show(ctl, timeout=cfg.timeout_s), cfg.bridge)
-            switch = parse_trace(text, request.expected_ofport, odp)
-        except (TraceError, TraceParseError) as exc:
-            raise Unavailable(f"tracing through the switch: {exc}") from exc
-        return SwitchTrace(text=text, allowed=switch.allowed)
+        return await self._probes.trace(record, packet, self.uplink_ofport)
