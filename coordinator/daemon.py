@@ -21,6 +21,7 @@ from coordinator.api.server import ServerSetupError, load_server_trust, start_se
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.client import TlsFiles
 from coordinator.config import Config
+from coordinator.dataplane import Dataplane
 from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
 from coordinator.eswitch.devlink import DevlinkCli
 from coordinator.eswitch.emulated import EmulatedEswitch
@@ -113,13 +114,13 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
             f"unix:{config.ovs.rundir}/{config.ovs.bridge}.mgmt", timeout=config.ovs.timeout_s
         )
         events = EventHub()
+        dataplane = Dataplane(
+            config=config, backend=chosen, ovsdb=ovsdb, openflow=openflow, pipeline=load_pipeline()
+        )
         service = AttachmentService(
             config=config,
             store=store,
-            backend=chosen,
-            ovsdb=ovsdb,
-            openflow=openflow,
-            pipeline=load_pipeline(),
+            dataplane=dataplane,
             network_classes=load_network_classes(),
             events=events,
             mac_salt=mac_salt(config),

@@ -5,7 +5,14 @@ module makes the world look like that: the bridge and its base flows, an
 attachment's device, port, conntrack zone limit, meter and flows, and their
 removal. It also reads back what the world holds (ports, flows and devices
 carrying our marks) for reconcile, and installs many attachments' flows in
-one atomic bundle when the whole switch is re-programmed.
+one atomic bundle when the whole switch is re-programmed. And it answers
+what the service asks of the switch: whether it still holds our state, the
+health probes, and traces of packets for ExplainPacket.
+
+It is the service's only door to OVS and the eswitch (typed by
+``dataplane_port.DataplanePort``): the OVS and eswitch errors stop here,
+as ``Unavailable`` or, for a change of flows the switch did not take,
+``FlowsRejected``.
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from coordinator import faults
 from coordinator.config import Config
+from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
+from coordinator.dataplane_probes import SwitchProbes
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError, PreparedDevice
+from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError, HealthFact
 from coordinator.flows.compiler import (
     BRIDGE_COOKIE,
     COOKIE_OWNER,
@@ -46,6 +55,7 @@ from coordinator.ovs.ovsdb import (
     Ovsdb,
     OvsdbError,
 )
+from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
 
@@ -53,15 +63,16 @@ log = logging.getLogger(__name__)
 
 _COOKIE_RE = re.compile(r"\bcookie=(0x[0-9a-fA-F]+|\d+)")
 
+__all__ = ["Dataplane", "WorldFacts", "flow_cookie"]
 
-@dataclass(frozen=True)
-class WorldFacts:
-    """What the switch and the eswitch hold that carries our marks."""
 
-    ports: Mapping[str, Mapping[str, str]]  # our OVS ports -> external_ids
-    flows: Mapping[int, tuple[str, ...]]  # cookie -> installed flows (ours only)
-    ofports: Mapping[str, int]  # interface -> OpenFlow port, where it has one
-    prepared: tuple[PreparedDevice, ...]  # functions the eswitch has prepared
+@contextmanager
+def _rejected() -> Iterator[None]:
+    """The switch's refusal of a change of flows, as the door names it."""
+    try:
+        yield
+    except OpenFlowError as exc:
+        raise FlowsRejected(str(exc)) from exc
 
 
 def flow_cookie(flow: str) -> int | None:
@@ -85,6 +96,7 @@ class Dataplane:
         self._ovsdb = ovsdb
         self._openflow = openflow
         self._pipeline = pipeline
+        self._probes = SwitchProbes(config.ovs, backend, ovsdb, openflow)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.
@@ -169,8 +181,9 @@ class Dataplane:
 
     async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
         """Make the attachment's flows those of ``scope``: one atomic bundle of
-        the differences, read back and verified. Raises OpenFlowError."""
-        result, _ = await self._enforce(record, ofport, scope, revoke=False)
+        the differences, read back and verified. Raises FlowsRejected."""
+        with _rejected():
+            result, _ = await self._enforce(record, ofport, scope, revoke=False)
         return result
 
     async def enforce_and_revoke(
@@ -178,7 +191,8 @@ class Dataplane:
     ) -> tuple[SyncResult, str]:
         """``enforce``, then cut the connections ``scope`` no longer allows
         (see ``revoke``), that while the flows are read back."""
-        return await self._enforce(record, ofport, scope, revoke=True)
+        with _rejected():
+            return await self._enforce(record, ofport, scope, revoke=True)
 
     async def _enforce(
         self, record: AttachmentRecord, ofport: int, scope: Scope, *, revoke: bool
@@ -192,7 +206,7 @@ class Dataplane:
             notes.append(await self.revoke(record, scope))
 
         try:
-            await self.set_meter(record.slot, scope)
+            await self._set_meter(record.slot, scope)
             desired = self.desired_flows(record, ofport, scope)
             result = await self._openflow.sync(
                 port.cookie, desired, installed=installed, beside_readback=cut if revoke else None
@@ -209,6 +223,11 @@ class Dataplane:
         return result, "".join(notes)
 
     async def set_meter(self, slot: int, scope: Scope) -> None:
+        """Raises FlowsRejected."""
+        with _rejected():
+            await self._set_meter(slot, scope)
+
+    async def _set_meter(self, slot: int, scope: Scope) -> None:
         # Meters cannot ride in a bundle: set before the flows that use it.
         limit = scope.egress_rate_limit
         if limit is not None:
@@ -273,14 +292,15 @@ class Dataplane:
         drops each (see ``cut_flows``) added in one atomic bundle, without
         reading the switch and without deleting anything, so the bundle stays
         small however many flows the attachments hold. ``settle_cut`` then
-        puts the deny-all flows in their place. Raises OpenFlowError (then
+        puts the deny-all flows in their place. Raises FlowsRejected (then
         nothing changed)."""
-        await self._openflow.bundle([f"flow add {f}" for r in records for f in self.cut_flows(r)])
+        with _rejected():
+            await self._openflow.bundle([f"flow add {f}" for r in records for f in self.cut_flows(r)])
 
     async def settle_cut(self, records: Sequence[AttachmentRecord], deny_all: Scope) -> None:
         """After ``cut_many``: each attachment's flows (the drops included)
         replaced with ``deny_all``'s in one atomic bundle, then read back and
-        corrected. Raises OpenFlowError if they still differ; as every bundle
+        corrected. Raises FlowsRejected if they still differ; as every bundle
         is all or nothing, an attachment then still holds its drops or
         already its deny-all flows, closed either way."""
         desired = {cookie_for_slot(r.slot): self.desired_flows(r, r.ofport, deny_all) for r in records}
@@ -288,11 +308,12 @@ class Dataplane:
             await self._openflow.replace_many(desired)
         except OpenFlowError as exc:
             log.warning("replacing the drops of %d attachments failed (%s); correcting", len(records), exc)
-        await self.verify_many(desired)
+        with _rejected():
+            await self._verify_many(desired)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
 
-    async def verify_many(self, desired: Mapping[int, Sequence[str]]) -> None:
+    async def _verify_many(self, desired: Mapping[int, Sequence[str]]) -> None:
         """Read back the cookies of ``desired`` and correct any difference in
         one bundle; raises OpenFlowError if they still differ. One cookie is
         read by itself, not with every flow of ours."""
@@ -300,7 +321,7 @@ class Dataplane:
             ((cookie, flows),) = desired.items()
             await self._openflow.sync(cookie, flows)
         else:
-            await self.sync_all(desired)
+            await self._sync_all(desired)
 
     async def cut_zones(self, records: Sequence[AttachmentRecord]) -> str:
         """Every connection of these attachments' conntrack zones, gone: one
@@ -338,7 +359,11 @@ class Dataplane:
         """Make every cookie in ``desired`` hold exactly its flows, in one
         atomic bundle of the differences, then read back and verify. Our
         cookies not in ``desired`` are left alone. Returns the changes by
-        cookie (cookies without a change are absent)."""
+        cookie (cookies without a change are absent). Raises FlowsRejected."""
+        with _rejected():
+            return await self._sync_all(desired)
+
+    async def _sync_all(self, desired: Mapping[int, Sequence[str]]) -> dict[int, SyncResult]:
         changes = await self._openflow.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
@@ -371,3 +396,20 @@ class Dataplane:
     async def remove_meter(self, meter: int) -> None:
         await self._openflow.delete_meter(meter)
         self._metered.pop(meter, None)
+
+    # -- what the service asks of the switch (see ``dataplane_probes``) ---------------------
+
+    async def inventory(self) -> list[DeviceSlot]:
+        return await asyncio.to_thread(self._backend.inventory)
+
+    async def switch_intact(self, ports_in_use: Mapping[str, int]) -> str | None:
+        return await self._probes.switch_intact(len(self.bridge_flows()), ports_in_use, self.uplink_ofport)
+
+    async def switch_health(self) -> list[HealthFact]:
+        return await self._probes.switch_health()
+
+    async def eswitch_health(self) -> list[HealthFact]:
+        return await self._probes.eswitch_health()
+
+    async def trace(self, record: AttachmentRecord, packet: Packet) -> SwitchTrace:
+        return await self._probes.trace(record, packet, self.uplink_ofport)

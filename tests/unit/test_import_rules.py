@@ -1,7 +1,8 @@
 """Who may import whom (docs/ARCHITECTURE.md, "Import rules"), checked on the
 source: every ``import`` and ``from … import`` of every module under
 ``coordinator/`` (the generated protobuf code aside), also those inside
-functions, is held against the rules below."""
+functions, is held against the rules below; and who may build the adapters
+of the switch."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ PURE_CORE = (
     "health.py",
     "store/records.py",
     "ovs/port_keys.py",
+    "service/intent.py",
 )
 # What the pure core may never reach: network, database, threads of the
 # adapters, the event loop, and the adapters themselves.
@@ -55,6 +57,27 @@ PURE_CORE_FORBIDDEN = (
     "coordinator.ovs.unixctl",
     "coordinator._proto.bluefield.coordinator",
 )
+
+
+# The attachment service reaches the switch and the eswitch only through the
+# dataplane port (``dataplane_port.DataplanePort``): none of its parts imports
+# an OVS or eswitch adapter, nor the real dataplane.
+SERVICE_PARTS = ("service/",)
+SERVICE_FORBIDDEN = (
+    "coordinator.ovs",
+    "coordinator.eswitch.switchdev",
+    "coordinator.eswitch.devlink",
+    "coordinator.eswitch.sysfs",
+    "coordinator.eswitch.emulated",
+    "coordinator.dataplane",
+    "ovsdbapp",
+    "pyroute2",
+    "pyudev",
+)
+# The switch's adapters are built by the composition root (and the dev tools)
+# only; everything else is handed them.
+BUILT_ONLY_BY_ROOT = ("Dataplane", "OpenFlowSwitch", "Ovsdb")
+ROOT = ("daemon.py", "dev/")
 
 
 @dataclass(frozen=True)
@@ -117,6 +140,24 @@ def _imports(path: Path, root: Path) -> set[str]:
     return found
 
 
+def _built(path: Path) -> set[str]:
+    """The names of ``BUILT_ONLY_BY_ROOT`` this module calls (builds)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = (
+                func.id
+                if isinstance(func, ast.Name)
+                else func.attr
+                if isinstance(func, ast.Attribute)
+                else ""
+            )
+            if name in BUILT_ONLY_BY_ROOT:
+                found.add(name)
+    return found
+
+
 def _within(relative: str, places: tuple[str, ...]) -> bool:
     return any(relative == p or (p.endswith("/") and relative.startswith(p)) for p in places)
 
@@ -135,6 +176,16 @@ def violations(package: Path = PACKAGE) -> list[str]:
                 f"{relative} (pure core) imports {name}"
                 for name in sorted(imports)
                 if any(_reaches(name, bad) for bad in PURE_CORE_FORBIDDEN)
+            ]
+        if _within(relative, SERVICE_PARTS):
+            found += [
+                f"{relative} (service part) imports {name}"
+                for name in sorted(imports)
+                if any(_reaches(name, bad) for bad in SERVICE_FORBIDDEN)
+            ]
+        if not _within(relative, ROOT):
+            found += [
+                f"{relative} builds {name} (only {', '.join(ROOT)} may)" for name in sorted(_built(path))
             ]
         for rule in ONLY_IN:
             if _within(relative, rule.allowed):
@@ -159,6 +210,33 @@ def test_every_module_keeps_the_import_rules() -> None:
         ("service.py", "def f():\n    import sqlite3\n", "service.py imports sqlite3 (only store/db.py may)"),
         ("store/db.py", "import grpc\n", "store/db.py imports grpc"),
         ("api/x.py", "from ..daemon import run\n", "api/x.py imports coordinator.daemon"),
+        ("service/intent.py", "import asyncio\n", "service/intent.py (pure core) imports asyncio"),
+        (
+            "service/lifecycle.py",
+            "from coordinator.ovs.openflow import OpenFlowError\n",
+            "service/lifecycle.py (service part) imports coordinator.ovs.openflow",
+        ),
+        (
+            "service/health_checks.py",
+            "def f():\n    from ..eswitch import sysfs\n",
+            "service/health_checks.py (service part) imports coordinator.eswitch.sysfs",
+        ),
+        (
+            "service/convergence.py",
+            "from coordinator.dataplane import Dataplane\n",
+            "service/convergence.py (service part) imports coordinator.dataplane",
+        ),
+        (
+            "service/facade.py",
+            "def f(c):\n    return Dataplane(config=c)\n",
+            "service/facade.py builds Dataplane",
+        ),
+        (
+            "switch_watch.py",
+            "x = openflow.OpenFlowSwitch('t', timeout=1)\n",
+            "switch_watch.py builds OpenFlowSwitch",
+        ),
+        ("api/server.py", "db = Ovsdb('unix:x', timeout=1)\n", "api/server.py builds Ovsdb"),
     ],
 )
 def test_a_broken_rule_is_named(tmp_path: Path, relative: str, source: str, expected: str) -> None:

@@ -122,6 +122,6 @@ def test_faults_parse_and_fire() -> None:
 
 
 def test_every_fault_point_is_placed_in_the_code() -> None:
-    source = "".join(p.read_text() for p in Path(coordinator.__file__).parent.glob("*.py"))
+    source = "".join(p.read_text() for p in Path(coordinator.__file__).parent.rglob("*.py"))
     for point in faults.POINTS:
         assert f'faults.reached("{point}")' in source, point

@@ -1,0 +1,102 @@
+"""What the dataplane reads from the switch without changing it: whether it
+still holds our state (base flows, port numbers), the OVS and eswitch
+health probes, and packet traces for ExplainPacket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from coordinator.config import OvsConfig
+from coordinator.dataplane_port import SwitchTrace
+from coordinator.errors import Unavailable
+from coordinator.eswitch.base import EswitchBackend, HealthFact
+from coordinator.flows.compiler import BRIDGE_COOKIE
+from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
+from coordinator.health import ovs_checks
+from coordinator.ovs.control import vswitchd_ctl
+from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
+from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
+from coordinator.ovs.trace import TraceError, dpif_show, trace
+from coordinator.policy.packet import Packet
+from coordinator.store.records import AttachmentRecord
+
+
+class SwitchProbes:
+    def __init__(
+        self, cfg: OvsConfig, backend: EswitchBackend, ovsdb: Ovsdb, openflow: OpenFlowSwitch
+    ) -> None:
+        self._cfg = cfg
+        self._backend = backend
+        self._ovsdb = ovsdb
+        self._openflow = openflow
+
+    async def switch_intact(
+        self, base_flows: int, ports_in_use: Mapping[str, int], uplink_ofport: int | None
+    ) -> str | None:
+        """None if the bridge exists with its ``base_flows`` and our ports keep
+        their numbers; else why not."""
+        try:
+            installed = await self._openflow.dump(BRIDGE_COOKIE)
+            facts = await self._ovsdb.bridge_facts(self._cfg.bridge)
+        except (OpenFlowError, OvsdbError) as exc:
+            return f"switch unreachable: {exc}"
+        if facts.get("bridge") is None:
+            return f"bridge {self._cfg.bridge} missing"
+        if len(installed) != base_flows:
+            return f"bridge holds {len(installed)} of its {base_flows} base flows (ovs-vswitchd restarted?)"
+        try:
+            numbers = await self._ovsdb.interface_ofports()
+        except OvsdbError as exc:
+            return f"switch unreachable: {exc}"
+        in_use = dict(ports_in_use)
+        if self._cfg.uplink and uplink_ofport is not None:
+            in_use[self._cfg.uplink] = uplink_ofport
+        return port_moved(in_use, numbers)
+
+    async def switch_health(self) -> list[HealthFact]:
+        try:
+            facts = await self._ovsdb.bridge_facts(self._cfg.bridge)
+            error = ""
+        except OvsdbError as exc:
+            facts, error = None, str(exc)
+        hw_required = self._backend.name == "switchdev"
+        checks = ovs_checks(facts, error, self._cfg.bridge, hw_offload_required=hw_required)
+        try:
+            await self._openflow.ping()
+            checks.append(HealthFact("openflow_reachable", True, "bridge answers OpenFlow", required=True))
+        except OpenFlowError as exc:
+            checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))
+        return checks
+
+    async def eswitch_health(self) -> list[HealthFact]:
+        return await asyncio.to_thread(self._backend.health)
+
+    async def trace(self, record: AttachmentRecord, packet: Packet, uplink_ofport: int | None) -> SwitchTrace:
+        """``packet`` traced through the live switch, from or to the
+        attachment. Raises Unavailable when the switch cannot trace it."""
+        ports = TracePorts(
+            attachment_ofport=record.ofport, attachment_mac=record.mac, uplink_ofport=uplink_ofport or 0
+        )
+        request = trace_request(packet, ports)
+        cfg = self._cfg
+        ctl = vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl)
+        try:
+            text = await trace(ctl, cfg.bridge, request.flow, request.ct_next, timeout=cfg.timeout_s)
+            odp = parse_dpif_show(await dpif_show(ctl, timeout=cfg.timeout_s), cfg.bridge)
+            switch = parse_trace(text, request.expected_ofport, odp)
+        except (TraceError, TraceParseError) as exc:
+            raise Unavailable(f"tracing through the switch: {exc}") from exc
+        return SwitchTrace(text=text, allowed=switch.allowed)
+
+
+def port_moved(in_use: Mapping[str, int], numbers: Mapping[str, int]) -> str | None:
+    """OpenFlow port numbers are not fixed: after an ovs-vswitchd restart a
+    port can come back under another one (a port added while it was down may
+    have taken the old number first). Our flows name ports by number, so a
+    port that moved needs its flows re-programmed."""
+    for name, number in sorted(in_use.items()):
+        now = numbers.get(name)
+        if now != number:
+            return f"port {name} is now OpenFlow port {now or 'none'}, its flows use {number}"
+    return None
