@@ -8,10 +8,10 @@ compiler's Flow values instead of ovs-ofctl text, with no process spawn:
    meters, when the change sets one - in one round trip;
 2. diff in canonical byte form (cookie, table, priority, sorted OXM TLVs,
    instruction bytes: the switch reorders match fields in its replies);
-3. in one write: meter mods first (a meter cannot ride in a bundle;
-   MODIFY when it exists, ADD otherwise), then one ONF bundle (atomic,
-   ordered) of only the differences, then the read-back of the same
-   cookie/mask, then a barrier;
+3. the meters first (a meter cannot ride in a bundle; MODIFY when it
+   exists, ADD otherwise), then in one write one ONF bundle (atomic,
+   ordered) of only the differences, the read-back of the same
+   cookie/mask and a barrier;
 4. compare the read-back with the intent. Only when they differ is
    ``ovs-ofctl diff-flows`` run, to explain the difference in text.
 
@@ -175,8 +175,9 @@ class ChannelSwitch:
             raise OpenFlowError(f"reading meters: {outcome.error.describe()}")
         return {int(m.meter_id) for reply in outcome.replies for m in _parse(reply).body}
 
-    def _bundle(self, changes: Sequence[bytes]) -> list[Outgoing]:
-        """Open, one add per change, commit (the open's and commit's replies expected)."""
+    def prepare_bundle(self, changes: Sequence[bytes]) -> list[Outgoing]:
+        """One ONF bundle of the encoded ``changes`` (flow-mods, xid 0):
+        open, one add per change, commit. Send with ``send_bundle``."""
         bundle_id = next(self._bundle_ids)
         out = []
         for kind in (ofp.ONF_BCT_OPEN_REQUEST, None, ofp.ONF_BCT_COMMIT_REQUEST):
@@ -284,31 +285,31 @@ class ChannelSwitch:
         have = {f.key: f for f in current if f.key.cookie in desired}
         removed = [f for key, f in have.items() if key not in wanted]
         added = [key for key in wanted if key not in have]
-        writes: list[Outgoing] = []
-        for meter_id, band in (meters or {}).items():
-            command = ofp.OFPMC_MODIFY if meter_id in existing else ofp.OFPMC_ADD
-            xid = self._channel.xid()
-            writes.append(Outgoing(_meter_mod(command, meter_id, band, xid), xid))
+        if meters:
+            # Their own exchange: a refused meter stops the apply before any
+            # flow changes (in the bundle's write, the bundle would commit anyway).
+            writes = []
+            for meter_id, band in meters.items():
+                command = ofp.OFPMC_MODIFY if meter_id in existing else ofp.OFPMC_ADD
+                xid = self._channel.xid()
+                writes.append(Outgoing(_meter_mod(command, meter_id, band, xid), xid))
+            for meter_id, outcome in zip(meters, await self._exchange(writes), strict=True):
+                if outcome.error is not None:
+                    raise OpenFlowError(f"meter {meter_id}: {outcome.error.describe()}")
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
         labels = [f"delete of {_describe_key(f.key)}" for f in removed]
         labels += [f"add of {_describe_key(k)}" for k in added]
-        bundle = self._bundle(changes) if changes else []
+        bundle = self.prepare_bundle(changes) if changes else []
         readback = self._stats(cookie, mask) if changes and beside_readback is None else None
-        if writes or bundle:
-            sent = [*writes, *bundle, *([readback] if readback else [])]
-            results = await self._exchange(sent)
-            for outcome in results[: len(writes)]:
-                if outcome.error is not None:
-                    raise OpenFlowError(f"meter mod: {outcome.error.describe()}")
-            if bundle:
-                self._check_bundle(bundle, results[len(writes) : len(writes) + len(bundle)], labels)
-            if changes:
-                if readback is not None:
-                    after = self._flows_of(results[-1], "reading back flows")
-                else:
-                    assert beside_readback is not None
-                    after, _ = await asyncio.gather(self.installed(cookie, mask), beside_readback())
-                await self._verify(desired, wanted, after, cookie, mask)
+        if bundle:
+            results = await self._exchange([*bundle, *([readback] if readback else [])])
+            self._check_bundle(bundle, results[: len(bundle)], labels)
+            if readback is not None:
+                after = self._flows_of(results[-1], "reading back flows")
+            else:
+                assert beside_readback is not None
+                after, _ = await asyncio.gather(self.installed(cookie, mask), beside_readback())
+            await self._verify(desired, wanted, after, cookie, mask)
 
         counts: dict[int, SyncResult] = {}
         for key_cookie, sign in [*((f.key.cookie, -1) for f in removed), *((k.cookie, 1) for k in added)]:
@@ -372,8 +373,14 @@ class ChannelSwitch:
                 labels.append(f"add of {_describe_key(key)}")
         if not changes:
             return
-        bundle = self._bundle(changes)
+        bundle = self.prepare_bundle(changes)
         self._check_bundle(bundle, await self._exchange(bundle), labels)
+
+    async def send_bundle(self, bundle: Sequence[Outgoing], labels: Sequence[str] = ()) -> None:
+        """Send a prepared bundle and its barrier; raise BundleError if refused.
+        ``labels`` name the changes in the error (by position otherwise)."""
+        names = list(labels) or [f"change {i + 1}" for i in range(len(bundle) - 2)]
+        self._check_bundle(bundle, await self._exchange(bundle), names)
 
     async def delete(self, cookie: int) -> None:
         """Remove every flow of ``cookie``."""
