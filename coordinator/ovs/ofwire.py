@@ -95,6 +95,13 @@ def flow_mod_key(message: bytes) -> FlowKey:
     return FlowKey(cookie, table, priority, tlvs, bytes(message[end:]))
 
 
+def as_installed(flow_mod: bytes) -> InstalledFlow:
+    """The flow an encoded OFPT_FLOW_MOD adds, as a read-back would show it
+    (to delete a flow known by its Flow value rather than read from the switch)."""
+    block, _, _ = _match_at(flow_mod, HEADER.size + _FLOW_MOD.size, len(flow_mod))
+    return InstalledFlow(flow_mod_key(flow_mod), block)
+
+
 def flow_stats(body: bytes) -> list[InstalledFlow]:
     """The flows of the bodies of OFPMP_FLOW replies (after the multipart header)."""
     flows = []
