@@ -41,12 +41,12 @@ from coordinator.ovs.ofchannel import ChannelError, OpenFlowChannel, Outcome, Ou
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
 from coordinator.ovs.ofwire import (
     FlowKey,
+    FlowStatsReader,
     InstalledFlow,
     WireError,
     bundle_add,
     bundle_ctrl_type,
     delete_strict,
-    flow_stats,
     multipart_body,
     with_xid,
 )
@@ -131,6 +131,7 @@ class ChannelSwitch:
         self._explain_timeout = explain_timeout
         self._bundle_ids = itertools.cycle(range(1, 0xFFFF_FFFF))
         self._stats_requests: dict[tuple[int, int], bytes] = {}
+        self._reader = FlowStatsReader()
 
     @property
     def channel(self) -> OpenFlowChannel:
@@ -160,12 +161,11 @@ class ChannelSwitch:
         request = parser.OFPMeterConfigStatsRequest(DATAPATH, 0, ofp.OFPM_ALL)
         return Outgoing(_serialize(request, xid), xid, Reply.MULTIPART)
 
-    @staticmethod
-    def _flows_of(outcome: Outcome, what: str) -> list[InstalledFlow]:
+    def _flows_of(self, outcome: Outcome, what: str) -> list[InstalledFlow]:
         if outcome.error is not None:
             raise OpenFlowError(f"{what}: {outcome.error.describe()}")
         try:
-            return [f for reply in outcome.replies for f in flow_stats(multipart_body(reply)[1])]
+            return [f for reply in outcome.replies for f in self._reader.read(multipart_body(reply)[1])]
         except WireError as exc:
             raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
 

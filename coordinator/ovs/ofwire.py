@@ -104,19 +104,53 @@ def as_installed(flow_mod: bytes) -> InstalledFlow:
 
 def flow_stats(body: bytes) -> list[InstalledFlow]:
     """The flows of the bodies of OFPMP_FLOW replies (after the multipart header)."""
-    flows = []
-    at = 0
-    while at < len(body):
-        if at + _FLOW_STATS.size > len(body):
-            raise WireError(f"flow stats entry cut at byte {at}")
-        length, table, _, _, priority, _, _, _, cookie, _, _ = _FLOW_STATS.unpack_from(body, at)
-        end = at + length
-        if length < _FLOW_STATS.size + 8 or end > len(body):
-            raise WireError(f"flow stats entry of length {length} at byte {at} does not fit")
+    return FlowStatsReader().read(body)
+
+
+class FlowStatsReader:
+    """Reads flow-stats bodies, remembering each flow's parse by its raw
+    bytes (table, priority, cookie, match and instructions; not the
+    counters): the switch spells a flow the same way every time, so a
+    read-back of mostly unchanged flows costs a slice and a lookup per flow
+    instead of splitting and sorting its match. Bounded: past ``limit``
+    spellings it starts over."""
+
+    def __init__(self, *, limit: int = 200_000) -> None:
+        self._limit = limit
+        self._seen: dict[bytes, InstalledFlow] = {}
+
+    def read(self, body: bytes) -> list[InstalledFlow]:
+        flows = []
+        at = 0
+        size = _FLOW_STATS.size
+        while at < len(body):
+            if at + size > len(body):
+                raise WireError(f"flow stats entry cut at byte {at}")
+            (length,) = struct.unpack_from("!H", body, at)
+            end = at + length
+            if length < size + 8 or end > len(body):
+                raise WireError(f"flow stats entry of length {length} at byte {at} does not fit")
+            spelling = (
+                body[at + 2 : at + 3]
+                + body[at + 12 : at + 14]
+                + body[at + 24 : at + 32]
+                + body[at + size : end]
+            )
+            flow = self._seen.get(spelling)
+            if flow is None:
+                flow = self._parse(body, at, end)
+                if len(self._seen) >= self._limit:
+                    self._seen.clear()
+                self._seen[spelling] = flow
+            flows.append(flow)
+            at = end
+        return flows
+
+    @staticmethod
+    def _parse(body: bytes, at: int, end: int) -> InstalledFlow:
+        _, table, _, _, priority, _, _, _, cookie, _, _ = _FLOW_STATS.unpack_from(body, at)
         block, tlvs, match_end = _match_at(body, at + _FLOW_STATS.size, end)
-        flows.append(InstalledFlow(FlowKey(cookie, table, priority, tlvs, bytes(body[match_end:end])), block))
-        at = end
-    return flows
+        return InstalledFlow(FlowKey(cookie, table, priority, tlvs, bytes(body[match_end:end])), block)
 
 
 def multipart_body(message: bytes) -> tuple[int, bytes]:
