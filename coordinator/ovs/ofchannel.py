@@ -275,11 +275,15 @@ class OpenFlowChannel:
         conn.task = asyncio.get_running_loop().create_task(conn.run(), name=f"openflow reader {path}")
         return conn
 
-    async def exchange(self, messages: Sequence[Outgoing]) -> list[Outcome]:
-        """Send ``messages`` and a barrier in one write; wait for the barrier.
+    async def exchange(self, messages: Sequence[Outgoing], *, timeout: float | None = None) -> list[Outcome]:
+        """Send ``messages`` and a barrier in one write; wait for the barrier
+        (at most ``timeout``, the channel's by default, connecting included).
         Returns each message's outcome (errors included, not raised)."""
-        deadline = time.monotonic() + self._timeout
+        limit = self._timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         conn = await self._connection(deadline)
+        if conn.closed is not None:
+            raise conn.closed
         loop = asyncio.get_running_loop()
         barrier = Outgoing(_message(ofp.OFPT_BARRIER_REQUEST, xid := self.xid()), xid, Reply.ONE)
         batch = [*messages, barrier]
@@ -295,8 +299,9 @@ class OpenFlowChannel:
                     asyncio.shield(pendings[-1].done), max(0.0, deadline - time.monotonic())
                 )
             except asyncio.TimeoutError as exc:
-                conn.close(RequestTimeout(f"no answer from {conn.path} within {self._timeout}s"))
-                raise RequestTimeout(f"no answer from {conn.path} within {self._timeout}s") from exc
+                why = RequestTimeout(f"no answer from {conn.path} within {limit}s")
+                conn.close(why)
+                raise why from exc
         finally:
             for out in batch:
                 conn.pending.pop(out.xid, None)

@@ -173,7 +173,12 @@ class ChannelSwitch:
     def _meters_of(outcome: Outcome) -> set[int]:
         if outcome.error is not None:
             raise OpenFlowError(f"reading meters: {outcome.error.describe()}")
-        return {int(m.meter_id) for reply in outcome.replies for m in _parse(reply).body}
+        try:
+            return {int(m.meter_id) for reply in outcome.replies for m in _parse(reply).body}
+        except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
+            raise OpenFlowError(
+                f"reading meters: unreadable meter config reply ({type(exc).__name__})"
+            ) from exc
 
     def prepare_bundle(self, changes: Sequence[bytes]) -> list[Outgoing]:
         """One ONF bundle of the encoded ``changes`` (flow-mods, xid 0):

@@ -11,8 +11,17 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from coordinator.flows.model import Conjunction, Drop, Flow, Goto, Meter, Output
 from coordinator.flows.pipeline import load_pipeline
+from coordinator.ovs.ofchannel import _hello_offers_13
 from coordinator.ovs.ofencode import EncodeError, FlowEncoder, encode_flow_add
-from coordinator.ovs.ofwire import ErrorReply, WireError, error_reply, flow_mod_key, flow_stats, split_oxm
+from coordinator.ovs.ofwire import (
+    ErrorReply,
+    FlowStatsReader,
+    WireError,
+    error_reply,
+    flow_mod_key,
+    flow_stats,
+    split_oxm,
+)
 
 PIPELINE = load_pipeline()
 NXM1 = 0x0001
@@ -115,3 +124,32 @@ def test_errors_are_named_with_onf_bundle_codes_decoded() -> None:
     meter = ErrorReply(ofp.OFPET_METER_MOD_FAILED, ofp.OFPMMFC_METER_EXISTS)
     assert meter.describe() == "OFPET_METER_MOD_FAILED OFPMMFC_METER_EXISTS"
     assert meter.is_meter(ofp.OFPMMFC_METER_EXISTS)
+
+
+def test_a_read_back_is_parsed_once_per_spelling_whatever_its_counters() -> None:
+    flow = _flow((("dl_type", "0x0800"), ("in_port", "2")), Drop())
+    add = encode_flow_add(flow, PIPELINE)
+    key = flow_mod_key(add)
+    match_and_instructions = add[48:]  # after the header (8) and the flow-mod's fixed part (40)
+
+    def entry(packets: int) -> bytes:
+        fixed = struct.pack(ofp.OFP_FLOW_STATS_0_PACK_STR, 48 + len(match_and_instructions), key.table,
+                            7, 9, key.priority, 0, 0, 0, key.cookie, packets, packets * 60)  # fmt: skip
+        return fixed + match_and_instructions
+
+    reader = FlowStatsReader()
+    [first] = reader.read(entry(1))
+    [again] = reader.read(entry(500))
+    assert first.key == key and again is first  # the second one was a lookup
+    assert flow_stats(entry(3))[0].key == key
+
+
+def test_a_hello_without_openflow13_in_its_bitmap_is_refused() -> None:
+    def hello(version: int, bitmap: int | None) -> bytes:
+        elements = b"" if bitmap is None else struct.pack("!HHI", 1, 8, bitmap)
+        return struct.pack("!BBHI", version, ofp.OFPT_HELLO, 8 + len(elements), 1) + elements
+
+    assert _hello_offers_13(hello(6, (1 << 4) | (1 << 6)))
+    assert not _hello_offers_13(hello(6, 1 << 6))
+    assert not _hello_offers_13(hello(1, None))
+    assert _hello_offers_13(hello(4, None))
