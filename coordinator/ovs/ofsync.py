@@ -55,6 +55,7 @@ from coordinator.ovs.openflow import OPENFLOW_VERSION, OpenFlowError, SyncResult
 ALL_COOKIES = -1
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
+_MAX_KEPT_REQUESTS = 4096  # encoded flow-stats requests kept by (cookie, mask)
 
 
 class BundleError(OpenFlowError):
@@ -152,6 +153,8 @@ class ChannelSwitch:
     def _stats(self, cookie: int, mask: int) -> Outgoing:
         template = self._stats_requests.get((cookie, mask))
         if template is None:
+            if len(self._stats_requests) >= _MAX_KEPT_REQUESTS:
+                self._stats_requests.clear()
             template = self._stats_requests[(cookie, mask)] = _stats_request(cookie, mask)
         xid = self._channel.xid()
         return Outgoing(with_xid(template, xid), xid, Reply.MULTIPART)

@@ -142,7 +142,13 @@ async def test_sync_sends_only_the_differences_and_leaves_other_cookies(
     await switch.sync(COOKIE + 1, [other])
     first = await switch.sync(COOKIE, web)
     assert (first.added, first.removed) == (len(web), 0)
-    change = await switch.sync(COOKIE, server)
+    seen: list[int] = []
+
+    async def beside() -> None:  # runs once the bundle is in
+        seen.append(len(await switch.installed(COOKIE)))
+
+    change = await switch.sync(COOKIE, server, beside_readback=beside)
+    assert seen == [len(server)]
     common = len(set(web) & set(server))
     assert (change.added, change.removed) == (len(server) - common, len(web) - common)
     again = await switch.sync(COOKIE, server)
