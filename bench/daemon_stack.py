@@ -21,6 +21,7 @@ from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
+from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.policy.scope import Scope
@@ -47,13 +48,16 @@ class DaemonStack:
         params = AttachParams(sandbox, "bench-host", f"req-{sandbox}", DeviceKind.VF, "", "BASELINE")
         return await self.adapters.service.attach(HOST, params)
 
-    def rendered(self, record: AttachmentRecord, scope: Scope) -> list[str]:
-        """The flows the daemon compiles for ``record`` under ``scope``, as ovs-ofctl text."""
-        pipeline = load_pipeline()
+    def flows(self, record: AttachmentRecord, scope: Scope) -> list[Flow]:
+        """The flows the daemon compiles for ``record`` under ``scope``."""
         port = PortFacts(
             ofport=record.ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot)
         )
-        return render_flows(attachment_flows(pipeline, port, scope), pipeline)
+        return attachment_flows(load_pipeline(), port, scope)
+
+    def rendered(self, record: AttachmentRecord, scope: Scope) -> list[str]:
+        """The same flows as ovs-ofctl text."""
+        return render_flows(self.flows(record, scope), load_pipeline())
 
 
 def _free_port() -> int:

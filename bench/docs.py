@@ -48,8 +48,15 @@ them. Below 1.00x the daemon is faster.
 - **floor** - `ovs-ofctl --bundle add-flows` (fresh) or `ovs-ofctl bundle`
   (one-rule change: the same delete/add lines the daemon sends) of the
   very same flows from a file written beforehand: no compile, no diff, no
-  read-back. Nothing that changes flows atomically can be cheaper from
-  outside ovs-vswitchd; **ours/floor** is what the daemon's safety costs.
+  read-back: what the daemon's `ovs-ofctl` path could at best cost;
+  **ours/floor** is what the daemon's safety costs on top.
+- **channel floor** - the very same changes (strict deletes of the flows
+  that go, adds of the new ones, or all adds when fresh) encoded
+  beforehand and sent as one ONF bundle + barrier over an OpenFlow
+  channel opened before the clock starts (`coordinator/ovs/ofchannel.py`):
+  no process, no connection, no compile, no read-back. Nothing that
+  changes flows atomically can be cheaper from outside ovs-vswitchd;
+  **ours/channel floor** is the headline ratio.
 - **OVN** - Debian's OVN 23.03 with one logical switch port bound on a
   private OVS (userspace datapath), the same policy as ACLs
   (`from-lport`/`to-lport`, `allow-related`, default `drop`), timed as

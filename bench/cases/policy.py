@@ -9,6 +9,10 @@ load) hits all three alike:
 - floor: ``ovs-ofctl --bundle add-flows`` (fresh) or ``ovs-ofctl bundle``
   (the one-rule change) of the very same flows from a prepared file: no
   compile, no diff, no verify;
+- channel floor: the very same changes as one ONF bundle + barrier over an
+  already-open OpenFlow channel (``coordinator.ovs.ofchannel``), encoded
+  beforehand: what the switch itself needs, without a process or a
+  connection per call;
 - OVN: ``ovn-nbctl --wait=hv`` adding the same policy as ACLs (fresh) or
   swapping the one changed ACL, returning once ovn-controller has put the
   flows on its bridge.
@@ -43,6 +47,11 @@ from bench.stats import Summary, summarize
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import cookie_for_slot
+from coordinator.flows.model import Flow
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.ovs.ofchannel import OpenFlowChannel
+from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.ofwire import as_installed, delete_strict
 from coordinator.ovs.openflow import OPENFLOW_VERSION
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord, PolicyState
@@ -60,6 +69,7 @@ class PolicyRow:
     kind: str  # "fresh" or "change"
     daemon: Summary
     floor: Summary
+    channel_floor: Summary
     ovn: Summary | None
 
 
@@ -94,6 +104,7 @@ class PolicyResults:
                     "kind": r.kind,
                     "daemon_ms": r.daemon.to_json(),
                     "floor_ms": r.floor.to_json(),
+                    "channel_floor_ms": r.channel_floor.to_json(),
                     "ovn_ms": r.ovn.to_json() if r.ovn else None,
                 }
                 for r in self.rows
@@ -105,11 +116,14 @@ class PolicyResults:
 class _Contenders:
     """The three ways of getting one policy onto a switch, on prepared inputs."""
 
-    def __init__(self, stack: DaemonStack, record: AttachmentRecord, ovn: Ovn | None, tmp: Path) -> None:
+    def __init__(
+        self, stack: DaemonStack, record: AttachmentRecord, ovn: Ovn | None, tmp: Path, channel: ChannelSwitch
+    ) -> None:
         self.stack = stack
         self.record = record
         self.ovn = ovn
         self.tmp = tmp
+        self.channel = channel
         self.cookie = cookie_for_slot(record.slot)
         self.version = 1
 
@@ -141,6 +155,19 @@ class _Contenders:
     def floor_bundle(self, path: Path) -> float:
         return timed_run([*FLOOR_OFCTL, "bundle", self.stack.mgmt, str(path)])
 
+    def channel_changes(self, before: Sequence[Flow], after: Sequence[Flow]) -> list[bytes]:
+        """The flow-mods that take the switch from ``before`` to ``after``
+        (strict deletes of what goes, adds of what comes), encoded once."""
+        encode = self.channel.encoder.encode
+        gone = [delete_strict(as_installed(encode(f).add)) for f in before if f not in set(after)]
+        return gone + [encode(f).add for f in after if f not in set(before)]
+
+    async def channel_floor(self, changes: Sequence[bytes]) -> float:
+        bundle = self.channel.prepare_bundle(changes)  # xids assigned outside the clock
+        started = time.perf_counter()
+        await self.channel.send_bundle(bundle)
+        return time.perf_counter() - started
+
     async def ours_flows(self) -> int:
         return len(await self.openflow.dump(self.cookie))
 
@@ -171,13 +198,18 @@ async def _measure_size(c: _Contenders, rules: int, reps: int) -> list[PolicyRow
     flows_a, flows_b = c.stack.rendered(c.record, scope_a), c.stack.rendered(c.record, scope_b)
     fresh_file = c.floor_file(f"fresh-{rules}", flows_a)
     back_file = c.floor_file(f"change-{rules}", _delta_bundle(c.cookie, flows_b, flows_a))
+    values_a, values_b = c.stack.flows(c.record, scope_a), c.stack.flows(c.record, scope_b)
+    fresh_changes = c.channel_changes((), values_a)
+    forth_changes, back_changes = c.channel_changes(values_a, values_b), c.channel_changes(values_b, values_a)
     acls_a, acls_b = ovn_acls(scope_a), ovn_acls(scope_b)
     acl_old, acl_new = _one_acl_change(acls_a, acls_b)
 
-    samples: dict[str, list[float]] = {k: [] for k in ("fd", "ff", "fo", "cd", "cf", "co")}
+    samples: dict[str, list[float]] = {k: [] for k in ("fd", "ff", "fc", "fo", "cd", "cf", "cc", "co")}
     for _ in range(reps):
         await c.clear_ours()
         samples["fd"].append(await c.daemon_apply(scope_a))
+        await c.clear_ours()
+        samples["fc"].append(await c.channel_floor(fresh_changes))
         await c.clear_ours()
         samples["ff"].append(c.floor_add(fresh_file))
         if c.ovn is not None:
@@ -185,18 +217,21 @@ async def _measure_size(c: _Contenders, rules: int, reps: int) -> list[PolicyRow
             samples["fo"].append(c.ovn.set_acls(acls_a))
     # The floor left policy A on the switch; the daemon changes it to B, the
     # floor bundle changes it back: both one-rule changes of an N-rule policy.
+    # The channel then goes to B untimed and times the floor's very change back.
     for i in range(reps):
         samples["cd"].append(await c.daemon_apply(scope_b))
         samples["cf"].append(c.floor_bundle(back_file))
+        await c.channel_floor(forth_changes)
+        samples["cc"].append(await c.channel_floor(back_changes))
         if c.ovn is not None:
             old, new = (acl_old, acl_new) if i % 2 == 0 else (acl_new, acl_old)
             samples["co"].append(c.ovn.change_acl(old, new))
     if len(await c.openflow.dump(c.cookie)) != len(flows_a):
         raise BenchError(f"{rules} rules: the floor's bundle did not restore the policy's flows")
     return [
-        PolicyRow(rules, "fresh", summarize(samples["fd"]), summarize(samples["ff"]),
+        PolicyRow(rules, "fresh", summarize(samples["fd"]), summarize(samples["ff"]), summarize(samples["fc"]),
                   summarize(samples["fo"]) if samples["fo"] else None),
-        PolicyRow(rules, "change", summarize(samples["cd"]), summarize(samples["cf"]),
+        PolicyRow(rules, "change", summarize(samples["cd"]), summarize(samples["cf"]), summarize(samples["cc"]),
                   summarize(samples["co"]) if samples["co"] else None),
     ]  # fmt: skip
 
@@ -243,15 +278,20 @@ async def run_policy_cases(
             cleanup.callback(ovn.stop)
         async with daemon_stack(workdir / "daemon", ovs, BRIDGE) as stack:
             record = await stack.attach(SANDBOX)
-            c = _Contenders(stack, record, ovn, workdir)
-            rows: list[PolicyRow] = []
-            for rules, reps in reps_by_size.items():
-                progress(f"policy apply: {rules} rules x {reps} repetitions")
-                rows += await _measure_size(c, rules, reps)
-            progress("flow counts per policy")
-            base = await _baseline_counts(c)
-            flows = [await _count(c, f"{n} rules", n, n_rule_scope(n), base) for n in reps_by_size]
-            cross = cross_product_scope()
-            flows.append(await _count(c, "20 CIDRs x 10 port ranges", 1, cross, base))
-            return PolicyResults(rows, flows)
+            channel = OpenFlowChannel(lambda: str(ovs.rundir / f"{BRIDGE}.mgmt"), timeout=30)
+            await channel.connect()
+            try:
+                c = _Contenders(stack, record, ovn, workdir, ChannelSwitch(channel, load_pipeline()))
+                rows: list[PolicyRow] = []
+                for rules, reps in reps_by_size.items():
+                    progress(f"policy apply: {rules} rules x {reps} repetitions")
+                    rows += await _measure_size(c, rules, reps)
+                progress("flow counts per policy")
+                base = await _baseline_counts(c)
+                flows = [await _count(c, f"{n} rules", n, n_rule_scope(n), base) for n in reps_by_size]
+                cross = cross_product_scope()
+                flows.append(await _count(c, "20 CIDRs x 10 port ranges", 1, cross, base))
+                return PolicyResults(rows, flows)
+            finally:
+                await channel.close()
     raise AssertionError("unreachable")

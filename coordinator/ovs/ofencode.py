@@ -1,0 +1,288 @@
+"""The compiler's Flow values -> OpenFlow 1.3 flow-mods, with os-ken's codec.
+
+Flows are written in ovs-ofctl's field names and value syntax (that is
+what the golden files and the pipeline declaration speak); this module
+turns them into the messages ovs-ofctl itself would send, so the switch
+holds byte-identical flows whichever path installed them. Where the text
+form and the wire form differ:
+
+- a conjunction clause is 1-based in text, 0-based on the wire;
+- ``output`` carries ``max_len=0`` (os-ken defaults to 0xffe5, which the
+  switch keeps and echoes, so the read-back would differ);
+- ``tp_src``/``tp_dst`` are ``tcp_*``/``udp_*`` by ``nw_proto``;
+  ``nw_src``/``nw_dst`` are ``arp_spa``/``arp_tpa`` in ARP;
+- ``ct_state`` flags (``+trk-inv``) are a (value, mask) pair;
+- in 1.3 a meter is an instruction, not an action;
+- a mask of all ones is sent as an exact field and a value is ANDed with
+  its mask, as the switch stores them (the read-back must match bytes).
+
+Encoding with os-ken costs ~75 µs a flow, so each Flow value's encoding
+is kept (``FlowEncoder``): a policy change re-encodes only new flows.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from os_ken.ofproto import nicira_ext, ofproto_protocol
+from os_ken.ofproto import ofproto_v1_3 as ofp
+from os_ken.ofproto import ofproto_v1_3_parser as parser
+
+from coordinator.flows.model import (
+    Conjunction,
+    Ct,
+    CtClear,
+    CtCommit,
+    Drop,
+    Flood,
+    Flow,
+    FlowAction,
+    Goto,
+    Meter,
+    Output,
+)
+from coordinator.flows.pipeline import Pipeline
+from coordinator.ovs.ofwire import FlowKey, flow_mod_key
+
+# os-ken messages need a "datapath" only for its protocol version.
+DATAPATH = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
+
+ETH_ARP = 0x0806
+MatchValue = Any  # what os-ken's OFPMatch takes for a field: int, str or a (value, mask) pair
+_TP_PREFIX = {6: "tcp", 17: "udp", 132: "sctp"}
+# The ct_state bits (Open vSwitch's NXM_NX_CT_STATE; os-ken has no names for them).
+_CT_FLAGS = {
+    "new": 0x01,
+    "est": 0x02,
+    "rel": 0x04,
+    "rpl": 0x08,
+    "inv": 0x10,
+    "trk": 0x20,
+    "snat": 0x40,
+    "dnat": 0x80,
+}
+# ip_frag as Open vSwitch reads it (any fragment 0x1, later fragment 0x2):
+# value/mask, a mask of both bits being the whole field, so exact. (os-ken's
+# NXM_IP_FRAG_* constants spell "later" as 0x2/0x2, which is not what
+# ovs-ofctl sends.)
+_IP_FRAG: dict[str, MatchValue] = {"no": 0, "yes": (1, 1), "first": 1, "later": 3, "not_later": (0, 2)}
+_VLAN_VID_CFI = 0x1FFF  # VID and the tag-present bit (CFI in vlan_tci, OFPVID_PRESENT in 1.3)
+_VLAN_PCP = 0xE000
+
+
+class EncodeError(ValueError):
+    """A flow this encoder cannot express (names the flow and the field)."""
+
+
+def _int(text: str, bits: int) -> MatchValue:
+    value, _, mask_text = text.partition("/")
+    full = (1 << bits) - 1
+    mask = int(mask_text, 0) if mask_text else full
+    number = int(value, 0)
+    if not 0 <= number <= full or not 0 <= mask <= full:
+        raise ValueError(f"{text!r} does not fit {bits} bits")
+    return number & mask if mask == full else (number & mask, mask)
+
+
+def _mac(text: str) -> MatchValue:
+    value, _, mask = text.partition("/")
+    if not mask or mask.lower() == "ff:ff:ff:ff:ff:ff":
+        return value.lower()
+    v, m = int(value.replace(":", ""), 16), int(mask.replace(":", ""), 16)
+    return (_mac_text(v & m), mask.lower())
+
+
+def _mac_text(number: int) -> str:
+    raw = number.to_bytes(6, "big")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _ip(text: str) -> MatchValue:
+    network = ipaddress.ip_network(text, strict=False)
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return (str(network.network_address), str(network.netmask))
+
+
+def _ct_state(text: str) -> MatchValue:
+    value = mask = 0
+    at = 0
+    while at < len(text):
+        sign = text[at]
+        end = at + 1
+        while end < len(text) and text[end] not in "+-":
+            end += 1
+        name = text[at + 1 : end]
+        if sign not in "+-" or name not in _CT_FLAGS:
+            raise ValueError(f"unknown ct_state flag {text[at:end]!r}")
+        mask |= _CT_FLAGS[name]
+        if sign == "+":
+            value |= _CT_FLAGS[name]
+        at = end
+    return (value, mask)
+
+
+def _vlan_tci(text: str) -> MatchValue:
+    value, mask = _int(text, 16) if "/" in text else (int(text, 0), 0xFFFF)
+    if mask & _VLAN_PCP:
+        raise ValueError("vlan_tci with priority bits is not supported")
+    mask &= _VLAN_VID_CFI
+    return value & mask if mask == _VLAN_VID_CFI else (value & mask, mask)
+
+
+def _field(name: str, text: str, dl_type: int | None, nw_proto: int | None) -> tuple[str, MatchValue]:
+    arp = dl_type == ETH_ARP
+    match name:
+        case "in_port":
+            return "in_port", _int(text, 32)
+        case "dl_src" | "dl_dst":
+            return ("eth_src" if name == "dl_src" else "eth_dst"), _mac(text)
+        case "dl_type":
+            return "eth_type", _int(text, 16)
+        case "vlan_tci":
+            return "vlan_vid", _vlan_tci(text)
+        case "nw_src" | "nw_dst":
+            side = name[3:]
+            return (f"arp_{'spa' if side == 'src' else 'tpa'}" if arp else f"ipv4_{side}"), _ip(text)
+        case "ipv6_src" | "ipv6_dst":
+            return name, _ip(text)
+        case "nw_proto":
+            return ("arp_op" if arp else "ip_proto"), _int(text, 16 if arp else 8)
+        case "tp_src" | "tp_dst":
+            prefix = _TP_PREFIX.get(nw_proto or -1)
+            if prefix is None:
+                raise ValueError(f"needs nw_proto tcp, udp or sctp before it, not {nw_proto}")
+            return f"{prefix}_{name[3:]}", _int(text, 16)
+        case "icmp_type" | "icmp_code":
+            return f"icmpv4_{name[5:]}", _int(text, 8)
+        case "icmpv6_type" | "icmpv6_code":
+            return name, _int(text, 8)
+        case "arp_op":
+            return name, _int(text, 16)
+        case "arp_spa" | "arp_tpa":
+            return name, _ip(text)
+        case "arp_sha" | "arp_tha":
+            return name, _mac(text)
+        case "nd_target":
+            return "ipv6_nd_target", _ip(text)
+        case "nd_sll" | "nd_tll":
+            return f"ipv6_{name}", _mac(text)
+        case "ct_state":
+            return name, _ct_state(text)
+        case "ct_mark" | "conj_id":
+            return name, _int(text, 32)
+        case "ct_zone":
+            return name, _int(text, 16)
+        case "ip_frag":
+            if text not in _IP_FRAG:
+                raise ValueError(f"unknown ip_frag {text!r}")
+            return name, _IP_FRAG[text]
+    raise ValueError("no wire encoding for this field")
+
+
+def encode_match(flow: Flow) -> Any:
+    fields: dict[str, MatchValue] = {}
+    dl_type: int | None = None
+    nw_proto: int | None = None
+    for name, text in flow.match:
+        try:
+            key, value = _field(name, text, dl_type, nw_proto)
+        except ValueError as exc:
+            raise EncodeError(f"flow in {flow.table} priority {flow.priority}: {name}={text}: {exc}") from exc
+        if key in fields:
+            raise EncodeError(f"flow in {flow.table} priority {flow.priority}: {name} given twice")
+        fields[key] = value
+        if key == "eth_type" and isinstance(value, int):
+            dl_type = value
+        elif key == "ip_proto" and isinstance(value, int):
+            nw_proto = value
+    # In the flow's own order: the switch checks each field's prerequisites
+    # (eth_type before ip_frag, ip_proto before tcp_dst) as it reads them,
+    # and os-ken's default order puts Nicira fields first.
+    return parser.OFPMatch(_ordered_fields=list(fields.items()))
+
+
+def _action(action: FlowAction, table: Callable[[str], int]) -> Any:
+    match action:
+        case Output(port=port):
+            return parser.OFPActionOutput(port, max_len=0)
+        case Flood():
+            return parser.OFPActionOutput(ofp.OFPP_ALL, max_len=0)
+        case Ct(zone=zone, table=name):
+            return parser.NXActionCT(0, "", zone, table(name), 0, [])
+        case CtCommit(zone=zone, table=name, mark=mark):
+            set_mark = parser.OFPActionSetField(ct_mark=mark)
+            return parser.NXActionCT(nicira_ext.NX_CT_F_COMMIT, "", zone, table(name), 0, [set_mark])
+        case CtClear():
+            return parser.NXActionCTClear()
+        case Conjunction(conj_id=conj_id, clause=clause, n_clauses=n_clauses):
+            return parser.NXActionConjunction(clause - 1, n_clauses, conj_id)
+    raise EncodeError(f"action {action!r} is no apply-action")
+
+
+def encode_instructions(flow: Flow, pipeline: Pipeline) -> list[Any]:
+    """In the order the switch reports them: meter, apply-actions, goto."""
+    meters = [a for a in flow.actions if isinstance(a, Meter)]
+    gotos = [a for a in flow.actions if isinstance(a, Goto)]
+    applied = [a for a in flow.actions if not isinstance(a, Meter | Goto | Drop)]
+    if len(meters) > 1 or len(gotos) > 1:
+        raise EncodeError(f"flow in {flow.table} priority {flow.priority}: more than one meter or goto")
+    instructions: list[Any] = [parser.OFPInstructionMeter(m.meter_id) for m in meters]
+    if applied:
+        actions = [_action(a, pipeline.number) for a in applied]
+        instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions))
+    instructions += [parser.OFPInstructionGotoTable(pipeline.number(g.table)) for g in gotos]
+    return instructions
+
+
+def encode_flow_add(flow: Flow, pipeline: Pipeline) -> bytes:
+    """OFPFC_ADD of ``flow``, serialised with xid 0."""
+    message = parser.OFPFlowMod(
+        DATAPATH,
+        cookie=flow.cookie,
+        table_id=pipeline.number(flow.table),
+        command=ofp.OFPFC_ADD,
+        priority=flow.priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        match=encode_match(flow),
+        instructions=encode_instructions(flow, pipeline),
+    )
+    message.set_xid(0)
+    message.serialize()
+    return bytes(message.buf)
+
+
+@dataclass(frozen=True)
+class EncodedFlow:
+    add: bytes  # OFPFC_ADD, xid 0
+    key: FlowKey  # the canonical form the switch will report
+
+
+class FlowEncoder:
+    """Encodings by Flow value. Bounded: past ``limit`` flows the cache
+    starts over (a switch holds at most what our attachments compile to,
+    so in steady state it never does)."""
+
+    def __init__(self, pipeline: Pipeline, *, limit: int = 200_000) -> None:
+        self._pipeline = pipeline
+        self._limit = limit
+        self._cache: dict[Flow, EncodedFlow] = {}
+
+    def encode(self, flow: Flow) -> EncodedFlow:
+        found = self._cache.get(flow)
+        if found is not None:
+            return found
+        add = encode_flow_add(flow, self._pipeline)
+        encoded = EncodedFlow(add, flow_mod_key(add))
+        if len(self._cache) >= self._limit:
+            self._cache.clear()
+        self._cache[flow] = encoded
+        return encoded
+
+    def __len__(self) -> int:
+        return len(self._cache)
