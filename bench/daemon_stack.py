@@ -20,7 +20,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
-from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
+from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.policy.scope import Scope
@@ -50,9 +50,7 @@ class DaemonStack:
     def rendered(self, record: AttachmentRecord, scope: Scope) -> list[str]:
         """The flows the daemon compiles for ``record`` under ``scope``, as ovs-ofctl text."""
         pipeline = load_pipeline()
-        port = PortFacts(
-            ofport=record.ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot)
-        )
+        port = PortFacts(ofport=record.ofport, mac=record.mac, slot=record.slot)
         return render_flows(attachment_flows(pipeline, port, scope), pipeline)
 
 

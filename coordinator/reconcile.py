@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from coordinator.attachment_identity import slot_of_cookie
 from coordinator.eswitch.base import DeviceSlot
-from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, MAX_SLOT
 from coordinator.ovs.port_keys import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY
 from coordinator.store.records import AttachmentRecord, AttachmentState
 
@@ -45,15 +45,6 @@ class Plan:
             + len(self.orphan_devices)
             + len(self.missing_ports)
         )
-
-
-def slot_of_cookie(cookie: int) -> int | None:
-    """The attachment slot a flow cookie belongs to; None for the bridge's
-    own cookie and for cookies that are not ours."""
-    if cookie & COOKIE_OWNER_MASK != COOKIE_OWNER or cookie == BRIDGE_COOKIE:
-        return None
-    low = cookie & ~COOKIE_OWNER_MASK
-    return low if 1 <= low <= MAX_SLOT else None
 
 
 def plan(

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from coordinator import faults
 from coordinator.admission import TokenBucket
+from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot, meter_of_slot
 from coordinator.callers import Caller
 from coordinator.config import Config
 from coordinator.dataplane import Dataplane, WorldFacts
@@ -39,7 +40,6 @@ from coordinator.errors import (
 from coordinator.eswitch.base import DeviceKind, EswitchBackend, HealthFact
 from coordinator.eswitch.mac import mac_for_device
 from coordinator.events import EventHub
-from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.gateway.client import StreamStatus
@@ -355,8 +355,10 @@ class AttachmentService:
         # After the interrupted attachments are gone: a meter numbered like
         # no BOUND attachment's slot is left from a crash (meters cannot ride
         # in a bundle, so one can outlive its flows).
-        slots = {r.slot for r in await self._store.list_attachments(state=AttachmentState.BOUND)}
-        for meter in sorted(await self.dataplane.learn_meters() - slots):
+        meters = {
+            meter_of_slot(r.slot) for r in await self._store.list_attachments(state=AttachmentState.BOUND)
+        }
+        for meter in sorted(await self.dataplane.learn_meters() - meters):
             await self.dataplane.remove_meter(meter)
             await self._drift(
                 "", "", "OrphanMeterRemoved", f"meter {meter} belongs to no attachment: removed"

@@ -40,9 +40,9 @@ from bench.policies import (
 )
 from bench.procs import BenchError, timed_run
 from bench.stats import Summary, summarize
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.ovs.openflow import OPENFLOW_VERSION
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord, PolicyState

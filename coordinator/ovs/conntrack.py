@@ -42,6 +42,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from coordinator.attachment_identity import MAX_ZONE
 from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
 from coordinator.policy.evaluator import evaluate
 from coordinator.policy.packet import (
@@ -76,7 +77,6 @@ __all__ = [
 
 DEFAULT_TIMEOUT: Final = 10.0
 
-MAX_ZONE: Final = 0xFFFF
 MAX_LIMIT: Final = 0xFFFFFFFF
 
 #: Names ``ct_dpif_format_ipproto`` prints instead of the protocol number.

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from coordinator.attachment_identity import MAX_SLOT
 from coordinator.eswitch.base import DeviceKind, DeviceSlot
 from coordinator.leases import next_generation
 from coordinator.store.records import (
@@ -26,7 +27,6 @@ from coordinator.store.records import (
 )
 from coordinator.store.schema import MIGRATIONS
 
-MAX_SLOT = 0xFFFF
 # Owner of coordinator-wide events (health, firmware) that every caller sees;
 # never a certificate identity. Owner "" stays admins-only.
 EVERYONE = "*"

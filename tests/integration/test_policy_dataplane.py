@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.callers import Caller, Role
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Fragment, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.callers import Caller, Role
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.classes import load_network_classes
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping

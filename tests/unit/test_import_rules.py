@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "coordinator"
 PURE_CORE = (
     "policy/",
     "flows/",
+    "attachment_identity.py",
     "leases.py",
     "host_reconcile.py",
     "reconcile.py",

@@ -10,11 +10,11 @@ import pytest
 import coordinator
 from coordinator import faults
 from coordinator.admission import TokenBucket
+from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot, slot_of_cookie
 from coordinator.eswitch.base import DeviceKind, DeviceSlot
-from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.host_reconcile import Known, plan_host_reconcile
 from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY
-from coordinator.reconcile import plan, slot_of_cookie
+from coordinator.reconcile import plan
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 
 

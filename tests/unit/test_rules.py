@@ -7,14 +7,14 @@ from collections import defaultdict
 
 from hypothesis import given, settings
 
-from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
+from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.model import Conjunction, Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
 from tests.unit.policy.strategies import scopes
 
 PIPELINE = load_pipeline()
-PORT = PortFacts(ofport=4, mac="02:00:5e:00:53:07", zone=9, cookie=cookie_for_slot(9))
+PORT = PortFacts(ofport=4, mac="02:00:5e:00:53:07", slot=9)
 OWN_V4 = (ipaddress.ip_network("198.51.100.10/32"),)
 
 
