@@ -27,7 +27,7 @@ from coordinator.attachment_identity import (
 )
 from coordinator.config import Config
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError, PreparedDevice
+from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, PreparedDevice
 from coordinator.flows.compiler import (
     BridgeFacts,
     PortFacts,
@@ -357,7 +357,7 @@ class Dataplane:
     async def remove_port(self, name: str) -> None:
         await self._ovsdb.delete_port(self._bridge, name)
 
-    async def release(self, slot: DeviceSlot) -> None:
+    async def release(self, slot: EswitchDevice) -> None:
         await asyncio.to_thread(self._backend.release, slot)
 
     async def learn_meters(self) -> set[int]:

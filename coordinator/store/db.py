@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.attachment_identity import MAX_SLOT
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.leases import next_generation
 from coordinator.store.records import (
     AttachmentRecord,
@@ -100,7 +100,7 @@ class Store:
 
     # -- device pool -------------------------------------------------------
 
-    def sync_devices(self, slots: list[DeviceSlot]) -> DevicePresence:
+    def sync_devices(self, slots: list[EswitchDevice]) -> DevicePresence:
         """Record the backend's inventory; devices no longer offered are kept
         (a claimed one must stay referable) but marked absent. Returns which
         device ids turned absent or present again (new ones included)."""
@@ -139,7 +139,7 @@ class Store:
     # -- attachments -------------------------------------------------------
 
     def create_attachment(
-        self, new: NewAttachment, *, mac_for: Callable[[DeviceSlot], str], max_attachments: int
+        self, new: NewAttachment, *, mac_for: Callable[[EswitchDevice], str], max_attachments: int
     ) -> AttachmentRecord:
         """Claim a free device, a slot and a lease generation, insert the
         ATTACHING row and its event: all in one transaction."""
@@ -517,8 +517,8 @@ def _event_from_row(r: sqlite3.Row) -> EventRecord:
     )
 
 
-def _device_from_row(row: sqlite3.Row) -> DeviceSlot:
-    return DeviceSlot(
+def _device_from_row(row: sqlite3.Row) -> EswitchDevice:
+    return EswitchDevice(
         kind=DeviceKind(row["kind"]),
         controller=row["controller"],
         pf=row["pf"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 
 
 class AttachmentState(enum.Enum):
@@ -30,7 +30,7 @@ class AttachmentRecord:
     sandbox_id: str
     host_instance_id: str
     lease_generation: int
-    device: DeviceSlot
+    device: EswitchDevice
     mac: str
     slot: int
     network_class: str

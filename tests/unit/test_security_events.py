@@ -14,7 +14,7 @@ import pytest
 from coordinator import ocsf
 from coordinator.api.security_interceptor import parse_peer
 from coordinator.config import ConfigError, config_from_mapping
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.events import EventHub
 from coordinator.security_events import event_from_store, start_security_events
 from coordinator.security_log import SecurityEventLog
@@ -201,7 +201,7 @@ def test_config_key_is_validated() -> None:
 
 def _store(tmp_path: Path) -> Store:
     store = Store(tmp_path / "state.db")
-    store.sync_devices([DeviceSlot(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(4)])
+    store.sync_devices([EswitchDevice(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(4)])
     return store
 
 

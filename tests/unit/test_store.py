@@ -5,15 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store, StoreError
 from coordinator.store.records import AttachmentState, NewAttachment, PolicyState
 from coordinator.store.schema import MIGRATIONS
 
 
-def _slots(vfs: int, sfs: int) -> list[DeviceSlot]:
-    return [DeviceSlot(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(vfs)] + [
-        DeviceSlot(DeviceKind.SF, 0, 0, 1000 + i, f"en0pf0sf{1000 + i}") for i in range(sfs)
+def _slots(vfs: int, sfs: int) -> list[EswitchDevice]:
+    return [EswitchDevice(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(vfs)] + [
+        EswitchDevice(DeviceKind.SF, 0, 0, 1000 + i, f"en0pf0sf{1000 + i}") for i in range(sfs)
     ]
 
 
@@ -21,7 +21,7 @@ def _new(n: int, kind: DeviceKind | None = None, owner: str = "host-a") -> NewAt
     return NewAttachment(f"att-{n}", owner, f"req-{n}", f"sb-{n}", "hi-1", kind, "dpu-ovs-isolated")
 
 
-def _macs(slot: DeviceSlot) -> str:
+def _macs(slot: EswitchDevice) -> str:
     kind = 0 if slot.kind is DeviceKind.VF else 1
     return f"02:00:00:{kind:02x}:{slot.number >> 8:02x}:{slot.number & 0xFF:02x}"
 
