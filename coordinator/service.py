@@ -39,6 +39,7 @@ from coordinator.errors import (
 )
 from coordinator.eswitch.base import DeviceKind, EswitchBackend, HealthFact
 from coordinator.eswitch.mac import mac_for_device
+from coordinator.event_kinds import Event, EventKind
 from coordinator.events import EventHub
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
@@ -71,7 +72,6 @@ PLUG_CONCURRENCY = 8
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
 REMOVED_REASON = "PolicyRemoved"
 REMOVED_MESSAGE = "the gateway withdrew the policy: deny-all until a new one arrives"
-DRIFT = "DpuDriftCorrected"
 
 
 class ServiceObserver(Protocol):
@@ -209,8 +209,8 @@ class AttachmentService:
         for record in await self._store.list_attachments():
             if record.device.device_id in presence.vanished:
                 # Gone while the daemon was down (the host removed the VF).
-                await self._store.append_event(record, "DpuAttachmentDrift", False, "DeviceRemoved",
-                                         f"{record.device.device_id} disappeared while the coordinator was down")  # fmt: skip
+                await self._store.append_event(record, Event(EventKind.ATTACHMENT_DRIFT, False, "DeviceRemoved",
+                                         f"{record.device.device_id} disappeared while the coordinator was down"))  # fmt: skip
         await self.reconverge("start")
 
     async def device_returned(self, record: AttachmentRecord) -> None:
@@ -224,7 +224,7 @@ class AttachmentService:
                 await self._install(current)
             except Unavailable as exc:
                 await self._store.append_event(
-                    current, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc)
+                    current, Event(EventKind.ATTACHMENT_DRIFT, False, "ReinstallFailed", str(exc))
                 )
         await self._events.notify()
 
@@ -370,7 +370,9 @@ class AttachmentService:
         owner = fence.owner if fence else ""
         log.warning("drift corrected: %s", message, extra={"attachment_id": attachment_id, "reason": reason})
         self.observer.corrected(reason)
-        await self._store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
+        await self._store.record_event(
+            attachment_id, sandbox_id, owner, Event(EventKind.DRIFT_CORRECTED, True, reason, message)
+        )
 
     async def _reinstall(self, work: Plan, facts: WorldFacts, *, restarted: bool) -> tuple[int, int, int]:
         """Plug every BOUND attachment and install all their flows in one
@@ -397,7 +399,7 @@ class AttachmentService:
                     await dp.set_meter(record.slot, scope)
                 except (Unavailable, OpenFlowError) as exc:
                     await self._store.append_event(
-                        record, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc)
+                        record, Event(EventKind.ATTACHMENT_DRIFT, False, "ReinstallFailed", str(exc))
                     )
                     return None
             return _Plugged(record, rep, ofport, state, version, scope)
@@ -748,7 +750,9 @@ class AttachmentService:
             except OpenFlowError as exc:
                 self.observer.policy_applied(time.monotonic() - began, ok=False)
                 failed = True
-                event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
+                event = Event(
+                    EventKind.POLICY_DEGRADED, True, "ApplyFailed", f"version {scope.version}: {exc}"
+                )
                 results.append(
                     await self._store.set_policy_status(
                         record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
@@ -758,7 +762,7 @@ class AttachmentService:
             self.observer.policy_applied(time.monotonic() - began, ok=True)
             faults.reached("policy.flows_applied")
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
-            event = ("DpuPolicyApplied", True, "Applied", message)
+            event = Event(EventKind.POLICY_APPLIED, True, "Applied", message)
             results.append(
                 await self._store.set_policy_status(
                     record.attachment_id, PolicyState.APPLIED, scope.version, event=event
@@ -799,7 +803,7 @@ class AttachmentService:
                 return False  # already closed
             return not (keep_baseline and record.policy_state is PolicyState.BASELINE)
 
-        event = ("DpuPolicyApplied", False, reason, message)
+        event = Event(EventKind.POLICY_APPLIED, False, reason, message)
         return await self._transition(
             "policy withdrawal", wanted, pick, PolicyState.PENDING, event, deny=True
         )
@@ -813,7 +817,7 @@ class AttachmentService:
             ):
                 await self._store.set_policy_status(
                     record.attachment_id, PolicyState.DEGRADED, record.policy_version,
-                    event=("DpuPolicyDegraded", True, reason, message),
+                    event=Event(EventKind.POLICY_DEGRADED, True, reason, message),
                 )  # fmt: skip
         await self._events.notify()
 
@@ -834,7 +838,7 @@ class AttachmentService:
             return record.policy_state not in (PolicyState.STALE, PolicyState.PENDING)
 
         wanted = None if sandbox_ids is None else set(sandbox_ids)
-        event = ("DpuPolicyStale", True, reason, message)
+        event = Event(EventKind.POLICY_STALE, True, reason, message)
         return await self._transition("stale policy", wanted, pick, PolicyState.STALE, event, deny=deny)
 
     async def _transition(
@@ -843,7 +847,7 @@ class AttachmentService:
         sandbox_ids: set[str] | None,
         pick: Callable[[AttachmentRecord], bool],
         state: PolicyState,
-        event: tuple[str, bool, str, str],
+        event: Event,
         *,
         deny: bool,
     ) -> int:
@@ -879,7 +883,7 @@ class AttachmentService:
         sandbox_ids: set[str],
         pick: Callable[[AttachmentRecord], bool],
         state: PolicyState,
-        event: tuple[str, bool, str, str],
+        event: Event,
         *,
         deny: bool,
     ) -> int:
@@ -923,7 +927,7 @@ class AttachmentService:
             await self.dataplane.drop_meters_if_unused(records, deny_all)
         log.info(
             "policy %s", state.value,
-            extra={"attachments": len(records), "reason": event[2], "deny_all": deny,
+            extra={"attachments": len(records), "reason": event.reason, "deny_all": deny,
                    "cut_ms": round((cut - began) * 1000, 1), "recorded_ms": round((recorded - began) * 1000, 1),
                    "done_ms": round((time.monotonic() - began) * 1000, 1)},
         )  # fmt: skip
@@ -1014,17 +1018,17 @@ class AttachmentService:
                 raise FailedPrecondition(
                     f"attachment {attachment_id} is still attaching; retry when it is bound"
                 )
-            await self._release(record, "Detached", f"detached by {caller.identity}")
+            await self._release(record, "Detached", f"detached by {caller.identity}", actor=caller.identity)
         await self._events.notify()
         return True
 
-    async def _release(self, record: AttachmentRecord, reason: str, message: str) -> None:
+    async def _release(self, record: AttachmentRecord, reason: str, message: str, *, actor: str = "") -> None:
         """Detach ``record`` (its sandbox lock held): DETACHING, tear down,
         delete. A crash in between is finished by the next reconverge."""
         record = await self._store.mark_detaching(record.attachment_id)
         faults.reached("detach.marked")
         await self.dataplane.teardown(record)
-        await self._store.delete_attachment(record.attachment_id, reason=reason, message=message)
+        await self._store.delete_attachment(record.attachment_id, reason=reason, message=message, actor=actor)
         await self._unregister_if_unused(record.sandbox_id)
         log.info(
             "detached",
@@ -1107,8 +1111,8 @@ class AttachmentService:
                     if current is not None and current.state is AttachmentState.BOUND:
                         await self._release(current, "HostNeverReconciled", message + ": released")
             else:
-                await self._store.append_event(record, "DpuHostNotReconciled", False, "HostNeverReconciled",
-                                         message + " (reconcile_mode advisory: kept)")  # fmt: skip
+                await self._store.append_event(record, Event(EventKind.HOST_NOT_RECONCILED, False, "HostNeverReconciled",
+                                         message + " (reconcile_mode advisory: kept)"))  # fmt: skip
         await self._events.notify()
         return [r.attachment_id for r in quiet]
 

@@ -323,7 +323,7 @@ def event_to_pb(event: EventRecord) -> pb.AttachmentEvent:
         attachment_id=event.attachment_id,
         sandbox_id=event.sandbox_id,
         condition=pb.Condition(
-            type=event.type,
+            type=event.type.value,
             status=event.status,
             reason=event.reason,
             message=event.message,

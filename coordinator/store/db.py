@@ -14,6 +14,7 @@ from typing import Any
 
 from coordinator.attachment_identity import MAX_SLOT
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
 from coordinator.store.records import (
     AttachmentRecord,
@@ -195,10 +196,12 @@ class Store:
                 new.attachment_id,
                 new.sandbox_id,
                 new.owner,
-                "DpuAttachInProgress",
-                True,
-                "Attaching",
-                f"claimed {slot.kind.value.upper()} {slot.device_id}",
+                Event(
+                    EventKind.ATTACH_IN_PROGRESS,
+                    True,
+                    "Attaching",
+                    f"claimed {slot.kind.value.upper()} {slot.device_id}",
+                ),
             )
         record = self.get(new.attachment_id)
         if record is None:  # pragma: no cover - just inserted
@@ -280,10 +283,12 @@ class Store:
                 attachment_id,
                 record.sandbox_id,
                 record.owner,
-                "DpuAttachmentBound",
-                True,
-                "Bound",
-                f"representor {record.device.representor} on ofport {ofport}",
+                Event(
+                    EventKind.ATTACHMENT_BOUND,
+                    True,
+                    "Bound",
+                    f"representor {record.device.representor} on ofport {ofport}",
+                ),
             )
         return record
 
@@ -295,8 +300,9 @@ class Store:
             )
             return self._require(db, attachment_id)
 
-    def delete_attachment(self, attachment_id: str, *, reason: str, message: str) -> None:
-        """Remove the row (freeing its device and slot); the fence stays."""
+    def delete_attachment(self, attachment_id: str, *, reason: str, message: str, actor: str = "") -> None:
+        """Remove the row (freeing its device and slot); the fence stays.
+        ``actor``: the caller identity that asked for it, if one did."""
         now = self._clock()
         with self._txn() as db:
             record = self._require(db, attachment_id)
@@ -309,10 +315,7 @@ class Store:
                 attachment_id,
                 record.sandbox_id,
                 record.owner,
-                "DpuAttachmentBound",
-                False,
-                reason,
-                message,
+                Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor),
             )
 
     def take_over(self, attachment_id: str, host_instance_id: str) -> AttachmentRecord:
@@ -335,9 +338,9 @@ class Store:
             )
             record = self._require(db, attachment_id)
             self._append_event(
-                db, attachment_id, record.sandbox_id, record.owner, "DpuLeaseTakenOver", True, "HostReconcile",
+                db, attachment_id, record.sandbox_id, record.owner, Event(EventKind.LEASE_TAKEN_OVER, True, "HostReconcile",
                 f"host instance {host_instance_id!r} took over from {old.host_instance_id!r}; "
-                f"lease generation {old.lease_generation} -> {generation}",
+                f"lease generation {old.lease_generation} -> {generation}"),
             )  # fmt: skip
         return record
 
@@ -346,15 +349,12 @@ class Store:
         attachment_id: str,
         sandbox_id: str,
         owner: str,
-        type_: str,
-        status: bool,
-        reason: str,
-        message: str,
+        event: Event,
     ) -> None:
         """An event not tied to a stored attachment (drift of something no
         attachment holds); ``owner`` "" = seen by admins only."""
         with self._txn() as db:
-            self._append_event(db, attachment_id, sandbox_id, owner, type_, status, reason, message)
+            self._append_event(db, attachment_id, sandbox_id, owner, event)
 
     def _require(self, db: sqlite3.Connection, attachment_id: str) -> AttachmentRecord:
         row = db.execute(_SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
@@ -399,7 +399,7 @@ class Store:
         state: PolicyState,
         version: int,
         *,
-        event: tuple[str, bool, str, str] | None,
+        event: Event | None,
     ) -> AttachmentRecord:
         """Record an attachment's policy state (and its event) atomically."""
         now = self._clock()
@@ -411,11 +411,11 @@ class Store:
             )
             record = self._require(db, attachment_id)
             if event is not None:
-                self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
+                self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
         return record
 
     def set_policy_statuses(
-        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: tuple[str, bool, str, str]
+        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: Event
     ) -> list[AttachmentRecord]:
         """Record many attachments' policy states (attachment id, state,
         version) and one event each, in one transaction: a transition of
@@ -430,31 +430,27 @@ class Store:
                     (state.value, version, now, now, attachment_id),
                 )
                 record = self._require(db, attachment_id)
-                self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
+                self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
                 records.append(record)
         return records
 
     # -- events ------------------------------------------------------------
 
-    def append_event(
-        self, record: AttachmentRecord, type_: str, status: bool, reason: str, message: str
-    ) -> None:
+    def append_event(self, record: AttachmentRecord, event: Event) -> None:
         with self._txn() as db:
-            self._append_event(
-                db, record.attachment_id, record.sandbox_id, record.owner, type_, status, reason, message
-            )
+            self._append_event(db, record.attachment_id, record.sandbox_id, record.owner, event)
 
-    def append_coordinator_event(self, type_: str, status: bool, reason: str, message: str) -> None:
+    def append_coordinator_event(self, event: Event) -> None:
         """An event about the coordinator as a whole (health, firmware): no
         attachment or sandbox; owner ``EVERYONE``, so every watcher sees it."""
         with self._txn() as db:
-            self._append_event(db, "", "", EVERYONE, type_, status, reason, message)
+            self._append_event(db, "", "", EVERYONE, event)
 
-    def last_coordinator_event(self, type_: str) -> EventRecord | None:
-        """The newest coordinator-wide event of ``type_`` still in the log."""
+    def last_coordinator_event(self, kind: EventKind) -> EventRecord | None:
+        """The newest coordinator-wide event of ``kind`` still in the log."""
         row = self._db.execute(
             "SELECT * FROM events WHERE owner = ? AND type = ? ORDER BY seq DESC LIMIT 1",
-            (EVERYONE, type_),
+            (EVERYONE, kind.value),
         ).fetchone()
         return _event_from_row(row) if row else None
 
@@ -464,15 +460,22 @@ class Store:
         attachment_id: str,
         sandbox_id: str,
         owner: str,
-        type_: str,
-        status: bool,
-        reason: str,
-        message: str,
+        event: Event,
     ) -> None:
         cursor = db.execute(
-            """INSERT INTO events (attachment_id, sandbox_id, owner, type, status, reason, message, time)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            (attachment_id, sandbox_id, owner, type_, int(status), reason, message, self._clock()),
+            """INSERT INTO events (attachment_id, sandbox_id, owner, type, status, reason, message, time, actor)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                attachment_id,
+                sandbox_id,
+                owner,
+                event.kind.value,
+                int(event.status),
+                event.reason,
+                event.message,
+                self._clock(),
+                event.actor,
+            ),
         )
         seq = cursor.lastrowid or 0
         db.execute("DELETE FROM events WHERE seq <= ?", (seq - self._event_log_size,))
@@ -509,11 +512,12 @@ def _event_from_row(r: sqlite3.Row) -> EventRecord:
         r["attachment_id"],
         r["sandbox_id"],
         r["owner"],
-        r["type"],
+        EventKind(r["type"]),
         bool(r["status"]),
         r["reason"],
         r["message"],
         r["time"],
+        r["actor"],
     )
 
 

@@ -6,6 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import EventKind
 
 
 class AttachmentState(enum.Enum):
@@ -58,11 +59,12 @@ class EventRecord:
     attachment_id: str
     sandbox_id: str
     owner: str
-    type: str
+    type: EventKind
     status: bool
     reason: str
     message: str
     time: float
+    actor: str = ""  # the caller identity that asked for the change, if one did
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import Event, EventKind
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store, StoreError
 from coordinator.store.records import AttachmentState, NewAttachment, PolicyState
 from coordinator.store.schema import MIGRATIONS
@@ -127,11 +128,13 @@ def test_event_log_is_bounded_and_resumable(store: Store) -> None:
         a = store.create_attachment(_new(i), mac_for=_macs, max_attachments=1000) if i < 4 else None
         if a is None:
             record = store.list_attachments()[0]
-            store.append_event(record, "DpuPolicyApplied", True, "Applied", f"n={i}")
+            store.append_event(record, Event(EventKind.POLICY_APPLIED, True, "Applied", f"n={i}"))
     events = store.events_since(0, limit=1000)
     assert len(events) == 80
     for i in range(80):
-        store.append_event(store.list_attachments()[0], "DpuPolicyApplied", True, "Applied", f"m={i}")
+        store.append_event(
+            store.list_attachments()[0], Event(EventKind.POLICY_APPLIED, True, "Applied", f"m={i}")
+        )
     kept = store.events_since(0, limit=1000)
     assert len(kept) == 100 and kept[-1].seq == store.last_event_seq() == 160
     assert [e.seq for e in store.events_since(150)] == list(range(151, 161))
