@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -56,10 +55,9 @@ from coordinator.ovs.trace import TraceError, dpif_show, trace
 from coordinator.policy.evaluator import Verdict, evaluate
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
-from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_mapping
 from coordinator.policy_book import PolicyBook, PolicyDenied
 from coordinator.reconcile import Plan, plan
-from coordinator.store.db import AttachmentLimitReached, PoolExhausted
+from coordinator.store.db import AttachmentLimitReached, PoolExhausted, UnreadablePolicy
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState, PoolStats
 from coordinator.store.worker import AsyncStore
 
@@ -426,7 +424,7 @@ class AttachmentService:
         for sandbox_id, scope in adopted.items():
             # The gateway's latest policy, now installed (its apply had
             # failed, e.g. OVS went away mid-update): the new last good one.
-            await self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+            await self._store.save_policy(sandbox_id, scope)
         repaired = 0
         missing = set(work.missing_ports)
         for p in plugged:
@@ -632,7 +630,7 @@ class AttachmentService:
             ) from exc
         await self._enforce(record, ofport, scope)
         faults.reached("attach.flows_installed")
-        await self._store.save_policy(record.sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        await self._store.save_policy(record.sandbox_id, scope)
         return await self._store.mark_bound(
             record.attachment_id,
             ofport=ofport,
@@ -659,21 +657,21 @@ class AttachmentService:
 
     async def _scope_for(self, record: AttachmentRecord) -> tuple[Scope, PolicyState, int]:
         """The sandbox's last good policy if there is one, else its class."""
-        stored = await self._store.policy(record.sandbox_id)
-        if stored is None:
-            return self._classes[record.network_class], PolicyState.BASELINE, 0
-        version, text = stored
         try:
-            return scope_from_mapping(json.loads(text)), PolicyState.APPLIED, version
-        except (ValueError, PolicyError) as exc:
+            stored = await self._store.policy(record.sandbox_id)
+        except UnreadablePolicy as exc:
             # Validated before it was stored; unreadable now means the store
             # was tampered with or limits tightened. Fail closed.
-            log.error("stored policy of sandbox %s unusable (%s); denying all", record.sandbox_id, exc)
-            return self._classes[DENY_ALL_CLASS], PolicyState.DEGRADED, version
+            log.error(
+                "stored policy of sandbox %s unusable (%s); denying all", record.sandbox_id, exc.problem
+            )
+            return self._classes[DENY_ALL_CLASS], PolicyState.DEGRADED, exc.version
+        if stored is None:
+            return self._classes[record.network_class], PolicyState.BASELINE, 0
+        return stored.scope, PolicyState.APPLIED, stored.version
 
     async def _stored_version(self, sandbox_id: str) -> int | None:
-        stored = await self._store.policy(sandbox_id)
-        return stored[0] if stored else None
+        return await self._store.policy_version(sandbox_id)
 
     def _denied(self, record: AttachmentRecord) -> bool:
         """Whether the attachment is held at deny-all: its policy withdrawn
@@ -770,7 +768,7 @@ class AttachmentService:
             )
         faults.reached("policy.status_recorded")
         if not failed:
-            await self._store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+            await self._store.save_policy(sandbox_id, scope)
         return results
 
     async def apply_latest(self, sandbox_id: str) -> None:

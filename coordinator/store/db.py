@@ -16,6 +16,8 @@ from coordinator.attachment_identity import MAX_SLOT
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
+from coordinator.policy.codec import scope_from_json, scope_to_json
+from coordinator.policy.scope import Scope
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -25,6 +27,7 @@ from coordinator.store.records import (
     NewAttachment,
     PolicyState,
     PoolStats,
+    StoredPolicy,
 )
 from coordinator.store.schema import MIGRATIONS
 
@@ -43,6 +46,16 @@ class PoolExhausted(StoreError):
 
 class AttachmentLimitReached(StoreError):
     pass
+
+
+class UnreadablePolicy(StoreError):
+    """A stored policy that no longer decodes or validates (the file was
+    changed behind the daemon's back, or limits tightened since)."""
+
+    def __init__(self, sandbox_id: str, version: int, problem: str) -> None:
+        super().__init__(f"stored policy of sandbox {sandbox_id} (version {version}) unusable: {problem}")
+        self.version = version
+        self.problem = problem
 
 
 class Store:
@@ -374,7 +387,9 @@ class Store:
 
     # -- policies ------------------------------------------------------------
 
-    def save_policy(self, sandbox_id: str, version: int, scope_json: str) -> None:
+    def save_policy(self, sandbox_id: str, scope: Scope) -> None:
+        """``scope`` becomes the sandbox's last good policy."""
+        version, scope_json = scope.version, scope_to_json(scope)
         with self._txn() as db:
             db.execute(
                 """INSERT INTO sandbox_policies (sandbox_id, version, scope_json, updated_at) VALUES (?, ?, ?, ?)
@@ -383,11 +398,26 @@ class Store:
                 (sandbox_id, version, scope_json, self._clock()),
             )
 
-    def policy(self, sandbox_id: str) -> tuple[int, str] | None:
+    def policy(self, sandbox_id: str) -> StoredPolicy | None:
+        """The sandbox's last good policy; raises UnreadablePolicy if the
+        stored one no longer decodes."""
         row = self._db.execute(
             "SELECT version, scope_json FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
         ).fetchone()
-        return (int(row[0]), str(row[1])) if row else None
+        if row is None:
+            return None
+        version = int(row[0])
+        try:
+            return StoredPolicy(version, scope_from_json(str(row[1])))
+        except ValueError as exc:  # PolicyError, or not JSON at all
+            raise UnreadablePolicy(sandbox_id, version, str(exc)) from exc
+
+    def policy_version(self, sandbox_id: str) -> int | None:
+        """The version of the sandbox's last good policy, without decoding it."""
+        row = self._db.execute(
+            "SELECT version FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
+        ).fetchone()
+        return int(row[0]) if row else None
 
     def delete_policy(self, sandbox_id: str) -> None:
         with self._txn() as db:

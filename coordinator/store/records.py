@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import EventKind
+from coordinator.policy.scope import Scope
 
 
 class AttachmentState(enum.Enum):
@@ -65,6 +67,13 @@ class EventRecord:
     message: str
     time: float
     actor: str = ""  # the caller identity that asked for the change, if one did
+
+
+class StoredPolicy(NamedTuple):
+    """A sandbox's last good policy as the store keeps it."""
+
+    version: int
+    scope: Scope
 
 
 @dataclass(frozen=True)
