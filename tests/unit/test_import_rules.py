@@ -19,6 +19,7 @@ PURE_CORE = (
     "policy/",
     "flows/",
     "attachment_identity.py",
+    "event_kinds.py",
     "leases.py",
     "host_reconcile.py",
     "reconcile.py",
