@@ -20,7 +20,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
-from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
+from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
@@ -50,9 +50,7 @@ class DaemonStack:
 
     def flows(self, record: AttachmentRecord, scope: Scope) -> list[Flow]:
         """The flows the daemon compiles for ``record`` under ``scope``."""
-        port = PortFacts(
-            ofport=record.ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot)
-        )
+        port = PortFacts(ofport=record.ofport, mac=record.mac, slot=record.slot)
         return attachment_flows(load_pipeline(), port, scope)
 
     def rendered(self, record: AttachmentRecord, scope: Scope) -> list[str]:

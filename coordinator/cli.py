@@ -146,14 +146,12 @@ def _default_path(role: str, name: str) -> str:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from coordinator.flows.compiler import PortFacts, cookie_for_slot, parse_mac
+    from coordinator.flows.compiler import PortFacts, parse_mac
     from coordinator.flows.dry_run import compile_policy_file
     from coordinator.policy.validate import PolicyError
 
     try:
-        port = PortFacts(
-            ofport=args.ofport, mac=parse_mac(args.mac), zone=args.slot, cookie=cookie_for_slot(args.slot)
-        )
+        port = PortFacts(ofport=args.ofport, mac=parse_mac(args.mac), slot=args.slot)
         lines = compile_policy_file(args.policy, port, with_bridge=args.with_bridge)
     except (PolicyError, ValueError) as exc:
         print(f"bluefield-coordinator: {args.policy}: {exc}", file=sys.stderr)

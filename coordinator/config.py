@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
+from coordinator.attachment_identity import MAX_SLOT
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on the 3.10 BlueField images
@@ -242,7 +244,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "policy.resync_timeout_ms": (100, 3_600_000),
     "gateway.backoff_base_ms": (10, 60_000),
     "gateway.backoff_cap_ms": (100, 600_000),
-    "limits.max_attachments": (1, 65535),
+    "limits.max_attachments": (1, MAX_SLOT),  # each attachment holds a slot
     "limits.max_attach_qps": (0.1, 100_000),
     "limits.conntrack_per_attachment": (0, 10_000_000),
     "ovs.timeout_s": (0.1, 600),

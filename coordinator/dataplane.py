@@ -19,25 +19,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from coordinator import faults
+from coordinator.attachment_identity import (
+    BRIDGE_COOKIE,
+    COOKIE_OWNER,
+    COOKIE_OWNER_MASK,
+    cookie_for_slot,
+    cookie_in_flow,
+    meter_of_slot,
+    zone_of_slot,
+)
 from coordinator.config import Config
 from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
 from coordinator.dataplane_probes import SwitchProbes
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import DeviceSlot, EswitchBackend, EswitchError, HealthFact
+from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, HealthFact
 from coordinator.flows.compiler import (
-    BRIDGE_COOKIE,
-    COOKIE_OWNER,
-    COOKIE_OWNER_MASK,
     BridgeFacts,
     PortFacts,
     attachment_flows,
     bridge_flows,
-    cookie_for_slot,
     cut_flows,
     default_burst_kb,
 )
@@ -61,9 +65,7 @@ from coordinator.store.records import AttachmentRecord
 
 log = logging.getLogger(__name__)
 
-_COOKIE_RE = re.compile(r"\bcookie=(0x[0-9a-fA-F]+|\d+)")
-
-__all__ = ["Dataplane", "WorldFacts", "flow_cookie"]
+__all__ = ["Dataplane", "WorldFacts"]
 
 
 @contextmanager
@@ -73,11 +75,6 @@ def _rejected() -> Iterator[None]:
         yield
     except OpenFlowError as exc:
         raise FlowsRejected(str(exc)) from exc
-
-
-def flow_cookie(flow: str) -> int | None:
-    match = _COOKIE_RE.search(flow)
-    return int(match.group(1), 0) if match else None
 
 
 class Dataplane:
@@ -167,7 +164,9 @@ class Dataplane:
         try:
             ofport = await self._ovsdb.ensure_port(self._bridge, representor, self.port_ids(record))
             if zone_limit:
-                await self.conntrack.set_zone_limit(record.slot, self._config.limits.conntrack_per_attachment)
+                await self.conntrack.set_zone_limit(
+                    zone_of_slot(record.slot), self._config.limits.conntrack_per_attachment
+                )
         except (OvsdbError, ConntrackError) as exc:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
         return ofport
@@ -177,7 +176,7 @@ class Dataplane:
         return render_flows(attachment_flows(self._pipeline, port, scope), self._pipeline)
 
     def _port(self, record: AttachmentRecord, ofport: int) -> PortFacts:
-        return PortFacts(ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot))
+        return PortFacts(ofport=ofport, mac=record.mac, slot=record.slot)
 
     async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> SyncResult:
         """Make the attachment's flows those of ``scope``: one atomic bundle of
@@ -231,14 +230,16 @@ class Dataplane:
         # Meters cannot ride in a bundle: set before the flows that use it.
         limit = scope.egress_rate_limit
         if limit is not None:
-            await self._openflow.set_meter(slot, limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps))
+            await self._openflow.set_meter(
+                meter_of_slot(slot), limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps)
+            )
             self._metered[slot] = True
 
     async def drop_meter_if_unused(self, slot: int, scope: Scope) -> None:
         # Removed only where one may exist: after a rate-limited policy, or
         # once per slot after start. Unmetered updates spawn no extra ovs-ofctl.
         if scope.egress_rate_limit is None and self._metered.get(slot, not self._meters_known):
-            await self._openflow.delete_meter(slot)
+            await self._openflow.delete_meter(meter_of_slot(slot))
             self._metered[slot] = False
 
     async def teardown(self, record: AttachmentRecord, on_step: Sequence[str] = ()) -> None:
@@ -259,18 +260,18 @@ class Dataplane:
         attachment in this slot starts empty."""
         await self._openflow.delete(cookie_for_slot(slot))
         self._flow_counts.pop(cookie_for_slot(slot), None)
-        await self._openflow.delete_meter(slot)  # meters are numbered like slots
+        await self._openflow.delete_meter(meter_of_slot(slot))
         self._metered.pop(slot, None)
         control = self.conntrack
-        await control.flush_zone(slot)
-        await control.delete_zone_limit(slot)
+        await control.flush_zone(zone_of_slot(slot))
+        await control.delete_zone_limit(zone_of_slot(slot))
 
     async def revoke(self, record: AttachmentRecord, scope: Scope) -> str:
         """Cut the attachment's connections ``scope`` no longer allows; the
         ones it still allows keep their conntrack entries. Returns a note
         for the event message."""
         try:
-            result = await self.conntrack.revoke_entries(record.slot, scope)
+            result = await self.conntrack.revoke_entries(zone_of_slot(record.slot), scope)
         except ConntrackError as exc:
             log.warning("revoking connections of %s failed: %s", record.attachment_id, exc)
             return f"; revoking connections failed: {exc}"
@@ -328,7 +329,7 @@ class Dataplane:
         flush per zone over one control connection. A note for logs ("" if
         it worked)."""
         try:
-            await self.conntrack.flush_zones([r.slot for r in records])
+            await self.conntrack.flush_zones([zone_of_slot(r.slot) for r in records])
         except ConntrackError as exc:
             log.warning("cutting the connections of %d attachments failed: %s", len(records), exc)
             return f"cutting connections failed: {exc}"
@@ -346,7 +347,7 @@ class Dataplane:
             ports = await self._ovsdb.owned_ports(self._bridge)
             flows: dict[int, list[str]] = {}
             for flow in await self._openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK):
-                cookie = flow_cookie(flow)
+                cookie = cookie_in_flow(flow)
                 if cookie is not None:
                     flows.setdefault(cookie, []).append(flow)
             ofports = await self._ovsdb.interface_ofports()
@@ -372,14 +373,16 @@ class Dataplane:
     async def set_zone_limits(self, slots: Sequence[int]) -> None:
         """The zone limit of many slots, a few hundred per ovs-appctl call."""
         try:
-            await self.conntrack.set_zone_limits(slots, self._config.limits.conntrack_per_attachment)
+            await self.conntrack.set_zone_limits(
+                [zone_of_slot(s) for s in slots], self._config.limits.conntrack_per_attachment
+            )
         except ConntrackError as exc:
             raise Unavailable(f"setting conntrack zone limits: {exc}") from exc
 
     async def remove_port(self, name: str) -> None:
         await self._ovsdb.delete_port(self._bridge, name)
 
-    async def release(self, slot: DeviceSlot) -> None:
+    async def release(self, slot: EswitchDevice) -> None:
         await asyncio.to_thread(self._backend.release, slot)
 
     async def learn_meters(self) -> set[int]:
@@ -399,7 +402,7 @@ class Dataplane:
 
     # -- what the service asks of the switch (see ``dataplane_probes``) ---------------------
 
-    async def inventory(self) -> list[DeviceSlot]:
+    async def inventory(self) -> list[EswitchDevice]:
         return await asyncio.to_thread(self._backend.inventory)
 
     async def switch_intact(self, ports_in_use: Mapping[str, int]) -> str | None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from coordinator.eswitch.base import DeviceSlot, HealthFact, PreparedDevice
+from coordinator.eswitch.base import EswitchDevice, HealthFact, PreparedDevice
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
@@ -64,7 +64,7 @@ class DataplanePort(Protocol):
         """Flows installed and verified (bridge and attachments)."""
         ...
 
-    async def inventory(self) -> list[DeviceSlot]:
+    async def inventory(self) -> list[EswitchDevice]:
         """The devices the eswitch offers now."""
         ...
 
@@ -101,7 +101,7 @@ class DataplanePort(Protocol):
 
     async def remove_slot(self, slot: int) -> None: ...
 
-    async def release(self, slot: DeviceSlot) -> None: ...
+    async def release(self, slot: EswitchDevice) -> None: ...
 
     # -- one attachment ---------------------------------------------------------
 

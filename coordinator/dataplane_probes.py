@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from coordinator.attachment_identity import BRIDGE_COOKIE
 from coordinator.config import OvsConfig
 from coordinator.dataplane_port import SwitchTrace
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, HealthFact
-from coordinator.flows.compiler import BRIDGE_COOKIE
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import ovs_checks
 from coordinator.ovs.control import vswitchd_ctl

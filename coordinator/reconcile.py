@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from coordinator.eswitch.base import DeviceSlot
-from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, MAX_SLOT
+from coordinator.attachment_identity import slot_of_cookie
+from coordinator.eswitch.base import EswitchDevice
 from coordinator.ovs.port_keys import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY
 from coordinator.store.records import AttachmentRecord, AttachmentState
 
@@ -32,7 +32,7 @@ class Plan:
     finish_detach: tuple[AttachmentRecord, ...]  # DETACHING: the host asked for it to go
     orphan_ports: tuple[OrphanPort, ...]
     orphan_slots: tuple[int, ...]  # flows carrying our cookie of a slot no attachment holds
-    orphan_devices: tuple[DeviceSlot, ...]  # prepared functions no attachment claims
+    orphan_devices: tuple[EswitchDevice, ...]  # prepared functions no attachment claims
     missing_ports: tuple[str, ...]  # attachment ids of BOUND attachments whose port is gone
 
     @property
@@ -47,20 +47,11 @@ class Plan:
         )
 
 
-def slot_of_cookie(cookie: int) -> int | None:
-    """The attachment slot a flow cookie belongs to; None for the bridge's
-    own cookie and for cookies that are not ours."""
-    if cookie & COOKIE_OWNER_MASK != COOKIE_OWNER or cookie == BRIDGE_COOKIE:
-        return None
-    low = cookie & ~COOKIE_OWNER_MASK
-    return low if 1 <= low <= MAX_SLOT else None
-
-
 def plan(
     records: Iterable[AttachmentRecord],
     ports: Mapping[str, Mapping[str, str]],
     flow_cookies: Iterable[int],
-    prepared: Iterable[DeviceSlot],
+    prepared: Iterable[EswitchDevice],
     uplink: str,
 ) -> Plan:
     records = list(records)

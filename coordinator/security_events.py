@@ -31,6 +31,7 @@ import grpc
 from coordinator import ocsf
 from coordinator.api.security_interceptor import SecurityEventInterceptor
 from coordinator.config import Config
+from coordinator.event_kinds import EventKind
 from coordinator.events import EventHub
 from coordinator.security_log import SecurityEventLog
 from coordinator.store.records import EventRecord
@@ -42,34 +43,41 @@ log = logging.getLogger(__name__)
 SELF = ocsf.Peer(ocsf.PRODUCT)
 # Watch streams poll this often even without a wake-up (as the servicer does).
 _POLL_S = 5.0
-_DETACHED_BY = "detached by "
 
 # Conditions that report on what is enforced or trusted → (compliance
 # result, severity, finding title). Each event is one check's outcome.
 _FINDINGS = {
-    ("DpuPolicyApplied", True): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "policy applied"),
-    ("DpuPolicyApplied", False): (ocsf.Compliance.WARNING, ocsf.Severity.LOW, "policy withdrawn"),
-    ("DpuPolicyStale", True): (ocsf.Compliance.WARNING, ocsf.Severity.MEDIUM, "policy stale"),
-    ("DpuPolicyStale", False): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "policy fresh"),
-    ("DpuPolicyDegraded", True): (ocsf.Compliance.FAIL, ocsf.Severity.MEDIUM, "policy degraded"),
-    ("DpuPolicyDegraded", False): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "policy recovered"),
+    (EventKind.POLICY_APPLIED, True): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "policy applied"),
+    (EventKind.POLICY_APPLIED, False): (ocsf.Compliance.WARNING, ocsf.Severity.LOW, "policy withdrawn"),
+    (EventKind.POLICY_STALE, True): (ocsf.Compliance.WARNING, ocsf.Severity.MEDIUM, "policy stale"),
+    (EventKind.POLICY_STALE, False): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "policy fresh"),
+    (EventKind.POLICY_DEGRADED, True): (ocsf.Compliance.FAIL, ocsf.Severity.MEDIUM, "policy degraded"),
+    (EventKind.POLICY_DEGRADED, False): (
+        ocsf.Compliance.PASS,
+        ocsf.Severity.INFORMATIONAL,
+        "policy recovered",
+    ),
     # Drift: status False = the switch or eswitch no longer holds what the
     # store says (and could not be repaired), True = back in place.
-    ("DpuAttachmentDrift", False): (ocsf.Compliance.FAIL, ocsf.Severity.MEDIUM, "attachment drift"),
-    ("DpuAttachmentDrift", True): (
+    (EventKind.ATTACHMENT_DRIFT, False): (ocsf.Compliance.FAIL, ocsf.Severity.MEDIUM, "attachment drift"),
+    (EventKind.ATTACHMENT_DRIFT, True): (
         ocsf.Compliance.PASS,
         ocsf.Severity.INFORMATIONAL,
         "attachment drift resolved",
     ),
     # A required health check failing includes the bridge losing fail_mode=secure.
-    ("DpuCoordinatorHealthy", False): (ocsf.Compliance.FAIL, ocsf.Severity.MEDIUM, "coordinator unhealthy"),
-    ("DpuCoordinatorHealthy", True): (
+    (EventKind.COORDINATOR_HEALTHY, False): (
+        ocsf.Compliance.FAIL,
+        ocsf.Severity.MEDIUM,
+        "coordinator unhealthy",
+    ),
+    (EventKind.COORDINATOR_HEALTHY, True): (
         ocsf.Compliance.PASS,
         ocsf.Severity.INFORMATIONAL,
         "coordinator healthy",
     ),
-    ("DpuFirmwareDegraded", True): (ocsf.Compliance.WARNING, ocsf.Severity.LOW, "firmware degraded"),
-    ("DpuFirmwareDegraded", False): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "firmware ok"),
+    (EventKind.FIRMWARE_DEGRADED, True): (ocsf.Compliance.WARNING, ocsf.Severity.LOW, "firmware degraded"),
+    (EventKind.FIRMWARE_DEGRADED, False): (ocsf.Compliance.PASS, ocsf.Severity.INFORMATIONAL, "firmware ok"),
 }
 
 
@@ -77,9 +85,9 @@ def event_from_store(record: EventRecord) -> ocsf.Event | None:
     """The OCSF event for one store event, or None for conditions that are
     not security relevant (``DpuAttachInProgress``, health conditions)."""
     time_ms = int(record.time * 1000)
-    if record.type == "DpuAttachmentBound":
+    if record.type == EventKind.ATTACHMENT_BOUND:
         event = _attachment_event(record, time_ms)
-    elif record.type == "DpuLeaseTakenOver":
+    elif record.type == EventKind.LEASE_TAKEN_OVER:
         event = ocsf.api_activity(
             time_ms=time_ms,
             operation="Reconcile",
@@ -106,7 +114,7 @@ def event_from_store(record: EventRecord) -> ocsf.Event | None:
             time_ms=time_ms,
             finding_uid=f"{subject}/{record.type}",
             title=title,
-            control=record.type,
+            control=str(record.type),
             result=result,
             severity=severity,
             reason=record.reason,
@@ -152,12 +160,11 @@ def _attachment_event(record: EventRecord, time_ms: int) -> ocsf.Event:
         )
     if record.reason == "Detached":
         # The service records who detached (a host, or an admin for it).
-        by = record.message.removeprefix(_DETACHED_BY) if record.message.startswith(_DETACHED_BY) else ""
         return ocsf.api_activity(
             operation="Detach",
             activity=ocsf.ApiActivity.DELETE,
             status=ocsf.Status.SUCCESS,
-            actor=ocsf.Peer(by or record.owner),
+            actor=ocsf.Peer(record.actor or record.owner),
             severity=ocsf.Severity.INFORMATIONAL,
             message=f"attachment {record.attachment_id} of sandbox {record.sandbox_id} detached",
             **common,

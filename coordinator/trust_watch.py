@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from coordinator import ocsf
 from coordinator.certs import IdentityError, identity_from_certificate
+from coordinator.event_kinds import Event, EventKind
 from coordinator.events import EventHub
 from coordinator.metrics import Metrics
 from coordinator.security_events import SecurityEvents
@@ -40,7 +41,7 @@ from coordinator.trust.reloader import TrustReloader
 
 log = logging.getLogger(__name__)
 
-CONDITION = "DpuTrustReloaded"
+CONDITION = EventKind.TRUST_RELOADED
 # The same refused gateway certificate is reported at most this often.
 REFUSAL_REPEAT_S = 60.0
 
@@ -122,7 +123,7 @@ class TrustReport:
             last = self._store.sync.last_coordinator_event(CONDITION)
             if (last.status if last is not None else True) == status:
                 return False
-            self._store.sync.append_coordinator_event(CONDITION, status, reason, message)
+            self._store.sync.append_coordinator_event(Event(CONDITION, status, reason, message))
             return True
 
         if await self._store.run(record):

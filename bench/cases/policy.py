@@ -44,9 +44,9 @@ from bench.policies import (
 )
 from bench.procs import BenchError, timed_run
 from bench.stats import Summary, summarize
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.ovs.ofchannel import OpenFlowChannel

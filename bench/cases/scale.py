@@ -45,6 +45,7 @@ from typing import Any
 from bench.daemon_stack import HOST, bench_mapping, toml_text, uplink
 from bench.policies import n_rule_scope
 from bench.procs import BenchError, count_flows, run
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.certs import DevPki, init_dev_pki
 from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.config import Config, load_config
@@ -54,7 +55,6 @@ from coordinator.dev.ovs_instance import OvsInstance, pid_alive, stop_pid
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.classes import load_network_classes
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.gateway.client import StreamStatus
 from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.progress import Activity, counted

@@ -13,7 +13,7 @@ from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
 from coordinator.bounded import quoted
 from coordinator.errors import InvalidArgument
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.health import HealthReport
 from coordinator.host_reconcile import Known, ReconcileMode
 from coordinator.identifiers import RULE, is_identifier
@@ -263,7 +263,7 @@ def timestamp(seconds: float | None) -> Timestamp | None:
     return ts
 
 
-def device_to_pb(device: DeviceSlot, mac: str) -> pb.Device:
+def device_to_pb(device: EswitchDevice, mac: str) -> pb.Device:
     return pb.Device(
         kind=_KIND_TO_PB[device.kind],
         controller=device.controller,
@@ -323,7 +323,7 @@ def event_to_pb(event: EventRecord) -> pb.AttachmentEvent:
         attachment_id=event.attachment_id,
         sandbox_id=event.sandbox_id,
         condition=pb.Condition(
-            type=event.type,
+            type=event.type.value,
             status=event.status,
             reason=event.reason,
             message=event.message,

@@ -13,8 +13,10 @@ class DeviceKind(enum.Enum):
 
 
 @dataclass(frozen=True)
-class DeviceSlot:
-    """A function the backend can hand out, and where it shows up.
+class EswitchDevice:
+    """A device of the eswitch (a VF or an SF) the backend can hand out to
+    one attachment, and where it shows up. Not to be confused with an
+    attachment's slot, the 16-bit index behind its cookie and zone.
 
     VFs exist before they are claimed (the host creates them); SFs are
     created on claim, so their representor name is known only then and
@@ -46,7 +48,7 @@ class PreparedDevice:
     """A function the eswitch has prepared now, and the hardware address it
     carries ("" when the backend cannot read it cheaply)."""
 
-    slot: DeviceSlot
+    slot: EswitchDevice
     mac: str = ""
 
 
@@ -57,17 +59,17 @@ class EswitchError(RuntimeError):
 class EswitchBackend(Protocol):
     name: str
 
-    def inventory(self) -> list[DeviceSlot]:
+    def inventory(self) -> list[EswitchDevice]:
         """Every function this eswitch can hand out (claimed or not)."""
         ...
 
-    def prepare(self, slot: DeviceSlot, mac: str) -> str:
+    def prepare(self, slot: EswitchDevice, mac: str) -> str:
         """Make the function usable with ``mac`` (create an SF, set the
         function hw address); return the representor netdev name once it
         exists. Idempotent for a slot that is already prepared."""
         ...
 
-    def release(self, slot: DeviceSlot) -> None:
+    def release(self, slot: EswitchDevice) -> None:
         """Undo ``prepare`` (delete the SF, clear the address). Idempotent."""
         ...
 

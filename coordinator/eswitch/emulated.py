@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 
 from coordinator.config import EmulatedConfig
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact, PreparedDevice
+from coordinator.eswitch.base import DeviceKind, EswitchDevice, EswitchError, HealthFact, PreparedDevice
 
 FUNCTION_IFNAME = "eth0"
 SF_BASE_NUMBER = 1000  # BlueField numbers user SFs from here by convention
@@ -55,18 +55,18 @@ class EmulatedEswitch:
             if slot.kind is DeviceKind.VF:
                 self._ensure_pair(slot)
 
-    def _slot(self, kind: DeviceKind, number: int) -> DeviceSlot:
+    def _slot(self, kind: DeviceKind, number: int) -> EswitchDevice:
         pf = self._config.pf
         rep = f"pf{pf}vf{number}" if kind is DeviceKind.VF else f"en{pf}pf{pf}sf{number}"
-        return DeviceSlot(kind=kind, controller=0, pf=pf, number=number, representor=rep)
+        return EswitchDevice(kind=kind, controller=0, pf=pf, number=number, representor=rep)
 
-    def guest_netns(self, slot: DeviceSlot) -> str:
+    def guest_netns(self, slot: EswitchDevice) -> str:
         return f"{self._config.guest_netns_prefix}{slot.representor}"
 
     def _has_link(self, ns: str, ifname: str) -> bool:
         return _ip(ns, "link", "show", "dev", ifname, check=False).returncode == 0
 
-    def _ensure_pair(self, slot: DeviceSlot) -> None:
+    def _ensure_pair(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)
         if not _netns_exists(guest):
             _ip("", "netns", "add", guest)
@@ -77,16 +77,16 @@ class EmulatedEswitch:
             "peer", "name", FUNCTION_IFNAME, "netns", guest)  # fmt: skip
         _ip(self._switch_ns, "link", "set", "dev", slot.representor, "up")
 
-    def inventory(self) -> list[DeviceSlot]:
+    def inventory(self) -> list[EswitchDevice]:
         return list(self._slots)
 
-    def prepare(self, slot: DeviceSlot, mac: str) -> str:
+    def prepare(self, slot: EswitchDevice, mac: str) -> str:
         self._ensure_pair(slot)
         guest = self.guest_netns(slot)
         _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up")
         return slot.representor
 
-    def release(self, slot: DeviceSlot) -> None:
+    def release(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)
         if slot.kind is DeviceKind.SF:
             if self._has_link(self._switch_ns, slot.representor):

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError, HealthFact, PreparedDevice
+from coordinator.eswitch.base import DeviceKind, EswitchDevice, EswitchError, HealthFact, PreparedDevice
 from coordinator.eswitch.devlink import ZERO_MAC, DevlinkError, DevlinkPort, DevlinkTransport, pci_handle
 from coordinator.eswitch.net_events import NetEvent, NetEventSource, PyudevNetEventSource, RepresentorWatcher
 from coordinator.eswitch.switchdev_settings import SwitchdevSettings, compare_versions, host_vf_pci_address
@@ -61,7 +61,7 @@ _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 class ExistingSf:
     """An SF of ours (sfnum in range) that exists in devlink now (for restart reconcile)."""
 
-    slot: DeviceSlot
+    slot: EswitchDevice
     handle: str
     hw_addr: str | None
     state: str | None
@@ -141,12 +141,12 @@ class SwitchdevEswitch:
                 return device
         return None
 
-    def _slot(self, kind: DeviceKind, number: int, representor: str) -> DeviceSlot:
+    def _slot(self, kind: DeviceKind, number: int, representor: str) -> EswitchDevice:
         s = self._settings
         host_pci = ""
         if kind is DeviceKind.VF and s.host_pf_pci_address:
             host_pci = host_vf_pci_address(s.host_pf_pci_address, number, s.host_vf_offset, s.host_vf_stride)
-        return DeviceSlot(
+        return EswitchDevice(
             kind=kind,
             controller=s.host_controller,
             pf=s.pf,
@@ -155,15 +155,15 @@ class SwitchdevEswitch:
             host_pci_address=host_pci,
         )
 
-    def _sf_slot(self, number: int) -> DeviceSlot:
+    def _sf_slot(self, number: int) -> EswitchDevice:
         # The name BlueField's udev rule gives an SF representor of the host
         # (phys_port_name c1pf0sfN minus the controller). Only a prediction:
         # prepare() returns the real name once the netdev exists.
         return self._slot(DeviceKind.SF, number, f"pf{self._settings.pf}sf{number}")
 
-    def inventory(self) -> list[DeviceSlot]:
+    def inventory(self) -> list[EswitchDevice]:
         """VFs whose representor exists now, plus every SF number of the configured range."""
-        vfs: dict[int, DeviceSlot] = {}
+        vfs: dict[int, EswitchDevice] = {}
         for device in self._representors(PortFlavour.PCI_VF):
             number = device.port.number if device.port is not None else None
             if number is not None and number not in vfs:
@@ -218,7 +218,7 @@ class SwitchdevEswitch:
                 )
         return found
 
-    def current_representor(self, slot: DeviceSlot) -> str | None:
+    def current_representor(self, slot: EswitchDevice) -> str | None:
         """The representor netdev of ``slot`` now (None if absent): SF names are known only once created."""
         self._check_slot(slot)
         device = self._function_representor(slot.kind, slot.number)
@@ -226,11 +226,11 @@ class SwitchdevEswitch:
 
     # ------------------------------------------------------------------ prepare / release
 
-    def _lock(self, slot: DeviceSlot) -> threading.Lock:
+    def _lock(self, slot: EswitchDevice) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(slot.device_id, threading.Lock())
 
-    def _check_slot(self, slot: DeviceSlot) -> None:
+    def _check_slot(self, slot: EswitchDevice) -> None:
         s = self._settings
         if slot.pf != s.pf or slot.controller != s.host_controller:
             raise EswitchError(
@@ -242,7 +242,7 @@ class SwitchdevEswitch:
                 f"{s.sf_number_start}..{s.sf_number_end}"
             )
 
-    def prepare(self, slot: DeviceSlot, mac: str) -> str:
+    def prepare(self, slot: EswitchDevice, mac: str) -> str:
         self._check_slot(slot)
         mac = mac.lower()
         if not _MAC_RE.fullmatch(mac) or mac == ZERO_MAC:
@@ -353,7 +353,7 @@ class SwitchdevEswitch:
                 )
             self._sleep(s.representor_poll_s)
 
-    def release(self, slot: DeviceSlot) -> None:
+    def release(self, slot: EswitchDevice) -> None:
         """SF: deactivate and delete (nothing to do when absent). VF: reset the
         function's hw_addr to 00:00:00:00:00:00, so the next tenant's MAC is
         set afresh and the VF does not keep the previous one (mlx5 then lets

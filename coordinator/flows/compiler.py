@@ -11,6 +11,13 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from coordinator.attachment_identity import (
+    BRIDGE_COOKIE,
+    check_slot,
+    cookie_for_slot,
+    meter_of_slot,
+    zone_of_slot,
+)
 from coordinator.flows.model import (
     Ct,
     CtClear,
@@ -27,12 +34,6 @@ from coordinator.flows.model import (
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.rules import CT_NEW, dns_rules, egress_side, ingress_side, rule_flows
 from coordinator.policy.scope import RuleAction, Scope
-
-# The top 16 bits of every cookie we install. Flows with this prefix are ours;
-# reconcile removes those that belong to no attachment.
-COOKIE_OWNER = 0xBFC0 << 48
-COOKIE_OWNER_MASK = 0xFFFF << 48
-MAX_SLOT = 0xFFFF  # slots double as conntrack zones, a 16-bit space
 
 ETH_ARP = "0x0806"
 ETH_IP = "0x0800"
@@ -67,15 +68,6 @@ COMMITTED_MARK = 0x1
 COMMITTED = (("ct_state", CT_TRACKED_VALID), ("ct_mark", f"{COMMITTED_MARK:#x}/{COMMITTED_MARK:#x}"))
 
 
-def cookie_for_slot(slot: int) -> int:
-    if not 1 <= slot <= MAX_SLOT:
-        raise ValueError(f"slot {slot} outside 1..{MAX_SLOT}")
-    return COOKIE_OWNER | slot
-
-
-BRIDGE_COOKIE = COOKIE_OWNER
-
-
 @dataclass(frozen=True)
 class BridgeFacts:
     uplink_ofport: int | None  # None: no uplink configured
@@ -83,12 +75,27 @@ class BridgeFacts:
 
 @dataclass(frozen=True)
 class PortFacts:
-    """What the compiler needs to know about one attachment's port."""
+    """What the compiler needs to know about one attachment's port; its
+    conntrack zone, cookie and meter follow from its slot."""
 
     ofport: int
     mac: str
-    zone: int
-    cookie: int
+    slot: int
+
+    def __post_init__(self) -> None:
+        check_slot(self.slot)
+
+    @property
+    def zone(self) -> int:
+        return zone_of_slot(self.slot)
+
+    @property
+    def cookie(self) -> int:
+        return cookie_for_slot(self.slot)
+
+    @property
+    def meter(self) -> int:
+        return meter_of_slot(self.slot)
 
 
 class _Builder:
@@ -155,17 +162,16 @@ def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[
     _forward(b, port)
     _ingress(b, port, scope)
     families = [f for f in (4, 6) if _own_networks(scope, f)]
-    slot = port.cookie & 0xFFFF
     b.flows += rule_flows(
         pipeline,
         egress_side(port.ofport),
         (*scope.egress, *dns_rules(scope)),
         families,
         cookie=port.cookie,
-        slot=slot,
+        slot=port.slot,
     )
     b.flows += rule_flows(
-        pipeline, ingress_side(port.mac), scope.ingress, families, cookie=port.cookie, slot=slot
+        pipeline, ingress_side(port.mac), scope.ingress, families, cookie=port.cookie, slot=port.slot
     )
     return b.flows
 
@@ -189,11 +195,6 @@ def _own_networks(scope: Scope, version: int) -> list[str]:
     return list(dict.fromkeys(str(n.network_address) if n.num_addresses == 1 else str(n) for n in nets))
 
 
-def meter_id(port: PortFacts) -> int:
-    """One meter per attachment, numbered like its slot."""
-    return port.cookie & 0xFFFF
-
-
 def default_burst_kb(kbps: int) -> int:
     """A burst (kilobits) of 100 ms at the rate, and at least 16."""
     return max(kbps // 10, 16)
@@ -204,7 +205,7 @@ def _guarded(ofport: int, eth: str) -> Match:
 
 
 def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
-    police = (Meter(meter_id(port)),) if scope.egress_rate_limit else ()
+    police = (Meter(port.meter),) if scope.egress_rate_limit else ()
     for eth in GUARDED_ETHERTYPES:
         b.add("classify", ("base", 20), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
     # ARP claiming one of this guest's addresses comes only from the guest
@@ -427,14 +428,10 @@ def parse_mac(value: str) -> str:
 
 
 __all__ = [
-    "BRIDGE_COOKIE",
-    "COOKIE_OWNER",
-    "COOKIE_OWNER_MASK",
     "BridgeFacts",
     "PortFacts",
     "attachment_flows",
     "bridge_flows",
-    "cookie_for_slot",
     "cut_flows",
     "link_local_v6",
     "parse_mac",

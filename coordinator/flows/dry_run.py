@@ -7,12 +7,12 @@ from pathlib import Path
 
 import yaml
 
-from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, cookie_for_slot
+from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.policy.validate import PolicyError, scope_from_mapping
 
-EXAMPLE_PORT = PortFacts(ofport=2, mac="02:00:5e:00:53:01", zone=1, cookie=cookie_for_slot(1))
+EXAMPLE_PORT = PortFacts(ofport=2, mac="02:00:5e:00:53:01", slot=1)
 EXAMPLE_UPLINK = 1
 
 

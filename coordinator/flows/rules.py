@@ -21,6 +21,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from coordinator.attachment_identity import MAX_RULE_INDEX, conjunction_id
 from coordinator.flows.model import Conjunction, Drop, Flow, FlowAction, Goto, Match
 from coordinator.flows.pipeline import FlowViolation, Pipeline
 from coordinator.policy.portmask import ranges_to_masks
@@ -30,7 +31,6 @@ ETH_BY_FAMILY = {4: "0x0800", 6: "0x86dd"}
 PROTO_NUMBER = {Protocol.TCP: "6", Protocol.UDP: "17", Protocol.ICMP: "1", Protocol.ICMPV6: "58"}
 CT_NEW = "+trk+new-est-rel-inv"
 DNS_PORT = 53
-MAX_RULE_INDEX = (1 << 14) - 1
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,17 @@ class Side:
     attachment: Match  # what identifies the attachment's packets in `table`
     remote_v4: str  # the remote end's address field
     remote_v6: str
-    bit: int  # distinguishes the directions inside conjunction ids
+    ingress: bool  # the direction, one bit of the conjunction ids
 
 
 def egress_side(ofport: int) -> Side:
     return Side(
-        "egress", "egress_policy", "egress_commit", (("in_port", str(ofport)),), "nw_dst", "ipv6_dst", 0
+        "egress", "egress_policy", "egress_commit", (("in_port", str(ofport)),), "nw_dst", "ipv6_dst", False
     )
 
 
 def ingress_side(mac: str) -> Side:
-    return Side("ingress", "ingress_policy", "ingress_commit", (("dl_dst", mac),), "nw_src", "ipv6_src", 1)
+    return Side("ingress", "ingress_policy", "ingress_commit", (("dl_dst", mac),), "nw_src", "ipv6_src", True)
 
 
 def dns_rules(scope: Scope) -> tuple[Rule, ...]:
@@ -160,7 +160,7 @@ def rule_flows(
             verdict: FlowAction = Drop() if deny else Goto(side.commit_table)
             base = pipeline.priority("deny_rule" if deny else "allow_rule")
             if isinstance(terms, _Conjunctive):
-                conj_id = (slot << 16) | (side.bit << 15) | ((family == 6) << 14) | index
+                conj_id = conjunction_id(slot, ingress=side.ingress, ipv6=family == 6, rule_index=index)
                 for term in terms.cidrs:
                     emit(base, (*common, *term), Conjunction(conj_id, 1, 2))
                 for term in terms.l4:

@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
+from coordinator.attachment_identity import MAX_ZONE
 from coordinator.policy.packet import IPPROTO_ICMP, IPPROTO_ICMPV6
 from coordinator.policy.revocation import ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST, ConnEntry
 from coordinator.toplevel import split_top_level
@@ -25,7 +26,7 @@ __all__ = [
     "userspace_flush_problem",
 ]
 
-MAX_ZONE: Final = 0xFFFF
+
 MAX_LIMIT: Final = 0xFFFFFFFF
 
 #: Names ``ct_dpif_format_ipproto`` prints instead of the protocol number.

@@ -5,7 +5,6 @@ writes several parts share."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from coordinator.gateway.client import StreamStatus
 from coordinator.gateway.policy_book import PolicyBook
 from coordinator.keyed_lock import KeyedLocks
 from coordinator.policy.scope import Scope
-from coordinator.policy.validate import scope_to_mapping
 from coordinator.service import intent
+from coordinator.store.errors import UnreadablePolicy
 from coordinator.store.records import AttachmentRecord
 from coordinator.store.worker import AsyncStore
 
@@ -88,9 +87,7 @@ class ServiceContext:
 
     async def last_good(self, record: AttachmentRecord) -> intent.Intent:
         """The sandbox's stored last good policy, else its class."""
-        chosen = intent.last_good(
-            record.network_class, await self.store.policy(record.sandbox_id), self.classes
-        )
+        chosen = intent.last_good(record.network_class, await self.stored(record.sandbox_id), self.classes)
         self._log_problem(record, chosen)
         return chosen
 
@@ -98,7 +95,7 @@ class ServiceContext:
         """What a BOUND attachment enforces when re-installed (see
         ``intent.reinstalled``), and whether that becomes the sandbox's
         stored last good policy once installed."""
-        stored = await self.store.policy(record.sandbox_id)
+        stored = await self.stored(record.sandbox_id)
         chosen = intent.reinstalled(
             record, stored, self.book.latest(record.sandbox_id), self.classes, self.config.policy.on_stale
         )
@@ -107,13 +104,20 @@ class ServiceContext:
 
     async def enforced(self, record: AttachmentRecord) -> intent.Intent:
         """What the switch enforces for ``record`` now (see ``intent.enforced``)."""
-        stored = await self.store.policy(record.sandbox_id)
+        stored = await self.stored(record.sandbox_id)
         chosen = intent.enforced(record, stored, self.classes, self.config.policy.on_stale)
         self._log_problem(record, chosen)
         return chosen
 
+    async def stored(self, sandbox_id: str) -> intent.Stored:
+        """What the store holds as the sandbox's last good policy."""
+        try:
+            return await self.store.policy(sandbox_id)
+        except UnreadablePolicy as exc:
+            return intent.Unreadable(exc.version, exc.problem)
+
     async def save_last_good(self, sandbox_id: str, scope: Scope) -> None:
-        await self.store.save_policy(sandbox_id, scope.version, json.dumps(scope_to_mapping(scope)))
+        await self.store.save_policy(sandbox_id, scope)
 
     def register(self, sandbox_id: str) -> None:
         if self.policy_source is not None:

@@ -14,9 +14,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from coordinator.attachment_identity import cookie_for_slot, meter_of_slot
 from coordinator.dataplane_port import FlowsRejected, WorldFacts
 from coordinator.errors import Unavailable
-from coordinator.flows.compiler import cookie_for_slot
+from coordinator.event_kinds import Event, EventKind
 from coordinator.memory import release_free_memory
 from coordinator.policy.scope import Scope
 from coordinator.reconcile import Plan, plan
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 # Attachments plugged at once when the whole switch is re-programmed: the
 # eswitch and OVSDB calls of one overlap with the others'.
 PLUG_CONCURRENCY = 8
-DRIFT = "DpuDriftCorrected"
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ class Convergence:
         for record in await store.list_attachments():
             if record.device.device_id in presence.vanished:
                 # Gone while the daemon was down (the host removed the VF).
-                await store.append_event(record, "DpuAttachmentDrift", False, "DeviceRemoved",
-                                         f"{record.device.device_id} disappeared while the coordinator was down")  # fmt: skip
+                await store.append_event(record, Event(EventKind.ATTACHMENT_DRIFT, False, "DeviceRemoved",
+                                         f"{record.device.device_id} disappeared while the coordinator was down"))  # fmt: skip
         await self.reconverge("start")
 
     async def reconverge(self, reason: str) -> ConvergeReport:
@@ -162,8 +162,9 @@ class Convergence:
         # After the interrupted attachments are gone: a meter numbered like
         # no BOUND attachment's slot is left from a crash (meters cannot ride
         # in a bundle, so one can outlive its flows).
-        slots = {r.slot for r in await self._ctx.store.list_attachments(state=AttachmentState.BOUND)}
-        for meter in sorted(await self._ctx.dataplane.learn_meters() - slots):
+        bound = await self._ctx.store.list_attachments(state=AttachmentState.BOUND)
+        meters = {meter_of_slot(r.slot) for r in bound}
+        for meter in sorted(await self._ctx.dataplane.learn_meters() - meters):
             await self._ctx.dataplane.remove_meter(meter)
             await self._drift(
                 "", "", "OrphanMeterRemoved", f"meter {meter} belongs to no attachment: removed"
@@ -175,7 +176,9 @@ class Convergence:
         owner = fence.owner if fence else ""
         log.warning("drift corrected: %s", message, extra={"attachment_id": attachment_id, "reason": reason})
         self._ctx.observer.corrected(reason)
-        await self._ctx.store.record_event(attachment_id, sandbox_id, owner, DRIFT, True, reason, message)
+        await self._ctx.store.record_event(
+            attachment_id, sandbox_id, owner, Event(EventKind.DRIFT_CORRECTED, True, reason, message)
+        )
 
     async def _plug(
         self,
@@ -201,7 +204,9 @@ class Convergence:
                     ofport = await ctx.dataplane.add_port(record, rep, zone_limit=False)
                 await ctx.dataplane.set_meter(record.slot, chosen.scope)
             except (Unavailable, FlowsRejected) as exc:
-                await ctx.store.append_event(record, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc))
+                await ctx.store.append_event(
+                    record, Event(EventKind.ATTACHMENT_DRIFT, False, "ReinstallFailed", str(exc))
+                )
                 return None
         return _Plugged(record, rep, ofport, chosen.state, chosen.version, chosen.scope, adopted)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from coordinator.callers import Caller
 from coordinator.errors import InvalidArgument
+from coordinator.event_kinds import Event, EventKind
 from coordinator.host_reconcile import HostReconcilePlan, Known, ReconcileMode, plan_host_reconcile
 from coordinator.service.context import ServiceContext
 from coordinator.service.gate import OperationGate
@@ -114,7 +115,7 @@ class HostSync:
                     if current is not None and current.state is AttachmentState.BOUND:
                         await self._lifecycle.release(current, "HostNeverReconciled", message + ": released")
             else:
-                await ctx.store.append_event(record, "DpuHostNotReconciled", False, "HostNeverReconciled",
-                                             message + " (reconcile_mode advisory: kept)")  # fmt: skip
+                await ctx.store.append_event(record, Event(EventKind.HOST_NOT_RECONCILED, False, "HostNeverReconciled",
+                                             message + " (reconcile_mode advisory: kept)"))  # fmt: skip
         await ctx.events.notify()
         return [r.attachment_id for r in quiet]

@@ -9,18 +9,27 @@ or a stored policy that no longer reads).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from coordinator.policy.scope import Scope
-from coordinator.policy.validate import PolicyError, scope_from_mapping
-from coordinator.store.records import AttachmentRecord, PolicyState
+from coordinator.store.records import AttachmentRecord, PolicyState, StoredPolicy
 
 DENY_ALL_CLASS = "dpu-ovs-deny-all"
 
-# A sandbox's stored last good policy as the store keeps it: (version, JSON).
-StoredPolicy = tuple[int, str]
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored last good policy that no longer reads (tampered with, or
+    the limits tightened since it was validated): its version and why."""
+
+    version: int
+    problem: str
+
+
+# What the store holds for a sandbox: its last good policy, one that no
+# longer reads, or nothing.
+Stored = StoredPolicy | Unreadable | None
 
 
 @dataclass(frozen=True)
@@ -39,23 +48,21 @@ def denied(state: PolicyState, on_stale: str) -> bool:
     return state is PolicyState.PENDING or (state is PolicyState.STALE and on_stale == "deny-all")
 
 
-def last_good(network_class: str, stored: StoredPolicy | None, classes: Mapping[str, Scope]) -> Intent:
+def last_good(network_class: str, stored: Stored, classes: Mapping[str, Scope]) -> Intent:
     """The sandbox's stored last good policy (APPLIED) if there is one, else
     its network class (BASELINE). A stored policy that does not read any
     more (tampered with, or the limits tightened since it was validated)
     fails closed: deny-all, DEGRADED."""
     if stored is None:
         return Intent(classes[network_class], PolicyState.BASELINE, 0)
-    version, text = stored
-    try:
-        return Intent(scope_from_mapping(json.loads(text)), PolicyState.APPLIED, version)
-    except (ValueError, PolicyError) as exc:
-        return Intent(classes[DENY_ALL_CLASS], PolicyState.DEGRADED, version, problem=str(exc))
+    if isinstance(stored, Unreadable):
+        return Intent(classes[DENY_ALL_CLASS], PolicyState.DEGRADED, stored.version, problem=stored.problem)
+    return Intent(stored.scope, PolicyState.APPLIED, stored.version)
 
 
 def reinstalled(
     record: AttachmentRecord,
-    stored: StoredPolicy | None,
+    stored: Stored,
     latest: Scope | None,
     classes: Mapping[str, Scope],
     on_stale: str,
@@ -75,16 +82,16 @@ def reinstalled(
     return base
 
 
-def becomes_last_good(chosen: Intent, stored: StoredPolicy | None) -> bool:
+def becomes_last_good(chosen: Intent, stored: Stored) -> bool:
     """Whether an installed ``chosen`` policy is a new last good one: it is
     APPLIED (the gateway's latest, whose own apply had failed) and not the
     version stored."""
-    return chosen.state is PolicyState.APPLIED and chosen.version != (stored[0] if stored else None)
+    return chosen.state is PolicyState.APPLIED and chosen.version != (
+        stored.version if stored is not None else None
+    )
 
 
-def enforced(
-    record: AttachmentRecord, stored: StoredPolicy | None, classes: Mapping[str, Scope], on_stale: str
-) -> Intent:
+def enforced(record: AttachmentRecord, stored: Stored, classes: Mapping[str, Scope], on_stale: str) -> Intent:
     """What the switch enforces for a BOUND attachment now: deny-all while it
     is denied, else its last good policy (or class)."""
     if denied(record.policy_state, on_stale):

@@ -27,6 +27,7 @@ from coordinator.errors import (
 )
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.mac import mac_for_device
+from coordinator.event_kinds import Event, EventKind
 from coordinator.gateway.policy_book import PolicyDenied
 from coordinator.leases import DetachDecision, decide_detach
 from coordinator.policy.scope import Scope
@@ -202,7 +203,7 @@ class Lifecycle:
                 await self.install(current)
             except Unavailable as exc:
                 await ctx.store.append_event(
-                    current, "DpuAttachmentDrift", False, "ReinstallFailed", str(exc)
+                    current, Event(EventKind.ATTACHMENT_DRIFT, False, "ReinstallFailed", str(exc))
                 )
         await ctx.events.notify()
 
@@ -239,18 +240,18 @@ class Lifecycle:
                 raise FailedPrecondition(
                     f"attachment {attachment_id} is still attaching; retry when it is bound"
                 )
-            await self.release(record, "Detached", f"detached by {caller.identity}")
+            await self.release(record, "Detached", f"detached by {caller.identity}", actor=caller.identity)
         await ctx.events.notify()
         return True
 
-    async def release(self, record: AttachmentRecord, reason: str, message: str) -> None:
+    async def release(self, record: AttachmentRecord, reason: str, message: str, *, actor: str = "") -> None:
         """Detach ``record`` (its sandbox lock held): DETACHING, tear down,
         delete. A crash in between is finished by the next reconverge."""
         ctx = self._ctx
         record = await ctx.store.mark_detaching(record.attachment_id)
         faults.reached("detach.marked")
         await ctx.dataplane.teardown(record)
-        await ctx.store.delete_attachment(record.attachment_id, reason=reason, message=message)
+        await ctx.store.delete_attachment(record.attachment_id, reason=reason, message=message, actor=actor)
         await ctx.unregister_if_unused(record.sandbox_id)
         log.info(
             "detached",

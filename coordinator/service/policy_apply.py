@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from coordinator import faults
 from coordinator.dataplane_port import FlowsRejected
+from coordinator.event_kinds import Event, EventKind
 from coordinator.policy.scope import Scope
 from coordinator.service.context import ServiceContext
 from coordinator.service.gate import OperationGate
@@ -30,7 +31,6 @@ REMOVED_REASON = "PolicyRemoved"
 REMOVED_MESSAGE = "the gateway withdrew the policy: deny-all until a new one arrives"
 
 # (event kind, ok, reason, message) recorded with a policy state.
-Event = tuple[str, bool, str, str]
 
 
 class PolicyApply:
@@ -64,7 +64,9 @@ class PolicyApply:
             except FlowsRejected as exc:
                 ctx.observer.policy_applied(time.monotonic() - began, ok=False)
                 failed = True
-                event = ("DpuPolicyDegraded", True, "ApplyFailed", f"version {scope.version}: {exc}")
+                event = Event(
+                    EventKind.POLICY_DEGRADED, True, "ApplyFailed", f"version {scope.version}: {exc}"
+                )
                 results.append(
                     await ctx.store.set_policy_status(
                         record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
@@ -74,7 +76,7 @@ class PolicyApply:
             ctx.observer.policy_applied(time.monotonic() - began, ok=True)
             faults.reached("policy.flows_applied")
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
-            event = ("DpuPolicyApplied", True, "Applied", message)
+            event = Event(EventKind.POLICY_APPLIED, True, "Applied", message)
             results.append(
                 await ctx.store.set_policy_status(
                     record.attachment_id, PolicyState.APPLIED, scope.version, event=event
@@ -115,7 +117,7 @@ class PolicyApply:
                 return False  # already closed
             return not (keep_baseline and record.policy_state is PolicyState.BASELINE)
 
-        event = ("DpuPolicyApplied", False, reason, message)
+        event = Event(EventKind.POLICY_APPLIED, False, reason, message)
         return await self._transition(
             "policy withdrawal", wanted, pick, PolicyState.PENDING, event, deny=True
         )
@@ -130,7 +132,7 @@ class PolicyApply:
             ):
                 await ctx.store.set_policy_status(
                     record.attachment_id, PolicyState.DEGRADED, record.policy_version,
-                    event=("DpuPolicyDegraded", True, reason, message),
+                    event=Event(EventKind.POLICY_DEGRADED, True, reason, message),
                 )  # fmt: skip
         await ctx.events.notify()
 
@@ -151,7 +153,7 @@ class PolicyApply:
             return record.policy_state not in (PolicyState.STALE, PolicyState.PENDING)
 
         wanted = None if sandbox_ids is None else set(sandbox_ids)
-        event = ("DpuPolicyStale", True, reason, message)
+        event = Event(EventKind.POLICY_STALE, True, reason, message)
         return await self._transition("stale policy", wanted, pick, PolicyState.STALE, event, deny=deny)
 
     async def _transition(
@@ -242,7 +244,7 @@ class PolicyApply:
             await ctx.dataplane.drop_meters_if_unused(records, deny_all)
         log.info(
             "policy %s", state.value,
-            extra={"attachments": len(records), "reason": event[2], "deny_all": deny,
+            extra={"attachments": len(records), "reason": event.reason, "deny_all": deny,
                    "cut_ms": round((cut - began) * 1000, 1), "recorded_ms": round((recorded - began) * 1000, 1),
                    "done_ms": round((time.monotonic() - began) * 1000, 1)},
         )  # fmt: skip

@@ -12,9 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.attachment_identity import MAX_SLOT
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
-from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError
+from coordinator.policy.codec import scope_from_json, scope_to_json
+from coordinator.policy.scope import Scope
+from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError, UnreadablePolicy
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -24,13 +28,20 @@ from coordinator.store.records import (
     NewAttachment,
     PolicyState,
     PoolStats,
+    StoredPolicy,
 )
 from coordinator.store.rows import SELECT_ATTACHMENT, attachment_from_row, device_from_row, event_from_row
 from coordinator.store.schema import MIGRATIONS
 
-__all__ = ["EVERYONE", "MAX_SLOT", "AttachmentLimitReached", "PoolExhausted", "Store", "StoreError"]
-
-MAX_SLOT = 0xFFFF
+__all__ = [
+    "EVERYONE",
+    "MAX_SLOT",
+    "AttachmentLimitReached",
+    "PoolExhausted",
+    "Store",
+    "StoreError",
+    "UnreadablePolicy",
+]
 # Owner of coordinator-wide events (health, firmware) that every caller sees;
 # never a certificate identity. Owner "" stays admins-only.
 EVERYONE = "*"
@@ -92,7 +103,7 @@ class Store:
 
     # -- device pool -------------------------------------------------------
 
-    def sync_devices(self, slots: list[DeviceSlot]) -> DevicePresence:
+    def sync_devices(self, slots: list[EswitchDevice]) -> DevicePresence:
         """Record the backend's inventory; devices no longer offered are kept
         (a claimed one must stay referable) but marked absent. Returns which
         device ids turned absent or present again (new ones included)."""
@@ -131,7 +142,7 @@ class Store:
     # -- attachments -------------------------------------------------------
 
     def create_attachment(
-        self, new: NewAttachment, *, mac_for: Callable[[DeviceSlot], str], max_attachments: int
+        self, new: NewAttachment, *, mac_for: Callable[[EswitchDevice], str], max_attachments: int
     ) -> AttachmentRecord:
         """Claim a free device, a slot and a lease generation, insert the
         ATTACHING row and its event: all in one transaction."""
@@ -187,10 +198,12 @@ class Store:
                 new.attachment_id,
                 new.sandbox_id,
                 new.owner,
-                "DpuAttachInProgress",
-                True,
-                "Attaching",
-                f"claimed {slot.kind.value.upper()} {slot.device_id}",
+                Event(
+                    EventKind.ATTACH_IN_PROGRESS,
+                    True,
+                    "Attaching",
+                    f"claimed {slot.kind.value.upper()} {slot.device_id}",
+                ),
             )
         record = self.get(new.attachment_id)
         if record is None:  # pragma: no cover - just inserted
@@ -270,10 +283,12 @@ class Store:
                 attachment_id,
                 record.sandbox_id,
                 record.owner,
-                "DpuAttachmentBound",
-                True,
-                "Bound",
-                f"representor {record.device.representor} on ofport {ofport}",
+                Event(
+                    EventKind.ATTACHMENT_BOUND,
+                    True,
+                    "Bound",
+                    f"representor {record.device.representor} on ofport {ofport}",
+                ),
             )
         return record
 
@@ -285,8 +300,9 @@ class Store:
             )
             return self._require(db, attachment_id)
 
-    def delete_attachment(self, attachment_id: str, *, reason: str, message: str) -> None:
-        """Remove the row (freeing its device and slot); the fence stays."""
+    def delete_attachment(self, attachment_id: str, *, reason: str, message: str, actor: str = "") -> None:
+        """Remove the row (freeing its device and slot); the fence stays.
+        ``actor``: the caller identity that asked for it, if one did."""
         now = self._clock()
         with self._txn() as db:
             record = self._require(db, attachment_id)
@@ -299,10 +315,7 @@ class Store:
                 attachment_id,
                 record.sandbox_id,
                 record.owner,
-                "DpuAttachmentBound",
-                False,
-                reason,
-                message,
+                Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor),
             )
 
     def take_over(self, attachment_id: str, host_instance_id: str) -> AttachmentRecord:
@@ -325,9 +338,9 @@ class Store:
             )
             record = self._require(db, attachment_id)
             self._append_event(
-                db, attachment_id, record.sandbox_id, record.owner, "DpuLeaseTakenOver", True, "HostReconcile",
+                db, attachment_id, record.sandbox_id, record.owner, Event(EventKind.LEASE_TAKEN_OVER, True, "HostReconcile",
                 f"host instance {host_instance_id!r} took over from {old.host_instance_id!r}; "
-                f"lease generation {old.lease_generation} -> {generation}",
+                f"lease generation {old.lease_generation} -> {generation}"),
             )  # fmt: skip
         return record
 
@@ -336,15 +349,12 @@ class Store:
         attachment_id: str,
         sandbox_id: str,
         owner: str,
-        type_: str,
-        status: bool,
-        reason: str,
-        message: str,
+        event: Event,
     ) -> None:
         """An event not tied to a stored attachment (drift of something no
         attachment holds); ``owner`` "" = seen by admins only."""
         with self._txn() as db:
-            self._append_event(db, attachment_id, sandbox_id, owner, type_, status, reason, message)
+            self._append_event(db, attachment_id, sandbox_id, owner, event)
 
     def _require(self, db: sqlite3.Connection, attachment_id: str) -> AttachmentRecord:
         row = db.execute(SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
@@ -364,7 +374,9 @@ class Store:
 
     # -- policies ------------------------------------------------------------
 
-    def save_policy(self, sandbox_id: str, version: int, scope_json: str) -> None:
+    def save_policy(self, sandbox_id: str, scope: Scope) -> None:
+        """``scope`` becomes the sandbox's last good policy."""
+        version, scope_json = scope.version, scope_to_json(scope)
         with self._txn() as db:
             db.execute(
                 """INSERT INTO sandbox_policies (sandbox_id, version, scope_json, updated_at) VALUES (?, ?, ?, ?)
@@ -373,11 +385,26 @@ class Store:
                 (sandbox_id, version, scope_json, self._clock()),
             )
 
-    def policy(self, sandbox_id: str) -> tuple[int, str] | None:
+    def policy(self, sandbox_id: str) -> StoredPolicy | None:
+        """The sandbox's last good policy; raises UnreadablePolicy if the
+        stored one no longer decodes."""
         row = self._db.execute(
             "SELECT version, scope_json FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
         ).fetchone()
-        return (int(row[0]), str(row[1])) if row else None
+        if row is None:
+            return None
+        version = int(row[0])
+        try:
+            return StoredPolicy(version, scope_from_json(str(row[1])))
+        except ValueError as exc:  # PolicyError, or not JSON at all
+            raise UnreadablePolicy(sandbox_id, version, str(exc)) from exc
+
+    def policy_version(self, sandbox_id: str) -> int | None:
+        """The version of the sandbox's last good policy, without decoding it."""
+        row = self._db.execute(
+            "SELECT version FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
+        ).fetchone()
+        return int(row[0]) if row else None
 
     def delete_policy(self, sandbox_id: str) -> None:
         with self._txn() as db:
@@ -389,7 +416,7 @@ class Store:
         state: PolicyState,
         version: int,
         *,
-        event: tuple[str, bool, str, str] | None,
+        event: Event | None,
     ) -> AttachmentRecord:
         """Record an attachment's policy state (and its event) atomically."""
         now = self._clock()
@@ -401,11 +428,11 @@ class Store:
             )
             record = self._require(db, attachment_id)
             if event is not None:
-                self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
+                self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
         return record
 
     def set_policy_statuses(
-        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: tuple[str, bool, str, str]
+        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: Event
     ) -> list[AttachmentRecord]:
         """Record many attachments' policy states (attachment id, state,
         version) and one event each, in one transaction: a transition of
@@ -420,31 +447,27 @@ class Store:
                     (state.value, version, now, now, attachment_id),
                 )
                 record = self._require(db, attachment_id)
-                self._append_event(db, attachment_id, record.sandbox_id, record.owner, *event)
+                self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
                 records.append(record)
         return records
 
     # -- events ------------------------------------------------------------
 
-    def append_event(
-        self, record: AttachmentRecord, type_: str, status: bool, reason: str, message: str
-    ) -> None:
+    def append_event(self, record: AttachmentRecord, event: Event) -> None:
         with self._txn() as db:
-            self._append_event(
-                db, record.attachment_id, record.sandbox_id, record.owner, type_, status, reason, message
-            )
+            self._append_event(db, record.attachment_id, record.sandbox_id, record.owner, event)
 
-    def append_coordinator_event(self, type_: str, status: bool, reason: str, message: str) -> None:
+    def append_coordinator_event(self, event: Event) -> None:
         """An event about the coordinator as a whole (health, firmware): no
         attachment or sandbox; owner ``EVERYONE``, so every watcher sees it."""
         with self._txn() as db:
-            self._append_event(db, "", "", EVERYONE, type_, status, reason, message)
+            self._append_event(db, "", "", EVERYONE, event)
 
-    def last_coordinator_event(self, type_: str) -> EventRecord | None:
-        """The newest coordinator-wide event of ``type_`` still in the log."""
+    def last_coordinator_event(self, kind: EventKind) -> EventRecord | None:
+        """The newest coordinator-wide event of ``kind`` still in the log."""
         row = self._db.execute(
             "SELECT * FROM events WHERE owner = ? AND type = ? ORDER BY seq DESC LIMIT 1",
-            (EVERYONE, type_),
+            (EVERYONE, kind.value),
         ).fetchone()
         return event_from_row(row) if row else None
 
@@ -454,15 +477,22 @@ class Store:
         attachment_id: str,
         sandbox_id: str,
         owner: str,
-        type_: str,
-        status: bool,
-        reason: str,
-        message: str,
+        event: Event,
     ) -> None:
         cursor = db.execute(
-            """INSERT INTO events (attachment_id, sandbox_id, owner, type, status, reason, message, time)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            (attachment_id, sandbox_id, owner, type_, int(status), reason, message, self._clock()),
+            """INSERT INTO events (attachment_id, sandbox_id, owner, type, status, reason, message, time, actor)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                attachment_id,
+                sandbox_id,
+                owner,
+                event.kind.value,
+                int(event.status),
+                event.reason,
+                event.message,
+                self._clock(),
+                event.actor,
+            ),
         )
         seq = cursor.lastrowid or 0
         db.execute("DELETE FROM events WHERE seq <= ?", (seq - self._event_log_size,))

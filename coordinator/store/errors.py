@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AttachmentLimitReached", "PoolExhausted", "StoreError"]
+__all__ = ["AttachmentLimitReached", "PoolExhausted", "StoreError", "UnreadablePolicy"]
 
 
 class StoreError(RuntimeError):
@@ -15,3 +15,13 @@ class PoolExhausted(StoreError):
 
 class AttachmentLimitReached(StoreError):
     pass
+
+
+class UnreadablePolicy(StoreError):
+    """A stored policy that no longer decodes or validates (the file was
+    changed behind the daemon's back, or limits tightened since)."""
+
+    def __init__(self, sandbox_id: str, version: int, problem: str) -> None:
+        super().__init__(f"stored policy of sandbox {sandbox_id} (version {version}) unusable: {problem}")
+        self.version = version
+        self.problem = problem

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import EventKind
+from coordinator.policy.scope import Scope
 
 
 class AttachmentState(enum.Enum):
@@ -30,7 +33,7 @@ class AttachmentRecord:
     sandbox_id: str
     host_instance_id: str
     lease_generation: int
-    device: DeviceSlot
+    device: EswitchDevice
     mac: str
     slot: int
     network_class: str
@@ -58,11 +61,19 @@ class EventRecord:
     attachment_id: str
     sandbox_id: str
     owner: str
-    type: str
+    type: EventKind
     status: bool
     reason: str
     message: str
     time: float
+    actor: str = ""  # the caller identity that asked for the change, if one did
+
+
+class StoredPolicy(NamedTuple):
+    """A sandbox's last good policy as the store keeps it."""
+
+    version: int
+    scope: Scope
 
 
 @dataclass(frozen=True)

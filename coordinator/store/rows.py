@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import EventKind
 from coordinator.store.records import AttachmentRecord, AttachmentState, EventRecord, PolicyState
 
 __all__ = ["SELECT_ATTACHMENT", "Row", "attachment_from_row", "device_from_row", "event_from_row"]
@@ -30,16 +31,17 @@ def event_from_row(r: Row) -> EventRecord:
         r["attachment_id"],
         r["sandbox_id"],
         r["owner"],
-        r["type"],
+        EventKind(r["type"]),
         bool(r["status"]),
         r["reason"],
         r["message"],
         r["time"],
+        r["actor"],
     )
 
 
-def device_from_row(row: Row) -> DeviceSlot:
-    return DeviceSlot(
+def device_from_row(row: Row) -> EswitchDevice:
+    return EswitchDevice(
         kind=DeviceKind(row["kind"]),
         controller=row["controller"],
         pf=row["pf"],

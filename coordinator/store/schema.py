@@ -75,4 +75,13 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE attachments ADD COLUMN representor TEXT NOT NULL DEFAULT '';
     """,
+    # 4: who asked for an event's change (a caller identity; '' = nobody in
+    # particular). Detach events written before named the caller only in
+    # their message, "detached by <identity>": that becomes their actor.
+    """
+    ALTER TABLE events ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+    UPDATE events SET actor = substr(message, length('detached by ') + 1)
+        WHERE type = 'DpuAttachmentBound' AND status = 0 AND reason = 'Detached'
+            AND substr(message, 1, length('detached by ')) = 'detached by ';
+    """,
 )

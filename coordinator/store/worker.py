@@ -67,6 +67,7 @@ class AsyncStore:
     fence = _on_store_thread(Store.fence)
     save_policy = _on_store_thread(Store.save_policy)
     policy = _on_store_thread(Store.policy)
+    policy_version = _on_store_thread(Store.policy_version)
     delete_policy = _on_store_thread(Store.delete_policy)
     set_policy_status = _on_store_thread(Store.set_policy_status)
     set_policy_statuses = _on_store_thread(Store.set_policy_statuses)

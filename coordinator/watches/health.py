@@ -27,6 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from coordinator.config import Config
+from coordinator.event_kinds import Event, EventKind
 from coordinator.events import EventHub
 from coordinator.health import HealthReport
 from coordinator.store.worker import AsyncStore
@@ -35,8 +36,8 @@ __all__ = ["FIRMWARE_CHECK", "FIRMWARE_EVENT", "HEALTHY_EVENT", "HealthWatch", "
 
 log = logging.getLogger(__name__)
 
-HEALTHY_EVENT = "DpuCoordinatorHealthy"
-FIRMWARE_EVENT = "DpuFirmwareDegraded"
+HEALTHY_EVENT = EventKind.COORDINATOR_HEALTHY
+FIRMWARE_EVENT = EventKind.FIRMWARE_DEGRADED
 FIRMWARE_CHECK = "firmware_version"
 
 HealthProbe = Callable[[], Awaitable[HealthReport]]
@@ -48,26 +49,28 @@ class HealthWatch:
         self._events = events
         self._health = health
         # The status of the last event of each type; None = never reported.
-        self._last: dict[str, bool | None] = {}
+        self._last: dict[EventKind, bool | None] = {}
 
-    async def _known(self, type_: str) -> bool | None:
+    async def _known(self, type_: EventKind) -> bool | None:
         if type_ not in self._last:
             event = await self._store.last_coordinator_event(type_)
             self._last[type_] = event.status if event is not None else None
         return self._last[type_]
 
-    async def _transition(self, type_: str, status: bool, default: bool, reason: str, message: str) -> bool:
+    async def _transition(
+        self, type_: EventKind, status: bool, default: bool, reason: str, message: str
+    ) -> bool:
         """Write the event if ``status`` differs from the last one (or, with
         none logged, from ``default``, the unremarkable state)."""
         known = await self._known(type_)
         if status == (default if known is None else known):
             return False
-        await self._store.append_coordinator_event(type_, status, reason, message)
+        await self._store.append_coordinator_event(Event(type_, status, reason, message))
         self._last[type_] = status
         log.warning("%s -> %s: %s", type_, status, message)
         return True
 
-    async def check_once(self) -> list[str]:
+    async def check_once(self) -> list[EventKind]:
         """Run the checks; the types of the events written."""
         report = await self._health()
         written = []

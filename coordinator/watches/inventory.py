@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from coordinator.config import Config
 from coordinator.eswitch.base import EswitchBackend, EswitchError
 from coordinator.eswitch.net_events import NetEvent, NetEventSource, RepresentorWatcher
+from coordinator.event_kinds import Event, EventKind
 from coordinator.events import EventHub
 from coordinator.store.db import StoreError
 from coordinator.store.records import AttachmentRecord
@@ -45,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DRIFT_EVENT = "DpuAttachmentDrift"
+DRIFT_EVENT = EventKind.ATTACHMENT_DRIFT
 # After a udev event, wait this long for the rest of the burst (a host
 # creating 16 VFs sends dozens) so one re-read covers it.
 SETTLE_S = 0.2
@@ -112,7 +113,7 @@ class InventoryWatch:
                     f"{device.kind.value.upper()} {device.device_id} (representor {device.representor}) "
                     "was removed from the eswitch while attached"
                 )
-                await self._store.append_event(record, DRIFT_EVENT, False, "DeviceRemoved", message)
+                await self._store.append_event(record, Event(DRIFT_EVENT, False, "DeviceRemoved", message))
                 log.warning("device removed while attached", extra={"attachment_id": record.attachment_id})
                 written += 1
             elif device.device_id in change.appeared:
@@ -120,7 +121,7 @@ class InventoryWatch:
                     f"{device.kind.value.upper()} {device.device_id} (representor {device.representor}) "
                     "is present again"
                 )
-                await self._store.append_event(record, DRIFT_EVENT, True, "DeviceReturned", message)
+                await self._store.append_event(record, Event(DRIFT_EVENT, True, "DeviceReturned", message))
                 returned.append(record)
                 written += 1
         await self._events.notify()

@@ -22,23 +22,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
 from coordinator.config import load_config
 from coordinator.dev import env
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.classes import load_network_classes
-from coordinator.flows.compiler import (
-    BRIDGE_COOKIE,
-    COOKIE_OWNER,
-    COOKIE_OWNER_MASK,
-    PortFacts,
-    attachment_flows,
-    cookie_for_slot,
-)
+from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ovsdb import OWNER_KEY, OWNER_VALUE
-from coordinator.policy.validate import scope_from_mapping
+from coordinator.policy.codec import scope_from_json
 
 BOUND = "BOUND"
 
@@ -151,9 +145,9 @@ def our_flows(dev: env.Endpoint) -> dict[int, list[str]]:
 
 def expected_flows(dev: env.Endpoint, row: Row) -> list[str]:
     stored = _stored_policy(dev, row.sandbox_id)
-    scope = scope_from_mapping(json.loads(stored)) if stored else load_network_classes()[row.network_class]
+    scope = scope_from_json(stored) if stored else load_network_classes()[row.network_class]
     pipeline = load_pipeline()
-    port = PortFacts(ofport=row.ofport, mac=row.mac, zone=row.slot, cookie=cookie_for_slot(row.slot))
+    port = PortFacts(ofport=row.ofport, mac=row.mac, slot=row.slot)
     return render_flows(attachment_flows(pipeline, port, scope), pipeline)
 
 

@@ -35,14 +35,7 @@ from hypothesis import strategies as st
 
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.flows.compiler import (
-    BridgeFacts,
-    PortFacts,
-    attachment_flows,
-    bridge_flows,
-    cookie_for_slot,
-    link_local_v6,
-)
+from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, link_local_v6
 from coordinator.flows.pipeline import Pipeline, load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.flows.trace import (
@@ -143,9 +136,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
         yield Bench(
             ovs=ovs,
             pipeline=load_pipeline(),
-            port=PortFacts(
-                ofport=attachment_ofport, mac=ATTACHMENT_MAC, zone=SLOT, cookie=cookie_for_slot(SLOT)
-            ),
+            port=PortFacts(ofport=attachment_ofport, mac=ATTACHMENT_MAC, slot=SLOT),
             bridge=BridgeFacts(uplink_ofport=uplink_ofport),
             ports=TracePorts(
                 attachment_ofport=attachment_ofport,

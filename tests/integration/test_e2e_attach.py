@@ -20,12 +20,12 @@ import pytest
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2
+from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.certs import init_dev_pki, issue_client_cert
 from coordinator.client import CoordinatorClient, TlsFiles
 from coordinator.dev import env, netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive
 from coordinator.dev.reflection import list_services
-from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.flows.pipeline import load_pipeline
 from tests.conftest import require_ovs
 from tests.integration.stack import NETPROBE

@@ -17,9 +17,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from coordinator.attachment_identity import COOKIE_OWNER
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.flows.compiler import COOKIE_OWNER, BridgeFacts, attachment_flows, bridge_flows
+from coordinator.flows.compiler import BridgeFacts, attachment_flows, bridge_flows
 from coordinator.flows.dry_run import EXAMPLE_PORT
 from coordinator.flows.model import Flow, Goto, Meter
 from coordinator.flows.pipeline import load_pipeline

@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.callers import Caller, Role
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
-from coordinator.flows.compiler import cookie_for_slot
+from coordinator.flows.classes import load_network_classes
 from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Fragment, Packet
 from coordinator.policy.validate import scope_from_mapping
+from coordinator.service import DENY_ALL_CLASS, AttachParams
 from coordinator.store.records import PolicyState
 from tests.integration.stack import (
     HOST,
@@ -368,3 +370,22 @@ async def test_arp_claiming_a_foreign_address_is_dropped(stack: Stack, uplink: U
         # got through; give its reply a moment.
         await asyncio.sleep(0.3)
         assert uplink_learned(claimed) is (claimed == GUEST_V4), claimed
+
+
+async def test_a_stored_policy_that_no_longer_reads_fails_closed(stack: Stack) -> None:
+    await stack.attach("sb-1")
+    await stack.service.apply_policy("sb-1", scope(version=3, egress=WEB))
+    # As if the database had been edited behind the daemon's back.
+    stack.store._db.execute('UPDATE sandbox_policies SET scope_json = \'{"addresses": ["not-an-ip"]}\'')
+    params = AttachParams("sb-1", "hi-1", "req-second", DeviceKind.VF, "", "BASELINE")
+    second = await stack.service.attach(HOST, params)
+    assert second.policy_state is PolicyState.DEGRADED and second.policy_version == 3
+    # Its flows are exactly the deny-all class's: nothing to change.
+    deny_all = load_network_classes()[DENY_ALL_CLASS]
+    desired = stack.service.dataplane.desired_flows(second, second.ofport, deny_all)
+    unchanged = await stack.openflow.sync(cookie_for_slot(second.slot), desired)
+    assert (unchanged.added, unchanged.removed) == (0, 0) and unchanged.total == len(desired)
+    ns = stack.configure_guest(second, f"{GUEST_V4}/24")
+    assert not probe_tcp(ns, SERVER_V4, 443)
+    await stack.service.apply_policy("sb-1", scope(version=4, egress=WEB))
+    assert probe_tcp(ns, SERVER_V4, 443)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.dev.ovs_instance import OvsInstance
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import AttachmentRecord, PolicyState

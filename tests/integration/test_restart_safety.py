@@ -24,13 +24,13 @@ import yaml
 
 from coordinator import faults
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.client import CoordinatorClient, RetryPolicy
 from coordinator.config import load_config
 from coordinator.dev import env, netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
-from coordinator.flows.compiler import cookie_for_slot
 from tests.conftest import require_ovs
 from tests.integration import invariants
 from tests.integration.stack import NETPROBE, SERVER_V4, probe_tcp

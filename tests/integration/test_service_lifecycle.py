@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
 from coordinator.daemon import build
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.errors import ResourceExhausted
-from coordinator.flows.compiler import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
 from coordinator.metrics import Metrics
 from coordinator.ovs.ovsdb import OWNER_KEY
 from coordinator.policy.validate import scope_from_mapping

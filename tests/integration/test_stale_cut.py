@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.callers import Caller, Role
 from coordinator.dev.ovs_instance import OvsInstance
+from coordinator.event_kinds import Event, EventKind
 from coordinator.flows.classes import load_network_classes
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping
@@ -140,7 +141,7 @@ async def test_drops_left_by_an_interrupted_cut_go_with_fresh_policy_and_with_re
         await stack.service.dataplane.cut_many([fresh, crashed])
         stack.store.set_policy_statuses(
             [(r.attachment_id, PolicyState.STALE, 1) for r in (fresh, crashed)],
-            event=("DpuPolicyStale", True, "StreamDown", "test"),
+            event=Event(EventKind.POLICY_STALE, True, "StreamDown", "test"),
         )
         assert not probe_tcp(stack.guest_ns(fresh), SERVER_V4, WEB)
         # Fresh policy: its flows exactly, the drops gone, traffic back.

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from coordinator import faults
 from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, HealthFact, PreparedDevice
+from coordinator.eswitch.base import DeviceKind, EswitchDevice, HealthFact, PreparedDevice
 from coordinator.flows.compiler import (
     BRIDGE_COOKIE,
     BridgeFacts,
@@ -47,16 +47,16 @@ class Change:
     total: int
 
 
-def devices(vfs: int = 4, sfs: int = 0) -> list[DeviceSlot]:
-    return [DeviceSlot(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(vfs)] + [
-        DeviceSlot(DeviceKind.SF, 0, 0, i, f"pf0sf{i}") for i in range(sfs)
+def devices(vfs: int = 4, sfs: int = 0) -> list[EswitchDevice]:
+    return [EswitchDevice(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(vfs)] + [
+        EswitchDevice(DeviceKind.SF, 0, 0, i, f"pf0sf{i}") for i in range(sfs)
     ]
 
 
 @dataclass
 class FakeDataplane:
     pipeline: Pipeline
-    offered: list[DeviceSlot] = field(default_factory=devices)
+    offered: list[EswitchDevice] = field(default_factory=devices)
     tables: dict[int, list[str]] = field(default_factory=dict)  # cookie -> flows
     ports: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> external_ids
     ofports: dict[str, int] = field(default_factory=dict)
@@ -97,7 +97,7 @@ class FakeDataplane:
             raise (FlowsRejected if step in FLOW_STEPS else Unavailable)(message)
 
     def _port(self, record: AttachmentRecord, ofport: int) -> PortFacts:
-        return PortFacts(ofport=ofport, mac=record.mac, zone=record.slot, cookie=cookie_for_slot(record.slot))
+        return PortFacts(ofport=ofport, mac=record.mac, slot=record.slot)
 
     def _replace(self, cookie: int, flows: Sequence[str]) -> Change | None:
         before, after = set(self.tables.get(cookie, [])), set(flows)
@@ -111,7 +111,7 @@ class FakeDataplane:
     def installed_flows(self) -> int:
         return sum(len(flows) for flows in self.tables.values())
 
-    async def inventory(self) -> list[DeviceSlot]:
+    async def inventory(self) -> list[EswitchDevice]:
         self._step("inventory")
         return list(self.offered)
 
@@ -172,7 +172,7 @@ class FakeDataplane:
         self.meters.discard(slot)
         self.zone_limits.discard(slot)
 
-    async def release(self, slot: DeviceSlot) -> None:
+    async def release(self, slot: EswitchDevice) -> None:
         self._step("release", slot.device_id)
         self.prepared.pop(slot.device_id, None)
 

@@ -15,6 +15,7 @@ import pytest
 from coordinator.config import config_from_mapping
 from coordinator.eswitch.base import HealthFact
 from coordinator.eswitch.switchdev import SwitchdevEswitch
+from coordinator.event_kinds import Event, EventKind
 from coordinator.events import EventHub
 from coordinator.health import HealthReport
 from coordinator.store.db import Store
@@ -133,7 +134,9 @@ async def test_hosts_and_admins_see_coordinator_events_but_hosts_not_others(
     store.sync_devices(SwitchdevEswitch(bf.settings(), bf.transport()).inventory())
     other = store.create_attachment(new, mac_for=lambda s: "02:00:00:00:00:09", max_attachments=5)
     # An event with no owner (drift of something no attachment holds) stays admins-only.
-    store.append_event(dataclasses.replace(other, owner=""), "DpuOrphanDrift", True, "Orphan", "admins only")
+    store.append_event(
+        dataclasses.replace(other, owner=""), Event(EventKind.DRIFT_CORRECTED, True, "Orphan", "admins only")
+    )
     bf.set_mode("legacy")
     await HealthWatch(
         AsyncStore(store), EventHub(), Probe(SwitchdevEswitch(bf.settings(), bf.transport()))
@@ -141,7 +144,7 @@ async def test_hosts_and_admins_see_coordinator_events_but_hosts_not_others(
     seen: list[EventRecord] = store.events_since(0, owner=HOST)
     assert [(e.type, e.attachment_id, e.sandbox_id) for e in seen] == [(HEALTHY_EVENT, "", "")]
     admin = {e.type for e in store.events_since(0)}
-    assert {"DpuOrphanDrift", "DpuAttachInProgress", HEALTHY_EVENT} <= admin
+    assert {"DpuDriftCorrected", "DpuAttachInProgress", HEALTHY_EVENT} <= admin
     assert other.attachment_id not in {e.attachment_id for e in seen}
 
 

@@ -19,6 +19,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "coordinator"
 PURE_CORE = (
     "policy/",
     "flows/",
+    "attachment_identity.py",
+    "event_kinds.py",
     "leases.py",
     "host_reconcile.py",
     "reconcile.py",

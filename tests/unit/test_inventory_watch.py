@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import config_from_mapping
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchError
+from coordinator.eswitch.base import DeviceKind, EswitchDevice, EswitchError
 from coordinator.eswitch.switchdev import NetEvent, SwitchdevEswitch
 from coordinator.events import EventHub
 from coordinator.store.db import Store
@@ -190,7 +190,7 @@ class FlakyBackend:
         self.inner = inner
         self.failures = 0
 
-    def inventory(self) -> list[DeviceSlot]:
+    def inventory(self) -> list[EswitchDevice]:
         if self.failures:
             self.failures -= 1
             raise EswitchError("sysfs unreadable")

@@ -22,7 +22,7 @@ from coordinator import __version__
 from coordinator import metrics as metrics_module
 from coordinator.api.rpc_metrics import RpcMetricsInterceptor
 from coordinator.certs import DevPki, init_dev_pki
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, HealthFact
+from coordinator.eswitch.base import DeviceKind, EswitchDevice, HealthFact
 from coordinator.health import HealthReport
 from coordinator.metrics import (
     Metrics,
@@ -62,8 +62,8 @@ async def scrape(url: str, **kwargs: Any) -> dict[tuple[str, tuple[tuple[str, st
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(tmp_path / "state.db")
     s.sync_devices(
-        [DeviceSlot(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(3)]
-        + [DeviceSlot(DeviceKind.SF, 0, 0, 1000, "en0pf0sf1000")]
+        [EswitchDevice(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(3)]
+        + [EswitchDevice(DeviceKind.SF, 0, 0, 1000, "en0pf0sf1000")]
     )
     yield s
     s.close()

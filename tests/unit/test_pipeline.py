@@ -7,24 +7,16 @@ from typing import Any
 import pytest
 import yaml
 
+from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
 from coordinator.flows.classes import load_network_classes
-from coordinator.flows.compiler import (
-    BRIDGE_COOKIE,
-    COOKIE_OWNER,
-    COOKIE_OWNER_MASK,
-    BridgeFacts,
-    PortFacts,
-    attachment_flows,
-    bridge_flows,
-    cookie_for_slot,
-)
+from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows
 from coordinator.flows.model import Ct, CtCommit, Drop, Flood, Flow, Goto, Output
 from coordinator.flows.pipeline import FlowViolation, PipelineError, load_pipeline, parse_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.policy.scope import Scope
 
 PIPELINE = load_pipeline()
-PORT = PortFacts(ofport=5, mac="02:aa:bb:cc:dd:01", zone=1, cookie=cookie_for_slot(1))
+PORT = PortFacts(ofport=5, mac="02:aa:bb:cc:dd:01", slot=1)
 
 
 def _raw() -> dict[str, Any]:

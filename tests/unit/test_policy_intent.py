@@ -5,16 +5,14 @@ in which state, with no store and no switch."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.policy.scope import Scope
-from coordinator.policy.validate import scope_to_mapping
 from coordinator.service import intent
-from coordinator.service.intent import DENY_ALL_CLASS, Intent, StoredPolicy
-from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
+from coordinator.service.intent import DENY_ALL_CLASS, Intent, Stored, Unreadable
+from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState, StoredPolicy
 from tests.unit.service_harness import CLASSES, scope
 
 APPLIED, BASELINE, DEGRADED, PENDING, STALE = (
@@ -25,12 +23,12 @@ V2, V3 = scope(2), scope(3)
 
 
 def _stored(s: Scope) -> StoredPolicy:
-    return (s.version, json.dumps(scope_to_mapping(s)))
+    return StoredPolicy(s.version, s)
 
 
-UNREADABLE: StoredPolicy = (4, "{not json")
-INVALID: StoredPolicy = (4, json.dumps({"version": 4, "addresses": ["not an address"]}))
-_DEVICE = DeviceSlot(DeviceKind.VF, 0, 0, 1, "pf0vf1")
+UNREADABLE = Unreadable(4, "stored policy is not JSON")
+INVALID = Unreadable(4, "addresses[0]: not an address")
+_DEVICE = EswitchDevice(DeviceKind.VF, 0, 0, 1, "pf0vf1")
 _BASE = AttachmentRecord(
     attachment_id="a-1", owner="h", request_id="r", sandbox_id="sb", host_instance_id="hi",
     device=_DEVICE, slot=1, mac="02:00:00:00:00:01", network_class="dpu-ovs-isolated",
@@ -69,7 +67,7 @@ def test_denied(state: PolicyState, on_stale: str, expected: bool) -> None:
     ],
     ids=["no policy: the class", "stored: last good", "unreadable: deny-all", "invalid now: deny-all"],
 )
-def test_last_good(stored: StoredPolicy | None, expected: Intent, problem: bool) -> None:
+def test_last_good(stored: Stored, expected: Intent, problem: bool) -> None:
     chosen = intent.last_good("dpu-ovs-isolated", stored, CLASSES)
     assert (chosen.scope, chosen.state, chosen.version) == (expected.scope, expected.state, expected.version)
     assert bool(chosen.problem) is problem
@@ -106,7 +104,7 @@ def test_last_good(stored: StoredPolicy | None, expected: Intent, problem: bool)
 )
 def test_reinstalled(
     record: AttachmentRecord,
-    stored: StoredPolicy | None,
+    stored: Stored,
     latest: Scope | None,
     on_stale: str,
     expected: tuple[Scope, PolicyState, int],
@@ -126,7 +124,7 @@ def test_reinstalled(
         (Intent(DENY, PENDING, 2), None, False),
     ],
 )
-def test_becomes_last_good(chosen: Intent, stored: StoredPolicy | None, expected: bool) -> None:
+def test_becomes_last_good(chosen: Intent, stored: Stored, expected: bool) -> None:
     assert intent.becomes_last_good(chosen, stored) is expected
 
 
@@ -141,9 +139,7 @@ def test_becomes_last_good(chosen: Intent, stored: StoredPolicy | None, expected
         (_record(APPLIED, 4), UNREADABLE, "deny-all", DENY),
     ],
 )
-def test_enforced(
-    record: AttachmentRecord, stored: StoredPolicy | None, on_stale: str, expected: Scope
-) -> None:
+def test_enforced(record: AttachmentRecord, stored: Stored, on_stale: str, expected: Scope) -> None:
     assert intent.enforced(record, stored, CLASSES, on_stale).scope == expected
 
 

@@ -10,17 +10,17 @@ import pytest
 import coordinator
 from coordinator import faults
 from coordinator.admission import TokenBucket
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
-from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
+from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot, slot_of_cookie
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.host_reconcile import Known, plan_host_reconcile
 from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY
-from coordinator.reconcile import plan, slot_of_cookie
+from coordinator.reconcile import plan
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 
 
 def record(n: int, state: AttachmentState = AttachmentState.BOUND, *, instance: str = "hi-1",
            generation: int = 1) -> AttachmentRecord:  # fmt: skip
-    device = DeviceSlot(DeviceKind.VF, 0, 0, n, f"pf0vf{n}")
+    device = EswitchDevice(DeviceKind.VF, 0, 0, n, f"pf0vf{n}")
     return AttachmentRecord(
         attachment_id=f"a{n}", owner="host", request_id=f"r{n}", sandbox_id=f"s{n}", host_instance_id=instance,
         lease_generation=generation, device=device, mac=f"02:00:00:00:00:{n:02x}", slot=n, network_class="c",
@@ -55,7 +55,7 @@ def test_every_kind_of_correction_is_planned() -> None:
         "pf0vf9": port("gone"),
     }
     cookies = [BRIDGE_COOKIE, cookie_for_slot(1), cookie_for_slot(3), cookie_for_slot(77), 0x1234]
-    stray = DeviceSlot(DeviceKind.SF, 0, 0, 1000, "en0pf0sf1000")
+    stray = EswitchDevice(DeviceKind.SF, 0, 0, 1000, "en0pf0sf1000")
     work = plan([bound, attaching, detaching], ports, cookies, [bound.device, stray], "uplink")
     assert work.roll_back == (attaching,) and work.finish_detach == (detaching,)
     assert [(p.name, p.attachment_id) for p in work.orphan_ports] == [("old-uplink", ""), ("pf0vf9", "gone")]

@@ -8,14 +8,14 @@ from collections import defaultdict
 from hypothesis import given, settings
 
 from coordinator.flows import rules as rules_module
-from coordinator.flows.compiler import PortFacts, attachment_flows, cookie_for_slot
+from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.model import Conjunction, Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
 from tests.unit.policy.strategies import scopes
 
 PIPELINE = load_pipeline()
-PORT = PortFacts(ofport=4, mac="02:00:5e:00:53:07", zone=9, cookie=cookie_for_slot(9))
+PORT = PortFacts(ofport=4, mac="02:00:5e:00:53:07", slot=9)
 OWN_V4 = (ipaddress.ip_network("198.51.100.10/32"),)
 
 
@@ -111,7 +111,7 @@ def test_a_compile_from_remembered_rule_terms_equals_a_fresh_one(first: Scope, s
     """Rule terms are remembered across compiles and attachments: whatever
     was compiled before (another scope, another slot), the flows are the
     ones a compile from nothing gives."""
-    other = PortFacts(ofport=11, mac="02:00:5e:00:53:0b", zone=300, cookie=cookie_for_slot(300))
+    other = PortFacts(ofport=11, mac="02:00:5e:00:53:0b", slot=300)
     rules_module._rule_terms.cache_clear()
     fresh_first = attachment_flows(PIPELINE, PORT, first)
     fresh_second = attachment_flows(PIPELINE, other, second)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import PreparedDevice
-from coordinator.flows.compiler import BRIDGE_COOKIE, cookie_for_slot
 from coordinator.ovs.port_keys import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY, SANDBOX_KEY
 from coordinator.store.records import AttachmentState, PolicyState
 from tests.unit.fake_dataplane import FakeDataplane, devices

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from coordinator import faults
+from coordinator.attachment_identity import cookie_for_slot
 from coordinator.faults import FaultInjected
-from coordinator.flows.compiler import cookie_for_slot
 from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.service import DENY_ALL_CLASS, REMOVED_REASON
 from coordinator.store.records import AttachmentRecord, PolicyState

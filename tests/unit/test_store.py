@@ -5,15 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.eswitch.base import DeviceKind, DeviceSlot
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import Event, EventKind
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store, StoreError
 from coordinator.store.records import AttachmentState, NewAttachment, PolicyState
 from coordinator.store.schema import MIGRATIONS
 
 
-def _slots(vfs: int, sfs: int) -> list[DeviceSlot]:
-    return [DeviceSlot(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(vfs)] + [
-        DeviceSlot(DeviceKind.SF, 0, 0, 1000 + i, f"en0pf0sf{1000 + i}") for i in range(sfs)
+def _slots(vfs: int, sfs: int) -> list[EswitchDevice]:
+    return [EswitchDevice(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(vfs)] + [
+        EswitchDevice(DeviceKind.SF, 0, 0, 1000 + i, f"en0pf0sf{1000 + i}") for i in range(sfs)
     ]
 
 
@@ -21,7 +22,7 @@ def _new(n: int, kind: DeviceKind | None = None, owner: str = "host-a") -> NewAt
     return NewAttachment(f"att-{n}", owner, f"req-{n}", f"sb-{n}", "hi-1", kind, "dpu-ovs-isolated")
 
 
-def _macs(slot: DeviceSlot) -> str:
+def _macs(slot: EswitchDevice) -> str:
     kind = 0 if slot.kind is DeviceKind.VF else 1
     return f"02:00:00:{kind:02x}:{slot.number >> 8:02x}:{slot.number & 0xFF:02x}"
 
@@ -127,11 +128,13 @@ def test_event_log_is_bounded_and_resumable(store: Store) -> None:
         a = store.create_attachment(_new(i), mac_for=_macs, max_attachments=1000) if i < 4 else None
         if a is None:
             record = store.list_attachments()[0]
-            store.append_event(record, "DpuPolicyApplied", True, "Applied", f"n={i}")
+            store.append_event(record, Event(EventKind.POLICY_APPLIED, True, "Applied", f"n={i}"))
     events = store.events_since(0, limit=1000)
     assert len(events) == 80
     for i in range(80):
-        store.append_event(store.list_attachments()[0], "DpuPolicyApplied", True, "Applied", f"m={i}")
+        store.append_event(
+            store.list_attachments()[0], Event(EventKind.POLICY_APPLIED, True, "Applied", f"m={i}")
+        )
     kept = store.events_since(0, limit=1000)
     assert len(kept) == 100 and kept[-1].seq == store.last_event_seq() == 160
     assert [e.seq for e in store.events_since(150)] == list(range(151, 161))

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.config import SwitchdevConfig
-from coordinator.eswitch.base import DeviceKind, DeviceSlot, EswitchBackend, EswitchError, HealthFact
+from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchDevice, EswitchError, HealthFact
 from coordinator.eswitch.mac import mac_for_device
 from coordinator.eswitch.switchdev import (
     NetEvent,
@@ -43,7 +43,7 @@ def backend(fake: FakeBlueField, **overrides: object) -> SwitchdevEswitch:
     return SwitchdevEswitch(fake.settings(**overrides), fake.transport())
 
 
-def slot_of(be: SwitchdevEswitch, kind: DeviceKind, number: int) -> DeviceSlot:
+def slot_of(be: SwitchdevEswitch, kind: DeviceKind, number: int) -> EswitchDevice:
     for slot in be.inventory():
         if slot.kind is kind and slot.number == number:
             return slot
@@ -165,10 +165,10 @@ def test_rejects_bad_mac_and_foreign_slots(bf: FakeBlueField) -> None:
         be.prepare(slot, "02:00:00:00:00")
     with pytest.raises(EswitchError, match="invalid MAC"):
         be.prepare(slot, "00:00:00:00:00:00")
-    foreign = DeviceSlot(DeviceKind.VF, controller=0, pf=0, number=0, representor="pf0vf0")
+    foreign = EswitchDevice(DeviceKind.VF, controller=0, pf=0, number=0, representor="pf0vf0")
     with pytest.raises(EswitchError, match="not a function of this eswitch"):
         be.prepare(foreign, MAC)
-    outside = DeviceSlot(DeviceKind.SF, controller=1, pf=0, number=5, representor="pf0sf5")
+    outside = EswitchDevice(DeviceKind.SF, controller=1, pf=0, number=5, representor="pf0sf5")
     with pytest.raises(EswitchError, match=r"outside the configured range 1000\.\.1003"):
         be.prepare(outside, MAC)
 
