@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from coordinator.waiting import wait_within
+
 
 class EventHub:
     def __init__(self) -> None:
@@ -37,6 +39,6 @@ class EventHub:
                 return
             seen = self._generation
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(
+                await wait_within(
                     self._changed.wait_for(lambda: self._generation != seen or self._closed), timeout
                 )

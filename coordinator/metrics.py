@@ -16,7 +16,6 @@ are importable from here too); the gRPC interceptor counting RPCs is
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
@@ -37,6 +36,7 @@ from coordinator.metrics_endpoint import (
     start_metrics_server,
 )
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState, PoolStats
+from coordinator.waiting import wait_within
 
 __all__ = [
     "PREFIX",
@@ -255,7 +255,7 @@ class Metrics:
             try:
                 result = refresher()
                 if inspect.isawaitable(result):
-                    await asyncio.wait_for(result, timeout=REFRESH_TIMEOUT_S)
+                    await wait_within(result, timeout=REFRESH_TIMEOUT_S)
             except Exception:
                 # A broken or slow source leaves its metrics at the last
                 # value; the rest of the scrape still works.

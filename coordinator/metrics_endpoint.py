@@ -27,6 +27,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from coordinator.waiting import wait_within
+
 __all__ = [
     "MetricsServer",
     "MetricsServerError",
@@ -188,7 +190,7 @@ async def _serve_one(
     registry: CollectorRegistry,
     before_scrape: Refresher | None,
 ) -> None:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=_REQUEST_TIMEOUT_S)
+    head = await wait_within(reader.readuntil(b"\r\n\r\n"), timeout=_REQUEST_TIMEOUT_S)
     request_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = request_line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):

@@ -23,6 +23,8 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 
+from coordinator.waiting import wait_within
+
 log = logging.getLogger(__name__)
 
 # A STATUS= line is shown by `systemctl status`; keep it one short line.
@@ -186,7 +188,7 @@ async def watchdog_task(
 
 async def _alive(checks: Callable[[], Awaitable[bool]], deadline: float) -> bool:
     try:
-        ok = await asyncio.wait_for(checks(), timeout=deadline)
+        ok = await wait_within(checks(), timeout=deadline)
     except asyncio.TimeoutError:
         log.warning("watchdog check did not answer in time: not pinging", extra={"deadline_s": deadline})
         return False

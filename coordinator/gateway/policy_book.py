@@ -7,6 +7,7 @@ import asyncio
 from dataclasses import dataclass
 
 from coordinator.policy.scope import Scope
+from coordinator.waiting import wait_within
 
 
 class PolicyDenied(Exception):
@@ -67,6 +68,6 @@ class PolicyBook:
                 raise TimeoutError(f"no policy for sandbox {sandbox_id} within {timeout:g}s")
             assert entry.changed is not None
             try:
-                await asyncio.wait_for(entry.changed.wait(), remaining)
+                await wait_within(entry.changed.wait(), remaining)
             except asyncio.TimeoutError:
                 continue

@@ -40,6 +40,7 @@ from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2_grpc as gw_grpc
 from coordinator.certs import IdentityError, identity_from_certificate
 from coordinator.gateway.policy_dir import PolicyFile, scan
+from coordinator.waiting import wait_within
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ async def serve_gateway(
         while not stop.is_set():
             gateway.rescan()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), poll_interval_s)
+                await wait_within(stop.wait(), poll_interval_s)
     finally:
         gateway.restart()  # end every stream before the server goes
         await server.stop(1.0)

@@ -41,6 +41,7 @@ from enum import Enum
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from coordinator.ovs.ofwire import HEADER, ErrorReply, WireError, error_reply
+from coordinator.waiting import wait_within
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class OpenFlowChannel:
             while True:
                 path = self._resolve()
                 try:
-                    conn = await asyncio.wait_for(self._open(path), max(0.0, deadline - time.monotonic()))
+                    conn = await wait_within(self._open(path), max(0.0, deadline - time.monotonic()))
                 except (OSError, ChannelError, asyncio.TimeoutError) as exc:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or (
@@ -295,9 +296,7 @@ class OpenFlowChannel:
         try:
             conn.writer.write(b"".join(out.message for out in batch))
             try:
-                await asyncio.wait_for(
-                    asyncio.shield(pendings[-1].done), max(0.0, deadline - time.monotonic())
-                )
+                await wait_within(asyncio.shield(pendings[-1].done), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError as exc:
                 why = RequestTimeout(f"no answer from {conn.path} within {limit}s")
                 conn.close(why)

@@ -51,6 +51,7 @@ from coordinator.ovs.ofwire import (
     with_xid,
 )
 from coordinator.ovs.openflow import OPENFLOW_VERSION, OpenFlowError, SyncResult
+from coordinator.waiting import wait_within
 
 ALL_COOKIES = -1
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
@@ -430,7 +431,7 @@ async def _ofctl(timeout: float, *args: str) -> str:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await wait_within(proc.communicate(), timeout)
     except asyncio.TimeoutError as exc:
         proc.kill()
         await proc.wait()

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from coordinator.waiting import wait_within
+
 __all__ = [
     "MAX_OUTPUT_BYTES",
     "MAX_STDERR_BYTES",
@@ -86,7 +88,7 @@ async def run_command(
     except OSError as exc:
         raise error(f"{name}: cannot run: {exc}", argv=argv) from exc
     try:
-        out, err = await asyncio.wait_for(_communicate(proc, max_output), timeout)
+        out, err = await wait_within(_communicate(proc, max_output), timeout)
     except asyncio.TimeoutError as exc:
         await _kill(proc)
         raise error(f"{name} timed out after {timeout}s", argv=argv) from exc

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from coordinator.waiting import wait_within
+
 # A reply larger than this is not something we asked for.
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 256 * 1024
@@ -56,7 +58,7 @@ async def call_many(
     if not commands:
         return []
     try:
-        return await asyncio.wait_for(_call_many(os.fspath(path), commands), timeout)
+        return await wait_within(_call_many(os.fspath(path), commands), timeout)
     except asyncio.TimeoutError as exc:
         raise UnixctlError(f"{path}: no answer to {len(commands)} command(s) within {timeout}s") from exc
 

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 from coordinator.admission import TokenBucket
 from coordinator.errors import ResourceExhausted, Unavailable
+from coordinator.waiting import wait_within
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class OperationGate:
         in flight. True if none is left."""
         self._stopping = True
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await wait_within(self._idle.wait(), timeout)
         except asyncio.TimeoutError:
             return False
         return True

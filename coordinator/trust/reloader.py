@@ -24,6 +24,7 @@ from coordinator.trust.material import (
     load_trust_set,
     stamps,
 )
+from coordinator.waiting import wait_within
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class TrustReloader:
         while True:
             forced = False
             try:
-                await asyncio.wait_for(self._wake.wait(), interval_s)
+                await wait_within(self._wake.wait(), interval_s)
                 forced = True
             except asyncio.TimeoutError:
                 pass

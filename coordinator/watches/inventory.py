@@ -36,6 +36,7 @@ from coordinator.events import EventHub
 from coordinator.store.db import StoreError
 from coordinator.store.records import AttachmentRecord
 from coordinator.store.worker import AsyncStore
+from coordinator.waiting import wait_within
 
 __all__ = [
     "DRIFT_EVENT",
@@ -159,7 +160,7 @@ class InventoryWatch:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._poll_s)
+                    await wait_within(self._wake.wait(), timeout=self._poll_s)
                     await asyncio.sleep(self._settle_s)
                 except asyncio.TimeoutError:
                     pass
