@@ -76,16 +76,21 @@ async def test_conntrack_calls_reach_the_restarted_daemon(
 ) -> None:
     ovs = pid_named
     dataplane = _dataplane(ovs, tmp_path, configured_ctl)
-    await dataplane.set_zone_limits([SLOT])
-    assert _limit(ovs) == LIMIT
-    assert await dataplane.conntrack.dump(zone_of_slot(SLOT)) == []
-
-    for _ in range(2):  # twice: the second restart follows a connection to the first new daemon
-        _restart(ovs)
-        assert _limit(ovs) == 0  # a new daemon starts without zone limits
+    try:
         await dataplane.set_zone_limits([SLOT])
         assert _limit(ovs) == LIMIT
         assert await dataplane.conntrack.dump(zone_of_slot(SLOT)) == []
-        await dataplane.conntrack.flush_zones([zone_of_slot(SLOT)])
-        await dataplane.conntrack.delete_zone_limit(zone_of_slot(SLOT))
-        assert _limit(ovs) == 0
+
+        for _ in range(2):  # twice: the second restart follows a connection to the first new daemon
+            _restart(ovs)
+            assert _limit(ovs) == 0  # a new daemon starts without zone limits
+            await dataplane.set_zone_limits([SLOT])
+            assert _limit(ovs) == LIMIT
+            assert await dataplane.conntrack.dump(zone_of_slot(SLOT)) == []
+            await dataplane.conntrack.flush_zones([zone_of_slot(SLOT)])
+            await dataplane.conntrack.delete_zone_limit(zone_of_slot(SLOT))
+            assert _limit(ovs) == 0
+        # One connection per daemon: kept across calls, opened again only after each restart.
+        assert dataplane._control.connects == 3
+    finally:
+        await dataplane.close()
