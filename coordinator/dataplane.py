@@ -94,15 +94,15 @@ class Dataplane:
         self._ovsdb = ovsdb
         self._openflow = openflow
         self._pipeline = pipeline
-        self._probes = SwitchProbes(config.ovs, backend, ovsdb, openflow)
         cfg = config.ovs
         # One connection to ovs-vswitchd's control socket for every conntrack
-        # call, kept open; the socket is looked up again when it breaks (a
+        # call and trace, kept open; the socket is looked up again when it breaks (a
         # packaged ovs-vswitchd names it after its pid, which a restart changes).
         self._control = UnixctlClient(
             lambda: vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl), timeout=cfg.timeout_s
         )
         self._conntrack = ConntrackControl(self._control, userspace_datapath=cfg.datapath_type == "netdev")
+        self._probes = SwitchProbes(cfg, backend, ovsdb, openflow, self._control)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.
