@@ -69,6 +69,7 @@ class _Connection:
         self.path = path
         self._reader = reader
         self._writer = writer
+        self._loop = asyncio.get_running_loop()
         self._next_id = 0
         self._buffer = ""
         self._decoder = json.JSONDecoder()
@@ -83,7 +84,10 @@ class _Connection:
 
     @property
     def usable(self) -> bool:
-        """False once the peer has closed (ovs-vswitchd exited) or we did."""
+        """False once the peer has closed (ovs-vswitchd exited) or we did, or
+        when asked from another event loop than the one it was opened on."""
+        if self._loop is not asyncio.get_running_loop():
+            return False
         return not (self._reader.at_eof() or self._writer.is_closing())
 
     async def exchange(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
@@ -128,9 +132,14 @@ class _Connection:
             _record(message, replies, first, expected)
 
     def close(self) -> None:
-        self._writer.close()
+        # The loop it was opened on may be closed already (then so is the socket).
+        with contextlib.suppress(RuntimeError):
+            self._writer.close()
 
     async def wait_closed(self) -> None:
+        if self._loop is not asyncio.get_running_loop():
+            self.close()
+            return
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()

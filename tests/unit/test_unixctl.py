@@ -154,3 +154,18 @@ async def test_a_timed_out_call_does_not_leave_its_replies_to_the_next(tmp_path:
 def test_a_client_needs_a_positive_timeout() -> None:
     with pytest.raises(ValueError):
         UnixctlClient("/x.ctl", timeout=0)
+
+
+def test_a_client_outlives_the_event_loop_its_connection_was_opened_on(tmp_path: Path) -> None:
+    """A client built once and used from successive event loops (asyncio.run
+    per step) opens a connection on the loop at hand."""
+    client = UnixctlClient(tmp_path / "ctl", timeout=2)
+
+    async def step() -> Reply:
+        async with FakeControlSocket(tmp_path / "ctl", _answer):
+            return await client.call("version")
+
+    assert asyncio.run(step()) == Reply(result="version \n")
+    assert asyncio.run(step()) == Reply(result="version \n")
+    asyncio.run(client.close())
+    assert client.connects == 2
