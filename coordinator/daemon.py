@@ -92,8 +92,10 @@ class Adapters:
     openflow: OpenFlowSwitch
     events: EventHub
     service: AttachmentService
+    dataplane: Dataplane
 
     async def close(self) -> None:
+        await self.dataplane.close()
         await self.ovsdb.close()
         self.backend.close()
         await self.store.close()
@@ -125,12 +127,16 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
             events=events,
             mac_salt=mac_salt(config),
         )
-        await service.start()
+        try:
+            await service.start()
+        except BaseException:
+            await dataplane.close()
+            raise
     except BaseException:
         await ovsdb.close()
         await store.close()
         raise
-    return Adapters(store, chosen, ovsdb, openflow, events, service)
+    return Adapters(store, chosen, ovsdb, openflow, events, service, dataplane)
 
 
 async def start_policy_stream(

@@ -59,6 +59,7 @@ from coordinator.ovs.ovsdb import (
     Ovsdb,
     OvsdbError,
 )
+from coordinator.ovs.unixctl import UnixctlClient
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
@@ -93,7 +94,15 @@ class Dataplane:
         self._ovsdb = ovsdb
         self._openflow = openflow
         self._pipeline = pipeline
-        self._probes = SwitchProbes(config.ovs, backend, ovsdb, openflow)
+        cfg = config.ovs
+        # One connection to ovs-vswitchd's control socket for every conntrack
+        # call and trace, kept open; the socket is looked up again when it breaks (a
+        # packaged ovs-vswitchd names it after its pid, which a restart changes).
+        self._control = UnixctlClient(
+            lambda: vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl), timeout=cfg.timeout_s
+        )
+        self._conntrack = ConntrackControl(self._control, userspace_datapath=cfg.datapath_type == "netdev")
+        self._probes = SwitchProbes(cfg, backend, ovsdb, openflow, self._control)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.
@@ -108,14 +117,11 @@ class Dataplane:
 
     @property
     def conntrack(self) -> ConntrackControl:
-        """Resolved per use: the control socket of a packaged ovs-vswitchd is
-        named after its pid, which changes when OVS restarts."""
-        cfg = self._config.ovs
-        return ConntrackControl(
-            vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl),
-            timeout=cfg.timeout_s,
-            userspace_datapath=cfg.datapath_type == "netdev",
-        )
+        return self._conntrack
+
+    async def close(self) -> None:
+        """Close the control connection (a later call opens another)."""
+        await self._control.close()
 
     # -- bridge -------------------------------------------------------------
 
@@ -262,9 +268,8 @@ class Dataplane:
         self._flow_counts.pop(cookie_for_slot(slot), None)
         await self._openflow.delete_meter(meter_of_slot(slot))
         self._metered.pop(slot, None)
-        control = self.conntrack
-        await control.flush_zone(zone_of_slot(slot))
-        await control.delete_zone_limit(zone_of_slot(slot))
+        await self._conntrack.flush_zone(zone_of_slot(slot))
+        await self._conntrack.delete_zone_limit(zone_of_slot(slot))
 
     async def revoke(self, record: AttachmentRecord, scope: Scope) -> str:
         """Cut the attachment's connections ``scope`` no longer allows; the
@@ -371,7 +376,7 @@ class Dataplane:
         return changes
 
     async def set_zone_limits(self, slots: Sequence[int]) -> None:
-        """The zone limit of many slots, a few hundred per ovs-appctl call."""
+        """The zone limit of many slots, a few hundred per command, in one exchange."""
         try:
             await self.conntrack.set_zone_limits(
                 [zone_of_slot(s) for s in slots], self._config.limits.conntrack_per_attachment

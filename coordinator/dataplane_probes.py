@@ -14,19 +14,25 @@ from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, HealthFact
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import ovs_checks
-from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.ovs.trace import TraceError, dpif_show, trace
+from coordinator.ovs.unixctl import UnixctlClient
 from coordinator.policy.packet import Packet
 from coordinator.store.records import AttachmentRecord
 
 
 class SwitchProbes:
     def __init__(
-        self, cfg: OvsConfig, backend: EswitchBackend, ovsdb: Ovsdb, openflow: OpenFlowSwitch
+        self,
+        cfg: OvsConfig,
+        backend: EswitchBackend,
+        ovsdb: Ovsdb,
+        openflow: OpenFlowSwitch,
+        control: UnixctlClient,
     ) -> None:
         self._cfg = cfg
+        self._control = control  # ovs-vswitchd's control socket, shared with the dataplane
         self._backend = backend
         self._ovsdb = ovsdb
         self._openflow = openflow
@@ -80,10 +86,9 @@ class SwitchProbes:
         )
         request = trace_request(packet, ports)
         cfg = self._cfg
-        ctl = vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl)
         try:
-            text = await trace(ctl, cfg.bridge, request.flow, request.ct_next, timeout=cfg.timeout_s)
-            odp = parse_dpif_show(await dpif_show(ctl, timeout=cfg.timeout_s), cfg.bridge)
+            text = await trace(self._control, cfg.bridge, request.flow, request.ct_next)
+            odp = parse_dpif_show(await dpif_show(self._control), cfg.bridge)
             switch = parse_trace(text, request.expected_ofport, odp)
         except (TraceError, TraceParseError) as exc:
             raise Unavailable(f"tracing through the switch: {exc}") from exc

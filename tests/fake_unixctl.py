@@ -20,6 +20,7 @@ class FakeControlSocket:
         self.requests: list[list[str]] = []
         self.connections = 0
         self._server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
 
     async def __aenter__(self) -> FakeControlSocket:
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
@@ -28,10 +29,19 @@ class FakeControlSocket:
     async def __aexit__(self, *exc: object) -> None:
         assert self._server is not None
         self._server.close()
+        self.drop_connections()
         await self._server.wait_closed()
+        self.path.unlink(missing_ok=True)
+
+    def drop_connections(self) -> None:
+        """Close every open connection, as an exiting ovs-vswitchd does."""
+        for writer in self._writers:
+            writer.close()
+        self._writers.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.append(writer)
         decoder = json.JSONDecoder()
         buffer = ""
         try:

@@ -164,7 +164,14 @@ class OvsInstance:
 
     @property
     def vswitchd_ctl(self) -> Path:
-        return self._rundir / f"{_VSWITCHD}.ctl"
+        """ovs-vswitchd's control socket: ``RUNDIR/ovs-vswitchd.ctl``, or
+        ``ovs-vswitchd.<pid>.ctl`` when it was started without ``--unixctl``
+        (as the packaged daemon names it; see :meth:`start_vswitchd`)."""
+        plain = self._rundir / f"{_VSWITCHD}.ctl"
+        if plain.exists():
+            return plain
+        pid = self.vswitchd_pid
+        return plain if pid is None else self._rundir / f"{_VSWITCHD}.{pid}.ctl"
 
     @property
     def ovsdb_ctl(self) -> Path:
@@ -307,10 +314,12 @@ class OvsInstance:
         ]
         self._run_daemon(argv, self.ovsdb_pidfile, _OVSDB, self.ovsdb_log, timeout)
 
-    def start_vswitchd(self, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def start_vswitchd(self, *, timeout: float = DEFAULT_TIMEOUT, ctl_named_by_pid: bool = False) -> None:
         """Start ovs-vswitchd in :attr:`netns` (created if missing) and wait until it answers.
 
-        Does nothing but wait for readiness if it is already running.
+        Does nothing but wait for readiness if it is already running. ``ctl_named_by_pid``:
+        no ``--unixctl``, so the control socket is ``RUNDIR/ovs-vswitchd.<pid>.ctl`` and moves
+        with every restart, as with the packaged daemon.
         """
         if self.vswitchd_pid is not None:
             self._wait_vswitchd_ready(timeout)
@@ -319,6 +328,10 @@ class OvsInstance:
             raise OvsError(f"{self}: ovsdb-server is not running; cannot start ovs-vswitchd")
         if not netns_mod.netns_exists(self._netns):
             netns_mod.create_netns(self._netns)
+        plain_ctl = self._rundir / f"{_VSWITCHD}.ctl"
+        if ctl_named_by_pid:
+            plain_ctl.unlink(missing_ok=True)  # a killed daemon's socket would be taken for the live one
+        unixctl = [] if ctl_named_by_pid else [f"--unixctl={plain_ctl}"]
         argv = [
             "ip",
             "netns",
@@ -327,7 +340,7 @@ class OvsInstance:
             _VSWITCHD,
             self.db_remote,
             f"--pidfile={self.vswitchd_pidfile}",
-            f"--unixctl={self.vswitchd_ctl}",
+            *unixctl,
             f"--log-file={self.vswitchd_log}",
             "--detach",
         ]

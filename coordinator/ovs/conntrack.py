@@ -1,4 +1,8 @@
-"""Conntrack of the OVS datapath through ``ovs-appctl dpctl/*``: dump, flush, revoke, zone limits.
+"""Conntrack of the OVS datapath through ``dpctl/*`` commands: dump, flush, revoke, zone limits.
+
+The commands go over ovs-vswitchd's control socket (:class:`coordinator.ovs.unixctl.UnixctlClient`,
+one connection kept open), not through an ``ovs-appctl`` process each; the text they return and
+the errors they give are the same.
 
 When a NetworkScope is narrowed, connections that the new scope would no longer admit must not live
 on as ``+est`` entries. :func:`coordinator.policy.revocation.revoked` (pure, beside the evaluator)
@@ -34,7 +38,6 @@ where marked as read from the OVS source:
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -51,8 +54,8 @@ from coordinator.ovs.conntrack_text import (
     parse_limits,
     userspace_flush_problem,
 )
-from coordinator.ovs.process import OvsCommandError, run_command
-from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
+from coordinator.ovs.process import OvsCommandError
+from coordinator.ovs.unixctl import Reply, UnixctlClient, UnixctlError
 from coordinator.policy.revocation import (
     ConnEntry,
     OwnAddress,
@@ -102,7 +105,9 @@ def _check_limit(limit: int) -> int:
 
 
 class ConntrackError(OvsCommandError):
-    """An ``ovs-appctl dpctl/...`` command failed (or was refused, see the subclass)."""
+    """A ``dpctl/...`` command failed, or the control socket could not be used (or the command
+    was refused, see the subclass); ``argv`` is the command as ovs-appctl would run it and
+    ``stderr`` the error text ovs-vswitchd gave."""
 
 
 class ConntrackUnsupportedError(ConntrackError):
@@ -123,16 +128,18 @@ class RevokeResult:
 
 
 class ConntrackControl:
-    """Conntrack of one ovs-vswitchd, through ``ovs-appctl -t VSWITCHD_CTL dpctl/...``.
+    """Conntrack of one ovs-vswitchd, over its control socket.
 
-    ``datapath`` names the dpif (e.g. ``netdev@ovs-netdev``) when ovs-vswitchd has several;
+    ``control`` is a :class:`UnixctlClient` to share (its owner closes it), or the socket's
+    path (then this control opens its own client; :meth:`close` closes it). ``datapath``
+    names the dpif (e.g. ``netdev@ovs-netdev``) when ovs-vswitchd has several;
     ``userspace_datapath`` (default) refuses the tuple flushes that abort OVS 3.1's userspace
     conntrack (see the module docstring); pass False for the kernel datapath.
     """
 
     def __init__(
         self,
-        vswitchd_ctl: str | os.PathLike[str],
+        control: UnixctlClient | str | os.PathLike[str],
         *,
         timeout: float = DEFAULT_TIMEOUT,
         datapath: str | None = None,
@@ -140,38 +147,64 @@ class ConntrackControl:
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive")
-        self._ctl = os.fspath(vswitchd_ctl)
-        self._timeout = timeout
+        self._owned = not isinstance(control, UnixctlClient)
+        self._client = (
+            control if isinstance(control, UnixctlClient) else UnixctlClient(control, timeout=timeout)
+        )
         self._dp = [datapath] if datapath else []
         self._userspace = userspace_datapath
 
     def __repr__(self) -> str:
-        return f"ConntrackControl({self._ctl!r})"
+        return f"ConntrackControl({self._client.path!r})"
 
-    async def _appctl(self, *args: str, missing_ok: bool = False) -> str | None:
-        """Run ``ovs-appctl``; stdout, or None if ``missing_ok`` and OVS answered ENOENT."""
-        argv = ["ovs-appctl", "-t", self._ctl, f"--timeout={max(1, math.ceil(self._timeout))}", *args]
-        try:
-            result = await run_command(
-                argv, timeout=self._timeout + 1, label=f"ovs-appctl {' '.join(args)}", error=ConntrackError
-            )
-        except ConntrackError as exc:
-            if missing_ok and exc.returncode is not None and _ENOENT_TEXT in exc.stderr:
-                return None
-            raise
-        return result.stdout
+    async def close(self) -> None:
+        """Close the control connection if this control opened it."""
+        if self._owned:
+            await self._client.close()
+
+    async def __aenter__(self) -> ConntrackControl:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _argv(self, command: Sequence[str]) -> list[str]:
+        """``command`` as ovs-appctl would run it (for error messages)."""
+        return ["ovs-appctl", "-t", self._client.path, *command]
+
+    async def _call(self, *command: str, missing_ok: bool = False) -> str | None:
+        """One command; its output, or None if ``missing_ok`` and OVS answered ENOENT."""
+        (reply,) = await self._batch([command])
+        if reply.error is None:
+            return reply.result
+        if missing_ok and _ENOENT_TEXT in reply.error:
+            return None
+        argv = self._argv(command)
+        raise ConntrackError(
+            f"ovs-appctl {' '.join(command)} failed: {reply.error}", argv=argv, stderr=reply.error
+        )
 
     async def _batch(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
-        """Many commands over one connection to the control socket (no
-        process per command); a reply may carry OVS's error text."""
+        """Many commands in one exchange on the control connection; a reply
+        may carry OVS's error text."""
         try:
-            return await call_many(self._ctl, commands, timeout=self._timeout)
+            return await self._client.call_many(commands)
         except UnixctlError as exc:
-            raise ConntrackError(str(exc)) from exc
+            raise ConntrackError(str(exc), argv=self._argv(commands[0])) from exc
+
+    async def _run_all(self, commands: Sequence[Sequence[str]]) -> None:
+        """Many commands in one exchange; the first error raises."""
+        for command, reply in zip(commands, await self._batch(commands), strict=True):
+            if not reply.ok:
+                raise ConntrackError(
+                    f"ovs-appctl {' '.join(command)} failed: {reply.error}",
+                    argv=self._argv(command),
+                    stderr=reply.error or "",
+                )
 
     async def dump(self, zone: int) -> list[ConnEntry]:
         """The entries of ``zone``."""
-        out = await self._appctl("dpctl/dump-conntrack", *self._dp, f"zone={_check_zone(zone)}")
+        out = await self._call("dpctl/dump-conntrack", *self._dp, f"zone={_check_zone(zone)}")
         assert out is not None
         return [entry for entry in parse_dump(out) if entry.zone == zone]
 
@@ -185,7 +218,7 @@ class ConntrackControl:
             problem = userspace_flush_problem(entry)
             if problem:
                 raise ConntrackUnsupportedError(f"refusing to flush {entry.line or entry}: {problem}")
-        out = await self._appctl(
+        out = await self._call(
             "dpctl/flush-conntrack",
             *self._dp,
             f"zone={_check_zone(entry.zone)}",
@@ -196,7 +229,7 @@ class ConntrackControl:
 
     async def flush_zone(self, zone: int) -> None:
         """Remove every entry of ``zone``."""
-        await self._appctl("dpctl/flush-conntrack", *self._dp, f"zone={_check_zone(zone)}")
+        await self._call("dpctl/flush-conntrack", *self._dp, f"zone={_check_zone(zone)}")
 
     async def flush_zones(self, zones: Iterable[int]) -> None:
         """Remove every entry of each of ``zones``: one flush per zone, all
@@ -250,36 +283,43 @@ class ConntrackControl:
 
     async def set_zone_limit(self, zone: int, limit: int) -> None:
         """Allow at most ``limit`` connections in ``zone`` (0 = unlimited)."""
-        await self._appctl(
+        await self._call(
             "dpctl/ct-set-limits", *self._dp, f"zone={_check_zone(zone)},limit={_check_limit(limit)}"
         )
 
     async def set_zone_limits(self, zones: Iterable[int], limit: int, *, per_call: int = 200) -> None:
         """Allow at most ``limit`` connections in each of ``zones``; one
-        ovs-appctl call per ``per_call`` zones (it takes many)."""
+        command per ``per_call`` zones (it takes many), all in one exchange."""
         wanted = sorted({_check_zone(zone) for zone in zones})
-        for i in range(0, len(wanted), per_call):
-            args = [f"zone={zone},limit={_check_limit(limit)}" for zone in wanted[i : i + per_call]]
-            await self._appctl("dpctl/ct-set-limits", *self._dp, *args)
+        value = _check_limit(limit)
+        await self._run_all(
+            [
+                [
+                    "dpctl/ct-set-limits",
+                    *self._dp,
+                    *(f"zone={zone},limit={value}" for zone in wanted[i : i + per_call]),
+                ]
+                for i in range(0, len(wanted), per_call)
+            ]
+        )
 
     async def enable_fragment_reassembly(self) -> None:
         """Let the userspace datapath's conntrack reassemble IPv4 and IPv6
         fragments (off by default there: every fragment would be invalid).
         The kernel datapath always reassembles before conntrack."""
         if self._userspace:
-            for family in ("v4", "v6"):
-                await self._appctl("dpctl/ipf-set-enabled", *self._dp, family)
+            await self._run_all([["dpctl/ipf-set-enabled", *self._dp, family] for family in ("v4", "v6")])
 
     async def set_default_zone_limit(self, limit: int) -> None:
         """The limit of zones without their own (0 = unlimited)."""
-        await self._appctl("dpctl/ct-set-limits", *self._dp, f"default={_check_limit(limit)}")
+        await self._call("dpctl/ct-set-limits", *self._dp, f"default={_check_limit(limit)}")
 
     async def zone_limit_status(self, zones: Iterable[int] = ()) -> dict[int, ZoneLimit]:
         """Limit and count of ``zones`` (zones without their own limit report the default), or
         of every zone with its own limit if ``zones`` is empty."""
         wanted = sorted({_check_zone(zone) for zone in zones})
         args = [f"zone={','.join(str(zone) for zone in wanted)}"] if wanted else []
-        out = await self._appctl("dpctl/ct-get-limits", *self._dp, *args)
+        out = await self._call("dpctl/ct-get-limits", *self._dp, *args)
         assert out is not None
         _, limits = parse_limits(out)
         return limits
@@ -290,4 +330,4 @@ class ConntrackControl:
 
     async def delete_zone_limit(self, zone: int) -> None:
         """Remove ``zone``'s own limit (it falls back to the default limit)."""
-        await self._appctl("dpctl/ct-del-limits", *self._dp, f"zone={_check_zone(zone)}")
+        await self._call("dpctl/ct-del-limits", *self._dp, f"zone={_check_zone(zone)}")

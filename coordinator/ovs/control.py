@@ -1,23 +1,31 @@
-"""Where ovs-vswitchd's unixctl socket is (for ovs-appctl: traces,
-conntrack)."""
+"""Where ovs-vswitchd's control socket is (conntrack, traces, datapath dumps)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+DAEMON = "ovs-vswitchd"
+
 
 def vswitchd_ctl(rundir: str, configured: str = "") -> str:
     """The configured path, else ``RUNDIR/ovs-vswitchd.ctl`` when it exists
     (a private instance started with --unixctl), else the packaged daemon's
-    ``RUNDIR/ovs-vswitchd.<pid>.ctl`` found through its pidfile. Falls back
-    to ``ovs-vswitchd``, which ovs-appctl resolves itself."""
-    if configured:
-        return configured
-    plain = Path(rundir, "ovs-vswitchd.ctl")
-    if plain.exists():
-        return str(plain)
+    ``RUNDIR/ovs-vswitchd.<pid>.ctl`` found through its pidfile. A configured
+    bare name (``ovs-vswitchd``) is found the same way, through
+    ``RUNDIR/NAME.pid``, as ovs-appctl would in its own rundir. Falls back to
+    the name when there is no pidfile (no daemon runs).
+
+    The result is a path read from the pidfile: cheap, but not free, so
+    long-lived clients look it up when they connect, not per call."""
+    name = configured or DAEMON
+    if "/" in name:
+        return name
+    if not configured:
+        plain = Path(rundir, f"{name}.ctl")
+        if plain.exists():
+            return str(plain)
     try:
-        pid = int(Path(rundir, "ovs-vswitchd.pid").read_text().strip())
+        pid = int(Path(rundir, f"{name}.pid").read_text().strip())
     except (OSError, ValueError):
-        return "ovs-vswitchd"
-    return str(Path(rundir, f"ovs-vswitchd.{pid}.ctl"))
+        return name
+    return str(Path(rundir, f"{name}.{pid}.ctl"))

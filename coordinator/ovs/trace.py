@@ -5,9 +5,11 @@ Runs the commands only; building the flow string and reading the verdict is
 what the installed flows would do, with conntrack states supplied by the
 caller (``--ct-next``). Used by the differential tests and by ExplainPacket.
 
-When ``ctl`` is the control socket itself and no other executable is asked
-for, the command goes over that socket (:mod:`coordinator.ovs.unixctl`):
-the same text as ``ovs-appctl`` prints, without a process spawn per call.
+When ``ctl`` is a :class:`~coordinator.ovs.unixctl.UnixctlClient`, the
+command goes over its kept connection; when it is the control socket's path
+and no other executable is asked for, over a connection to that socket
+opened for the call. Either way: the same text as ``ovs-appctl`` prints,
+without a process spawn per call.
 Otherwise (a name such as ``ovs-vswitchd`` that ovs-appctl resolves through
 the rundir and pidfile, or a wrapper such as ``ip netns exec``) ovs-appctl
 runs.
@@ -23,15 +25,18 @@ from __future__ import annotations
 import os
 import shlex
 import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from os import PathLike
 
 from coordinator.ovs.process import OvsCommandError, run_command
-from coordinator.ovs.unixctl import UnixctlError, call_many
+from coordinator.ovs.unixctl import Reply, UnixctlClient, UnixctlError, call_many
 
 APPCTL: tuple[str, ...] = ("ovs-appctl",)
 
 DEFAULT_TIMEOUT = 10.0
+
+#: ovs-vswitchd's control socket: a kept client, a path, or a name ovs-appctl resolves.
+Ctl = str | PathLike[str] | UnixctlClient
 
 
 class TraceError(OvsCommandError):
@@ -40,7 +45,7 @@ class TraceError(OvsCommandError):
 
 
 def trace_argv(
-    ctl: str | PathLike[str],
+    ctl: Ctl,
     bridge: str,
     flow: str,
     ct_next: Sequence[str] = (),
@@ -48,14 +53,14 @@ def trace_argv(
     executable: Sequence[str] = ("ovs-appctl",),
 ) -> list[str]:
     """The command line of one trace; ``ctl`` is ovs-vswitchd's unixctl socket."""
-    argv = [*executable, "-t", str(ctl), "ofproto/trace", bridge, flow]
+    argv = [*executable, "-t", _target(ctl), "ofproto/trace", bridge, flow]
     for state in ct_next:
         argv += ["--ct-next", state]
     return argv
 
 
 async def run_appctl(
-    ctl: str | PathLike[str],
+    ctl: Ctl,
     *args: str,
     timeout: float = DEFAULT_TIMEOUT,
     executable: Sequence[str] = ("ovs-appctl",),
@@ -65,7 +70,7 @@ async def run_appctl(
 
 
 async def trace(
-    ctl: str | PathLike[str],
+    ctl: Ctl,
     bridge: str,
     flow: str,
     ct_next: Sequence[str] = (),
@@ -84,7 +89,7 @@ async def trace(
 
 
 async def dpif_show(
-    ctl: str | PathLike[str],
+    ctl: Ctl,
     *,
     timeout: float = DEFAULT_TIMEOUT,
     executable: Sequence[str] = ("ovs-appctl",),
@@ -93,13 +98,17 @@ async def dpif_show(
     return await _run(executable, ctl, ["dpif/show"], timeout)
 
 
-async def _run(
-    executable: Sequence[str], ctl: str | PathLike[str], command: list[str], timeout: float
-) -> str:
+def _target(ctl: Ctl) -> str:
+    return ctl.path if isinstance(ctl, UnixctlClient) else str(ctl)
+
+
+async def _run(executable: Sequence[str], ctl: Ctl, command: list[str], timeout: float) -> str:
     """``EXECUTABLE -t CTL COMMAND...``, or COMMAND over the socket ``CTL``."""
-    argv = [*executable, "-t", str(ctl), *command]
+    argv = [*executable, "-t", _target(ctl), *command]
+    if isinstance(ctl, UnixctlClient):
+        return await _answer(ctl.call_many([command]), argv)
     if tuple(executable) == APPCTL and _is_socket(str(ctl)):
-        return await _over_socket(str(ctl), command, timeout, argv)
+        return await _answer(call_many(str(ctl), [command], timeout=timeout), argv)
     return (await run_command(argv, timeout=timeout, error=TraceError)).stdout
 
 
@@ -110,10 +119,10 @@ def _is_socket(path: str) -> bool:
         return False
 
 
-async def _over_socket(ctl: str, command: list[str], timeout: float, argv: list[str]) -> str:
+async def _answer(replies: Awaitable[list[Reply]], argv: list[str]) -> str:
     name = shlex.join(argv)
     try:
-        (reply,) = await call_many(ctl, [command], timeout=timeout)
+        (reply,) = await replies
     except UnixctlError as exc:
         raise TraceError(f"{name}: {exc}", argv=argv) from exc
     if reply.error is not None:
@@ -122,4 +131,4 @@ async def _over_socket(ctl: str, command: list[str], timeout: float, argv: list[
     return reply.result
 
 
-__all__ = ["DEFAULT_TIMEOUT", "TraceError", "dpif_show", "run_appctl", "trace", "trace_argv"]
+__all__ = ["DEFAULT_TIMEOUT", "Ctl", "TraceError", "dpif_show", "run_appctl", "trace", "trace_argv"]

@@ -7,11 +7,12 @@ from __future__ import annotations
 import ipaddress
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
@@ -100,8 +101,8 @@ class Lab:
         return netns.run_in_netns(ns, argv, check=False).returncode == 0
 
 
-@pytest.fixture
-def lab(private_ovs: OvsInstance, netns_factory: NetnsFactory) -> Iterator[Lab]:
+@pytest_asyncio.fixture
+async def lab(private_ovs: OvsInstance, netns_factory: NetnsFactory) -> AsyncIterator[Lab]:
     ovs = private_ovs
     bridge = netns.unique_name("brct")
     a, b = netns_factory("cta-"), netns_factory("ctb-")
@@ -129,6 +130,7 @@ def lab(private_ovs: OvsInstance, netns_factory: NetnsFactory) -> Iterator[Lab]:
         lab.flows(FLOWS)
         yield lab
     finally:
+        await lab.ct.close()
         for hold in lab.holds:
             hold.close()
         server.kill()

@@ -4,9 +4,9 @@ ovs-appctl wrapper against a fake ``ovs-appctl`` on PATH."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-import os
-import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -356,119 +356,113 @@ def test_deny_rule_revokes_an_allowed_port() -> None:
 
 # --------------------------------------------------------------------------- the wrapper, faked
 
-
-FAKE_APPCTL = """#!/bin/sh
-echo "$@" >> "{log}"
-case "$*" in
-  *flush-conntrack*ct_tp_src=1,*) echo "ovs-vswitchd: failed to flush conntrack (No such file or directory)" >&2
-                        echo "ovs-appctl: x: server returned an error" >&2; exit 2 ;;
-  *flush-conntrack*ct_tp_src=2,*) echo "ovs-vswitchd: invalid L4 fields (Invalid argument)" >&2; exit 2 ;;
-  *flush-conntrack*) exit 0 ;;
-  *dump-conntrack*) cat "{dump}" ;;
-  *ct-get-limits*) printf 'default limit=0\\nzone=7,limit=2,count=1\\nzone=8,limit=0,count=0\\n' ;;
-  *sleep*) exec sleep 5 ;;
-  *) exit 0 ;;
-esac
-"""
+LIMITS_TEXT = "default limit=0\nzone=7,limit=2,count=1\nzone=8,limit=0,count=0\n"
+DUMP_TEXT = "\n".join([TCP_EST, UDP, ICMP6, UNKNOWN_LINES[0], ICMP_FROM_B]) + "\n"
 
 
-@pytest.fixture
-def fake_appctl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    log = tmp_path / "calls.log"
-    dump = tmp_path / "dump.txt"
-    dump.write_text("\n".join([TCP_EST, UDP, ICMP6, UNKNOWN_LINES[0], ICMP_FROM_B]) + "\n")
-    script = bindir / "ovs-appctl"
-    script.write_text(FAKE_APPCTL.format(log=log, dump=dump))
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    return log
-
-
-async def test_wrapper_commands(fake_appctl: Path) -> None:
-    ct = ConntrackControl("/run/x/ovs-vswitchd.ctl", timeout=3)
-    assert [e.protocol for e in await ct.dump(7)] == [6, 17, 58, 1]
-    assert await ct.flush_entry(entry(TCP_EST)) is True
-    await ct.flush_zone(7)
-    await ct.set_zone_limit(7, 2)
-    await ct.set_default_zone_limit(100)
-    assert await ct.get_zone_limits([8, 7]) == {7: 2, 8: 0}
-    assert (await ct.zone_limit_status())[7] == ZoneLimit(7, 2, 1)
-    await ct.delete_zone_limit(7)
-    calls = fake_appctl.read_text().splitlines()
-    prefix = "-t /run/x/ovs-vswitchd.ctl --timeout=3 "
-    assert calls == [
-        prefix + "dpctl/dump-conntrack zone=7",
-        prefix + "dpctl/flush-conntrack zone=7 "
-        "ct_nw_src=198.51.100.10,ct_nw_dst=198.51.100.20,ct_nw_proto=6,ct_tp_src=58766,ct_tp_dst=443",
-        prefix + "dpctl/flush-conntrack zone=7",
-        prefix + "dpctl/ct-set-limits zone=7,limit=2",
-        prefix + "dpctl/ct-set-limits default=100",
-        prefix + "dpctl/ct-get-limits zone=7,8",
-        prefix + "dpctl/ct-get-limits",
-        prefix + "dpctl/ct-del-limits zone=7",
-    ]
-
-
-async def test_wrapper_datapath_argument(fake_appctl: Path) -> None:
-    ct = ConntrackControl("/c.ctl", timeout=2, datapath="netdev@ovs-netdev")
-    await ct.dump(3)
-    await ct.set_zone_limit(3, 9)
-    assert fake_appctl.read_text().splitlines() == [
-        "-t /c.ctl --timeout=2 dpctl/dump-conntrack netdev@ovs-netdev zone=3",
-        "-t /c.ctl --timeout=2 dpctl/ct-set-limits netdev@ovs-netdev zone=3,limit=9",
-    ]
-
-
-async def test_wrapper_missing_entry_and_errors(fake_appctl: Path) -> None:
-    ct = ConntrackControl("/c.ctl", timeout=2)
-    assert await ct.flush_entry(conn(6, "198.51.100.10", "198.51.100.20", 1, 443)) is False
-    with pytest.raises(ConntrackError) as info:
-        await ct.flush_entry(conn(6, "198.51.100.10", "198.51.100.20", 2, 443))
-    assert "dpctl/flush-conntrack zone=7" in str(info.value)
-    assert "invalid L4 fields" in str(info.value) and "invalid L4 fields" in info.value.stderr
-    assert info.value.argv[0] == "ovs-appctl"
-
-
-async def test_wrapper_refuses_crashing_icmpv6_flush(fake_appctl: Path) -> None:
-    ct = ConntrackControl("/c.ctl", timeout=2)
-    with pytest.raises(ConntrackUnsupportedError):
-        await ct.flush_entry(entry(ICMP6))
-    assert not fake_appctl.exists()  # nothing was run
-    kernel = ConntrackControl("/c.ctl", timeout=2, userspace_datapath=False)
-    assert await kernel.flush_entry(entry(ICMP6)) is True
-
-
-def _flush_answer(method: str, params: list[str]) -> tuple[str, str | None]:
-    if "ct_tp_src=1," in " ".join(params):
+def _answer(method: str, params: list[str]) -> tuple[str, str | None]:
+    """What ovs-vswitchd answers on its control socket (the error texts are OVS 3.1's)."""
+    flat = " ".join(params)
+    if method == "dpctl/flush-conntrack" and "ct_tp_src=1," in flat:
         return "", "ovs-vswitchd: failed to flush conntrack (No such file or directory)"
-    if "ct_tp_src=2," in " ".join(params):
+    if method == "dpctl/flush-conntrack" and "ct_tp_src=2," in flat:
         return "", "ovs-vswitchd: invalid L4 fields (Invalid argument)"
+    if method == "dpctl/dump-conntrack":
+        return DUMP_TEXT, None
+    if method == "dpctl/ct-get-limits":
+        return LIMITS_TEXT, None
     return "", None
 
 
-async def test_wrapper_revoke_flushes_in_one_batch(fake_appctl: Path, tmp_path: Path) -> None:
-    async with FakeControlSocket(tmp_path / "c.ctl", _flush_answer) as fake:
-        ct = ConntrackControl(fake.path, timeout=2)
-        # Nothing allowed: TCP, UDP, ICMPv6 (egress) and B's ping (ingress) are all revoked; the
-        # ICMPv6 one cannot be flushed in the userspace datapath.
+@pytest.fixture
+async def fake(tmp_path: Path) -> AsyncIterator[FakeControlSocket]:
+    async with FakeControlSocket(tmp_path / "c.ctl", _answer) as socket:
+        yield socket
+
+
+async def test_wrapper_commands(fake: FakeControlSocket) -> None:
+    async with ConntrackControl(fake.path, timeout=3) as ct:
+        assert [e.protocol for e in await ct.dump(7)] == [6, 17, 58, 1]
+        assert await ct.flush_entry(entry(TCP_EST)) is True
+        await ct.flush_zone(7)
+        await ct.set_zone_limit(7, 2)
+        await ct.set_default_zone_limit(100)
+        assert await ct.get_zone_limits([8, 7]) == {7: 2, 8: 0}
+        assert (await ct.zone_limit_status())[7] == ZoneLimit(7, 2, 1)
+        await ct.delete_zone_limit(7)
+        await ct.set_zone_limits([9, 8, 9], 5, per_call=1)
+        await ct.enable_fragment_reassembly()
+    assert fake.requests == [
+        ["dpctl/dump-conntrack", "zone=7"],
+        ["dpctl/flush-conntrack", "zone=7",
+         "ct_nw_src=198.51.100.10,ct_nw_dst=198.51.100.20,ct_nw_proto=6,ct_tp_src=58766,ct_tp_dst=443"],
+        ["dpctl/flush-conntrack", "zone=7"],
+        ["dpctl/ct-set-limits", "zone=7,limit=2"],
+        ["dpctl/ct-set-limits", "default=100"],
+        ["dpctl/ct-get-limits", "zone=7,8"],
+        ["dpctl/ct-get-limits"],
+        ["dpctl/ct-del-limits", "zone=7"],
+        ["dpctl/ct-set-limits", "zone=8,limit=5"],
+        ["dpctl/ct-set-limits", "zone=9,limit=5"],
+        ["dpctl/ipf-set-enabled", "v4"],
+        ["dpctl/ipf-set-enabled", "v6"],
+    ]  # fmt: skip
+    assert fake.connections == 1  # every call over the one connection, no process each
+
+
+async def test_wrapper_datapath_argument(fake: FakeControlSocket) -> None:
+    async with ConntrackControl(fake.path, timeout=2, datapath="netdev@ovs-netdev") as ct:
+        await ct.dump(3)
+        await ct.set_zone_limit(3, 9)
+    assert fake.requests == [
+        ["dpctl/dump-conntrack", "netdev@ovs-netdev", "zone=3"],
+        ["dpctl/ct-set-limits", "netdev@ovs-netdev", "zone=3,limit=9"],
+    ]
+
+
+async def test_wrapper_missing_entry_and_errors(fake: FakeControlSocket) -> None:
+    async with ConntrackControl(fake.path, timeout=2) as ct:
+        assert await ct.flush_entry(conn(6, "198.51.100.10", "198.51.100.20", 1, 443)) is False
+        with pytest.raises(ConntrackError) as info:
+            await ct.flush_entry(conn(6, "198.51.100.10", "198.51.100.20", 2, 443))
+        assert await ct.dump(7)  # an error answer leaves the connection usable
+    assert "dpctl/flush-conntrack zone=7" in str(info.value)
+    assert "invalid L4 fields" in str(info.value) and "invalid L4 fields" in info.value.stderr
+    assert info.value.argv[:3] == ["ovs-appctl", "-t", str(fake.path)]
+    assert fake.connections == 1
+
+
+async def test_wrapper_refuses_crashing_icmpv6_flush(fake: FakeControlSocket) -> None:
+    async with ConntrackControl(fake.path, timeout=2) as ct:
+        with pytest.raises(ConntrackUnsupportedError):
+            await ct.flush_entry(entry(ICMP6))
+    assert fake.requests == []  # nothing was sent
+    async with ConntrackControl(fake.path, timeout=2, userspace_datapath=False) as kernel:
+        assert await kernel.flush_entry(entry(ICMP6)) is True
+
+
+async def test_wrapper_revoke_flushes_in_one_batch(fake: FakeControlSocket) -> None:
+    async with ConntrackControl(fake.path, timeout=2) as ct:
+        # Nothing allowed: TCP, UDP, ICMPv6 (egress) and B's ping (ingress) are all revoked;
+        # the ICMPv6 one cannot be flushed in the userspace datapath.
         result = await ct.revoke_entries(7, Scope(addresses=OWN))
         assert result.flushed == (entry(TCP_EST), entry(UDP), entry(ICMP_FROM_B))
         assert result.unflushable == (entry(ICMP6),) and result.missing == ()
         assert await ct.revoke(7, SCOPE) == 1  # only the TCP connection to 443
-    # The dumps spawned ovs-appctl; the four flushes went over two connections, no process each.
-    assert not [c for c in fake_appctl.read_text().splitlines() if "flush-conntrack" in c]
-    assert fake.connections == 2 and len(fake.requests) == 4
+    # Two dumps and four flushes (three, then one) in four exchanges over one connection.
+    assert fake.connections == 1 and len(fake.requests) == 6
+    assert [r[0] for r in fake.requests] == ["dpctl/dump-conntrack"] + ["dpctl/flush-conntrack"] * 3 + [
+        "dpctl/dump-conntrack",
+        "dpctl/flush-conntrack",
+    ]
     assert (
         fake.requests[-1][:2] == ["dpctl/flush-conntrack", "zone=7"]
         and "ct_tp_dst=443" in fake.requests[-1][2]
     )
 
 
-async def test_wrapper_batch_flushes_sort_out_missing_and_failed(tmp_path: Path) -> None:
-    async with FakeControlSocket(tmp_path / "c.ctl", _flush_answer) as fake:
-        ct = ConntrackControl(fake.path, timeout=2)
+async def test_wrapper_batch_flushes_sort_out_missing_and_failed(fake: FakeControlSocket) -> None:
+    async with ConntrackControl(fake.path, timeout=2) as ct:
         gone, there = conn(6, "198.51.100.10", "198.51.100.20", 1, 443), entry(TCP_EST)
         assert await ct.flush_entries([gone, there]) == ([there], [gone])
         with pytest.raises(ConntrackError, match="invalid L4 fields"):
@@ -483,23 +477,32 @@ async def test_wrapper_batch_flushes_sort_out_missing_and_failed(tmp_path: Path)
         ]
 
 
-async def test_wrapper_timeout_and_missing_tool(fake_appctl: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ct = ConntrackControl("/c.ctl", timeout=0.2)
-    with pytest.raises(ConntrackError, match="timed out"):
-        await ct._appctl("sleep")
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(ConntrackError, match="cannot run"):
-        await ct.dump(1)
+async def test_wrapper_timeout_and_missing_socket(tmp_path: Path) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        await asyncio.sleep(5)
+
+    server = await asyncio.start_unix_server(silent, path=str(tmp_path / "silent.ctl"))
+    try:
+        async with ConntrackControl(tmp_path / "silent.ctl", timeout=0.2) as ct:
+            with pytest.raises(ConntrackError, match="no answer"):
+                await ct.dump(1)
+    finally:
+        server.close()
+    async with ConntrackControl(tmp_path / "absent.ctl", timeout=1) as ct:
+        with pytest.raises(ConntrackError, match="cannot connect") as info:
+            await ct.flush_zones([4])
+    assert info.value.argv[-2:] == ["dpctl/flush-conntrack", "zone=4"]
 
 
-async def test_wrapper_validates_arguments(fake_appctl: Path) -> None:
+async def test_wrapper_validates_arguments(fake: FakeControlSocket) -> None:
     with pytest.raises(ValueError):
         ConntrackControl("/c.ctl", timeout=0)
-    ct = ConntrackControl("/c.ctl")
+    ct = ConntrackControl(fake.path)
     with pytest.raises(ValueError):
         await ct.set_zone_limit(70000, 1)
     with pytest.raises(ValueError):
         await ct.set_zone_limit(1, -1)
     with pytest.raises(ValueError):
         await ct.dump(-1)
-    assert not fake_appctl.exists()
+    assert fake.requests == [] and fake.connections == 0

@@ -11,6 +11,7 @@ import pytest
 
 from coordinator.ovs.offload import dump_flows
 from coordinator.ovs.trace import TraceError, dpif_show, trace
+from coordinator.ovs.unixctl import UnixctlClient
 from tests.fake_unixctl import FakeControlSocket
 
 
@@ -57,3 +58,18 @@ async def test_a_name_or_another_executable_runs_ovs_appctl(tmp_path: Path, no_a
         "-t ovs-vswitchd ofproto/trace br0 in_port=1",
         f"--timeout=1 -t {fake.path} dpif/show",
     ]
+
+
+async def test_a_kept_client_carries_traces_over_its_one_connection(tmp_path: Path, no_appctl: Path) -> None:
+    async with FakeControlSocket(tmp_path / "v.ctl", _answer) as fake:
+        client = UnixctlClient(fake.path, timeout=2)
+        try:
+            assert (await trace(client, "br0", "in_port=1")).startswith("ofproto/trace br0 in_port=1")
+            assert (await dpif_show(client)).startswith("dpif/show")
+            with pytest.raises(TraceError, match="unknown bridge") as info:
+                await trace(client, "br-missing", "in_port=1")
+        finally:
+            await client.close()
+    assert info.value.argv[:3] == ["ovs-appctl", "-t", str(fake.path)]
+    assert fake.connections == 1 and len(fake.requests) == 3
+    assert not no_appctl.exists()

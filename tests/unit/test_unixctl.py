@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.ovs.unixctl import Reply, UnixctlError, call_many
+from coordinator.ovs.unixctl import Reply, UnixctlClient, UnixctlError, call_many
 from tests.fake_unixctl import FakeControlSocket
 
 
@@ -48,3 +48,124 @@ async def test_a_missing_socket_and_a_silent_one_are_errors(tmp_path: Path) -> N
             await call_many(tmp_path / "silent", [["version"]], timeout=0.3)
     finally:
         server.close()
+
+
+async def test_a_kept_connection_serves_many_calls(tmp_path: Path) -> None:
+    async with FakeControlSocket(tmp_path / "ctl", _answer) as fake:
+        client = UnixctlClient(fake.path, timeout=5)
+        try:
+            for zone in range(5):
+                assert (await client.call("dpctl/flush-conntrack", f"zone={zone}")).ok
+            assert await client.call_many([["a"], ["b"]]) == [Reply(result="a \n"), Reply(result="b \n")]
+        finally:
+            await client.close()
+    assert fake.connections == 1 and client.connects == 1 and len(fake.requests) == 7
+
+
+async def test_a_broken_connection_is_reopened_where_the_socket_now_is(tmp_path: Path) -> None:
+    """ovs-vswitchd restarted under a new pid: the kept connection breaks, the
+    socket path is looked up again and the call goes to the new daemon."""
+    where = {"path": str(tmp_path / "ovs-vswitchd.100.ctl")}
+    lookups = 0
+
+    def resolve() -> str:
+        nonlocal lookups
+        lookups += 1
+        return where["path"]
+
+    client = UnixctlClient(resolve, timeout=5)
+    try:
+        async with FakeControlSocket(Path(where["path"]), _answer) as old:
+            assert (await client.call("version")).ok
+            assert (await client.call("version")).ok
+            assert lookups == 1  # looked up on connecting only
+            old.drop_connections()
+        async with FakeControlSocket(tmp_path / "ovs-vswitchd.200.ctl", _answer) as new:
+            where["path"] = str(new.path)
+            await asyncio.sleep(0)  # let the client see the closed connection, or not: both work
+            assert await client.call("dpctl/ct-get-limits") == Reply(result="dpctl/ct-get-limits \n")
+            assert new.requests == [["dpctl/ct-get-limits"]] and client.connects == 2
+            assert client.path == str(new.path)
+    finally:
+        await client.close()
+
+
+async def test_a_kept_connection_that_breaks_mid_call_is_retried_once(tmp_path: Path) -> None:
+    answered: list[str] = []
+
+    def answer(method: str, params: list[str]) -> tuple[str, str | None]:
+        answered.append(method)
+        return "ok", None
+
+    async with FakeControlSocket(tmp_path / "ctl", answer) as fake:
+        client = UnixctlClient(fake.path, timeout=5)
+        try:
+            await client.call("first")
+            # The daemon goes away without the client having read the EOF yet.
+            fake.drop_connections()
+            assert await client.call("second") == Reply(result="ok")
+            assert answered == ["first", "second"] and fake.connections == 2
+        finally:
+            await client.close()
+
+
+async def test_a_socket_that_is_not_there_is_not_retried_in_vain(tmp_path: Path) -> None:
+    lookups = 0
+
+    def resolve() -> str:
+        nonlocal lookups
+        lookups += 1
+        return str(tmp_path / "absent")
+
+    client = UnixctlClient(resolve, timeout=1)
+    with pytest.raises(UnixctlError, match="cannot connect"):
+        await client.call("version")
+    assert lookups == 2 and client.connects == 0  # looked up again, found the same: one attempt
+
+
+async def test_a_timed_out_call_does_not_leave_its_replies_to_the_next(tmp_path: Path) -> None:
+    def answer(method: str, params: list[str]) -> tuple[str, str | None]:
+        return method, None
+
+    calls = 0
+
+    async def slow_then_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal calls
+        calls += 1
+        data = await reader.read(1000)
+        if calls == 1:
+            await asyncio.sleep(0.5)  # answers after the caller gave up
+        ident = int(data.decode().rsplit('"id": ', 1)[1].rstrip("}"))
+        writer.write(f'{{"id": {ident}, "result": "call {calls}", "error": null}}'.encode())
+        await writer.drain()
+        await reader.read(1000)
+
+    server = await asyncio.start_unix_server(slow_then_fast, path=str(tmp_path / "ctl"))
+    client = UnixctlClient(tmp_path / "ctl", timeout=0.2)
+    try:
+        with pytest.raises(UnixctlError, match="no answer"):
+            await client.call("slow")
+        assert await client.call("fast") == Reply(result="call 2")  # on a new connection
+    finally:
+        await client.close()
+        server.close()
+
+
+def test_a_client_needs_a_positive_timeout() -> None:
+    with pytest.raises(ValueError):
+        UnixctlClient("/x.ctl", timeout=0)
+
+
+def test_a_client_outlives_the_event_loop_its_connection_was_opened_on(tmp_path: Path) -> None:
+    """A client built once and used from successive event loops (asyncio.run
+    per step) opens a connection on the loop at hand."""
+    client = UnixctlClient(tmp_path / "ctl", timeout=2)
+
+    async def step() -> Reply:
+        async with FakeControlSocket(tmp_path / "ctl", _answer):
+            return await client.call("version")
+
+    assert asyncio.run(step()) == Reply(result="version \n")
+    assert asyncio.run(step()) == Reply(result="version \n")
+    asyncio.run(client.close())
+    assert client.connects == 2
