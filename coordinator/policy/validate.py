@@ -42,6 +42,7 @@ what is meant or can never match traffic the way it reads.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -81,6 +82,12 @@ RULE_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,63}")
 #: Egress rate limit bounds (100 Gbit/s; 10 GB burst).
 MAX_RATE_KBPS: Final = 100_000_000
 MAX_BURST_KB: Final = 10_000_000
+
+# Validated rules remembered per encoding (see _valid_rule). Bounded in
+# count, and only small encodings are kept, so what a gateway sends can
+# hold at most a few megabytes here however many distinct rules it streams.
+RULE_MEMO_SIZE: Final = 4096
+RULE_MEMO_MAX_ENCODING: Final = 512
 
 MIN_PORT: Final = 1
 MAX_PORT: Final = 65535
@@ -160,8 +167,8 @@ def scope_to_proto(scope: Scope) -> policy_pb2.NetworkScope:
     msg = policy_pb2.NetworkScope(
         version=scope.version,
         addresses=[str(net) for net in scope.addresses],
-        egress=[_rule_to_proto(rule) for rule in scope.egress],
-        ingress=[_rule_to_proto(rule) for rule in scope.ingress],
+        egress=[rule_to_proto(rule) for rule in scope.egress],
+        ingress=[rule_to_proto(rule) for rule in scope.ingress],
         egress_default=_ACTION_TO_PROTO[scope.egress_default],
         ingress_default=_ACTION_TO_PROTO[scope.ingress_default],
         allow_dhcp=scope.allow_dhcp,
@@ -288,14 +295,40 @@ def _parse_rules(rules: Sequence[policy_pb2.Rule], direction: str) -> tuple[Rule
     parsed: list[Rule] = []
     for i, msg in enumerate(rules):
         path = f"{direction}[{i}]"
-        name = _parse_rule_name(msg.name, f"{path}.name")
+        rule = _valid_rule(msg.SerializeToString())
+        # A rule known valid skips to the one check that depends on the
+        # others (its name's uniqueness); any other rule is checked here,
+        # with its path, in the fixed order, so its error is always the same.
+        name = rule.name if rule is not None else _parse_rule_name(msg.name, f"{path}.name")
         if name in seen:
             raise PolicyError(
                 f"{path}.name", f"duplicate rule name {name!r} (also {direction}[{seen[name]}])"
             )
         seen[name] = i
-        parsed.append(_parse_rule(msg, path, name))
+        parsed.append(rule if rule is not None else _parse_rule(msg, path, name))
     return tuple(parsed)
+
+
+def _valid_rule(encoding: bytes) -> Rule | None:
+    """The Rule an encoded rule message validates to, None if it does not.
+
+    Whether a rule is valid, and what it means, depends on its own fields
+    alone, never on its position or direction: so a policy change that
+    touches one rule revalidates that one, and the rest are looked up."""
+    if len(encoding) > RULE_MEMO_MAX_ENCODING:
+        return _rule_of_encoding(encoding)
+    return _remembered_rule_of_encoding(encoding)
+
+
+def _rule_of_encoding(encoding: bytes) -> Rule | None:
+    msg = policy_pb2.Rule.FromString(encoding)
+    try:
+        return _parse_rule(msg, "", _parse_rule_name(msg.name, ""))
+    except PolicyError:
+        return None
+
+
+_remembered_rule_of_encoding = functools.lru_cache(maxsize=RULE_MEMO_SIZE)(_rule_of_encoding)
 
 
 def _parse_rule_name(name: str, field: str) -> str:
@@ -377,7 +410,8 @@ def _parse_icmp(msg: policy_pb2.Rule, path: str, protocol: Protocol) -> tuple[in
     return icmp_type, icmp_code
 
 
-def _rule_to_proto(rule: Rule) -> policy_pb2.Rule:
+def rule_to_proto(rule: Rule) -> policy_pb2.Rule:
+    """The Rule message of a validated rule."""
     msg = policy_pb2.Rule(
         name=rule.name,
         action=_ACTION_TO_PROTO[rule.action],
