@@ -81,4 +81,10 @@ def _ingress_entry(rule: Rule) -> bytes:
     return policy_pb2.NetworkScope(ingress=[rule_to_proto(rule)]).SerializeToString()
 
 
-__all__ = ["scope_from_stored", "scope_to_stored"]
+def forget_rule_encodings() -> None:
+    """Forget every remembered rule encoding (what a measurement of the cold cost needs)."""
+    _egress_entry.cache_clear()
+    _ingress_entry.cache_clear()
+
+
+__all__ = ["forget_rule_encodings", "scope_from_stored", "scope_to_stored"]

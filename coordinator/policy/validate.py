@@ -83,7 +83,7 @@ RULE_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_RATE_KBPS: Final = 100_000_000
 MAX_BURST_KB: Final = 10_000_000
 
-# Validated rules remembered per encoding (see _valid_rule). Bounded in
+# Validated rules remembered per encoding (see _rule_of_encoding). Bounded in
 # count, and only small encodings are kept, so what a gateway sends can
 # hold at most a few megabytes here however many distinct rules it streams.
 RULE_MEMO_SIZE: Final = 4096
@@ -228,17 +228,27 @@ def _check_sizes(msg: policy_pb2.NetworkScope) -> None:
     for direction, rules in (("egress", msg.egress), ("ingress", msg.ingress)):
         _check_count(len(rules), MAX_RULES_PER_DIRECTION, direction, "rules")
         for i, rule in enumerate(rules):
-            path = f"{direction}[{i}]"
-            _check_count(len(rule.cidrs), MAX_CIDRS_PER_RULE, f"{path}.cidrs", "CIDRs")
-            _check_count(len(rule.ports), MAX_PORT_RANGES_PER_RULE, f"{path}.ports", "port ranges")
-            if total_cidrs + len(rule.cidrs) > MAX_TOTAL_CIDRS:
-                # Name the first CIDR past the limit.
-                raise PolicyError(
-                    f"{path}.cidrs[{MAX_TOTAL_CIDRS - total_cidrs}]",
-                    f"too many CIDRs over all rules (limit {MAX_TOTAL_CIDRS})",
-                )
-            total_cidrs += len(rule.cidrs)
+            cidrs, ports = len(rule.cidrs), len(rule.ports)
+            # A thousand rules fit: their paths are spelled out only for one that does not.
+            if (
+                cidrs > MAX_CIDRS_PER_RULE
+                or ports > MAX_PORT_RANGES_PER_RULE
+                or total_cidrs + cidrs > MAX_TOTAL_CIDRS
+            ):
+                _refuse_rule_size(f"{direction}[{i}]", cidrs, ports, total_cidrs)
+            total_cidrs += cidrs
     _check_count(len(msg.dns_servers), MAX_DNS_SERVERS, "dns_servers", "DNS servers")
+
+
+def _refuse_rule_size(path: str, cidrs: int, ports: int, total_cidrs: int) -> None:
+    """The error of a rule over a size limit, the first limit it breaks in check order."""
+    _check_count(cidrs, MAX_CIDRS_PER_RULE, f"{path}.cidrs", "CIDRs")
+    _check_count(ports, MAX_PORT_RANGES_PER_RULE, f"{path}.ports", "port ranges")
+    # Name the first CIDR past the limit.
+    raise PolicyError(
+        f"{path}.cidrs[{MAX_TOTAL_CIDRS - total_cidrs}]",
+        f"too many CIDRs over all rules (limit {MAX_TOTAL_CIDRS})",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -294,33 +304,30 @@ def _parse_rules(rules: Sequence[policy_pb2.Rule], direction: str) -> tuple[Rule
     seen: dict[str, int] = {}
     parsed: list[Rule] = []
     for i, msg in enumerate(rules):
-        path = f"{direction}[{i}]"
-        rule = _valid_rule(msg.SerializeToString())
+        encoding = msg.SerializeToString()
+        rule = (
+            _valid_rule(encoding) if len(encoding) <= RULE_MEMO_MAX_ENCODING else _rule_of_encoding(encoding)
+        )
         # A rule known valid skips to the one check that depends on the
         # others (its name's uniqueness); any other rule is checked here,
         # with its path, in the fixed order, so its error is always the same.
-        name = rule.name if rule is not None else _parse_rule_name(msg.name, f"{path}.name")
+        name = rule.name if rule is not None else _parse_rule_name(msg.name, f"{direction}[{i}].name")
         if name in seen:
             raise PolicyError(
-                f"{path}.name", f"duplicate rule name {name!r} (also {direction}[{seen[name]}])"
+                f"{direction}[{i}].name", f"duplicate rule name {name!r} (also {direction}[{seen[name]}])"
             )
         seen[name] = i
-        parsed.append(rule if rule is not None else _parse_rule(msg, path, name))
+        parsed.append(rule if rule is not None else _parse_rule(msg, f"{direction}[{i}]", name))
     return tuple(parsed)
 
 
-def _valid_rule(encoding: bytes) -> Rule | None:
+def _rule_of_encoding(encoding: bytes) -> Rule | None:
     """The Rule an encoded rule message validates to, None if it does not.
 
     Whether a rule is valid, and what it means, depends on its own fields
-    alone, never on its position or direction: so a policy change that
-    touches one rule revalidates that one, and the rest are looked up."""
-    if len(encoding) > RULE_MEMO_MAX_ENCODING:
-        return _rule_of_encoding(encoding)
-    return _remembered_rule_of_encoding(encoding)
-
-
-def _rule_of_encoding(encoding: bytes) -> Rule | None:
+    alone, never on its position or direction: so the Rules of small
+    encodings are remembered (``_valid_rule``), and a policy change that
+    touches one rule revalidates that one while the rest are looked up."""
     msg = policy_pb2.Rule.FromString(encoding)
     try:
         return _parse_rule(msg, "", _parse_rule_name(msg.name, ""))
@@ -328,7 +335,12 @@ def _rule_of_encoding(encoding: bytes) -> Rule | None:
         return None
 
 
-_remembered_rule_of_encoding = functools.lru_cache(maxsize=RULE_MEMO_SIZE)(_rule_of_encoding)
+_valid_rule = functools.lru_cache(maxsize=RULE_MEMO_SIZE)(_rule_of_encoding)
+
+
+def forget_validated_rules() -> None:
+    """Forget every remembered rule (what a measurement of the cold cost needs)."""
+    _valid_rule.cache_clear()
 
 
 def _parse_rule_name(name: str, field: str) -> str:

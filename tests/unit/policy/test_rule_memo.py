@@ -3,6 +3,8 @@ only the rules it changed, and every error still names the rule's own path."""
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,10 +39,10 @@ def parsed(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         names.append(name)
         return real(msg, path, name)
 
-    validate._remembered_rule_of_encoding.cache_clear()
+    validate._valid_rule.cache_clear()
     monkeypatch.setattr(validate, "_parse_rule", counting)
     yield names
-    validate._remembered_rule_of_encoding.cache_clear()
+    validate._valid_rule.cache_clear()
 
 
 def test_a_one_rule_change_revalidates_that_rule_only(parsed: list[str]) -> None:
@@ -91,4 +93,14 @@ def test_a_large_rule_is_validated_without_being_remembered(parsed: list[str]) -
     for _ in range(2):
         scope_from_mapping(_policy([big]))
     assert parsed == ["r1", "r1"]
-    assert validate._remembered_rule_of_encoding.cache_info().currsize == 0
+    assert validate._valid_rule.cache_info().currsize == 0
+
+
+def test_a_rule_hashes_by_its_fields_and_a_pickled_one_forgets_its_hash() -> None:
+    rule = scope_from_mapping(_policy([_rule(1)])).egress[0]
+    twin = dataclasses.replace(rule)
+    assert twin == rule and hash(twin) == hash(rule) and twin is not rule
+    other = dataclasses.replace(rule, name="r2")
+    assert other != rule and {rule: 1, other: 2}[twin] == 1
+    assert "_hash" in rule.__dict__ and "_hash" not in pickle.loads(pickle.dumps(rule)).__dict__
+    assert pickle.loads(pickle.dumps(rule)) == rule
