@@ -117,11 +117,16 @@ class PolicyError(ValueError):
 def scope_from_proto(msg: policy_pb2.NetworkScope) -> Scope:
     """Validate a NetworkScope message; raise :class:`PolicyError` if it is bad."""
     # Sizes first, before parsing any string, so an oversized policy costs
-    # little to reject whatever it contains.
-    _check_sizes(msg)
+    # little to reject whatever it contains. Only the rules of a policy with
+    # no more rules than allowed are looked up (small ones validated, if not
+    # remembered yet), which also tells the size check their counts.
+    if len(msg.egress) > MAX_RULES_PER_DIRECTION or len(msg.ingress) > MAX_RULES_PER_DIRECTION:
+        _check_sizes(msg, None)  # refuses it, at its first size over a limit
+    known = (_known_rules(msg.egress), _known_rules(msg.ingress))
+    _check_sizes(msg, known)
     addresses = tuple(_parse_network(text, f"addresses[{i}]") for i, text in enumerate(msg.addresses))
-    egress = _parse_rules(msg.egress, "egress")
-    ingress = _parse_rules(msg.ingress, "ingress")
+    egress = _parse_rules(msg.egress, known[0], "egress")
+    ingress = _parse_rules(msg.ingress, known[1], "ingress")
     egress_default = _parse_default_action(msg.egress_default, "egress_default")
     ingress_default = _parse_default_action(msg.ingress_default, "ingress_default")
     dns_servers = tuple(_parse_address(text, f"dns_servers[{i}]") for i, text in enumerate(msg.dns_servers))
@@ -222,13 +227,19 @@ def _check_count(count: int, limit: int, field: str, what: str) -> None:
         raise PolicyError(field, f"too many {what}: {count} (limit {limit})")
 
 
-def _check_sizes(msg: policy_pb2.NetworkScope) -> None:
+def _check_sizes(
+    msg: policy_pb2.NetworkScope, known: tuple[list[Rule | None], list[Rule | None]] | None
+) -> None:
     _check_count(len(msg.addresses), MAX_ADDRESSES, "addresses", "addresses")
     total_cidrs = 0
-    for direction, rules in (("egress", msg.egress), ("ingress", msg.ingress)):
+    for d, (direction, rules) in enumerate((("egress", msg.egress), ("ingress", msg.ingress))):
         _check_count(len(rules), MAX_RULES_PER_DIRECTION, direction, "rules")
-        for i, rule in enumerate(rules):
-            cidrs, ports = len(rule.cidrs), len(rule.ports)
+        for i, rule in enumerate(known[d] if known is not None else [None] * len(rules)):
+            # A known Rule has as many networks and port ranges as its message.
+            if rule is not None:
+                cidrs, ports = len(rule.cidrs), len(rule.ports)
+            else:
+                cidrs, ports = len(rules[i].cidrs), len(rules[i].ports)
             # A thousand rules fit: their paths are spelled out only for one that does not.
             if (
                 cidrs > MAX_CIDRS_PER_RULE
@@ -300,24 +311,32 @@ def _parse_address(text: str, field: str) -> IPAddress:
 # Rules
 
 
-def _parse_rules(rules: Sequence[policy_pb2.Rule], direction: str) -> tuple[Rule, ...]:
+def _known_rules(rules: Sequence[policy_pb2.Rule]) -> list[Rule | None]:
+    """Each rule's Rule if it is known valid (a small encoding, remembered or
+    validated now), else None (it is checked in full, with its path)."""
+    known: list[Rule | None] = []
+    for msg in rules:
+        encoding = msg.SerializeToString()
+        known.append(_valid_rule(encoding) if len(encoding) <= RULE_MEMO_MAX_ENCODING else None)
+    return known
+
+
+def _parse_rules(
+    rules: Sequence[policy_pb2.Rule], known: Sequence[Rule | None], direction: str
+) -> tuple[Rule, ...]:
     seen: dict[str, int] = {}
     parsed: list[Rule] = []
-    for i, msg in enumerate(rules):
-        encoding = msg.SerializeToString()
-        rule = (
-            _valid_rule(encoding) if len(encoding) <= RULE_MEMO_MAX_ENCODING else _rule_of_encoding(encoding)
-        )
+    for i, rule in enumerate(known):
         # A rule known valid skips to the one check that depends on the
         # others (its name's uniqueness); any other rule is checked here,
         # with its path, in the fixed order, so its error is always the same.
-        name = rule.name if rule is not None else _parse_rule_name(msg.name, f"{direction}[{i}].name")
+        name = rule.name if rule is not None else _parse_rule_name(rules[i].name, f"{direction}[{i}].name")
         if name in seen:
             raise PolicyError(
                 f"{direction}[{i}].name", f"duplicate rule name {name!r} (also {direction}[{seen[name]}])"
             )
         seen[name] = i
-        parsed.append(rule if rule is not None else _parse_rule(msg, f"{direction}[{i}]", name))
+        parsed.append(rule if rule is not None else _parse_rule(rules[i], f"{direction}[{i}]", name))
     return tuple(parsed)
 
 

@@ -104,3 +104,19 @@ def test_a_rule_hashes_by_its_fields_and_a_pickled_one_forgets_its_hash() -> Non
     assert other != rule and {rule: 1, other: 2}[twin] == 1
     assert "_hash" in rule.__dict__ and "_hash" not in pickle.loads(pickle.dumps(rule)).__dict__
     assert pickle.loads(pickle.dumps(rule)) == rule
+
+
+def test_size_limits_are_still_checked_before_any_rule_whatever_is_remembered(parsed: list[str]) -> None:
+    bad = {**_rule(1), "action": "ACTION_UNSPECIFIED"}
+    too_wide = {**_rule(2), "cidrs": [f"198.51.100.{i % 256}/32" for i in range(257)]}
+    for _ in range(2):  # cold, then with both remembered as far as they are
+        with pytest.raises(PolicyError) as caught:
+            scope_from_mapping({"egress": [bad], "ingress": [too_wide]})
+        assert caught.value.field == "ingress[0].cidrs"
+    many = [_rule(i % 250 + 3) | {"name": f"m{i}"} for i in range(1025)]
+    with pytest.raises(PolicyError) as caught:
+        scope_from_mapping({"egress": [too_wide], "ingress": many})
+    assert caught.value.field == "egress[0].cidrs"
+    with pytest.raises(PolicyError) as caught:
+        scope_from_mapping({"egress": [bad], "ingress": many})
+    assert caught.value.field == "ingress" and caught.value.reason == "too many rules: 1025 (limit 1024)"
