@@ -33,9 +33,11 @@ from coordinator.policy.validate import (
     scope_to_proto,
 )
 
-#: Rule encodings remembered, per direction: the rules of four maximal
-#: policies, or of many sandboxes sharing theirs.
+#: Rule encodings remembered (of both directions), and the rules that are
+#: small enough to be: since a remembered encoding keeps its Rule alive, at
+#: most some 20 MB of rules no policy holds any more, typically a few.
 RULE_ENCODING_CACHE_SIZE: Final = 4096
+RULE_ENCODING_MAX_TERMS: Final = 8
 
 
 def scope_to_stored(scope: Scope) -> bytes:
@@ -49,8 +51,8 @@ def scope_to_stored(scope: Scope) -> bytes:
     head = policy_pb2.NetworkScope(
         version=scope.version, addresses=[str(net) for net in scope.addresses]
     ).SerializeToString()
-    egress = b"".join(_egress_entry(rule) for rule in scope.egress)
-    ingress = b"".join(_ingress_entry(rule) for rule in scope.ingress)
+    egress = b"".join(_entry(rule, "egress") for rule in scope.egress)
+    ingress = b"".join(_entry(rule, "ingress") for rule in scope.ingress)
     rest = scope_to_proto(dataclasses.replace(scope, version=0, addresses=(), egress=(), ingress=()))
     return head + egress + ingress + rest.SerializeToString()
 
@@ -71,20 +73,25 @@ def scope_from_stored(value: object) -> Scope:
     raise PolicyError(ROOT_FIELD, f"a stored policy is bytes or text, not {kind_of(value)}")
 
 
-@functools.lru_cache(maxsize=RULE_ENCODING_CACHE_SIZE)
-def _egress_entry(rule: Rule) -> bytes:
-    return policy_pb2.NetworkScope(egress=[rule_to_proto(rule)]).SerializeToString()
+def _entry(rule: Rule, direction: str) -> bytes:
+    """``rule`` as the one rule of a NetworkScope's ``direction`` field, encoded."""
+    if len(rule.cidrs) > RULE_ENCODING_MAX_TERMS or len(rule.ports) > RULE_ENCODING_MAX_TERMS:
+        return _encode_entry(rule, direction)
+    return _remembered_entry(rule, direction)
 
 
-@functools.lru_cache(maxsize=RULE_ENCODING_CACHE_SIZE)
-def _ingress_entry(rule: Rule) -> bytes:
-    return policy_pb2.NetworkScope(ingress=[rule_to_proto(rule)]).SerializeToString()
+def _encode_entry(rule: Rule, direction: str) -> bytes:
+    msg = policy_pb2.NetworkScope()
+    getattr(msg, direction).append(rule_to_proto(rule))
+    return msg.SerializeToString()
+
+
+_remembered_entry = functools.lru_cache(maxsize=RULE_ENCODING_CACHE_SIZE)(_encode_entry)
 
 
 def forget_rule_encodings() -> None:
     """Forget every remembered rule encoding (what a measurement of the cold cost needs)."""
-    _egress_entry.cache_clear()
-    _ingress_entry.cache_clear()
+    _remembered_entry.cache_clear()
 
 
 __all__ = ["forget_rule_encodings", "scope_from_stored", "scope_to_stored"]

@@ -83,11 +83,12 @@ RULE_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_RATE_KBPS: Final = 100_000_000
 MAX_BURST_KB: Final = 10_000_000
 
-# Validated rules remembered per encoding (see _rule_of_encoding). Bounded in
-# count, and only small encodings are kept, so what a gateway sends can
-# hold at most a few megabytes here however many distinct rules it streams.
-RULE_MEMO_SIZE: Final = 4096
-RULE_MEMO_MAX_ENCODING: Final = 512
+# Validated rules remembered per encoding (see _rule_of_encoding): bounded
+# in count, and only small encodings (a few networks and port ranges) are
+# kept, so however many distinct rules a gateway streams, this holds at most
+# some 20 MB of rules no policy uses any more, typically a few.
+RULE_MEMO_SIZE: Final = 2048
+RULE_MEMO_MAX_ENCODING: Final = 128
 
 MIN_PORT: Final = 1
 MAX_PORT: Final = 65535

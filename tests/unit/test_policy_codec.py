@@ -55,18 +55,25 @@ def test_every_valid_scope_encodes_as_the_library_would_and_round_trips(scope: S
 def test_a_one_rule_change_encodes_that_rule_only() -> None:
     rules = [{"name": f"r{i}", "action": "ACTION_ALLOW", "cidrs": [f"203.0.113.{i}/32"]} for i in range(30)]
     scope = scope_from_mapping({"version": "1", "egress": rules[:20], "ingress": rules[20:]})
-    codec._egress_entry.cache_clear()
-    codec._ingress_entry.cache_clear()
+    codec.forget_rule_encodings()
     scope_to_stored(scope)
-    assert codec._egress_entry.cache_info().misses == 20 and codec._ingress_entry.cache_info().misses == 10
+    assert codec._remembered_entry.cache_info().misses == 30
     changed = dataclasses.replace(
         scope,
         version=2,
         egress=(dataclasses.replace(scope.egress[0], action=RuleAction.DENY), *scope.egress[1:]),
     )
     stored = scope_to_stored(changed)
-    assert codec._egress_entry.cache_info().misses == 21 and codec._ingress_entry.cache_info().misses == 10
+    assert codec._remembered_entry.cache_info().misses == 31
     assert scope_from_stored(stored) == changed
+
+
+def test_a_rule_with_many_networks_is_encoded_each_time_not_remembered() -> None:
+    wide = {"name": "wide", "action": "ACTION_ALLOW", "cidrs": [f"203.0.113.{i}/32" for i in range(20)]}
+    scope = scope_from_mapping({"version": "1", "egress": [wide], "ingress": [wide]})
+    codec.forget_rule_encodings()
+    assert scope_to_stored(scope) == scope_to_proto(scope).SerializeToString()
+    assert codec._remembered_entry.cache_info().currsize == 0
 
 
 @pytest.mark.parametrize(
