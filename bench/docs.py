@@ -25,6 +25,7 @@ table below, writes `bench/results/latest.json` and rewrites this page.
     .venv/bin/python -m bench --no-ovn           # without the OVN comparison
     .venv/bin/python -m bench --render bench/results/latest.json --no-docs   # re-print a saved run
     .venv/bin/python -m bench.profile            # where the time of one policy apply goes
+    .venv/bin/python -m bench.storage            # validating and storing a policy, without a switch
 
 The bench measures the control path; the only packets it sends are the
 scale case's TCP SYNs from the uplink namespace into the attachments'
@@ -180,6 +181,43 @@ What is left, and why the daemon stays well above 1.5x of the floor:
 """
 
 
+STORAGE = """\
+## Validating and storing a policy
+
+`python -m bench.storage [--reps N]` (no root, no switch) times the three
+steps of a policy change that are not the switch's: validating the
+gateway's NetworkScope message, encoding the Scope for the store, and
+decoding a stored row back into a validated Scope; each fresh (nothing
+remembered) and as a one-rule change (the previous policy remembered,
+rule 0 new each time), beside the canonical-JSON form the store wrote
+before. p50 of one run on the machine above while other work shared it
+(runs differ by up to 2x); "before" is the code before rules were
+remembered (validation of the message; `json.dumps` of the proto3 JSON
+mapping; `json_format` parsing it back), where a one-rule change cost what
+a fresh policy does:
+
+| rules | step | before | after, fresh | after, 1-rule change |
+|---|---|---|---|---|
+| 10 | validate | 0.21 ms | 0.37 ms | 0.05 ms |
+| 10 | encode | 0.20 ms | 0.09 ms | 0.02 ms |
+| 10 | decode | 0.51 ms | 0.20 ms | 0.05 ms |
+| 100 | validate | 5.09 ms | 2.08 ms | 0.13 ms |
+| 100 | encode | 4.71 ms | 0.74 ms | 0.04 ms |
+| 100 | decode | 8.57 ms | 1.98 ms | 0.13 ms |
+| 1,000 | validate | 31.5 ms | 32.9 ms | 1.11 ms |
+| 1,000 | encode | 42.0 ms | 7.96 ms | 0.25 ms |
+| 1,000 | decode | 57.5 ms | 50.2 ms | 1.21 ms |
+
+The store keeps the NetworkScope's protobuf binary encoding, put together
+from each rule's encoding, remembered per Rule value (a serialized message
+followed by another parses as the two merged, so the bytes are the
+library's own); validation remembers each valid rule per encoding, since a
+rule's validity and meaning depend on its own fields alone. What a
+1,000-rule change still pays is a lookup per rule (serialising each rule
+message for its key, about 1 µs) and building the Scope's tuples.
+"""
+
+
 def _machine(results: Mapping[str, Any]) -> str:
     m = results["machine"]
     return (
@@ -214,5 +252,6 @@ def render_docs(results: Mapping[str, Any]) -> str:
         "",
         MEANING,
         WHERE_THE_TIME_GOES,
+        STORAGE,
     ]
     return "\n".join(parts).rstrip() + "\n"

@@ -59,6 +59,29 @@ class Rule:
     icmp_type: int | None = None
     icmp_code: int | None = None
 
+    def __hash__(self) -> int:
+        # Rules key the compiler's and the codec's caches, a thousand to a
+        # policy and looked up on every change: the hash of the fields
+        # (Python-level for networks and port ranges) is worked out once.
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            fields = (
+                self.name,
+                self.action,
+                self.cidrs,
+                self.protocol,
+                self.ports,
+                self.icmp_type,
+                self.icmp_code,
+            )
+            cached = hash(fields)
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, object]:
+        # The remembered hash is this process's own (string hashes are salted per process).
+        return {key: value for key, value in self.__dict__.items() if key != "_hash"}
+
 
 @dataclass(frozen=True)
 class RateLimit:

@@ -42,6 +42,7 @@ what is meant or can never match traffic the way it reads.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -82,6 +83,13 @@ RULE_NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9._-]{1,63}")
 MAX_RATE_KBPS: Final = 100_000_000
 MAX_BURST_KB: Final = 10_000_000
 
+# Validated rules remembered per encoding (see _rule_of_encoding): bounded
+# in count, and only small encodings (a few networks and port ranges) are
+# kept, so however many distinct rules a gateway streams, this holds at most
+# some 20 MB of rules no policy uses any more, typically a few.
+RULE_MEMO_SIZE: Final = 2048
+RULE_MEMO_MAX_ENCODING: Final = 128
+
 MIN_PORT: Final = 1
 MAX_PORT: Final = 65535
 MAX_ICMP_VALUE: Final = 255
@@ -110,11 +118,16 @@ class PolicyError(ValueError):
 def scope_from_proto(msg: policy_pb2.NetworkScope) -> Scope:
     """Validate a NetworkScope message; raise :class:`PolicyError` if it is bad."""
     # Sizes first, before parsing any string, so an oversized policy costs
-    # little to reject whatever it contains.
-    _check_sizes(msg)
+    # little to reject whatever it contains. Only the rules of a policy with
+    # no more rules than allowed are looked up (small ones validated, if not
+    # remembered yet), which also tells the size check their counts.
+    if len(msg.egress) > MAX_RULES_PER_DIRECTION or len(msg.ingress) > MAX_RULES_PER_DIRECTION:
+        _check_sizes(msg, None)  # refuses it, at its first size over a limit
+    known = (_known_rules(msg.egress), _known_rules(msg.ingress))
+    _check_sizes(msg, known)
     addresses = tuple(_parse_network(text, f"addresses[{i}]") for i, text in enumerate(msg.addresses))
-    egress = _parse_rules(msg.egress, "egress")
-    ingress = _parse_rules(msg.ingress, "ingress")
+    egress = _parse_rules(msg.egress, known[0], "egress")
+    ingress = _parse_rules(msg.ingress, known[1], "ingress")
     egress_default = _parse_default_action(msg.egress_default, "egress_default")
     ingress_default = _parse_default_action(msg.ingress_default, "ingress_default")
     dns_servers = tuple(_parse_address(text, f"dns_servers[{i}]") for i, text in enumerate(msg.dns_servers))
@@ -160,8 +173,8 @@ def scope_to_proto(scope: Scope) -> policy_pb2.NetworkScope:
     msg = policy_pb2.NetworkScope(
         version=scope.version,
         addresses=[str(net) for net in scope.addresses],
-        egress=[_rule_to_proto(rule) for rule in scope.egress],
-        ingress=[_rule_to_proto(rule) for rule in scope.ingress],
+        egress=[rule_to_proto(rule) for rule in scope.egress],
+        ingress=[rule_to_proto(rule) for rule in scope.ingress],
         egress_default=_ACTION_TO_PROTO[scope.egress_default],
         ingress_default=_ACTION_TO_PROTO[scope.ingress_default],
         allow_dhcp=scope.allow_dhcp,
@@ -215,23 +228,39 @@ def _check_count(count: int, limit: int, field: str, what: str) -> None:
         raise PolicyError(field, f"too many {what}: {count} (limit {limit})")
 
 
-def _check_sizes(msg: policy_pb2.NetworkScope) -> None:
+def _check_sizes(
+    msg: policy_pb2.NetworkScope, known: tuple[list[Rule | None], list[Rule | None]] | None
+) -> None:
     _check_count(len(msg.addresses), MAX_ADDRESSES, "addresses", "addresses")
     total_cidrs = 0
-    for direction, rules in (("egress", msg.egress), ("ingress", msg.ingress)):
+    for d, (direction, rules) in enumerate((("egress", msg.egress), ("ingress", msg.ingress))):
         _check_count(len(rules), MAX_RULES_PER_DIRECTION, direction, "rules")
-        for i, rule in enumerate(rules):
-            path = f"{direction}[{i}]"
-            _check_count(len(rule.cidrs), MAX_CIDRS_PER_RULE, f"{path}.cidrs", "CIDRs")
-            _check_count(len(rule.ports), MAX_PORT_RANGES_PER_RULE, f"{path}.ports", "port ranges")
-            if total_cidrs + len(rule.cidrs) > MAX_TOTAL_CIDRS:
-                # Name the first CIDR past the limit.
-                raise PolicyError(
-                    f"{path}.cidrs[{MAX_TOTAL_CIDRS - total_cidrs}]",
-                    f"too many CIDRs over all rules (limit {MAX_TOTAL_CIDRS})",
-                )
-            total_cidrs += len(rule.cidrs)
+        for i, rule in enumerate(known[d] if known is not None else [None] * len(rules)):
+            # A known Rule has as many networks and port ranges as its message.
+            if rule is not None:
+                cidrs, ports = len(rule.cidrs), len(rule.ports)
+            else:
+                cidrs, ports = len(rules[i].cidrs), len(rules[i].ports)
+            # A thousand rules fit: their paths are spelled out only for one that does not.
+            if (
+                cidrs > MAX_CIDRS_PER_RULE
+                or ports > MAX_PORT_RANGES_PER_RULE
+                or total_cidrs + cidrs > MAX_TOTAL_CIDRS
+            ):
+                _refuse_rule_size(f"{direction}[{i}]", cidrs, ports, total_cidrs)
+            total_cidrs += cidrs
     _check_count(len(msg.dns_servers), MAX_DNS_SERVERS, "dns_servers", "DNS servers")
+
+
+def _refuse_rule_size(path: str, cidrs: int, ports: int, total_cidrs: int) -> None:
+    """The error of a rule over a size limit, the first limit it breaks in check order."""
+    _check_count(cidrs, MAX_CIDRS_PER_RULE, f"{path}.cidrs", "CIDRs")
+    _check_count(ports, MAX_PORT_RANGES_PER_RULE, f"{path}.ports", "port ranges")
+    # Name the first CIDR past the limit.
+    raise PolicyError(
+        f"{path}.cidrs[{MAX_TOTAL_CIDRS - total_cidrs}]",
+        f"too many CIDRs over all rules (limit {MAX_TOTAL_CIDRS})",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -283,19 +312,55 @@ def _parse_address(text: str, field: str) -> IPAddress:
 # Rules
 
 
-def _parse_rules(rules: Sequence[policy_pb2.Rule], direction: str) -> tuple[Rule, ...]:
+def _known_rules(rules: Sequence[policy_pb2.Rule]) -> list[Rule | None]:
+    """Each rule's Rule if it is known valid (a small encoding, remembered or
+    validated now), else None (it is checked in full, with its path)."""
+    known: list[Rule | None] = []
+    for msg in rules:
+        encoding = msg.SerializeToString()
+        known.append(_valid_rule(encoding) if len(encoding) <= RULE_MEMO_MAX_ENCODING else None)
+    return known
+
+
+def _parse_rules(
+    rules: Sequence[policy_pb2.Rule], known: Sequence[Rule | None], direction: str
+) -> tuple[Rule, ...]:
     seen: dict[str, int] = {}
     parsed: list[Rule] = []
-    for i, msg in enumerate(rules):
-        path = f"{direction}[{i}]"
-        name = _parse_rule_name(msg.name, f"{path}.name")
+    for i, rule in enumerate(known):
+        # A rule known valid skips to the one check that depends on the
+        # others (its name's uniqueness); any other rule is checked here,
+        # with its path, in the fixed order, so its error is always the same.
+        name = rule.name if rule is not None else _parse_rule_name(rules[i].name, f"{direction}[{i}].name")
         if name in seen:
             raise PolicyError(
-                f"{path}.name", f"duplicate rule name {name!r} (also {direction}[{seen[name]}])"
+                f"{direction}[{i}].name", f"duplicate rule name {name!r} (also {direction}[{seen[name]}])"
             )
         seen[name] = i
-        parsed.append(_parse_rule(msg, path, name))
+        parsed.append(rule if rule is not None else _parse_rule(rules[i], f"{direction}[{i}]", name))
     return tuple(parsed)
+
+
+def _rule_of_encoding(encoding: bytes) -> Rule | None:
+    """The Rule an encoded rule message validates to, None if it does not.
+
+    Whether a rule is valid, and what it means, depends on its own fields
+    alone, never on its position or direction: so the Rules of small
+    encodings are remembered (``_valid_rule``), and a policy change that
+    touches one rule revalidates that one while the rest are looked up."""
+    msg = policy_pb2.Rule.FromString(encoding)
+    try:
+        return _parse_rule(msg, "", _parse_rule_name(msg.name, ""))
+    except PolicyError:
+        return None
+
+
+_valid_rule = functools.lru_cache(maxsize=RULE_MEMO_SIZE)(_rule_of_encoding)
+
+
+def forget_validated_rules() -> None:
+    """Forget every remembered rule (what a measurement of the cold cost needs)."""
+    _valid_rule.cache_clear()
 
 
 def _parse_rule_name(name: str, field: str) -> str:
@@ -377,7 +442,8 @@ def _parse_icmp(msg: policy_pb2.Rule, path: str, protocol: Protocol) -> tuple[in
     return icmp_type, icmp_code
 
 
-def _rule_to_proto(rule: Rule) -> policy_pb2.Rule:
+def rule_to_proto(rule: Rule) -> policy_pb2.Rule:
+    """The Rule message of a validated rule."""
     msg = policy_pb2.Rule(
         name=rule.name,
         action=_ACTION_TO_PROTO[rule.action],

@@ -16,9 +16,9 @@ from coordinator.attachment_identity import MAX_SLOT
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
-from coordinator.policy.codec import scope_from_json, scope_to_json
 from coordinator.policy.scope import Scope
 from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError, UnreadablePolicy
+from coordinator.store.policy_rows import delete_policy, read_policy, read_policy_version, write_policy
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -376,39 +376,19 @@ class Store:
 
     def save_policy(self, sandbox_id: str, scope: Scope) -> None:
         """``scope`` becomes the sandbox's last good policy."""
-        version, scope_json = scope.version, scope_to_json(scope)
-        with self._txn() as db:
-            db.execute(
-                """INSERT INTO sandbox_policies (sandbox_id, version, scope_json, updated_at) VALUES (?, ?, ?, ?)
-                   ON CONFLICT (sandbox_id) DO UPDATE SET version = excluded.version,
-                       scope_json = excluded.scope_json, updated_at = excluded.updated_at""",
-                (sandbox_id, version, scope_json, self._clock()),
-            )
+        write_policy(self._db, sandbox_id, scope, self._clock())
 
     def policy(self, sandbox_id: str) -> StoredPolicy | None:
         """The sandbox's last good policy; raises UnreadablePolicy if the
         stored one no longer decodes."""
-        row = self._db.execute(
-            "SELECT version, scope_json FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        version = int(row[0])
-        try:
-            return StoredPolicy(version, scope_from_json(str(row[1])))
-        except ValueError as exc:  # PolicyError, or not JSON at all
-            raise UnreadablePolicy(sandbox_id, version, str(exc)) from exc
+        return read_policy(self._db, sandbox_id)
 
     def policy_version(self, sandbox_id: str) -> int | None:
         """The version of the sandbox's last good policy, without decoding it."""
-        row = self._db.execute(
-            "SELECT version FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
-        ).fetchone()
-        return int(row[0]) if row else None
+        return read_policy_version(self._db, sandbox_id)
 
     def delete_policy(self, sandbox_id: str) -> None:
-        with self._txn() as db:
-            db.execute("DELETE FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,))
+        delete_policy(self._db, sandbox_id)
 
     def set_policy_status(
         self,

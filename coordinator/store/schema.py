@@ -84,4 +84,21 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE type = 'DpuAttachmentBound' AND status = 0 AND reason = 'Detached'
             AND substr(message, 1, length('detached by ')) = 'detached by ';
     """,
+    # 5: the policy in its binary encoding. SQLite cannot change a column's
+    # type in place, so the table is rebuilt: column scope (type BLOB, which
+    # has no affinity: each value keeps the storage class it was written
+    # with) holds bytes from now on, and the text earlier versions wrote,
+    # which still reads.
+    """
+    CREATE TABLE sandbox_policies_v5 (
+        sandbox_id TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        scope BLOB NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    INSERT INTO sandbox_policies_v5 (sandbox_id, version, scope, updated_at)
+        SELECT sandbox_id, version, scope_json, updated_at FROM sandbox_policies;
+    DROP TABLE sandbox_policies;
+    ALTER TABLE sandbox_policies_v5 RENAME TO sandbox_policies;
+    """,
 )

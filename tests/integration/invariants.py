@@ -32,7 +32,7 @@ from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ovsdb import OWNER_KEY, OWNER_VALUE
-from coordinator.policy.codec import scope_from_json
+from coordinator.policy.codec import scope_from_stored
 
 BOUND = "BOUND"
 
@@ -80,13 +80,12 @@ def fences(dev: env.Endpoint) -> dict[str, int]:
         db.close()
 
 
-def _stored_policy(dev: env.Endpoint, sandbox_id: str) -> str | None:
+def _stored_policy(dev: env.Endpoint, sandbox_id: str) -> object:
+    """The stored value of the sandbox's policy (bytes, or text as earlier versions wrote), None if none."""
     db = _db(dev)
     try:
-        row = db.execute(
-            "SELECT scope_json FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
-        ).fetchone()
-        return str(row[0]) if row else None
+        row = db.execute("SELECT scope FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)).fetchone()
+        return row[0] if row else None
     finally:
         db.close()
 
@@ -145,7 +144,7 @@ def our_flows(dev: env.Endpoint) -> dict[int, list[str]]:
 
 def expected_flows(dev: env.Endpoint, row: Row) -> list[str]:
     stored = _stored_policy(dev, row.sandbox_id)
-    scope = scope_from_json(stored) if stored else load_network_classes()[row.network_class]
+    scope = scope_from_stored(stored) if stored is not None else load_network_classes()[row.network_class]
     pipeline = load_pipeline()
     port = PortFacts(ofport=row.ofport, mac=row.mac, slot=row.slot)
     return render_flows(attachment_flows(pipeline, port, scope), pipeline)

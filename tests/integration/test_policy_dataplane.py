@@ -376,7 +376,7 @@ async def test_a_stored_policy_that_no_longer_reads_fails_closed(stack: Stack) -
     await stack.attach("sb-1")
     await stack.service.apply_policy("sb-1", scope(version=3, egress=WEB))
     # As if the database had been edited behind the daemon's back.
-    stack.store._db.execute('UPDATE sandbox_policies SET scope_json = \'{"addresses": ["not-an-ip"]}\'')
+    stack.store._db.execute('UPDATE sandbox_policies SET scope = \'{"addresses": ["not-an-ip"]}\'')
     params = AttachParams("sb-1", "hi-1", "req-second", DeviceKind.VF, "", "BASELINE")
     second = await stack.service.attach(HOST, params)
     assert second.policy_state is PolicyState.DEGRADED and second.policy_version == 3

@@ -1,25 +1,29 @@
-"""The stored form of a policy: canonical JSON, the same text earlier
-versions wrote, read back into a validated Scope; the store takes and
-returns Scopes and refuses a row that no longer decodes."""
+"""The stored form of a policy: the NetworkScope's binary encoding, put
+together from remembered rule encodings, read back into a validated Scope;
+rows earlier versions wrote as canonical JSON text still read; the store
+takes and returns Scopes and refuses a row that no longer decodes."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 
-from coordinator.policy.codec import scope_from_json, scope_to_json
-from coordinator.policy.scope import PortRange, Protocol, RuleAction
-from coordinator.policy.validate import PolicyError
+from coordinator._proto.bluefield.gateway.v1 import policy_pb2
+from coordinator.policy import codec
+from coordinator.policy.codec import scope_from_stored, scope_to_stored
+from coordinator.policy.scope import PortRange, Protocol, RuleAction, Scope
+from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_proto
 from coordinator.store.db import Store, UnreadablePolicy
 from coordinator.store.records import StoredPolicy
 from coordinator.store.schema import MIGRATIONS
 from tests.unit.policy.strategies import scopes
 
-# A policy exactly as the store has held it since sandbox policies were
-# first kept (json.dumps of the proto3 JSON mapping, proto field names).
+# A policy exactly as the store held it before it kept the binary form
+# (json.dumps of the proto3 JSON mapping, proto field names).
 STORED = (
     '{"version": "7", "addresses": ["198.51.100.10/32", "2001:db8::10/128"], "egress": [{"name": "web", '
     '"action": "ACTION_ALLOW", "cidrs": ["203.0.113.0/24"], "protocol": "PROTOCOL_TCP", "ports": '
@@ -29,47 +33,78 @@ STORED = (
 )
 
 
-def test_a_stored_text_decodes_and_encodes_to_the_same_text() -> None:
-    scope = scope_from_json(STORED)
+def test_a_text_earlier_versions_stored_decodes() -> None:
+    scope = scope_from_stored(STORED)
     assert scope.version == 7 and scope.allow_dhcp and scope.egress_default is RuleAction.DENY
     (web,) = scope.egress
     assert web.protocol is Protocol.TCP and web.ports == (PortRange(443, 443), PortRange(8000, 8080))
     assert scope.egress_rate_limit is not None and scope.egress_rate_limit.kbps == 10000
-    assert scope_to_json(scope) == STORED
+    assert scope_from_stored(scope_to_stored(scope)) == scope
 
 
 @settings(max_examples=60, deadline=None)
 @given(scopes())
-def test_every_valid_scope_round_trips(scope: object) -> None:
-    text = scope_to_json(scope)  # type: ignore[arg-type]
-    assert scope_from_json(text) == scope
-    assert scope_to_json(scope_from_json(text)) == text
+def test_every_valid_scope_encodes_as_the_library_would_and_round_trips(scope: Scope) -> None:
+    stored = scope_to_stored(scope)
+    # Put together from remembered rule encodings, yet the library's own bytes.
+    assert stored == scope_to_proto(scope).SerializeToString()
+    assert scope_from_stored(stored) == scope
+    assert scope_to_stored(scope_from_stored(stored)) == stored
+
+
+def test_a_one_rule_change_encodes_that_rule_only() -> None:
+    rules = [{"name": f"r{i}", "action": "ACTION_ALLOW", "cidrs": [f"203.0.113.{i}/32"]} for i in range(30)]
+    scope = scope_from_mapping({"version": "1", "egress": rules[:20], "ingress": rules[20:]})
+    codec.forget_rule_encodings()
+    scope_to_stored(scope)
+    assert codec._remembered_entry.cache_info().misses == 30
+    changed = dataclasses.replace(
+        scope,
+        version=2,
+        egress=(dataclasses.replace(scope.egress[0], action=RuleAction.DENY), *scope.egress[1:]),
+    )
+    stored = scope_to_stored(changed)
+    assert codec._remembered_entry.cache_info().misses == 31
+    assert scope_from_stored(stored) == changed
+
+
+def test_a_rule_with_many_networks_is_encoded_each_time_not_remembered() -> None:
+    wide = {"name": "wide", "action": "ACTION_ALLOW", "cidrs": [f"203.0.113.{i}/32" for i in range(20)]}
+    scope = scope_from_mapping({"version": "1", "egress": [wide], "ingress": [wide]})
+    codec.forget_rule_encodings()
+    assert scope_to_stored(scope) == scope_to_proto(scope).SerializeToString()
+    assert codec._remembered_entry.cache_info().currsize == 0
 
 
 @pytest.mark.parametrize(
-    ("text", "field"),
+    ("value", "field"),
     [
         ("{not json", None),
         ("[]", "network"),
         ('{"version": "1", "egress": [{"name": "x", "ports": [{"start": 0}]}]}', "egress[0]"),
+        (b"\xff\xff\xff", "network"),
+        (policy_pb2.NetworkScope(addresses=["not-an-ip"]).SerializeToString(), "addresses[0]"),
+        (7, "network"),
     ],
 )
-def test_a_text_that_is_no_policy_is_refused(text: str, field: str | None) -> None:
+def test_a_value_that_is_no_policy_is_refused(value: object, field: str | None) -> None:
     with pytest.raises(ValueError) as caught:
-        scope_from_json(text)
+        scope_from_stored(value)
     if field is not None:
         assert isinstance(caught.value, PolicyError) and caught.value.field.startswith(field)
 
 
-def test_the_store_takes_and_returns_scopes(tmp_path: Path) -> None:
+def test_the_store_takes_and_returns_scopes_and_keeps_bytes(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.db")
-    scope = scope_from_json(STORED)
+    scope = scope_from_stored(STORED)
     store.save_policy("sb-1", scope)
     assert store.policy("sb-1") == StoredPolicy(7, scope)
     assert store.policy_version("sb-1") == 7
     assert store.policy("sb-2") is None and store.policy_version("sb-2") is None
-    (text,) = store._db.execute("SELECT scope_json FROM sandbox_policies").fetchone()
-    assert text == STORED
+    (stored,) = store._db.execute("SELECT scope FROM sandbox_policies").fetchone()
+    assert isinstance(stored, bytes) and stored == scope_to_stored(scope)
+    store.delete_policy("sb-1")
+    assert store.policy("sb-1") is None
 
 
 def test_a_row_written_by_an_earlier_version_reads(tmp_path: Path) -> None:
@@ -81,15 +116,35 @@ def test_a_row_written_by_an_earlier_version_reads(tmp_path: Path) -> None:
     db.execute("PRAGMA user_version=3")
     db.commit()
     db.close()
-    stored = Store(path).policy("sb-1")
-    assert stored is not None and stored.version == 7 and stored.scope == scope_from_json(STORED)
+    store = Store(path)
+    assert store.schema_version == len(MIGRATIONS)
+    stored = store.policy("sb-1")
+    assert stored is not None and stored.version == 7 and stored.scope == scope_from_stored(STORED)
+    # The text is kept as it was until the policy is next saved, as bytes.
+    (kept,) = store._db.execute("SELECT scope FROM sandbox_policies").fetchone()
+    assert kept == STORED
+    store.save_policy("sb-1", dataclasses.replace(stored.scope, version=8))
+    (saved,) = store._db.execute("SELECT scope FROM sandbox_policies").fetchone()
+    assert isinstance(saved, bytes) and store.policy("sb-1") == StoredPolicy(
+        8, dataclasses.replace(stored.scope, version=8)
+    )
 
 
-def test_a_tampered_row_is_unreadable_but_keeps_its_version(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("tampered", "where"),
+    [
+        ('{"addresses": ["not-an-ip"]}', "addresses[0]"),
+        (policy_pb2.NetworkScope(addresses=["not-an-ip"]).SerializeToString(), "addresses[0]"),
+        (b"\x1a\x05garbage", "network"),
+    ],
+)
+def test_a_tampered_row_is_unreadable_but_keeps_its_version(
+    tmp_path: Path, tampered: str | bytes, where: str
+) -> None:
     store = Store(tmp_path / "state.db")
-    store.save_policy("sb-1", scope_from_json(STORED))
-    store._db.execute('UPDATE sandbox_policies SET scope_json = \'{"addresses": ["not-an-ip"]}\'')
+    store.save_policy("sb-1", scope_from_stored(STORED))
+    store._db.execute("UPDATE sandbox_policies SET scope = ?", (tampered,))
     with pytest.raises(UnreadablePolicy) as caught:
         store.policy("sb-1")
-    assert caught.value.version == 7 and "addresses[0]" in caught.value.problem
+    assert caught.value.version == 7 and where in caught.value.problem
     assert store.policy_version("sb-1") == 7

@@ -1,0 +1,55 @@
+"""The last good policy per sandbox, as rows of ``sandbox_policies``: written
+in one statement in the codec's stored form, read back validated."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from coordinator.policy.codec import scope_from_stored, scope_to_stored
+from coordinator.policy.scope import Scope
+from coordinator.store.errors import UnreadablePolicy
+from coordinator.store.records import StoredPolicy
+
+__all__ = ["Database", "delete_policy", "read_policy", "read_policy_version", "write_policy"]
+
+
+class Database(Protocol):
+    """What is used of the store's connection (``sqlite3.Connection`` is one)."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+
+def write_policy(db: Database, sandbox_id: str, scope: Scope, now: float) -> None:
+    """``scope`` becomes the sandbox's last good policy (one statement: atomic
+    without a transaction of its own)."""
+    db.execute(
+        """INSERT INTO sandbox_policies (sandbox_id, version, scope, updated_at) VALUES (?, ?, ?, ?)
+           ON CONFLICT (sandbox_id) DO UPDATE SET version = excluded.version,
+               scope = excluded.scope, updated_at = excluded.updated_at""",
+        (sandbox_id, scope.version, scope_to_stored(scope), now),
+    )
+
+
+def read_policy(db: Database, sandbox_id: str) -> StoredPolicy | None:
+    """The sandbox's last good policy; raises UnreadablePolicy if the stored
+    one no longer decodes or validates."""
+    row = db.execute(
+        "SELECT version, scope FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    version = int(row[0])
+    try:
+        return StoredPolicy(version, scope_from_stored(row[1]))
+    except ValueError as exc:  # PolicyError, or text that is not JSON at all
+        raise UnreadablePolicy(sandbox_id, version, str(exc)) from exc
+
+
+def read_policy_version(db: Database, sandbox_id: str) -> int | None:
+    """The version of the sandbox's last good policy, without decoding it."""
+    row = db.execute("SELECT version FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def delete_policy(db: Database, sandbox_id: str) -> None:
+    db.execute("DELETE FROM sandbox_policies WHERE sandbox_id = ?", (sandbox_id,))
