@@ -76,8 +76,11 @@ def _port_text(value: int, mask: int) -> str:
 # attachment), and turning port ranges into masks and networks into text is
 # most of a compile's work: a policy change recompiles only the rules it
 # changed, and a thousand attachments running the same rules share them.
-# Bounded, so a stream of distinct rules cannot grow it without end.
-TERM_CACHE_SIZE = 16384
+# Bounded in count and in what one entry may hold (a remembered entry keeps
+# its Rule alive): rules of many networks or port ranges are compiled each
+# time, so a stream of large distinct rules cannot pin much memory.
+TERM_CACHE_SIZE = 4096
+TERM_CACHE_MAX_TERMS = 16
 
 
 def _l4_terms(rule: Rule, family: int) -> tuple[Match, ...] | None:
@@ -120,8 +123,15 @@ class _Conjunctive:
     l4: tuple[Match, ...]
 
 
-@functools.lru_cache(maxsize=TERM_CACHE_SIZE)
 def _rule_terms(rule: Rule, family: int, remote_field: str) -> _Conjunctive | tuple[Match, ...] | None:
+    if len(rule.cidrs) + len(rule.ports) > TERM_CACHE_MAX_TERMS:
+        return _compute_rule_terms(rule, family, remote_field)
+    return _remembered_rule_terms(rule, family, remote_field)
+
+
+def _compute_rule_terms(
+    rule: Rule, family: int, remote_field: str
+) -> _Conjunctive | tuple[Match, ...] | None:
     """What ``rule`` matches in ``family``: a conjunction's two dimensions,
     or the direct matches (the cross product); None if it cannot match."""
     cidrs = _cidr_terms(rule, family, remote_field)
@@ -131,6 +141,9 @@ def _rule_terms(rule: Rule, family: int, remote_field: str) -> _Conjunctive | tu
     if len(cidrs) > 1 and len(l4) > 1:
         return _Conjunctive(cidrs, l4)
     return tuple((*c, *t) for c in cidrs for t in l4)
+
+
+_remembered_rule_terms = functools.lru_cache(maxsize=TERM_CACHE_SIZE)(_compute_rule_terms)
 
 
 def rule_flows(

@@ -112,10 +112,10 @@ def test_a_compile_from_remembered_rule_terms_equals_a_fresh_one(first: Scope, s
     was compiled before (another scope, another slot), the flows are the
     ones a compile from nothing gives."""
     other = PortFacts(ofport=11, mac="02:00:5e:00:53:0b", slot=300)
-    rules_module._rule_terms.cache_clear()
+    rules_module._remembered_rule_terms.cache_clear()
     fresh_first = attachment_flows(PIPELINE, PORT, first)
     fresh_second = attachment_flows(PIPELINE, other, second)
-    rules_module._rule_terms.cache_clear()
+    rules_module._remembered_rule_terms.cache_clear()
     attachment_flows(PIPELINE, other, first)
     attachment_flows(PIPELINE, PORT, second)
     assert attachment_flows(PIPELINE, PORT, first) == fresh_first
@@ -123,5 +123,9 @@ def test_a_compile_from_remembered_rule_terms_equals_a_fresh_one(first: Scope, s
 
 
 def test_remembered_rule_terms_are_bounded() -> None:
-    info = rules_module._rule_terms.cache_info()
+    info = rules_module._remembered_rule_terms.cache_info()
     assert info.maxsize == rules_module.TERM_CACHE_SIZE
+    rules_module._remembered_rule_terms.cache_clear()
+    attachment_flows(PIPELINE, PORT, _cross(20, 10))  # 30 terms: compiled, not remembered
+    attachment_flows(PIPELINE, PORT, _cross(3, 2))
+    assert rules_module._remembered_rule_terms.cache_info().currsize == 1
