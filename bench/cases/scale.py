@@ -55,6 +55,8 @@ from coordinator.dev.ovs_instance import OvsInstance, pid_alive, stop_pid
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.classes import load_network_classes
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.flows.render import render_flows
 from coordinator.gateway.client import StreamStatus
 from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.progress import Activity, counted
@@ -281,14 +283,18 @@ def _replace_floor(ovs: OvsInstance, service: AttachmentService, bound: list[Att
     lines = []
     for record in bound:
         lines.append(f"flow delete cookie={cookie_for_slot(record.slot):#x}/-1")
-        lines += [f"flow add {f}" for f in service.dataplane.desired_flows(record, record.ofport, deny_all)]
+        flows = render_flows(
+            service.dataplane.desired_flows(record, record.ofport, deny_all), load_pipeline()
+        )
+        lines += [f"flow add {f}" for f in flows]
     return _raw_bundle(ovs, "stale-replace.bundle", lines)
 
 
 def _cut_floor(ovs: OvsInstance, service: AttachmentService, bound: list[AttachmentRecord]) -> float:
     """The same bundle the cut sends (two drops per attachment added), as a
     raw ``ovs-ofctl bundle``: what the switch alone takes for it."""
-    lines = [f"flow add {f}" for record in bound for f in service.dataplane.cut_flows(record)]
+    flows = [f for record in bound for f in service.dataplane.cut_flows(record)]
+    lines = [f"flow add {f}" for f in render_flows(flows, load_pipeline())]
     return _raw_bundle(ovs, "stale-cut.bundle", lines)
 
 

@@ -56,6 +56,9 @@ ALL_COOKIES = -1
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _MAX_KEPT_REQUESTS = 4096  # encoded flow-stats requests kept by (cookie, mask)
+# Open vSwitch's fragment handling "nx-match" (ovs-ofctl set-frags): the
+# value OpenFlow leaves unused in OFPC_FRAG_MASK (os-ken has no name for it).
+_FRAG_NX_MATCH = 3
 
 
 class BundleError(OpenFlowError):
@@ -206,7 +209,10 @@ class ChannelSwitch:
         for i, outcome in enumerate(outcomes):
             if outcome.error is None:
                 continue
-            what = "bundle open" if i == 0 else "bundle commit" if i == len(sent) - 1 else labels[i - 1]
+            if i == 0 or i == len(sent) - 1:
+                what = "bundle open" if i == 0 else "bundle commit"
+            else:
+                what = labels[i - 1] if i <= len(labels) else f"change {i}"
             problems.append(f"{what}: {outcome.error.describe()}")
         if not problems:
             commit = outcomes[-1].replies
@@ -389,6 +395,47 @@ class ChannelSwitch:
         ``labels`` name the changes in the error (by position otherwise)."""
         names = list(labels) or [f"change {i + 1}" for i in range(len(bundle) - 2)]
         self._check_bundle(bundle, await self._exchange(bundle), names)
+
+    async def add(self, flows: Sequence[Flow]) -> None:
+        """Add ``flows`` in one atomic bundle, without reading the switch
+        first and without deleting anything."""
+        wanted = self.encode(flows)
+        if not wanted:
+            return
+        bundle = self.prepare_bundle([encoded.add for _, encoded in wanted.values()])
+        labels = [f"add of {_describe_key(key)}" for key in wanted]
+        self._check_bundle(bundle, await self._exchange(bundle), labels)
+
+    async def match_fragments_as_parsed(self) -> None:
+        """Fragment handling ``nx-match`` (what ``ovs-ofctl set-frags`` sets):
+        a first fragment is looked up with its L4 ports, later fragments
+        without. Switch state, not a flow: set again whenever the bridge is
+        (re)programmed. Read back, as a switch may ignore the flags."""
+        flags, miss_send_len = await self._switch_config()
+        setting = parser.OFPSetConfig(DATAPATH, (flags & ~ofp.OFPC_FRAG_MASK) | _FRAG_NX_MATCH, miss_send_len)
+        xid = self._channel.xid()
+        [outcome] = await self._exchange([Outgoing(_serialize(setting, xid), xid)])
+        if outcome.error is not None:
+            raise OpenFlowError(f"setting fragment handling: {outcome.error.describe()}")
+        flags, _ = await self._switch_config()
+        if flags & ofp.OFPC_FRAG_MASK != _FRAG_NX_MATCH:
+            raise OpenFlowError(
+                f"the switch kept fragment handling {flags & ofp.OFPC_FRAG_MASK}, not nx-match"
+            )
+
+    async def _switch_config(self) -> tuple[int, int]:
+        xid = self._channel.xid()
+        request = _serialize(parser.OFPGetConfigRequest(DATAPATH), xid)
+        [outcome] = await self._exchange([Outgoing(request, xid, Reply.ONE)])
+        if outcome.error is not None:
+            raise OpenFlowError(f"reading the switch config: {outcome.error.describe()}")
+        try:
+            reply = _parse(outcome.replies[0])
+            return int(reply.flags), int(reply.miss_send_len)
+        except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
+            raise OpenFlowError(
+                f"reading the switch config: unreadable reply ({type(exc).__name__})"
+            ) from exc
 
     async def delete(self, cookie: int) -> None:
         """Remove every flow of ``cookie``."""
