@@ -288,3 +288,16 @@ async def test_an_unanswered_request_times_out(tmp_path: Path) -> None:
             assert not channel.connected  # dropped: a new connection starts clean
         finally:
             await channel.close()
+
+
+async def test_a_request_while_the_switch_is_away_fails_within_the_connect_budget(tmp_path: Path) -> None:
+    # No socket at all (ovs-vswitchd stopped): the request retries connecting
+    # for its connect budget only, not for the whole request timeout.
+    channel = OpenFlowChannel(lambda: str(tmp_path / "absent.mgmt"), timeout=30, connect_timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="cannot open OpenFlow channel"):
+            await channel.echo()
+        assert time.monotonic() - started < 10  # the 30 s request budget was not waited out
+    finally:
+        await channel.close()
