@@ -203,15 +203,22 @@ class Dataplane:
         async def cut() -> None:
             notes.append(await self.revoke(record, scope))
 
-        # The meter rides with the apply: its existence is read with the
-        # installed flows (one round trip), and it is set before the bundle.
+        # The switch reads out what the cookie holds (and which meters exist,
+        # when this policy sets one) while the policy compiles: the requests
+        # go out before the compile starts.
         meters = self._meter_band(record.slot, scope)
-        result = await self._switch.sync(
-            port.cookie,
-            self.desired_flows(record, ofport, scope),
-            beside_readback=cut if revoke else None,
-            meters=meters,
-        )
+        reads = asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
+        await asyncio.sleep(0)
+        try:
+            desired = self.desired_flows(record, ofport, scope)
+            result = await self._switch.sync(
+                port.cookie, desired, beside_readback=cut if revoke else None, meters=meters, read=reads
+            )
+        finally:
+            if not reads.done():
+                reads.cancel()
+            elif not reads.cancelled():
+                reads.exception()  # seen: a failed read already failed the sync
         if meters:
             self._metered[record.slot] = True
         self._flow_counts[port.cookie] = result.total

@@ -66,6 +66,14 @@ class BundleError(OpenFlowError):
 
 
 @dataclass(frozen=True)
+class SwitchState:
+    """What a cookie holds and, if asked, which meters exist."""
+
+    flows: list[InstalledFlow]
+    meters: set[int] | None  # None: not read
+
+
+@dataclass(frozen=True)
 class MeterBand:
     """A drop-band meter: ``kbps`` rate, ``burst_kb`` burst."""
 
@@ -235,6 +243,14 @@ class ChannelSwitch:
     async def dump(self, cookie: int, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
         return await self.installed(cookie, mask)
 
+    async def read(self, cookie: int, mask: int = ALL_COOKIES, *, meters: bool = False) -> SwitchState:
+        """The flows of ``cookie``/``mask`` and, with ``meters``, the meter
+        ids, in one round trip: what ``sync_many`` diffs against (``read=``)."""
+        requests = [self._stats(cookie, mask), *([self._meter_config()] if meters else [])]
+        outcomes = await self._exchange(requests)
+        flows = self._flows_of(outcomes[0], f"reading flows of cookie {cookie:#x}")
+        return SwitchState(flows, self._meters_of(outcomes[1]) if meters else None)
+
     async def meters(self) -> set[int]:
         """The ids of the meters the bridge has."""
         [outcome] = await self._exchange([self._meter_config()])
@@ -263,11 +279,12 @@ class ChannelSwitch:
         installed: Awaitable[list[InstalledFlow]] | None = None,
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
+        read: Awaitable[SwitchState] | None = None,
     ) -> SyncResult:
         """Make the flows with ``cookie`` exactly ``desired`` (see ``sync_many``)."""
         changes = await self.sync_many(
             {cookie: desired}, cookie, ALL_COOKIES, installed=installed,
-            beside_readback=beside_readback, meters=meters,
+            beside_readback=beside_readback, meters=meters, read=read,
         )  # fmt: skip
         change = changes.get(cookie, SyncResult(0, 0, 0))
         return SyncResult(added=change.added, removed=change.removed, total=len(desired))
@@ -281,20 +298,30 @@ class ChannelSwitch:
         installed: Awaitable[list[InstalledFlow]] | None = None,
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
+        read: Awaitable[SwitchState] | None = None,
     ) -> dict[int, SyncResult]:
         """Make every cookie of ``desired`` hold exactly its flows: meters
         set first, then one atomic bundle of only the differences, read
         back and compared. ``cookie``/``mask`` select what to read; flows of
         cookies not in ``desired`` are left alone. ``installed``: the read
-        already started by the caller; ``beside_readback`` runs once the
-        bundle is in, alongside the read-back. Returns the changes by cookie."""
+        already started by the caller, or ``read``: the flows and meters
+        (``read(meters=True)`` when ``meters`` are set) already asked for;
+        ``beside_readback`` runs once the bundle is in, alongside the
+        read-back. Returns the changes by cookie."""
         wanted = self.encode(f for flows in desired.values() for f in flows)
-        reads = [] if installed is not None else [self._stats(cookie, mask)]
-        if meters:
-            reads.append(self._meter_config())
-        outcomes = await self._exchange(reads) if reads else []
-        current = await installed if installed is not None else self._flows_of(outcomes[0], "reading flows")
-        existing = self._meters_of(outcomes[-1]) if meters else set()
+        if read is not None:
+            state = await read
+            current, known = state.flows, state.meters
+            existing = known if known is not None else (await self.meters() if meters else set())
+        else:
+            reads = [] if installed is not None else [self._stats(cookie, mask)]
+            if meters:
+                reads.append(self._meter_config())
+            outcomes = await self._exchange(reads) if reads else []
+            current = (
+                await installed if installed is not None else self._flows_of(outcomes[0], "reading flows")
+            )
+            existing = self._meters_of(outcomes[-1]) if meters else set()
 
         have = {f.key: f for f in current if f.key.cookie in desired}
         removed = [f for key, f in have.items() if key not in wanted]
