@@ -94,7 +94,11 @@ them. Below 1.00x the daemon is faster.
   the already-programmed switch (no drift, so nothing changes - checked).
   *Re-program*: ovs-vswitchd stopped and started (flows gone, ports back
   from OVSDB), then the time until the service has put the bridge and
-  every attachment's flows back (checked). Building the emulated eswitch
+  every attachment's flows back (checked): the OpenFlow channel notices
+  the old connection end and reconnects; one flow-stats read, one bundle
+  of every flow, one read-back. Its *floor*: the very flows it installed,
+  dumped, ovs-vswitchd restarted once more, and sent as one raw
+  `ovs-ofctl --bundle add-flows` (file written beforehand). Building the emulated eswitch
   (veth pairs) is outside both clocks. The untimed setup is most of the
   case's time (about six minutes for 1,024 here): each Attach waits for
   ovs-vswitchd, whose work per OVSDB change grows with the ports on a

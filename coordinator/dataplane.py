@@ -207,6 +207,8 @@ class Dataplane:
         # when this policy sets one) while the policy compiles: the requests
         # go out before the compile starts.
         meters = self._meter_band(record.slot, scope)
+        if meters:  # from here on it may exist, whatever the outcome
+            self._metered[record.slot] = True
         reads = asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
         await asyncio.sleep(0)
         try:
@@ -219,8 +221,6 @@ class Dataplane:
                 reads.cancel()
             elif not reads.cancelled():
                 reads.exception()  # seen: a failed read already failed the sync
-        if meters:
-            self._metered[record.slot] = True
         self._flow_counts[port.cookie] = result.total
         await self.drop_meter_if_unused(record.slot, scope)
         if revoke and not notes:  # nothing changed: no bundle, so not cut yet
