@@ -190,6 +190,26 @@ async def test_two_guests_are_isolated_unless_policy_allows(stack: Stack) -> Non
         server.wait()
 
 
+async def test_policy_applies_and_meters_go_over_the_channel_without_ovs_ofctl(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _guest(stack)
+    spawned: list[str] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(program: str, *args: Any, **kwargs: Any) -> Any:
+        spawned.append(program)
+        return await spawn(program, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    limited = scope(version=2, egress=WEB, egress_rate_limit={"kbps": 2000, "burst_kb": 100})
+    for policy in (scope(egress=WEB), limited, scope(version=3, egress=WEB)):
+        [applied] = await stack.service.apply_policy("sb-1", policy)
+        assert applied.policy_state is PolicyState.APPLIED
+    assert "ovs-ofctl" not in spawned
+    assert stack.switch.channel.connects == 1  # one connection since the start
+
+
 async def test_failed_bundle_keeps_the_previous_policy(stack: Stack) -> None:
     ns = await _guest(stack)
     await stack.service.apply_policy("sb-1", scope(egress=WEB))
