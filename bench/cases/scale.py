@@ -155,7 +155,9 @@ def _serve(config_path: Path, config: Config, pki: DevPki, log: Path) -> tuple[i
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     while True:
         if not pid_alive(proc.pid):
-            raise BenchError(f"the daemon exited during start-up; see {log}")
+            # The work directory goes with the case: the reason, in the error.
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise BenchError(f"the daemon exited during start-up: {' | '.join(tail)[-600:]}")
         try:
             with CoordinatorClient(config.server.listen, tls, timeout=30) as client:
                 client.health()

@@ -265,10 +265,22 @@ class ChannelSwitch:
     # -- changing -------------------------------------------------------------
 
     def encode(self, flows: Iterable[Flow]) -> dict[FlowKey, tuple[Flow, EncodedFlow]]:
+        """The encodings by key, as the switch will hold them: one flow per
+        table, priority and match, the later one winning (as a later add of
+        the same flow replaces an earlier one in an ordered bundle, cookie
+        and instructions included; e.g. two attachments claiming the same
+        address)."""
         wanted: dict[FlowKey, tuple[Flow, EncodedFlow]] = {}
+        holders: dict[tuple[int, int, tuple[bytes, ...]], FlowKey] = {}
         for flow in flows:
             encoded = self._encoder.encode(flow)
-            wanted[encoded.key] = (flow, encoded)
+            key = encoded.key
+            identity = (key.table, key.priority, key.match)
+            earlier = holders.get(identity)
+            if earlier is not None and earlier != key:
+                del wanted[earlier]
+            holders[identity] = key
+            wanted[key] = (flow, encoded)
         return wanted
 
     async def sync(

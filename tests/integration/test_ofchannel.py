@@ -160,6 +160,22 @@ async def test_sync_sends_only_the_differences_and_leaves_other_cookies(
     assert await switch.installed(COOKIE + 1) == []
 
 
+async def test_the_same_flow_under_two_cookies_is_held_once_the_later_winning(
+    ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
+) -> None:
+    # Two attachments claiming one address compile to one anti-spoofing flow
+    # (same table, priority and match) under two cookies: the switch keeps
+    # one flow, the later add's.
+    bridge = bridges()
+    switch = _switch(ovs, bridge, channels)
+    claim = Flow("classify", 3010, (("dl_type", "0x0806"), ("nw_src", "198.51.100.10")), (), COOKIE)
+    later = dataclasses.replace(claim, cookie=COOKIE + 1)
+    changes = await switch.sync_many({COOKIE: [claim], COOKIE + 1: [later]}, COOKIE_OWNER, 0)
+    assert changes == {COOKIE + 1: SyncResult(1, 0, 1)}
+    assert [f.key.cookie for f in await switch.installed(0, 0)] == [COOKIE + 1]
+    assert await switch.sync_many({COOKIE: [claim], COOKIE + 1: [later]}, COOKIE_OWNER, 0) == {}
+
+
 async def test_a_refused_bundle_keeps_the_old_flows_and_names_the_error(
     ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
 ) -> None:
