@@ -288,7 +288,7 @@ async def _stale_deny_all(
         try:
             while not all(
                 r.policy_state is PolicyState.STALE
-                for r in adapters.store.list_attachments(state=AttachmentState.BOUND)
+                for r in await adapters.store.list_attachments(state=AttachmentState.BOUND)
             ):
                 await asyncio.sleep(0.005)
             cut = time.monotonic() - threshold
