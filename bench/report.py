@@ -84,8 +84,15 @@ def _scale_rows(scale: Mapping[str, Any]) -> list[list[str]]:
         ["scale: flows on the bridge", size, str(scale["total_flows"]), *blank],
         ["scale: daemon start until Health", size, f"{scale['daemon_start_s']:.2f} s", *blank],
         ["scale: restart reconcile, no drift", size, f"{scale['reconcile_s']:.2f} s", *blank],
-        ["scale: re-program after vswitchd restart", size, f"{scale['reprogram_s']:.2f} s", *blank],
     ]
+    if "reprogram_floor_s" in scale:  # absent from older results
+        floor = scale["reprogram_floor_s"]
+        rows.append(["scale: re-program after vswitchd restart", size, f"{scale['reprogram_s']:.2f} s",
+                     f"{floor:.2f} s", f"{scale['reprogram_s'] / floor:.2f}x", *blank[:-2]])  # fmt: skip
+    else:
+        rows.append(
+            ["scale: re-program after vswitchd restart", size, f"{scale['reprogram_s']:.2f} s", *blank]
+        )
     if "stale_cut_s" in scale:  # results from before the stale case have none
         load = f"{size}, {scale['stale_connections']} conns"
         rows += [

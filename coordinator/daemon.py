@@ -40,7 +40,8 @@ from coordinator.metrics import (
 )
 from coordinator.notify import Notifier, watchdog_task
 from coordinator.offload_status import offload_monitor
-from coordinator.ovs.openflow import OpenFlowSwitch
+from coordinator.ovs.ofchannel import OpenFlowChannel
+from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.security_events import SecurityEvents, start_security_events
 from coordinator.service import AttachmentService
@@ -58,6 +59,12 @@ from coordinator.watches.inventory import start_inventory_watch
 from coordinator.watches.switch import watch_switch
 
 log = logging.getLogger(__name__)
+
+# How long a request may wait for the OpenFlow channel to (re)connect: when
+# ovs-vswitchd is away, an apply fails soon as unavailable (and the switch
+# watch re-programs once it is back) rather than hold its caller for the
+# whole request timeout.
+OPENFLOW_CONNECT_S = 1.0
 
 
 def make_backend(config: Config) -> EswitchBackend:
@@ -89,13 +96,14 @@ class Adapters:
     store: AsyncStore
     backend: EswitchBackend
     ovsdb: Ovsdb
-    openflow: OpenFlowSwitch
+    switch: ChannelSwitch  # flows and meters, over the persistent OpenFlow channel
     events: EventHub
     service: AttachmentService
     dataplane: Dataplane
 
     async def close(self) -> None:
         await self.dataplane.close()
+        await self.switch.channel.close()
         await self.ovsdb.close()
         self.backend.close()
         await self.store.close()
@@ -107,18 +115,21 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
     configured one (tests keep a handle on theirs)."""
     store = AsyncStore(Store(Path(config.store.path), event_log_size=config.store.event_log_size))
     ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
+    cfg = config.ovs
+    pipeline = load_pipeline()
+    # Connected by the first request (the service's start programs the
+    # bridge), reconnected whenever ovs-vswitchd restarts.
+    channel = OpenFlowChannel(
+        lambda: f"{cfg.rundir}/{cfg.bridge}.mgmt", timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S
+    )
+    switch = ChannelSwitch(channel, pipeline, explain_timeout=cfg.timeout_s)
     try:
         # Backends use blocking netlink libraries that refuse to run on a
         # thread with a running event loop: construct (and call) them off-loop.
         chosen = backend if backend is not None else await asyncio.to_thread(make_backend, config)
         await ovsdb.connect()
-        openflow = OpenFlowSwitch(
-            f"unix:{config.ovs.rundir}/{config.ovs.bridge}.mgmt", timeout=config.ovs.timeout_s
-        )
         events = EventHub()
-        dataplane = Dataplane(
-            config=config, backend=chosen, ovsdb=ovsdb, openflow=openflow, pipeline=load_pipeline()
-        )
+        dataplane = Dataplane(config=config, backend=chosen, ovsdb=ovsdb, switch=switch, pipeline=pipeline)
         service = AttachmentService(
             config=config,
             store=store,
@@ -133,10 +144,11 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
             await dataplane.close()
             raise
     except BaseException:
+        await channel.close()
         await ovsdb.close()
         await store.close()
         raise
-    return Adapters(store, chosen, ovsdb, openflow, events, service, dataplane)
+    return Adapters(store, chosen, ovsdb, switch, events, service, dataplane)
 
 
 async def start_policy_stream(

@@ -5,7 +5,10 @@ module makes the world look like that: the bridge and its base flows, an
 attachment's device, port, conntrack zone limit, meter and flows, and their
 removal. It also reads back what the world holds (ports, flows and devices
 carrying our marks) for reconcile, and installs many attachments' flows in
-one atomic bundle when the whole switch is re-programmed. And it answers
+one atomic bundle when the whole switch is re-programmed. Flows and meters
+go over one persistent OpenFlow channel (``ovs.ofsync.ChannelSwitch``) as
+the compiler's Flow values, verified by reading them back in byte form;
+ovs-ofctl is run only to explain a read-back that differs. And it answers
 what the service asks of the switch: whether it still holds our state, the
 health probes, and traces of packets for ExplainPacket.
 
@@ -28,7 +31,6 @@ from coordinator.attachment_identity import (
     COOKIE_OWNER,
     COOKIE_OWNER_MASK,
     cookie_for_slot,
-    cookie_in_flow,
     meter_of_slot,
     zone_of_slot,
 )
@@ -45,11 +47,12 @@ from coordinator.flows.compiler import (
     cut_flows,
     default_burst_kb,
 )
+from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
-from coordinator.flows.render import render_flows
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
-from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch, SyncResult
+from coordinator.ovs.ofsync import ChannelSwitch, MeterBand
+from coordinator.ovs.openflow import OpenFlowError, SyncResult
 from coordinator.ovs.ovsdb import (
     ATTACHMENT_KEY,
     OWNER_KEY,
@@ -85,14 +88,14 @@ class Dataplane:
         config: Config,
         backend: EswitchBackend,
         ovsdb: Ovsdb,
-        openflow: OpenFlowSwitch,
+        switch: ChannelSwitch,
         pipeline: Pipeline,
     ) -> None:
         self._config = config
         self._bridge = config.ovs.bridge
         self._backend = backend
         self._ovsdb = ovsdb
-        self._openflow = openflow
+        self._switch = switch
         self._pipeline = pipeline
         cfg = config.ovs
         # One connection to ovs-vswitchd's control socket for every conntrack
@@ -102,7 +105,7 @@ class Dataplane:
             lambda: vswitchd_ctl(cfg.rundir, cfg.vswitchd_ctl), timeout=cfg.timeout_s
         )
         self._conntrack = ConntrackControl(self._control, userspace_datapath=cfg.datapath_type == "netdev")
-        self._probes = SwitchProbes(cfg, backend, ovsdb, openflow, self._control)
+        self._probes = SwitchProbes(cfg, backend, ovsdb, switch, self._control)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.
@@ -136,15 +139,14 @@ class Dataplane:
                 )
             # Before any flow: allowed fragmented datagrams need reassembly.
             await self.conntrack.enable_fragment_reassembly()
-            await self._openflow.match_fragments_as_parsed()
-            result = await self._openflow.sync(BRIDGE_COOKIE, self.bridge_flows())
+            await self._switch.match_fragments_as_parsed()
+            result = await self._switch.sync(BRIDGE_COOKIE, self.bridge_flows())
             self._flow_counts[BRIDGE_COOKIE] = result.total
         except (OvsdbError, OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"programming bridge {cfg.bridge}: {exc}") from exc
 
-    def bridge_flows(self) -> list[str]:
-        flows = bridge_flows(self._pipeline, BridgeFacts(uplink_ofport=self.uplink_ofport))
-        return render_flows(flows, self._pipeline)
+    def bridge_flows(self) -> list[Flow]:
+        return bridge_flows(self._pipeline, BridgeFacts(uplink_ofport=self.uplink_ofport))
 
     # -- one attachment -------------------------------------------------------
 
@@ -177,9 +179,8 @@ class Dataplane:
             raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
         return ofport
 
-    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[str]:
-        port = self._port(record, ofport)
-        return render_flows(attachment_flows(self._pipeline, port, scope), self._pipeline)
+    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[Flow]:
+        return attachment_flows(self._pipeline, self._port(record, ofport), scope)
 
     def _port(self, record: AttachmentRecord, ofport: int) -> PortFacts:
         return PortFacts(ofport=ofport, mac=record.mac, slot=record.slot)
@@ -203,24 +204,29 @@ class Dataplane:
         self, record: AttachmentRecord, ofport: int, scope: Scope, *, revoke: bool
     ) -> tuple[SyncResult, str]:
         port = self._port(record, ofport)
-        # The dump of what is installed runs while the policy compiles.
-        installed = asyncio.ensure_future(self._openflow.dump(port.cookie))
         notes: list[str] = []
 
         async def cut() -> None:
             notes.append(await self.revoke(record, scope))
 
+        # The switch reads out what the cookie holds (and which meters exist,
+        # when this policy sets one) while the policy compiles: the requests
+        # go out before the compile starts.
+        meters = self._meter_band(record.slot, scope)
+        if meters:  # from here on it may exist, whatever the outcome
+            self._metered[record.slot] = True
+        reads = asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
+        await asyncio.sleep(0)
         try:
-            await self._set_meter(record.slot, scope)
             desired = self.desired_flows(record, ofport, scope)
-            result = await self._openflow.sync(
-                port.cookie, desired, installed=installed, beside_readback=cut if revoke else None
+            result = await self._switch.sync(
+                port.cookie, desired, beside_readback=cut if revoke else None, meters=meters, read=reads
             )
         finally:
-            if not installed.done():
-                installed.cancel()
-            elif not installed.cancelled():
-                installed.exception()  # seen: a failed dump already failed the sync
+            if not reads.done():
+                reads.cancel()
+            elif not reads.cancelled():
+                reads.exception()  # seen: a failed read already failed the sync
         self._flow_counts[port.cookie] = result.total
         await self.drop_meter_if_unused(record.slot, scope)
         if revoke and not notes:  # nothing changed: no bundle, so not cut yet
@@ -232,27 +238,33 @@ class Dataplane:
         with _rejected():
             await self._set_meter(slot, scope)
 
+    @staticmethod
+    def _meter_band(slot: int, scope: Scope) -> dict[int, MeterBand]:
+        limit = scope.egress_rate_limit
+        if limit is None:
+            return {}
+        return {meter_of_slot(slot): MeterBand(limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps))}
+
     async def _set_meter(self, slot: int, scope: Scope) -> None:
         # Meters cannot ride in a bundle: set before the flows that use it.
-        limit = scope.egress_rate_limit
-        if limit is not None:
-            await self._openflow.set_meter(
-                meter_of_slot(slot), limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps)
-            )
+        for meter, band in self._meter_band(slot, scope).items():
+            await self._switch.set_meter(meter, band.kbps, band.burst_kb)
             self._metered[slot] = True
 
     async def drop_meter_if_unused(self, slot: int, scope: Scope) -> None:
+        """Raises FlowsRejected."""
         # Removed only where one may exist: after a rate-limited policy, or
-        # once per slot after start. Unmetered updates spawn no extra ovs-ofctl.
+        # once per slot after start. Unmetered updates cost no extra round trip.
         if scope.egress_rate_limit is None and self._metered.get(slot, not self._meters_known):
-            await self._openflow.delete_meter(meter_of_slot(slot))
+            with _rejected():
+                await self._switch.delete_meter(meter_of_slot(slot))
             self._metered[slot] = False
 
     async def teardown(self, record: AttachmentRecord, on_step: Sequence[str] = ()) -> None:
         """Flows first (the port then carries no traffic: the bridge is
         fail-secure), then the port, then the device. Each step idempotent."""
         try:
-            await self.remove_slot(record.slot)
+            await self._remove_slot(record.slot)
             faults.reached("detach.flows_removed")
             await self._ovsdb.delete_port(self._bridge, record.device.representor)
             faults.reached("detach.port_removed")
@@ -264,9 +276,15 @@ class Dataplane:
     async def remove_slot(self, slot: int) -> None:
         """A slot's flows, meter, conntrack entries and zone limit: the next
         attachment in this slot starts empty."""
-        await self._openflow.delete(cookie_for_slot(slot))
+        try:
+            await self._remove_slot(slot)
+        except (OpenFlowError, ConntrackError) as exc:
+            raise Unavailable(f"removing the flows of slot {slot}: {exc}") from exc
+
+    async def _remove_slot(self, slot: int) -> None:
+        await self._switch.delete(cookie_for_slot(slot))
         self._flow_counts.pop(cookie_for_slot(slot), None)
-        await self._openflow.delete_meter(meter_of_slot(slot))
+        await self._switch.delete_meter(meter_of_slot(slot))
         self._metered.pop(slot, None)
         await self._conntrack.flush_zone(zone_of_slot(slot))
         await self._conntrack.delete_zone_limit(zone_of_slot(slot))
@@ -289,9 +307,8 @@ class Dataplane:
 
     # -- many attachments at once ----------------------------------------------------
 
-    def cut_flows(self, record: AttachmentRecord) -> list[str]:
-        port = self._port(record, record.ofport)
-        return render_flows(cut_flows(self._pipeline, port), self._pipeline)
+    def cut_flows(self, record: AttachmentRecord) -> list[Flow]:
+        return cut_flows(self._pipeline, self._port(record, record.ofport))
 
     async def cut_many(self, records: Sequence[AttachmentRecord]) -> None:
         """Stop all traffic of every attachment in ``records`` at once: two
@@ -301,7 +318,7 @@ class Dataplane:
         puts the deny-all flows in their place. Raises FlowsRejected (then
         nothing changed)."""
         with _rejected():
-            await self._openflow.bundle([f"flow add {f}" for r in records for f in self.cut_flows(r)])
+            await self._switch.add([f for r in records for f in self.cut_flows(r)])
 
     async def settle_cut(self, records: Sequence[AttachmentRecord], deny_all: Scope) -> None:
         """After ``cut_many``: each attachment's flows (the drops included)
@@ -311,7 +328,7 @@ class Dataplane:
         already its deny-all flows, closed either way."""
         desired = {cookie_for_slot(r.slot): self.desired_flows(r, r.ofport, deny_all) for r in records}
         try:
-            await self._openflow.replace_many(desired)
+            await self._switch.replace_many(desired)
         except OpenFlowError as exc:
             log.warning("replacing the drops of %d attachments failed (%s); correcting", len(records), exc)
         with _rejected():
@@ -319,13 +336,13 @@ class Dataplane:
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
 
-    async def _verify_many(self, desired: Mapping[int, Sequence[str]]) -> None:
+    async def _verify_many(self, desired: Mapping[int, Sequence[Flow]]) -> None:
         """Read back the cookies of ``desired`` and correct any difference in
         one bundle; raises OpenFlowError if they still differ. One cookie is
         read by itself, not with every flow of ours."""
         if len(desired) == 1:
             ((cookie, flows),) = desired.items()
-            await self._openflow.sync(cookie, flows)
+            await self._switch.sync(cookie, flows)
         else:
             await self._sync_all(desired)
 
@@ -347,21 +364,20 @@ class Dataplane:
     # -- the whole switch ---------------------------------------------------------
 
     async def facts(self) -> WorldFacts:
-        """Our ports, our flows by cookie, and the prepared functions."""
+        """Our ports, how many flows each of our cookies holds, and the
+        prepared functions."""
         try:
             ports = await self._ovsdb.owned_ports(self._bridge)
-            flows: dict[int, list[str]] = {}
-            for flow in await self._openflow.dump(COOKIE_OWNER, COOKIE_OWNER_MASK):
-                cookie = cookie_in_flow(flow)
-                if cookie is not None:
-                    flows.setdefault(cookie, []).append(flow)
+            counts: dict[int, int] = {}
+            for flow in await self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK):
+                counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
             ofports = await self._ovsdb.interface_ofports()
             prepared = await asyncio.to_thread(self._backend.prepared)
         except (OvsdbError, OpenFlowError, EswitchError) as exc:
             raise Unavailable(f"reading what the switch holds: {exc}") from exc
-        return WorldFacts(ports, {c: tuple(f) for c, f in flows.items()}, ofports, tuple(prepared))
+        return WorldFacts(ports, counts, ofports, tuple(prepared))
 
-    async def sync_all(self, desired: Mapping[int, Sequence[str]]) -> dict[int, SyncResult]:
+    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
         """Make every cookie in ``desired`` hold exactly its flows, in one
         atomic bundle of the differences, then read back and verify. Our
         cookies not in ``desired`` are left alone. Returns the changes by
@@ -369,8 +385,8 @@ class Dataplane:
         with _rejected():
             return await self._sync_all(desired)
 
-    async def _sync_all(self, desired: Mapping[int, Sequence[str]]) -> dict[int, SyncResult]:
-        changes = await self._openflow.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
+    async def _sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
+        changes = await self._switch.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
         return changes
@@ -394,7 +410,7 @@ class Dataplane:
         """Read which meters the bridge has (meters are numbered like slots):
         from now on a meter is removed only where one exists."""
         try:
-            meters = await self._openflow.meters()
+            meters = await self._switch.meters()
         except OpenFlowError as exc:
             raise Unavailable(f"reading the bridge's meters: {exc}") from exc
         self._metered = dict.fromkeys(meters, True)
@@ -402,7 +418,10 @@ class Dataplane:
         return meters
 
     async def remove_meter(self, meter: int) -> None:
-        await self._openflow.delete_meter(meter)
+        try:
+            await self._switch.delete_meter(meter)
+        except OpenFlowError as exc:
+            raise Unavailable(f"removing meter {meter}: {exc}") from exc
         self._metered.pop(meter, None)
 
     # -- what the service asks of the switch (see ``dataplane_probes``) ---------------------

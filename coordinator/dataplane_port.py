@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from coordinator.eswitch.base import EswitchDevice, HealthFact, PreparedDevice
+from coordinator.flows.model import Flow
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
@@ -30,7 +31,7 @@ class WorldFacts:
     """What the switch and the eswitch hold that carries our marks."""
 
     ports: Mapping[str, Mapping[str, str]]  # our OVS ports -> external_ids
-    flows: Mapping[int, tuple[str, ...]]  # cookie -> installed flows (ours only)
+    flow_counts: Mapping[int, int]  # cookie -> how many flows it holds (ours only)
     ofports: Mapping[str, int]  # interface -> OpenFlow port, where it has one
     prepared: tuple[PreparedDevice, ...]  # functions the eswitch has prepared
 
@@ -86,7 +87,7 @@ class DataplanePort(Protocol):
 
     async def eswitch_health(self) -> list[HealthFact]: ...
 
-    async def sync_all(self, desired: Mapping[int, Sequence[str]]) -> Mapping[int, FlowChange]:
+    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> Mapping[int, FlowChange]:
         """Every cookie of ``desired`` holding exactly its flows (one bundle
         of the differences, read back); the changes by cookie."""
         ...
@@ -113,7 +114,9 @@ class DataplanePort(Protocol):
         """The representor on the bridge; returns its OpenFlow port."""
         ...
 
-    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[str]: ...
+    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[Flow]:
+        """The compiled flows of the attachment under ``scope``."""
+        ...
 
     async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> FlowChange: ...
 

@@ -14,7 +14,8 @@ from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, HealthFact
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import ovs_checks
-from coordinator.ovs.openflow import OpenFlowError, OpenFlowSwitch
+from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.openflow import OpenFlowError
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.ovs.trace import TraceError, dpif_show, trace
 from coordinator.ovs.unixctl import UnixctlClient
@@ -28,14 +29,14 @@ class SwitchProbes:
         cfg: OvsConfig,
         backend: EswitchBackend,
         ovsdb: Ovsdb,
-        openflow: OpenFlowSwitch,
+        switch: ChannelSwitch,
         control: UnixctlClient,
     ) -> None:
         self._cfg = cfg
         self._control = control  # ovs-vswitchd's control socket, shared with the dataplane
         self._backend = backend
         self._ovsdb = ovsdb
-        self._openflow = openflow
+        self._switch = switch
 
     async def switch_intact(
         self, base_flows: int, ports_in_use: Mapping[str, int], uplink_ofport: int | None
@@ -43,7 +44,7 @@ class SwitchProbes:
         """None if the bridge exists with its ``base_flows`` and our ports keep
         their numbers; else why not."""
         try:
-            installed = await self._openflow.dump(BRIDGE_COOKIE)
+            installed = await self._switch.installed(BRIDGE_COOKIE)
             facts = await self._ovsdb.bridge_facts(self._cfg.bridge)
         except (OpenFlowError, OvsdbError) as exc:
             return f"switch unreachable: {exc}"
@@ -69,7 +70,7 @@ class SwitchProbes:
         hw_required = self._backend.name == "switchdev"
         checks = ovs_checks(facts, error, self._cfg.bridge, hw_offload_required=hw_required)
         try:
-            await self._openflow.ping()
+            await self._switch.ping()
             checks.append(HealthFact("openflow_reachable", True, "bridge answers OpenFlow", required=True))
         except OpenFlowError as exc:
             checks.append(HealthFact("openflow_reachable", False, str(exc), required=True))

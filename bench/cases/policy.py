@@ -128,8 +128,9 @@ class _Contenders:
         self.version = 1
 
     @property
-    def openflow(self) -> Any:
-        return self.stack.adapters.openflow
+    def openflow(self) -> ChannelSwitch:
+        """The daemon's own OpenFlow channel, for clearing and counting its flows."""
+        return self.stack.adapters.switch
 
     async def daemon_apply(self, scope: Scope) -> float:
         self.version += 1

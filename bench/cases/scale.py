@@ -55,6 +55,8 @@ from coordinator.dev.ovs_instance import OvsInstance, pid_alive, stop_pid
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.flows.classes import load_network_classes
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.flows.render import render_flows
 from coordinator.gateway.client import StreamStatus
 from coordinator.gateway.policy_stream import PolicyStreamHandler
 from coordinator.progress import Activity, counted
@@ -80,6 +82,7 @@ class ScaleResults:
     total_flows: int
     reconcile_s: float
     reprogram_s: float
+    reprogram_floor_s: float  # the same flows as one raw ovs-ofctl --bundle add-flows after a restart
     stale_connections: int  # conntrack entries in the attachments' zones when the stream went stale
     stale_cut_s: float  # stale threshold -> every attachment deny-all and recorded STALE
     stale_flushed_s: float  # stale threshold -> their connections flushed as well
@@ -152,7 +155,9 @@ def _serve(config_path: Path, config: Config, pki: DevPki, log: Path) -> tuple[i
     deadline = time.monotonic() + DAEMON_START_TIMEOUT_S
     while True:
         if not pid_alive(proc.pid):
-            raise BenchError(f"the daemon exited during start-up; see {log}")
+            # The work directory goes with the case: the reason, in the error.
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise BenchError(f"the daemon exited during start-up: {' | '.join(tail)[-600:]}")
         try:
             with CoordinatorClient(config.server.listen, tls, timeout=30) as client:
                 client.health()
@@ -170,9 +175,34 @@ async def reprogram_after_vswitchd_restart(adapters: Adapters) -> None:
     await adapters.service.reconverge("ovs-restart")
 
 
+def _dumped_flows(ovs: OvsInstance) -> list[str]:
+    dump = run(["ovs-ofctl", "-O", "OpenFlow13", "--no-names", "dump-flows", "--no-stats", ovs.mgmt(BRIDGE)])
+    return [line.strip() for line in dump.splitlines() if "actions=" in line]
+
+
+def _add_flows_floor(ovs: OvsInstance, flows: list[str]) -> float:
+    """Seconds one raw ``ovs-ofctl --bundle add-flows`` of ``flows`` takes
+    (the file written beforehand): what the switch alone takes for them."""
+    path = ovs.rundir / "reprogram.flows"
+    path.write_text("".join(f"{line}\n" for line in flows))
+    started = time.perf_counter()
+    argv = [
+        "ovs-ofctl",
+        "-O",
+        "OpenFlow13",
+        "--no-names",
+        "--bundle",
+        "add-flows",
+        ovs.mgmt(BRIDGE),
+        str(path),
+    ]
+    run(argv, timeout=600)
+    return time.perf_counter() - started
+
+
 async def _reconcile_and_reprogram(
     config: Config, ovs: OvsInstance, expected_flows: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     # Building the emulated backend checks every veth pair: an emulation
     # cost a real eswitch does not have, so it stays outside the clock.
     backend = await asyncio.to_thread(EmulatedEswitch, config.eswitch.emulated)
@@ -189,9 +219,20 @@ async def _reconcile_and_reprogram(
         reprogram = time.perf_counter() - started
         if (flows := _bridge_flows(ovs)) != expected_flows:
             raise BenchError(f"re-program after vswitchd restart: {flows} flows, expected {expected_flows}")
+        # The floor: the very flows the daemon installed, right after the same
+        # restart, as one raw bundle (the channel sees the restart too and
+        # stays out of the way; nothing re-programs meanwhile).
+        installed = await asyncio.to_thread(_dumped_flows, ovs)
+        await asyncio.to_thread(ovs.stop_vswitchd)
+        await asyncio.to_thread(ovs.start_vswitchd)
+        floor = await asyncio.to_thread(_add_flows_floor, ovs, installed)
+        if (flows := _bridge_flows(ovs)) != expected_flows:
+            raise BenchError(
+                f"raw add-flows after vswitchd restart: {flows} flows, expected {expected_flows}"
+            )
     finally:
         await adapters.close()
-    return reconcile, reprogram
+    return reconcile, reprogram, floor
 
 
 class _TransitionDone(logging.Handler):
@@ -247,7 +288,7 @@ async def _stale_deny_all(
         try:
             while not all(
                 r.policy_state is PolicyState.STALE
-                for r in adapters.store.list_attachments(state=AttachmentState.BOUND)
+                for r in await adapters.store.list_attachments(state=AttachmentState.BOUND)
             ):
                 await asyncio.sleep(0.005)
             cut = time.monotonic() - threshold
@@ -281,14 +322,18 @@ def _replace_floor(ovs: OvsInstance, service: AttachmentService, bound: list[Att
     lines = []
     for record in bound:
         lines.append(f"flow delete cookie={cookie_for_slot(record.slot):#x}/-1")
-        lines += [f"flow add {f}" for f in service.dataplane.desired_flows(record, record.ofport, deny_all)]
+        flows = render_flows(
+            service.dataplane.desired_flows(record, record.ofport, deny_all), load_pipeline()
+        )
+        lines += [f"flow add {f}" for f in flows]
     return _raw_bundle(ovs, "stale-replace.bundle", lines)
 
 
 def _cut_floor(ovs: OvsInstance, service: AttachmentService, bound: list[AttachmentRecord]) -> float:
     """The same bundle the cut sends (two drops per attachment added), as a
     raw ``ovs-ofctl bundle``: what the switch alone takes for it."""
-    lines = [f"flow add {f}" for record in bound for f in service.dataplane.cut_flows(record)]
+    flows = [f for record in bound for f in service.dataplane.cut_flows(record)]
+    lines = [f"flow add {f}" for f in render_flows(flows, load_pipeline())]
     return _raw_bundle(ovs, "stale-cut.bundle", lines)
 
 
@@ -327,7 +372,9 @@ def run_scale_case(
         finally:
             stop_pid(pid)
         progress("scale: restart reconcile, then ovs-vswitchd restart")
-        reconcile, reprogram = asyncio.run(_reconcile_and_reprogram(config, ovs, flows))
+        reconcile, reprogram, reprogram_floor = asyncio.run(_reconcile_and_reprogram(config, ovs, flows))
         progress(f"scale: stale deny-all with {connections} connections per attachment")
         stale = asyncio.run(_stale_deny_all(config, ovs, uplink_ns, connections, progress))
-    return ScaleResults(attachments, rules, setup, start, rss, flows, reconcile, reprogram, *stale)
+    return ScaleResults(
+        attachments, rules, setup, start, rss, flows, reconcile, reprogram, reprogram_floor, *stale
+    )

@@ -178,18 +178,22 @@ class _Connection:
 class OpenFlowChannel:
     """Requests over one connection to ``resolve()`` (a unix socket path),
     reconnected when it drops. ``timeout`` bounds each exchange, connecting
-    included."""
+    included; ``connect_timeout`` (if shorter) bounds the (re)connecting
+    part, so a request made while the switch is away fails soon instead of
+    waiting out the whole exchange budget."""
 
     def __init__(
         self,
         resolve: Callable[[], str],
         *,
         timeout: float,
+        connect_timeout: float | None = None,
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
     ) -> None:
         self._resolve = resolve
         self._timeout = timeout
+        self._connect_timeout = timeout if connect_timeout is None else min(connect_timeout, timeout)
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._conn: _Connection | None = None
@@ -213,7 +217,7 @@ class OpenFlowChannel:
         return next(self._xids)
 
     async def connect(self) -> None:
-        await self._connection(time.monotonic() + self._timeout)
+        await self._connection(time.monotonic() + self._connect_timeout)
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -282,7 +286,7 @@ class OpenFlowChannel:
         Returns each message's outcome (errors included, not raised)."""
         limit = self._timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        conn = await self._connection(deadline)
+        conn = await self._connection(min(deadline, time.monotonic() + self._connect_timeout))
         if conn.closed is not None:
             raise conn.closed
         loop = asyncio.get_running_loop()

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from os_ken.ofproto import ofproto_parser as any_parser
@@ -39,6 +37,7 @@ from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import ChannelError, OpenFlowChannel, Outcome, Outgoing, Reply
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
+from coordinator.ovs.ofexplain import explain_difference
 from coordinator.ovs.ofwire import (
     FlowKey,
     FlowStatsReader,
@@ -50,17 +49,27 @@ from coordinator.ovs.ofwire import (
     multipart_body,
     with_xid,
 )
-from coordinator.ovs.openflow import OPENFLOW_VERSION, OpenFlowError, SyncResult
-from coordinator.waiting import wait_within
+from coordinator.ovs.openflow import OpenFlowError, SyncResult
 
 ALL_COOKIES = -1
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _MAX_KEPT_REQUESTS = 4096  # encoded flow-stats requests kept by (cookie, mask)
+# Open vSwitch's fragment handling "nx-match" (ovs-ofctl set-frags): the
+# value OpenFlow leaves unused in OFPC_FRAG_MASK (os-ken has no name for it).
+_FRAG_NX_MATCH = 3
 
 
 class BundleError(OpenFlowError):
     """The switch refused the bundle: nothing of it was applied."""
+
+
+@dataclass(frozen=True)
+class SwitchState:
+    """What a cookie holds and, if asked, which meters exist."""
+
+    flows: list[InstalledFlow]
+    meters: set[int] | None  # None: not read
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,10 @@ class ChannelSwitch:
         for i, outcome in enumerate(outcomes):
             if outcome.error is None:
                 continue
-            what = "bundle open" if i == 0 else "bundle commit" if i == len(sent) - 1 else labels[i - 1]
+            if i == 0 or i == len(sent) - 1:
+                what = "bundle open" if i == 0 else "bundle commit"
+            else:
+                what = labels[i - 1] if i <= len(labels) else f"change {i}"
             problems.append(f"{what}: {outcome.error.describe()}")
         if not problems:
             commit = outcomes[-1].replies
@@ -230,6 +242,14 @@ class ChannelSwitch:
     async def dump(self, cookie: int, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
         return await self.installed(cookie, mask)
 
+    async def read(self, cookie: int, mask: int = ALL_COOKIES, *, meters: bool = False) -> SwitchState:
+        """The flows of ``cookie``/``mask`` and, with ``meters``, the meter
+        ids, in one round trip: what ``sync_many`` diffs against (``read=``)."""
+        requests = [self._stats(cookie, mask), *([self._meter_config()] if meters else [])]
+        outcomes = await self._exchange(requests)
+        flows = self._flows_of(outcomes[0], f"reading flows of cookie {cookie:#x}")
+        return SwitchState(flows, self._meters_of(outcomes[1]) if meters else None)
+
     async def meters(self) -> set[int]:
         """The ids of the meters the bridge has."""
         [outcome] = await self._exchange([self._meter_config()])
@@ -244,10 +264,22 @@ class ChannelSwitch:
     # -- changing -------------------------------------------------------------
 
     def encode(self, flows: Iterable[Flow]) -> dict[FlowKey, tuple[Flow, EncodedFlow]]:
+        """The encodings by key, as the switch will hold them: one flow per
+        table, priority and match, the later one winning (as a later add of
+        the same flow replaces an earlier one in an ordered bundle, cookie
+        and instructions included; e.g. two attachments claiming the same
+        address)."""
         wanted: dict[FlowKey, tuple[Flow, EncodedFlow]] = {}
+        holders: dict[tuple[int, int, tuple[bytes, ...]], FlowKey] = {}
         for flow in flows:
             encoded = self._encoder.encode(flow)
-            wanted[encoded.key] = (flow, encoded)
+            key = encoded.key
+            identity = (key.table, key.priority, key.match)
+            earlier = holders.get(identity)
+            if earlier is not None and earlier != key:
+                del wanted[earlier]
+            holders[identity] = key
+            wanted[key] = (flow, encoded)
         return wanted
 
     async def sync(
@@ -258,11 +290,12 @@ class ChannelSwitch:
         installed: Awaitable[list[InstalledFlow]] | None = None,
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
+        read: Awaitable[SwitchState] | None = None,
     ) -> SyncResult:
         """Make the flows with ``cookie`` exactly ``desired`` (see ``sync_many``)."""
         changes = await self.sync_many(
             {cookie: desired}, cookie, ALL_COOKIES, installed=installed,
-            beside_readback=beside_readback, meters=meters,
+            beside_readback=beside_readback, meters=meters, read=read,
         )  # fmt: skip
         change = changes.get(cookie, SyncResult(0, 0, 0))
         return SyncResult(added=change.added, removed=change.removed, total=len(desired))
@@ -276,20 +309,30 @@ class ChannelSwitch:
         installed: Awaitable[list[InstalledFlow]] | None = None,
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
+        read: Awaitable[SwitchState] | None = None,
     ) -> dict[int, SyncResult]:
         """Make every cookie of ``desired`` hold exactly its flows: meters
         set first, then one atomic bundle of only the differences, read
         back and compared. ``cookie``/``mask`` select what to read; flows of
         cookies not in ``desired`` are left alone. ``installed``: the read
-        already started by the caller; ``beside_readback`` runs once the
-        bundle is in, alongside the read-back. Returns the changes by cookie."""
+        already started by the caller, or ``read``: the flows and meters
+        (``read(meters=True)`` when ``meters`` are set) already asked for;
+        ``beside_readback`` runs once the bundle is in, alongside the
+        read-back. Returns the changes by cookie."""
         wanted = self.encode(f for flows in desired.values() for f in flows)
-        reads = [] if installed is not None else [self._stats(cookie, mask)]
-        if meters:
-            reads.append(self._meter_config())
-        outcomes = await self._exchange(reads) if reads else []
-        current = await installed if installed is not None else self._flows_of(outcomes[0], "reading flows")
-        existing = self._meters_of(outcomes[-1]) if meters else set()
+        if read is not None:
+            state = await read
+            current, known = state.flows, state.meters
+            existing = known if known is not None else (await self.meters() if meters else set())
+        else:
+            reads = [] if installed is not None else [self._stats(cookie, mask)]
+            if meters:
+                reads.append(self._meter_config())
+            outcomes = await self._exchange(reads) if reads else []
+            current = (
+                await installed if installed is not None else self._flows_of(outcomes[0], "reading flows")
+            )
+            existing = self._meters_of(outcomes[-1]) if meters else set()
 
         have = {f.key: f for f in current if f.key.cookie in desired}
         removed = [f for key, f in have.items() if key not in wanted]
@@ -345,28 +388,12 @@ class ChannelSwitch:
         )
 
     async def _explain(self, desired: Mapping[int, Sequence[Flow]], cookie: int, mask: int) -> str:
-        """The text diff (``ovs-ofctl diff-flows``) of the switch against the
-        intent, a few lines of it; only ever run on a mismatch."""
-        target = self._explain_target()
         mask_text = "-1" if mask == ALL_COOKIES else f"{_mask(mask):#x}"
         text = render_flows([f for flows in desired.values() for f in flows], self._pipeline)
-        with tempfile.TemporaryDirectory(prefix="bfc-of-") as tmp:
-            intent = Path(tmp, "intent")
-            intent.write_text("".join(f"{line}\n" for line in text))
-            try:
-                dumped = await _ofctl(self._explain_timeout, "dump-flows", "--no-stats", target,
-                                      f"cookie={cookie & _U64:#x}/{mask_text}")  # fmt: skip
-                mine = [
-                    line.strip() for line in dumped.splitlines()
-                    if "actions=" in line and _cookie_of(line) in desired
-                ]  # fmt: skip
-                installed = Path(tmp, "installed")
-                installed.write_text("".join(f"{line}\n" for line in mine))
-                out = await _ofctl(self._explain_timeout, "diff-flows", str(installed), str(intent))
-            except OpenFlowError as exc:
-                return f" (no text diff: {exc})"
-        lines = [line for line in out.splitlines() if line[:1] in "+-"]
-        return (": " + "; ".join(lines[:6])) if lines else " (ovs-ofctl sees no difference)"
+        return await explain_difference(
+            self._explain_target(), f"cookie={cookie & _U64:#x}/{mask_text}", set(desired), text,
+            timeout=self._explain_timeout,
+        )  # fmt: skip
 
     async def replace_many(self, desired: Mapping[int, Sequence[Flow]]) -> None:
         """Every cookie of ``desired`` holds exactly its flows, in one atomic
@@ -390,6 +417,47 @@ class ChannelSwitch:
         ``labels`` name the changes in the error (by position otherwise)."""
         names = list(labels) or [f"change {i + 1}" for i in range(len(bundle) - 2)]
         self._check_bundle(bundle, await self._exchange(bundle), names)
+
+    async def add(self, flows: Sequence[Flow]) -> None:
+        """Add ``flows`` in one atomic bundle, without reading the switch
+        first and without deleting anything."""
+        wanted = self.encode(flows)
+        if not wanted:
+            return
+        bundle = self.prepare_bundle([encoded.add for _, encoded in wanted.values()])
+        labels = [f"add of {_describe_key(key)}" for key in wanted]
+        self._check_bundle(bundle, await self._exchange(bundle), labels)
+
+    async def match_fragments_as_parsed(self) -> None:
+        """Fragment handling ``nx-match`` (what ``ovs-ofctl set-frags`` sets):
+        a first fragment is looked up with its L4 ports, later fragments
+        without. Switch state, not a flow: set again whenever the bridge is
+        (re)programmed. Read back, as a switch may ignore the flags."""
+        flags, miss_send_len = await self._switch_config()
+        setting = parser.OFPSetConfig(DATAPATH, (flags & ~ofp.OFPC_FRAG_MASK) | _FRAG_NX_MATCH, miss_send_len)
+        xid = self._channel.xid()
+        [outcome] = await self._exchange([Outgoing(_serialize(setting, xid), xid)])
+        if outcome.error is not None:
+            raise OpenFlowError(f"setting fragment handling: {outcome.error.describe()}")
+        flags, _ = await self._switch_config()
+        if flags & ofp.OFPC_FRAG_MASK != _FRAG_NX_MATCH:
+            raise OpenFlowError(
+                f"the switch kept fragment handling {flags & ofp.OFPC_FRAG_MASK}, not nx-match"
+            )
+
+    async def _switch_config(self) -> tuple[int, int]:
+        xid = self._channel.xid()
+        request = _serialize(parser.OFPGetConfigRequest(DATAPATH), xid)
+        [outcome] = await self._exchange([Outgoing(request, xid, Reply.ONE)])
+        if outcome.error is not None:
+            raise OpenFlowError(f"reading the switch config: {outcome.error.describe()}")
+        try:
+            reply = _parse(outcome.replies[0])
+            return int(reply.flags), int(reply.miss_send_len)
+        except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
+            raise OpenFlowError(
+                f"reading the switch config: unreadable reply ({type(exc).__name__})"
+            ) from exc
 
     async def delete(self, cookie: int) -> None:
         """Remove every flow of ``cookie``."""
@@ -416,26 +484,3 @@ class ChannelSwitch:
         [outcome] = await self._exchange([Outgoing(_meter_mod(ofp.OFPMC_DELETE, meter_id, None, xid), xid)])
         if outcome.error is not None and not outcome.error.is_meter(ofp.OFPMMFC_UNKNOWN_METER):
             raise OpenFlowError(f"deleting meter {meter_id}: {outcome.error.describe()}")
-
-
-def _cookie_of(line: str) -> int:
-    for word in line.replace(",", " ").split():
-        if word.startswith("cookie="):
-            return int(word[7:], 0)
-    return 0
-
-
-async def _ofctl(timeout: float, *args: str) -> str:
-    proc = await asyncio.create_subprocess_exec(
-        "ovs-ofctl", "-O", OPENFLOW_VERSION, "--no-names", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await wait_within(proc.communicate(), timeout)
-    except asyncio.TimeoutError as exc:
-        proc.kill()
-        await proc.wait()
-        raise OpenFlowError(f"ovs-ofctl {args[0]} timed out") from exc
-    if proc.returncode not in (0, 2):  # diff-flows exits 2 when the flows differ
-        raise OpenFlowError(f"ovs-ofctl {args[0]} failed ({proc.returncode}): {err.decode().strip()[:200]}")
-    return out.decode()

@@ -15,7 +15,7 @@ keeps each field's bytes and the instructions as it encodes them.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -39,13 +39,24 @@ class WireError(ValueError):
 
 @dataclass(frozen=True)
 class FlowKey:
-    """One flow as the switch holds it, independent of match field order."""
+    """One flow as the switch holds it, independent of match field order.
+
+    Hashed once: a sync looks each key up several times (diff both ways,
+    read-back), and a tuple of bytes rehashes its items on every lookup."""
 
     cookie: int
     table: int
     priority: int
     match: tuple[bytes, ...]  # OXM TLVs, sorted
     instructions: bytes
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        fields = (self.cookie, self.table, self.priority, self.match, self.instructions)
+        object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 @dataclass(frozen=True)
@@ -130,12 +141,9 @@ class FlowStatsReader:
             end = at + length
             if length < size + 8 or end > len(body):
                 raise WireError(f"flow stats entry of length {length} at byte {at} does not fit")
-            spelling = (
-                body[at + 2 : at + 3]
-                + body[at + 12 : at + 14]
-                + body[at + 24 : at + 32]
-                + body[at + size : end]
-            )
+            # Length and table; priority, timeouts, flags and cookie; match
+            # and instructions (the durations and counters between change).
+            spelling = body[at : at + 4] + body[at + 12 : at + 32] + body[at + size : end]
             flow = self._seen.get(spelling)
             if flow is None:
                 flow = self._parse(body, at, end)

@@ -108,7 +108,7 @@ class Convergence:
         work = plan(
             await self._ctx.store.list_attachments(),
             facts.ports,
-            facts.flows,
+            facts.flow_counts,
             prepared,
             self._ctx.config.ovs.uplink,
         )

@@ -19,6 +19,7 @@ from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.eswitch.emulated import EmulatedEswitch
 from coordinator.events import EventHub
+from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.openflow import OpenFlowSwitch
 from coordinator.ovs.ovsdb import Ovsdb
 from coordinator.service import AttachmentService, AttachParams
@@ -92,12 +93,13 @@ class Stack:
     store: Store
     backend: EmulatedEswitch
     ovsdb: Ovsdb
-    openflow: OpenFlowSwitch
+    openflow: OpenFlowSwitch  # ovs-ofctl, for the tests' own reading of the bridge
     service: AttachmentService
     events: EventHub
     # The daemon's store thread; ``store`` is the same database, for
     # inspection from the test between operations.
     async_store: AsyncStore
+    switch: ChannelSwitch  # what the daemon programs the bridge through
     guests: list[str] = field(default_factory=list)
 
     async def attach(self, sandbox: str, kind: DeviceKind | None = None) -> AttachmentRecord:
@@ -124,6 +126,7 @@ class Stack:
         await self.close()
 
     async def close(self) -> None:
+        await self.switch.channel.close()
         await self.ovsdb.close()
         self.backend.destroy()
         await self.async_store.close()
@@ -168,7 +171,10 @@ async def build_stack(
     except BaseException:
         backend.destroy()  # its guest namespaces must not outlive a failed start
         raise
-    return Stack(config, ovs, a.store.sync, backend, a.ovsdb, a.openflow, a.service, a.events, a.store)
+    openflow = OpenFlowSwitch(f"unix:{config.ovs.rundir}/{bridge}.mgmt", timeout=config.ovs.timeout_s)
+    return Stack(
+        config, ovs, a.store.sync, backend, a.ovsdb, openflow, a.service, a.events, a.store, a.switch
+    )
 
 
 def probe_tcp(ns: str, host: str, port: int, *, source: str | None = None, timeout: float = 1.0) -> bool:

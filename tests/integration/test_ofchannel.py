@@ -26,6 +26,7 @@ from coordinator.flows.model import Flow, Goto, Meter
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import OpenFlowChannel
+from coordinator.ovs.ofexplain import explain_difference
 from coordinator.ovs.ofsync import BundleError, ChannelSwitch, MeterBand
 from coordinator.ovs.ofwire import FlowKey
 from coordinator.ovs.openflow import SyncResult
@@ -160,6 +161,22 @@ async def test_sync_sends_only_the_differences_and_leaves_other_cookies(
     assert await switch.installed(COOKIE + 1) == []
 
 
+async def test_the_same_flow_under_two_cookies_is_held_once_the_later_winning(
+    ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
+) -> None:
+    # Two attachments claiming one address compile to one anti-spoofing flow
+    # (same table, priority and match) under two cookies: the switch keeps
+    # one flow, the later add's.
+    bridge = bridges()
+    switch = _switch(ovs, bridge, channels)
+    claim = Flow("classify", 3010, (("dl_type", "0x0806"), ("nw_src", "198.51.100.10")), (), COOKIE)
+    later = dataclasses.replace(claim, cookie=COOKIE + 1)
+    changes = await switch.sync_many({COOKIE: [claim], COOKIE + 1: [later]}, COOKIE_OWNER, 0)
+    assert changes == {COOKIE + 1: SyncResult(1, 0, 1)}
+    assert [f.key.cookie for f in await switch.installed(0, 0)] == [COOKIE + 1]
+    assert await switch.sync_many({COOKIE: [claim], COOKIE + 1: [later]}, COOKIE_OWNER, 0) == {}
+
+
 async def test_a_refused_bundle_keeps_the_old_flows_and_names_the_error(
     ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
 ) -> None:
@@ -288,3 +305,39 @@ async def test_an_unanswered_request_times_out(tmp_path: Path) -> None:
             assert not channel.connected  # dropped: a new connection starts clean
         finally:
             await channel.close()
+
+
+async def test_a_request_while_the_switch_is_away_fails_within_the_connect_budget(tmp_path: Path) -> None:
+    # No socket at all (ovs-vswitchd stopped): the request retries connecting
+    # for its connect budget only, not for the whole request timeout.
+    channel = OpenFlowChannel(lambda: str(tmp_path / "absent.mgmt"), timeout=30, connect_timeout=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Exception, match="cannot open OpenFlow channel"):
+            await channel.echo()
+        assert time.monotonic() - started < 10  # the 30 s request budget was not waited out
+    finally:
+        await channel.close()
+
+
+async def test_a_difference_is_explained_in_ovs_ofctls_words(
+    ovs: OvsInstance, bridges: BridgeFactory
+) -> None:
+    bridge = bridges()
+    cookie = COOKIE_OWNER | 7
+    ovs.ofctl("add-flow", bridge, f"cookie={cookie:#x},table=0,priority=5,in_port=1,actions=drop")
+    ovs.ofctl("add-flow", bridge, "cookie=0x1,table=0,priority=5,in_port=2,actions=drop")  # not ours
+    intent = [f"cookie={cookie:#x},table=0,priority=6,in_port=1 actions=drop"]
+    said = await explain_difference(
+        f"unix:{ovs.rundir / f'{bridge}.mgmt'}", f"cookie={cookie:#x}/-1", {cookie}, intent, timeout=10
+    )
+    assert said.startswith(": ")
+    assert "priority=5" in said and "priority=6" in said
+    assert "in_port=2" not in said
+
+
+async def test_an_unexplainable_difference_says_why(ovs: OvsInstance) -> None:
+    said = await explain_difference(
+        f"unix:{ovs.rundir / 'no-such-bridge.mgmt'}", "cookie=0x1/-1", {1}, [], timeout=10
+    )
+    assert said.startswith(" (no text diff: ovs-ofctl dump-flows")

@@ -23,6 +23,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.flows.classes import load_network_classes
+from coordinator.flows.model import Flow, Goto, Meter
 from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Fragment, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS, AttachParams
@@ -189,22 +190,47 @@ async def test_two_guests_are_isolated_unless_policy_allows(stack: Stack) -> Non
         server.wait()
 
 
+async def test_policy_applies_and_meters_go_over_the_channel_without_ovs_ofctl(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _guest(stack)
+    spawned: list[str] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(program: str, *args: Any, **kwargs: Any) -> Any:
+        spawned.append(program)
+        return await spawn(program, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    limited = scope(version=2, egress=WEB, egress_rate_limit={"kbps": 2000, "burst_kb": 100})
+    for policy in (scope(egress=WEB), limited, scope(version=3, egress=WEB)):
+        [applied] = await stack.service.apply_policy("sb-1", policy)
+        assert applied.policy_state is PolicyState.APPLIED
+    assert "ovs-ofctl" not in spawned
+    assert stack.switch.channel.connects == 1  # one connection since the start
+
+
 async def test_failed_bundle_keeps_the_previous_policy(stack: Stack) -> None:
     ns = await _guest(stack)
     await stack.service.apply_policy("sb-1", scope(egress=WEB))
     record = stack.store.list_attachments()[0]
     before = await stack.openflow.dump(cookie_for_slot(record.slot))
-    # Make the switch refuse the next bundle: the target bridge disappears
-    # from under the adapter.
-    real_target = stack.openflow._target
-    stack.openflow._target = real_target + ".missing"
+    # Make the switch refuse the next bundle: one more add in it, of a flow
+    # policed by a meter the bridge does not have.
+    unmetered = Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800")),
+                     (Meter(999), Goto("egress_spoof")), cookie_for_slot(record.slot))  # fmt: skip
+    refused_add = stack.switch.encoder.encode(unmetered).add
+    prepare_bundle = stack.switch.prepare_bundle
+    stack.switch.prepare_bundle = lambda changes: prepare_bundle([*changes, refused_add])  # type: ignore[method-assign]
     try:
         [degraded] = await stack.service.apply_policy(
             "sb-1", scope(egress=[allow("all", cidrs=["0.0.0.0/0"])])
         )
     finally:
-        stack.openflow._target = real_target
+        del stack.switch.prepare_bundle
     assert degraded.policy_state is PolicyState.DEGRADED
+    [event] = [e for e in stack.store.events_since(0) if e.reason == "ApplyFailed"][-1:]
+    assert "bundle refused, old flows kept" in event.message and "OFPMMFC_INVALID_METER" in event.message
     assert sorted(await stack.openflow.dump(cookie_for_slot(record.slot))) == sorted(before)
     assert probe_tcp(ns, SERVER_V4, 443) and not probe_tcp(ns, SERVER_V4, 80)
     assert stack.store.policy("sb-1") is not None and stack.store.policy("sb-1")[0] == 0  # type: ignore[index]
@@ -383,7 +409,7 @@ async def test_a_stored_policy_that_no_longer_reads_fails_closed(stack: Stack) -
     # Its flows are exactly the deny-all class's: nothing to change.
     deny_all = load_network_classes()[DENY_ALL_CLASS]
     desired = stack.service.dataplane.desired_flows(second, second.ofport, deny_all)
-    unchanged = await stack.openflow.sync(cookie_for_slot(second.slot), desired)
+    unchanged = await stack.switch.sync(cookie_for_slot(second.slot), desired)
     assert (unchanged.added, unchanged.removed) == (0, 0) and unchanged.total == len(desired)
     ns = stack.configure_guest(second, f"{GUEST_V4}/24")
     assert not probe_tcp(ns, SERVER_V4, 443)

@@ -87,11 +87,12 @@ async def test_hosts_that_never_reconcile_after_a_restart(
                               extra={"reconcile": {"reconcile_mode": mode}})  # fmt: skip
     record = await stack.attach("quiet")
     assert await stack.service.expire_unreconciled() == []  # heard from: it attached
+    await stack.switch.channel.close()
     await stack.ovsdb.close()
     await stack.async_store.close()
     again = await build(stack.config, stack.backend)  # a restart of the daemon
-    restarted = Stack(stack.config, ovs, again.store.sync, stack.backend, again.ovsdb, again.openflow,
-                      again.service, again.events, again.store)  # fmt: skip
+    restarted = Stack(stack.config, ovs, again.store.sync, stack.backend, again.ovsdb, stack.openflow,
+                      again.service, again.events, again.store, again.switch)  # fmt: skip
     try:
         assert await again.service.expire_unreconciled() == [record.attachment_id]
         events = [e for e in await again.store.events_since(0) if e.attachment_id == record.attachment_id]

@@ -10,8 +10,10 @@ import asyncio
 from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
+from os_ken.ofproto.ofproto_v1_3 import OFPFC_ADD
 
 from coordinator.attachment_identity import cookie_for_slot
 from coordinator.callers import Caller, Role
@@ -19,6 +21,7 @@ from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.event_kinds import Event, EventKind
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
+from coordinator.ovs.ofwire import flow_mod_key
 from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS
@@ -81,12 +84,12 @@ async def test_stale_deny_all_cuts_with_two_drops_each_then_holds_exactly_deny_a
         records = await _applied(stack)
         ns = [stack.guest_ns(r) for r in records]
         assert all(probe_tcp(n, SERVER_V4, WEB) for n in ns)
-        bundles: list[list[str]] = []
-        bundle = stack.openflow.bundle
+        bundles: list[list[bytes]] = []  # the flow-mods of each bundle sent
+        prepare_bundle = stack.switch.prepare_bundle
 
-        async def recorded_bundle(lines: Sequence[str]) -> None:
-            bundles.append(list(lines))
-            await bundle(lines)
+        def recorded_bundle(changes: Sequence[bytes]) -> Any:
+            bundles.append(list(changes))
+            return prepare_bundle(changes)
 
         seen: dict[str, object] = {}
         cut_zones = stack.service.dataplane.cut_zones
@@ -98,13 +101,14 @@ async def test_stale_deny_all_cuts_with_two_drops_each_then_holds_exactly_deny_a
             seen["probes"] = [await asyncio.to_thread(probe_tcp, n, SERVER_V4, WEB) for n in ns]
             return await cut_zones(cut)
 
-        stack.openflow.bundle = recorded_bundle  # type: ignore[method-assign]
+        stack.switch.prepare_bundle = recorded_bundle  # type: ignore[method-assign]
         stack.service.dataplane.cut_zones = between_record_and_replace  # type: ignore[method-assign]
         assert await stack.service.mark_stale(deny=True) == len(records)
 
         # The cut: one bundle of two added drops per attachment, nothing deleted.
         assert len(bundles[0]) == 2 * len(records)
-        assert all(line.startswith("flow add ") and "actions=drop" in line for line in bundles[0])
+        # An add (OFPFC_ADD, the flow-mod's command byte) with no instructions: a drop.
+        assert all(mod[25] == OFPFC_ADD and flow_mod_key(mod).instructions == b"" for mod in bundles[0])
         assert seen["states"] == [PolicyState.STALE] * len(records)
         assert seen["probes"] == [False] * len(records)
         flows_then = seen["flows"]

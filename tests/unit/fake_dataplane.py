@@ -1,9 +1,9 @@
 """A recording stand-in for the switch and the eswitch (``DataplanePort``).
 
 It keeps what a real switch would hold — a flow table per cookie (the
-flows the real compiler renders), ports with their ``external_ids`` and
-OpenFlow numbers, meters, zone limits, prepared devices — records every
-call, and can be told to fail at any of its steps. The service's unit
+real compiler's flows, rendered as text to read in assertions), ports with
+their ``external_ids`` and OpenFlow numbers, meters, zone limits, prepared
+devices — records every call, and can be told to fail at any of its steps. The service's unit
 tests drive attach, detach, rollback, convergence and policy changes
 through it in milliseconds; what the real switch does with the flows is
 the integration tests' job.
@@ -28,6 +28,7 @@ from coordinator.flows.compiler import (
     cookie_for_slot,
     cut_flows,
 )
+from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.port_keys import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY, SANDBOX_KEY
@@ -125,8 +126,8 @@ class FakeDataplane:
     async def facts(self) -> WorldFacts:
         self._step("facts")
         ports = {name: dict(ids) for name, ids in self.ports.items()}
-        flows = {cookie: tuple(f) for cookie, f in self.tables.items() if f}
-        return WorldFacts(ports, flows, dict(self.ofports), tuple(self.prepared.values()))
+        counts = {cookie: len(f) for cookie, f in self.tables.items() if f}
+        return WorldFacts(ports, counts, dict(self.ofports), tuple(self.prepared.values()))
 
     async def switch_intact(self, ports_in_use: Mapping[str, int]) -> str | None:
         self._step("switch_intact")
@@ -144,9 +145,12 @@ class FakeDataplane:
     async def eswitch_health(self) -> list[HealthFact]:
         return []
 
-    async def sync_all(self, desired: Mapping[int, Sequence[str]]) -> Mapping[int, Change]:
+    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> Mapping[int, Change]:
         self._step("sync_all", f"{len(desired)} cookies")
-        changes = {cookie: self._replace(cookie, flows) for cookie, flows in desired.items()}
+        changes = {
+            cookie: self._replace(cookie, render_flows(flows, self.pipeline))
+            for cookie, flows in desired.items()
+        }
         return {cookie: change for cookie, change in changes.items() if change is not None}
 
     async def set_zone_limits(self, slots: Sequence[int]) -> None:
@@ -197,8 +201,12 @@ class FakeDataplane:
             self.zone_limits.add(record.slot)
         return self.ofports[representor]
 
-    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[str]:
-        return render_flows(attachment_flows(self.pipeline, self._port(record, ofport), scope), self.pipeline)
+    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[Flow]:
+        return attachment_flows(self.pipeline, self._port(record, ofport), scope)
+
+    def rendered(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[str]:
+        """``desired_flows`` as the tables hold them."""
+        return render_flows(self.desired_flows(record, ofport, scope), self.pipeline)
 
     async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> Change:
         self._step("enforce", record.attachment_id)
@@ -213,7 +221,7 @@ class FakeDataplane:
     def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> Change:
         if scope.egress_rate_limit is not None:
             self.meters.add(record.slot)
-        flows = self.desired_flows(record, ofport, scope)
+        flows = self.rendered(record, ofport, scope)
         change = self._replace(cookie_for_slot(record.slot), flows)
         if scope.egress_rate_limit is None:
             self.meters.discard(record.slot)
@@ -254,7 +262,7 @@ class FakeDataplane:
     async def settle_cut(self, records: Sequence[AttachmentRecord], deny_all: Scope) -> None:
         self._step("settle_cut", f"{len(records)} attachments")
         for record in records:
-            self._replace(cookie_for_slot(record.slot), self.desired_flows(record, record.ofport, deny_all))
+            self._replace(cookie_for_slot(record.slot), self.rendered(record, record.ofport, deny_all))
 
     async def cut_zones(self, records: Sequence[AttachmentRecord]) -> str:
         self._step("cut_zones", f"{len(records)} attachments")

@@ -78,7 +78,7 @@ SERVICE_FORBIDDEN = (
 )
 # The switch's adapters are built by the composition root (and the dev tools)
 # only; everything else is handed them.
-BUILT_ONLY_BY_ROOT = ("Dataplane", "OpenFlowSwitch", "Ovsdb")
+BUILT_ONLY_BY_ROOT = ("Dataplane", "OpenFlowSwitch", "OpenFlowChannel", "ChannelSwitch", "Ovsdb")
 ROOT = ("daemon.py", "dev/")
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 import struct
 
 import pytest
+import yaml
 from os_ken.ofproto import ofproto_common
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows, bridge_flows, cut_flows
+from coordinator.flows.dry_run import EXAMPLE_PORT
 from coordinator.flows.model import Conjunction, Drop, Flow, Goto, Meter, Output
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.ovs.ofchannel import _hello_offers_13
@@ -22,6 +25,8 @@ from coordinator.ovs.ofwire import (
     flow_stats,
     split_oxm,
 )
+from coordinator.policy.validate import scope_from_mapping
+from tests.golden.regen import policies
 
 PIPELINE = load_pipeline()
 NXM1 = 0x0001
@@ -98,6 +103,21 @@ def test_encodings_are_kept_per_flow_value_and_the_cache_is_bounded() -> None:
     encoder.encode(b)
     encoder.encode(c)
     assert len(encoder) <= 2
+
+
+def test_flow_mods_laid_out_from_pieces_are_os_kens_byte_for_byte() -> None:
+    flows = [*bridge_flows(PIPELINE, BridgeFacts(uplink_ofport=1)), *cut_flows(PIPELINE, EXAMPLE_PORT)]
+    for policy in policies():
+        scope = scope_from_mapping(yaml.safe_load(policy.read_text()))
+        flows += attachment_flows(PIPELINE, EXAMPLE_PORT, scope)
+        # A second attachment: its pieces partly come from the first's.
+        flows += attachment_flows(PIPELINE, PortFacts(ofport=9, mac="02:00:00:00:00:09", slot=5), scope)
+    encoder = FlowEncoder(PIPELINE)
+    for flow in flows:
+        encoded = encoder.encode(flow)
+        reference = encode_flow_add(flow, PIPELINE)
+        assert (encoded.add, encoded.key) == (reference, flow_mod_key(reference)), flow
+    assert len(flows) > 300  # the golden policies were found
 
 
 def test_keys_do_not_depend_on_match_field_order() -> None:

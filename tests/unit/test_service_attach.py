@@ -27,7 +27,7 @@ async def test_attach_plugs_the_device_and_installs_the_class_then_detach_remove
         record = await h.attach("sb-1")
         assert (record.state, record.policy_state) == (AttachmentState.BOUND, PolicyState.BASELINE)
         sw = h.switch
-        assert sw.flows_of(record) == sw.desired_flows(record, record.ofport, CLASSES["dpu-ovs-isolated"])
+        assert sw.flows_of(record) == sw.rendered(record, record.ofport, CLASSES["dpu-ovs-isolated"])
         assert (
             sw.ports[record.device.representor]["bluefield-coordinator-attachment-id"] == record.attachment_id
         )
@@ -46,7 +46,7 @@ async def test_attach_replays_a_request_and_installs_the_last_good_policy(tmp_pa
         params = AttachParams("sb-1", "hi-1", "req-second", None, "", "BASELINE")
         second = await h.service.attach(HOST, params)
         assert (second.policy_state, second.policy_version) == (PolicyState.APPLIED, 3)
-        assert h.switch.flows_of(second) == h.switch.desired_flows(second, second.ofport, scope(3))
+        assert h.switch.flows_of(second) == h.switch.rendered(second, second.ofport, scope(3))
 
 
 @pytest.mark.parametrize("point", ATTACH_POINTS)
@@ -124,7 +124,7 @@ async def test_wait_initial_installs_deny_all_first_then_the_gateway_policy(tmp_
         while "sb-1" not in stream.registered:
             await asyncio.sleep(0)
         (closed,) = h.store.list_attachments()
-        assert h.switch.flows_of(closed) == h.switch.desired_flows(closed, 1, CLASSES[DENY_ALL_CLASS])
+        assert h.switch.flows_of(closed) == h.switch.rendered(closed, 1, CLASSES[DENY_ALL_CLASS])
         h.service.book.offer("sb-1", scope(5))
         record = await attaching
         assert (record.policy_state, record.policy_version) == (PolicyState.APPLIED, 5)

@@ -74,7 +74,7 @@ async def test_flows_that_drifted_are_repaired_at_start_with_an_event(tmp_path: 
         record = await h.attach("sb-1")
         h.switch.tables[cookie_for_slot(record.slot)].pop()
         report = await h.service.reconverge("start")
-        assert h.switch.flows_of(record) == h.switch.desired_flows(record, record.ofport, ISOLATED)
+        assert h.switch.flows_of(record) == h.switch.rendered(record, record.ofport, ISOLATED)
         assert report.corrections == 1 and h.reasons("DpuDriftCorrected") == ["FlowsRepaired"]
 
 
@@ -86,7 +86,7 @@ async def test_a_port_that_moved_is_noticed_and_its_flows_follow(tmp_path: Path)
         await h.service.reconverge("ovs-restart")
         moved = h.current(record)
         assert moved.ofport == 77
-        assert h.switch.flows_of(moved) == h.switch.desired_flows(moved, 77, ISOLATED)
+        assert h.switch.flows_of(moved) == h.switch.rendered(moved, 77, ISOLATED)
 
 
 async def test_a_missing_port_and_device_are_restored(tmp_path: Path) -> None:

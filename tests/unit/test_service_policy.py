@@ -24,7 +24,7 @@ STALE_DENIES = {"policy": {"on_stale": "deny-all"}}
 
 def _enforces(h: Harness, record: AttachmentRecord, expected: object) -> bool:
     current = h.current(record)
-    return h.switch.flows_of(current) == h.switch.desired_flows(current, current.ofport, expected)  # type: ignore[arg-type]
+    return h.switch.flows_of(current) == h.switch.rendered(current, current.ofport, expected)  # type: ignore[arg-type]
 
 
 async def test_apply_installs_the_policy_records_it_and_stores_it_as_last_good(tmp_path: Path) -> None:
