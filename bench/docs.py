@@ -25,6 +25,7 @@ table below, writes `bench/results/latest.json` and rewrites this page.
     .venv/bin/python -m bench --no-ovn           # without the OVN comparison
     .venv/bin/python -m bench --render bench/results/latest.json --no-docs   # re-print a saved run
     .venv/bin/python -m bench.profile            # where the time of one policy apply goes
+    .venv/bin/python -m bench.profile_attach     # where the time of one Attach (and Detach) goes
 
 The bench measures the control path; the only packets it sends are the
 scale case's TCP SYNs from the uplink namespace into the attachments'
