@@ -93,6 +93,11 @@ class Store:
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
+        if self._db.in_transaction:
+            # Called inside another method's transaction: part of it, commits
+            # (or rolls back) with it.
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -291,6 +296,30 @@ class Store:
                 ),
             )
         return record
+
+    def mark_bound_under(
+        self,
+        attachment_id: str,
+        scope: Scope,
+        *,
+        ofport: int,
+        policy_state: PolicyState,
+        representor: str = "",
+    ) -> AttachmentRecord:
+        """``scope`` becomes the sandbox's last good policy and the attachment
+        BOUND under it, in one transaction (one fsync instead of two): both
+        follow the same verified install, and a crash before the commit
+        leaves the attachment ATTACHING, which is rolled back either way."""
+        record = self._require(self._db, attachment_id)
+        with self._txn():
+            self.save_policy(record.sandbox_id, scope)
+            return self.mark_bound(
+                attachment_id,
+                ofport=ofport,
+                policy_state=policy_state,
+                policy_version=scope.version,
+                representor=representor,
+            )
 
     def mark_detaching(self, attachment_id: str) -> AttachmentRecord:
         with self._txn() as db:

@@ -60,6 +60,7 @@ class AsyncStore:
     list_attachments = _on_store_thread(Store.list_attachments)
     count = _on_store_thread(Store.count)
     mark_bound = _on_store_thread(Store.mark_bound)
+    mark_bound_under = _on_store_thread(Store.mark_bound_under)
     mark_detaching = _on_store_thread(Store.mark_detaching)
     delete_attachment = _on_store_thread(Store.delete_attachment)
     take_over = _on_store_thread(Store.take_over)
