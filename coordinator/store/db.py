@@ -47,6 +47,14 @@ __all__ = [
 EVERYONE = "*"
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
+    # write lock is taken before any read a decision depends on.
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    return db
+
+
 class Store:
     def __init__(
         self, path: Path, *, event_log_size: int = 10000, clock: Callable[[], float] = time.time
@@ -55,15 +63,22 @@ class Store:
         self._event_log_size = event_log_size
         self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
-        # write lock is taken before any read a decision depends on.
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
+        self._db = _connect(path)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._check_integrity()
         self._migrate()
+
+    def reader(self) -> Store:
+        """A second connection to the same database, for reads only, to be
+        used on another thread: in WAL mode it reads the last commit while
+        a write (and its fsync) is under way on this one."""
+        twin = Store.__new__(Store)
+        twin._path, twin._event_log_size, twin._clock = self._path, self._event_log_size, self._clock
+        twin._db = _connect(self._path)
+        twin._db.execute("PRAGMA query_only=ON")
+        return twin
 
     def close(self) -> None:
         self._db.close()
