@@ -57,6 +57,8 @@ class _PortChange:
 
     what: str  # for errors: "adding port X to BR"
     commands: Callable[[Any], list[Any]]  # the ovsdbapp commands, built from the API
+    added: str = ""  # an interface whose OpenFlow number is read right after the commit
+    interface: tuple[int | None, str] | None = None  # what that read found (number, error)
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -146,17 +148,23 @@ class Ovsdb:
         # Watched before the transaction: a number assigned right after it
         # commits is not missed.
         with self._watch(name) as changed:
-            await self._change_ports(_PortChange(f"adding port {name} to {bridge}", commands))
-            return await self._wait_ofport(name, changed)
+            change = _PortChange(f"adding port {name} to {bridge}", commands, added=name)
+            await self._change_ports(change)
+            return await self._wait_ofport(name, changed, change.interface)
 
-    async def _wait_ofport(self, name: str, changed: asyncio.Event) -> int:
+    async def _wait_ofport(
+        self, name: str, changed: asyncio.Event, first: tuple[int | None, str] | None
+    ) -> int:
         # A missing netdev is not an error to OVSDB: the row exists with
         # ofport -1 and the reason in `error`. Report that instead.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while True:
             changed.clear()
-            ofport, error = await self._run(self._read_interface, name)
+            # Usually the number is there when the commit returns (read on
+            # the worker right after it): no further round trip.
+            ofport, error = first if first is not None else await self._run(self._read_interface, name)
+            first = None
             if ofport is not None:
                 return ofport
             remaining = deadline - loop.time()
@@ -233,17 +241,21 @@ class Ovsdb:
         its own, so one bad change fails only its own caller."""
         try:
             self._commit([c for change in batch for c in change.commands(self._api)])
-            return [None] * len(batch)
+            errors: list[OvsdbError | None] = [None] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
                 return [OvsdbError(f"{batch[0].what}: {exc}")]
-        errors: list[OvsdbError | None] = []
-        for change in batch:
-            try:
-                self._commit(change.commands(self._api))
-                errors.append(None)
-            except Exception as exc:
-                errors.append(OvsdbError(f"{change.what}: {exc}"))
+            errors = []
+            for change in batch:
+                try:
+                    self._commit(change.commands(self._api))
+                    errors.append(None)
+                except Exception as exc:
+                    errors.append(OvsdbError(f"{change.what}: {exc}"))
+        for change, error in zip(batch, errors, strict=True):
+            if change.added and error is None:
+                with contextlib.suppress(OvsdbError):  # the caller reads it again
+                    change.interface = self._read_interface(change.added)
         return errors
 
     def _commit(self, commands: list[Any]) -> None:
