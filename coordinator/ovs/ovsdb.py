@@ -5,8 +5,8 @@ dedicated thread so the asyncio loop never blocks on the switch and
 transactions are never interleaved. ovsdbapp commits one transaction at a
 time and waits for the server's reply before the next, so port additions
 and removals asked for while one is committing are merged into the next
-transaction: concurrent attaches share one round trip instead of queueing
-behind each other. Waiting for a new port's OpenFlow number happens on the
+transaction (taken by the worker when it gets to them): concurrent
+attaches share one round trip instead of queueing behind each other. Waiting for a new port's OpenFlow number happens on the
 loop (woken by the IDL's change notifications), never on the worker thread.
 """
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ovsdbapp.backend.ovs_idl import connection
@@ -59,7 +60,8 @@ class _PortChange:
     commands: Callable[[Any], list[Any]]  # the ovsdbapp commands, built from the API
     added: str = ""  # an interface whose OpenFlow number is read right after the commit
     interface: tuple[int | None, str] | None = None  # what that read found (number, error)
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    committed: bool = False
+    error: OvsdbError | None = None
 
 
 class Ovsdb:
@@ -71,8 +73,10 @@ class Ovsdb:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Interface name -> the events of those waiting for its row to change.
         self._watched: dict[str, set[asyncio.Event]] = {}
+        # Port changes not yet taken by the worker: appended on the loop,
+        # taken on the worker thread.
         self._pending: list[_PortChange] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._pending_lock = threading.Lock()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -97,9 +101,6 @@ class Ovsdb:
         self._api = api_class(conn)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            await asyncio.gather(self._committer, return_exceptions=True)
-
         def stop() -> None:
             if self._api is not None:
                 self._api.ovsdb_connection.stop()
@@ -208,33 +209,27 @@ class Ovsdb:
 
     async def _change_ports(self, change: _PortChange) -> None:
         """Commit ``change`` in the next transaction, with the others asked
-        for meanwhile; raises OvsdbError if it failed."""
-        self._pending.append(change)
-        if self._committer is None:
-            self._committer = asyncio.ensure_future(self._commit_pending())
-        await change.done
+        for meanwhile; raises OvsdbError if it failed. Each caller queues a
+        job on the worker; the first job to run commits every change
+        pending by then, so the later ones find theirs done (one hand-over
+        between loop and worker per caller, as for any other call)."""
+        with self._pending_lock:
+            self._pending.append(change)
+        await self._run(self._commit_pending)
+        if not change.committed:  # pragma: no cover - the worker takes every pending change
+            raise OvsdbError(f"{change.what}: not committed")
+        if change.error is not None:
+            raise change.error
 
-    async def _commit_pending(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    errors = await self._run(self._commit_batch, batch)
-                except asyncio.CancelledError:
-                    for change in [*batch, *self._pending]:
-                        change.done.cancel()
-                    raise
-                except Exception as exc:  # the worker is gone (closing)
-                    errors = [OvsdbError(f"{change.what}: {exc}") for change in batch]
-                for change, error in zip(batch, errors, strict=True):
-                    if change.done.done():  # its caller gave up waiting
-                        continue
-                    if error is None:
-                        change.done.set_result(None)
-                    else:
-                        change.done.set_exception(error)
-        finally:
-            self._committer = None
+    def _commit_pending(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if not batch:  # an earlier job committed this caller's change
+            return
+        errors = self._commit_batch(batch)
+        for change, error in zip(batch, errors, strict=True):
+            change.error = error
+            change.committed = True
 
     def _commit_batch(self, batch: list[_PortChange]) -> list[OvsdbError | None]:
         """One transaction for the whole batch; if it fails, each change on

@@ -4,8 +4,9 @@ transaction, and one bad request among them fails only its own caller."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -16,6 +17,7 @@ from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 pytestmark = pytest.mark.ovs
 
 PORTS = 3
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -36,6 +38,18 @@ async def ovsdb(ovs_session: OvsInstance) -> AsyncIterator[tuple[Ovsdb, str, lis
             netns.run_in_netns(ovs_session.netns, ["ip", "link", "del", name], check=False)
 
 
+async def _while_worker_busy(db: Ovsdb, *calls: Awaitable[T]) -> list[T | BaseException]:
+    """Ask for ``calls`` while the OVSDB worker is busy with something else,
+    as when they arrive during another caller's commit."""
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(db._run(busy.wait))
+    asking = asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    busy.set()
+    await blocker
+    return await asking
+
+
 def _count_transactions(db: Ovsdb, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     sizes: list[int] = []
     real = db._commit
@@ -53,13 +67,13 @@ async def test_concurrent_port_changes_share_one_transaction(
 ) -> None:
     db, bridge, names = ovsdb
     transactions = _count_transactions(db, monkeypatch)
-    ofports = await asyncio.gather(*(db.ensure_port(bridge, n, {"test": n}) for n in names))
-    assert len(set(ofports)) == PORTS and all(p > 0 for p in ofports)
+    ofports = await _while_worker_busy(db, *(db.ensure_port(bridge, n, {"test": n}) for n in names))
+    assert len(set(ofports)) == PORTS and all(isinstance(p, int) and p > 0 for p in ofports), ofports
     assert len(transactions) == 1
     assert {n: p for n, p in (await db.interface_ofports()).items() if n in names} == dict(
         zip(names, ofports, strict=True)
     )
-    await asyncio.gather(*(db.delete_port(bridge, n) for n in names))
+    await _while_worker_busy(db, *(db.delete_port(bridge, n) for n in names))
     assert len(transactions) == 2
     assert not set(names) & set(await db.interface_ofports())
 
@@ -70,11 +84,11 @@ async def test_a_bad_change_fails_only_its_own_caller(
     db, bridge, names = ovsdb
     missing_bridge = netns.unique_name("br-none")
     transactions = _count_transactions(db, monkeypatch)
-    outcomes = await asyncio.gather(
+    outcomes = await _while_worker_busy(
+        db,
         db.ensure_port(bridge, names[0], {}),
         db.ensure_port(missing_bridge, names[1], {}),
         db.ensure_port(bridge, names[2], {}),
-        return_exceptions=True,
     )
     good = [outcomes[0], outcomes[2]]
     assert all(isinstance(p, int) and p > 0 for p in good), outcomes
