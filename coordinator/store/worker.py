@@ -69,6 +69,12 @@ class AsyncStore:
         """Run ``fn`` (reads of ``reads`` only) on the reader's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
 
+    async def answers(self) -> None:
+        """Returns once both threads have taken a call (liveness: a write
+        stuck in its fsync is noticed although reads still answer)."""
+        await self.read(lambda: None)
+        await self.run(lambda: None)
+
     async def close(self) -> None:
         """Finish the calls already made, then close the database."""
         await self.read(self.reads.close)

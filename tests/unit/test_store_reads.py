@@ -5,6 +5,7 @@ they were asked; writes stay one after another."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,3 +79,17 @@ async def test_a_read_sees_every_write_made_before_it(store: AsyncStore) -> None
 async def test_the_reader_cannot_write(store: AsyncStore) -> None:
     with pytest.raises(Exception, match="readonly"):
         await store.read(lambda: store.reads.record_event("a", "s", "", DRIFT))
+
+
+async def test_liveness_notices_a_write_stuck_in_its_commit(store: AsyncStore) -> None:
+    await asyncio.wait_for(store.answers(), 5)
+    stuck = threading.Event()
+    store.sync._db.set_trace_callback(lambda sql: stuck.wait() if sql.strip().upper() == "COMMIT" else None)
+    writing = asyncio.ensure_future(store.create_attachment(_new(1), mac_for=_mac, max_attachments=10))
+    await asyncio.sleep(0.05)
+    assert await store.get("att-0") is None  # reads still answer
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(store.answers(), 0.3)
+    stuck.set()
+    await writing
+    store.sync._db.set_trace_callback(None)
