@@ -220,8 +220,12 @@ Per attach + detach cycle, on the emulated eswitch:
 | `ovs-ofctl` / `ovs-appctl` processes | 8.9 / 3.4 | unchanged: the OpenFlow channel and unixctl take them off the path |
 
 With 8 concurrent port additions on a private OVS the OVSDB part takes
-31-42 ms instead of 69-86 ms (8 removals: 70-75 ms instead of 102-109 ms);
-one alone costs what it did (~7 ms, the server's own work). What is left
+~34 ms instead of 73-91 ms; one alone costs what it did (~7 ms), and
+removals (~12 ms each, also in one transaction) are the server's own
+work. On the loaded 2-core machine the attach case moved within its
+noise (BASELINE p50 47 vs 49 ms, WAIT_INITIAL 71 vs 76 ms, 15.5 vs 13.9
+attaches/s with 8 clients, one interleaved pair of runs): the
+`ovs-ofctl`/`ovs-appctl` processes are still ~80% of an Attach. What is left
 of an Attach is the switch's: one OVSDB transaction, the OpenFlow flows,
 the zone limit beside the port, two commits, and on the emulated eswitch
 the two `ip` processes of prepare.
