@@ -103,7 +103,7 @@ def instrument(steps: StepTimes) -> None:
         steps.wrap_async(OpenFlowSwitch, method, f"openflow.{method}")
     for method in ("set_zone_limit", "flush_zone", "delete_zone_limit"):
         steps.wrap_async(ConntrackControl, method, f"conntrack.{method}")
-    for method in ("create_attachment", "mark_bound", "mark_bound_under", "mark_detaching",
+    for method in ("create_attachment", "mark_bound", "mark_detaching",
                    "delete_attachment", "save_policy", "find_by_request", "get", "fence", "policy",
                    "list_attachments"):  # fmt: skip
         if hasattr(AsyncStore, method):  # (an older tree may lack one: the tool compares trees)

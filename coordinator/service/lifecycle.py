@@ -144,8 +144,13 @@ class Lifecycle:
         faults.reached("attach.flows_installed")
         # The gateway's policy becomes the sandbox's last good one in the
         # same commit that marks the attachment BOUND.
-        return await ctx.store.mark_bound_under(
-            record.attachment_id, scope, ofport=ofport, policy_state=PolicyState.APPLIED, representor=rep
+        return await ctx.store.mark_bound(
+            record.attachment_id,
+            ofport=ofport,
+            policy_state=PolicyState.APPLIED,
+            policy_version=scope.version,
+            representor=rep,
+            last_good=scope,
         )
 
     async def install(self, record: AttachmentRecord) -> AttachmentRecord:

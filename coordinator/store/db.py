@@ -47,14 +47,6 @@ __all__ = [
 EVERYONE = "*"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
-    # write lock is taken before any read a decision depends on.
-    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    return db
-
-
 class Store:
     def __init__(
         self, path: Path, *, event_log_size: int = 10000, clock: Callable[[], float] = time.time
@@ -63,22 +55,15 @@ class Store:
         self._event_log_size = event_log_size
         self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = _connect(path)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
+        # write lock is taken before any read a decision depends on.
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._check_integrity()
         self._migrate()
-
-    def reader(self) -> Store:
-        """A second connection to the same database, for reads only, to be
-        used on another thread: in WAL mode it reads the last commit while
-        a write (and its fsync) is under way on this one."""
-        twin = Store.__new__(Store)
-        twin._path, twin._event_log_size, twin._clock = self._path, self._event_log_size, self._clock
-        twin._db = _connect(self._path)
-        twin._db.execute("PRAGMA query_only=ON")
-        return twin
 
     def close(self) -> None:
         self._db.close()
@@ -289,7 +274,10 @@ class Store:
         policy_state: PolicyState,
         policy_version: int,
         representor: str = "",
+        last_good: Scope | None = None,
     ) -> AttachmentRecord:
+        """``last_good``: also the sandbox's new last good policy, in the same
+        commit (one fsync; a crash before it leaves the attachment ATTACHING)."""
         now = self._clock()
         with self._txn() as db:
             db.execute(
@@ -298,43 +286,11 @@ class Store:
                 (ofport, policy_state.value, policy_version, now, now, representor, attachment_id),
             )
             record = self._require(db, attachment_id)
-            self._append_event(
-                db,
-                attachment_id,
-                record.sandbox_id,
-                record.owner,
-                Event(
-                    EventKind.ATTACHMENT_BOUND,
-                    True,
-                    "Bound",
-                    f"representor {record.device.representor} on ofport {ofport}",
-                ),
-            )
+            if last_good is not None:
+                self.save_policy(record.sandbox_id, last_good)
+            where = f"representor {record.device.representor} on ofport {ofport}"
+            self.append_event(record, Event(EventKind.ATTACHMENT_BOUND, True, "Bound", where))
         return record
-
-    def mark_bound_under(
-        self,
-        attachment_id: str,
-        scope: Scope,
-        *,
-        ofport: int,
-        policy_state: PolicyState,
-        representor: str = "",
-    ) -> AttachmentRecord:
-        """``scope`` becomes the sandbox's last good policy and the attachment
-        BOUND under it, in one transaction (one fsync instead of two): both
-        follow the same verified install, and a crash before the commit
-        leaves the attachment ATTACHING, which is rolled back either way."""
-        record = self._require(self._db, attachment_id)
-        with self._txn():
-            self.save_policy(record.sandbox_id, scope)
-            return self.mark_bound(
-                attachment_id,
-                ofport=ofport,
-                policy_state=policy_state,
-                policy_version=scope.version,
-                representor=representor,
-            )
 
     def mark_detaching(self, attachment_id: str) -> AttachmentRecord:
         with self._txn() as db:
@@ -354,13 +310,7 @@ class Store:
             db.execute(
                 "UPDATE lease_fences SET detached_at = ? WHERE attachment_id = ?", (now, attachment_id)
             )
-            self._append_event(
-                db,
-                attachment_id,
-                record.sandbox_id,
-                record.owner,
-                Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor),
-            )
+            self.append_event(record, Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor))
 
     def take_over(self, attachment_id: str, host_instance_id: str) -> AttachmentRecord:
         """A new host instance takes the attachment over: the lease generation

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from coordinator.store.db import Store
+from coordinator.store.reader import ReadOnlyStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,7 +58,7 @@ def _on_reader_thread(
 class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
-        self.reads = store.reader()
+        self.reads: Store = ReadOnlyStore(store)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
@@ -90,7 +91,6 @@ class AsyncStore:
     list_attachments = _on_reader_thread(Store.list_attachments)
     count = _on_reader_thread(Store.count)
     mark_bound = _on_store_thread(Store.mark_bound)
-    mark_bound_under = _on_store_thread(Store.mark_bound_under)
     mark_detaching = _on_store_thread(Store.mark_detaching)
     delete_attachment = _on_store_thread(Store.delete_attachment)
     take_over = _on_store_thread(Store.take_over)

@@ -169,7 +169,13 @@ def test_bound_under_a_policy_is_one_commit(store: Store) -> None:
     scope = POLICY
     a = store.create_attachment(_new(1), mac_for=_macs, max_attachments=10)
     commits = _commits(store)
-    bound = store.mark_bound_under(a.attachment_id, scope, ofport=4, policy_state=PolicyState.APPLIED)
+    bound = store.mark_bound(
+        a.attachment_id,
+        ofport=4,
+        policy_state=PolicyState.APPLIED,
+        policy_version=scope.version,
+        last_good=scope,
+    )
     assert len(commits) == 1
     assert (bound.state, bound.ofport, bound.policy_version) == (AttachmentState.BOUND, 4, scope.version)
     saved = store.policy("sb-1")
@@ -186,7 +192,9 @@ def test_a_failed_bind_keeps_neither_the_policy_nor_the_state(
 
     monkeypatch.setattr(store, "_append_event", fail)
     with pytest.raises(sqlite3.OperationalError):
-        store.mark_bound_under(a.attachment_id, POLICY, ofport=4, policy_state=PolicyState.APPLIED)
+        store.mark_bound(
+            a.attachment_id, ofport=4, policy_state=PolicyState.APPLIED, policy_version=7, last_good=POLICY
+        )
     monkeypatch.undo()
     assert store.policy("sb-1") is None
     again = store.get(a.attachment_id)
