@@ -402,6 +402,7 @@ def _liveness(
         # Being called at all proves the event loop runs; then the store and
         # OVSDB must answer. OVS down past the watchdog means a restart,
         # which reconverges everything.
+        await adapters.store.answers()
         states = Counter(r.state for r in await adapters.store.list_attachments())
         await adapters.ovsdb.bridge_facts(config.ovs.bridge)
         gateway = "off" if stream is None else "up" if stream.status.connected else "down"

@@ -169,15 +169,26 @@ class Dataplane:
         before any flow lets traffic in (a limit does not count connections
         that already exist when it is set; ``zone_limit=False``: the caller
         sets it). Returns the OpenFlow port."""
-        try:
-            ofport = await self._ovsdb.ensure_port(self._bridge, representor, self.port_ids(record))
-            if zone_limit:
-                await self.conntrack.set_zone_limit(
-                    zone_of_slot(record.slot), self._config.limits.conntrack_per_attachment
-                )
-        except (OvsdbError, ConntrackError) as exc:
-            raise Unavailable(f"attaching {record.device.device_id}: {exc}") from exc
+        steps = [self._ovsdb.ensure_port(self._bridge, representor, self.port_ids(record))]
+        if zone_limit:
+            # Independent of the port: set while OVS adds it (both before any flow).
+            limit = self._config.limits.conntrack_per_attachment
+            steps.append(self._set_zone_limit(zone_of_slot(record.slot), limit))
+        # Both finish before a failure is reported: a rollback that follows
+        # must not race a zone limit still being set.
+        outcomes = await asyncio.gather(*steps, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, OvsdbError | ConntrackError):
+                raise Unavailable(f"attaching {record.device.device_id}: {outcome}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        ofport = outcomes[0]
+        assert isinstance(ofport, int)
         return ofport
+
+    async def _set_zone_limit(self, zone: int, limit: int) -> int:
+        await self.conntrack.set_zone_limit(zone, limit)
+        return limit
 
     def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[Flow]:
         return attachment_flows(self._pipeline, self._port(record, ofport), scope)

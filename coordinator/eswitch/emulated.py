@@ -25,15 +25,38 @@ IP_TIMEOUT_S = 10.0
 NETNS_DIR = Path("/run/netns")
 
 
-def _ip(ns: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _ip(
+    ns: str, *args: str, check: bool = True, batch: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``batch``: commands for ``ip -batch -``, one a line (one process for several)."""
     argv = ["ip", *(["-n", ns] if ns else []), *args]
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False)
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=IP_TIMEOUT_S, check=False, input=batch
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EswitchError(f"{' '.join(argv)}: {exc}") from exc
     if check and result.returncode != 0:
         raise EswitchError(f"{' '.join(argv)}: {result.stderr.strip()}")
     return result
+
+
+def _all_succeed(calls: list[tuple[str, list[str]]]) -> bool:
+    """Run ``ip -n NS ARGS...`` for every call at the same time; True if every one succeeded."""
+    procs = []
+    try:
+        for ns, args in calls:
+            argv = ["ip", *(["-n", ns] if ns else []), *args]
+            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        codes = [proc.wait(timeout=IP_TIMEOUT_S) for proc in procs]
+        return all(code == 0 for code in codes)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _netns_exists(name: str) -> bool:
@@ -81,9 +104,15 @@ class EmulatedEswitch:
         return list(self._slots)
 
     def prepare(self, slot: EswitchDevice, mac: str) -> str:
-        self._ensure_pair(slot)
         guest = self.guest_netns(slot)
-        _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up")
+        function = ["link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up"]
+        # Usually the pair exists: both ends set up at once (two ip processes
+        # side by side); only if either fails is the pair (re)made first.
+        representor = ["link", "set", "dev", slot.representor, "up"]
+        if _netns_exists(guest) and _all_succeed([(self._switch_ns, representor), (guest, function)]):
+            return slot.representor
+        self._ensure_pair(slot)
+        _ip(guest, *function)
         return slot.representor
 
     def release(self, slot: EswitchDevice) -> None:
@@ -93,12 +122,21 @@ class EmulatedEswitch:
                 _ip(self._switch_ns, "link", "del", "dev", slot.representor)
             if _netns_exists(guest):
                 _ip("", "netns", "del", guest)
-        elif _netns_exists(guest) and self._has_link(guest, FUNCTION_IFNAME):
+        elif _netns_exists(guest):
             # A VF outlives its attachment: clear what the guest configured
-            # so the next tenant starts clean.
-            _ip(guest, "address", "flush", "dev", FUNCTION_IFNAME)
-            _ip(guest, "neigh", "flush", "dev", FUNCTION_IFNAME)
-            _ip(guest, "link", "set", "dev", FUNCTION_IFNAME, "down")
+            # so the next tenant starts clean. One ip process for the three
+            # steps (-force: each is tried); a failure matters only if the
+            # function exists (a missing one has nothing to clear).
+            steps = (
+                f"address flush dev {FUNCTION_IFNAME}\n"
+                f"neigh flush dev {FUNCTION_IFNAME}\n"
+                f"link set dev {FUNCTION_IFNAME} down\n"
+            )
+            cleared = _ip(guest, "-force", "-batch", "-", check=False, batch=steps)
+            if cleared.returncode != 0 and self._has_link(guest, FUNCTION_IFNAME):
+                raise EswitchError(
+                    f"ip -n {guest} -batch (clearing {FUNCTION_IFNAME}): {cleared.stderr.strip()}"
+                )
 
     def prepared(self) -> list[PreparedDevice]:
         """From one listing of the switch side: an SF is prepared when its

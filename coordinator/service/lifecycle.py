@@ -142,13 +142,15 @@ class Lifecycle:
             ) from exc
         await self._enforce(record, ofport, scope)
         faults.reached("attach.flows_installed")
-        await ctx.save_last_good(record.sandbox_id, scope)
+        # The gateway's policy becomes the sandbox's last good one in the
+        # same commit that marks the attachment BOUND.
         return await ctx.store.mark_bound(
             record.attachment_id,
             ofport=ofport,
             policy_state=PolicyState.APPLIED,
             policy_version=scope.version,
             representor=rep,
+            last_good=scope,
         )
 
     async def install(self, record: AttachmentRecord) -> AttachmentRecord:

@@ -93,6 +93,11 @@ class Store:
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
+        if self._db.in_transaction:
+            # Called inside another method's transaction: part of it, commits
+            # (or rolls back) with it.
+            yield self._db
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
@@ -269,7 +274,10 @@ class Store:
         policy_state: PolicyState,
         policy_version: int,
         representor: str = "",
+        last_good: Scope | None = None,
     ) -> AttachmentRecord:
+        """``last_good``: also the sandbox's new last good policy, in the same
+        commit (one fsync; a crash before it leaves the attachment ATTACHING)."""
         now = self._clock()
         with self._txn() as db:
             db.execute(
@@ -278,18 +286,10 @@ class Store:
                 (ofport, policy_state.value, policy_version, now, now, representor, attachment_id),
             )
             record = self._require(db, attachment_id)
-            self._append_event(
-                db,
-                attachment_id,
-                record.sandbox_id,
-                record.owner,
-                Event(
-                    EventKind.ATTACHMENT_BOUND,
-                    True,
-                    "Bound",
-                    f"representor {record.device.representor} on ofport {ofport}",
-                ),
-            )
+            if last_good is not None:
+                self.save_policy(record.sandbox_id, last_good)
+            where = f"representor {record.device.representor} on ofport {ofport}"
+            self.append_event(record, Event(EventKind.ATTACHMENT_BOUND, True, "Bound", where))
         return record
 
     def mark_detaching(self, attachment_id: str) -> AttachmentRecord:
@@ -310,13 +310,7 @@ class Store:
             db.execute(
                 "UPDATE lease_fences SET detached_at = ? WHERE attachment_id = ?", (now, attachment_id)
             )
-            self._append_event(
-                db,
-                attachment_id,
-                record.sandbox_id,
-                record.owner,
-                Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor),
-            )
+            self.append_event(record, Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor))
 
     def take_over(self, attachment_id: str, host_instance_id: str) -> AttachmentRecord:
         """A new host instance takes the attachment over: the lease generation

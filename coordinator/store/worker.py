@@ -1,12 +1,16 @@
-"""The store behind one worker thread, for the daemon's event loop.
+"""The store behind two worker threads, for the daemon's event loop.
 
 With synchronous=FULL every commit waits for an fsync; called on the loop,
 that wait would stall every RPC, the switch watch and the policy stream.
-``AsyncStore`` has the ``Store``'s methods as coroutines and runs each on a
-single dedicated thread, so the loop never waits on the disk and store
-calls stay strictly one after another, in the order they were made (the
-same discipline as the OVSDB adapter). Transactions never interleave: each
-method is one call on that thread.
+``AsyncStore`` has the ``Store``'s methods as coroutines. Every method that
+writes runs on a single dedicated thread, so writes stay strictly one after
+another, in the order they were made (the same discipline as the OVSDB
+adapter), and transactions never interleave: each method is one call on
+that thread. Plain reads run on a second thread with a read-only
+connection of their own: in WAL mode they see every commit made before
+they were asked, without waiting behind another caller's fsync. The
+idempotency lookup of Attach stays in the writers' order, so a request
+asked twice at once sees the first one's claim.
 
 Code not on the daemon's loop (tests, offline tools) may keep using the
 ``Store`` directly through ``sync``.
@@ -21,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from coordinator.store.db import Store
+from coordinator.store.reader import ReadOnlyStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,42 +43,68 @@ def _on_store_thread(
     return call
 
 
+def _on_reader_thread(
+    method: Callable[Concatenate[Store, P], R],
+) -> Callable[Concatenate[AsyncStore, P], Coroutine[Any, Any, R]]:
+    """``Store.method`` (a read) as a coroutine that runs it on the reader's thread."""
+
+    async def call(self: AsyncStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.read(functools.partial(method, self.reads, *args, **kwargs))
+
+    functools.update_wrapper(call, method)
+    return call
+
+
 class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
+        self.reads: Store = ReadOnlyStore(store)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
     async def run(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` on the store's thread, after every call made before it."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    async def read(self, fn: Callable[[], R]) -> R:
+        """Run ``fn`` (reads of ``reads`` only) on the reader's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    async def answers(self) -> None:
+        """Returns once both threads have taken a call (liveness: a write
+        stuck in its fsync is noticed although reads still answer)."""
+        await self.read(lambda: None)
+        await self.run(lambda: None)
+
     async def close(self) -> None:
         """Finish the calls already made, then close the database."""
+        await self.read(self.reads.close)
+        self._reader.shutdown(wait=True)
         await self.run(self.sync.close)
         self._executor.shutdown(wait=True)
 
     sync_devices = _on_store_thread(Store.sync_devices)
-    pool_stats = _on_store_thread(Store.pool_stats)
+    pool_stats = _on_reader_thread(Store.pool_stats)
     create_attachment = _on_store_thread(Store.create_attachment)
-    get = _on_store_thread(Store.get)
+    get = _on_reader_thread(Store.get)
     find_by_request = _on_store_thread(Store.find_by_request)
-    list_attachments = _on_store_thread(Store.list_attachments)
-    count = _on_store_thread(Store.count)
+    list_attachments = _on_reader_thread(Store.list_attachments)
+    count = _on_reader_thread(Store.count)
     mark_bound = _on_store_thread(Store.mark_bound)
     mark_detaching = _on_store_thread(Store.mark_detaching)
     delete_attachment = _on_store_thread(Store.delete_attachment)
     take_over = _on_store_thread(Store.take_over)
     record_event = _on_store_thread(Store.record_event)
-    fence = _on_store_thread(Store.fence)
+    fence = _on_reader_thread(Store.fence)
     save_policy = _on_store_thread(Store.save_policy)
-    policy = _on_store_thread(Store.policy)
-    policy_version = _on_store_thread(Store.policy_version)
+    policy = _on_reader_thread(Store.policy)
+    policy_version = _on_reader_thread(Store.policy_version)
     delete_policy = _on_store_thread(Store.delete_policy)
     set_policy_status = _on_store_thread(Store.set_policy_status)
     set_policy_statuses = _on_store_thread(Store.set_policy_statuses)
     append_event = _on_store_thread(Store.append_event)
     append_coordinator_event = _on_store_thread(Store.append_coordinator_event)
-    last_coordinator_event = _on_store_thread(Store.last_coordinator_event)
-    events_since = _on_store_thread(Store.events_since)
-    last_event_seq = _on_store_thread(Store.last_event_seq)
-    oldest_event_seq = _on_store_thread(Store.oldest_event_seq)
+    last_coordinator_event = _on_reader_thread(Store.last_coordinator_event)
+    events_since = _on_reader_thread(Store.events_since)
+    last_event_seq = _on_reader_thread(Store.last_event_seq)
+    oldest_event_seq = _on_reader_thread(Store.oldest_event_seq)

@@ -7,6 +7,7 @@ import pytest
 
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
+from coordinator.policy.scope import Scope
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store, StoreError
 from coordinator.store.records import AttachmentState, NewAttachment, PolicyState
 from coordinator.store.schema import MIGRATIONS
@@ -153,3 +154,50 @@ def test_the_representor_a_device_got_is_remembered(store: Store) -> None:
     )
     assert bound.device.representor == "en3f0pf0sf1000"
     assert store.list_attachments()[0].device.representor == "en3f0pf0sf1000"
+
+
+POLICY = Scope(version=7, allow_dhcp=True)
+
+
+def _commits(store: Store) -> list[str]:
+    seen: list[str] = []
+    store._db.set_trace_callback(lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    return seen
+
+
+def test_bound_under_a_policy_is_one_commit(store: Store) -> None:
+    scope = POLICY
+    a = store.create_attachment(_new(1), mac_for=_macs, max_attachments=10)
+    commits = _commits(store)
+    bound = store.mark_bound(
+        a.attachment_id,
+        ofport=4,
+        policy_state=PolicyState.APPLIED,
+        policy_version=scope.version,
+        last_good=scope,
+    )
+    assert len(commits) == 1
+    assert (bound.state, bound.ofport, bound.policy_version) == (AttachmentState.BOUND, 4, scope.version)
+    saved = store.policy("sb-1")
+    assert saved is not None and saved.version == scope.version
+
+
+def test_a_failed_bind_keeps_neither_the_policy_nor_the_state(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = store.create_attachment(_new(1), mac_for=_macs, max_attachments=10)
+
+    def fail(*args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_append_event", fail)
+    with pytest.raises(sqlite3.OperationalError):
+        store.mark_bound(
+            a.attachment_id, ofport=4, policy_state=PolicyState.APPLIED, policy_version=7, last_good=POLICY
+        )
+    monkeypatch.undo()
+    assert store.policy("sb-1") is None
+    again = store.get(a.attachment_id)
+    assert again is not None and again.state is AttachmentState.ATTACHING
+    # The store is usable afterwards (the transaction was closed).
+    store.mark_bound(a.attachment_id, ofport=4, policy_state=PolicyState.BASELINE, policy_version=0)

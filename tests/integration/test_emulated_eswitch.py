@@ -1,0 +1,77 @@
+"""The emulated eswitch's prepare and release: a prepared VF's function is
+up with its MAC; a released one is down with nothing the guest configured
+left on it; both work again after the pair vanished."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from coordinator.config import EmulatedConfig
+from coordinator.dev import netns
+from coordinator.eswitch.emulated import FUNCTION_IFNAME, EmulatedEswitch
+from tests.conftest import NetnsFactory
+
+pytestmark = pytest.mark.ovs
+
+MAC = "02:00:00:00:00:07"
+GUEST_ADDRESS = "198.51.100.7/24"
+NEIGHBOUR = "198.51.100.8"
+
+
+@pytest.fixture
+def switch_ns(netns_factory: NetnsFactory) -> str:
+    return netns_factory("es-")
+
+
+@pytest.fixture
+def eswitch(switch_ns: str) -> Iterator[EmulatedEswitch]:
+    config = EmulatedConfig(
+        vfs=1, sfs=0, switch_netns=switch_ns, guest_netns_prefix=netns.unique_name("eg", 8) + "-"
+    )
+    backend = EmulatedEswitch(config)
+    try:
+        yield backend
+    finally:
+        backend.destroy()
+
+
+def _function(backend: EmulatedEswitch) -> dict[str, object]:
+    guest = backend.guest_netns(backend.inventory()[0])
+    shown = subprocess.run(["ip", "-n", guest, "-j", "addr", "show", "dev", FUNCTION_IFNAME],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    (link,) = json.loads(shown.stdout)
+    neigh = subprocess.run(["ip", "-n", guest, "-j", "neigh", "show", "dev", FUNCTION_IFNAME],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    return {
+        "up": "UP" in link["flags"],
+        "mac": link["address"],
+        "addresses": [a["local"] for a in link["addr_info"]],
+        "neighbours": [n["dst"] for n in json.loads(neigh.stdout or "[]")],
+    }
+
+
+def test_prepare_then_release_leaves_the_function_clean(eswitch: EmulatedEswitch) -> None:
+    (vf,) = eswitch.inventory()
+    guest = eswitch.guest_netns(vf)
+    assert eswitch.prepare(vf, MAC) == vf.representor
+    assert _function(eswitch)["up"] and _function(eswitch)["mac"] == MAC
+    # What a guest would configure.
+    netns.run_in_netns(guest, ["ip", "addr", "add", GUEST_ADDRESS, "dev", FUNCTION_IFNAME])
+    netns.run_in_netns(guest, ["ip", "neigh", "add", NEIGHBOUR, "lladdr", "02:00:00:00:00:08",
+                               "dev", FUNCTION_IFNAME])  # fmt: skip
+    assert _function(eswitch)["addresses"] and _function(eswitch)["neighbours"]
+    eswitch.release(vf)
+    assert _function(eswitch) == {"up": False, "mac": MAC, "addresses": [], "neighbours": []}
+
+
+def test_release_and_prepare_after_the_pair_vanished(eswitch: EmulatedEswitch, switch_ns: str) -> None:
+    (vf,) = eswitch.inventory()
+    eswitch.prepare(vf, MAC)
+    netns.run_in_netns(switch_ns, ["ip", "link", "del", vf.representor])
+    eswitch.release(vf)  # nothing to clear: not an error
+    assert eswitch.prepare(vf, MAC) == vf.representor  # the pair is made again
+    assert _function(eswitch)["up"] and _function(eswitch)["mac"] == MAC

@@ -1,0 +1,99 @@
+"""Port additions and removals asked for together share one OVSDB
+transaction, and one bad request among them fails only its own caller."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+import pytest
+
+from coordinator.dev import netns
+from coordinator.dev.ovs_instance import OvsInstance
+from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
+
+pytestmark = pytest.mark.ovs
+
+PORTS = 3
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def ovsdb(ovs_session: OvsInstance) -> AsyncIterator[tuple[Ovsdb, str, list[str]]]:
+    bridge = netns.unique_name("br-od")
+    names = [netns.unique_name("od") for _ in range(PORTS)]
+    for name in names:
+        netns.run_in_netns(ovs_session.netns, ["ip", "link", "add", name, "type", "veth"])
+    db = Ovsdb(ovs_session.db_remote, timeout=10)
+    try:
+        await db.connect()
+        await db.ensure_bridge(bridge, "netdev")
+        yield db, bridge, names
+    finally:
+        await db.close()
+        ovs_session.vsctl("--if-exists", "del-br", bridge)
+        for name in names:
+            netns.run_in_netns(ovs_session.netns, ["ip", "link", "del", name], check=False)
+
+
+async def _while_worker_busy(db: Ovsdb, *calls: Awaitable[T]) -> list[T | BaseException]:
+    """Ask for ``calls`` while the OVSDB worker is busy with something else,
+    as when they arrive during another caller's commit."""
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(db._run(busy.wait))
+    asking = asyncio.gather(*calls, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    busy.set()
+    await blocker
+    return await asking
+
+
+def _count_transactions(db: Ovsdb, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    real = db._commit
+
+    def counted(commands: list[Any]) -> None:
+        sizes.append(len(commands))
+        real(commands)
+
+    monkeypatch.setattr(db, "_commit", counted)
+    return sizes
+
+
+async def test_concurrent_port_changes_share_one_transaction(
+    ovsdb: tuple[Ovsdb, str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, bridge, names = ovsdb
+    transactions = _count_transactions(db, monkeypatch)
+    ofports = await _while_worker_busy(db, *(db.ensure_port(bridge, n, {"test": n}) for n in names))
+    assert len(set(ofports)) == PORTS and all(isinstance(p, int) and p > 0 for p in ofports), ofports
+    assert len(transactions) == 1
+    assert {n: p for n, p in (await db.interface_ofports()).items() if n in names} == dict(
+        zip(names, ofports, strict=True)
+    )
+    await _while_worker_busy(db, *(db.delete_port(bridge, n) for n in names))
+    assert len(transactions) == 2
+    assert not set(names) & set(await db.interface_ofports())
+
+
+async def test_a_bad_change_fails_only_its_own_caller(
+    ovsdb: tuple[Ovsdb, str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db, bridge, names = ovsdb
+    missing_bridge = netns.unique_name("br-none")
+    transactions = _count_transactions(db, monkeypatch)
+    outcomes = await _while_worker_busy(
+        db,
+        db.ensure_port(bridge, names[0], {}),
+        db.ensure_port(missing_bridge, names[1], {}),
+        db.ensure_port(bridge, names[2], {}),
+    )
+    good = [outcomes[0], outcomes[2]]
+    assert all(isinstance(p, int) and p > 0 for p in good), outcomes
+    assert isinstance(outcomes[1], OvsdbError)
+    assert f"adding port {names[1]} to {missing_bridge}" in str(outcomes[1])
+    # The merged transaction failed as a whole, then each change went alone.
+    assert len(transactions) == 1 + 3
+    assert names[1] not in await db.interface_ofports()

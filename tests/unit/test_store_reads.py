@@ -1,0 +1,95 @@
+"""The store's reads do not wait behind another caller's commit (they run
+on a connection and thread of their own) yet see every write made before
+they were asked; writes stay one after another."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.eswitch.base import DeviceKind, EswitchDevice
+from coordinator.event_kinds import Event, EventKind
+from coordinator.store.db import Store
+from coordinator.store.records import AttachmentState, NewAttachment
+from coordinator.store.worker import AsyncStore
+
+SLOW_COMMIT_S = 0.5
+DRIFT = Event(EventKind.ATTACHMENT_DRIFT, False, "Test", "test")
+
+
+def _new(n: int) -> NewAttachment:
+    return NewAttachment(
+        f"att-{n}", "host-a", f"req-{n}", f"sb-{n}", "hi-1", DeviceKind.VF, "dpu-ovs-isolated"
+    )
+
+
+def _mac(slot: EswitchDevice) -> str:
+    return f"02:00:00:00:00:{slot.number:02x}"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    sync = Store(tmp_path / "state.db")
+    sync.sync_devices([EswitchDevice(DeviceKind.VF, 0, 0, i, f"pf0vf{i}") for i in range(3)])
+    wrapped = AsyncStore(sync)
+    try:
+        yield wrapped
+    finally:
+        await wrapped.close()
+
+
+async def test_a_read_does_not_wait_for_another_callers_commit(store: AsyncStore) -> None:
+    first = await store.create_attachment(_new(1), mac_for=_mac, max_attachments=10)
+
+    def slow_commit(statement: str) -> None:
+        if statement.strip().upper() == "COMMIT":
+            time.sleep(SLOW_COMMIT_S)
+
+    store.sync._db.set_trace_callback(slow_commit)
+    writing = asyncio.ensure_future(store.create_attachment(_new(2), mac_for=_mac, max_attachments=10))
+    await asyncio.sleep(0.05)  # the write is committing now
+    reading = asyncio.ensure_future(store.get(first.attachment_id))
+    done, _ = await asyncio.wait({writing, reading}, return_when=asyncio.FIRST_COMPLETED)
+    assert done == {reading}
+    found = reading.result()
+    assert found is not None and found.attachment_id == first.attachment_id
+    await writing
+    store.sync._db.set_trace_callback(None)
+
+
+async def test_a_read_sees_every_write_made_before_it(store: AsyncStore) -> None:
+    record = await store.create_attachment(_new(1), mac_for=_mac, max_attachments=10)
+    seen = await store.get(record.attachment_id)
+    assert seen is not None and seen.state is AttachmentState.ATTACHING
+    await store.mark_detaching(record.attachment_id)
+    seen = await store.get(record.attachment_id)
+    assert seen is not None and seen.state is AttachmentState.DETACHING
+    await store.delete_attachment(record.attachment_id, reason="Detached", message="test")
+    assert await store.get(record.attachment_id) is None
+    assert [a.attachment_id for a in await store.list_attachments()] == []
+    fence = await store.fence(record.attachment_id)
+    assert fence is not None and fence.detached_at is not None
+
+
+async def test_the_reader_cannot_write(store: AsyncStore) -> None:
+    with pytest.raises(Exception, match="readonly"):
+        await store.read(lambda: store.reads.record_event("a", "s", "", DRIFT))
+
+
+async def test_liveness_notices_a_write_stuck_in_its_commit(store: AsyncStore) -> None:
+    await asyncio.wait_for(store.answers(), 5)
+    stuck = threading.Event()
+    store.sync._db.set_trace_callback(lambda sql: stuck.wait() if sql.strip().upper() == "COMMIT" else None)
+    writing = asyncio.ensure_future(store.create_attachment(_new(1), mac_for=_mac, max_attachments=10))
+    await asyncio.sleep(0.05)
+    assert await store.get("att-0") is None  # reads still answer
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(store.answers(), 0.3)
+    stuck.set()
+    await writing
+    store.sync._db.set_trace_callback(None)
