@@ -118,15 +118,19 @@ def flow_stats(body: bytes) -> list[InstalledFlow]:
     return FlowStatsReader().read(body)
 
 
+SPELLINGS_KEPT = 16_384
+
+
 class FlowStatsReader:
     """Reads flow-stats bodies, remembering each flow's parse by its raw
     bytes (table, priority, cookie, match and instructions; not the
     counters): the switch spells a flow the same way every time, so a
     read-back of mostly unchanged flows costs a slice and a lookup per flow
-    instead of splitting and sorting its match. Bounded: past ``limit``
-    spellings it starts over."""
+    instead of splitting and sorting its match. Bounded like the encoder's
+    memo (``ofencode.ENCODINGS_KEPT``): past ``limit`` spellings it starts
+    over, and a read of more flows than that parses the rest again."""
 
-    def __init__(self, *, limit: int = 200_000) -> None:
+    def __init__(self, *, limit: int = SPELLINGS_KEPT) -> None:
         self._limit = limit
         self._seen: dict[bytes, InstalledFlow] = {}
 

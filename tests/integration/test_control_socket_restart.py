@@ -65,7 +65,7 @@ def _dataplane(ovs: OvsInstance, tmp_path: Path, configured_ctl: str) -> Datapla
     )  # fmt: skip
     # Only the conntrack side of the dataplane is used here.
     unused: Any = None
-    return Dataplane(config=config, backend=unused, ovsdb=unused, openflow=unused, pipeline=unused)
+    return Dataplane(config=config, backend=unused, ovsdb=unused, switch=unused, pipeline=unused)
 
 
 # "": found in the rundir; a bare name: found through its pidfile in the rundir, as ovs-appctl
