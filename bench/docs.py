@@ -192,12 +192,17 @@ then one write of the bundle, its barrier and the read-back; the diff and
 the comparison are set operations on byte keys hashed once. New flows are
 laid out from memoised pieces (each match field and actions tuple encoded
 by os-ken once): ~13 us a flow instead of ~100 us, which is what a
-re-program of tens of thousands of flows pays. What the profile
-(`bench.profile`, 100 and 1,000 rules) shows is left on the apply path is
-not the switch: the conntrack dump that revokes connections
-(`ovs-appctl`, ~11 ms per apply), the store's writes of the policy, and at
-1,000 rules the compile (~54 ms of a one-rule change; encode lookups
-~1 ms, the diff ~0.2 ms).
+re-program of tens of thousands of flows pays. The conntrack dump that
+revokes connections went from an `ovs-appctl` process (~5-6 ms) to one
+kept control connection (0.3 ms for an empty zone, 0.6 ms for 100
+entries; `python -m bench.unixctl_dump`), and a one-rule change
+re-validates and re-encodes only the changed rule for the store (see
+below). The table above is the first full run with all of that: a
+one-rule change went from 24.9 to 7.2 ms at 100 rules and from 88 to 22.5
+ms at 1,000, still 17x and 59x the channel floor. What the profile showed
+left before those last changes was not the switch: the store's writes of
+the policy and, at 1,000 rules, the compile of every rule's flows (the
+flows of unchanged rules are compiled again, from remembered terms).
 """
 
 
@@ -281,11 +286,13 @@ With 8 concurrent port additions on a private OVS the OVSDB part takes
 removals (~12 ms each, also in one transaction) are the server's own
 work. On the loaded 2-core machine the attach case moved within its
 noise (BASELINE p50 47 vs 49 ms, WAIT_INITIAL 71 vs 76 ms, 15.5 vs 13.9
-attaches/s with 8 clients, one interleaved pair of runs): the
-`ovs-ofctl`/`ovs-appctl` processes are still ~80% of an Attach. What is left
-of an Attach is the switch's: one OVSDB transaction, the OpenFlow flows,
-the zone limit beside the port, two commits, and on the emulated eswitch
-the two `ip` processes of prepare.
+attaches/s with 8 clients, one interleaved pair of runs), because the
+`ovs-ofctl`/`ovs-appctl` processes were still ~80% of an Attach. With
+those gone too (the table above), BASELINE is 17.1 ms, WAIT_INITIAL 19.3
+ms and 8 clients reach 36 attaches/s. What is left of an Attach is the
+switch's: one OVSDB transaction, the OpenFlow flows, the zone limit beside
+the port, two commits, and on the emulated eswitch the two `ip` processes
+of prepare.
 """
 
 
