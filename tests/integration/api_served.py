@@ -24,7 +24,7 @@ from coordinator.api.server import SERVICE_NAME, start_server
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.callers import Caller, Role
 from coordinator.certs import DevPki, issue_client_cert
-from coordinator.config import AuthConfig, LogsConfig, ServerConfig
+from coordinator.config import AuthConfig, Config, LogsConfig, ServerConfig
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.metrics import Metrics
 from coordinator.security_events import start_security_events
@@ -87,12 +87,12 @@ def _channel(target: str, pki: DevPki, cert: Path, key: Path) -> grpc.aio.Channe
     return grpc.aio.secure_channel(target, credentials)
 
 
-@asynccontextmanager
-async def serve(tmp: Path, ovs: OvsInstance, pki: DevPki, bridge: str, uplink: str) -> AsyncIterator[Served]:
-    stack = await build_stack(tmp, ovs, bridge, uplink)
-    log = tmp / "security-events.jsonl"
-    config = dataclasses.replace(
-        stack.config,
+def served_config(config: Config, pki: DevPki, log: Path) -> Config:
+    """``config`` serving mTLS on a free port of 127.0.0.1 with the dev
+    PKI's server certificate, its admin and host identities in their roles,
+    and security events written to ``log``."""
+    return dataclasses.replace(
+        config,
         server=ServerConfig(
             listen="127.0.0.1:0",
             cert=str(pki.server_cert),
@@ -102,6 +102,13 @@ async def serve(tmp: Path, ovs: OvsInstance, pki: DevPki, bridge: str, uplink: s
         auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity,)),
         logs=LogsConfig(security_events_path=str(log)),
     )
+
+
+@asynccontextmanager
+async def serve(tmp: Path, ovs: OvsInstance, pki: DevPki, bridge: str, uplink: str) -> AsyncIterator[Served]:
+    stack = await build_stack(tmp, ovs, bridge, uplink)
+    log = tmp / "security-events.jsonl"
+    config = served_config(stack.config, pki, log)
     security = start_security_events(config, stack.async_store, stack.events)
     servicer = CoordinatorServicer(
         stack.service, stack.async_store, stack.events, RoleMap(config.auth), "emulated"

@@ -6,7 +6,6 @@ typed client and by examples/host_extension.py."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import json
 import sys
@@ -33,10 +32,10 @@ from coordinator.api.servicer import CoordinatorServicer
 from coordinator.callers import Caller, Role
 from coordinator.certs import DevPki, init_dev_pki, issue_client_cert
 from coordinator.client import CoordinatorClient, RetryPolicy, TlsFiles
-from coordinator.config import AuthConfig, LogsConfig, ServerConfig
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.security_events import SecurityEvents, start_security_events
+from tests.integration.api_served import served_config
 from tests.integration.stack import Stack, Uplink, build_stack
 
 pytestmark = pytest.mark.ovs
@@ -91,17 +90,7 @@ class Served:
 async def served(tmp_path: Path, ovs: OvsInstance, uplink: Uplink, pki: DevPki) -> AsyncIterator[Served]:
     stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink")
     log = tmp_path / "security-events.jsonl"
-    config = dataclasses.replace(
-        stack.config,
-        server=ServerConfig(
-            listen="127.0.0.1:0",
-            cert=str(pki.server_cert),
-            key=str(pki.server_key),
-            client_ca=str(pki.ca_cert),
-        ),
-        auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity,)),
-        logs=LogsConfig(security_events_path=str(log)),
-    )
+    config = served_config(stack.config, pki, log)
     # The same wiring as daemon.run_daemon.
     security: SecurityEvents = start_security_events(config, stack.async_store, stack.events)
     servicer = CoordinatorServicer(
