@@ -8,7 +8,8 @@ compared, and a difference starts the sync over from a fresh read. An entry
 belongs to one connection of the channel (a new connection means the switch
 may have restarted and lost its flows) and is dropped whenever a change
 through this switch touches its cookie other than by a verified sync.
-Bounded in flows, the least recently used cookies going first.
+Bounded in flows and in cookies (a deleted cookie is remembered empty),
+the least recently used cookies going first.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class KnownFlows:
             return
         self._by_cookie[cookie] = (connection, held)
         self._flows += len(held)
-        while self._flows > self._limit:
+        while self._flows > self._limit or len(self._by_cookie) > self._limit:
             _, (_, dropped) = self._by_cookie.popitem(last=False)
             self._flows -= len(dropped)
 

@@ -205,11 +205,11 @@ class ChannelSwitch:
 
     # -- what the last verified sync left ------------------------------------
 
-    def known(self, cookie: int) -> SwitchState | None:
-        """What ``cookie`` held when its last sync was verified (see
-        ``ofknown``), to pass to ``sync`` instead of a read; None if unknown."""
-        found = self._known.get(cookie, self._channel.connects)
-        return None if found is None else SwitchState(list(found.values()), None)
+    def known(self, cookie: int) -> Mapping[FlowKey, InstalledFlow] | None:
+        """What ``cookie`` held when its last sync was verified (or it was
+        deleted; see ``ofknown``), to pass to ``sync`` instead of a read;
+        None if unknown. Not to be changed."""
+        return self._known.get(cookie, self._channel.connects)
 
     def _remember(self, cookie: int, flows: Iterable[InstalledFlow]) -> None:
         self._known.remember(cookie, self._channel.connects, flows)
@@ -248,7 +248,7 @@ class ChannelSwitch:
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
         read: Awaitable[SwitchState] | None = None,
-        known: SwitchState | None = None,
+        known: Mapping[FlowKey, InstalledFlow] | None = None,
     ) -> SyncResult:
         """Make the flows with ``cookie`` exactly ``desired`` (see ``sync_many``).
 
@@ -258,10 +258,9 @@ class ChannelSwitch:
         starts over from a fresh read."""
         if known is not None and read is None and installed is None and not meters:
             wanted = self.encode(desired)
-            current = {f.key: f for f in known.flows}
-            if any(key not in current for key in wanted) or len(current) != len(wanted):
+            if len(known) != len(wanted) or any(key not in known for key in wanted):
                 try:
-                    return await self._sync_from_known(cookie, desired, wanted, current, beside_readback)
+                    return await self._sync_from_known(cookie, desired, wanted, known, beside_readback)
                 except _StaleKnown:
                     beside_readback = None  # it ran with the first bundle
         changes = await self.sync_many(
@@ -293,9 +292,11 @@ class ChannelSwitch:
         else:
             check_bundle(bundle, await self._exchange(bundle), labels)
             after, _ = await asyncio.gather(self.installed(cookie), beside_readback())
-        if {f.key for f in after if f.key.cookie == cookie} != wanted.keys():
+        # Read by the exact cookie: every flow read back is the cookie's.
+        held = {f.key: f for f in after}
+        if held.keys() != wanted.keys():
             raise _StaleKnown
-        self._remember(cookie, after)
+        self._known.remember(cookie, self._channel.connects, held.values())
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
 
     async def sync_many(
@@ -471,6 +472,8 @@ class ChannelSwitch:
         [outcome] = await self._exchange([Outgoing(with_xid(delete_cookie(cookie), xid), xid)])
         if outcome.error is not None:
             raise OpenFlowError(f"deleting cookie {cookie:#x}: {outcome.error.describe()}")
+        # The barrier answered after the delete: the cookie holds nothing now.
+        self._known.remember(cookie, self._channel.connects, ())
 
     async def set_meter(self, meter_id: int, kbps: int, burst_kb: int) -> None:
         """Create or change a drop-band meter (MODIFY when it exists, else ADD).
