@@ -39,8 +39,12 @@ class KnownFlows:
     def remember(self, cookie: int, connection: int, flows: Iterable[InstalledFlow]) -> None:
         """``flows`` (of any cookies: the others are left out) are what
         ``cookie`` holds, verified, on ``connection``."""
+        self.keep(cookie, connection, {f.key: f for f in flows if f.key.cookie == cookie})
+
+    def keep(self, cookie: int, connection: int, held: dict[FlowKey, InstalledFlow]) -> None:
+        """``remember`` of flows already by key, all of ``cookie`` (kept as
+        given: not to be changed afterwards)."""
         self.forget([cookie])
-        held = {f.key: f for f in flows if f.key.cookie == cookie}
         if len(held) > self._limit:
             return
         self._by_cookie[cookie] = (connection, held)

@@ -258,9 +258,10 @@ class ChannelSwitch:
         starts over from a fresh read."""
         if known is not None and read is None and installed is None and not meters:
             wanted = self.encode(desired)
-            if len(known) != len(wanted) or any(key not in known for key in wanted):
+            added = [key for key in wanted if key not in known]
+            if added or len(known) != len(wanted):
                 try:
-                    return await self._sync_from_known(cookie, desired, wanted, known, beside_readback)
+                    return await self._sync_from_known(cookie, desired, wanted, known, added, beside_readback)
                 except _StaleKnown:
                     beside_readback = None  # it ran with the first bundle
         changes = await self.sync_many(
@@ -276,10 +277,10 @@ class ChannelSwitch:
         desired: Sequence[Flow],
         wanted: Mapping[FlowKey, tuple[Flow, EncodedFlow]],
         current: Mapping[FlowKey, InstalledFlow],
+        added: Sequence[FlowKey],
         beside_readback: Callable[[], Awaitable[object]] | None,
     ) -> SyncResult:
         removed = [f for key, f in current.items() if key not in wanted]
-        added = [key for key in wanted if key not in current]
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
         labels = [f"delete of {describe_key(f.key)}" for f in removed]
         labels += [f"add of {describe_key(k)}" for k in added]
@@ -296,7 +297,7 @@ class ChannelSwitch:
         held = {f.key: f for f in after}
         if held.keys() != wanted.keys():
             raise _StaleKnown
-        self._known.remember(cookie, self._channel.connects, held.values())
+        self._known.keep(cookie, self._channel.connects, held)
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
 
     async def sync_many(
