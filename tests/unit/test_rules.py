@@ -8,7 +8,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 
 from coordinator.flows import rules as rules_module
-from coordinator.flows.compiler import PortFacts, attachment_flows
+from coordinator.flows.compiler import PortFacts, attachment_flows, forget_base_flows
 from coordinator.flows.model import Conjunction, Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
@@ -133,6 +133,7 @@ def test_remembered_rule_terms_are_bounded() -> None:
 
 def _forgetting(scope: Scope, port: PortFacts = PORT) -> list[Flow]:
     rules_module._forget_rule_flows()
+    forget_base_flows()
     rules_module._remembered_rule_terms.cache_clear()
     return attachment_flows(PIPELINE, port, scope)
 
