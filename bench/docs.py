@@ -42,9 +42,15 @@ turns within every repetition, so whatever slows the machine slows all of
 them. Below 1.00x the daemon is faster.
 
 - **ours** - `AttachmentService.apply_policy`, the path a gateway event
-  takes: compile the NetworkScope, dump the attachment's flows by cookie,
-  diff, send only the differences as one atomic OpenFlow bundle, dump
-  again and compare with the intent, record the result in the store.
+  takes: compile the NetworkScope, diff against what the attachment's
+  last verified sync left (or, when that is not known, its flows read by
+  cookie), send only the differences as one atomic OpenFlow bundle, read
+  the cookie back and compare with the intent (a difference starts over
+  from a fresh read), record the result in the store (one commit).
+  Between the timed one-rule changes the floors change the daemon's flows
+  behind its back; the daemon then takes the old policy back itself,
+  untimed, so that each timed change starts from what it last verified,
+  as it does where nothing else writes its cookies.
   p50 / p95 / p99 over the repetitions (nearest rank: with fewer than 100
   repetitions p99 is the slowest one).
 - **floor** - `ovs-ofctl --bundle add-flows` (fresh) or `ovs-ofctl bundle`

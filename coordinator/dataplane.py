@@ -226,15 +226,24 @@ class Dataplane:
         meters = self._meter_band(record.slot, scope)
         if meters:  # from here on it may exist, whatever the outcome
             self._metered[record.slot] = True
-        reads = asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
-        await asyncio.sleep(0)
+        # What the attachment's last verified sync left, if nothing changed
+        # it through us since: the change is diffed against that (and still
+        # read back and compared) without reading the switch first.
+        known = None if meters else self._switch.known(port.cookie)
+        reads = None
+        if known is None:
+            reads = asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
+            await asyncio.sleep(0)
         try:
             desired = self.desired_flows(record, ofport, scope)
             result = await self._switch.sync(
-                port.cookie, desired, beside_readback=cut if revoke else None, meters=meters, read=reads
-            )
+                port.cookie, desired, beside_readback=cut if revoke else None, meters=meters,
+                read=reads, known=known,
+            )  # fmt: skip
         finally:
-            if not reads.done():
+            if reads is None:
+                pass
+            elif not reads.done():
                 reads.cancel()
             elif not reads.cancelled():
                 reads.exception()  # seen: a failed read already failed the sync

@@ -40,7 +40,8 @@ POINTS: tuple[str, ...] = (
     "detach.device_released",
     # policy: the new flows are in the switch; the store still has the old status
     "policy.flows_applied",
-    # the attachments' status is updated; the policy is not yet the stored last good one
+    # the attachments' status and the policy as the last good one are committed
+    # together; the event watchers are not told yet
     "policy.status_recorded",
 )
 

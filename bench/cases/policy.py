@@ -219,11 +219,17 @@ async def _measure_size(c: _Contenders, rules: int, reps: int) -> list[PolicyRow
     # The floor left policy A on the switch; the daemon changes it to B, the
     # floor bundle changes it back: both one-rule changes of an N-rule policy.
     # The channel then goes to B untimed and times the floor's very change back.
+    await c.daemon_apply(scope_a)  # the daemon's own view: A, as on the switch
     for i in range(reps):
         samples["cd"].append(await c.daemon_apply(scope_b))
         samples["cf"].append(c.floor_bundle(back_file))
         await c.channel_floor(forth_changes)
         samples["cc"].append(await c.channel_floor(back_changes))
+        # The floors changed the daemon's flows behind its back; it takes
+        # policy A back itself (untimed), so that its next change starts, as
+        # in production, from what it last verified (its read-back would
+        # find the difference and start over from a fresh read otherwise).
+        await c.daemon_apply(scope_a)
         if c.ovn is not None:
             old, new = (acl_old, acl_new) if i % 2 == 0 else (acl_new, acl_old)
             samples["co"].append(c.ovn.change_acl(old, new))

@@ -8,6 +8,7 @@ diffed and removed as a unit.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -154,13 +155,40 @@ def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
     return b.flows
 
 
-def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[Flow]:
+# The flows of an attachment that are not its rules' depend on the port and
+# on the scope without its rules and version; a policy change rarely alters
+# those, so they are remembered (the same checked Flow objects, whose
+# encodings the switch adapter has memoised). Keyed by the whole scope but
+# its rules, so no field of it can be forgotten in the key.
+BASE_FLOWS_KEPT = 1024
+_base_flows: dict[tuple[int, PortFacts, Scope], tuple[Pipeline, tuple[Flow, ...]]] = {}
+
+
+def _base_flows_of(pipeline: Pipeline, port: PortFacts, scope: Scope) -> tuple[Flow, ...]:
+    key = (id(pipeline), port, dataclasses.replace(scope, version=0, egress=(), ingress=()))
+    found = _base_flows.get(key)
+    if found is not None and found[0] is pipeline:
+        return found[1]
     b = _Builder(pipeline, port.cookie)
     _classify(b, port, scope)
     _egress_spoof(b, port, scope)
     _egress_conntrack(b, port, scope)
     _forward(b, port)
     _ingress(b, port, scope)
+    if len(_base_flows) >= BASE_FLOWS_KEPT:
+        _base_flows.clear()
+    _base_flows[key] = (pipeline, tuple(b.flows))
+    return _base_flows[key][1]
+
+
+def forget_base_flows() -> None:
+    """Start the memo of base flows over (tests compare with a fresh compile)."""
+    _base_flows.clear()
+
+
+def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[Flow]:
+    b = _Builder(pipeline, port.cookie)
+    b.flows += _base_flows_of(pipeline, port, scope)
     families = [f for f in (4, 6) if _own_networks(scope, f)]
     b.flows += rule_flows(
         pipeline,

@@ -97,5 +97,18 @@ class Flow:
     actions: tuple[FlowAction, ...]
     cookie: int
 
+    def __hash__(self) -> int:
+        # Flows key the encoder's memo and the switch diff, thousands to an
+        # attachment: the hash of the nested tuples is worked out once.
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.table, self.priority, self.match, self.actions, self.cookie))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, object]:
+        # The remembered hash is this process's own (string hashes are salted per process).
+        return {key: value for key, value in self.__dict__.items() if key != "_hash"}
+
     def match_dict(self) -> dict[str, str]:
         return dict(self.match)

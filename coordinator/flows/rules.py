@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -146,6 +147,118 @@ def _compute_rule_terms(
 _remembered_rule_terms = functools.lru_cache(maxsize=TERM_CACHE_SIZE)(_compute_rule_terms)
 
 
+# What one rule of one attachment's direction and family asks for is
+# remembered too (the rule's flows before merging, each already a checked
+# Flow): a one-rule change of a thousand-rule policy compiles one rule, and
+# the unchanged rules hand back the very Flow objects of the last compile,
+# whose encodings the switch adapter has already memoised. Bounded like the
+# terms: past RULE_FLOWS_KEPT entries it starts over, and a rule too large
+# for the term cache is compiled each time.
+RULE_FLOWS_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class _Place:
+    """Where a flow goes in a policy table: its priority and match. Hashed
+    once: the merge of every compile looks each one up."""
+
+    priority: int
+    match: Match
+
+    def __hash__(self) -> int:
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.priority, self.match))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+
+@dataclass(frozen=True)
+class _Emitted:
+    """One flow a rule asks for: its place, its action, and the checked flow
+    it is when no other rule asks for the same place."""
+
+    place: _Place
+    action: FlowAction
+    flow: Flow
+
+
+_emitted: dict[tuple[int, int, Rule], tuple[_Emitted, ...]] = {}
+# (pipeline id, side, family, slot, cookie) -> (a number for it, the pipeline
+# kept alive so its id stays its own while the entry exists)
+_contexts: dict[tuple[int, Side, int, int, int], tuple[int, Pipeline]] = {}
+
+
+def _context(pipeline: Pipeline, side: Side, family: int, slot: int, cookie: int) -> int:
+    key = (id(pipeline), side, family, slot, cookie)
+    found = _contexts.get(key)
+    if found is None:
+        if len(_contexts) >= RULE_FLOWS_KEPT:
+            _forget_rule_flows()
+        found = _contexts[key] = (next(_context_numbers), pipeline)
+    return found[0]
+
+
+# Never reused, so no entry can be found under another context's number.
+_context_numbers = itertools.count()
+
+
+def _forget_rule_flows() -> None:
+    _contexts.clear()
+    _emitted.clear()
+
+
+def _emit_rule(
+    pipeline: Pipeline, side: Side, family: int, index: int, rule: Rule, *, cookie: int, slot: int
+) -> tuple[_Emitted, ...]:
+    """The flows ``rule`` (at ``index``) asks for in ``family``, unmerged."""
+    terms = _rule_terms(rule, family, side.remote_v4 if family == 4 else side.remote_v6)
+    if terms is None:
+        return ()
+    common: Match = (*side.attachment, ("dl_type", ETH_BY_FAMILY[family]), ("ct_state", CT_NEW))
+    deny = rule.action is RuleAction.DENY
+    verdict: FlowAction = Drop() if deny else Goto(side.commit_table)
+    base = pipeline.priority("deny_rule" if deny else "allow_rule")
+    wanted: list[tuple[int, Match, FlowAction]] = []
+    if isinstance(terms, _Conjunctive):
+        conj_id = conjunction_id(slot, ingress=side.ingress, ipv6=family == 6, rule_index=index)
+        wanted += [(base, (*common, *term), Conjunction(conj_id, 1, 2)) for term in terms.cidrs]
+        wanted += [(base, (*common, *term), Conjunction(conj_id, 2, 2)) for term in terms.l4]
+        wanted.append((base, (*common, ("conj_id", str(conj_id))), verdict))
+    else:
+        wanted += [(base + 1, (*common, *term), verdict) for term in terms]
+    return tuple(
+        _Emitted(
+            _Place(priority, match), action, _merge(pipeline, side.table, priority, match, [action], cookie)
+        )
+        for priority, match, action in wanted
+    )
+
+
+def _rule_emitted(
+    pipeline: Pipeline,
+    side: Side,
+    family: int,
+    index: int,
+    rule: Rule,
+    *,
+    cookie: int,
+    slot: int,
+    context: int,
+) -> tuple[_Emitted, ...]:
+    if len(rule.cidrs) + len(rule.ports) > TERM_CACHE_MAX_TERMS:
+        return _emit_rule(pipeline, side, family, index, rule, cookie=cookie, slot=slot)
+    key = (context, index, rule)
+    found = _emitted.get(key)
+    if found is None:
+        found = _emit_rule(pipeline, side, family, index, rule, cookie=cookie, slot=slot)
+        if len(_emitted) >= RULE_FLOWS_KEPT:
+            _forget_rule_flows()
+            return found
+        _emitted[key] = found
+    return found
+
+
 def rule_flows(
     pipeline: Pipeline,
     side: Side,
@@ -158,33 +271,27 @@ def rule_flows(
     """The flows deciding new connections by ``rules`` (deny before allow)."""
     if len(rules) > MAX_RULE_INDEX:
         raise FlowViolation(f"{side.name}: {len(rules)} rules exceed the conjunction id space")
-    merged: dict[tuple[int, Match], list[FlowAction]] = {}
-
-    def emit(priority: int, match: Match, action: FlowAction) -> None:
-        merged.setdefault((priority, match), []).append(action)
-
+    # A place one rule asks for holds its flow; a place several ask for
+    # (identical clauses of two conjunctions) collects their actions.
+    merged: dict[_Place, _Emitted | list[FlowAction]] = {}
     for family in families:
-        common: Match = (*side.attachment, ("dl_type", ETH_BY_FAMILY[family]), ("ct_state", CT_NEW))
+        context = _context(pipeline, side, family, slot, cookie)
         for index, rule in enumerate(rules):
-            terms = _rule_terms(rule, family, side.remote_v4 if family == 4 else side.remote_v6)
-            if terms is None:
-                continue
-            deny = rule.action is RuleAction.DENY
-            verdict: FlowAction = Drop() if deny else Goto(side.commit_table)
-            base = pipeline.priority("deny_rule" if deny else "allow_rule")
-            if isinstance(terms, _Conjunctive):
-                conj_id = conjunction_id(slot, ingress=side.ingress, ipv6=family == 6, rule_index=index)
-                for term in terms.cidrs:
-                    emit(base, (*common, *term), Conjunction(conj_id, 1, 2))
-                for term in terms.l4:
-                    emit(base, (*common, *term), Conjunction(conj_id, 2, 2))
-                emit(base, (*common, ("conj_id", str(conj_id))), verdict)
-            else:
-                for term in terms:
-                    emit(base + 1, (*common, *term), verdict)
+            for emitted in _rule_emitted(
+                pipeline, side, family, index, rule, cookie=cookie, slot=slot, context=context
+            ):
+                earlier = merged.get(emitted.place)
+                if earlier is None:
+                    merged[emitted.place] = emitted
+                elif isinstance(earlier, _Emitted):
+                    merged[emitted.place] = [earlier.action, emitted.action]
+                else:
+                    earlier.append(emitted.action)
     return [
-        _merge(pipeline, side.table, priority, match, actions, cookie)
-        for (priority, match), actions in merged.items()
+        held.flow
+        if isinstance(held, _Emitted)
+        else _merge(pipeline, side.table, place.priority, place.match, held, cookie)
+        for place, held in merged.items()
     ]
 
 

@@ -309,6 +309,7 @@ class FlowEncoder:
         self._cache: dict[Flow, EncodedFlow] = {}
         self._fields: dict[_FieldKey, _Field] = {}
         self._instructions: dict[tuple[FlowAction, ...], bytes] = {}
+        self._keys: dict[FlowKey, FlowKey] = {}
 
     def encode(self, flow: Flow) -> EncodedFlow:
         found = self._cache.get(flow)
@@ -346,7 +347,20 @@ class FlowEncoder:
         length = HEADER.size + len(fixed) + match_len + len(padding) + len(instructions)
         head = HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_FLOW_MOD, length, 0)
         add = b"".join((head, fixed, _MATCH_HEAD.pack(ofp.OFPMT_OXM, match_len), oxm, padding, instructions))
-        return EncodedFlow(add, FlowKey(flow.cookie, table, flow.priority, tuple(sorted(tlvs)), instructions))
+        key = FlowKey(flow.cookie, table, flow.priority, tuple(sorted(tlvs)), instructions)
+        return EncodedFlow(add, self.canonical(key))
+
+    def canonical(self, key: FlowKey) -> FlowKey:
+        """The one key object kept for flows equal to ``key`` (bounded like
+        the encodings), so that the keys of an encoding and of a read-back
+        of the same flow are the same object."""
+        found = self._keys.get(key)
+        if found is not None:
+            return found
+        if len(self._keys) >= self._limit:
+            self._keys.clear()
+        self._keys[key] = key
+        return key
 
     def _field(self, flow: Flow, name: str, text: str, dl_type: int | None, nw_proto: int | None) -> _Field:
         memo = (name, text, dl_type, nw_proto)

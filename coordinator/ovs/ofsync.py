@@ -26,9 +26,7 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from os_ken.ofproto import ofproto_parser as any_parser
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -38,30 +36,42 @@ from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import ChannelError, OpenFlowChannel, Outcome, Outgoing, Reply
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
 from coordinator.ovs.ofexplain import explain_difference
+from coordinator.ovs.ofknown import KnownFlows
+from coordinator.ovs.ofmessages import (
+    ALL_COOKIES,
+    BUNDLE_FLAGS,
+    FRAG_NX_MATCH,
+    U64,
+    BundleError,
+    MeterBand,
+    check_bundle,
+    cookie_mask,
+    delete_cookie,
+    describe_key,
+    meter_mod,
+    parse,
+    serialize,
+    stats_request,
+)
 from coordinator.ovs.ofwire import (
     FlowKey,
+    FlowPlace,
     FlowStatsReader,
     InstalledFlow,
     WireError,
     bundle_add,
-    bundle_ctrl_type,
     delete_strict,
     multipart_body,
     with_xid,
 )
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
 
-ALL_COOKIES = -1
-_U64 = 0xFFFF_FFFF_FFFF_FFFF
-_BUNDLE_FLAGS = ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED
 _MAX_KEPT_REQUESTS = 4096  # encoded flow-stats requests kept by (cookie, mask)
-# Open vSwitch's fragment handling "nx-match" (ovs-ofctl set-frags): the
-# value OpenFlow leaves unused in OFPC_FRAG_MASK (os-ken has no name for it).
-_FRAG_NX_MATCH = 3
 
 
-class BundleError(OpenFlowError):
-    """The switch refused the bundle: nothing of it was applied."""
+class _StaleKnown(Exception):
+    """A sync from the remembered state read back something else: the
+    switch was changed behind our back."""
 
 
 @dataclass(frozen=True)
@@ -70,52 +80,6 @@ class SwitchState:
 
     flows: list[InstalledFlow]
     meters: set[int] | None  # None: not read
-
-
-@dataclass(frozen=True)
-class MeterBand:
-    """A drop-band meter: ``kbps`` rate, ``burst_kb`` burst."""
-
-    kbps: int
-    burst_kb: int
-
-
-def _serialize(message: Any, xid: int) -> bytes:
-    message.set_xid(xid)
-    message.serialize()
-    return bytes(message.buf)
-
-
-def _mask(mask: int) -> int:
-    return _U64 if mask == ALL_COOKIES else mask & _U64
-
-
-def _stats_request(cookie: int, mask: int) -> bytes:
-    request = parser.OFPFlowStatsRequest(DATAPATH, cookie=cookie & _U64, cookie_mask=_mask(mask))
-    return _serialize(request, 0)
-
-
-def _parse(message: bytes) -> Any:
-    version, kind, length, xid = message[0], message[1], len(message), int.from_bytes(message[4:8], "big")
-    return any_parser.msg(DATAPATH, version, kind, length, xid, message)
-
-
-def _meter_mod(command: int, meter_id: int, band: MeterBand | None, xid: int) -> bytes:
-    bands = [parser.OFPMeterBandDrop(rate=band.kbps, burst_size=band.burst_kb)] if band else []
-    flags = ofp.OFPMF_KBPS | ofp.OFPMF_BURST if band else 0
-    return _serialize(parser.OFPMeterMod(DATAPATH, command, flags, meter_id, bands), xid)
-
-
-def _delete_cookie(cookie: int) -> bytes:
-    message = parser.OFPFlowMod(
-        DATAPATH, cookie=cookie & _U64, cookie_mask=_U64, table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
-        out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch(),
-    )  # fmt: skip
-    return _serialize(message, 0)
-
-
-def _describe_key(key: FlowKey) -> str:
-    return f"table {key.table} priority {key.priority} cookie {key.cookie:#x}"
 
 
 class ChannelSwitch:
@@ -142,7 +106,8 @@ class ChannelSwitch:
         self._explain_timeout = explain_timeout
         self._bundle_ids = itertools.cycle(range(1, 0xFFFF_FFFF))
         self._stats_requests: dict[tuple[int, int], bytes] = {}
-        self._reader = FlowStatsReader()
+        self._reader = FlowStatsReader(canonical=self._encoder.canonical)
+        self._known = KnownFlows()
 
     @property
     def channel(self) -> OpenFlowChannel:
@@ -165,14 +130,14 @@ class ChannelSwitch:
         if template is None:
             if len(self._stats_requests) >= _MAX_KEPT_REQUESTS:
                 self._stats_requests.clear()
-            template = self._stats_requests[(cookie, mask)] = _stats_request(cookie, mask)
+            template = self._stats_requests[(cookie, mask)] = stats_request(cookie, mask)
         xid = self._channel.xid()
         return Outgoing(with_xid(template, xid), xid, Reply.MULTIPART)
 
     def _meter_config(self) -> Outgoing:
         xid = self._channel.xid()
         request = parser.OFPMeterConfigStatsRequest(DATAPATH, 0, ofp.OFPM_ALL)
-        return Outgoing(_serialize(request, xid), xid, Reply.MULTIPART)
+        return Outgoing(serialize(request, xid), xid, Reply.MULTIPART)
 
     def _flows_of(self, outcome: Outcome, what: str) -> list[InstalledFlow]:
         if outcome.error is not None:
@@ -187,7 +152,7 @@ class ChannelSwitch:
         if outcome.error is not None:
             raise OpenFlowError(f"reading meters: {outcome.error.describe()}")
         try:
-            return {int(m.meter_id) for reply in outcome.replies for m in _parse(reply).body}
+            return {int(m.meter_id) for reply in outcome.replies for m in parse(reply).body}
         except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
             raise OpenFlowError(
                 f"reading meters: unreadable meter config reply ({type(exc).__name__})"
@@ -205,32 +170,9 @@ class ChannelSwitch:
                     out.append(Outgoing(bundle_add(bundle_id, change, xid), xid))
                 continue
             xid = self._channel.xid()
-            ctrl = parser.ONFBundleCtrlMsg(DATAPATH, bundle_id, kind, _BUNDLE_FLAGS, [])
-            out.append(Outgoing(_serialize(ctrl, xid), xid, Reply.ONE))
+            ctrl = parser.ONFBundleCtrlMsg(DATAPATH, bundle_id, kind, BUNDLE_FLAGS, [])
+            out.append(Outgoing(serialize(ctrl, xid), xid, Reply.ONE))
         return out
-
-    @staticmethod
-    def _check_bundle(sent: Sequence[Outgoing], outcomes: Sequence[Outcome], labels: Sequence[str]) -> None:
-        """Raise BundleError naming what the switch refused (open, the adds, commit)."""
-        problems = []
-        for i, outcome in enumerate(outcomes):
-            if outcome.error is None:
-                continue
-            if i == 0 or i == len(sent) - 1:
-                what = "bundle open" if i == 0 else "bundle commit"
-            else:
-                what = labels[i - 1] if i <= len(labels) else f"change {i}"
-            problems.append(f"{what}: {outcome.error.describe()}")
-        if not problems:
-            commit = outcomes[-1].replies
-            try:
-                if not commit or bundle_ctrl_type(commit[0]) != ofp.ONF_BCT_COMMIT_REPLY:
-                    problems.append("bundle commit: no commit reply")
-            except WireError as exc:
-                problems.append(f"bundle commit: {exc}")
-        if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise BundleError(f"bundle refused, old flows kept: {shown}")
 
     # -- reading --------------------------------------------------------------
 
@@ -261,6 +203,20 @@ class ChannelSwitch:
         except ChannelError as exc:
             raise OpenFlowError(str(exc)) from exc
 
+    # -- what the last verified sync left ------------------------------------
+
+    def known(self, cookie: int) -> Mapping[FlowKey, InstalledFlow] | None:
+        """What ``cookie`` held when its last sync was verified (or it was
+        deleted; see ``ofknown``), to pass to ``sync`` instead of a read;
+        None if unknown. Not to be changed."""
+        return self._known.get(cookie, self._channel.connects)
+
+    def _remember(self, cookie: int, flows: Iterable[InstalledFlow]) -> None:
+        self._known.remember(cookie, self._channel.connects, flows)
+
+    def _forget(self, cookies: Iterable[int]) -> None:
+        self._known.forget(cookies)
+
     # -- changing -------------------------------------------------------------
 
     def encode(self, flows: Iterable[Flow]) -> dict[FlowKey, tuple[Flow, EncodedFlow]]:
@@ -270,15 +226,16 @@ class ChannelSwitch:
         and instructions included; e.g. two attachments claiming the same
         address)."""
         wanted: dict[FlowKey, tuple[Flow, EncodedFlow]] = {}
-        holders: dict[tuple[int, int, tuple[bytes, ...]], FlowKey] = {}
+        holders: dict[FlowPlace, FlowKey] = {}
+        encode = self._encoder.encode
         for flow in flows:
-            encoded = self._encoder.encode(flow)
+            encoded = encode(flow)
             key = encoded.key
-            identity = (key.table, key.priority, key.match)
-            earlier = holders.get(identity)
-            if earlier is not None and earlier != key:
+            place = key.place
+            earlier = holders.get(place)
+            if earlier is not None and earlier is not key and earlier != key:
                 del wanted[earlier]
-            holders[identity] = key
+            holders[place] = key
             wanted[key] = (flow, encoded)
         return wanted
 
@@ -291,14 +248,57 @@ class ChannelSwitch:
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
         read: Awaitable[SwitchState] | None = None,
+        known: Mapping[FlowKey, InstalledFlow] | None = None,
     ) -> SyncResult:
-        """Make the flows with ``cookie`` exactly ``desired`` (see ``sync_many``)."""
+        """Make the flows with ``cookie`` exactly ``desired`` (see ``sync_many``).
+
+        ``known``: what ``known(cookie)`` said, to diff against instead of a
+        read. The bundle is read back and compared all the same; when the
+        read-back differs (the switch was changed behind our back), the sync
+        starts over from a fresh read."""
+        if known is not None and read is None and installed is None and not meters:
+            wanted = self.encode(desired)
+            added = [key for key in wanted if key not in known]
+            if added or len(known) != len(wanted):
+                try:
+                    return await self._sync_from_known(cookie, desired, wanted, known, added, beside_readback)
+                except _StaleKnown:
+                    beside_readback = None  # it ran with the first bundle
         changes = await self.sync_many(
             {cookie: desired}, cookie, ALL_COOKIES, installed=installed,
             beside_readback=beside_readback, meters=meters, read=read,
         )  # fmt: skip
         change = changes.get(cookie, SyncResult(0, 0, 0))
         return SyncResult(added=change.added, removed=change.removed, total=len(desired))
+
+    async def _sync_from_known(
+        self,
+        cookie: int,
+        desired: Sequence[Flow],
+        wanted: Mapping[FlowKey, tuple[Flow, EncodedFlow]],
+        current: Mapping[FlowKey, InstalledFlow],
+        added: Sequence[FlowKey],
+        beside_readback: Callable[[], Awaitable[object]] | None,
+    ) -> SyncResult:
+        removed = [f for key, f in current.items() if key not in wanted]
+        changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
+        labels = [f"delete of {describe_key(f.key)}" for f in removed]
+        labels += [f"add of {describe_key(k)}" for k in added]
+        bundle = self.prepare_bundle(changes)
+        self._forget([cookie])
+        if beside_readback is None:
+            results = await self._exchange([*bundle, self._stats(cookie, ALL_COOKIES)])
+            check_bundle(bundle, results[: len(bundle)], labels)
+            after = self._flows_of(results[-1], "reading back flows")
+        else:
+            check_bundle(bundle, await self._exchange(bundle), labels)
+            after, _ = await asyncio.gather(self.installed(cookie), beside_readback())
+        # Read by the exact cookie: every flow read back is the cookie's.
+        held = {f.key: f for f in after}
+        if held.keys() != wanted.keys():
+            raise _StaleKnown
+        self._known.keep(cookie, self._channel.connects, held)
+        return SyncResult(added=len(added), removed=len(removed), total=len(desired))
 
     async def sync_many(
         self,
@@ -320,6 +320,7 @@ class ChannelSwitch:
         ``beside_readback`` runs once the bundle is in, alongside the
         read-back. Returns the changes by cookie."""
         wanted = self.encode(f for flows in desired.values() for f in flows)
+        self._forget(desired)
         if read is not None:
             state = await read
             current, known = state.flows, state.meters
@@ -344,24 +345,28 @@ class ChannelSwitch:
             for meter_id, band in meters.items():
                 command = ofp.OFPMC_MODIFY if meter_id in existing else ofp.OFPMC_ADD
                 xid = self._channel.xid()
-                writes.append(Outgoing(_meter_mod(command, meter_id, band, xid), xid))
+                writes.append(Outgoing(meter_mod(command, meter_id, band, xid), xid))
             for meter_id, outcome in zip(meters, await self._exchange(writes), strict=True):
                 if outcome.error is not None:
                     raise OpenFlowError(f"meter {meter_id}: {outcome.error.describe()}")
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
-        labels = [f"delete of {_describe_key(f.key)}" for f in removed]
-        labels += [f"add of {_describe_key(k)}" for k in added]
+        labels = [f"delete of {describe_key(f.key)}" for f in removed]
+        labels += [f"add of {describe_key(k)}" for k in added]
         bundle = self.prepare_bundle(changes) if changes else []
         readback = self._stats(cookie, mask) if changes and beside_readback is None else None
         if bundle:
             results = await self._exchange([*bundle, *([readback] if readback else [])])
-            self._check_bundle(bundle, results[: len(bundle)], labels)
+            check_bundle(bundle, results[: len(bundle)], labels)
             if readback is not None:
                 after = self._flows_of(results[-1], "reading back flows")
             else:
                 assert beside_readback is not None
                 after, _ = await asyncio.gather(self.installed(cookie, mask), beside_readback())
             await self._verify(desired, wanted, after, cookie, mask)
+        else:
+            after = current  # nothing to change: what was just read is verified
+        if mask == ALL_COOKIES and len(desired) == 1 and after:
+            self._remember(cookie, after)
 
         counts: dict[int, SyncResult] = {}
         for key_cookie, sign in [*((f.key.cookie, -1) for f in removed), *((k.cookie, 1) for k in added)]:
@@ -381,17 +386,17 @@ class ChannelSwitch:
         if got == wanted.keys():
             return
         explained = await self._explain(desired, cookie, mask)
-        scope = f"{cookie:#x}" if mask == ALL_COOKIES else f"{cookie:#x}/{_mask(mask):#x}"
+        scope = f"{cookie:#x}" if mask == ALL_COOKIES else f"{cookie:#x}/{cookie_mask(mask):#x}"
         raise OpenFlowError(
             f"flows of cookie {scope} differ from intent after apply: "
             f"{len(got - wanted.keys())} unexpected, {len(wanted.keys() - got)} missing{explained}"
         )
 
     async def _explain(self, desired: Mapping[int, Sequence[Flow]], cookie: int, mask: int) -> str:
-        mask_text = "-1" if mask == ALL_COOKIES else f"{_mask(mask):#x}"
+        mask_text = "-1" if mask == ALL_COOKIES else f"{cookie_mask(mask):#x}"
         text = render_flows([f for flows in desired.values() for f in flows], self._pipeline)
         return await explain_difference(
-            self._explain_target(), f"cookie={cookie & _U64:#x}/{mask_text}", set(desired), text,
+            self._explain_target(), f"cookie={cookie & U64:#x}/{mask_text}", set(desired), text,
             timeout=self._explain_timeout,
         )  # fmt: skip
 
@@ -401,22 +406,23 @@ class ChannelSwitch:
         added in the same transaction. Verify with ``sync_many`` afterwards."""
         changes: list[bytes] = []
         labels: list[str] = []
+        self._forget(desired)
         for cookie, flows in desired.items():
-            changes.append(_delete_cookie(cookie))
+            changes.append(delete_cookie(cookie))
             labels.append(f"delete of cookie {cookie:#x}")
             for key, (_, encoded) in self.encode(flows).items():
                 changes.append(encoded.add)
-                labels.append(f"add of {_describe_key(key)}")
+                labels.append(f"add of {describe_key(key)}")
         if not changes:
             return
         bundle = self.prepare_bundle(changes)
-        self._check_bundle(bundle, await self._exchange(bundle), labels)
+        check_bundle(bundle, await self._exchange(bundle), labels)
 
     async def send_bundle(self, bundle: Sequence[Outgoing], labels: Sequence[str] = ()) -> None:
         """Send a prepared bundle and its barrier; raise BundleError if refused.
         ``labels`` name the changes in the error (by position otherwise)."""
         names = list(labels) or [f"change {i + 1}" for i in range(len(bundle) - 2)]
-        self._check_bundle(bundle, await self._exchange(bundle), names)
+        check_bundle(bundle, await self._exchange(bundle), names)
 
     async def add(self, flows: Sequence[Flow]) -> None:
         """Add ``flows`` in one atomic bundle, without reading the switch
@@ -424,9 +430,10 @@ class ChannelSwitch:
         wanted = self.encode(flows)
         if not wanted:
             return
+        self._forget({key.cookie for key in wanted})
         bundle = self.prepare_bundle([encoded.add for _, encoded in wanted.values()])
-        labels = [f"add of {_describe_key(key)}" for key in wanted]
-        self._check_bundle(bundle, await self._exchange(bundle), labels)
+        labels = [f"add of {describe_key(key)}" for key in wanted]
+        check_bundle(bundle, await self._exchange(bundle), labels)
 
     async def match_fragments_as_parsed(self) -> None:
         """Fragment handling ``nx-match`` (what ``ovs-ofctl set-frags`` sets):
@@ -434,25 +441,25 @@ class ChannelSwitch:
         without. Switch state, not a flow: set again whenever the bridge is
         (re)programmed. Read back, as a switch may ignore the flags."""
         flags, miss_send_len = await self._switch_config()
-        setting = parser.OFPSetConfig(DATAPATH, (flags & ~ofp.OFPC_FRAG_MASK) | _FRAG_NX_MATCH, miss_send_len)
+        setting = parser.OFPSetConfig(DATAPATH, (flags & ~ofp.OFPC_FRAG_MASK) | FRAG_NX_MATCH, miss_send_len)
         xid = self._channel.xid()
-        [outcome] = await self._exchange([Outgoing(_serialize(setting, xid), xid)])
+        [outcome] = await self._exchange([Outgoing(serialize(setting, xid), xid)])
         if outcome.error is not None:
             raise OpenFlowError(f"setting fragment handling: {outcome.error.describe()}")
         flags, _ = await self._switch_config()
-        if flags & ofp.OFPC_FRAG_MASK != _FRAG_NX_MATCH:
+        if flags & ofp.OFPC_FRAG_MASK != FRAG_NX_MATCH:
             raise OpenFlowError(
                 f"the switch kept fragment handling {flags & ofp.OFPC_FRAG_MASK}, not nx-match"
             )
 
     async def _switch_config(self) -> tuple[int, int]:
         xid = self._channel.xid()
-        request = _serialize(parser.OFPGetConfigRequest(DATAPATH), xid)
+        request = serialize(parser.OFPGetConfigRequest(DATAPATH), xid)
         [outcome] = await self._exchange([Outgoing(request, xid, Reply.ONE)])
         if outcome.error is not None:
             raise OpenFlowError(f"reading the switch config: {outcome.error.describe()}")
         try:
-            reply = _parse(outcome.replies[0])
+            reply = parse(outcome.replies[0])
             return int(reply.flags), int(reply.miss_send_len)
         except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
             raise OpenFlowError(
@@ -461,10 +468,13 @@ class ChannelSwitch:
 
     async def delete(self, cookie: int) -> None:
         """Remove every flow of ``cookie``."""
+        self._forget([cookie])
         xid = self._channel.xid()
-        [outcome] = await self._exchange([Outgoing(with_xid(_delete_cookie(cookie), xid), xid)])
+        [outcome] = await self._exchange([Outgoing(with_xid(delete_cookie(cookie), xid), xid)])
         if outcome.error is not None:
             raise OpenFlowError(f"deleting cookie {cookie:#x}: {outcome.error.describe()}")
+        # The barrier answered after the delete: the cookie holds nothing now.
+        self._known.remember(cookie, self._channel.connects, ())
 
     async def set_meter(self, meter_id: int, kbps: int, burst_kb: int) -> None:
         """Create or change a drop-band meter (MODIFY when it exists, else ADD).
@@ -472,7 +482,7 @@ class ChannelSwitch:
         band = MeterBand(kbps, burst_kb)
         for command in (ofp.OFPMC_MODIFY, ofp.OFPMC_ADD):
             xid = self._channel.xid()
-            [outcome] = await self._exchange([Outgoing(_meter_mod(command, meter_id, band, xid), xid)])
+            [outcome] = await self._exchange([Outgoing(meter_mod(command, meter_id, band, xid), xid)])
             if outcome.error is None:
                 return
             if not (command == ofp.OFPMC_MODIFY and outcome.error.is_meter(ofp.OFPMMFC_UNKNOWN_METER)):
@@ -481,6 +491,9 @@ class ChannelSwitch:
     async def delete_meter(self, meter_id: int) -> None:
         """Remove a meter no flow references any more (absent is fine)."""
         xid = self._channel.xid()
-        [outcome] = await self._exchange([Outgoing(_meter_mod(ofp.OFPMC_DELETE, meter_id, None, xid), xid)])
+        [outcome] = await self._exchange([Outgoing(meter_mod(ofp.OFPMC_DELETE, meter_id, None, xid), xid)])
         if outcome.error is not None and not outcome.error.is_meter(ofp.OFPMMFC_UNKNOWN_METER):
             raise OpenFlowError(f"deleting meter {meter_id}: {outcome.error.describe()}")
+
+
+__all__ = ["ALL_COOKIES", "BundleError", "ChannelSwitch", "MeterBand", "SwitchState"]

@@ -14,7 +14,9 @@ keeps each field's bytes and the instructions as it encodes them.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_common
@@ -54,6 +56,44 @@ class FlowKey:
     def __post_init__(self) -> None:
         fields = (self.cookie, self.table, self.priority, self.match, self.instructions)
         object.__setattr__(self, "_hash", hash(fields))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        # Keys are interned (``FlowEncoder.canonical``), so most comparisons
+        # are of a key with itself; the rest compare the hash first.
+        if self is other:
+            return True
+        if not isinstance(other, FlowKey):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.match == other.match
+            and self.instructions == other.instructions
+            and self.cookie == other.cookie
+            and self.table == other.table
+            and self.priority == other.priority
+        )
+
+    @functools.cached_property
+    def place(self) -> FlowPlace:
+        """Where the flow sits: one flow per table, priority and match."""
+        return FlowPlace(self.table, self.priority, self.match)
+
+
+@dataclass(frozen=True)
+class FlowPlace:
+    """A flow's table, priority and match (its identity in the switch),
+    hashed once."""
+
+    table: int
+    priority: int
+    match: tuple[bytes, ...]
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.table, self.priority, self.match)))
 
     def __hash__(self) -> int:
         return self._hash
@@ -130,9 +170,14 @@ class FlowStatsReader:
     memo (``ofencode.ENCODINGS_KEPT``): past ``limit`` spellings it starts
     over, and a read of more flows than that parses the rest again."""
 
-    def __init__(self, *, limit: int = SPELLINGS_KEPT) -> None:
+    def __init__(
+        self, *, limit: int = SPELLINGS_KEPT, canonical: Callable[[FlowKey], FlowKey] | None = None
+    ) -> None:
         self._limit = limit
         self._seen: dict[bytes, InstalledFlow] = {}
+        # The key objects the encoder made for the same flows: a diff or a
+        # comparison then finds each by identity.
+        self._canonical = canonical or (lambda key: key)
 
     def read(self, body: bytes) -> list[InstalledFlow]:
         flows = []
@@ -158,11 +203,11 @@ class FlowStatsReader:
             at = end
         return flows
 
-    @staticmethod
-    def _parse(body: bytes, at: int, end: int) -> InstalledFlow:
+    def _parse(self, body: bytes, at: int, end: int) -> InstalledFlow:
         _, table, _, _, priority, _, _, _, cookie, _, _ = _FLOW_STATS.unpack_from(body, at)
         block, tlvs, match_end = _match_at(body, at + _FLOW_STATS.size, end)
-        return InstalledFlow(FlowKey(cookie, table, priority, tlvs, bytes(body[match_end:end])), block)
+        key = FlowKey(cookie, table, priority, tlvs, bytes(body[match_end:end]))
+        return InstalledFlow(self._canonical(key), block)
 
 
 def multipart_body(message: bytes) -> tuple[int, bytes]:

@@ -54,7 +54,7 @@ class PolicyApply:
 
     async def _apply_locked(self, sandbox_id: str, scope: Scope) -> list[AttachmentRecord]:
         ctx = self._ctx
-        results = []
+        outcomes: list[tuple[str, PolicyState, int, Event]] = []
         failed = False
         records = await ctx.store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
         for record in records:
@@ -67,24 +67,20 @@ class PolicyApply:
                 event = Event(
                     EventKind.POLICY_DEGRADED, True, "ApplyFailed", f"version {scope.version}: {exc}"
                 )
-                results.append(
-                    await ctx.store.set_policy_status(
-                        record.attachment_id, PolicyState.DEGRADED, record.policy_version, event=event
-                    )
-                )
+                outcomes.append((record.attachment_id, PolicyState.DEGRADED, record.policy_version, event))
                 continue
             ctx.observer.policy_applied(time.monotonic() - began, ok=True)
             faults.reached("policy.flows_applied")
             message = f"version {scope.version}: {sync.total} flows (+{sync.added} -{sync.removed}){cut}"
             event = Event(EventKind.POLICY_APPLIED, True, "Applied", message)
-            results.append(
-                await ctx.store.set_policy_status(
-                    record.attachment_id, PolicyState.APPLIED, scope.version, event=event
-                )
-            )
+            outcomes.append((record.attachment_id, PolicyState.APPLIED, scope.version, event))
+        # Every attachment's state and event, and the policy as the last good
+        # one when all took it (also when the sandbox has no attachment yet:
+        # its next one starts on it), in one commit.
+        results = await ctx.store.record_policy_results(
+            outcomes, last_good=None if failed else (sandbox_id, scope)
+        )
         faults.reached("policy.status_recorded")
-        if not failed:
-            await ctx.save_last_good(sandbox_id, scope)
         return results
 
     async def apply_latest(self, sandbox_id: str) -> None:

@@ -384,46 +384,48 @@ class Store:
     def delete_policy(self, sandbox_id: str) -> None:
         delete_policy(self._db, sandbox_id)
 
-    def set_policy_status(
+    def record_policy_results(
         self,
-        attachment_id: str,
-        state: PolicyState,
-        version: int,
+        updates: Sequence[tuple[str, PolicyState, int, Event | None]],
         *,
-        event: Event | None,
-    ) -> AttachmentRecord:
-        """Record an attachment's policy state (and its event) atomically."""
-        now = self._clock()
-        with self._txn() as db:
-            db.execute(
-                """UPDATE attachments SET policy_state = ?, policy_version = ?, policy_applied_at = ?,
-                       updated_at = ? WHERE attachment_id = ?""",
-                (state.value, version, now, now, attachment_id),
-            )
-            record = self._require(db, attachment_id)
-            if event is not None:
-                self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
-        return record
-
-    def set_policy_statuses(
-        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: Event
+        last_good: tuple[str, Scope] | None = None,
     ) -> list[AttachmentRecord]:
-        """Record many attachments' policy states (attachment id, state,
-        version) and one event each, in one transaction: a transition of
-        every attachment at once costs one commit, not one per attachment."""
+        """Record attachments' policy states (attachment id, state, version,
+        event) and, with ``last_good`` (sandbox id, scope), that policy as the
+        sandbox's last good one, in one transaction: an apply costs one
+        commit, and the store never says APPLIED for a policy it would not
+        restore after a restart."""
         now = self._clock()
         records = []
         with self._txn() as db:
-            for attachment_id, state, version in updates:
+            for attachment_id, state, version, event in updates:
                 db.execute(
                     """UPDATE attachments SET policy_state = ?, policy_version = ?, policy_applied_at = ?,
                            updated_at = ? WHERE attachment_id = ?""",
                     (state.value, version, now, now, attachment_id),
                 )
                 record = self._require(db, attachment_id)
-                self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
+                if event is not None:
+                    self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
                 records.append(record)
+            if last_good is not None:
+                write_policy(db, last_good[0], last_good[1], now)
         return records
+
+    def set_policy_status(
+        self, attachment_id: str, state: PolicyState, version: int, *, event: Event | None
+    ) -> AttachmentRecord:
+        """Record an attachment's policy state (and its event) atomically."""
+        [record] = self.record_policy_results([(attachment_id, state, version, event)])
+        return record
+
+    def set_policy_statuses(
+        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: Event
+    ) -> list[AttachmentRecord]:
+        """Many attachments' policy states (attachment id, state, version),
+        one event each, in one transaction: a transition of every attachment
+        at once costs one commit, not one per attachment."""
+        return self.record_policy_results([(a, state, version, event) for a, state, version in updates])
 
     # -- events ------------------------------------------------------------
 

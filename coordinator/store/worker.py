@@ -102,6 +102,7 @@ class AsyncStore:
     delete_policy = _on_store_thread(Store.delete_policy)
     set_policy_status = _on_store_thread(Store.set_policy_status)
     set_policy_statuses = _on_store_thread(Store.set_policy_statuses)
+    record_policy_results = _on_store_thread(Store.record_policy_results)
     append_event = _on_store_thread(Store.append_event)
     append_coordinator_event = _on_store_thread(Store.append_coordinator_event)
     last_coordinator_event = _on_reader_thread(Store.last_coordinator_event)

@@ -12,6 +12,7 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -32,6 +33,7 @@ from coordinator.ovs.ofwire import FlowKey
 from coordinator.ovs.openflow import SyncResult
 from coordinator.policy.validate import scope_from_mapping
 from tests.golden.regen import GOLDEN, policies
+from tests.integration.invariants import flow_match
 
 pytestmark = pytest.mark.ovs
 
@@ -161,6 +163,59 @@ async def test_sync_sends_only_the_differences_and_leaves_other_cookies(
     assert await switch.installed(COOKIE + 1) == []
 
 
+def _counting(switch: ChannelSwitch) -> list[int]:
+    """The number of messages of every exchange ``switch`` makes from now on."""
+    sizes: list[int] = []
+    exchange = switch._exchange
+
+    async def counted(messages: Any) -> Any:
+        sizes.append(len(messages))
+        return await exchange(messages)
+
+    switch._exchange = counted  # type: ignore[method-assign]
+    return sizes
+
+
+async def test_a_change_from_the_remembered_state_needs_no_read_and_still_repairs_what_changed_behind_it(
+    ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
+) -> None:
+    web, server = (
+        _policy_flows(GOLDEN / "policies" / f"{n}.yaml") for n in ("web-client", "server-with-denies")
+    )
+    bridge = bridges()
+    switch = _switch(ovs, bridge, channels)
+    await switch.sync(COOKIE, web)
+    known = switch.known(COOKIE)
+    assert known is not None and set(known) == set(switch.encode(web))
+    sizes = _counting(switch)
+    change = await switch.sync(COOKIE, server, known=known)
+    assert len(sizes) == 1  # the bundle and its read-back, no read before it
+    common = len(set(web) & set(server))
+    assert (change.added, change.removed) == (len(server) - common, len(web) - common)
+    assert await _keys(switch) == set(switch.encode(server))
+    # Behind the switch's back: a stranger flow under the cookie, one of its
+    # flows gone. The remembered state no longer holds; the next change
+    # finds out by its read-back and starts over from a fresh read.
+    ovs.ofctl(
+        "add-flow", bridge, f"cookie={COOKIE:#x},table=0,priority=2,ip,nw_src=203.0.113.99,actions=drop"
+    )
+    gone = next(line for line in _dump_text(ovs, bridge) if "203.0.113.99" not in line)
+    ovs.ofctl("del-flows", "--strict", bridge, flow_match(gone) + f",cookie={COOKIE:#x}/-1")
+    sizes.clear()
+    await switch.sync(COOKIE, web, known=switch.known(COOKIE))
+    assert len(sizes) == 3  # from memory, then a fresh read, then the repair
+    assert await _keys(switch) == set(switch.encode(web))
+    # Nothing to change by memory: read and compared all the same.
+    sizes.clear()
+    assert await switch.sync(COOKIE, web, known=switch.known(COOKIE)) == SyncResult(0, 0, len(web))
+    assert len(sizes) == 1
+    # A delete leaves nothing; any other change through the switch forgets the cookie.
+    await switch.delete(COOKIE)
+    assert switch.known(COOKIE) == {}
+    await switch.add(web[:1])
+    assert switch.known(COOKIE) is None
+
+
 async def test_the_same_flow_under_two_cookies_is_held_once_the_later_winning(
     ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
 ) -> None:
@@ -245,6 +300,7 @@ async def test_reconnects_to_the_new_socket_after_an_ovs_vswitchd_restart(
         await asyncio.to_thread(ovs.start_vswitchd)
     assert await waiting == []  # a restarted vswitchd holds no flows
     assert switch.channel.connects == 2
+    assert switch.known(COOKIE) is None  # what the old connection verified is gone
     result = await switch.sync(COOKIE, flows)
     assert result.added == len(flows)
 

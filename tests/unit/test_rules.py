@@ -8,7 +8,7 @@ from collections import defaultdict
 from hypothesis import given, settings
 
 from coordinator.flows import rules as rules_module
-from coordinator.flows.compiler import PortFacts, attachment_flows
+from coordinator.flows.compiler import PortFacts, attachment_flows, forget_base_flows
 from coordinator.flows.model import Conjunction, Flow
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
@@ -129,3 +129,42 @@ def test_remembered_rule_terms_are_bounded() -> None:
     attachment_flows(PIPELINE, PORT, _cross(20, 10))  # 30 terms: compiled, not remembered
     attachment_flows(PIPELINE, PORT, _cross(3, 2))
     assert rules_module._remembered_rule_terms.cache_info().currsize == 1
+
+
+def _forgetting(scope: Scope, port: PortFacts = PORT) -> list[Flow]:
+    rules_module._forget_rule_flows()
+    forget_base_flows()
+    rules_module._remembered_rule_terms.cache_clear()
+    return attachment_flows(PIPELINE, port, scope)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scopes(), scopes())
+def test_remembered_rule_flows_are_what_a_fresh_compile_gives(first: Scope, second: Scope) -> None:
+    """A compile after others (rules remembered, some shared, some at other
+    indexes, another attachment in between) equals the compile of a process
+    that remembers nothing."""
+    other = PortFacts(ofport=7, mac="02:00:5e:00:53:08", slot=10)
+    mixed = Scope(addresses=second.addresses, egress=(*second.egress, *first.egress), ingress=first.ingress)
+    fresh = {id(s): _forgetting(s) for s in (first, second, mixed)}
+    fresh_other = _forgetting(mixed, other)
+    for scope in (first, second, mixed, first):
+        assert attachment_flows(PIPELINE, PORT, scope) == fresh[id(scope)]
+    assert attachment_flows(PIPELINE, other, mixed) == fresh_other
+
+
+def test_a_rule_moved_to_another_index_gets_its_own_conjunction_id() -> None:
+    cross = _cross(3, 3).egress[0]
+    plain = Rule("p", RuleAction.ALLOW, (), Protocol.UDP, (PortRange(53, 53),))
+    at_zero = _rule_flows(Scope(addresses=OWN_V4, egress=(cross, plain)))
+    at_one = _rule_flows(Scope(addresses=OWN_V4, egress=(plain, cross)))
+    ids = {
+        a.conj_id
+        for flows in (at_zero, at_one)
+        for f in flows
+        for a in f.actions
+        if isinstance(a, Conjunction)
+    }
+    assert len(ids) == 2
+    rules_module._forget_rule_flows()
+    assert at_one == _rule_flows(Scope(addresses=OWN_V4, egress=(plain, cross)))

@@ -48,16 +48,21 @@ async def test_a_refused_apply_keeps_the_old_flows_and_the_old_last_good_and_deg
         assert h.observed.applies == [True, False] and "ApplyFailed" in h.reasons("DpuPolicyDegraded")
 
 
-@pytest.mark.parametrize("point", ["policy.flows_applied", "policy.status_recorded"])
-async def test_a_fault_in_apply_never_makes_the_policy_the_last_good_one(tmp_path: Path, point: str) -> None:
+@pytest.mark.parametrize(("point", "last_good"), [("policy.flows_applied", 2), ("policy.status_recorded", 3)])
+async def test_the_state_and_the_last_good_policy_are_recorded_together(
+    tmp_path: Path, point: str, last_good: int
+) -> None:
+    """Before the record the old policy stays the last good one and the
+    attachment says so; after it both name the new one (one commit)."""
     async with harness(tmp_path) as h:
-        await h.attach("sb-1")
+        record = await h.attach("sb-1")
         await h.service.apply_policy("sb-1", scope(2))
         faults.enable(point, "raise")
         with pytest.raises(FaultInjected):
             await h.service.apply_policy("sb-1", scope(3))
         faults.disable_all()
-        assert h.store.policy("sb-1")[0] == 2  # type: ignore[index]
+        assert h.store.policy("sb-1")[0] == last_good  # type: ignore[index]
+        assert h.current(record).policy_version == last_good
         # The sandbox's lock was let go: the next update goes through.
         assert (await h.service.apply_policy("sb-1", scope(4)))[0].policy_version == 4
         assert len(h.service._locks) == 0
