@@ -209,6 +209,19 @@ async def test_a_change_from_the_remembered_state_needs_no_read_and_still_repair
     sizes.clear()
     assert await switch.sync(COOKIE, web, known=switch.known(COOKIE)) == SyncResult(0, 0, len(web))
     assert len(sizes) == 1
+    # A refused bundle from the remembered state keeps the old flows, and
+    # what runs beside the read-back never runs.
+    unmetered = Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800")),
+                     (Meter(999), Goto("egress_spoof")), COOKIE)  # fmt: skip
+    ran: list[int] = []
+
+    async def beside() -> None:
+        ran.append(1)
+
+    with pytest.raises(BundleError):
+        await switch.sync(COOKIE, [*server, unmetered], known=switch.known(COOKIE), beside_readback=beside)
+    assert ran == [] and await _keys(switch) == set(switch.encode(web))
+    assert switch.known(COOKIE) is None
     # A delete leaves nothing; any other change through the switch forgets the cookie.
     await switch.delete(COOKIE)
     assert switch.known(COOKIE) == {}
