@@ -160,7 +160,7 @@ def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
 # those, so they are remembered (the same checked Flow objects, whose
 # encodings the switch adapter has memoised). Keyed by the whole scope but
 # its rules, so no field of it can be forgotten in the key.
-BASE_FLOWS_KEPT = 1024
+BASE_FLOWS_KEPT = 256  # attachments; about 30 flows each
 _base_flows: dict[tuple[int, PortFacts, Scope], tuple[Pipeline, tuple[Flow, ...]]] = {}
 
 

@@ -23,6 +23,7 @@ bundle error of the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -291,8 +292,20 @@ class ChannelSwitch:
             check_bundle(bundle, results[: len(bundle)], labels)
             after = self._flows_of(results[-1], "reading back flows")
         else:
-            check_bundle(bundle, await self._exchange(bundle), labels)
-            after, _ = await asyncio.gather(self.installed(cookie), beside_readback())
+            # The read-back is written right behind the bundle (the switch
+            # takes them in order), and ``beside_readback`` starts as soon as
+            # the bundle's barrier answers, while the read-back is under way.
+            sent = asyncio.ensure_future(self._exchange(bundle))  # tasks start in order
+            readback = asyncio.ensure_future(self.installed(cookie))
+            try:
+                check_bundle(bundle, await sent, labels)
+            except BaseException:
+                for task in (sent, readback):
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                raise
+            after, _ = await asyncio.gather(readback, beside_readback())
         # Read by the exact cookie: every flow read back is the cookie's.
         held = {f.key: f for f in after}
         if held.keys() != wanted.keys():

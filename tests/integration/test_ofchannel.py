@@ -84,6 +84,20 @@ def _policy_flows(policy: Path) -> list[Flow]:
     return attachment_flows(PIPELINE, EXAMPLE_PORT, scope_from_mapping(yaml.safe_load(policy.read_text())))
 
 
+def _two_policies() -> tuple[list[Flow], list[Flow]]:
+    """The flows of two golden policies on one attachment: a change of one into the other."""
+    web, server = (
+        _policy_flows(GOLDEN / "policies" / f"{n}.yaml") for n in ("web-client", "server-with-denies")
+    )
+    return web, server
+
+
+# A flow policed by a meter the bridge does not have: the switch refuses that
+# one add, so a bundle holding it (every other change with it) fails.
+UNMETERED = Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800")),
+                 (Meter(999), Goto("egress_spoof")), COOKIE)  # fmt: skip
+
+
 def _dump_text(ovs: OvsInstance, bridge: str) -> list[str]:
     out = ovs.ofctl("dump-flows", "--no-stats", "--no-names", bridge)
     return sorted(line.strip() for line in out.splitlines() if "actions=" in line)
@@ -137,9 +151,7 @@ async def test_bridge_flows_and_a_metered_flow_encode_as_ovs_ofctl_sends_them(
 async def test_sync_sends_only_the_differences_and_leaves_other_cookies(
     ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
 ) -> None:
-    web, server = (
-        _policy_flows(GOLDEN / "policies" / f"{n}.yaml") for n in ("web-client", "server-with-denies")
-    )
+    web, server = _two_policies()
     bridge = bridges()
     switch = _switch(ovs, bridge, channels)
     other = dataclasses.replace(web[0], cookie=COOKIE + 1, priority=web[0].priority + 1)
@@ -163,6 +175,17 @@ async def test_sync_sends_only_the_differences_and_leaves_other_cookies(
     assert await switch.installed(COOKIE + 1) == []
 
 
+async def _web_installed(
+    ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
+) -> tuple[ChannelSwitch, str, list[Flow], list[Flow]]:
+    """A new bridge holding the web policy: its switch, its name, and both policies' flows."""
+    web, server = _two_policies()
+    bridge = bridges()
+    switch = _switch(ovs, bridge, channels)
+    await switch.sync(COOKIE, web)
+    return switch, bridge, web, server
+
+
 def _counting(switch: ChannelSwitch) -> list[int]:
     """The number of messages of every exchange ``switch`` makes from now on."""
     sizes: list[int] = []
@@ -179,12 +202,7 @@ def _counting(switch: ChannelSwitch) -> list[int]:
 async def test_a_change_from_the_remembered_state_needs_no_read_and_still_repairs_what_changed_behind_it(
     ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
 ) -> None:
-    web, server = (
-        _policy_flows(GOLDEN / "policies" / f"{n}.yaml") for n in ("web-client", "server-with-denies")
-    )
-    bridge = bridges()
-    switch = _switch(ovs, bridge, channels)
-    await switch.sync(COOKIE, web)
+    switch, bridge, web, server = await _web_installed(ovs, bridges, channels)
     known = switch.known(COOKIE)
     assert known is not None and set(known) == set(switch.encode(web))
     sizes = _counting(switch)
@@ -209,6 +227,17 @@ async def test_a_change_from_the_remembered_state_needs_no_read_and_still_repair
     sizes.clear()
     assert await switch.sync(COOKIE, web, known=switch.known(COOKIE)) == SyncResult(0, 0, len(web))
     assert len(sizes) == 1
+    # A refused bundle from the remembered state keeps the old flows, and
+    # what runs beside the read-back never runs.
+    ran: list[int] = []
+
+    async def beside() -> None:
+        ran.append(1)
+
+    with pytest.raises(BundleError):
+        await switch.sync(COOKIE, [*server, UNMETERED], known=switch.known(COOKIE), beside_readback=beside)
+    assert ran == [] and await _keys(switch) == set(switch.encode(web))
+    assert switch.known(COOKIE) is None
     # A delete leaves nothing; any other change through the switch forgets the cookie.
     await switch.delete(COOKIE)
     assert switch.known(COOKIE) == {}
@@ -235,19 +264,10 @@ async def test_the_same_flow_under_two_cookies_is_held_once_the_later_winning(
 async def test_a_refused_bundle_keeps_the_old_flows_and_names_the_error(
     ovs: OvsInstance, bridges: BridgeFactory, channels: list[OpenFlowChannel]
 ) -> None:
-    web, server = (
-        _policy_flows(GOLDEN / "policies" / f"{n}.yaml") for n in ("web-client", "server-with-denies")
-    )
-    bridge = bridges()
-    switch = _switch(ovs, bridge, channels)
-    await switch.sync(COOKIE, web)
+    switch, bridge, web, server = await _web_installed(ovs, bridges, channels)
     before = _dump_text(ovs, bridge)
-    # A flow policed by a meter the bridge does not have: the switch refuses
-    # that one add, so the whole bundle (every other change with it) fails.
-    unmetered = Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800")),
-                     (Meter(999), Goto("egress_spoof")), COOKIE)  # fmt: skip
     with pytest.raises(BundleError) as refused:
-        await switch.sync(COOKIE, [*server, unmetered])
+        await switch.sync(COOKIE, [*server, UNMETERED])
     message = str(refused.value)
     assert "OFPMMFC_INVALID_METER" in message and "table 0 priority 3020" in message
     assert "ONF bundle error ONFERR_ET_" in message
