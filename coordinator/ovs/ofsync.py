@@ -35,13 +35,14 @@ from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import ChannelError, OpenFlowChannel, Outcome, Outgoing, Reply
+from coordinator.ovs.ofconfig import match_fragments_as_parsed
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
 from coordinator.ovs.ofexplain import explain_difference
+from coordinator.ovs.ofintent import CookieIntents
 from coordinator.ovs.ofknown import KnownFlows
 from coordinator.ovs.ofmessages import (
     ALL_COOKIES,
     BUNDLE_FLAGS,
-    FRAG_NX_MATCH,
     U64,
     BundleError,
     MeterBand,
@@ -109,6 +110,7 @@ class ChannelSwitch:
         self._stats_requests: dict[tuple[int, int], bytes] = {}
         self._reader = FlowStatsReader(canonical=self._encoder.canonical)
         self._known = KnownFlows()
+        self._intents = CookieIntents(self.encode, self._encoder.encode)
 
     @property
     def channel(self) -> OpenFlowChannel:
@@ -258,8 +260,9 @@ class ChannelSwitch:
         read-back differs (the switch was changed behind our back), the sync
         starts over from a fresh read."""
         if known is not None and read is None and installed is None and not meters:
-            wanted = self.encode(desired)
-            added = [key for key in wanted if key not in known]
+            wanted = self._intents.wanted(cookie, desired)
+            # Set operations on the dicts' own hashes: no key is hashed again.
+            added = list(set(wanted).difference(known))
             if added or len(known) != len(wanted):
                 try:
                     return await self._sync_from_known(cookie, desired, wanted, known, added, beside_readback)
@@ -281,7 +284,7 @@ class ChannelSwitch:
         added: Sequence[FlowKey],
         beside_readback: Callable[[], Awaitable[object]] | None,
     ) -> SyncResult:
-        removed = [f for key, f in current.items() if key not in wanted]
+        removed = [current[key] for key in set(current).difference(wanted)]
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
         labels = [f"delete of {describe_key(f.key)}" for f in removed]
         labels += [f"add of {describe_key(k)}" for k in added]
@@ -308,7 +311,7 @@ class ChannelSwitch:
             after, _ = await asyncio.gather(readback, beside_readback())
         # Read by the exact cookie: every flow read back is the cookie's.
         held = {f.key: f for f in after}
-        if held.keys() != wanted.keys():
+        if len(held) != len(wanted) or set(held).difference(wanted):
             raise _StaleKnown
         self._known.keep(cookie, self._channel.connects, held)
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
@@ -449,35 +452,8 @@ class ChannelSwitch:
         check_bundle(bundle, await self._exchange(bundle), labels)
 
     async def match_fragments_as_parsed(self) -> None:
-        """Fragment handling ``nx-match`` (what ``ovs-ofctl set-frags`` sets):
-        a first fragment is looked up with its L4 ports, later fragments
-        without. Switch state, not a flow: set again whenever the bridge is
-        (re)programmed. Read back, as a switch may ignore the flags."""
-        flags, miss_send_len = await self._switch_config()
-        setting = parser.OFPSetConfig(DATAPATH, (flags & ~ofp.OFPC_FRAG_MASK) | FRAG_NX_MATCH, miss_send_len)
-        xid = self._channel.xid()
-        [outcome] = await self._exchange([Outgoing(serialize(setting, xid), xid)])
-        if outcome.error is not None:
-            raise OpenFlowError(f"setting fragment handling: {outcome.error.describe()}")
-        flags, _ = await self._switch_config()
-        if flags & ofp.OFPC_FRAG_MASK != FRAG_NX_MATCH:
-            raise OpenFlowError(
-                f"the switch kept fragment handling {flags & ofp.OFPC_FRAG_MASK}, not nx-match"
-            )
-
-    async def _switch_config(self) -> tuple[int, int]:
-        xid = self._channel.xid()
-        request = serialize(parser.OFPGetConfigRequest(DATAPATH), xid)
-        [outcome] = await self._exchange([Outgoing(request, xid, Reply.ONE)])
-        if outcome.error is not None:
-            raise OpenFlowError(f"reading the switch config: {outcome.error.describe()}")
-        try:
-            reply = parse(outcome.replies[0])
-            return int(reply.flags), int(reply.miss_send_len)
-        except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
-            raise OpenFlowError(
-                f"reading the switch config: unreadable reply ({type(exc).__name__})"
-            ) from exc
+        """Fragment handling ``nx-match`` (see ``ofconfig``), read back."""
+        await match_fragments_as_parsed(self._exchange, self._channel.xid)
 
     async def delete(self, cookie: int) -> None:
         """Remove every flow of ``cookie``."""

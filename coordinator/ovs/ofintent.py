@@ -1,0 +1,96 @@
+"""A cookie's desired flows by key, worked out from the last ones.
+
+``ChannelSwitch.encode`` walks every flow (its encoding, its place, the
+later flow of a place winning): for a thousand-rule attachment that is
+most of a one-rule change's work. The compiler hands back the very Flow
+objects of unchanged rules, so the flows that came and went are two set
+differences, and only those are looked at. Anything unusual (a place
+taken twice, two flows with one key, a large change) is worked out the
+whole way instead, so the result is always what ``encode`` would give,
+in some order (the adds of distinct places commute in a bundle).
+Bounded in flows kept, the least recently used cookies going first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from coordinator.flows.model import Flow
+from coordinator.ovs.ofencode import EncodedFlow
+from coordinator.ovs.ofwire import FlowKey, FlowPlace
+
+INTENT_FLOWS_KEPT = 16_384
+Wanted = dict[FlowKey, tuple[Flow, EncodedFlow]]
+
+
+@dataclass
+class _Intent:
+    flows: set[Flow]
+    wanted: Wanted
+    places: dict[FlowPlace, FlowKey]
+
+
+class CookieIntents:
+    def __init__(
+        self,
+        encode_all: Callable[[Iterable[Flow]], Wanted],
+        encode_one: Callable[[Flow], EncodedFlow],
+        *,
+        limit: int = INTENT_FLOWS_KEPT,
+    ) -> None:
+        self._encode_all = encode_all
+        self._encode_one = encode_one
+        self._limit = limit
+        self._by_cookie: OrderedDict[int, _Intent] = OrderedDict()
+        self._flows = 0
+
+    def wanted(self, cookie: int, desired: Sequence[Flow]) -> Wanted:
+        """What ``encode(desired)`` gives, from the cookie's last intent
+        where few flows changed. Not to be changed by the caller."""
+        last = self._by_cookie.pop(cookie, None)
+        if last is not None:
+            self._flows -= len(last.flows)
+        flows = set(desired)
+        intent = self._patched(last, flows) if last is not None else None
+        if intent is None:
+            wanted = self._encode_all(desired)
+            intent = _Intent(flows, wanted, {key.place: key for key in wanted})
+            if len(intent.places) != len(wanted) or len(wanted) != len(flows):
+                return wanted  # places or keys shared: not worth remembering
+        if len(flows) <= self._limit:
+            self._by_cookie[cookie] = intent
+            self._flows += len(flows)
+            while self._flows > self._limit:
+                _, dropped = self._by_cookie.popitem(last=False)
+                self._flows -= len(dropped.flows)
+        return intent.wanted
+
+    def _patched(self, last: _Intent, flows: set[Flow]) -> _Intent | None:
+        gone = last.flows - flows
+        came = flows - last.flows
+        if len(gone) + len(came) > max(16, len(flows) // 8):
+            return None
+        wanted = dict(last.wanted)
+        places = dict(last.places)
+        for flow in gone:
+            key = self._encode_one(flow).key
+            held = wanted.pop(key, None)
+            if held is None or held[0] != flow:
+                return None
+            del places[key.place]
+        for flow in came:
+            encoded = self._encode_one(flow)
+            key = encoded.key
+            if key in wanted or key.place in places:
+                return None  # a place taken twice: the whole way, in order
+            wanted[key] = (flow, encoded)
+            places[key.place] = key
+        return _Intent(flows, wanted, places)
+
+    def forget(self, cookies: Iterable[int]) -> None:
+        for cookie in cookies:
+            dropped = self._by_cookie.pop(cookie, None)
+            if dropped is not None:
+                self._flows -= len(dropped.flows)
