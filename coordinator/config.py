@@ -50,6 +50,12 @@ class ServerConfig:
     crl_after_next_update: Literal["fail-closed", "keep-last"] = "fail-closed"
     # Seconds in-flight RPCs get to finish on SIGTERM.
     shutdown_grace_s: float = 5.0
+    # Client connections open at once (more are closed at accept). Each one
+    # that has not acknowledged the listener's HTTP/2 settings can make the
+    # daemon hold up to 170 MB of headers (README, "Limits of the API
+    # listener"), so this bounds what floods on open connections hold.
+    # The host extension keeps one connection; each ctl command opens one.
+    max_connections: int = 4
 
 
 @dataclass(frozen=True)
@@ -252,6 +258,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "reconcile.host_grace_s": (1, 604_800),
     "server.shutdown_grace_s": (0, 600),
     "server.reload_interval_s": (0.2, 86_400),
+    "server.max_connections": (2, 1024),
     "eswitch.inventory_poll_s": (0.1, 3600),
     "health.poll_s": (0.5, 3600),
     "health.offload_cache_s": (0, 600),

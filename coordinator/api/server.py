@@ -29,7 +29,14 @@ MAX_SEND_MESSAGE_BYTES = 16 * 1024 * 1024  # a ListAttachments of every attachme
 MAX_METADATA_BYTES = 16 * 1024  # the whole header list of a call, soft limit
 ABSOLUTE_MAX_METADATA_BYTES = 32 * 1024  # hard limit: beyond it the stream is reset
 MAX_CONCURRENT_STREAMS = 64  # per connection; more are refused (REFUSED_STREAM)
-MAX_CONNECTIONS = 256  # open at once; a host and a few admin tools need a handful
+# Until a client acknowledges the listener's SETTINGS, grpcio applies the
+# HTTP/2 default header list limit (16 MiB) instead of the one above, and
+# keeps every header of a block that never ends: up to 170 MB per such
+# connection. A client that has not acknowledged within this long is cut;
+# every HTTP/2 client acknowledges at once. [server] max_connections bounds
+# what open connections hold; what closed ones leave behind only the unit's
+# MemoryMax= bounds (README, "Limits of the API listener").
+SETTINGS_ACK_TIMEOUT_MS = 10_000
 MIN_CLIENT_PING_INTERVAL_MS = 30_000  # clients pinging more often get GOAWAY after two strikes
 MAX_PING_STRIKES = 2
 KEEPALIVE_MS = 60_000  # the server pings an idle connection this often ...
@@ -42,7 +49,7 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_metadata_size", MAX_METADATA_BYTES),
     ("grpc.absolute_max_metadata_size", ABSOLUTE_MAX_METADATA_BYTES),
     ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
-    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    ("grpc.http2.settings_timeout", SETTINGS_ACK_TIMEOUT_MS),
     ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
     ("grpc.http2.max_ping_strikes", MAX_PING_STRIKES),
     ("grpc.keepalive_permit_without_calls", 0),
@@ -101,7 +108,8 @@ async def start_server(
     """``trust``: the reloaded set the listener follows (the daemon's); by
     default the files of ``config`` as they are now."""
     # The authorizer is innermost: the others see every call, refused ones too.
-    server = grpc.aio.server(interceptors=[*interceptors, servicer.authorizer], options=SERVER_OPTIONS)
+    options = (*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", config.max_connections))
+    server = grpc.aio.server(interceptors=[*interceptors, servicer.authorizer], options=options)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -128,6 +128,8 @@ key = "{certs}/server.key"
 client_ca = "{certs}/ca.pem"
 crl = ["{certs}/ca.crl"]
 reload_interval_s = 1
+# Tests and soak runs open several clients at once (production default: 4).
+max_connections = 32
 
 [auth]
 admins = ["spiffe://bluefield.local/admin/admin"]

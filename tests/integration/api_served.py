@@ -98,6 +98,7 @@ def served_config(config: Config, pki: DevPki, log: Path) -> Config:
             cert=str(pki.server_cert),
             key=str(pki.server_key),
             client_ca=str(pki.ca_cert),
+            max_connections=32,  # the fuzz and hostile-caller tests open several clients at once
         ),
         auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity,)),
         logs=LogsConfig(security_events_path=str(log)),

@@ -30,6 +30,7 @@ def test_empty_config_gives_the_documented_defaults() -> None:
         ({"ovs": {"db": "/var/run/db.sock"}}, "ovs.db"),
         ({"server": {"listen": "nohost"}}, "server.listen"),
         ({"limits": {"max_attachments": 0}}, "limits.max_attachments"),
+        ({"server": {"max_connections": 1}}, "server.max_connections"),
         ({"policy": {"initial_policy": "OPEN"}}, "policy.initial_policy"),
         ({"ovs": []}, "ovs"),
     ],
