@@ -33,9 +33,10 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from os_ken.ofproto import nicira_ext, ofproto_protocol
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -55,8 +56,18 @@ from coordinator.flows.model import (
 from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.ofwire import HEADER, FlowKey
 
-# os-ken messages need a "datapath" only for its protocol version.
-DATAPATH = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What os-ken's messages read of their "datapath": the modules of its
+    protocol version. (os-ken's ProtocolDesc holds the same, but its module
+    imports the parsers of every OpenFlow version.)"""
+
+    ofproto: ModuleType
+    ofproto_parser: ModuleType
+
+
+DATAPATH = _Protocol(ofp, parser)
 
 ETH_ARP = 0x0806
 MatchValue = Any  # what os-ken's OFPMatch takes for a field: int, str or a (value, mask) pair
