@@ -118,7 +118,10 @@ def flow_stats(body: bytes) -> list[InstalledFlow]:
     return FlowStatsReader().read(body)
 
 
-SPELLINGS_KEPT = 16_384
+# About 750 bytes a spelling kept (16,384 of them: 12 MB); a read-back
+# needs the spellings of the one read before it, the flows of the cookies
+# a change touched.
+SPELLINGS_KEPT = 4096
 
 
 class FlowStatsReader:
