@@ -284,7 +284,7 @@ def encode_flow_add(flow: Flow, pipeline: Pipeline) -> bytes:
     return bytes(message.buf)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncodedFlow:
     add: bytes  # OFPFC_ADD, xid 0
     key: FlowKey  # the canonical form the switch will report
@@ -295,7 +295,7 @@ _MATCH_HEAD = struct.Struct("!HH")
 _FieldKey = tuple[str, str, "int | None", "int | None"]  # name, text, dl_type and nw_proto before it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Field:
     key: str  # os-ken's name of it
     value: MatchValue
