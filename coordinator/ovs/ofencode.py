@@ -33,9 +33,10 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
-from os_ken.ofproto import nicira_ext, ofproto_protocol
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -55,8 +56,18 @@ from coordinator.flows.model import (
 from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.ofwire import HEADER, FlowKey
 
-# os-ken messages need a "datapath" only for its protocol version.
-DATAPATH = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)
+
+@dataclass(frozen=True)
+class _Protocol:
+    """What os-ken's messages read of their "datapath": the modules of its
+    protocol version. (os-ken's ProtocolDesc holds the same, but its module
+    imports the parsers of every OpenFlow version.)"""
+
+    ofproto: ModuleType
+    ofproto_parser: ModuleType
+
+
+DATAPATH = _Protocol(ofp, parser)
 
 ETH_ARP = 0x0806
 MatchValue = Any  # what os-ken's OFPMatch takes for a field: int, str or a (value, mask) pair
@@ -273,7 +284,7 @@ def encode_flow_add(flow: Flow, pipeline: Pipeline) -> bytes:
     return bytes(message.buf)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EncodedFlow:
     add: bytes  # OFPFC_ADD, xid 0
     key: FlowKey  # the canonical form the switch will report
@@ -284,28 +295,36 @@ _MATCH_HEAD = struct.Struct("!HH")
 _FieldKey = tuple[str, str, "int | None", "int | None"]  # name, text, dl_type and nw_proto before it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Field:
     key: str  # os-ken's name of it
     value: MatchValue
     tlv: bytes  # its OXM TLV
 
 
-ENCODINGS_KEPT = 16_384
+# Whole encodings kept: a few policies' worth of the flows changed last (a
+# 1,000-rule policy compiles to about 1,050 flows). The pieces repeat across
+# attachments and stay far fewer (a thousand attachments of 32 rules: ~4,200
+# match fields, ~5,100 action lists), so their bound is never reached.
+ENCODINGS_KEPT = 4096
+PIECES_KEPT = 16_384
 
 
 class FlowEncoder:
     """Encodings by Flow value, laid out from memoised pieces (see the
-    module's doc). Bounded: past ``limit`` entries a cache starts over.
-    An encoding kept costs about 570 bytes with its Flow (60,000 flows:
-    34 MB), one laid out from remembered pieces about 20 us; so the
-    default holds what the policies changed most often compile to, and a
-    switch-wide re-program of more flows than that lays the rest out
-    again rather than keeping every flow's encoding for ever."""
+    module's doc). Bounded: past its limit a cache starts over. An encoding
+    kept costs about 470 bytes beside its Flow (16,384 of them: 8 MB), one
+    laid out from remembered pieces about 20 us; so the default holds what
+    the last policy changes compile to, and a switch-wide re-program lays
+    most flows out again (from pieces it keeps) rather than keeping every
+    flow's encoding for ever."""
 
-    def __init__(self, pipeline: Pipeline, *, limit: int = ENCODINGS_KEPT) -> None:
+    def __init__(
+        self, pipeline: Pipeline, *, limit: int = ENCODINGS_KEPT, pieces_limit: int = PIECES_KEPT
+    ) -> None:
         self._pipeline = pipeline
         self._limit = limit
+        self._pieces_limit = pieces_limit
         self._cache: dict[Flow, EncodedFlow] = {}
         self._fields: dict[_FieldKey, _Field] = {}
         self._instructions: dict[tuple[FlowAction, ...], bytes] = {}
@@ -375,7 +394,7 @@ class FlowEncoder:
         parser.OFPMatch(_ordered_fields=[(key, value)]).serialize(buf, 0)
         (match_len,) = struct.unpack_from("!H", buf, 2)
         field = _Field(key, value, bytes(buf[_MATCH_HEAD.size : match_len]))
-        if len(self._fields) >= self._limit:
+        if len(self._fields) >= self._pieces_limit:
             self._fields.clear()
         self._fields[memo] = field
         return field
@@ -390,7 +409,7 @@ class FlowEncoder:
             instruction.serialize(buf, offset)
             offset += instruction.len
         encoded = bytes(buf[:offset])
-        if len(self._instructions) >= self._limit:
+        if len(self._instructions) >= self._pieces_limit:
             self._instructions.clear()
         self._instructions[flow.actions] = encoded
         return encoded

@@ -14,7 +14,6 @@ keeps each field's bytes and the instructions as it encodes them.
 
 from __future__ import annotations
 
-import functools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,12 +38,15 @@ class WireError(ValueError):
     """A message from the switch that does not hold together."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlowKey:
     """One flow as the switch holds it, independent of match field order.
 
     Hashed once: a sync looks each key up several times (diff both ways,
-    read-back), and a tuple of bytes rehashes its items on every lookup."""
+    read-back), and a tuple of bytes rehashes its items on every lookup.
+    Slotted, as are the other per-flow values here and in ofencode: a
+    switch-wide compare holds several per flow at once (tens of thousands
+    of flows), and slots save ~50 bytes each."""
 
     cookie: int
     table: int
@@ -52,10 +54,12 @@ class FlowKey:
     match: tuple[bytes, ...]  # OXM TLVs, sorted
     instructions: bytes
     _hash: int = field(init=False, repr=False, compare=False)
+    _place: FlowPlace | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         fields = (self.cookie, self.table, self.priority, self.match, self.instructions)
         object.__setattr__(self, "_hash", hash(fields))
+        object.__setattr__(self, "_place", None)
 
     def __hash__(self) -> int:
         return self._hash
@@ -76,13 +80,18 @@ class FlowKey:
             and self.priority == other.priority
         )
 
-    @functools.cached_property
+    @property
     def place(self) -> FlowPlace:
-        """Where the flow sits: one flow per table, priority and match."""
-        return FlowPlace(self.table, self.priority, self.match)
+        """Where the flow sits: one flow per table, priority and match
+        (made when first asked: only a sync's intent asks)."""
+        place = self._place
+        if place is None:
+            place = FlowPlace(self.table, self.priority, self.match)
+            object.__setattr__(self, "_place", place)
+        return place
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlowPlace:
     """A flow's table, priority and match (its identity in the switch),
     hashed once."""
@@ -99,7 +108,7 @@ class FlowPlace:
         return self._hash
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InstalledFlow:
     key: FlowKey
     match_block: bytes  # the ofp_match as read (with padding), for a strict delete
@@ -158,7 +167,13 @@ def flow_stats(body: bytes) -> list[InstalledFlow]:
     return FlowStatsReader().read(body)
 
 
-SPELLINGS_KEPT = 16_384
+# About 750 bytes a spelling kept (16,384 of them: 12 MB); a read-back
+# needs the spellings of the one read before it, the flows of the cookies
+# a change touched.
+SPELLINGS_KEPT = 4096
+# Distinct match fields and instruction blocks: the same few recur in every
+# attachment's flows (a thousand attachments of 32 rules: ~4,200 fields).
+PIECES_KEPT = 16_384
 
 
 class FlowStatsReader:
@@ -168,13 +183,18 @@ class FlowStatsReader:
     read-back of mostly unchanged flows costs a slice and a lookup per flow
     instead of splitting and sorting its match. Bounded like the encoder's
     memo (``ofencode.ENCODINGS_KEPT``): past ``limit`` spellings it starts
-    over, and a read of more flows than that parses the rest again."""
+    over, and a read of more flows than that parses the rest again.
+
+    A parsed flow's match fields and instructions are shared with the
+    equal ones of flows parsed before (one bytes object each, not one per
+    flow): a switch-wide read holds tens of thousands of flows at once."""
 
     def __init__(
         self, *, limit: int = SPELLINGS_KEPT, canonical: Callable[[FlowKey], FlowKey] | None = None
     ) -> None:
         self._limit = limit
         self._seen: dict[bytes, InstalledFlow] = {}
+        self._pieces: dict[bytes, bytes] = {}
         # The key objects the encoder made for the same flows: a diff or a
         # comparison then finds each by identity.
         self._canonical = canonical or (lambda key: key)
@@ -206,8 +226,17 @@ class FlowStatsReader:
     def _parse(self, body: bytes, at: int, end: int) -> InstalledFlow:
         _, table, _, _, priority, _, _, _, cookie, _, _ = _FLOW_STATS.unpack_from(body, at)
         block, tlvs, match_end = _match_at(body, at + _FLOW_STATS.size, end)
-        key = FlowKey(cookie, table, priority, tlvs, bytes(body[match_end:end]))
+        match = tuple(self._piece(tlv) for tlv in tlvs)
+        key = FlowKey(cookie, table, priority, match, self._piece(bytes(body[match_end:end])))
         return InstalledFlow(self._canonical(key), block)
+
+    def _piece(self, piece: bytes) -> bytes:
+        kept = self._pieces.get(piece)
+        if kept is None:
+            if len(self._pieces) >= PIECES_KEPT:
+                self._pieces.clear()
+            kept = self._pieces[piece] = piece
+        return kept
 
 
 def multipart_body(message: bytes) -> tuple[int, bytes]:
