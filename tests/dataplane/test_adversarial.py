@@ -106,7 +106,9 @@ class Capture:
             return self._arrived.wait_for(lambda: any(marker in f for f in self._frames), timeout)
 
     def stop(self) -> list[bytes]:
-        self._proc.communicate("", timeout=10)
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()  # the capture's cue to stop; its last lines go to the reader
+        self._proc.wait(timeout=10)
         self._reader.join(timeout=10)
         with self._arrived:
             return list(self._frames)
