@@ -337,6 +337,26 @@ def _syn_in(env: Env, tag: Tag, dport: int, flags: str = "S", sport: int = 40020
     )
 
 
+@dataclass(frozen=True)
+class Sentinel:
+    """A frame the policies let through from a source to ``place``: sent
+    after a chunk of frames, it shows the switch has read them all."""
+
+    place: str
+    frame: Callable[[Env, bytes], Packet]  # (env, marker) -> the frame
+
+
+SENTINELS: dict[str, Sentinel] = {
+    "guest": Sentinel("uplink", lambda e, m: _out(e) / IP(src=GUEST_V4, dst=SERVER_V4)
+                      / UDP(sport=40090, dport=5000) / Raw(m)),
+    "uplink": Sentinel("guest", lambda e, m: _inbound(e) / IP(src=SERVER_V4, dst=GUEST_V4)
+                       / UDP(sport=40091, dport=5000) / Raw(m)),
+    # An address probe: the only thing a class's guest sends that goes out.
+    "classed": Sentinel("uplink", lambda e, m: Ether(src=e.classed_mac, dst=BROADCAST)
+                        / ARP(hwsrc=e.classed_mac, psrc="0.0.0.0", pdst=GATEWAY_V4) / Padding(m)),
+}  # fmt: skip
+
+
 def _one(build: Callable[[Env, Tag], Packet]) -> Frames:
     return lambda env, tag: [build(env, tag)]
 

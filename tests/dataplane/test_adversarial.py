@@ -6,8 +6,9 @@ attachments (the attacker ``guest`` and a ``peer``, both with a NetworkScope,
 and ``classed`` on the baseline network class) and a fabric namespace on the
 uplink. The fabric and the guests have no IP addresses, so no kernel answers
 (or reflects a marker back in an ICMP error): what each place captures is
-exactly what the switch delivered. All cases are sent in one go; each test
-then checks one case's arrivals.
+exactly what the switch delivered. All cases are sent in one go (in chunks
+the switch's port buffer holds, each followed by a sentinel); each test then
+checks one case's arrivals.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -29,7 +32,7 @@ from coordinator.eswitch.base import DeviceKind
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
 from tests.conftest import require_ovs
-from tests.dataplane.cases import CASES, GUEST_SCOPE, PEER_SCOPE, Case, Env, Tag
+from tests.dataplane.cases import CASES, GUEST_SCOPE, PEER_SCOPE, SENTINELS, Case, Env, Tag
 from tests.integration.stack import Stack, build_stack
 
 pytestmark = pytest.mark.ovs
@@ -38,15 +41,31 @@ WIRE = str(Path(__file__).with_name("wire.py"))
 BRIDGE = "br-hostile"
 UPLINK_PORT = "hostile-up"
 MARKER = b"BQ"
-SETTLE_S = 1.0  # after the last frame, before the captures stop
+SETTLE_S = 1.0  # after the last frame went through, for whatever follows it late
 # Conntrack's reassembly gives up on an incomplete datagram after 15 s and
 # hands its fragments back at the next ct() of that family: the second
 # round of frames (Case.then) is sent once that has happened.
 FRAGMENT_EXPIRY_S = 16.0
+# The switch reads each port through a packet socket with the kernel's
+# default receive buffer (212,992 bytes): it holds about 90 frames of 1,400
+# bytes. Whatever a burst sends beyond that before the switch gets to read
+# (a loaded machine) the kernel drops unseen - the tail of a burst, such as
+# the allowed datagram after 46 fragments. So frames go in chunks of whole
+# cases, each followed by a sentinel that must come out before the next
+# chunk is sent: about half the buffer is ever in flight.
+CHUNK_FRAMES = 48
+SENTINEL_TIMEOUT_S = 30.0
 
 
 def tag_for(case_index: int) -> Tag:
     return lambda n: b"BQ%03d%02d!" % (case_index, n)
+
+
+SENTINEL_PREFIX = b"BQsent"  # no case's tag looks like it
+
+
+def sentinel_marker(n: int) -> bytes:
+    return SENTINEL_PREFIX + b"%03d!" % n
 
 
 @dataclass
@@ -62,12 +81,37 @@ def _mac(ns: str, ifname: str = "eth0") -> str:
     return str(json.loads(out)[0]["address"])
 
 
-def _start_capture(ns: str) -> subprocess.Popen[str]:
-    proc = netns.popen_in_netns(
-        ns, [sys.executable, WIRE, "capture", "eth0", MARKER.decode()], stdin=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    return proc
+class Capture:
+    """Every frame with the marker arriving in one namespace, read as it
+    comes (so a sentinel can be waited for) until :meth:`stop`."""
+
+    def __init__(self, ns: str) -> None:
+        self._proc = netns.popen_in_netns(
+            ns, [sys.executable, WIRE, "capture", "eth0", MARKER.decode()], stdin=subprocess.PIPE
+        )
+        assert self._proc.stdout is not None and self._proc.stdout.readline().strip() == "ready"
+        self._frames: list[bytes] = []
+        self._arrived = threading.Condition()
+        self._reader = threading.Thread(target=self._read, args=(self._proc.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, out: IO[str]) -> None:
+        for line in out:
+            with self._arrived:
+                self._frames.append(bytes.fromhex(line.strip()))
+                self._arrived.notify_all()
+
+    def wait_for(self, marker: bytes, timeout: float) -> bool:
+        with self._arrived:
+            return self._arrived.wait_for(lambda: any(marker in f for f in self._frames), timeout)
+
+    def stop(self) -> list[bytes]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()  # the capture's cue to stop; its last lines go to the reader
+        self._proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+        with self._arrived:
+            return list(self._frames)
 
 
 def _send(ns: str, frames: list[bytes]) -> None:
@@ -76,32 +120,63 @@ def _send(ns: str, frames: list[bytes]) -> None:
     )
 
 
-def _stop_capture(proc: subprocess.Popen[str]) -> list[bytes]:
-    out, _ = proc.communicate("", timeout=10)
-    return [bytes.fromhex(line) for line in out.split()]
+def chunks(frames_per_case: list[list[bytes]], limit: int = CHUNK_FRAMES) -> list[list[bytes]]:
+    """Consecutive whole cases, at most ``limit`` frames a chunk (a case is
+    never split: what it sends back to back is what it tests)."""
+    out: list[list[bytes]] = []
+    for frames in frames_per_case:
+        assert len(frames) <= limit, f"a case of {len(frames)} frames overflows the switch's port buffer"
+        if not out or len(out[-1]) + len(frames) > limit:
+            out.append([])
+        out[-1].extend(frames)
+    return out
+
+
+class Sender:
+    """Sends chunks of frames from their source's namespace, each followed
+    by the source's sentinel, and waits until the switch let it through."""
+
+    def __init__(self, places: dict[str, str], captures: dict[str, Capture], env: Env) -> None:
+        self._places = places
+        self._captures = captures
+        self._env = env
+        self._sent = 0
+
+    def send(self, source: str, frames_per_case: list[list[bytes]]) -> None:
+        sentinel = SENTINELS[source]
+        for chunk in chunks(frames_per_case):
+            marker = sentinel_marker(self._sent)
+            self._sent += 1
+            _send(self._places[source], [*chunk, bytes(sentinel.frame(self._env, marker))])
+            assert self._captures[sentinel.place].wait_for(marker, SENTINEL_TIMEOUT_S), (
+                f"the {source} sentinel {marker!r} never reached {sentinel.place}"
+            )
 
 
 def run_cases(places: dict[str, str], env: Env, cases: tuple[Case, ...]) -> Arrivals:
-    first: dict[str, list[bytes]] = {}
-    then: dict[str, list[bytes]] = {}
+    first: dict[str, list[list[bytes]]] = {}
+    then: dict[str, list[list[bytes]]] = {}
     for index, case in enumerate(cases):
-        for frame in case.frames(env, tag_for(index)):
-            first.setdefault(case.source, []).append(bytes(frame))
-        for frame in case.then(env, tag_for(index)) if case.then else ():
-            then.setdefault(case.source, []).append(bytes(frame))
-    captures = {place: _start_capture(ns) for place, ns in places.items()}
+        first.setdefault(case.source, []).append([bytes(f) for f in case.frames(env, tag_for(index))])
+        if case.then:
+            then.setdefault(case.source, []).append([bytes(f) for f in case.then(env, tag_for(index))])
+    captures = {place: Capture(ns) for place, ns in places.items()}
     try:
-        started = time.monotonic()
-        for source, frames in first.items():
-            _send(places[source], frames)
+        sender = Sender(places, captures, env)
+        for source, frames_per_case in first.items():
+            sender.send(source, frames_per_case)
         if then:
-            time.sleep(max(0.0, started + FRAGMENT_EXPIRY_S - time.monotonic()))
-            for source, frames in then.items():
-                _send(places[source], frames)
+            # Every fragment of the first round has reached the switch by now.
+            time.sleep(FRAGMENT_EXPIRY_S)
+            for source, frames_per_case in then.items():
+                sender.send(source, frames_per_case)
         time.sleep(SETTLE_S)
     finally:
-        captured = {place: _stop_capture(proc) for place, proc in captures.items()}
-    return Arrivals(captured)
+        captured = {place: capture.stop() for place, capture in captures.items()}
+    # The sentinels are no case's business.
+    return Arrivals(
+        {place: [f for f in frames if SENTINEL_PREFIX not in f] for place, frames in captured.items()}
+    )
 
 
 @pytest.fixture(scope="module")
