@@ -35,7 +35,7 @@ from coordinator.attachment_identity import (
     zone_of_slot,
 )
 from coordinator.config import Config
-from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
+from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, WorldFacts
 from coordinator.dataplane_probes import SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, HealthFact
@@ -52,6 +52,7 @@ from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.ofsync import ChannelSwitch, MeterBand
+from coordinator.ovs.ofwire import InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
 from coordinator.ovs.ovsdb import (
     ATTACHMENT_KEY,
@@ -70,6 +71,14 @@ from coordinator.store.records import AttachmentRecord
 log = logging.getLogger(__name__)
 
 __all__ = ["Dataplane", "WorldFacts"]
+
+
+class _Held(list[InstalledFlow]):
+    """``HeldFlows`` as this dataplane reads them: the flows of our cookies."""
+
+
+async def _already(flows: list[InstalledFlow]) -> list[InstalledFlow]:
+    return flows
 
 
 @contextmanager
@@ -375,29 +384,50 @@ class Dataplane:
     # -- the whole switch ---------------------------------------------------------
 
     async def facts(self) -> WorldFacts:
-        """Our ports, how many flows each of our cookies holds, and the
-        prepared functions."""
+        """Our ports, how many flows each of our cookies holds (and the flows,
+        for ``sync_all``), and the prepared functions."""
         try:
             ports = await self._ovsdb.owned_ports(self._bridge)
+            held = _Held(await self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK))
             counts: dict[int, int] = {}
-            for flow in await self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK):
+            for flow in held:
                 counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
             ofports = await self._ovsdb.interface_ofports()
             prepared = await asyncio.to_thread(self._backend.prepared)
         except (OvsdbError, OpenFlowError, EswitchError) as exc:
             raise Unavailable(f"reading what the switch holds: {exc}") from exc
-        return WorldFacts(ports, counts, ofports, tuple(prepared))
+        return WorldFacts(ports, counts, ofports, tuple(prepared), held)
 
-    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
+    async def sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    ) -> dict[int, SyncResult]:
         """Make every cookie in ``desired`` hold exactly its flows, in one
         atomic bundle of the differences, then read back and verify. Our
-        cookies not in ``desired`` are left alone. Returns the changes by
-        cookie (cookies without a change are absent). Raises FlowsRejected."""
+        cookies not in ``desired`` are left alone. ``held``: the flows
+        ``facts`` read, diffed against instead of reading them all again
+        (one read of every flow of ours is most of a no-drift reconcile).
+        Returns the changes by cookie (cookies without a change are
+        absent). Raises FlowsRejected."""
         with _rejected():
-            return await self._sync_all(desired)
+            return await self._sync_all(desired, held if isinstance(held, _Held) else None)
 
-    async def _sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
-        changes = await self._switch.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
+    async def _sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], held: list[InstalledFlow] | None = None
+    ) -> dict[int, SyncResult]:
+        # Compared by key first when every cookie still holds flows (a start
+        # on a switch as intended); one that holds none (a restarted
+        # ovs-vswitchd) has to be synced anyway.
+        if (
+            held is not None
+            and {f.key.cookie for f in held} >= desired.keys()
+            and self._switch.holds_exactly(desired, held)
+        ):
+            changes: dict[int, SyncResult] = {}  # nothing to change, nothing to read back
+        else:
+            installed = _already(held) if held is not None else None
+            changes = await self._switch.sync_many(
+                desired, COOKIE_OWNER, COOKIE_OWNER_MASK, installed=installed
+            )
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
         return changes
