@@ -386,16 +386,26 @@ class Dataplane:
     async def facts(self) -> WorldFacts:
         """Our ports, how many flows each of our cookies holds (and the flows,
         for ``sync_all``), and the prepared functions."""
-        try:
-            ports = await self._ovsdb.owned_ports(self._bridge)
-            held = _Held(await self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK))
-            counts: dict[int, int] = {}
-            for flow in held:
-                counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
-            ofports = await self._ovsdb.interface_ofports()
-            prepared = await asyncio.to_thread(self._backend.prepared)
-        except (OvsdbError, OpenFlowError, EswitchError) as exc:
-            raise Unavailable(f"reading what the switch holds: {exc}") from exc
+        # Side by side: the switch works through the flow dump (tens of
+        # thousands at a thousand attachments) while OVSDB and the eswitch answer.
+        ports, flows, ofports, prepared = await asyncio.gather(
+            self._ovsdb.owned_ports(self._bridge),
+            self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK),
+            self._ovsdb.interface_ofports(),
+            asyncio.to_thread(self._backend.prepared),
+            return_exceptions=True,
+        )
+        for outcome in (ports, flows, ofports, prepared):
+            if isinstance(outcome, OvsdbError | OpenFlowError | EswitchError):
+                raise Unavailable(f"reading what the switch holds: {outcome}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(ports, dict) and isinstance(flows, list)
+        assert isinstance(ofports, dict) and isinstance(prepared, list)
+        held = _Held(flows)
+        counts: dict[int, int] = {}
+        for flow in held:
+            counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
         return WorldFacts(ports, counts, ofports, tuple(prepared), held)
 
     async def sync_all(
