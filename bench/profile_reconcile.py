@@ -11,7 +11,7 @@ until Health answers (the scale case's daemon start).
 
 ``--hold FIFO`` keeps the set-up switch and takes commands from the named
 pipe ``FIFO``, one a line: ``measure [DIR]``, ``profile [DIR]``,
-``serve``, ``quit``; each runs the code as it is now (or the checkout in
+``serve [DIR]``, ``quit``; each runs the code as it is now (or the checkout in
 ``DIR``, e.g. of an earlier commit), so a change is measured again without
 setting up a thousand attachments again. Needs root, like the bench.
 """
@@ -91,10 +91,23 @@ def _times(config_path: Path, mgmt: str, flows: int, reps: int, code: str = "") 
     return f"restart reconcile, no drift{where}: " + ", ".join(f"{t:.3f}" for t in sorted(times)) + " s"
 
 
-def _serve_once(config_path: Path, config: Config, pki: DevPki, workdir: Path) -> str:
-    pid, start = _serve(config_path, config, pki, workdir / "coordinator.log")
+def _serve_once(config_path: Path, config: Config, pki: DevPki, workdir: Path, code: str = "") -> str:
+    """`coordinator serve` until Health, with the code in ``code`` (or this one)."""
+    here, path = os.getcwd(), os.environ.get("PYTHONPATH")
+    if code:  # the daemon inherits both
+        os.chdir(code)
+        os.environ["PYTHONPATH"] = code
+    try:
+        pid, start = _serve(config_path, config, pki, workdir / "coordinator.log")
+    finally:
+        os.chdir(here)
+        if path is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = path
     stop_pid(pid)
-    return f"coordinator serve until Health: {start:.2f} s"
+    where = f" ({code})" if code else ""
+    return f"coordinator serve until Health{where}: {start:.2f} s"
 
 
 def profile(attachments: int, rules: int, reps: int, serve: bool, hold: Path | None) -> None:
@@ -130,7 +143,7 @@ def profile(attachments: int, rules: int, reps: int, serve: bool, hold: Path | N
                 elif command == "profile":
                     print(_in_child(config_path, mgmt, flows, profile=True, code=code), flush=True)
                 elif command == "serve":
-                    print(_serve_once(config_path, config, pki, workdir), flush=True)
+                    print(_serve_once(config_path, config, pki, workdir, code), flush=True)
                 elif command == "quit":
                     break
                 else:
