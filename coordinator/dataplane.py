@@ -35,7 +35,7 @@ from coordinator.attachment_identity import (
     zone_of_slot,
 )
 from coordinator.config import Config
-from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
+from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, WorldFacts
 from coordinator.dataplane_probes import SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, HealthFact
@@ -52,6 +52,7 @@ from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.ofsync import ChannelSwitch, MeterBand
+from coordinator.ovs.ofwire import InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
 from coordinator.ovs.ovsdb import (
     ATTACHMENT_KEY,
@@ -70,6 +71,14 @@ from coordinator.store.records import AttachmentRecord
 log = logging.getLogger(__name__)
 
 __all__ = ["Dataplane", "WorldFacts"]
+
+
+class _Held(list[InstalledFlow]):
+    """``HeldFlows`` as this dataplane reads them: the flows of our cookies."""
+
+
+async def _already(flows: list[InstalledFlow]) -> list[InstalledFlow]:
+    return flows
 
 
 @contextmanager
@@ -220,20 +229,21 @@ class Dataplane:
         async def cut() -> None:
             notes.append(await self.revoke(record, scope))
 
-        # The switch reads out what the cookie holds (and which meters exist,
-        # when this policy sets one) while the policy compiles: the requests
-        # go out before the compile starts.
         meters = self._meter_band(record.slot, scope)
         if meters:  # from here on it may exist, whatever the outcome
             self._metered[record.slot] = True
-        # What the attachment's last verified sync left, if nothing changed
-        # it through us since: the change is diffed against that (and still
-        # read back and compared) without reading the switch first.
+        # The change is diffed against what the attachment's last verified
+        # sync left, if nothing changed it through us since (still read back
+        # and compared). Otherwise the switch reads out what the cookie holds
+        # (and which meters exist, when this policy sets one) while the policy
+        # compiles: the requests go out before the compile starts.
         known = None if meters else self._switch.known(port.cookie)
-        reads = None
-        if known is None:
-            reads = asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
-            await asyncio.sleep(0)
+        reads = (
+            None
+            if known is not None
+            else asyncio.ensure_future(self._switch.read(port.cookie, meters=bool(meters)))
+        )
+        await asyncio.sleep(0)
         try:
             desired = self.desired_flows(record, ofport, scope)
             result = await self._switch.sync(
@@ -241,11 +251,9 @@ class Dataplane:
                 read=reads, known=known,
             )  # fmt: skip
         finally:
-            if reads is None:
-                pass
-            elif not reads.done():
+            if reads is not None and not reads.done():
                 reads.cancel()
-            elif not reads.cancelled():
+            elif reads is not None and not reads.cancelled():
                 reads.exception()  # seen: a failed read already failed the sync
         self._flow_counts[port.cookie] = result.total
         await self.drop_meter_if_unused(record.slot, scope)
@@ -254,9 +262,12 @@ class Dataplane:
         return result, "".join(notes)
 
     async def set_meter(self, slot: int, scope: Scope) -> None:
-        """Raises FlowsRejected."""
+        """Raises FlowsRejected. Meters cannot ride in a bundle: set before
+        the flows that use it."""
         with _rejected():
-            await self._set_meter(slot, scope)
+            for meter, band in self._meter_band(slot, scope).items():
+                await self._switch.set_meter(meter, band.kbps, band.burst_kb)
+                self._metered[slot] = True
 
     @staticmethod
     def _meter_band(slot: int, scope: Scope) -> dict[int, MeterBand]:
@@ -264,12 +275,6 @@ class Dataplane:
         if limit is None:
             return {}
         return {meter_of_slot(slot): MeterBand(limit.kbps, limit.burst_kb or default_burst_kb(limit.kbps))}
-
-    async def _set_meter(self, slot: int, scope: Scope) -> None:
-        # Meters cannot ride in a bundle: set before the flows that use it.
-        for meter, band in self._meter_band(slot, scope).items():
-            await self._switch.set_meter(meter, band.kbps, band.burst_kb)
-            self._metered[slot] = True
 
     async def drop_meter_if_unused(self, slot: int, scope: Scope) -> None:
         """Raises FlowsRejected."""
@@ -384,29 +389,60 @@ class Dataplane:
     # -- the whole switch ---------------------------------------------------------
 
     async def facts(self) -> WorldFacts:
-        """Our ports, how many flows each of our cookies holds, and the
-        prepared functions."""
-        try:
-            ports = await self._ovsdb.owned_ports(self._bridge)
-            counts: dict[int, int] = {}
-            for flow in await self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK):
-                counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
-            ofports = await self._ovsdb.interface_ofports()
-            prepared = await asyncio.to_thread(self._backend.prepared)
-        except (OvsdbError, OpenFlowError, EswitchError) as exc:
-            raise Unavailable(f"reading what the switch holds: {exc}") from exc
-        return WorldFacts(ports, counts, ofports, tuple(prepared))
+        """Our ports, how many flows each of our cookies holds (and the flows,
+        for ``sync_all``), and the prepared functions."""
+        # Side by side: the switch works through the flow dump (tens of
+        # thousands at a thousand attachments) while OVSDB and the eswitch answer.
+        ports, flows, ofports, prepared = await asyncio.gather(
+            self._ovsdb.owned_ports(self._bridge),
+            self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK),
+            self._ovsdb.interface_ofports(),
+            asyncio.to_thread(self._backend.prepared),
+            return_exceptions=True,
+        )
+        for outcome in (ports, flows, ofports, prepared):
+            if isinstance(outcome, OvsdbError | OpenFlowError | EswitchError):
+                raise Unavailable(f"reading what the switch holds: {outcome}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(ports, dict) and isinstance(flows, list)
+        assert isinstance(ofports, dict) and isinstance(prepared, list)
+        held = _Held(flows)
+        counts: dict[int, int] = {}
+        for flow in held:
+            counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
+        return WorldFacts(ports, counts, ofports, tuple(prepared), held)
 
-    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
+    async def sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    ) -> dict[int, SyncResult]:
         """Make every cookie in ``desired`` hold exactly its flows, in one
         atomic bundle of the differences, then read back and verify. Our
-        cookies not in ``desired`` are left alone. Returns the changes by
-        cookie (cookies without a change are absent). Raises FlowsRejected."""
+        cookies not in ``desired`` are left alone. ``held``: the flows
+        ``facts`` read, diffed against instead of reading them all again
+        (one read of every flow of ours is most of a no-drift reconcile).
+        Returns the changes by cookie (cookies without a change are
+        absent). Raises FlowsRejected."""
         with _rejected():
-            return await self._sync_all(desired)
+            return await self._sync_all(desired, held if isinstance(held, _Held) else None)
 
-    async def _sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
-        changes = await self._switch.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
+    async def _sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], held: list[InstalledFlow] | None = None
+    ) -> dict[int, SyncResult]:
+        # Compared by key first when every cookie still holds flows (a start
+        # on a switch as intended); one that holds none (a restarted
+        # ovs-vswitchd) has to be synced anyway.
+        if (
+            held is not None
+            and {f.key.cookie for f in held} >= desired.keys()
+            and self._switch.holds_exactly(desired, held)
+        ):
+            changes: dict[int, SyncResult] = {}  # nothing to change, nothing to read back
+        else:
+            installed = _already(held) if held is not None else None
+            changes = await self._switch.sync_many(
+                desired, COOKIE_OWNER, COOKIE_OWNER_MASK, installed=installed
+            )
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
         return changes

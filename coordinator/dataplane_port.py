@@ -26,6 +26,16 @@ class FlowsRejected(RuntimeError):
     """The switch did not take a change of flows (or meters)."""
 
 
+class HeldFlows(Protocol):
+    """The flows the switch held under our cookies when ``facts`` read them,
+    opaque to the service: handed back to ``sync_all`` it diffs against
+    them instead of reading every flow again. Only while nothing has
+    changed the flows of the cookies synced since (a whole-switch
+    reconverge runs alone)."""
+
+    def __len__(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class WorldFacts:
     """What the switch and the eswitch hold that carries our marks."""
@@ -34,6 +44,7 @@ class WorldFacts:
     flow_counts: Mapping[int, int]  # cookie -> how many flows it holds (ours only)
     ofports: Mapping[str, int]  # interface -> OpenFlow port, where it has one
     prepared: tuple[PreparedDevice, ...]  # functions the eswitch has prepared
+    held: HeldFlows | None = None  # the flows themselves, as read (None: not kept)
 
 
 @dataclass(frozen=True)
@@ -87,9 +98,12 @@ class DataplanePort(Protocol):
 
     async def eswitch_health(self) -> list[HealthFact]: ...
 
-    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> Mapping[int, FlowChange]:
+    async def sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    ) -> Mapping[int, FlowChange]:
         """Every cookie of ``desired`` holding exactly its flows (one bundle
-        of the differences, read back); the changes by cookie."""
+        of the differences, read back); the changes by cookie. ``held``:
+        what ``facts`` read, diffed against instead of a new read."""
         ...
 
     async def set_zone_limits(self, slots: Sequence[int]) -> None: ...

@@ -74,9 +74,7 @@ class EmulatedEswitch:
         self._slots = [self._slot(DeviceKind.VF, i) for i in range(config.vfs)] + [
             self._slot(DeviceKind.SF, SF_BASE_NUMBER + i) for i in range(config.sfs)
         ]
-        for slot in self._slots:
-            if slot.kind is DeviceKind.VF:
-                self._ensure_pair(slot)
+        self._ensure_pairs([slot for slot in self._slots if slot.kind is DeviceKind.VF])
 
     def _slot(self, kind: DeviceKind, number: int) -> EswitchDevice:
         pf = self._config.pf
@@ -88,6 +86,21 @@ class EmulatedEswitch:
 
     def _has_link(self, ns: str, ifname: str) -> bool:
         return _ip(ns, "link", "show", "dev", ifname, check=False).returncode == 0
+
+    def _ensure_pairs(self, slots: list[EswitchDevice]) -> None:
+        """Every pair of ``slots`` there and its representor up. Usually they
+        all are: one ``ip -batch`` sets every representor up (-force: each
+        line is tried), and only if one failed are the missing pairs made,
+        one by one. (One process per VF made a start with a thousand VFs
+        take seconds before the daemon could do anything.)"""
+        if not slots:
+            return
+        if all(_netns_exists(self.guest_netns(slot)) for slot in slots):
+            steps = "".join(f"link set dev {slot.representor} up\n" for slot in slots)
+            if _ip(self._switch_ns, "-force", "-batch", "-", check=False, batch=steps).returncode == 0:
+                return
+        for slot in slots:
+            self._ensure_pair(slot)
 
     def _ensure_pair(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)

@@ -381,6 +381,28 @@ class FlowEncoder:
         self._keys[key] = key
         return key
 
+    def key(self, flow: Flow) -> FlowKey:
+        """The key ``encode(flow)`` would have, without laying out the
+        flow-mod (nor keeping it): comparing a whole switch with the intent
+        needs every flow's key, but a flow-mod only for what differs."""
+        found = self._cache.get(flow)
+        if found is not None:
+            return found.key
+        tlvs = []
+        seen: set[str] = set()
+        dl_type: int | None = None
+        nw_proto: int | None = None
+        for name, text in flow.match:
+            field = self._field(flow, name, text, dl_type, nw_proto)
+            if field.key in seen:
+                raise EncodeError(f"flow in {flow.table} priority {flow.priority}: {name} given twice")
+            seen.add(field.key)
+            tlvs.append(field.tlv)
+            dl_type, nw_proto = _context(field.key, field.value, dl_type, nw_proto)
+        tlvs.sort()
+        table = self._pipeline.number(flow.table)
+        return FlowKey(flow.cookie, table, flow.priority, tuple(tlvs), self._instructions_of(flow))
+
     def _field(self, flow: Flow, name: str, text: str, dl_type: int | None, nw_proto: int | None) -> _Field:
         memo = (name, text, dl_type, nw_proto)
         found = self._fields.get(memo)

@@ -214,12 +214,6 @@ class ChannelSwitch:
         None if unknown. Not to be changed."""
         return self._known.get(cookie, self._channel.connects)
 
-    def _remember(self, cookie: int, flows: Iterable[InstalledFlow]) -> None:
-        self._known.remember(cookie, self._channel.connects, flows)
-
-    def _forget(self, cookies: Iterable[int]) -> None:
-        self._known.forget(cookies)
-
     # -- changing -------------------------------------------------------------
 
     def encode(self, flows: Iterable[Flow]) -> dict[FlowKey, tuple[Flow, EncodedFlow]]:
@@ -241,6 +235,20 @@ class ChannelSwitch:
             holders[place] = key
             wanted[key] = (flow, encoded)
         return wanted
+
+    def holds_exactly(self, desired: Mapping[int, Sequence[Flow]], flows: Iterable[InstalledFlow]) -> bool:
+        """Whether ``flows`` (as read) hold, of the cookies of ``desired``,
+        exactly its flows: what ``sync_many`` would find nothing to change
+        in (the same keys, the later of two alike flows winning, as in
+        ``encode``). Only keys are computed, no flow-mods, so a switch that
+        is as intended costs a fraction of a sync of it."""
+        wanted: dict[tuple[int, int, tuple[bytes, ...]], FlowKey] = {}
+        for cookie_flows in desired.values():
+            for flow in cookie_flows:
+                key = self._encoder.key(flow)
+                wanted[(key.table, key.priority, key.match)] = key
+        have = {f.key for f in flows if f.key.cookie in desired}
+        return len(have) == len(wanted) and all(key in have for key in wanted.values())
 
     async def sync(
         self,
@@ -289,7 +297,7 @@ class ChannelSwitch:
         labels = [f"delete of {describe_key(f.key)}" for f in removed]
         labels += [f"add of {describe_key(k)}" for k in added]
         bundle = self.prepare_bundle(changes)
-        self._forget([cookie])
+        self._known.forget([cookie])
         if beside_readback is None:
             results = await self._exchange([*bundle, self._stats(cookie, ALL_COOKIES)])
             check_bundle(bundle, results[: len(bundle)], labels)
@@ -336,7 +344,7 @@ class ChannelSwitch:
         ``beside_readback`` runs once the bundle is in, alongside the
         read-back. Returns the changes by cookie."""
         wanted = self.encode(f for flows in desired.values() for f in flows)
-        self._forget(desired)
+        self._known.forget(desired)
         if read is not None:
             state = await read
             current, known = state.flows, state.meters
@@ -382,7 +390,7 @@ class ChannelSwitch:
         else:
             after = current  # nothing to change: what was just read is verified
         if mask == ALL_COOKIES and len(desired) == 1 and after:
-            self._remember(cookie, after)
+            self._known.remember(cookie, self._channel.connects, after)
 
         counts: dict[int, SyncResult] = {}
         for key_cookie, sign in [*((f.key.cookie, -1) for f in removed), *((k.cookie, 1) for k in added)]:
@@ -422,7 +430,7 @@ class ChannelSwitch:
         added in the same transaction. Verify with ``sync_many`` afterwards."""
         changes: list[bytes] = []
         labels: list[str] = []
-        self._forget(desired)
+        self._known.forget(desired)
         for cookie, flows in desired.items():
             changes.append(delete_cookie(cookie))
             labels.append(f"delete of cookie {cookie:#x}")
@@ -446,7 +454,7 @@ class ChannelSwitch:
         wanted = self.encode(flows)
         if not wanted:
             return
-        self._forget({key.cookie for key in wanted})
+        self._known.forget({key.cookie for key in wanted})
         bundle = self.prepare_bundle([encoded.add for _, encoded in wanted.values()])
         labels = [f"add of {describe_key(key)}" for key in wanted]
         check_bundle(bundle, await self._exchange(bundle), labels)
@@ -457,7 +465,7 @@ class ChannelSwitch:
 
     async def delete(self, cookie: int) -> None:
         """Remove every flow of ``cookie``."""
-        self._forget([cookie])
+        self._known.forget([cookie])
         xid = self._channel.xid()
         [outcome] = await self._exchange([Outgoing(with_xid(delete_cookie(cookie), xid), xid)])
         if outcome.error is not None:

@@ -95,7 +95,10 @@ class ServiceContext:
         """What a BOUND attachment enforces when re-installed (see
         ``intent.reinstalled``), and whether that becomes the sandbox's
         stored last good policy once installed."""
-        stored = await self.stored(record.sandbox_id)
+        return self.reinstalled_with(record, await self.stored(record.sandbox_id))
+
+    def reinstalled_with(self, record: AttachmentRecord, stored: intent.Stored) -> tuple[intent.Intent, bool]:
+        """``reinstalled``, with what the store holds for the sandbox already read."""
         chosen = intent.reinstalled(
             record, stored, self.book.latest(record.sandbox_id), self.classes, self.config.policy.on_stale
         )
@@ -115,6 +118,16 @@ class ServiceContext:
             return await self.store.policy(sandbox_id)
         except UnreadablePolicy as exc:
             return intent.Unreadable(exc.version, exc.problem)
+
+    async def stored_all(self) -> dict[str, intent.Stored]:
+        """What the store holds as every sandbox's last good policy, in one
+        read (a sandbox absent holds none)."""
+        return {
+            sandbox_id: intent.Unreadable(found.version, found.problem)
+            if isinstance(found, UnreadablePolicy)
+            else found
+            for sandbox_id, found in (await self.store.policies()).items()
+        }
 
     async def save_last_good(self, sandbox_id: str, scope: Scope) -> None:
         await self.store.save_policy(sandbox_id, scope)

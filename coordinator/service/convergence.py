@@ -24,6 +24,7 @@ from coordinator.reconcile import Plan, plan
 from coordinator.service.context import ServiceContext
 from coordinator.service.gate import OperationGate
 from coordinator.service.health_checks import ServiceHealth
+from coordinator.service.intent import Stored
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 
 log = logging.getLogger(__name__)
@@ -185,12 +186,13 @@ class Convergence:
         record: AttachmentRecord,
         facts: WorldFacts,
         prepared: Mapping[str, str],
+        stored: Mapping[str, Stored],
         gate: asyncio.Semaphore,
     ) -> _Plugged | None:
         """Device, port and meter of one BOUND attachment, redone only where
         the world lost them; None (and a drift event) if that failed."""
         ctx = self._ctx
-        chosen, adopted = await ctx.reinstalled(record)
+        chosen, adopted = ctx.reinstalled_with(record, stored.get(record.sandbox_id))
         rep = record.device.representor
         ofport = facts.ofports.get(rep)
         mac = prepared.get(record.device.device_id)
@@ -218,8 +220,11 @@ class Convergence:
         ctx = self._ctx
         dp = ctx.dataplane
         prepared = {p.slot.device_id: p.mac for p in facts.prepared}
+        # Every sandbox's stored policy in one read, each distinct one
+        # decoded once (not a store round trip and a decode per attachment).
+        stored = await ctx.stored_all()
         gate = asyncio.Semaphore(PLUG_CONCURRENCY)
-        plugs = (self._plug(r, facts, prepared, gate) for r in work.keep)
+        plugs = (self._plug(r, facts, prepared, stored, gate) for r in work.keep)
         plugged = [p for p in await asyncio.gather(*plugs) if p is not None]
         # Zone limits before the flows that let traffic in (a limit does not
         # count connections that exist when it is set).
@@ -228,7 +233,10 @@ class Convergence:
             cookie_for_slot(p.record.slot): dp.desired_flows(p.record, p.ofport, p.scope) for p in plugged
         }
         try:
-            changes = await dp.sync_all(desired)
+            # Diffed against the flows ``facts`` read: since then only the
+            # cookies of attachments no longer kept (orphans, interrupted
+            # ones) changed, and nothing else runs during a reconverge.
+            changes = await dp.sync_all(desired, held=facts.held)
         except FlowsRejected as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
         for p in plugged:
@@ -250,8 +258,8 @@ class Convergence:
                 repaired += 1
                 await self._drift(record.attachment_id, record.sandbox_id, "FlowsRepaired",
                                   f"flows differed from the stored policy: +{change.added} -{change.removed}")  # fmt: skip
-            stored = (record.ofport, record.device.representor, record.policy_state, record.policy_version)
-            if stored != (p.ofport, p.rep, p.state, p.version):
+            recorded = (record.ofport, record.device.representor, record.policy_state, record.policy_version)
+            if recorded != (p.ofport, p.rep, p.state, p.version):
                 await ctx.store.mark_bound(
                     record.attachment_id,
                     ofport=p.ofport,

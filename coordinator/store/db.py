@@ -17,8 +17,8 @@ from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
 from coordinator.policy.scope import Scope
+from coordinator.store import policy_rows
 from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError, UnreadablePolicy
-from coordinator.store.policy_rows import delete_policy, read_policy, read_policy_version, write_policy
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -370,19 +370,24 @@ class Store:
 
     def save_policy(self, sandbox_id: str, scope: Scope) -> None:
         """``scope`` becomes the sandbox's last good policy."""
-        write_policy(self._db, sandbox_id, scope, self._clock())
+        policy_rows.write_policy(self._db, sandbox_id, scope, self._clock())
 
     def policy(self, sandbox_id: str) -> StoredPolicy | None:
         """The sandbox's last good policy; raises UnreadablePolicy if the
         stored one no longer decodes."""
-        return read_policy(self._db, sandbox_id)
+        return policy_rows.read_policy(self._db, sandbox_id)
+
+    def policies(self) -> dict[str, StoredPolicy | UnreadablePolicy]:
+        """Every sandbox's last good policy in one read (see ``read_policies``):
+        an unusable one as its UnreadablePolicy, not raised."""
+        return policy_rows.read_policies(self._db)
 
     def policy_version(self, sandbox_id: str) -> int | None:
         """The version of the sandbox's last good policy, without decoding it."""
-        return read_policy_version(self._db, sandbox_id)
+        return policy_rows.read_policy_version(self._db, sandbox_id)
 
     def delete_policy(self, sandbox_id: str) -> None:
-        delete_policy(self._db, sandbox_id)
+        policy_rows.delete_policy(self._db, sandbox_id)
 
     def record_policy_results(
         self,
@@ -409,7 +414,7 @@ class Store:
                     self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
                 records.append(record)
             if last_good is not None:
-                write_policy(db, last_good[0], last_good[1], now)
+                policy_rows.write_policy(db, last_good[0], last_good[1], now)
         return records
 
     def set_policy_status(

@@ -10,7 +10,14 @@ from coordinator.policy.scope import Scope
 from coordinator.store.errors import UnreadablePolicy
 from coordinator.store.records import StoredPolicy
 
-__all__ = ["Database", "delete_policy", "read_policy", "read_policy_version", "write_policy"]
+__all__ = [
+    "Database",
+    "delete_policy",
+    "read_policies",
+    "read_policy",
+    "read_policy_version",
+    "write_policy",
+]
 
 
 class Database(Protocol):
@@ -43,6 +50,30 @@ def read_policy(db: Database, sandbox_id: str) -> StoredPolicy | None:
         return StoredPolicy(version, scope_from_stored(row[1]))
     except ValueError as exc:  # PolicyError, or text that is not JSON at all
         raise UnreadablePolicy(sandbox_id, version, str(exc)) from exc
+
+
+def read_policies(db: Database) -> dict[str, StoredPolicy | UnreadablePolicy]:
+    """Every sandbox's last good policy, by sandbox (a policy that no longer
+    decodes or validates as its UnreadablePolicy, not raised). Each distinct
+    stored value is decoded once: sandboxes that hold the same policy share
+    one Scope, so a start with a thousand alike costs one decode, not a
+    thousand."""
+    decoded: dict[object, Scope | ValueError] = {}
+    found: dict[str, StoredPolicy | UnreadablePolicy] = {}
+    for sandbox_id, version, value in db.execute("SELECT sandbox_id, version, scope FROM sandbox_policies"):
+        key = (type(value), value)  # b"x" and "x" are not the same stored form
+        scope = decoded.get(key)
+        if scope is None:
+            try:
+                scope = scope_from_stored(value)
+            except ValueError as exc:
+                scope = exc
+            decoded[key] = scope
+        if isinstance(scope, ValueError):
+            found[sandbox_id] = UnreadablePolicy(sandbox_id, int(version), str(scope))
+        else:
+            found[sandbox_id] = StoredPolicy(int(version), scope)
+    return found
 
 
 def read_policy_version(db: Database, sandbox_id: str) -> int | None:

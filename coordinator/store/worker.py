@@ -98,6 +98,7 @@ class AsyncStore:
     fence = _on_reader_thread(Store.fence)
     save_policy = _on_store_thread(Store.save_policy)
     policy = _on_reader_thread(Store.policy)
+    policies = _on_reader_thread(Store.policies)
     policy_version = _on_reader_thread(Store.policy_version)
     delete_policy = _on_store_thread(Store.delete_policy)
     set_policy_status = _on_store_thread(Store.set_policy_status)

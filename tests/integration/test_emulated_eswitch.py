@@ -75,3 +75,23 @@ def test_release_and_prepare_after_the_pair_vanished(eswitch: EmulatedEswitch, s
     eswitch.release(vf)  # nothing to clear: not an error
     assert eswitch.prepare(vf, MAC) == vf.representor  # the pair is made again
     assert _function(eswitch)["up"] and _function(eswitch)["mac"] == MAC
+
+
+def test_a_new_backend_remakes_missing_pairs_and_sets_every_representor_up(switch_ns: str) -> None:
+    """What a start finds: one pair gone, one representor down, the rest as
+    they were; afterwards every pair is there and its representor up."""
+    config = EmulatedConfig(
+        vfs=3, sfs=0, switch_netns=switch_ns, guest_netns_prefix=netns.unique_name("eg", 8) + "-"
+    )
+    first = EmulatedEswitch(config)
+    try:
+        gone, down, _ = (vf.representor for vf in first.inventory())
+        netns.run_in_netns(switch_ns, ["ip", "link", "del", gone])
+        netns.run_in_netns(switch_ns, ["ip", "link", "set", "dev", down, "down"])
+        again = EmulatedEswitch(config)
+        shown = subprocess.run(["ip", "-n", switch_ns, "-j", "link", "show"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        links = {link["ifname"]: link["flags"] for link in json.loads(shown.stdout)}
+        assert all("UP" in links[vf.representor] for vf in again.inventory())
+    finally:
+        first.destroy()

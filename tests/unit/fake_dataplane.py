@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator import faults
-from coordinator.dataplane_port import FlowsRejected, SwitchTrace, WorldFacts
+from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, WorldFacts
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import DeviceKind, EswitchDevice, HealthFact, PreparedDevice
 from coordinator.flows.compiler import (
@@ -145,7 +145,9 @@ class FakeDataplane:
     async def eswitch_health(self) -> list[HealthFact]:
         return []
 
-    async def sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> Mapping[int, Change]:
+    async def sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    ) -> Mapping[int, Change]:
         self._step("sync_all", f"{len(desired)} cookies")
         changes = {
             cookie: self._replace(cookie, render_flows(flows, self.pipeline))

@@ -1,5 +1,6 @@
 """The Flow -> OpenFlow 1.3 encoder's translations of ovs-ofctl's text form,
-the canonical keys and the decoding of errors, on bytes (no switch)."""
+the canonical keys, the whole-switch comparison by keys and the decoding
+of errors, on bytes (no switch)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows,
 from coordinator.flows.dry_run import EXAMPLE_PORT
 from coordinator.flows.model import Conjunction, Drop, Flow, Goto, Meter, Output
 from coordinator.flows.pipeline import load_pipeline
-from coordinator.ovs.ofchannel import _hello_offers_13
+from coordinator.ovs.ofchannel import OpenFlowChannel, _hello_offers_13
 from coordinator.ovs.ofencode import EncodeError, FlowEncoder, encode_flow_add
+from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import (
     ErrorReply,
     FlowStatsReader,
+    InstalledFlow,
     WireError,
+    as_installed,
     error_reply,
     flow_mod_key,
     flow_stats,
@@ -112,12 +116,15 @@ def test_flow_mods_laid_out_from_pieces_are_os_kens_byte_for_byte() -> None:
         flows += attachment_flows(PIPELINE, EXAMPLE_PORT, scope)
         # A second attachment: its pieces partly come from the first's.
         flows += attachment_flows(PIPELINE, PortFacts(ofport=9, mac="02:00:00:00:00:09", slot=5), scope)
-    encoder = FlowEncoder(PIPELINE)
+    encoder, keys_only = FlowEncoder(PIPELINE), FlowEncoder(PIPELINE)
     for flow in flows:
         encoded = encoder.encode(flow)
         reference = encode_flow_add(flow, PIPELINE)
         assert (encoded.add, encoded.key) == (reference, flow_mod_key(reference)), flow
+        # The key alone (a whole-switch comparison) is the same key.
+        assert keys_only.key(flow) == encoded.key, flow
     assert len(flows) > 300  # the golden policies were found
+    assert len(keys_only) == 0  # keys alone are not kept as encodings
 
 
 def test_keys_do_not_depend_on_match_field_order() -> None:
@@ -173,3 +180,29 @@ def test_a_hello_without_openflow13_in_its_bitmap_is_refused() -> None:
     assert not _hello_offers_13(hello(6, 1 << 6))
     assert not _hello_offers_13(hello(1, None))
     assert _hello_offers_13(hello(4, None))
+
+
+def test_a_switch_holds_exactly_the_intent_only_with_every_key_of_it() -> None:
+    """The whole-switch comparison by keys: what ``sync_many`` would find
+    nothing to change in. Two cookies claiming the same flow: the later
+    one's is intended (as an ordered bundle would leave it)."""
+    switch = ChannelSwitch(OpenFlowChannel(lambda: "/nonexistent", timeout=1.0), PIPELINE)
+    a, b, other = 0xBFC0_0000_0000_0001, 0xBFC0_0000_0000_0002, 0xBFC0_0000_0000_0003
+
+    def flow(cookie: int, port: str, *actions: object) -> Flow:
+        return Flow("egress_policy", 1000, (("in_port", port),), actions or (Drop(),), cookie)  # type: ignore[arg-type]
+
+    shared_a, shared_b = flow(a, "9"), flow(b, "9")  # same table, priority and match
+    desired = {a: [flow(a, "1"), flow(a, "2"), shared_a], b: [flow(b, "3"), shared_b]}
+
+    def held(*flows: Flow) -> list[InstalledFlow]:
+        return [as_installed(encode_flow_add(f, PIPELINE)) for f in flows]
+
+    exact = [flow(a, "1"), flow(a, "2"), flow(b, "3"), shared_b]
+    assert switch.holds_exactly(desired, held(*exact))
+    assert switch.holds_exactly(desired, held(*exact, flow(other, "4")))  # not ours to judge
+    assert not switch.holds_exactly(desired, held(*exact[:-1], shared_a))  # the earlier claim won
+    assert not switch.holds_exactly(desired, held(*exact[1:]))  # one missing
+    assert not switch.holds_exactly(desired, held(*exact, flow(a, "5")))  # one too many
+    changed = flow(a, "2", Goto("egress_commit"))  # same count, other actions
+    assert not switch.holds_exactly(desired, held(exact[0], changed, *exact[2:]))

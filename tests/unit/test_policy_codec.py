@@ -148,3 +148,37 @@ def test_a_tampered_row_is_unreadable_but_keeps_its_version(
         store.policy("sb-1")
     assert caught.value.version == 7 and where in caught.value.problem
     assert store.policy_version("sb-1") == 7
+
+
+def test_every_stored_policy_in_one_read_alike_ones_decoded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start reads every sandbox's policy at once: each as ``policy`` would
+    return it, an unusable one as its error (the others still read), and a
+    policy several sandboxes hold alike decoded once, into one Scope."""
+    store = Store(tmp_path / "state.db")
+    shared, own = scope_from_stored(STORED), dataclasses.replace(scope_from_stored(STORED), version=8)
+    for sandbox in ("sb-1", "sb-2", "sb-3"):
+        store.save_policy(sandbox, shared)
+    store.save_policy("sb-4", own)
+    store.save_policy("sb-5", shared)
+    store._db.execute(
+        "UPDATE sandbox_policies SET scope = ? WHERE sandbox_id = 'sb-5'", (b"\x1a\x05garbage",)
+    )
+    decodes: list[object] = []
+    real = codec.scope_from_stored
+
+    def counted(value: object) -> Scope:
+        decodes.append(value)
+        return real(value)
+
+    monkeypatch.setattr("coordinator.store.policy_rows.scope_from_stored", counted)
+    found = store.policies()
+    assert sorted(found) == ["sb-1", "sb-2", "sb-3", "sb-4", "sb-5"]
+    assert len(decodes) == 3  # the shared one, sb-4's, and the garbage
+    for sandbox in ("sb-1", "sb-2", "sb-3", "sb-4"):
+        assert found[sandbox] == store.policy(sandbox)
+    assert found["sb-1"].scope is found["sb-2"].scope is found["sb-3"].scope  # type: ignore[union-attr]
+    unusable = found["sb-5"]
+    assert isinstance(unusable, UnreadablePolicy) and unusable.version == 7
+    assert "network" in unusable.problem
