@@ -101,10 +101,41 @@ class Store:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # Also when COMMIT itself failed: SQLite may leave the transaction
+            # open then (a deferred constraint, a busy database), and every
+            # later write would join it and never be committed.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction, one commit (one fsync) around several calls (group
+        commit): each call's own transaction becomes part of it. Nothing of
+        it is durable, or visible to another connection, before it commits;
+        if the commit fails, none of it is kept."""
+        with self._txn():
+            yield
+
+    @contextmanager
+    def part(self) -> Iterator[None]:
+        """Inside ``group``: a call whose changes, if it raises, are undone
+        alone (a savepoint), the rest of the group unharmed."""
+        self._db.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            if self._db.in_transaction:  # else SQLite already rolled the whole group back
+                self._db.execute("ROLLBACK TO part")
+                self._db.execute("RELEASE part")
+            raise
+        self._db.execute("RELEASE part")
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._db.in_transaction
 
     # -- device pool -------------------------------------------------------
 
