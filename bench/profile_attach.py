@@ -101,8 +101,9 @@ def instrument(steps: StepTimes) -> None:
         steps.wrap_sync(EmulatedEswitch, method, f"eswitch.{method}")
     for method in ("dump", "sync", "delete", "delete_meter", "set_meter"):
         steps.wrap_async(OpenFlowSwitch, method, f"openflow.{method}")
-    for method in ("set_zone_limit", "flush_zone", "delete_zone_limit"):
-        steps.wrap_async(ConntrackControl, method, f"conntrack.{method}")
+    for method in ("set_zone_limit", "flush_zone", "delete_zone_limit", "clear_zone"):
+        if hasattr(ConntrackControl, method):
+            steps.wrap_async(ConntrackControl, method, f"conntrack.{method}")
     for method in ("create_attachment", "mark_bound", "mark_detaching",
                    "delete_attachment", "save_policy", "find_by_request", "get", "fence", "policy",
                    "list_attachments"):  # fmt: skip

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from coordinator import faults
@@ -70,6 +70,15 @@ from coordinator.store.records import AttachmentRecord
 log = logging.getLogger(__name__)
 
 __all__ = ["Dataplane", "WorldFacts"]
+
+
+async def _all_of(*steps: Awaitable[object]) -> None:
+    """Run ``steps`` side by side; the first failure is raised once every
+    one has finished (a rollback that follows must not race a step still
+    running)."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 @contextmanager
@@ -273,11 +282,16 @@ class Dataplane:
 
     async def teardown(self, record: AttachmentRecord, on_step: Sequence[str] = ()) -> None:
         """Flows first (the port then carries no traffic: the bridge is
-        fail-secure), then the port, then the device. Each step idempotent."""
+        fail-secure), then the port, then the device. The slot's meter,
+        conntrack entries and zone limit go while the port is removed (none
+        depends on the other once the flows are gone). Each step idempotent."""
         try:
-            await self._remove_slot(record.slot)
+            await self._remove_flows(record.slot)
             faults.reached("detach.flows_removed")
-            await self._ovsdb.delete_port(self._bridge, record.device.representor)
+            await _all_of(
+                self._clear_slot(record.slot),
+                self._ovsdb.delete_port(self._bridge, record.device.representor),
+            )
             faults.reached("detach.port_removed")
             await asyncio.to_thread(self._backend.release, record.device)
             faults.reached("detach.device_released")
@@ -288,17 +302,23 @@ class Dataplane:
         """A slot's flows, meter, conntrack entries and zone limit: the next
         attachment in this slot starts empty."""
         try:
-            await self._remove_slot(slot)
+            await self._remove_flows(slot)
+            await self._clear_slot(slot)
         except (OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"removing the flows of slot {slot}: {exc}") from exc
 
-    async def _remove_slot(self, slot: int) -> None:
+    async def _remove_flows(self, slot: int) -> None:
         await self._switch.delete(cookie_for_slot(slot))
         self._flow_counts.pop(cookie_for_slot(slot), None)
+
+    async def _clear_slot(self, slot: int) -> None:
+        """After its flows: the slot's meter, and its conntrack entries and
+        zone limit (one exchange), side by side."""
+        await _all_of(self._remove_meter(slot), self._conntrack.clear_zone(zone_of_slot(slot)))
+
+    async def _remove_meter(self, slot: int) -> None:
         await self._switch.delete_meter(meter_of_slot(slot))
         self._metered.pop(slot, None)
-        await self._conntrack.flush_zone(zone_of_slot(slot))
-        await self._conntrack.delete_zone_limit(zone_of_slot(slot))
 
     async def revoke(self, record: AttachmentRecord, scope: Scope) -> str:
         """Cut the attachment's connections ``scope`` no longer allows; the
