@@ -8,16 +8,21 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator.attachment_identity import MAX_SLOT
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
 from coordinator.policy.scope import Scope
-from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError, UnreadablePolicy
+from coordinator.store.errors import (
+    AttachmentLimitReached,
+    PoolExhausted,
+    StoreError,
+    TransactionLost,
+    UnreadablePolicy,
+)
 from coordinator.store.policy_rows import delete_policy, read_policy, read_policy_version, write_policy
 from coordinator.store.records import (
     AttachmentRecord,
@@ -32,10 +37,10 @@ from coordinator.store.records import (
 )
 from coordinator.store.rows import SELECT_ATTACHMENT, attachment_from_row, device_from_row, event_from_row
 from coordinator.store.schema import MIGRATIONS
+from coordinator.store.slots import free_slot, pool_stats
 
 __all__ = [
     "EVERYONE",
-    "MAX_SLOT",
     "AttachmentLimitReached",
     "PoolExhausted",
     "Store",
@@ -103,21 +108,16 @@ class Store:
             yield self._db
             self._db.execute("COMMIT")
         except BaseException:
-            # Also when COMMIT itself failed: SQLite may leave the transaction
-            # open then (a deferred constraint, a busy database), and every
-            # later write would join it and never be committed.
+            # Also when COMMIT failed: SQLite may leave the transaction open (a
+            # deferred constraint, busy), and later writes would join it, never committed.
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
 
-    @contextmanager
-    def group(self) -> Iterator[None]:
-        """One transaction, one commit (one fsync) around several calls (group
-        commit): each call's own transaction becomes part of it. Nothing of
-        it is durable, or visible to another connection, before it commits;
-        if the commit fails, none of it is kept."""
-        with self._txn():
-            yield
+    def group(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction (one commit, one fsync) around several calls, whose
+        own transactions join it: none of it is kept if the commit fails."""
+        return self._txn()
 
     @contextmanager
     def part(self) -> Iterator[None]:
@@ -126,16 +126,13 @@ class Store:
         self._db.execute("SAVEPOINT part")
         try:
             yield
-        except BaseException:
-            if self._db.in_transaction:  # else SQLite already rolled the whole group back
-                self._db.execute("ROLLBACK TO part")
-                self._db.execute("RELEASE part")
+        except BaseException as exc:
+            if not self._db.in_transaction:  # SQLite rolled the whole group back
+                raise TransactionLost(f"store transaction rolled back: {exc}") from exc
+            self._db.execute("ROLLBACK TO part")
+            self._db.execute("RELEASE part")
             raise
         self._db.execute("RELEASE part")
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._db.in_transaction
 
     # -- device pool -------------------------------------------------------
 
@@ -167,13 +164,7 @@ class Store:
         return DevicePresence(appeared=frozenset(now - before), vanished=frozenset(before - now))
 
     def pool_stats(self) -> list[PoolStats]:
-        rows = self._db.execute(
-            """SELECT d.kind, COUNT(*) AS total, SUM(a.attachment_id IS NULL) AS free
-               FROM devices d LEFT JOIN attachments a ON a.device_id = d.device_id
-               WHERE d.present = 1 GROUP BY d.kind"""
-        ).fetchall()
-        by_kind = {r["kind"]: (r["total"], r["free"]) for r in rows}
-        return [PoolStats(k, *by_kind.get(k.value, (0, 0))) for k in DeviceKind]
+        return pool_stats(self._db)
 
     # -- attachments -------------------------------------------------------
 
@@ -209,7 +200,7 @@ class Store:
                        detached_at = NULL""",
                 (new.attachment_id, new.owner, new.sandbox_id, generation),
             )
-            slot_number = self._free_slot(db)
+            slot_number = free_slot(db)
             db.execute(
                 """INSERT INTO attachments (attachment_id, owner, request_id, sandbox_id, host_instance_id,
                        lease_generation, device_id, mac, slot, network_class, state, created_at, updated_at)
@@ -245,22 +236,6 @@ class Store:
         if record is None:  # pragma: no cover - just inserted
             raise StoreError("attachment vanished after insert")
         return record
-
-    @staticmethod
-    def _free_slot(db: sqlite3.Connection) -> int:
-        # Lowest unused slot: slots are reused only after their attachment
-        # (and so its cookie and conntrack zone) is gone.
-        row = db.execute(
-            """SELECT 1 AS s WHERE NOT EXISTS (SELECT 1 FROM attachments WHERE slot = 1)
-               UNION ALL
-               SELECT a.slot + 1 FROM attachments a
-               WHERE a.slot < ? AND NOT EXISTS (SELECT 1 FROM attachments b WHERE b.slot = a.slot + 1)
-               ORDER BY s LIMIT 1""",
-            (MAX_SLOT,),
-        ).fetchone()
-        if row is None:
-            raise AttachmentLimitReached("no free conntrack zone")
-        return int(row[0])
 
     def get(self, attachment_id: str) -> AttachmentRecord | None:
         row = self._db.execute(SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coordinator.store.db import Store
-from coordinator.store.errors import StoreError
+from coordinator.store.errors import TransactionLost
 
 # The most writes one commit takes; more wait for the next (bounds how
 # long one transaction holds the write lock).
@@ -87,12 +87,12 @@ class GroupCommitWriter:
                     try:
                         with store.part():
                             write.outcome = (True, write.fn())
+                    except TransactionLost as exc:
+                        # The writes before are lost too: the group fails.
+                        write.outcome = (False, exc.__cause__ or exc)
+                        raise
                     except Exception as exc:
                         write.outcome = (False, exc)
-                        if not store.in_transaction:
-                            # SQLite rolled the whole transaction back (disk
-                            # full, I/O error): the writes before are lost too.
-                            raise StoreError(f"store transaction rolled back: {exc}") from exc
         except BaseException as exc:
             for write in group:
                 ok = write.outcome is not None and write.outcome[0]
