@@ -18,6 +18,7 @@ from pathlib import Path
 
 from coordinator.config import EmulatedConfig
 from coordinator.eswitch.base import DeviceKind, EswitchDevice, EswitchError, HealthFact, PreparedDevice
+from coordinator.eswitch.netns_link import NetnsLinks
 
 FUNCTION_IFNAME = "eth0"
 SF_BASE_NUMBER = 1000  # BlueField numbers user SFs from here by convention
@@ -41,24 +42,6 @@ def _ip(
     return result
 
 
-def _all_succeed(calls: list[tuple[str, list[str]]]) -> bool:
-    """Run ``ip -n NS ARGS...`` for every call at the same time; True if every one succeeded."""
-    procs = []
-    try:
-        for ns, args in calls:
-            argv = ["ip", *(["-n", ns] if ns else []), *args]
-            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        codes = [proc.wait(timeout=IP_TIMEOUT_S) for proc in procs]
-        return all(code == 0 for code in codes)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def _netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
@@ -71,6 +54,8 @@ class EmulatedEswitch:
         self._switch_ns = config.switch_netns
         if self._switch_ns and not _netns_exists(self._switch_ns):
             raise EswitchError(f"eswitch.emulated.switch_netns: namespace {self._switch_ns!r} does not exist")
+        # Whether a representor exists and is up, without an ip process.
+        self._switch_links_now = NetnsLinks(self._switch_ns)
         self._slots = [self._slot(DeviceKind.VF, i) for i in range(config.vfs)] + [
             self._slot(DeviceKind.SF, SF_BASE_NUMBER + i) for i in range(config.sfs)
         ]
@@ -106,14 +91,24 @@ class EmulatedEswitch:
     def prepare(self, slot: EswitchDevice, mac: str) -> str:
         guest = self.guest_netns(slot)
         function = ["link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up"]
-        # Usually the pair exists: both ends set up at once (two ip processes
-        # side by side); only if either fails is the pair (re)made first.
-        representor = ["link", "set", "dev", slot.representor, "up"]
-        if _netns_exists(guest) and _all_succeed([(self._switch_ns, representor), (guest, function)]):
+        # Usually the pair exists with its representor up (read without a
+        # process): one ip process sets the function end; only if either
+        # is not so is the pair (re)made first.
+        if (
+            _netns_exists(guest)
+            and self._representor_up(slot)
+            and _ip(guest, *function, check=False).returncode == 0
+        ):
             return slot.representor
         self._ensure_pair(slot)
         _ip(guest, *function)
         return slot.representor
+
+    def _representor_up(self, slot: EswitchDevice) -> bool:
+        try:
+            return self._switch_links_now.is_up(slot.representor)
+        except OSError:
+            return False  # unreadable: the ip path below finds out
 
     def release(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)
@@ -163,10 +158,12 @@ class EmulatedEswitch:
         return links
 
     def health(self) -> list[HealthFact]:
-        links = self._switch_links()
-        missing = [
-            s.representor for s in self._slots if s.kind is DeviceKind.VF and s.representor not in links
-        ]
+        representors = [s.representor for s in self._slots if s.kind is DeviceKind.VF]
+        try:
+            missing = [name for name in representors if self._switch_links_now.flags(name) is None]
+        except OSError:
+            links = self._switch_links()
+            missing = [name for name in representors if name not in links]
         detail = "all VF representors present" if not missing else f"missing: {', '.join(missing)}"
         return [HealthFact("eswitch_representors", not missing, detail, required=False)]
 
@@ -180,4 +177,4 @@ class EmulatedEswitch:
                 _ip("", "netns", "del", guest)
 
     def close(self) -> None:
-        pass
+        self._switch_links_now.close()

@@ -13,6 +13,7 @@ import pytest
 from coordinator.config import EmulatedConfig
 from coordinator.dev import netns
 from coordinator.eswitch.emulated import FUNCTION_IFNAME, EmulatedEswitch
+from coordinator.eswitch.netns_link import NetnsLinks
 from tests.conftest import NetnsFactory
 
 pytestmark = pytest.mark.ovs
@@ -75,3 +76,37 @@ def test_release_and_prepare_after_the_pair_vanished(eswitch: EmulatedEswitch, s
     eswitch.release(vf)  # nothing to clear: not an error
     assert eswitch.prepare(vf, MAC) == vf.representor  # the pair is made again
     assert _function(eswitch)["up"] and _function(eswitch)["mac"] == MAC
+
+
+def test_prepare_brings_a_representor_that_went_down_back_up(
+    eswitch: EmulatedEswitch, switch_ns: str
+) -> None:
+    (vf,) = eswitch.inventory()
+    netns.run_in_netns(switch_ns, ["ip", "link", "set", "dev", vf.representor, "down"])
+    assert eswitch.prepare(vf, MAC) == vf.representor
+    shown = subprocess.run(["ip", "-n", switch_ns, "-j", "link", "show", "dev", vf.representor],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert "UP" in json.loads(shown.stdout)[0]["flags"]
+
+
+def test_health_names_a_missing_representor(eswitch: EmulatedEswitch, switch_ns: str) -> None:
+    (vf,) = eswitch.inventory()
+    assert [f.ok for f in eswitch.health()] == [True]
+    netns.run_in_netns(switch_ns, ["ip", "link", "del", vf.representor])
+    (fact,) = eswitch.health()
+    assert not fact.ok and vf.representor in fact.detail
+
+
+def test_links_are_read_in_the_namespace_and_follow_its_re_creation(netns_factory: NetnsFactory) -> None:
+    name = netns_factory("nl-")
+    netns.run_in_netns(name, ["ip", "link", "add", "nl-a", "type", "veth", "peer", "name", "nl-b"])
+    netns.run_in_netns(name, ["ip", "link", "set", "dev", "nl-a", "up"])
+    links = NetnsLinks(name)
+    try:
+        assert links.is_up("nl-a") and not links.is_up("nl-b") and links.flags("nl-c") is None
+        assert NetnsLinks("").flags("nl-a") is None  # not a link of the daemon's own namespace
+        subprocess.run(["ip", "netns", "del", name], check=True)
+        netns.create_netns(name)  # the same name, another namespace: no link of the old one
+        assert links.flags("nl-a") is None and links.flags("lo") is not None
+    finally:
+        links.close()
