@@ -28,6 +28,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from coordinator.store.db import Store
 from coordinator.store.reader import ReadOnlyStore
+from coordinator.store.records import AttachmentRecord, Fence
 from coordinator.store.writer import GroupCommitWriter
 
 P = ParamSpec("P")
@@ -74,6 +75,11 @@ class AsyncStore:
     async def read(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` (reads of ``reads`` only) on the reader's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    async def attachment_and_fence(self, attachment_id: str) -> tuple[AttachmentRecord | None, Fence | None]:
+        """The attachment and its lease fence, read in one call (Detach needs both)."""
+        reads = self.reads
+        return await self.read(lambda: (reads.get(attachment_id), reads.fence(attachment_id)))
 
     async def answers(self) -> None:
         """Returns once both threads have taken a call (liveness: a write
