@@ -16,6 +16,7 @@ import pytest
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.store.db import Store
+from coordinator.store.errors import TransactionLost
 from coordinator.store.records import NewAttachment
 from coordinator.store.worker import AsyncStore
 
@@ -149,3 +150,25 @@ def test_after_a_failed_commit_the_next_write_is_committed(tmp_path: Path) -> No
         other.close()
         store.close()
     assert ids == ["att-1"]
+
+
+async def test_a_write_that_makes_sqlite_roll_back_the_whole_group_fails_it_all(store: AsyncStore) -> None:
+    """SQLite rolls the whole transaction back itself on some errors (disk
+    full): the writes of the group made before that one are gone too."""
+    db = store.sync._db
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    db.execute(f"PRAGMA max_page_count={pages + 2}")
+
+    def fill_the_disk() -> None:
+        store.sync.record_event(
+            "big", "sb-big", "", Event(EventKind.ATTACHMENT_DRIFT, False, "T", "x" * 200_000)
+        )
+
+    _, results = await _behind_a_held_commit(store, [_claim(store, 0), fill_the_disk, _claim(store, 1)])
+    assert isinstance(results[1], sqlite3.OperationalError) and "full" in str(results[1])
+    assert isinstance(results[0], TransactionLost) and isinstance(results[2], TransactionLost)
+    db.execute("PRAGMA max_page_count=1073741823")
+    assert await store.list_attachments() == []
+    assert [e.attachment_id for e in await store.events_since(0)] == ["x"]
+    await store.create_attachment(_new(7), mac_for=_mac, max_attachments=100)
+    assert [a.attachment_id for a in await store.list_attachments()] == ["att-7"]
