@@ -54,11 +54,12 @@ class EmulatedEswitch:
         self._switch_ns = config.switch_netns
         if self._switch_ns and not _netns_exists(self._switch_ns):
             raise EswitchError(f"eswitch.emulated.switch_netns: namespace {self._switch_ns!r} does not exist")
-        # Whether a representor exists and is up, without an ip process.
+        # Representors and functions read and set without an ip process.
         self._switch_links_now = NetnsLinks(self._switch_ns)
         self._slots = [self._slot(DeviceKind.VF, i) for i in range(config.vfs)] + [
             self._slot(DeviceKind.SF, SF_BASE_NUMBER + i) for i in range(config.sfs)
         ]
+        self._guest_links = {s.device_id: NetnsLinks(self.guest_netns(s)) for s in self._slots}
         for slot in self._slots:
             if slot.kind is DeviceKind.VF:
                 self._ensure_pair(slot)
@@ -91,18 +92,21 @@ class EmulatedEswitch:
     def prepare(self, slot: EswitchDevice, mac: str) -> str:
         guest = self.guest_netns(slot)
         function = ["link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up"]
-        # Usually the pair exists with its representor up (read without a
-        # process): one ip process sets the function end; only if either
-        # is not so is the pair (re)made first.
-        if (
-            _netns_exists(guest)
-            and self._representor_up(slot)
-            and _ip(guest, *function, check=False).returncode == 0
-        ):
+        # Usually the pair exists with its representor up: read, and the
+        # function end set, without a process; only if either is not so is
+        # the pair (re)made first.
+        if _netns_exists(guest) and self._representor_up(slot) and self._function_set(slot, mac):
             return slot.representor
         self._ensure_pair(slot)
         _ip(guest, *function)
         return slot.representor
+
+    def _function_set(self, slot: EswitchDevice, mac: str) -> bool:
+        try:
+            self._guest_links[slot.device_id].set_address_and_up(FUNCTION_IFNAME, mac)
+        except OSError:
+            return False  # the ip path below makes the pair and reports what fails
+        return True
 
     def _representor_up(self, slot: EswitchDevice) -> bool:
         try:
@@ -169,6 +173,7 @@ class EmulatedEswitch:
 
     def destroy(self) -> None:
         """Remove every pair and guest namespace (dev down, tests)."""
+        self.close()
         for slot in self._slots:
             if self._has_link(self._switch_ns, slot.representor):
                 _ip(self._switch_ns, "link", "del", "dev", slot.representor)
@@ -177,4 +182,6 @@ class EmulatedEswitch:
                 _ip("", "netns", "del", guest)
 
     def close(self) -> None:
-        self._switch_links_now.close()
+        # A socket keeps its namespace alive: none is held past the backend.
+        for links in (self._switch_links_now, *self._guest_links.values()):
+            links.close()

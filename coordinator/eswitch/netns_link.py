@@ -1,10 +1,11 @@
-"""Link flags of another network namespace, read without a process.
+"""Links of another network namespace, read and set up without a process.
 
 A socket stays in the network namespace it was made in. One made by a
 short-lived thread that entered the namespace (``setns`` moves only the
-calling thread) answers ``SIOCGIFFLAGS`` for that namespace's links from
-any thread afterwards: whether a link exists and is up costs an ioctl, not
-an ``ip`` process (a fork+exec, tens of milliseconds on a busy machine).
+calling thread) answers ``SIOCGIFFLAGS`` (and takes ``SIOCSIFHWADDR``,
+``SIOCSIFFLAGS``) for that namespace's links from any thread afterwards:
+whether a link exists and is up, or giving it an address and setting it
+up, costs an ioctl, not an ``ip`` process (a fork+exec, tens of milliseconds on a busy machine).
 The thread ends right after, so no thread of the daemon is left in
 another namespace. iproute2 and pyroute2 offer no such query without a
 child process, hence these few lines by hand.
@@ -24,8 +25,12 @@ from pathlib import Path
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+SIOCSIFHWADDR = 0x8924
 IFF_UP = 0x1
+ARPHRD_ETHER = 1
 _IFREQ = struct.Struct("16sH")  # ifr_name, ifr_flags (the rest of struct ifreq unused)
+_IFREQ_HWADDR = struct.Struct("16sH14s")  # ifr_name, ifr_hwaddr (sa_family, sa_data)
 _IFREQ_SIZE = 40
 
 
@@ -53,6 +58,26 @@ class NetnsLinks:
     def is_up(self, ifname: str) -> bool:
         flags = self.flags(ifname)
         return flags is not None and bool(flags & IFF_UP)
+
+    def set_address_and_up(self, ifname: str, mac: str) -> None:
+        """Give the link MAC address ``mac`` and set it up (what
+        ``ip link set dev IFNAME address MAC up`` does). Raises OSError."""
+        address = bytes.fromhex(mac.replace(":", ""))
+        if len(address) != 6:
+            raise ValueError(f"not a MAC address: {mac!r}")
+        fd = self._socket().fileno()
+        fcntl.ioctl(
+            fd,
+            SIOCSIFHWADDR,
+            _IFREQ_HWADDR.pack(ifname.encode(), ARPHRD_ETHER, address).ljust(_IFREQ_SIZE, b"\0"),
+        )
+        flags = self.flags(ifname)
+        if flags is None:
+            raise OSError(errno.ENODEV, f"no link {ifname}")
+        if not flags & IFF_UP:
+            fcntl.ioctl(
+                fd, SIOCSIFFLAGS, _IFREQ.pack(ifname.encode(), flags | IFF_UP).ljust(_IFREQ_SIZE, b"\0")
+            )
 
     def close(self) -> None:
         with self._lock:

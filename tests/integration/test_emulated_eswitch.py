@@ -110,3 +110,19 @@ def test_links_are_read_in_the_namespace_and_follow_its_re_creation(netns_factor
         assert links.flags("nl-a") is None and links.flags("lo") is not None
     finally:
         links.close()
+
+
+def test_an_address_set_by_ioctl_is_the_links_and_it_is_up(netns_factory: NetnsFactory) -> None:
+    name = netns_factory("nl-")
+    netns.run_in_netns(name, ["ip", "link", "add", "nl-a", "type", "veth", "peer", "name", "nl-b"])
+    links = NetnsLinks(name)
+    try:
+        links.set_address_and_up("nl-a", MAC)
+        shown = subprocess.run(["ip", "-n", name, "-j", "link", "show", "dev", "nl-a"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        (link,) = json.loads(shown.stdout)
+        assert link["address"] == MAC and "UP" in link["flags"]
+        with pytest.raises(OSError):
+            links.set_address_and_up("nl-c", MAC)
+    finally:
+        links.close()
