@@ -6,9 +6,13 @@ namespace of its own that stands for the guest. VFs exist from start-up on
 (on a real DPU the host creates them); SFs are created on prepare and
 deleted on release, as devlink does on a BlueField.
 
-It drives iproute2 (``ip``) rather than netlink sockets: entering another
-network namespace from a library means forking the daemon, which a gRPC
-process must not do; ``ip -n NS`` is a clean fork+exec.
+What runs on every Attach (is the representor up, the function's MAC and
+up state) and the health check are ioctls on a socket made in the
+namespace (``netns_link``): no process. The rest (making pairs, clearing
+a released function's addresses and neighbours) drives iproute2 (``ip``)
+rather than netlink sockets: entering another network namespace from a
+library means forking the daemon, which a gRPC process must not do;
+``ip -n NS`` is a clean fork+exec.
 """
 
 from __future__ import annotations
