@@ -6,6 +6,7 @@ either all of it or none of it."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -39,14 +40,7 @@ from coordinator.store.rows import SELECT_ATTACHMENT, attachment_from_row, devic
 from coordinator.store.schema import MIGRATIONS
 from coordinator.store.slots import free_slot, pool_stats
 
-__all__ = [
-    "EVERYONE",
-    "AttachmentLimitReached",
-    "PoolExhausted",
-    "Store",
-    "StoreError",
-    "UnreadablePolicy",
-]
+__all__ = ["EVERYONE", "AttachmentLimitReached", "PoolExhausted", "Store", "StoreError", "UnreadablePolicy"]
 # Owner of coordinator-wide events (health, firmware) that every caller sees;
 # never a certificate identity. Owner "" stays admins-only.
 EVERYONE = "*"
@@ -63,6 +57,9 @@ class Store:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
         # write lock is taken before any read a decision depends on.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Held through each transaction: another thread's waits for it (never
+        # joins it), and close() never frees the connection under a commit.
+        self._using = threading.RLock()
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -71,7 +68,8 @@ class Store:
         self._migrate()
 
     def close(self) -> None:
-        self._db.close()
+        with self._using:
+            self._db.close()
 
     @property
     def schema_version(self) -> int:
@@ -98,21 +96,22 @@ class Store:
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
-        if self._db.in_transaction:
-            # Called inside another method's transaction: part of it, commits
-            # (or rolls back) with it.
-            yield self._db
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            # Also when COMMIT failed: SQLite may leave the transaction open (a
-            # deferred constraint, busy), and later writes would join it, never committed.
+        with self._using:
             if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
-            raise
+                # Called inside another method's transaction: part of it, commits
+                # (or rolls back) with it.
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # Also when COMMIT failed: SQLite may leave the transaction open (a
+                # deferred constraint, busy), and later writes would join it, never committed.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def group(self) -> AbstractContextManager[sqlite3.Connection]:
         """One transaction (one commit, one fsync) around several calls, whose

@@ -172,3 +172,29 @@ async def test_a_write_that_makes_sqlite_roll_back_the_whole_group_fails_it_all(
     assert [e.attachment_id for e in await store.events_since(0)] == ["x"]
     await store.create_attachment(_new(7), mac_for=_mac, max_attachments=100)
     assert [a.attachment_id for a in await store.list_attachments()] == ["att-7"]
+
+
+async def test_closing_the_store_waits_for_a_transaction_under_way(tmp_path: Path) -> None:
+    """A write still running on the writer's thread (its caller gone) when
+    the store is closed: close waits for its transaction to end instead of
+    closing the connection between two of its statements (a statement on a
+    connection closed under it crashed the process)."""
+    sync = Store(tmp_path / "state.db")
+    wrapped = AsyncStore(sync)
+    between = threading.Event()
+
+    def two_statements() -> None:
+        sync.record_event("a", "sb-a", "", DRIFT)
+        between.wait(5)
+        sync.record_event("b", "sb-b", "", DRIFT)
+
+    writing = asyncio.ensure_future(wrapped.run(two_statements))
+    await asyncio.sleep(0.1)  # between its two statements now
+    closing = threading.Thread(target=sync.close)
+    closing.start()
+    closing.join(0.2)
+    assert closing.is_alive()  # waiting for the transaction
+    between.set()
+    await writing
+    closing.join(5)
+    assert not closing.is_alive()
