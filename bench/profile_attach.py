@@ -101,8 +101,13 @@ def instrument(steps: StepTimes) -> None:
         steps.wrap_sync(EmulatedEswitch, method, f"eswitch.{method}")
     for method in ("dump", "sync", "delete", "delete_meter", "set_meter"):
         steps.wrap_async(OpenFlowSwitch, method, f"openflow.{method}")
-    for method in ("set_zone_limit", "flush_zone", "delete_zone_limit"):
-        steps.wrap_async(ConntrackControl, method, f"conntrack.{method}")
+    for method in ("set_zone_limit", "flush_zone", "delete_zone_limit", "clear_zone"):
+        if hasattr(ConntrackControl, method):
+            steps.wrap_async(ConntrackControl, method, f"conntrack.{method}")
+    from coordinator.ovs.unixctl import UnixctlClient
+
+    steps.wrap_async(UnixctlClient, "_exchange", "unixctl exchanges (round trips)")
+    steps.wrap_sync(Ovsdb, "_commit", "ovsdb transactions (on its thread)")
     for method in ("create_attachment", "mark_bound", "mark_detaching",
                    "delete_attachment", "save_policy", "find_by_request", "get", "fence", "policy",
                    "list_attachments"):  # fmt: skip
@@ -116,6 +121,14 @@ def instrument(steps: StepTimes) -> None:
         return real_txn(self)
 
     Store._txn = counted_txn  # type: ignore[method-assign]
+    try:
+        from coordinator.store.writer import GroupCommitWriter
+    except ImportError:  # a tree without group commit
+        pass
+    else:
+        steps.wrap_sync(
+            GroupCommitWriter, "_commit", lambda _, group: f"store commit groups of {_sizes(len(group))}"
+        )
     steps.wrap_sync(subprocess, "run", _spawn_name)
     real_exec = asyncio.create_subprocess_exec
 
@@ -134,6 +147,10 @@ def instrument(steps: StepTimes) -> None:
         return proc
 
     asyncio.create_subprocess_exec = timed_exec
+
+
+def _sizes(n: int) -> str:
+    return "1 write" if n == 1 else "2-3 writes" if n < 4 else "4+ writes"
 
 
 def run_daemon_profiled(config_path: Path, out: Path) -> int:

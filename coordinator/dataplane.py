@@ -36,7 +36,7 @@ from coordinator.attachment_identity import (
 )
 from coordinator.config import Config
 from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, WorldFacts
-from coordinator.dataplane_probes import SwitchProbes
+from coordinator.dataplane_probes import ReadFlows, SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, HealthFact
 from coordinator.flows.compiler import (
@@ -67,14 +67,11 @@ from coordinator.ovs.unixctl import UnixctlClient
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
+from coordinator.waiting import all_of
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Dataplane", "WorldFacts"]
-
-
-class _Held(list[InstalledFlow]):
-    """``HeldFlows`` as this dataplane reads them: the flows of our cookies."""
 
 
 async def _already(flows: list[InstalledFlow]) -> list[InstalledFlow]:
@@ -287,11 +284,16 @@ class Dataplane:
 
     async def teardown(self, record: AttachmentRecord, on_step: Sequence[str] = ()) -> None:
         """Flows first (the port then carries no traffic: the bridge is
-        fail-secure), then the port, then the device. Each step idempotent."""
+        fail-secure), then the port, then the device. The slot's meter,
+        conntrack entries and zone limit go while the port is removed (none
+        depends on the other once the flows are gone). Each step idempotent."""
         try:
-            await self._remove_slot(record.slot)
+            await self._remove_flows(record.slot)
             faults.reached("detach.flows_removed")
-            await self._ovsdb.delete_port(self._bridge, record.device.representor)
+            await all_of(
+                self._clear_slot(record.slot),
+                self._ovsdb.delete_port(self._bridge, record.device.representor),
+            )
             faults.reached("detach.port_removed")
             await asyncio.to_thread(self._backend.release, record.device)
             faults.reached("detach.device_released")
@@ -302,17 +304,23 @@ class Dataplane:
         """A slot's flows, meter, conntrack entries and zone limit: the next
         attachment in this slot starts empty."""
         try:
-            await self._remove_slot(slot)
+            await self._remove_flows(slot)
+            await self._clear_slot(slot)
         except (OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"removing the flows of slot {slot}: {exc}") from exc
 
-    async def _remove_slot(self, slot: int) -> None:
+    async def _remove_flows(self, slot: int) -> None:
         await self._switch.delete(cookie_for_slot(slot))
         self._flow_counts.pop(cookie_for_slot(slot), None)
+
+    async def _clear_slot(self, slot: int) -> None:
+        """After its flows: the slot's meter, and its conntrack entries and
+        zone limit (one exchange), side by side."""
+        await all_of(self._remove_meter(slot), self._conntrack.clear_zone(zone_of_slot(slot)))
+
+    async def _remove_meter(self, slot: int) -> None:
         await self._switch.delete_meter(meter_of_slot(slot))
         self._metered.pop(slot, None)
-        await self._conntrack.flush_zone(zone_of_slot(slot))
-        await self._conntrack.delete_zone_limit(zone_of_slot(slot))
 
     async def revoke(self, record: AttachmentRecord, scope: Scope) -> str:
         """Cut the attachment's connections ``scope`` no longer allows; the
@@ -391,27 +399,7 @@ class Dataplane:
     async def facts(self) -> WorldFacts:
         """Our ports, how many flows each of our cookies holds (and the flows,
         for ``sync_all``), and the prepared functions."""
-        # Side by side: the switch works through the flow dump (tens of
-        # thousands at a thousand attachments) while OVSDB and the eswitch answer.
-        ports, flows, ofports, prepared = await asyncio.gather(
-            self._ovsdb.owned_ports(self._bridge),
-            self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK),
-            self._ovsdb.interface_ofports(),
-            asyncio.to_thread(self._backend.prepared),
-            return_exceptions=True,
-        )
-        for outcome in (ports, flows, ofports, prepared):
-            if isinstance(outcome, OvsdbError | OpenFlowError | EswitchError):
-                raise Unavailable(f"reading what the switch holds: {outcome}") from outcome
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(ports, dict) and isinstance(flows, list)
-        assert isinstance(ofports, dict) and isinstance(prepared, list)
-        held = _Held(flows)
-        counts: dict[int, int] = {}
-        for flow in held:
-            counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
-        return WorldFacts(ports, counts, ofports, tuple(prepared), held)
+        return await self._probes.facts(self._bridge)
 
     async def sync_all(
         self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
@@ -424,7 +412,7 @@ class Dataplane:
         Returns the changes by cookie (cookies without a change are
         absent). Raises FlowsRejected."""
         with _rejected():
-            return await self._sync_all(desired, held if isinstance(held, _Held) else None)
+            return await self._sync_all(desired, held if isinstance(held, ReadFlows) else None)
 
     async def _sync_all(
         self, desired: Mapping[int, Sequence[Flow]], held: list[InstalledFlow] | None = None

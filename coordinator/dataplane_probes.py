@@ -1,5 +1,6 @@
 """What the dataplane reads from the switch without changing it: whether it
-still holds our state (base flows, port numbers), the OVS and eswitch
+still holds our state (base flows, port numbers), what it holds of ours
+for a reconcile (ports, flows, prepared functions), the OVS and eswitch
 health probes, and packet traces for ExplainPacket."""
 
 from __future__ import annotations
@@ -7,20 +8,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from coordinator.attachment_identity import BRIDGE_COOKIE
+from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK
 from coordinator.config import OvsConfig
-from coordinator.dataplane_port import SwitchTrace
+from coordinator.dataplane_port import SwitchTrace, WorldFacts
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import EswitchBackend, HealthFact
+from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import ovs_checks
 from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.ofwire import InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.ovs.trace import TraceError, dpif_show, trace
 from coordinator.ovs.unixctl import UnixctlClient
 from coordinator.policy.packet import Packet
 from coordinator.store.records import AttachmentRecord
+
+
+class ReadFlows(list[InstalledFlow]):
+    """``HeldFlows`` as this dataplane reads them: the flows of our cookies."""
 
 
 class SwitchProbes:
@@ -94,6 +100,31 @@ class SwitchProbes:
         except (TraceError, TraceParseError) as exc:
             raise Unavailable(f"tracing through the switch: {exc}") from exc
         return SwitchTrace(text=text, allowed=switch.allowed)
+
+    async def facts(self, bridge: str) -> WorldFacts:
+        """Our ports, how many flows each of our cookies holds (and the flows,
+        for ``sync_all``), and the prepared functions."""
+        # Side by side: the switch works through the flow dump (tens of
+        # thousands at a thousand attachments) while OVSDB and the eswitch answer.
+        ports, flows, ofports, prepared = await asyncio.gather(
+            self._ovsdb.owned_ports(bridge),
+            self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK),
+            self._ovsdb.interface_ofports(),
+            asyncio.to_thread(self._backend.prepared),
+            return_exceptions=True,
+        )
+        for outcome in (ports, flows, ofports, prepared):
+            if isinstance(outcome, OvsdbError | OpenFlowError | EswitchError):
+                raise Unavailable(f"reading what the switch holds: {outcome}") from outcome
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(ports, dict) and isinstance(flows, list)
+        assert isinstance(ofports, dict) and isinstance(prepared, list)
+        held = ReadFlows(flows)
+        counts: dict[int, int] = {}
+        for flow in held:
+            counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
+        return WorldFacts(ports, counts, ofports, tuple(prepared), held)
 
 
 def port_moved(in_use: Mapping[str, int], numbers: Mapping[str, int]) -> str | None:

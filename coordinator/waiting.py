@@ -19,7 +19,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["wait_within"]
+__all__ = ["all_of", "wait_within"]
 
 
 async def wait_within(awaitable: Awaitable[T], timeout: float | None) -> T:
@@ -45,3 +45,12 @@ async def wait_within(awaitable: Awaitable[T], timeout: float | None) -> T:
             return task.result()  # it finished in the same moment: keep its answer
         raise asyncio.TimeoutError
     return task.result()
+
+
+async def all_of(*steps: Awaitable[object]) -> None:
+    """Run ``steps`` side by side; the first failure is raised once every
+    one has finished (a rollback that follows must not race a step still
+    running)."""
+    for outcome in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            raise outcome

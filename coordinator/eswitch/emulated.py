@@ -6,9 +6,13 @@ namespace of its own that stands for the guest. VFs exist from start-up on
 (on a real DPU the host creates them); SFs are created on prepare and
 deleted on release, as devlink does on a BlueField.
 
-It drives iproute2 (``ip``) rather than netlink sockets: entering another
-network namespace from a library means forking the daemon, which a gRPC
-process must not do; ``ip -n NS`` is a clean fork+exec.
+What runs on every Attach (is the representor up, the function's MAC and
+up state) and the health check are ioctls on a socket made in the
+namespace (``netns_link``): no process. The rest (making pairs, clearing
+a released function's addresses and neighbours) drives iproute2 (``ip``)
+rather than netlink sockets: entering another network namespace from a
+library means forking the daemon, which a gRPC process must not do;
+``ip -n NS`` is a clean fork+exec.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from coordinator.config import EmulatedConfig
 from coordinator.eswitch.base import DeviceKind, EswitchDevice, EswitchError, HealthFact, PreparedDevice
+from coordinator.eswitch.netns_link import NetnsLinks
 
 FUNCTION_IFNAME = "eth0"
 SF_BASE_NUMBER = 1000  # BlueField numbers user SFs from here by convention
@@ -41,24 +46,6 @@ def _ip(
     return result
 
 
-def _all_succeed(calls: list[tuple[str, list[str]]]) -> bool:
-    """Run ``ip -n NS ARGS...`` for every call at the same time; True if every one succeeded."""
-    procs = []
-    try:
-        for ns, args in calls:
-            argv = ["ip", *(["-n", ns] if ns else []), *args]
-            procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        codes = [proc.wait(timeout=IP_TIMEOUT_S) for proc in procs]
-        return all(code == 0 for code in codes)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def _netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
@@ -71,9 +58,12 @@ class EmulatedEswitch:
         self._switch_ns = config.switch_netns
         if self._switch_ns and not _netns_exists(self._switch_ns):
             raise EswitchError(f"eswitch.emulated.switch_netns: namespace {self._switch_ns!r} does not exist")
+        # Representors and functions read and set without an ip process.
+        self._switch_links_now = NetnsLinks(self._switch_ns)
         self._slots = [self._slot(DeviceKind.VF, i) for i in range(config.vfs)] + [
             self._slot(DeviceKind.SF, SF_BASE_NUMBER + i) for i in range(config.sfs)
         ]
+        self._guest_links = {s.device_id: NetnsLinks(self.guest_netns(s)) for s in self._slots}
         self._ensure_pairs([slot for slot in self._slots if slot.kind is DeviceKind.VF])
 
     def _slot(self, kind: DeviceKind, number: int) -> EswitchDevice:
@@ -119,14 +109,27 @@ class EmulatedEswitch:
     def prepare(self, slot: EswitchDevice, mac: str) -> str:
         guest = self.guest_netns(slot)
         function = ["link", "set", "dev", FUNCTION_IFNAME, "address", mac, "up"]
-        # Usually the pair exists: both ends set up at once (two ip processes
-        # side by side); only if either fails is the pair (re)made first.
-        representor = ["link", "set", "dev", slot.representor, "up"]
-        if _netns_exists(guest) and _all_succeed([(self._switch_ns, representor), (guest, function)]):
+        # Usually the pair exists with its representor up: read, and the
+        # function end set, without a process; only if either is not so is
+        # the pair (re)made first.
+        if _netns_exists(guest) and self._representor_up(slot) and self._function_set(slot, mac):
             return slot.representor
         self._ensure_pair(slot)
         _ip(guest, *function)
         return slot.representor
+
+    def _function_set(self, slot: EswitchDevice, mac: str) -> bool:
+        try:
+            self._guest_links[slot.device_id].set_address_and_up(FUNCTION_IFNAME, mac)
+        except OSError:
+            return False  # the ip path below makes the pair and reports what fails
+        return True
+
+    def _representor_up(self, slot: EswitchDevice) -> bool:
+        try:
+            return self._switch_links_now.is_up(slot.representor)
+        except OSError:
+            return False  # unreadable: the ip path below finds out
 
     def release(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)
@@ -176,15 +179,18 @@ class EmulatedEswitch:
         return links
 
     def health(self) -> list[HealthFact]:
-        links = self._switch_links()
-        missing = [
-            s.representor for s in self._slots if s.kind is DeviceKind.VF and s.representor not in links
-        ]
+        representors = [s.representor for s in self._slots if s.kind is DeviceKind.VF]
+        try:
+            missing = [name for name in representors if self._switch_links_now.flags(name) is None]
+        except OSError:
+            links = self._switch_links()
+            missing = [name for name in representors if name not in links]
         detail = "all VF representors present" if not missing else f"missing: {', '.join(missing)}"
         return [HealthFact("eswitch_representors", not missing, detail, required=False)]
 
     def destroy(self) -> None:
         """Remove every pair and guest namespace (dev down, tests)."""
+        self.close()
         for slot in self._slots:
             if self._has_link(self._switch_ns, slot.representor):
                 _ip(self._switch_ns, "link", "del", "dev", slot.representor)
@@ -193,4 +199,6 @@ class EmulatedEswitch:
                 _ip("", "netns", "del", guest)
 
     def close(self) -> None:
-        pass
+        # A socket keeps its namespace alive: none is held past the backend.
+        for links in (self._switch_links_now, *self._guest_links.values()):
+            links.close()

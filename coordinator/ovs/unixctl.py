@@ -147,11 +147,23 @@ class _Connection:
             await self._writer.wait_closed()
 
 
+@dataclass
+class _Asked:
+    """One caller's commands, waiting to be sent with the others asked meanwhile."""
+
+    commands: Sequence[Sequence[str]]
+    replies: asyncio.Future[list[Reply]]
+
+
 class UnixctlClient:
     """One ovs-vswitchd's control socket over a connection kept open across
     calls (opened on first use, opened again on the current path when it
-    breaks). Calls take turns on the connection: ovs-vswitchd serves its
-    control connections one request at a time anyway.
+    breaks). Exchanges take turns on the connection: ovs-vswitchd serves its
+    control connections one request at a time anyway. Calls asked while an
+    exchange is under way go out together in the next one (concurrent
+    attaches' zone limits share a round trip instead of queueing one
+    behind another); each caller gets its own replies, and a failed
+    exchange fails every call in it.
 
     ``target`` is the socket's path or a function returning the current
     one; ``timeout`` bounds each call (a call that runs out closes the
@@ -167,6 +179,7 @@ class UnixctlClient:
             self._resolve = lambda: fixed
         self._timeout = timeout
         self._lock = asyncio.Lock()
+        self._asked: list[_Asked] = []  # calls not yet sent
         self._connection: _Connection | None = None
         self.connects = 0  # connections opened so far (for tests and metrics)
 
@@ -190,17 +203,46 @@ class UnixctlClient:
         exception)."""
         if not commands:
             return []
+        asked = _Asked(commands, asyncio.get_running_loop().create_future())
+        # A caller gone meanwhile (cancelled) never reads its outcome.
+        asked.replies.add_done_callback(_seen)
+        self._asked.append(asked)
         async with self._lock:
-            try:
-                return await wait_within(self._exchange(commands), self._timeout)
-            except asyncio.TimeoutError as exc:
-                self._drop()
-                raise UnixctlError(
+            if not asked.replies.done():  # else an earlier caller's exchange took it
+                batch, self._asked = self._asked, []
+                await self._send(batch)
+        return await asked.replies
+
+    async def _send(self, batch: list[_Asked]) -> None:
+        """One exchange of every command in ``batch``; each caller's future
+        gets its replies or the exchange's error."""
+        commands = [command for asked in batch for command in asked.commands]
+        try:
+            replies = await wait_within(self._exchange(commands), self._timeout)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.TimeoutError | UnixctlError | asyncio.CancelledError):
+                self._drop()  # late replies must not meet the next exchange
+            failure: Exception
+            if isinstance(exc, asyncio.TimeoutError):
+                failure = UnixctlError(
                     f"{self.path}: no answer to {len(commands)} command(s) within {self._timeout}s"
-                ) from exc
-            except UnixctlError:
-                self._drop()
+                )
+            elif isinstance(exc, Exception):
+                failure = exc
+            else:
+                failure = UnixctlError(f"{self.path}: the exchange was interrupted ({exc!r})")
+            for asked in batch:
+                if not asked.replies.done():
+                    asked.replies.set_exception(failure)
+            if not isinstance(exc, Exception):
                 raise
+            return
+        start = 0
+        for asked in batch:
+            end = start + len(asked.commands)
+            if not asked.replies.done():
+                asked.replies.set_result(replies[start:end])
+            start = end
 
     async def _exchange(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
         kept = self._connection is not None and self._connection.usable
@@ -235,6 +277,11 @@ class UnixctlClient:
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.wait_closed()
+
+
+def _seen(replies: asyncio.Future[list[Reply]]) -> None:
+    if not replies.cancelled():
+        replies.exception()
 
 
 async def call_many(

@@ -8,9 +8,12 @@ behind. A crash in between is finished by the next convergence.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from coordinator import faults
 from coordinator.callers import Caller
@@ -39,6 +42,9 @@ from coordinator.store.db import AttachmentLimitReached, PoolExhausted
 from coordinator.store.records import AttachmentRecord, AttachmentState, NewAttachment, PolicyState
 
 log = logging.getLogger(__name__)
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True)
@@ -154,9 +160,9 @@ class Lifecycle:
         )
 
     async def install(self, record: AttachmentRecord) -> AttachmentRecord:
-        """Plug, install and verify the sandbox's flows, mark BOUND."""
-        chosen = await self._ctx.last_good(record)
-        rep, ofport = await self._plug(record)
+        """Plug, install and verify the sandbox's flows, mark BOUND. The
+        stored policy is read while the device is plugged."""
+        chosen, (rep, ofport) = await _both(self._ctx.last_good(record), self._plug(record))
         await self._enforce(record, ofport, chosen.scope)
         faults.reached("attach.flows_installed")
         return await self._ctx.store.mark_bound(
@@ -215,10 +221,10 @@ class Lifecycle:
         """True if detached now, False if it already was (idempotent)."""
         ctx = self._ctx
         ctx.heard_from.add(caller.identity)
-        found = await ctx.store.get(attachment_id) or await ctx.store.fence(attachment_id)
+        record, fence = await ctx.store.attachment_and_fence(attachment_id)
+        found = record or fence
         async with self._gate.operation("Detach", wait=False), ctx.locks[found.sandbox_id if found else ""]:
-            record = await ctx.store.get(attachment_id)
-            fence = await ctx.store.fence(attachment_id)
+            record, fence = await ctx.store.attachment_and_fence(attachment_id)
             owner = record.owner if record else fence.owner if fence else None
             if owner is None or not caller.may_see(owner):
                 raise NotFound(f"attachment {attachment_id} not found")
@@ -259,6 +265,16 @@ class Lifecycle:
             "detached",
             extra={"attachment_id": record.attachment_id, "sandbox_id": record.sandbox_id, "reason": reason},
         )
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both side by side; the first failure is raised once both have
+    finished (an undo that follows must not race a step still running)."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (one, two):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return one, two  # type: ignore[return-value]  # neither is an exception here
 
 
 def _replay(existing: AttachmentRecord, params: AttachParams, network_class: str) -> AttachmentRecord:

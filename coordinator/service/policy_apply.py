@@ -225,8 +225,8 @@ class PolicyApply:
                 )
                 records = await self._close_one_by_one(records, deny_all)
         cut = time.monotonic()
-        await ctx.store.set_policy_statuses(
-            [(r.attachment_id, state, r.policy_version) for r in records], event=event
+        await ctx.store.record_policy_results(
+            [(r.attachment_id, state, r.policy_version, event) for r in records]
         )
         recorded = time.monotonic()
         await ctx.events.notify()

@@ -6,19 +6,25 @@ either all of it or none of it."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator.attachment_identity import MAX_SLOT
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
 from coordinator.policy.scope import Scope
 from coordinator.store import policy_rows
-from coordinator.store.errors import AttachmentLimitReached, PoolExhausted, StoreError, UnreadablePolicy
+from coordinator.store.errors import (
+    AttachmentLimitReached,
+    PoolExhausted,
+    StoreError,
+    TransactionLost,
+    UnreadablePolicy,
+)
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -32,16 +38,9 @@ from coordinator.store.records import (
 )
 from coordinator.store.rows import SELECT_ATTACHMENT, attachment_from_row, device_from_row, event_from_row
 from coordinator.store.schema import MIGRATIONS
+from coordinator.store.slots import free_slot, pool_stats
 
-__all__ = [
-    "EVERYONE",
-    "MAX_SLOT",
-    "AttachmentLimitReached",
-    "PoolExhausted",
-    "Store",
-    "StoreError",
-    "UnreadablePolicy",
-]
+__all__ = ["EVERYONE", "AttachmentLimitReached", "PoolExhausted", "Store", "StoreError", "UnreadablePolicy"]
 # Owner of coordinator-wide events (health, firmware) that every caller sees;
 # never a certificate identity. Owner "" stays admins-only.
 EVERYONE = "*"
@@ -58,6 +57,9 @@ class Store:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
         # write lock is taken before any read a decision depends on.
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        # Held through each transaction: another thread's waits for it (never
+        # joins it), and close() never frees the connection under a commit.
+        self._using = threading.RLock()
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -66,7 +68,8 @@ class Store:
         self._migrate()
 
     def close(self) -> None:
-        self._db.close()
+        with self._using:
+            self._db.close()
 
     @property
     def schema_version(self) -> int:
@@ -93,18 +96,42 @@ class Store:
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:
-        if self._db.in_transaction:
-            # Called inside another method's transaction: part of it, commits
-            # (or rolls back) with it.
-            yield self._db
-            return
-        self._db.execute("BEGIN IMMEDIATE")
+        with self._using:
+            if self._db.in_transaction:
+                # Called inside another method's transaction: part of it, commits
+                # (or rolls back) with it.
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                # Also when COMMIT failed: SQLite may leave the transaction open (a
+                # deferred constraint, busy), and later writes would join it, never committed.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def group(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One transaction (one commit, one fsync) around several calls, whose
+        own transactions join it: none of it is kept if the commit fails."""
+        return self._txn()
+
+    @contextmanager
+    def part(self) -> Iterator[None]:
+        """Inside ``group``: a call whose changes, if it raises, are undone
+        alone (a savepoint), the rest of the group unharmed."""
+        self._db.execute("SAVEPOINT part")
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            yield
+        except BaseException as exc:
+            if not self._db.in_transaction:  # SQLite rolled the whole group back
+                raise TransactionLost(f"store transaction rolled back: {exc}") from exc
+            self._db.execute("ROLLBACK TO part")
+            self._db.execute("RELEASE part")
             raise
-        self._db.execute("COMMIT")
+        self._db.execute("RELEASE part")
 
     # -- device pool -------------------------------------------------------
 
@@ -136,13 +163,7 @@ class Store:
         return DevicePresence(appeared=frozenset(now - before), vanished=frozenset(before - now))
 
     def pool_stats(self) -> list[PoolStats]:
-        rows = self._db.execute(
-            """SELECT d.kind, COUNT(*) AS total, SUM(a.attachment_id IS NULL) AS free
-               FROM devices d LEFT JOIN attachments a ON a.device_id = d.device_id
-               WHERE d.present = 1 GROUP BY d.kind"""
-        ).fetchall()
-        by_kind = {r["kind"]: (r["total"], r["free"]) for r in rows}
-        return [PoolStats(k, *by_kind.get(k.value, (0, 0))) for k in DeviceKind]
+        return pool_stats(self._db)
 
     # -- attachments -------------------------------------------------------
 
@@ -178,7 +199,7 @@ class Store:
                        detached_at = NULL""",
                 (new.attachment_id, new.owner, new.sandbox_id, generation),
             )
-            slot_number = self._free_slot(db)
+            slot_number = free_slot(db)
             db.execute(
                 """INSERT INTO attachments (attachment_id, owner, request_id, sandbox_id, host_instance_id,
                        lease_generation, device_id, mac, slot, network_class, state, created_at, updated_at)
@@ -214,22 +235,6 @@ class Store:
         if record is None:  # pragma: no cover - just inserted
             raise StoreError("attachment vanished after insert")
         return record
-
-    @staticmethod
-    def _free_slot(db: sqlite3.Connection) -> int:
-        # Lowest unused slot: slots are reused only after their attachment
-        # (and so its cookie and conntrack zone) is gone.
-        row = db.execute(
-            """SELECT 1 AS s WHERE NOT EXISTS (SELECT 1 FROM attachments WHERE slot = 1)
-               UNION ALL
-               SELECT a.slot + 1 FROM attachments a
-               WHERE a.slot < ? AND NOT EXISTS (SELECT 1 FROM attachments b WHERE b.slot = a.slot + 1)
-               ORDER BY s LIMIT 1""",
-            (MAX_SLOT,),
-        ).fetchone()
-        if row is None:
-            raise AttachmentLimitReached("no free conntrack zone")
-        return int(row[0])
 
     def get(self, attachment_id: str) -> AttachmentRecord | None:
         row = self._db.execute(SELECT_ATTACHMENT + " WHERE a.attachment_id = ?", (attachment_id,)).fetchone()
@@ -398,8 +403,8 @@ class Store:
         """Record attachments' policy states (attachment id, state, version,
         event) and, with ``last_good`` (sandbox id, scope), that policy as the
         sandbox's last good one, in one transaction: an apply costs one
-        commit, and the store never says APPLIED for a policy it would not
-        restore after a restart."""
+        commit, as does a transition of every attachment at once, and the
+        store never says APPLIED for a policy it would not restore."""
         now = self._clock()
         records = []
         with self._txn() as db:
@@ -423,16 +428,6 @@ class Store:
         """Record an attachment's policy state (and its event) atomically."""
         [record] = self.record_policy_results([(attachment_id, state, version, event)])
         return record
-
-    def set_policy_statuses(
-        self, updates: Sequence[tuple[str, PolicyState, int]], *, event: Event
-    ) -> list[AttachmentRecord]:
-        """Many attachments' policy states (attachment id, state, version),
-        one event each, in one transaction: a transition of every attachment
-        at once costs one commit, not one per attachment."""
-        return self.record_policy_results([(a, state, version, event) for a, state, version in updates])
-
-    # -- events ------------------------------------------------------------
 
     def append_event(self, record: AttachmentRecord, event: Event) -> None:
         with self._txn() as db:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["AttachmentLimitReached", "PoolExhausted", "StoreError", "UnreadablePolicy"]
+__all__ = ["AttachmentLimitReached", "PoolExhausted", "StoreError", "TransactionLost", "UnreadablePolicy"]
 
 
 class StoreError(RuntimeError):
@@ -15,6 +15,11 @@ class PoolExhausted(StoreError):
 
 class AttachmentLimitReached(StoreError):
     pass
+
+
+class TransactionLost(StoreError):
+    """SQLite rolled a whole transaction back (disk full, I/O error): every
+    change made in it so far is gone, not only the failing call's."""
 
 
 class UnreadablePolicy(StoreError):

@@ -3,13 +3,15 @@
 With synchronous=FULL every commit waits for an fsync; called on the loop,
 that wait would stall every RPC, the switch watch and the policy stream.
 ``AsyncStore`` has the ``Store``'s methods as coroutines. Every method that
-writes runs on a single dedicated thread, so writes stay strictly one after
-another, in the order they were made (the same discipline as the OVSDB
-adapter), and transactions never interleave: each method is one call on
-that thread. Plain reads run on a second thread with a read-only
-connection of their own: in WAL mode they see every commit made before
-they were asked, without waiting behind another caller's fsync. The
-idempotency lookup of Attach stays in the writers' order, so a request
+writes runs on a single dedicated thread (``writer``), so writes stay
+strictly one after another, in the order they were made (the same
+discipline as the OVSDB adapter), and transactions never interleave: each
+method is one call on that thread. Writes asked while another commits are
+committed together, one fsync for all of them, each answered only once
+that commit is durable. Plain reads run on a second thread with a
+read-only connection of their own: in WAL mode they see every commit made
+before they were asked, without waiting behind another caller's fsync.
+The idempotency lookup of Attach stays in the writers' order, so a request
 asked twice at once sees the first one's claim.
 
 Code not on the daemon's loop (tests, offline tools) may keep using the
@@ -26,6 +28,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from coordinator.store.db import Store
 from coordinator.store.reader import ReadOnlyStore
+from coordinator.store.records import AttachmentRecord, Fence
+from coordinator.store.writer import GroupCommitWriter
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,16 +63,23 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self.reads: Store = ReadOnlyStore(store)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._writer = GroupCommitWriter(store)
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
     async def run(self, fn: Callable[[], R]) -> R:
-        """Run ``fn`` on the store's thread, after every call made before it."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        """Run ``fn`` on the store's thread, after every call made before it;
+        returns once the commit holding its changes is durable."""
+        result: R = await asyncio.wrap_future(self._writer.submit(fn))
+        return result
 
     async def read(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` (reads of ``reads`` only) on the reader's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    async def attachment_and_fence(self, attachment_id: str) -> tuple[AttachmentRecord | None, Fence | None]:
+        """The attachment and its lease fence, read in one call (Detach needs both)."""
+        reads = self.reads
+        return await self.read(lambda: (reads.get(attachment_id), reads.fence(attachment_id)))
 
     async def answers(self) -> None:
         """Returns once both threads have taken a call (liveness: a write
@@ -80,8 +91,8 @@ class AsyncStore:
         """Finish the calls already made, then close the database."""
         await self.read(self.reads.close)
         self._reader.shutdown(wait=True)
-        await self.run(self.sync.close)
-        self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._writer.stop)
+        self.sync.close()
 
     sync_devices = _on_store_thread(Store.sync_devices)
     pool_stats = _on_reader_thread(Store.pool_stats)
@@ -102,7 +113,6 @@ class AsyncStore:
     policy_version = _on_reader_thread(Store.policy_version)
     delete_policy = _on_store_thread(Store.delete_policy)
     set_policy_status = _on_store_thread(Store.set_policy_status)
-    set_policy_statuses = _on_store_thread(Store.set_policy_statuses)
     record_policy_results = _on_store_thread(Store.record_policy_results)
     append_event = _on_store_thread(Store.append_event)
     append_coordinator_event = _on_store_thread(Store.append_coordinator_event)

@@ -45,6 +45,12 @@ async def watch_switch(service: AttachmentService, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         problem = await service.switch_intact()
+        if problem is not None:
+            # The store and the switch are read one after the other: a port
+            # a detach removed (or an attach re-added under a new number)
+            # in between looks moved for that moment. A real loss is still
+            # there when looked at again.
+            problem = await service.switch_intact()
         if problem is None:
             continue
         began = time.monotonic()

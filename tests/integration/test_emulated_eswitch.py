@@ -13,6 +13,7 @@ import pytest
 from coordinator.config import EmulatedConfig
 from coordinator.dev import netns
 from coordinator.eswitch.emulated import FUNCTION_IFNAME, EmulatedEswitch
+from coordinator.eswitch.netns_link import NetnsLinks
 from tests.conftest import NetnsFactory
 
 pytestmark = pytest.mark.ovs
@@ -95,3 +96,53 @@ def test_a_new_backend_remakes_missing_pairs_and_sets_every_representor_up(switc
         assert all("UP" in links[vf.representor] for vf in again.inventory())
     finally:
         first.destroy()
+
+
+def test_prepare_brings_a_representor_that_went_down_back_up(
+    eswitch: EmulatedEswitch, switch_ns: str
+) -> None:
+    (vf,) = eswitch.inventory()
+    netns.run_in_netns(switch_ns, ["ip", "link", "set", "dev", vf.representor, "down"])
+    assert eswitch.prepare(vf, MAC) == vf.representor
+    shown = subprocess.run(["ip", "-n", switch_ns, "-j", "link", "show", "dev", vf.representor],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert "UP" in json.loads(shown.stdout)[0]["flags"]
+
+
+def test_health_names_a_missing_representor(eswitch: EmulatedEswitch, switch_ns: str) -> None:
+    (vf,) = eswitch.inventory()
+    assert [f.ok for f in eswitch.health()] == [True]
+    netns.run_in_netns(switch_ns, ["ip", "link", "del", vf.representor])
+    (fact,) = eswitch.health()
+    assert not fact.ok and vf.representor in fact.detail
+
+
+def test_links_are_read_in_the_namespace_and_follow_its_re_creation(netns_factory: NetnsFactory) -> None:
+    name = netns_factory("nl-")
+    netns.run_in_netns(name, ["ip", "link", "add", "nl-a", "type", "veth", "peer", "name", "nl-b"])
+    netns.run_in_netns(name, ["ip", "link", "set", "dev", "nl-a", "up"])
+    links = NetnsLinks(name)
+    try:
+        assert links.is_up("nl-a") and not links.is_up("nl-b") and links.flags("nl-c") is None
+        assert NetnsLinks("").flags("nl-a") is None  # not a link of the daemon's own namespace
+        subprocess.run(["ip", "netns", "del", name], check=True)
+        netns.create_netns(name)  # the same name, another namespace: no link of the old one
+        assert links.flags("nl-a") is None and links.flags("lo") is not None
+    finally:
+        links.close()
+
+
+def test_an_address_set_by_ioctl_is_the_links_and_it_is_up(netns_factory: NetnsFactory) -> None:
+    name = netns_factory("nl-")
+    netns.run_in_netns(name, ["ip", "link", "add", "nl-a", "type", "veth", "peer", "name", "nl-b"])
+    links = NetnsLinks(name)
+    try:
+        links.set_address_and_up("nl-a", MAC)
+        shown = subprocess.run(["ip", "-n", name, "-j", "link", "show", "dev", "nl-a"],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+        (link,) = json.loads(shown.stdout)
+        assert link["address"] == MAC and "UP" in link["flags"]
+        with pytest.raises(OSError):
+            links.set_address_and_up("nl-c", MAC)
+    finally:
+        links.close()

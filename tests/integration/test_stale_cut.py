@@ -143,9 +143,9 @@ async def test_drops_left_by_an_interrupted_cut_go_with_fresh_policy_and_with_re
         # As after a crash between the cut and its replacement: drops on top
         # of the policy flows, the state already STALE.
         await stack.service.dataplane.cut_many([fresh, crashed])
-        stack.store.set_policy_statuses(
-            [(r.attachment_id, PolicyState.STALE, 1) for r in (fresh, crashed)],
-            event=Event(EventKind.POLICY_STALE, True, "StreamDown", "test"),
+        stale = Event(EventKind.POLICY_STALE, True, "StreamDown", "test")
+        stack.store.record_policy_results(
+            [(r.attachment_id, PolicyState.STALE, 1, stale) for r in (fresh, crashed)]
         )
         assert not probe_tcp(stack.guest_ns(fresh), SERVER_V4, WEB)
         # Fresh policy: its flows exactly, the drops gone, traffic back.

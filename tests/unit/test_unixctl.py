@@ -5,6 +5,7 @@ command, a socket that is not there or goes silent."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,63 @@ def test_a_client_outlives_the_event_loop_its_connection_was_opened_on(tmp_path:
     assert asyncio.run(step()) == Reply(result="version \n")
     asyncio.run(client.close())
     assert client.connects == 2
+
+
+class _HeldServer:
+    """Answers every request it reads, holding its first answer a while; counts
+    the writes it got (one per exchange of the client)."""
+
+    def __init__(self, hold_s: float, *, answer_after_first: bool = True) -> None:
+        self.exchanges: list[list[str]] = []
+        self._hold_s = hold_s
+        self._answer_after_first = answer_after_first
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = json.JSONDecoder()
+        while data := await reader.read(65536):
+            text, methods = data.decode(), []
+            while text.strip():
+                message, end = decoder.raw_decode(text.lstrip())
+                text = text.lstrip()[end:]
+                methods.append(message["method"])
+                reply = {"id": message["id"], "result": f"{message['method']}\n", "error": None}
+                if len(self.exchanges) == 0:
+                    await asyncio.sleep(self._hold_s)
+                elif not self._answer_after_first:
+                    continue
+                writer.write(json.dumps(reply).encode())
+            self.exchanges.append(methods)
+            await writer.drain()
+
+
+async def test_calls_asked_during_an_exchange_share_the_next_one(tmp_path: Path) -> None:
+    held = _HeldServer(0.2)
+    server = await asyncio.start_unix_server(held.serve, path=str(tmp_path / "ctl"))
+    client = UnixctlClient(tmp_path / "ctl", timeout=5)
+    try:
+        first = asyncio.ensure_future(client.call("first"))
+        await asyncio.sleep(0.05)
+        rest = [client.call_many([[f"a{i}"], [f"b{i}"]]) for i in range(5)]
+        answers = await asyncio.gather(first, *rest)
+    finally:
+        await client.close()
+        server.close()
+    assert answers[0] == Reply(result="first\n")
+    assert answers[1:] == [[Reply(result=f"a{i}\n"), Reply(result=f"b{i}\n")] for i in range(5)]
+    assert held.exchanges == [["first"], [m for i in range(5) for m in (f"a{i}", f"b{i}")]]
+
+
+async def test_an_exchange_that_fails_fails_every_call_in_it(tmp_path: Path) -> None:
+    held = _HeldServer(0.2, answer_after_first=False)
+    server = await asyncio.start_unix_server(held.serve, path=str(tmp_path / "ctl"))
+    client = UnixctlClient(tmp_path / "ctl", timeout=0.5)
+    try:
+        first = asyncio.ensure_future(client.call("first"))
+        await asyncio.sleep(0.05)
+        rest = [client.call(f"c{i}") for i in range(3)]
+        outcomes = await asyncio.gather(first, *rest, return_exceptions=True)
+    finally:
+        await client.close()
+        server.close()
+    assert outcomes[0] == Reply(result="first\n")
+    assert all(isinstance(o, UnixctlError) and "no answer to 3 command" in str(o) for o in outcomes[1:])

@@ -1,0 +1,114 @@
+"""The store's writer thread, committing concurrent writes together.
+
+Every write of the daemon runs on this one thread, in the order asked.
+With synchronous=FULL each commit waits for an fsync, the slowest part of
+a write; writes asked while one commits would each wait for their own
+after it. Instead the thread takes every write queued by the time it is
+free and runs them in one transaction with one commit (group commit), each
+inside a savepoint: a write that raises is undone alone and gets its own
+error, the others are kept. No caller hears back before the commit that
+holds its write is durable; if that commit fails, every write of the group
+gets the failure and none of them is kept. A write alone costs what it
+did; under load the fsyncs are shared.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from coordinator.store.db import Store
+from coordinator.store.errors import TransactionLost
+
+# The most writes one commit takes; more wait for the next (bounds how
+# long one transaction holds the write lock).
+MAX_GROUP = 64
+
+
+@dataclass
+class _Write:
+    fn: Callable[[], Any]
+    future: Future[Any] = field(default_factory=Future)
+    outcome: tuple[bool, Any] | None = None  # (ok, result or exception) once run
+
+
+class GroupCommitWriter:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name="store", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` (calls of the store) on the writer thread; its future is
+        resolved once the commit holding its changes returned."""
+        write = _Write(fn)
+        self._queue.put(write)
+        return write.future
+
+    def stop(self) -> None:
+        """Finish every write already asked for, then stop the thread."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            stopping = False
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                group.append(more)
+            # A write whose caller gave up before it ran is not made (as
+            # with an executor); one that is running can no longer be cancelled.
+            group = [w for w in group if w.future.set_running_or_notify_cancel()]
+            if group:
+                self._commit(group)
+            if stopping:
+                return
+
+    def _commit(self, group: list[_Write]) -> None:
+        store = self._store
+        try:
+            with store.group():
+                for write in group:
+                    try:
+                        with store.part():
+                            write.outcome = (True, write.fn())
+                    except TransactionLost as exc:
+                        # The writes before are lost too: the group fails.
+                        write.outcome = (False, exc.__cause__ or exc)
+                        raise
+                    except Exception as exc:
+                        write.outcome = (False, exc)
+        except BaseException as exc:
+            for write in group:
+                ok = write.outcome is not None and write.outcome[0]
+                # A write that failed by itself keeps its own error.
+                _resolve(write, (False, exc) if ok or write.outcome is None else write.outcome)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for write in group:
+            assert write.outcome is not None
+            _resolve(write, write.outcome)
+
+
+def _resolve(write: _Write, outcome: tuple[bool, Any]) -> None:
+    ok, value = outcome
+    if ok:
+        write.future.set_result(value)
+    else:
+        write.future.set_exception(value)
