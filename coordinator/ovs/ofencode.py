@@ -343,17 +343,7 @@ class FlowEncoder:
     def _flow_add(self, flow: Flow) -> EncodedFlow:
         """What ``encode_flow_add`` returns, from the pieces, and its key
         (the same pieces, sorted: what ``flow_mod_key`` would read)."""
-        tlvs = []
-        seen: set[str] = set()
-        dl_type: int | None = None
-        nw_proto: int | None = None
-        for name, text in flow.match:
-            field = self._field(flow, name, text, dl_type, nw_proto)
-            if field.key in seen:
-                raise EncodeError(f"flow in {flow.table} priority {flow.priority}: {name} given twice")
-            seen.add(field.key)
-            tlvs.append(field.tlv)
-            dl_type, nw_proto = _context(field.key, field.value, dl_type, nw_proto)
+        tlvs = self._match_tlvs(flow)
         oxm = b"".join(tlvs)
         match_len = _MATCH_HEAD.size + len(oxm)
         padding = bytes(-match_len % 8)
@@ -368,6 +358,21 @@ class FlowEncoder:
         add = b"".join((head, fixed, _MATCH_HEAD.pack(ofp.OFPMT_OXM, match_len), oxm, padding, instructions))
         key = FlowKey(flow.cookie, table, flow.priority, tuple(sorted(tlvs)), instructions)
         return EncodedFlow(add, self.canonical(key))
+
+    def _match_tlvs(self, flow: Flow) -> list[bytes]:
+        """The OXM TLVs of the flow's match, in its order."""
+        tlvs = []
+        seen: set[str] = set()
+        dl_type: int | None = None
+        nw_proto: int | None = None
+        for name, text in flow.match:
+            field = self._field(flow, name, text, dl_type, nw_proto)
+            if field.key in seen:
+                raise EncodeError(f"flow in {flow.table} priority {flow.priority}: {name} given twice")
+            seen.add(field.key)
+            tlvs.append(field.tlv)
+            dl_type, nw_proto = _context(field.key, field.value, dl_type, nw_proto)
+        return tlvs
 
     def canonical(self, key: FlowKey) -> FlowKey:
         """The one key object kept for flows equal to ``key`` (bounded like
@@ -388,17 +393,7 @@ class FlowEncoder:
         found = self._cache.get(flow)
         if found is not None:
             return found.key
-        tlvs = []
-        seen: set[str] = set()
-        dl_type: int | None = None
-        nw_proto: int | None = None
-        for name, text in flow.match:
-            field = self._field(flow, name, text, dl_type, nw_proto)
-            if field.key in seen:
-                raise EncodeError(f"flow in {flow.table} priority {flow.priority}: {name} given twice")
-            seen.add(field.key)
-            tlvs.append(field.tlv)
-            dl_type, nw_proto = _context(field.key, field.value, dl_type, nw_proto)
+        tlvs = self._match_tlvs(flow)
         tlvs.sort()
         table = self._pipeline.number(flow.table)
         return FlowKey(flow.cookie, table, flow.priority, tuple(tlvs), self._instructions_of(flow))

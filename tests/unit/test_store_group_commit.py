@@ -17,21 +17,10 @@ from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.store.db import Store
 from coordinator.store.errors import TransactionLost
-from coordinator.store.records import NewAttachment
 from coordinator.store.worker import AsyncStore
+from tests.unit.store_rows import DRIFT, mac_of, new_attachment
 
 GROUP = 4
-DRIFT = Event(EventKind.ATTACHMENT_DRIFT, False, "Test", "test")
-
-
-def _new(n: int) -> NewAttachment:
-    return NewAttachment(
-        f"att-{n}", "host-a", f"req-{n}", f"sb-{n}", "hi-1", DeviceKind.VF, "dpu-ovs-isolated"
-    )
-
-
-def _mac(slot: EswitchDevice) -> str:
-    return f"02:00:00:00:00:{slot.number:02x}"
 
 
 def _pool(store: Store) -> None:
@@ -98,7 +87,7 @@ async def _behind_a_held_commit(
 
 
 def _claim(store: AsyncStore, n: int) -> Callable[[], object]:
-    return lambda: store.sync.create_attachment(_new(n), mac_for=_mac, max_attachments=100)
+    return lambda: store.sync.create_attachment(new_attachment(n), mac_for=mac_of, max_attachments=100)
 
 
 async def test_writes_asked_during_a_commit_share_the_next_one(store: AsyncStore) -> None:
@@ -113,7 +102,7 @@ async def test_writes_asked_during_a_commit_share_the_next_one(store: AsyncStore
 
 async def test_a_failing_write_is_undone_alone(store: AsyncStore) -> None:
     def half_then_fail() -> None:
-        store.sync.create_attachment(_new(99), mac_for=_mac, max_attachments=100)
+        store.sync.create_attachment(new_attachment(99), mac_for=mac_of, max_attachments=100)
         raise ValueError("refused after writing")
 
     _, results = await _behind_a_held_commit(store, [_claim(store, 0), half_then_fail, _claim(store, 1)])
@@ -133,7 +122,7 @@ async def test_a_failed_commit_fails_every_write_of_its_group_and_keeps_none(sto
     assert [await store.fence(f"att-{n}") for n in range(GROUP)] == [None] * GROUP
     assert [e.attachment_id for e in await store.events_since(0)] == ["x"]
     # The writer goes on: the next write is committed on its own.
-    await store.create_attachment(_new(7), mac_for=_mac, max_attachments=100)
+    await store.create_attachment(new_attachment(7), mac_for=mac_of, max_attachments=100)
     assert [a.attachment_id for a in await store.list_attachments()] == ["att-7"]
 
 
@@ -142,7 +131,7 @@ def test_after_a_failed_commit_the_next_write_is_committed(tmp_path: Path) -> No
     _pool(store)
     with pytest.raises(sqlite3.IntegrityError), store.group():
         _violate_a_deferred_constraint(store)
-    store.create_attachment(_new(1), mac_for=_mac, max_attachments=100)
+    store.create_attachment(new_attachment(1), mac_for=mac_of, max_attachments=100)
     other = sqlite3.connect(str(tmp_path / "state.db"))
     try:
         ids = [r[0] for r in other.execute("SELECT attachment_id FROM attachments")]
@@ -170,7 +159,7 @@ async def test_a_write_that_makes_sqlite_roll_back_the_whole_group_fails_it_all(
     db.execute("PRAGMA max_page_count=1073741823")
     assert await store.list_attachments() == []
     assert [e.attachment_id for e in await store.events_since(0)] == ["x"]
-    await store.create_attachment(_new(7), mac_for=_mac, max_attachments=100)
+    await store.create_attachment(new_attachment(7), mac_for=mac_of, max_attachments=100)
     assert [a.attachment_id for a in await store.list_attachments()] == ["att-7"]
 
 

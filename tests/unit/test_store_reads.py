@@ -13,23 +13,12 @@ from pathlib import Path
 import pytest
 
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
-from coordinator.event_kinds import Event, EventKind
 from coordinator.store.db import Store
-from coordinator.store.records import AttachmentState, NewAttachment
+from coordinator.store.records import AttachmentState
 from coordinator.store.worker import AsyncStore
+from tests.unit.store_rows import DRIFT, mac_of, new_attachment
 
 SLOW_COMMIT_S = 0.5
-DRIFT = Event(EventKind.ATTACHMENT_DRIFT, False, "Test", "test")
-
-
-def _new(n: int) -> NewAttachment:
-    return NewAttachment(
-        f"att-{n}", "host-a", f"req-{n}", f"sb-{n}", "hi-1", DeviceKind.VF, "dpu-ovs-isolated"
-    )
-
-
-def _mac(slot: EswitchDevice) -> str:
-    return f"02:00:00:00:00:{slot.number:02x}"
 
 
 @pytest.fixture
@@ -44,14 +33,16 @@ async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
 
 
 async def test_a_read_does_not_wait_for_another_callers_commit(store: AsyncStore) -> None:
-    first = await store.create_attachment(_new(1), mac_for=_mac, max_attachments=10)
+    first = await store.create_attachment(new_attachment(1), mac_for=mac_of, max_attachments=10)
 
     def slow_commit(statement: str) -> None:
         if statement.strip().upper() == "COMMIT":
             time.sleep(SLOW_COMMIT_S)
 
     store.sync._db.set_trace_callback(slow_commit)
-    writing = asyncio.ensure_future(store.create_attachment(_new(2), mac_for=_mac, max_attachments=10))
+    writing = asyncio.ensure_future(
+        store.create_attachment(new_attachment(2), mac_for=mac_of, max_attachments=10)
+    )
     await asyncio.sleep(0.05)  # the write is committing now
     reading = asyncio.ensure_future(store.get(first.attachment_id))
     done, _ = await asyncio.wait({writing, reading}, return_when=asyncio.FIRST_COMPLETED)
@@ -63,7 +54,7 @@ async def test_a_read_does_not_wait_for_another_callers_commit(store: AsyncStore
 
 
 async def test_a_read_sees_every_write_made_before_it(store: AsyncStore) -> None:
-    record = await store.create_attachment(_new(1), mac_for=_mac, max_attachments=10)
+    record = await store.create_attachment(new_attachment(1), mac_for=mac_of, max_attachments=10)
     seen = await store.get(record.attachment_id)
     assert seen is not None and seen.state is AttachmentState.ATTACHING
     await store.mark_detaching(record.attachment_id)
@@ -85,7 +76,9 @@ async def test_liveness_notices_a_write_stuck_in_its_commit(store: AsyncStore) -
     await asyncio.wait_for(store.answers(), 5)
     stuck = threading.Event()
     store.sync._db.set_trace_callback(lambda sql: stuck.wait() if sql.strip().upper() == "COMMIT" else None)
-    writing = asyncio.ensure_future(store.create_attachment(_new(1), mac_for=_mac, max_attachments=10))
+    writing = asyncio.ensure_future(
+        store.create_attachment(new_attachment(1), mac_for=mac_of, max_attachments=10)
+    )
     await asyncio.sleep(0.05)
     assert await store.get("att-0") is None  # reads still answer
     with pytest.raises(asyncio.TimeoutError):
