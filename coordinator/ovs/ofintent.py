@@ -88,9 +88,3 @@ class CookieIntents:
             wanted[key] = (flow, encoded)
             places[key.place] = key
         return _Intent(flows, wanted, places)
-
-    def forget(self, cookies: Iterable[int]) -> None:
-        for cookie in cookies:
-            dropped = self._by_cookie.pop(cookie, None)
-            if dropped is not None:
-                self._flows -= len(dropped.flows)

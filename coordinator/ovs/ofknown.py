@@ -58,8 +58,3 @@ class KnownFlows:
             found = self._by_cookie.pop(cookie, None)
             if found is not None:
                 self._flows -= len(found[1])
-
-    @property
-    def flows(self) -> int:
-        """How many flows are remembered, all cookies together."""
-        return self._flows
