@@ -293,36 +293,49 @@ class ChannelSwitch:
         beside_readback: Callable[[], Awaitable[object]] | None,
     ) -> SyncResult:
         removed = [current[key] for key in set(current).difference(wanted)]
-        changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
-        labels = [f"delete of {describe_key(f.key)}" for f in removed]
-        labels += [f"add of {describe_key(k)}" for k in added]
-        bundle = self.prepare_bundle(changes)
         self._known.forget([cookie])
-        if beside_readback is None:
-            results = await self._exchange([*bundle, self._stats(cookie, ALL_COOKIES)])
-            check_bundle(bundle, results[: len(bundle)], labels)
-            after = self._flows_of(results[-1], "reading back flows")
-        else:
-            # The read-back is written right behind the bundle (the switch
-            # takes them in order), and ``beside_readback`` starts as soon as
-            # the bundle's barrier answers, while the read-back is under way.
-            sent = asyncio.ensure_future(self._exchange(bundle))  # tasks start in order
-            readback = asyncio.ensure_future(self.installed(cookie))
-            try:
-                check_bundle(bundle, await sent, labels)
-            except BaseException:
-                for task in (sent, readback):
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
-                raise
-            after, _ = await asyncio.gather(readback, beside_readback())
+        after = await self._change_and_read_back(removed, added, wanted, cookie, ALL_COOKIES, beside_readback)
         # Read by the exact cookie: every flow read back is the cookie's.
         held = {f.key: f for f in after}
         if len(held) != len(wanted) or set(held).difference(wanted):
             raise _StaleKnown
         self._known.keep(cookie, self._channel.connects, held)
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
+
+    async def _change_and_read_back(
+        self,
+        removed: Sequence[InstalledFlow],
+        added: Sequence[FlowKey],
+        wanted: Mapping[FlowKey, tuple[Flow, EncodedFlow]],
+        cookie: int,
+        mask: int,
+        beside_readback: Callable[[], Awaitable[object]] | None,
+    ) -> list[InstalledFlow]:
+        """One atomic bundle deleting ``removed`` and adding ``added``, and
+        what ``cookie``/``mask`` holds after it. Raises BundleError."""
+        changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
+        labels = [f"delete of {describe_key(f.key)}" for f in removed]
+        labels += [f"add of {describe_key(k)}" for k in added]
+        bundle = self.prepare_bundle(changes)
+        if beside_readback is None:
+            results = await self._exchange([*bundle, self._stats(cookie, mask)])
+            check_bundle(bundle, results[: len(bundle)], labels)
+            return self._flows_of(results[-1], "reading back flows")
+        # The read-back is written right behind the bundle (the switch takes
+        # them in order), and ``beside_readback`` starts as soon as the
+        # bundle's barrier answers, while the read-back is under way.
+        sent = asyncio.ensure_future(self._exchange(bundle))  # tasks start in order
+        readback = asyncio.ensure_future(self.installed(cookie, mask))
+        try:
+            check_bundle(bundle, await sent, labels)
+        except BaseException:
+            for task in (sent, readback):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            raise
+        after, _ = await asyncio.gather(readback, beside_readback())
+        return after
 
     async def sync_many(
         self,
@@ -373,19 +386,8 @@ class ChannelSwitch:
             for meter_id, outcome in zip(meters, await self._exchange(writes), strict=True):
                 if outcome.error is not None:
                     raise OpenFlowError(f"meter {meter_id}: {outcome.error.describe()}")
-        changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
-        labels = [f"delete of {describe_key(f.key)}" for f in removed]
-        labels += [f"add of {describe_key(k)}" for k in added]
-        bundle = self.prepare_bundle(changes) if changes else []
-        readback = self._stats(cookie, mask) if changes and beside_readback is None else None
-        if bundle:
-            results = await self._exchange([*bundle, *([readback] if readback else [])])
-            check_bundle(bundle, results[: len(bundle)], labels)
-            if readback is not None:
-                after = self._flows_of(results[-1], "reading back flows")
-            else:
-                assert beside_readback is not None
-                after, _ = await asyncio.gather(self.installed(cookie, mask), beside_readback())
+        if removed or added:
+            after = await self._change_and_read_back(removed, added, wanted, cookie, mask, beside_readback)
             await self._verify(desired, wanted, after, cookie, mask)
         else:
             after = current  # nothing to change: what was just read is verified
