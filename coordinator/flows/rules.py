@@ -155,22 +155,24 @@ _remembered_rule_terms = functools.lru_cache(maxsize=TERM_CACHE_SIZE)(_compute_r
 # terms: past RULE_FLOWS_KEPT entries it starts over, and a rule too large
 # for the term cache is compiled each time.
 RULE_FLOWS_KEPT = 4096
+# Interned places: those of the remembered flows, and those of the large
+# rules compiled each time (which is what this bound is for).
+PLACES_KEPT = 4 * RULE_FLOWS_KEPT
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Place:
-    """Where a flow goes in a policy table: its priority and match. Hashed
-    once: the merge of every compile looks each one up."""
+    """Where a flow goes in a policy table: its priority and match.
+
+    Interned (``_place``): equal places are one object, so the merge of
+    every compile, which looks each one up, hashes and compares them by
+    identity (in C) instead of by value. Only sound while every place a
+    compile sees comes from one generation of the intern table: the table
+    is started over together with the remembered flows, and only before a
+    compile, never during one."""
 
     priority: int
     match: Match
-
-    def __hash__(self) -> int:
-        cached: int | None = self.__dict__.get("_hash")
-        if cached is None:
-            cached = hash((self.priority, self.match))
-            object.__setattr__(self, "_hash", cached)
-        return cached
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,7 @@ class _Emitted:
 
 
 _emitted: dict[tuple[int, int, Rule], tuple[_Emitted, ...]] = {}
+_places: dict[tuple[int, Match], _Place] = {}
 # (pipeline id, side, family, slot, cookie) -> (a number for it, the pipeline
 # kept alive so its id stays its own while the entry exists)
 _contexts: dict[tuple[int, Side, int, int, int], tuple[int, Pipeline]] = {}
@@ -193,8 +196,6 @@ def _context(pipeline: Pipeline, side: Side, family: int, slot: int, cookie: int
     key = (id(pipeline), side, family, slot, cookie)
     found = _contexts.get(key)
     if found is None:
-        if len(_contexts) >= RULE_FLOWS_KEPT:
-            _forget_rule_flows()
         found = _contexts[key] = (next(_context_numbers), pipeline)
     return found[0]
 
@@ -206,6 +207,14 @@ _context_numbers = itertools.count()
 def _forget_rule_flows() -> None:
     _contexts.clear()
     _emitted.clear()
+    _places.clear()
+
+
+def _place(priority: int, match: Match) -> _Place:
+    found = _places.get((priority, match))
+    if found is None:
+        found = _places[(priority, match)] = _Place(priority, match)
+    return found
 
 
 def _emit_rule(
@@ -229,7 +238,7 @@ def _emit_rule(
         wanted += [(base + 1, (*common, *term), verdict) for term in terms]
     return tuple(
         _Emitted(
-            _Place(priority, match), action, _merge(pipeline, side.table, priority, match, [action], cookie)
+            _place(priority, match), action, _merge(pipeline, side.table, priority, match, [action], cookie)
         )
         for priority, match, action in wanted
     )
@@ -246,16 +255,10 @@ def _rule_emitted(
     slot: int,
     context: int,
 ) -> tuple[_Emitted, ...]:
-    if len(rule.cidrs) + len(rule.ports) > TERM_CACHE_MAX_TERMS:
-        return _emit_rule(pipeline, side, family, index, rule, cookie=cookie, slot=slot)
-    key = (context, index, rule)
-    found = _emitted.get(key)
-    if found is None:
-        found = _emit_rule(pipeline, side, family, index, rule, cookie=cookie, slot=slot)
-        if len(_emitted) >= RULE_FLOWS_KEPT:
-            _forget_rule_flows()
-            return found
-        _emitted[key] = found
+    """What ``rule`` asks for, remembered unless it is too large to be."""
+    found = _emit_rule(pipeline, side, family, index, rule, cookie=cookie, slot=slot)
+    if len(rule.cidrs) + len(rule.ports) <= TERM_CACHE_MAX_TERMS:
+        _emitted[(context, index, rule)] = found
     return found
 
 
@@ -271,15 +274,23 @@ def rule_flows(
     """The flows deciding new connections by ``rules`` (deny before allow)."""
     if len(rules) > MAX_RULE_INDEX:
         raise FlowViolation(f"{side.name}: {len(rules)} rules exceed the conjunction id space")
+    # Started over here, before the walk, never within it (see _Place): so
+    # the memo may exceed its bound by one compile's rules until the next.
+    if len(_emitted) >= RULE_FLOWS_KEPT or len(_contexts) >= RULE_FLOWS_KEPT or len(_places) >= PLACES_KEPT:
+        _forget_rule_flows()
     # A place one rule asks for holds its flow; a place several ask for
     # (identical clauses of two conjunctions) collects their actions.
     merged: dict[_Place, _Emitted | list[FlowAction]] = {}
+    remembered = _emitted.get
     for family in families:
         context = _context(pipeline, side, family, slot, cookie)
         for index, rule in enumerate(rules):
-            for emitted in _rule_emitted(
-                pipeline, side, family, index, rule, cookie=cookie, slot=slot, context=context
-            ):
+            found = remembered((context, index, rule))
+            if found is None:
+                found = _rule_emitted(
+                    pipeline, side, family, index, rule, cookie=cookie, slot=slot, context=context
+                )
+            for emitted in found:
                 earlier = merged.get(emitted.place)
                 if earlier is None:
                     merged[emitted.place] = emitted

@@ -168,3 +168,37 @@ def test_a_rule_moved_to_another_index_gets_its_own_conjunction_id() -> None:
     assert len(ids) == 2
     rules_module._forget_rule_flows()
     assert at_one == _rule_flows(Scope(addresses=OWN_V4, egress=(plain, cross)))
+
+
+def test_rule_flow_memos_stay_bounded_and_a_compile_past_the_bound_is_whole(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The memos start over before a compile once past their bounds (never
+    within one: the interned places of one compile must all be of one
+    generation), so a policy larger than the bound still compiles whole,
+    and a stream of distinct rules, large ones included, keeps little."""
+    monkeypatch.setattr(rules_module, "RULE_FLOWS_KEPT", 16)
+    monkeypatch.setattr(rules_module, "PLACES_KEPT", 64)
+    rules_module._forget_rule_flows()
+    big = Scope(
+        addresses=OWN_V4,
+        egress=tuple(
+            Rule(f"r{i}", RuleAction.ALLOW, (ipaddress.ip_network(f"203.0.113.{i}/32"),), Protocol.TCP,
+                 (PortRange(1000 + i, 1000 + i),))
+            for i in range(40)
+        ),
+    )  # fmt: skip
+    expected = _forgetting(big)
+    assert attachment_flows(PIPELINE, PORT, big) == expected  # the memo full from the start
+    assert attachment_flows(PIPELINE, PORT, big) == expected  # started over before it
+    for n in range(30):
+        large = Rule(
+            f"l{n}",
+            RuleAction.ALLOW,
+            _cross(20, 1).egress[0].cidrs,
+            Protocol.TCP,
+            tuple(PortRange(2000 + 100 * n + 2 * i, 2000 + 100 * n + 2 * i) for i in range(10)),
+        )
+        attachment_flows(PIPELINE, PORT, Scope(addresses=OWN_V4, egress=(large,)))  # too large to remember
+        attachment_flows(PIPELINE, PORT, _cross(1, n + 1))  # fmt: skip
+        assert len(rules_module._emitted) <= 16 + 40
+        assert len(rules_module._places) <= 64 + 2 * 40
+    assert attachment_flows(PIPELINE, PORT, big) == expected
