@@ -200,26 +200,28 @@ class FlowStatsReader:
         self._canonical = canonical or (lambda key: key)
 
     def read(self, body: bytes) -> list[InstalledFlow]:
-        flows = []
+        flows: list[InstalledFlow] = []
+        append, remembered = flows.append, self._seen.get  # the loop runs once per flow
         at = 0
         size = _FLOW_STATS.size
-        while at < len(body):
-            if at + size > len(body):
+        total = len(body)
+        while at < total:
+            if at + size > total:
                 raise WireError(f"flow stats entry cut at byte {at}")
-            (length,) = struct.unpack_from("!H", body, at)
+            length = body[at] << 8 | body[at + 1]
             end = at + length
-            if length < size + 8 or end > len(body):
+            if length < size + 8 or end > total:
                 raise WireError(f"flow stats entry of length {length} at byte {at} does not fit")
             # Length and table; priority, timeouts, flags and cookie; match
             # and instructions (the durations and counters between change).
             spelling = body[at : at + 4] + body[at + 12 : at + 32] + body[at + size : end]
-            flow = self._seen.get(spelling)
+            flow = remembered(spelling)
             if flow is None:
                 flow = self._parse(body, at, end)
                 if len(self._seen) >= self._limit:
                     self._seen.clear()
                 self._seen[spelling] = flow
-            flows.append(flow)
+            append(flow)
             at = end
         return flows
 
