@@ -35,7 +35,7 @@ from coordinator.attachment_identity import (
     zone_of_slot,
 )
 from coordinator.config import Config
-from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, WorldFacts
+from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, Work, WorldFacts
 from coordinator.dataplane_probes import ReadFlows, SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, HealthFact
@@ -210,20 +210,23 @@ class Dataplane:
         return result
 
     async def enforce_and_revoke(
-        self, record: AttachmentRecord, ofport: int, scope: Scope
+        self, record: AttachmentRecord, ofport: int, scope: Scope, *, meanwhile: Work = None
     ) -> tuple[SyncResult, str]:
         """``enforce``, then cut the connections ``scope`` no longer allows
-        (see ``revoke``), that while the flows are read back."""
+        (see ``revoke``), that while the flows are read back; ``meanwhile``
+        runs then too, before the cut."""
         with _rejected():
-            return await self._enforce(record, ofport, scope, revoke=True)
+            return await self._enforce(record, ofport, scope, revoke=True, meanwhile=meanwhile)
 
     async def _enforce(
-        self, record: AttachmentRecord, ofport: int, scope: Scope, *, revoke: bool
+        self, record: AttachmentRecord, ofport: int, scope: Scope, *, revoke: bool, meanwhile: Work = None
     ) -> tuple[SyncResult, str]:
         port = self._port(record, ofport)
         notes: list[str] = []
 
         async def cut() -> None:
+            if meanwhile is not None:
+                meanwhile()
             notes.append(await self.revoke(record, scope))
 
         meters = self._meter_band(record.slot, scope)

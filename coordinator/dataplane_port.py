@@ -11,7 +11,7 @@ transport below.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,6 +20,9 @@ from coordinator.flows.model import Flow
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
+
+# A caller's work to run while the switch works (``enforce_and_revoke``).
+Work = Callable[[], object] | None
 
 
 class FlowsRejected(RuntimeError):
@@ -135,10 +138,17 @@ class DataplanePort(Protocol):
     async def enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> FlowChange: ...
 
     async def enforce_and_revoke(
-        self, record: AttachmentRecord, ofport: int, scope: Scope
+        self,
+        record: AttachmentRecord,
+        ofport: int,
+        scope: Scope,
+        *,
+        meanwhile: Callable[[], object] | None = None,
     ) -> tuple[FlowChange, str]:
         """``enforce``, then the connections ``scope`` no longer allows cut;
-        a note for the event message."""
+        a note for the event message. ``meanwhile`` (once, before the cut)
+        is work of the caller's that runs while the switch reads the flows
+        back, off the apply's critical path."""
         ...
 
     async def set_meter(self, slot: int, scope: Scope) -> None: ...

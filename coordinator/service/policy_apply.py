@@ -56,11 +56,17 @@ class PolicyApply:
         ctx = self._ctx
         outcomes: list[tuple[str, PolicyState, int, Event]] = []
         failed = False
+        # Its stored form is worked out while the switch reads back the
+        # first attachment's flows (a thousand rules' worth is most of a
+        # millisecond), not after.
+        to_keep = ctx.store.policy_to_keep(sandbox_id, scope)
         records = await ctx.store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
         for record in records:
             began = time.monotonic()
             try:
-                sync, cut = await ctx.dataplane.enforce_and_revoke(record, record.ofport, scope)
+                sync, cut = await ctx.dataplane.enforce_and_revoke(
+                    record, record.ofport, scope, meanwhile=to_keep.stored
+                )
             except FlowsRejected as exc:
                 ctx.observer.policy_applied(time.monotonic() - began, ok=False)
                 failed = True
@@ -77,9 +83,7 @@ class PolicyApply:
         # Every attachment's state and event, and the policy as the last good
         # one when all took it (also when the sandbox has no attachment yet:
         # its next one starts on it), in one commit.
-        results = await ctx.store.record_policy_results(
-            outcomes, last_good=None if failed else (sandbox_id, scope)
-        )
+        results = await ctx.store.record_policy_results(outcomes, last_good=None if failed else to_keep)
         faults.reached("policy.status_recorded")
         return results
 

@@ -25,6 +25,7 @@ from coordinator.store.errors import (
     TransactionLost,
     UnreadablePolicy,
 )
+from coordinator.store.policy_rows import PolicyToKeep
 from coordinator.store.records import (
     AttachmentRecord,
     AttachmentState,
@@ -398,11 +399,11 @@ class Store:
         self,
         updates: Sequence[tuple[str, PolicyState, int, Event | None]],
         *,
-        last_good: tuple[str, Scope] | None = None,
+        last_good: PolicyToKeep | None = None,
     ) -> list[AttachmentRecord]:
         """Record attachments' policy states (attachment id, state, version,
-        event) and, with ``last_good`` (sandbox id, scope), that policy as the
-        sandbox's last good one, in one transaction: an apply costs one
+        event) and, with ``last_good``, that policy as the sandbox's last
+        good one, in one transaction: an apply costs one
         commit, as does a transition of every attachment at once, and the
         store never says APPLIED for a policy it would not restore."""
         now = self._clock()
@@ -419,7 +420,9 @@ class Store:
                     self._append_event(db, attachment_id, record.sandbox_id, record.owner, event)
                 records.append(record)
             if last_good is not None:
-                policy_rows.write_policy(db, last_good[0], last_good[1], now)
+                policy_rows.write_policy(
+                    db, last_good.sandbox_id, last_good.scope, now, stored=last_good.stored()
+                )
         return records
 
     def set_policy_status(

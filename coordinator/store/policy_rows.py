@@ -12,6 +12,7 @@ from coordinator.store.records import StoredPolicy
 
 __all__ = [
     "Database",
+    "PolicyToKeep",
     "delete_policy",
     "read_policies",
     "read_policy",
@@ -26,14 +27,36 @@ class Database(Protocol):
     def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
 
 
-def write_policy(db: Database, sandbox_id: str, scope: Scope, now: float) -> None:
+class PolicyToKeep:
+    """A sandbox's policy on its way to becoming the last good one, its
+    stored form worked out once, by whoever asks first: an apply asks while
+    the switch reads its flows back (its CPU then overlaps the switch's
+    work instead of following it), the store's write otherwise."""
+
+    __slots__ = ("_stored", "sandbox_id", "scope")
+
+    def __init__(self, sandbox_id: str, scope: Scope) -> None:
+        self.sandbox_id = sandbox_id
+        self.scope = scope
+        self._stored: bytes | None = None
+
+    def stored(self) -> bytes:
+        if self._stored is None:
+            self._stored = scope_to_stored(self.scope)
+        return self._stored
+
+
+def write_policy(
+    db: Database, sandbox_id: str, scope: Scope, now: float, *, stored: bytes | None = None
+) -> None:
     """``scope`` becomes the sandbox's last good policy (one statement: atomic
-    without a transaction of its own)."""
+    without a transaction of its own); ``stored``: its stored form, when
+    already worked out."""
     db.execute(
         """INSERT INTO sandbox_policies (sandbox_id, version, scope, updated_at) VALUES (?, ?, ?, ?)
            ON CONFLICT (sandbox_id) DO UPDATE SET version = excluded.version,
                scope = excluded.scope, updated_at = excluded.updated_at""",
-        (sandbox_id, scope.version, scope_to_stored(scope), now),
+        (sandbox_id, scope.version, scope_to_stored(scope) if stored is None else stored, now),
     )
 
 

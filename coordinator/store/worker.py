@@ -26,7 +26,9 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from coordinator.policy.scope import Scope
 from coordinator.store.db import Store
+from coordinator.store.policy_rows import PolicyToKeep
 from coordinator.store.reader import ReadOnlyStore
 from coordinator.store.records import AttachmentRecord, Fence
 from coordinator.store.writer import GroupCommitWriter
@@ -75,6 +77,12 @@ class AsyncStore:
     async def read(self, fn: Callable[[], R]) -> R:
         """Run ``fn`` (reads of ``reads`` only) on the reader's thread."""
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn)
+
+    @staticmethod
+    def policy_to_keep(sandbox_id: str, scope: Scope) -> PolicyToKeep:
+        """``scope`` as ``record_policy_results``'s ``last_good``, its
+        stored form worked out when first asked (on the caller's thread)."""
+        return PolicyToKeep(sandbox_id, scope)
 
     async def attachment_and_fence(self, attachment_id: str) -> tuple[AttachmentRecord | None, Fence | None]:
         """The attachment and its lease fence, read in one call (Detach needs both)."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator import faults
-from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, WorldFacts
+from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, Work, WorldFacts
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import DeviceKind, EswitchDevice, HealthFact, PreparedDevice
 from coordinator.flows.compiler import (
@@ -215,10 +215,13 @@ class FakeDataplane:
         return self._enforce(record, ofport, scope)
 
     async def enforce_and_revoke(
-        self, record: AttachmentRecord, ofport: int, scope: Scope
+        self, record: AttachmentRecord, ofport: int, scope: Scope, *, meanwhile: Work = None
     ) -> tuple[Change, str]:
         self._step("enforce_and_revoke", record.attachment_id)
-        return self._enforce(record, ofport, scope), ""
+        change = self._enforce(record, ofport, scope)
+        if meanwhile is not None:
+            meanwhile()
+        return change, ""
 
     def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> Change:
         if scope.egress_rate_limit is not None:

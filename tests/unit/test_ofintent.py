@@ -31,7 +31,8 @@ def _flows(name: str) -> list[Flow]:
 WEB, SERVER = _flows("web-client"), _flows("server-with-denies")
 # The same place as a flow of WEB with another action: the later one wins.
 RIVAL = dataclasses.replace(WEB[-1], actions=(Drop(),))
-POOL = list(dict.fromkeys([*WEB, *SERVER, RIVAL]))
+# Equal flows as other objects (as a compile that remembered nothing makes them).
+POOL = [*dict.fromkeys([*WEB, *SERVER, RIVAL]), *(dataclasses.replace(f) for f in WEB[:6])]
 
 
 def _switch() -> ChannelSwitch:
@@ -59,5 +60,21 @@ def test_a_one_flow_change_encodes_only_that_flow() -> None:
     intents = CookieIntents(switch.encode, encode_one)
     intents.wanted(7, WEB)
     changed = [*WEB[:-1], RIVAL]
+    assert intents.wanted(7, changed) == switch.encode(changed)
+    assert sorted(map(repr, encoded)) == sorted(map(repr, [WEB[-1], RIVAL]))
+
+
+def test_flows_made_anew_are_diffed_by_value_not_encoded_again() -> None:
+    switch = _switch()
+    encoded: list[Flow] = []
+
+    def encode_one(flow: Flow):  # type: ignore[no-untyped-def]
+        encoded.append(flow)
+        return switch.encoder.encode(flow)
+
+    intents = CookieIntents(switch.encode, encode_one)
+    intents.wanted(7, WEB)
+    anew = [dataclasses.replace(f) for f in WEB]
+    changed = [*anew[:-1], RIVAL]
     assert intents.wanted(7, changed) == switch.encode(changed)
     assert sorted(map(repr, encoded)) == sorted(map(repr, [WEB[-1], RIVAL]))

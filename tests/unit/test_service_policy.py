@@ -12,10 +12,12 @@ import pytest
 from coordinator import faults
 from coordinator.attachment_identity import cookie_for_slot
 from coordinator.faults import FaultInjected
+from coordinator.policy.codec import scope_from_stored
 from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
-from coordinator.service import DENY_ALL_CLASS, REMOVED_REASON
+from coordinator.service import DENY_ALL_CLASS, REMOVED_REASON, AttachParams
+from coordinator.store import policy_rows
 from coordinator.store.records import AttachmentRecord, PolicyState
-from tests.unit.service_harness import ADMIN, CLASSES, Harness, harness, scope
+from tests.unit.service_harness import ADMIN, CLASSES, HOST, Harness, harness, scope
 
 DENY_ALL = CLASSES[DENY_ALL_CLASS]
 ISOLATED = CLASSES["dpu-ovs-isolated"]
@@ -35,6 +37,32 @@ async def test_apply_installs_the_policy_records_it_and_stores_it_as_last_good(t
         assert _enforces(h, record, scope(2))
         assert h.store.policy("sb-1") is not None and h.store.policy("sb-1")[0] == 2  # type: ignore[index]
         assert h.observed.applies == [True] and "Applied" in h.reasons("DpuPolicyApplied")
+
+
+async def test_an_apply_encodes_the_policy_to_keep_once_while_the_switch_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its stored form is worked out beside the first attachment's flows
+    (the switch reading them back), once for all the sandbox's attachments,
+    and is what the store keeps."""
+    encoded_after: list[list[str]] = []
+    real = policy_rows.scope_to_stored
+
+    def counted(value: object) -> bytes:
+        encoded_after.append([what for step, what in h.switch.calls if step == "enforce_and_revoke"])
+        return real(value)  # type: ignore[arg-type]
+
+    async with harness(tmp_path) as h:
+        first = await h.attach("sb-1")
+        second = await h.service.attach(HOST, AttachParams("sb-1", "hi-1", "req-2", None, "", "BASELINE"))
+        monkeypatch.setattr(policy_rows, "scope_to_stored", counted)
+        await h.service.apply_policy("sb-1", scope(2))
+        assert encoded_after == [[first.attachment_id]]
+        assert _enforces(h, second, scope(2))
+        (value,) = h.store._db.execute(
+            "SELECT scope FROM sandbox_policies WHERE sandbox_id = 'sb-1'"
+        ).fetchone()
+        assert scope_from_stored(value) == scope(2)
 
 
 async def test_a_refused_apply_keeps_the_old_flows_and_the_old_last_good_and_degrades(tmp_path: Path) -> None:
