@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
@@ -68,8 +69,9 @@ class Reply(Enum):
     MULTIPART = "multipart"  # multipart reply parts, until the last
 
 
-@dataclass(frozen=True)
-class Outgoing:
+class Outgoing(NamedTuple):
+    """One message to send (a tuple: a fresh policy's bundle makes thousands)."""
+
     message: bytes  # complete, with its xid set (``OpenFlowChannel.xid``)
     xid: int
     reply: Reply = Reply.NONE

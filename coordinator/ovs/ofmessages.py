@@ -4,7 +4,7 @@ cookie) and the check of a bundle's outcome."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,8 +75,28 @@ def describe_key(key: FlowKey) -> str:
     return f"table {key.table} priority {key.priority} cookie {key.cookie:#x}"
 
 
-def check_bundle(sent: Sequence[Outgoing], outcomes: Sequence[Outcome], labels: Sequence[str]) -> None:
-    """Raise BundleError naming what the switch refused (open, the adds, commit)."""
+def by_position(i: int) -> str:
+    return f"change {i + 1}"
+
+
+def named_changes(named: Sequence[int | FlowKey], *, deleted: int = 0) -> Callable[[int], str]:
+    """``check_bundle``'s label of a bundle of changes named by what they
+    touch: a cookie deleted whole, or a flow by its key (deleted for the
+    first ``deleted``, added after)."""
+
+    def label(i: int) -> str:
+        what = named[i]
+        if isinstance(what, int):
+            return f"delete of cookie {what:#x}"
+        return f"{'delete' if i < deleted else 'add'} of {describe_key(what)}"
+
+    return label
+
+
+def check_bundle(sent: Sequence[Outgoing], outcomes: Sequence[Outcome], label: Callable[[int], str]) -> None:
+    """Raise BundleError naming what the switch refused (open, the adds,
+    commit): ``label(i)`` names change ``i`` (from 0), asked only of a
+    refused one, so a bundle of thousands that goes through formats none."""
     problems = []
     for i, outcome in enumerate(outcomes):
         if outcome.error is None:
@@ -84,7 +104,7 @@ def check_bundle(sent: Sequence[Outgoing], outcomes: Sequence[Outcome], labels: 
         if i == 0 or i == len(sent) - 1:
             what = "bundle open" if i == 0 else "bundle commit"
         else:
-            what = labels[i - 1] if i <= len(labels) else f"change {i}"
+            what = label(i - 1)
         problems.append(f"{what}: {outcome.error.describe()}")
     if not problems:
         commit = outcomes[-1].replies

@@ -46,11 +46,12 @@ from coordinator.ovs.ofmessages import (
     U64,
     BundleError,
     MeterBand,
+    by_position,
     check_bundle,
     cookie_mask,
     delete_cookie,
-    describe_key,
     meter_mod,
+    named_changes,
     parse,
     serialize,
     stats_request,
@@ -61,7 +62,7 @@ from coordinator.ovs.ofwire import (
     FlowStatsReader,
     InstalledFlow,
     WireError,
-    bundle_add,
+    bundle_adds,
     delete_strict,
     multipart_body,
     with_xid,
@@ -168,9 +169,8 @@ class ChannelSwitch:
         out = []
         for kind in (ofp.ONF_BCT_OPEN_REQUEST, None, ofp.ONF_BCT_COMMIT_REQUEST):
             if kind is None:
-                for change in changes:
-                    xid = self._channel.xid()
-                    out.append(Outgoing(bundle_add(bundle_id, change, xid), xid))
+                xids = iter(self._channel.xid, None)  # one per change, taken in turn
+                out += [Outgoing(m, xid) for m, xid in bundle_adds(bundle_id, changes, xids)]
                 continue
             xid = self._channel.xid()
             ctrl = parser.ONFBundleCtrlMsg(DATAPATH, bundle_id, kind, BUNDLE_FLAGS, [])
@@ -314,12 +314,11 @@ class ChannelSwitch:
         """One atomic bundle deleting ``removed`` and adding ``added``, and
         what ``cookie``/``mask`` holds after it. Raises BundleError."""
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
-        labels = [f"delete of {describe_key(f.key)}" for f in removed]
-        labels += [f"add of {describe_key(k)}" for k in added]
+        label = named_changes([*(f.key for f in removed), *added], deleted=len(removed))
         bundle = self.prepare_bundle(changes)
         if beside_readback is None:
             results = await self._exchange([*bundle, self._stats(cookie, mask)])
-            check_bundle(bundle, results[: len(bundle)], labels)
+            check_bundle(bundle, results[: len(bundle)], label)
             return self._flows_of(results[-1], "reading back flows")
         # The read-back is written right behind the bundle (the switch takes
         # them in order), and ``beside_readback`` starts as soon as the
@@ -327,7 +326,7 @@ class ChannelSwitch:
         sent = asyncio.ensure_future(self._exchange(bundle))  # tasks start in order
         readback = asyncio.ensure_future(self.installed(cookie, mask))
         try:
-            check_bundle(bundle, await sent, labels)
+            check_bundle(bundle, await sent, label)
         except BaseException:
             for task in (sent, readback):
                 task.cancel()
@@ -431,24 +430,25 @@ class ChannelSwitch:
         bundle, without reading first: each cookie deleted and its flows
         added in the same transaction. Verify with ``sync_many`` afterwards."""
         changes: list[bytes] = []
-        labels: list[str] = []
+        named: list[int | FlowKey] = []  # a deleted cookie, an added key
         self._known.forget(desired)
         for cookie, flows in desired.items():
             changes.append(delete_cookie(cookie))
-            labels.append(f"delete of cookie {cookie:#x}")
+            named.append(cookie)
             for key, (_, encoded) in self.encode(flows).items():
                 changes.append(encoded.add)
-                labels.append(f"add of {describe_key(key)}")
+                named.append(key)
         if not changes:
             return
         bundle = self.prepare_bundle(changes)
-        check_bundle(bundle, await self._exchange(bundle), labels)
+        check_bundle(bundle, await self._exchange(bundle), named_changes(named))
 
     async def send_bundle(self, bundle: Sequence[Outgoing], labels: Sequence[str] = ()) -> None:
         """Send a prepared bundle and its barrier; raise BundleError if refused.
         ``labels`` name the changes in the error (by position otherwise)."""
-        names = list(labels) or [f"change {i + 1}" for i in range(len(bundle) - 2)]
-        check_bundle(bundle, await self._exchange(bundle), names)
+        check_bundle(
+            bundle, await self._exchange(bundle), lambda i: labels[i] if i < len(labels) else by_position(i)
+        )
 
     async def add(self, flows: Sequence[Flow]) -> None:
         """Add ``flows`` in one atomic bundle, without reading the switch
@@ -458,8 +458,7 @@ class ChannelSwitch:
             return
         self._known.forget({key.cookie for key in wanted})
         bundle = self.prepare_bundle([encoded.add for _, encoded in wanted.values()])
-        labels = [f"add of {describe_key(key)}" for key in wanted]
-        check_bundle(bundle, await self._exchange(bundle), labels)
+        check_bundle(bundle, await self._exchange(bundle), named_changes(list(wanted)))
 
     async def match_fragments_as_parsed(self) -> None:
         """Fragment handling ``nx-match`` (see ``ofconfig``), read back."""

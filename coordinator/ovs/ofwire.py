@@ -15,7 +15,7 @@ keeps each field's bytes and the instructions as it encodes them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from os_ken.ofproto import ofproto_common
@@ -32,6 +32,7 @@ _EXPERIMENTER = struct.Struct(ofp.OFP_EXPERIMENTER_HEADER_PACK_STR)
 _BUNDLE_ADD = struct.Struct(ofp.ONF_BUNDLE_ADD_MSG_PACK_STR)
 _BUNDLE_CTRL = struct.Struct(ofp.ONF_BUNDLE_CTRL_PACK_STR)
 _OXM_EXPERIMENTER_CLASS = 0xFFFF
+_XID = struct.Struct("!I")
 
 
 class WireError(ValueError):
@@ -251,20 +252,28 @@ def multipart_body(message: bytes) -> tuple[int, bytes]:
 
 def with_xid(message: bytes, xid: int) -> bytes:
     """``message`` (a complete encoded message) with transaction id ``xid``."""
-    return message[:4] + struct.pack("!I", xid) + message[8:]
+    return message[:4] + _XID.pack(xid) + message[8:]
 
 
-def bundle_add(bundle_id: int, inner: bytes, xid: int) -> bytes:
-    """ONF bundle-add of the encoded message ``inner``, both with ``xid``.
+def bundle_adds(bundle_id: int, inners: Sequence[bytes], xids: Iterable[int]) -> list[tuple[bytes, int]]:
+    """ONF bundle-adds of the encoded messages ``inners``, each with the
+    next of ``xids`` (for the add and its inner message alike): (message,
+    xid) pairs.
 
     Built here rather than with os-ken's ONFBundleAddMsg because that one
     re-serialises the inner message every time; ours is encoded once per
-    flow and only its xid changes.
+    flow and only its xid changes (a fresh policy's bundle holds thousands).
     """
     body = _EXPERIMENTER.pack(ofproto_common.ONF_EXPERIMENTER_ID, ofp.ONF_ET_BUNDLE_ADD_MESSAGE)
     body += _BUNDLE_ADD.pack(bundle_id, ofp.ONF_BF_ATOMIC | ofp.ONF_BF_ORDERED)
-    length = HEADER.size + len(body) + len(inner)
-    return HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER, length, xid) + body + with_xid(inner, xid)
+    fixed = HEADER.size + len(body)
+    head, pack_xid, version, kind = HEADER.pack, _XID.pack, ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER
+    out = []
+    for inner, xid in zip(inners, xids, strict=False):  # xids: as many as needed
+        packed = pack_xid(xid)
+        message = b"".join((head(version, kind, fixed + len(inner), xid), body, inner[:4], packed, inner[8:]))
+        out.append((message, xid))
+    return out
 
 
 def bundle_ctrl_type(message: bytes) -> int:
