@@ -85,11 +85,23 @@ class Outcome:
     error: ErrorReply | None = None
 
 
-@dataclass
 class _Pending:
-    reply: Reply
-    outcome: Outcome
-    done: asyncio.Future[None]
+    """A message awaiting its answer. Only an exchange's barrier has a
+    future to wait on (every answer before it is in once it is): a bundle of
+    thousands of adds makes no future per add."""
+
+    __slots__ = ("done", "finished", "outcome", "reply")
+
+    def __init__(self, reply: Reply, done: asyncio.Future[None] | None = None) -> None:
+        self.reply = reply
+        self.outcome = Outcome()
+        self.finished = False
+        self.done = done
+
+    def finish(self) -> None:
+        self.finished = True
+        if self.done is not None:
+            self.done.set_result(None)
 
 
 def _message(kind: int, xid: int, body: bytes = b"") -> bytes:
@@ -150,11 +162,11 @@ class _Connection:
             self.echoes_answered += 1
             return
         pending = self.pending.get(xid)
-        if pending is None or pending.done.done():
+        if pending is None or pending.finished:
             return  # asynchronous (port status, ...) or an answer nobody waits for
         if kind == ofp.OFPT_ERROR:
             pending.outcome.error = error_reply(message)
-            pending.done.set_result(None)
+            pending.finish()
             return
         pending.outcome.replies.append(message)
         if kind == ofp.OFPT_MULTIPART_REPLY and pending.reply is Reply.MULTIPART:
@@ -163,13 +175,14 @@ class _Connection:
             (flags,) = struct.unpack_from("!H", message, HEADER.size + 2)
             if flags & ofp.OFPMPF_REPLY_MORE:
                 return
-        pending.done.set_result(None)
+        pending.finish()
 
     def close(self, why: ChannelError) -> None:
         if self.closed is None:
             self.closed = why
         for pending in self.pending.values():
-            if not pending.done.done():
+            pending.finished = True
+            if pending.done is not None and not pending.done.done():
                 pending.done.set_exception(self.closed)
                 # Retrieved by the exchange that waits; no "never retrieved" noise otherwise.
                 pending.done.exception()
@@ -294,15 +307,14 @@ class OpenFlowChannel:
         loop = asyncio.get_running_loop()
         barrier = Outgoing(_message(ofp.OFPT_BARRIER_REQUEST, xid := self.xid()), xid, Reply.ONE)
         batch = [*messages, barrier]
-        pendings = []
-        for out in batch:
-            pending = _Pending(out.reply, Outcome(), loop.create_future())
-            conn.pending[out.xid] = pending
-            pendings.append(pending)
+        pendings = [_Pending(out.reply) for out in messages]
+        answered: asyncio.Future[None] = loop.create_future()
+        pendings.append(_Pending(Reply.ONE, answered))
+        conn.pending.update(zip((out.xid for out in batch), pendings, strict=True))
         try:
             conn.writer.write(b"".join(out.message for out in batch))
             try:
-                await wait_within(asyncio.shield(pendings[-1].done), max(0.0, deadline - time.monotonic()))
+                await wait_within(asyncio.shield(answered), max(0.0, deadline - time.monotonic()))
             except asyncio.TimeoutError as exc:
                 why = RequestTimeout(f"no answer from {conn.path} within {limit}s")
                 conn.close(why)
@@ -312,7 +324,7 @@ class OpenFlowChannel:
                 conn.pending.pop(out.xid, None)
         outcomes = []
         for out, pending in zip(messages, pendings, strict=False):
-            if out.reply is not Reply.NONE and not pending.done.done():
+            if out.reply is not Reply.NONE and not pending.finished:
                 raise ChannelError(
                     f"{conn.path} sent no reply to message type {out.message[1]} before the barrier"
                 )
