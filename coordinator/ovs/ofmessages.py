@@ -82,9 +82,11 @@ def by_position(i: int) -> str:
 def named_changes(named: Sequence[int | FlowKey], *, deleted: int = 0) -> Callable[[int], str]:
     """``check_bundle``'s label of a bundle of changes named by what they
     touch: a cookie deleted whole, or a flow by its key (deleted for the
-    first ``deleted``, added after)."""
+    first ``deleted``, added after); a change past them by its position."""
 
     def label(i: int) -> str:
+        if i >= len(named):
+            return by_position(i)
         what = named[i]
         if isinstance(what, int):
             return f"delete of cookie {what:#x}"

@@ -32,6 +32,8 @@ def test_a_refused_change_is_named_by_what_it_touches() -> None:
             check_bundle(_sent(3), _refused(at, 3), label)
     with pytest.raises(BundleError, match="change 2: "):
         check_bundle(_sent(3), _refused(2, 3), by_position)
+    with pytest.raises(BundleError, match="change 4: "):  # one more than named
+        check_bundle(_sent(4), _refused(4, 4), label)
 
 
 def test_labels_are_asked_only_of_a_refused_change() -> None:
