@@ -252,6 +252,25 @@ dump that revokes connections) and the loop's own hops. Getting further
 needs a compile that patches the merged flows of the changed rules
 instead of walking all of them, and a read-back limited to what changed
 (which would leave drift elsewhere in the attachment to the reconcile).
+
+Since then the per-flow work left on an apply's path is smaller, and part
+of it runs while the switch works (CPU of the loop's thread,
+`time.thread_time`, each part alone, before and after in one run):
+
+- `flows/rules` interns the places of the flows it remembers, so the
+  merge of every compile hashes and compares them by identity, and looks
+  the remembered rules up inline; the memos start over only before a
+  compile, never within one (which interning needs). A 1,000-rule
+  compile: 1.08 to 0.50 ms; 100 rules: 0.10 to 0.07 ms.
+- The read-back's loop over the flow-stats entries: 0.72 to 0.59 ms for
+  the 1,027 flows of a 1,000-rule attachment.
+- The policy's stored form (a thousand rules' worth is 0.6-0.9 ms) is
+  worked out while the switch reads the first attachment's flows back
+  (`enforce_and_revoke`'s `meanwhile`), not after them.
+- A bundle names a refused change only when one is refused (a label was
+  formatted for every flow of every bundle); its adds are built with
+  their fixed part packed once, and only its barrier has a future to
+  wait on. A fresh 100-rule policy: 2.7 to 1.8 ms.
 """
 
 
