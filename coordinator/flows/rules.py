@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import itertools
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -186,6 +187,10 @@ class _Emitted:
 
 
 _emitted: dict[tuple[int, int, Rule], tuple[_Emitted, ...]] = {}
+# The daemon compiles on its loop alone; held through a walk so that the
+# memos never start over during one should a compile ever run on another
+# thread too (that would split equal places, see _Place).
+_walking = threading.Lock()
 _places: dict[tuple[int, Match], _Place] = {}
 # (pipeline id, side, family, slot, cookie) -> (a number for it, the pipeline
 # kept alive so its id stays its own while the entry exists)
@@ -274,6 +279,13 @@ def rule_flows(
     """The flows deciding new connections by ``rules`` (deny before allow)."""
     if len(rules) > MAX_RULE_INDEX:
         raise FlowViolation(f"{side.name}: {len(rules)} rules exceed the conjunction id space")
+    with _walking:
+        return _rule_flows(pipeline, side, rules, families, cookie=cookie, slot=slot)
+
+
+def _rule_flows(
+    pipeline: Pipeline, side: Side, rules: Sequence[Rule], families: Iterable[int], *, cookie: int, slot: int
+) -> list[Flow]:
     # Started over here, before the walk, never within it (see _Place): so
     # the memo may exceed its bound by one compile's rules until the next.
     if len(_emitted) >= RULE_FLOWS_KEPT or len(_contexts) >= RULE_FLOWS_KEPT or len(_places) >= PLACES_KEPT:
