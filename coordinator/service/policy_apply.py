@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 REMOVED_REASON = "PolicyRemoved"
 REMOVED_MESSAGE = "the gateway withdrew the policy: deny-all until a new one arrives"
 
-# (event kind, ok, reason, message) recorded with a policy state.
+# Up to this many sandboxes a transition reads their attachments one
+# sandbox at a time; more, all attachments at once.
+FEW_SANDBOXES = 8
 
 
 class PolicyApply:
@@ -109,8 +111,12 @@ class PolicyApply:
         its network class (it never had a policy) keeps it. Returns how many
         attachments turned."""
         wanted = set(sandbox_ids)
+        store = self._ctx.store
         for sandbox_id in sorted(wanted):
-            await self._ctx.store.delete_policy(sandbox_id)
+            # The gateway answers every sandbox it has no policy for so (each
+            # new one on an attach storm): a read, not a commit, when none is kept.
+            if await store.policy_version(sandbox_id) is not None:
+                await store.delete_policy(sandbox_id)
 
         def pick(record: AttachmentRecord) -> bool:
             if record.policy_state is PolicyState.PENDING:
@@ -173,13 +179,7 @@ class PolicyApply:
         another operation follows as soon as that one is done."""
         locks = self._ctx.locks
         async with self._gate.operation(what, wait=True):
-            affected = sorted(
-                {
-                    r.sandbox_id
-                    for r in await self._ctx.store.list_attachments(state=AttachmentState.BOUND)
-                    if (sandbox_ids is None or r.sandbox_id in sandbox_ids) and pick(r)
-                }
-            )
+            affected = sorted({r.sandbox_id for r in await self._bound(sandbox_ids) if pick(r)})
             free = [s for s in affected if not locks.locked(s)]
             busy = [s for s in affected if locks.locked(s)]
             async with contextlib.AsyncExitStack() as held:
@@ -209,11 +209,7 @@ class PolicyApply:
         revoked and the drops replaced by the deny-all flows and read back,
         so none of it delays the cut nor its record."""
         ctx = self._ctx
-        records = [
-            r
-            for r in await ctx.store.list_attachments(state=AttachmentState.BOUND)
-            if r.sandbox_id in sandbox_ids and pick(r)
-        ]
+        records = [r for r in await self._bound(sandbox_ids) if pick(r)]
         if not records:
             return 0
         began = time.monotonic()
@@ -249,6 +245,22 @@ class PolicyApply:
                    "done_ms": round((time.monotonic() - began) * 1000, 1)},
         )  # fmt: skip
         return len(records)
+
+    async def _bound(self, sandbox_ids: set[str] | None) -> list[AttachmentRecord]:
+        """The BOUND attachments of ``sandbox_ids`` (default all): a few
+        sandboxes by their own reads, not a read of every attachment."""
+        store = self._ctx.store
+        if sandbox_ids is not None and len(sandbox_ids) <= FEW_SANDBOXES:
+            return [
+                r
+                for s in sorted(sandbox_ids)
+                for r in await store.list_attachments(sandbox_id=s, state=AttachmentState.BOUND)
+            ]
+        return [
+            r
+            for r in await store.list_attachments(state=AttachmentState.BOUND)
+            if sandbox_ids is None or r.sandbox_id in sandbox_ids
+        ]
 
     async def _close_one_by_one(
         self, records: Sequence[AttachmentRecord], deny_all: Scope

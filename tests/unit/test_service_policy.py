@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.service import DENY_ALL_CLASS, REMOVED_REASON, AttachParams
 from coordinator.store import policy_rows
 from coordinator.store.records import AttachmentRecord, PolicyState
+from coordinator.store.worker import AsyncStore
 from tests.unit.service_harness import ADMIN, CLASSES, HOST, Harness, harness, scope
 
 DENY_ALL = CLASSES[DENY_ALL_CLASS]
@@ -160,6 +162,36 @@ async def test_withdraw_forgets_the_policy_and_denies_all_but_baseline_may_stay(
         assert h.current(baseline).policy_state is PolicyState.BASELINE and _enforces(h, baseline, ISOLATED)
         assert await h.service.withdraw(["sb-2"], "NotInResync", "gone", keep_baseline=False) == 1
         assert _enforces(h, baseline, DENY_ALL)
+
+
+async def test_a_withdrawal_with_nothing_to_withdraw_writes_nothing_and_reads_only_its_sandbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway answers every new sandbox it has no policy for with a
+    withdrawal: on an attach storm that must not cost a commit and a read
+    of every attachment each."""
+    asked: list[tuple[str, str]] = []
+    real_delete, real_list = AsyncStore.delete_policy, AsyncStore.list_attachments
+
+    async def delete(self: AsyncStore, sandbox_id: str) -> None:
+        asked.append(("delete", sandbox_id))
+        await real_delete(self, sandbox_id)
+
+    async def listed(self: AsyncStore, **kw: Any) -> list[AttachmentRecord]:
+        asked.append(("list", kw.get("sandbox_id", "")))
+        return await real_list(self, **kw)
+
+    async with harness(tmp_path) as h:
+        for n in range(4):
+            await h.attach(f"sb-{n}")  # BASELINE: no policy yet
+        monkeypatch.setattr(AsyncStore, "delete_policy", delete)
+        monkeypatch.setattr(AsyncStore, "list_attachments", listed)
+        assert await h.service.withdraw(["sb-1"], REMOVED_REASON, "gone", keep_baseline=True) == 0
+        assert asked and set(asked) == {("list", "sb-1")}
+        await h.service.apply_policy("sb-2", scope(2))
+        asked.clear()
+        assert await h.service.withdraw(["sb-2"], REMOVED_REASON, "gone", keep_baseline=True) == 1
+        assert ("delete", "sb-2") in asked and h.store.policy("sb-2") is None
 
 
 async def test_apply_latest_follows_the_gateway_book(tmp_path: Path) -> None:
