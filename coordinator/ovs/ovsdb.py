@@ -81,16 +81,14 @@ class _WatchingIdl(connection.OvsdbIdl):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # (name, its OpenFlow number or None, its error) of a changed Interface.
-        self.on_interface_change: Callable[[str, int | None, str], None] | None = None
+        # A changed Interface row, and whether it was deleted.
+        self.on_interface_change: Callable[[Any, bool], None] | None = None
         self.on_applied: Callable[[int], None] | None = None
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
         table = row._table.name
         if table == "Interface" and self.on_interface_change is not None:
-            # A deleted row's values are those it had: never a number to use.
-            ofport = None if event == "delete" else _ofport(getattr(row, "ofport", None))
-            self.on_interface_change(str(row.name), ofport, str(_scalar(getattr(row, "error", "")) or ""))
+            self.on_interface_change(row, event == "delete")
         elif table == "Open_vSwitch" and self.on_applied is not None and event != "delete":
             applied = _scalar(getattr(row, "cur_cfg", None))
             if isinstance(applied, int):
@@ -124,10 +122,10 @@ class Ovsdb:
         # taken on the worker thread.
         self._pending: list[_PortChange] = []
         self._pending_lock = threading.Lock()
-        # ovs-vswitchd's cur_cfg as last notified, and an event set (and
-        # replaced) on every change of it.
+        # ovs-vswitchd's cur_cfg as last notified, and those waiting for it
+        # to reach a value (each woken once, when it does).
         self._applied = 0
-        self._applied_changed = asyncio.Event()
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -251,10 +249,15 @@ class Ovsdb:
                 del self._watched[name]
                 self._notified.pop(name, None)
 
-    def _interface_changed(self, name: str, ofport: int | None, error: str) -> None:
+    def _interface_changed(self, row: Any, deleted: bool) -> None:
         # On ovsdbapp's connection thread: only a membership test here (the
-        # loop owns the dict), the wake-up itself runs on the loop.
+        # loop owns the dict), the wake-up itself runs on the loop. The row
+        # is read here, on the IDL's thread (a deleted row's values are
+        # those it had: never a number to use).
+        name = str(row.name)
         if name in self._watched and self._loop is not None:
+            ofport = None if deleted else _ofport(getattr(row, "ofport", None))
+            error = str(_scalar(getattr(row, "error", "")) or "")
             self._loop.call_soon_threadsafe(self._wake, name, ofport, error)
 
     def _wake(self, name: str, ofport: int | None, error: str) -> None:
@@ -270,8 +273,14 @@ class Ovsdb:
 
     def _note_applied(self, cur_cfg: int) -> None:
         self._applied = cur_cfg
-        changed, self._applied_changed = self._applied_changed, asyncio.Event()
-        changed.set()
+        waiting = []
+        for target, applied in self._applied_waiters:
+            if not applied.done():
+                if target <= cur_cfg:
+                    applied.set_result(None)
+                else:
+                    waiting.append((target, applied))
+        self._applied_waiters = waiting
 
     async def _wait_applied(self, change: _PortChange) -> None:
         """Until ovs-vswitchd has applied ``change``'s transaction. Past the
@@ -288,8 +297,10 @@ class Ovsdb:
             if remaining <= 0:
                 log.warning("%s: ovs-vswitchd did not apply it within %.0f s", change.what, self._timeout)
                 return
+            applied: asyncio.Future[None] = loop.create_future()
+            self._applied_waiters.append((target, applied))
             try:
-                await wait_within(self._applied_changed.wait(), min(remaining, OFPORT_RECHECK_S))
+                await wait_within(applied, min(remaining, OFPORT_RECHECK_S))
             except asyncio.TimeoutError:
                 read = await self._run(self._read_applied)
                 if read is not None and read != self._applied:
