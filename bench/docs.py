@@ -317,7 +317,8 @@ WHERE_ATTACH_TIME_GOES = """\
 attach case (BASELINE, WAIT_INITIAL, then C concurrent clients) against a
 daemon started under it that times every step of Attach and Detach
 (store calls, SQLite commits, OVSDB, eswitch, OpenFlow and conntrack
-calls, every process spawned) and profiles its event loop.
+calls, every process spawned), reports its CPU time (all threads) from
+the first Attach on, and profiles its event loop.
 
 Per attach + detach cycle, on the emulated eswitch:
 
