@@ -38,7 +38,7 @@ from coordinator.config import Config
 from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, Work, WorldFacts
 from coordinator.dataplane_probes import ReadFlows, SwitchProbes
 from coordinator.errors import Unavailable
-from coordinator.eswitch.base import EswitchBackend, EswitchDevice, EswitchError, HealthFact
+from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchDevice, EswitchError, HealthFact
 from coordinator.flows.compiler import (
     BridgeFacts,
     PortFacts,
@@ -289,16 +289,18 @@ class Dataplane:
         """Flows first (the port then carries no traffic: the bridge is
         fail-secure), then the port, then the device. The slot's meter,
         conntrack entries and zone limit go while the port is removed (none
-        depends on the other once the flows are gone). Each step idempotent."""
+        depends on the other once the flows are gone), and so does a VF's
+        function (its representor stays; an SF's goes with it, so an SF
+        goes after its port). Each step idempotent."""
+        vf = record.device.kind is DeviceKind.VF
         try:
             await self._remove_flows(record.slot)
             faults.reached("detach.flows_removed")
-            await all_of(
-                self._clear_slot(record.slot),
-                self._ovsdb.delete_port(self._bridge, record.device.representor),
-            )
+            port = self._ovsdb.delete_port(self._bridge, record.device.representor)
+            await all_of(self._clear_slot(record.slot), port, *([self.release(record.device)] if vf else []))
             faults.reached("detach.port_removed")
-            await asyncio.to_thread(self._backend.release, record.device)
+            if not vf:
+                await self.release(record.device)
             faults.reached("detach.device_released")
         except (EswitchError, OvsdbError, OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"detaching {record.attachment_id}: {exc}") from exc

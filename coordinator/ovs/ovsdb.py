@@ -6,14 +6,23 @@ transactions are never interleaved. ovsdbapp commits one transaction at a
 time and waits for the server's reply before the next, so port additions
 and removals asked for while one is committing are merged into the next
 transaction (taken by the worker when it gets to them): concurrent
-attaches share one round trip instead of queueing behind each other. Waiting for a new port's OpenFlow number happens on the
-loop (woken by the IDL's change notifications), never on the worker thread.
+attaches share one round trip instead of queueing behind each other.
+
+A port change is answered once ovs-vswitchd has applied it (its
+``cur_cfg`` reached the ``next_cfg`` the transaction set), but that wait
+happens on the loop, woken by the IDL's change notifications, not on the
+worker or ovsdbapp's connection thread (which ovsdbapp's own transactions
+would hold for the whole reconfiguration): the next transaction commits
+while ovs-vswitchd still applies the one before, and ovs-vswitchd applies
+whatever has been committed by the time it looks, in one reconfiguration.
+A new port's OpenFlow number is awaited the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +37,8 @@ from coordinator.ovs.port_keys import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, RO
 from coordinator.waiting import wait_within
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # What the IDL replicates: the columns the daemon and ovsdbapp's commands
 # here (add_br, add_port, del_port, list_ports, db_set, db_list and the
@@ -51,6 +62,18 @@ class OvsdbError(RuntimeError):
     pass
 
 
+class _CommitOnly(impl_idl.OvsVsctlTransaction):  # type: ignore[misc]
+    """ovsdbapp's Open_vSwitch transaction (it bumps ``next_cfg``, so
+    ovs-vswitchd reports when it has applied it) without its wait for
+    that on the connection thread: the ``next_cfg`` to wait for is kept
+    for the caller, who waits on the loop."""
+
+    next_cfg: int | None = None
+
+    def do_post_commit(self, txn: Any) -> None:
+        self.next_cfg = txn.get_increment_new_value()
+
+
 class _WatchingIdl(connection.OvsdbIdl):  # type: ignore[misc]
     """The IDL that tells the loop when a watched Interface row changes.
     ``notify`` runs on ovsdbapp's connection thread; it only schedules a
@@ -58,12 +81,18 @@ class _WatchingIdl(connection.OvsdbIdl):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.on_interface_change: Callable[[str], None] | None = None
+        # A changed Interface row, and whether it was deleted.
+        self.on_interface_change: Callable[[Any, bool], None] | None = None
+        self.on_applied: Callable[[int], None] | None = None
 
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
-        callback = self.on_interface_change
-        if callback is not None and row._table.name == "Interface":
-            callback(str(row.name))
+        table = row._table.name
+        if table == "Interface" and self.on_interface_change is not None:
+            self.on_interface_change(row, event == "delete")
+        elif table == "Open_vSwitch" and self.on_applied is not None and event != "delete":
+            applied = _scalar(getattr(row, "cur_cfg", None))
+            if isinstance(applied, int):
+                self.on_applied(applied)
 
 
 @dataclass
@@ -72,10 +101,9 @@ class _PortChange:
 
     what: str  # for errors: "adding port X to BR"
     commands: Callable[[Any], list[Any]]  # the ovsdbapp commands, built from the API
-    added: str = ""  # an interface whose OpenFlow number is read right after the commit
-    interface: tuple[int | None, str] | None = None  # what that read found (number, error)
     committed: bool = False
     error: OvsdbError | None = None
+    next_cfg: int | None = None  # what ovs-vswitchd reports once it has applied the change
 
 
 class Ovsdb:
@@ -87,10 +115,17 @@ class Ovsdb:
         self._loop: asyncio.AbstractEventLoop | None = None
         # Interface name -> the events of those waiting for its row to change.
         self._watched: dict[str, set[asyncio.Event]] = {}
+        # What the last change notification of a watched interface said
+        # (number, error): a new port's number without another read.
+        self._notified: dict[str, tuple[int | None, str]] = {}
         # Port changes not yet taken by the worker: appended on the loop,
         # taken on the worker thread.
         self._pending: list[_PortChange] = []
         self._pending_lock = threading.Lock()
+        # ovs-vswitchd's cur_cfg as last notified, and those waiting for it
+        # to reach a value (each woken once, when it does).
+        self._applied = 0
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -101,6 +136,8 @@ class Ovsdb:
     async def connect(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._run(self._connect)
+        applied = await self._run(self._read_applied)
+        self._note_applied(applied or 0)
 
     def _connect(self) -> None:
         try:
@@ -109,6 +146,7 @@ class Ovsdb:
                 helper.register_columns(table, list(columns))
             idl = _WatchingIdl(self._remote, helper)
             idl.on_interface_change = self._interface_changed
+            idl.on_applied = self._vswitchd_applied
             conn = connection.Connection(idl=idl, timeout=self._timeout)
         except Exception as exc:
             raise OvsdbError(f"cannot connect to OVSDB at {self._remote}: {exc}") from exc
@@ -166,23 +204,25 @@ class Ovsdb:
         # Watched before the transaction: a number assigned right after it
         # commits is not missed.
         with self._watch(name) as changed:
-            change = _PortChange(f"adding port {name} to {bridge}", commands, added=name)
+            change = _PortChange(f"adding port {name} to {bridge}", commands)
             await self._change_ports(change)
-            return await self._wait_ofport(name, changed, change.interface)
+            await self._wait_applied(change)
+            return await self._wait_ofport(name, changed)
 
-    async def _wait_ofport(
-        self, name: str, changed: asyncio.Event, first: tuple[int | None, str] | None
-    ) -> int:
+    async def _wait_ofport(self, name: str, changed: asyncio.Event) -> int:
         # A missing netdev is not an error to OVSDB: the row exists with
         # ofport -1 and the reason in `error`. Report that instead.
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         while True:
             changed.clear()
-            # Usually the number is there when the commit returns (read on
-            # the worker right after it): no further round trip.
-            ofport, error = first if first is not None else await self._run(self._read_interface, name)
-            first = None
+            # Usually notified by the time ovs-vswitchd has applied the
+            # change (it writes the number then); read if not.
+            notified = self._notified.get(name)
+            ofport, error = (
+                notified if notified is not None and notified[0] is not None
+                else await self._run(self._read_interface, name)
+            )  # fmt: skip
             if ofport is not None:
                 return ofport
             remaining = deadline - loop.time()
@@ -194,8 +234,7 @@ class Ovsdb:
     def _read_interface(self, name: str) -> tuple[int | None, str]:
         rows = self._execute("reading interface", api_list(self._api, name))
         row = rows[0] if rows else {}
-        ofport, error = _scalar(row.get("ofport")), _scalar(row.get("error"))
-        return (ofport if isinstance(ofport, int) and ofport > 0 else None), str(error or "")
+        return _ofport(row.get("ofport")), str(_scalar(row.get("error")) or "")
 
     @contextlib.contextmanager
     def _watch(self, name: str) -> Iterator[asyncio.Event]:
@@ -208,21 +247,76 @@ class Ovsdb:
             waiting.discard(changed)
             if not waiting:
                 del self._watched[name]
+                self._notified.pop(name, None)
 
-    def _interface_changed(self, name: str) -> None:
+    def _interface_changed(self, row: Any, deleted: bool) -> None:
         # On ovsdbapp's connection thread: only a membership test here (the
-        # loop owns the dict), the wake-up itself runs on the loop.
+        # loop owns the dict), the wake-up itself runs on the loop. The row
+        # is read here, on the IDL's thread (a deleted row's values are
+        # those it had: never a number to use).
+        name = str(row.name)
         if name in self._watched and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake, name)
+            ofport = None if deleted else _ofport(getattr(row, "ofport", None))
+            error = str(_scalar(getattr(row, "error", "")) or "")
+            self._loop.call_soon_threadsafe(self._wake, name, ofport, error)
 
-    def _wake(self, name: str) -> None:
+    def _wake(self, name: str, ofport: int | None, error: str) -> None:
+        if name in self._watched:
+            self._notified[name] = (ofport, error)
         for changed in self._watched.get(name, ()):
             changed.set()
 
+    def _vswitchd_applied(self, cur_cfg: int) -> None:
+        # On ovsdbapp's connection thread, like ``_interface_changed``.
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._note_applied, cur_cfg)
+
+    def _note_applied(self, cur_cfg: int) -> None:
+        self._applied = cur_cfg
+        waiting = []
+        for target, applied in self._applied_waiters:
+            if not applied.done():
+                if target <= cur_cfg:
+                    applied.set_result(None)
+                else:
+                    waiting.append((target, applied))
+        self._applied_waiters = waiting
+
+    async def _wait_applied(self, change: _PortChange) -> None:
+        """Until ovs-vswitchd has applied ``change``'s transaction. Past the
+        timeout the caller goes on, as ovs-vsctl does (a new port's missing
+        number is then the error); cur_cfg is read again now and then in
+        case a notification was missed."""
+        target = change.next_cfg
+        if target is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        while self._applied < target:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("%s: ovs-vswitchd did not apply it within %.0f s", change.what, self._timeout)
+                return
+            applied: asyncio.Future[None] = loop.create_future()
+            self._applied_waiters.append((target, applied))
+            try:
+                await wait_within(applied, min(remaining, OFPORT_RECHECK_S))
+            except asyncio.TimeoutError:
+                read = await self._run(self._read_applied)
+                if read is not None and read != self._applied:
+                    self._note_applied(read)
+
+    def _read_applied(self) -> int | None:
+        rows = self._execute("reading Open_vSwitch", self._api.db_list("Open_vSwitch", columns=["cur_cfg"]))
+        value = _scalar(rows[0].get("cur_cfg")) if rows else None
+        return value if isinstance(value, int) else None
+
     async def delete_port(self, bridge: str, name: str) -> None:
-        await self._change_ports(
-            _PortChange(f"deleting port {name}", lambda api: [api.del_port(name, bridge, if_exists=True)])
+        change = _PortChange(
+            f"deleting port {name}", lambda api: [api.del_port(name, bridge, if_exists=True)]
         )
+        await self._change_ports(change)
+        await self._wait_applied(change)
 
     async def _change_ports(self, change: _PortChange) -> None:
         """Commit ``change`` in the next transaction, with the others asked
@@ -252,28 +346,30 @@ class Ovsdb:
         """One transaction for the whole batch; if it fails, each change on
         its own, so one bad change fails only its own caller."""
         try:
-            self._commit([c for change in batch for c in change.commands(self._api)])
-            errors: list[OvsdbError | None] = [None] * len(batch)
+            next_cfg = self._commit([c for change in batch for c in change.commands(self._api)])
+            for change in batch:
+                change.next_cfg = next_cfg
+            return [None] * len(batch)
         except Exception as exc:
             if len(batch) == 1:
                 return [OvsdbError(f"{batch[0].what}: {exc}")]
-            errors = []
-            for change in batch:
-                try:
-                    self._commit(change.commands(self._api))
-                    errors.append(None)
-                except Exception as exc:
-                    errors.append(OvsdbError(f"{change.what}: {exc}"))
-        for change, error in zip(batch, errors, strict=True):
-            if change.added and error is None:
-                with contextlib.suppress(OvsdbError):  # the caller reads it again
-                    change.interface = self._read_interface(change.added)
+        errors: list[OvsdbError | None] = []
+        for change in batch:
+            try:
+                change.next_cfg = self._commit(change.commands(self._api))
+                errors.append(None)
+            except Exception as exc:
+                errors.append(OvsdbError(f"{change.what}: {exc}"))
         return errors
 
-    def _commit(self, commands: list[Any]) -> None:
-        with self._api.transaction(check_error=True) as txn:
-            for command in commands:
-                txn.add(command)
+    def _commit(self, commands: list[Any]) -> int | None:
+        """Commit ``commands`` in one transaction, without waiting for
+        ovs-vswitchd; returns the ``next_cfg`` that says it has applied them."""
+        txn = _CommitOnly(self._api, self._api.ovsdb_connection, check_error=True, log_errors=False)
+        for command in commands:
+            txn.add(command)
+        txn.commit()
+        return txn.next_cfg
 
     async def owned_ports(self, bridge: str) -> dict[str, dict[str, str]]:
         """Ports on ``bridge`` carrying our owner tag, with their external_ids."""
@@ -327,6 +423,11 @@ class Ovsdb:
 
 def api_list(api: Any, interface: str) -> Any:
     return api.db_list("Interface", [interface], columns=["ofport", "error"], if_exists=True)
+
+
+def _ofport(value: Any) -> int | None:
+    number = _scalar(value)
+    return number if isinstance(number, int) and number > 0 else None
 
 
 def _scalar(value: Any) -> Any:

@@ -175,12 +175,39 @@ class Lifecycle:
 
     async def _plug(self, record: AttachmentRecord) -> tuple[str, int]:
         """Prepare the device and put its representor on the bridge; returns
-        the representor's name and OpenFlow port. Idempotent."""
-        rep = await self._ctx.dataplane.prepare(record)
+        the representor's name and OpenFlow port. Idempotent.
+
+        A VF's representor exists before its function is prepared (the host
+        made the VF), so it goes on the bridge meanwhile: no flow lets its
+        traffic in before the policy's. An SF's exists only once prepared."""
+        dataplane = self._ctx.dataplane
+        expected = record.device.representor
+        if record.device.kind is not DeviceKind.VF:
+            rep = await dataplane.prepare(record)
+            faults.reached("attach.device_prepared")
+            return rep, await self._add_port(record, rep)
+        prepared, added = await asyncio.gather(
+            dataplane.prepare(record), dataplane.add_port(record, expected), return_exceptions=True
+        )
+        if isinstance(prepared, BaseException):
+            raise prepared
+        rep = prepared
         faults.reached("attach.device_prepared")
-        ofport = await self._ctx.dataplane.add_port(record, rep)
+        if rep != expected:
+            # Named otherwise than the pool said: that name off the bridge again.
+            await dataplane.remove_port(expected)
+            return rep, await self._add_port(record, rep)
+        if isinstance(added, BaseException):
+            # e.g. the representor was only made by the prepare: once more.
+            log.info("adding port %s again after its device was prepared (%s)", rep, added)
+            return rep, await self._add_port(record, rep)
         faults.reached("attach.port_added")
-        return rep, ofport
+        return rep, added
+
+    async def _add_port(self, record: AttachmentRecord, representor: str) -> int:
+        ofport = await self._ctx.dataplane.add_port(record, representor)
+        faults.reached("attach.port_added")
+        return ofport
 
     async def _enforce(self, record: AttachmentRecord, ofport: int, scope: Scope) -> None:
         try:

@@ -49,8 +49,10 @@ async def watch_switch(service: AttachmentService, interval_s: float) -> None:
             # The store and the switch are read one after the other: a port
             # a detach removed (or an attach re-added under a new number)
             # in between looks moved for that moment. A real loss is still
-            # there when looked at again.
-            problem = await service.switch_intact()
+            # there, the same, when looked at again; under many concurrent
+            # detaches the second look may catch another port's moment.
+            again = await service.switch_intact()
+            problem = problem if again == problem else None
         if problem is None:
             continue
         began = time.monotonic()

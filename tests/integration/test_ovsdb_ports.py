@@ -1,11 +1,17 @@
 """Port additions and removals asked for together share one OVSDB
-transaction, and one bad request among them fails only its own caller."""
+transaction, and one bad request among them fails only its own caller; a
+change is answered once ovs-vswitchd has applied it, and the next one is
+committed meanwhile, not after."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -54,9 +60,9 @@ def _count_transactions(db: Ovsdb, monkeypatch: pytest.MonkeyPatch) -> list[int]
     sizes: list[int] = []
     real = db._commit
 
-    def counted(commands: list[Any]) -> None:
+    def counted(commands: list[Any]) -> int | None:
         sizes.append(len(commands))
-        real(commands)
+        return real(commands)
 
     monkeypatch.setattr(db, "_commit", counted)
     return sizes
@@ -97,3 +103,44 @@ async def test_a_bad_change_fails_only_its_own_caller(
     # The merged transaction failed as a whole, then each change went alone.
     assert len(transactions) == 1 + 3
     assert names[1] not in await db.interface_ofports()
+
+
+@contextlib.contextmanager
+def _vswitchd_paused(ovs: OvsInstance) -> Iterator[None]:
+    """ovs-vswitchd stopped (it applies nothing meanwhile), resumed after."""
+    pid = ovs.vswitchd_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+async def _until_in_database(ovs: OvsInstance, bridge: str, name: str) -> None:
+    deadline = time.monotonic() + 5
+    while name not in ovs.vsctl("--no-wait", "list-ports", bridge).split():
+        assert time.monotonic() < deadline, f"{name} was not committed while ovs-vswitchd applied nothing"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_change_commits_while_vswitchd_still_applies_the_one_before(
+    ovsdb: tuple[Ovsdb, str, list[str]], ovs_session: OvsInstance
+) -> None:
+    db, bridge, names = ovsdb
+    with _vswitchd_paused(ovs_session):
+        first = asyncio.ensure_future(db.ensure_port(bridge, names[0], {}))
+        await _until_in_database(ovs_session, bridge, names[0])
+        second = asyncio.ensure_future(db.ensure_port(bridge, names[1], {}))
+        await _until_in_database(ovs_session, bridge, names[1])
+        await asyncio.sleep(0.2)
+        # Neither is answered before ovs-vswitchd has applied it.
+        assert not first.done() and not second.done()
+    ofports = await asyncio.gather(first, second)
+    assert len(set(ofports)) == 2 and all(p > 0 for p in ofports), ofports
+    removal = asyncio.ensure_future(db.delete_port(bridge, names[0]))
+    with _vswitchd_paused(ovs_session):
+        await asyncio.sleep(0.3)
+        assert not removal.done()
+    await removal
+    assert names[0] not in await db.interface_ofports()

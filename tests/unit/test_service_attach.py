@@ -14,7 +14,7 @@ from coordinator import faults
 from coordinator.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from coordinator.faults import FaultInjected
 from coordinator.service import DENY_ALL_CLASS, AttachParams
-from coordinator.store.records import AttachmentState, PolicyState
+from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 from tests.unit.fake_dataplane import FakeDataplane, devices
 from tests.unit.service_harness import CLASSES, HOST, PIPELINE, FakeStream, harness, scope
 
@@ -76,6 +76,24 @@ async def test_a_failing_switch_step_rolls_the_attach_back(tmp_path: Path, step:
         assert h.store.list_attachments() == []
         assert "teardown" in h.switch.steps()
         assert not h.switch.prepared and not h.switch.ports
+
+
+async def test_a_vf_port_refused_beside_the_prepare_is_added_again_after_it(tmp_path: Path) -> None:
+    # A VF's port goes on the bridge while its function is prepared; if that
+    # failed (e.g. the prepare had to make the representor), once more after.
+    async with harness(tmp_path) as h:
+        h.switch.fail("add_port", "no such device (fake)")
+        real_prepare = h.switch.prepare
+
+        async def prepare_then_heal(record: AttachmentRecord) -> str:
+            await asyncio.sleep(0)  # the port addition runs meanwhile, and fails
+            h.switch.heal()
+            return await real_prepare(record)
+
+        h.switch.prepare = prepare_then_heal  # type: ignore[method-assign]
+        record = await h.attach("sb-1")
+        assert record.state is AttachmentState.BOUND and record.device.representor in h.switch.ports
+        assert h.switch.steps()[-4:] == ["add_port", "prepare", "add_port", "enforce"]
 
 
 async def test_a_rollback_that_fails_is_finished_by_the_next_convergence(tmp_path: Path) -> None:

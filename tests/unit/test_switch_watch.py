@@ -1,6 +1,7 @@
 """The switch watch re-programs the switch only for a loss that is still
 there when looked at again: a port a concurrent detach removed between the
-watch's read of the store and its read of the switch is no loss."""
+watch's read of the store and its read of the switch is no loss, nor are
+two such ports one after the other (an attach storm)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ async def _watch(service: _Service) -> None:
 
 async def test_a_port_that_moved_only_for_a_moment_is_not_a_loss() -> None:
     service = _Service(["port pf0vf1 is now OpenFlow port none, its flows use 84", None, None])
+    await _watch(service)
+    assert service.lost == [] and not service.reconverged.is_set()
+
+
+async def test_two_ports_that_each_moved_for_a_moment_are_not_a_loss() -> None:
+    service = _Service([
+        "port pf0vf0 is now OpenFlow port none, its flows use 160",
+        "port pf0vf3 is now OpenFlow port none, its flows use 171",
+        None,
+    ])  # fmt: skip
     await _watch(service)
     assert service.lost == [] and not service.reconverged.is_set()
 
