@@ -7,7 +7,8 @@ programmed switch (the scale case's "restart reconcile, no drift") a few
 times, each in a process of its own (a restarted daemon starts with no
 memo), with a pyinstrument profile of one more (when pyinstrument is
 installed: the `bench` extra). ``--serve`` also times `coordinator serve`
-until Health answers (the scale case's daemon start).
+until Health answers (the scale case's daemon start) and reads its RSS
+as the scale case does.
 
 ``--hold FIFO`` keeps the set-up switch and takes commands from the named
 pipe ``FIFO``, one a line: ``measure [DIR]``, ``profile [DIR]``,
@@ -31,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.cases.scale import BRIDGE, _bridge_flows, _populate, _serve
+from bench.cases.scale import BRIDGE, SETTLE_S, _bridge_flows, _populate, _rss_mb, _serve
 from bench.daemon_stack import bench_mapping, toml_text, uplink
 from bench.procs import BenchError
 from coordinator.certs import DevPki, init_dev_pki
@@ -105,7 +106,8 @@ def _times(config_path: Path, mgmt: str, flows: int, reps: int, code: str = "") 
 
 
 def _serve_once(config_path: Path, config: Config, pki: DevPki, workdir: Path, code: str = "") -> str:
-    """`coordinator serve` until Health, with the code in ``code`` (or this one)."""
+    """`coordinator serve` until Health, with the code in ``code`` (or this
+    one), and its resident memory as the scale case measures it."""
     here, path = os.getcwd(), os.environ.get("PYTHONPATH")
     if code:  # the daemon inherits both
         os.chdir(code)
@@ -118,9 +120,13 @@ def _serve_once(config_path: Path, config: Config, pki: DevPki, workdir: Path, c
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = path
-    stop_pid(pid)
+    try:
+        time.sleep(SETTLE_S)
+        rss = _rss_mb(pid)
+    finally:
+        stop_pid(pid)
     where = f" ({code})" if code else ""
-    return f"coordinator serve until Health{where}: {start:.2f} s"
+    return f"coordinator serve until Health{where}: {start:.2f} s, RSS {rss:.1f} MB"
 
 
 def profile(attachments: int, rules: int, reps: int, serve: bool, hold: Path | None) -> None:

@@ -22,6 +22,7 @@ Conjunction id (32 bits)::
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Final
 
 SLOT_BITS: Final = 16
@@ -34,6 +35,7 @@ MAX_ZONE: Final = MAX_SLOT
 COOKIE_OWNER: Final = 0xBFC0 << 48
 COOKIE_OWNER_MASK: Final = 0xFFFF << 48
 BRIDGE_COOKIE: Final = COOKIE_OWNER
+_COOKIE_BITS: Final = (1 << 64) - 1
 _SLOT_MASK: Final = MAX_SLOT
 
 _CONJ_INGRESS_BIT: Final = 1 << 15
@@ -70,6 +72,23 @@ def slot_of_cookie(cookie: int) -> int | None:
         return None
     low = cookie & ~COOKIE_OWNER_MASK
     return low if MIN_SLOT <= low <= MAX_SLOT else None
+
+
+def cookie_range(cookies: Iterable[int]) -> tuple[int, int]:
+    """A cookie and mask selecting every cookie of ``cookies`` (all ours)
+    and no more others than the smallest aligned range of slots holding
+    them: what a read of only their flows asks the switch for. ValueError
+    if one is not ours."""
+    listed = list(cookies)
+    if not listed:
+        return COOKIE_OWNER, COOKIE_OWNER_MASK
+    spread = 0
+    for cookie in listed:
+        if not is_ours(cookie):
+            raise ValueError(f"cookie {cookie:#x} is not ours")
+        spread |= cookie ^ listed[0]
+    mask = _COOKIE_BITS & ~((1 << spread.bit_length()) - 1)
+    return listed[0] & mask, mask
 
 
 def zone_of_slot(slot: int) -> int:
@@ -114,6 +133,7 @@ __all__ = [
     "conjunction_id",
     "cookie_for_slot",
     "cookie_in_flow",
+    "cookie_range",
     "is_ours",
     "meter_of_slot",
     "slot_of_cookie",

@@ -51,6 +51,7 @@ from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
+from coordinator.ovs.ofsweep import sync_in_ranges
 from coordinator.ovs.ofsync import ChannelSwitch, MeterBand
 from coordinator.ovs.ofwire import InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
@@ -72,10 +73,6 @@ from coordinator.waiting import all_of
 log = logging.getLogger(__name__)
 
 __all__ = ["Dataplane", "WorldFacts"]
-
-
-async def _already(flows: list[InstalledFlow]) -> list[InstalledFlow]:
-    return flows
 
 
 @contextmanager
@@ -413,29 +410,25 @@ class Dataplane:
         atomic bundle of the differences, then read back and verify. Our
         cookies not in ``desired`` are left alone. ``held``: the flows
         ``facts`` read, diffed against instead of reading them all again
-        (one read of every flow of ours is most of a no-drift reconcile).
-        Returns the changes by cookie (cookies without a change are
-        absent). Raises FlowsRejected."""
+        (one read of every flow of ours is most of a no-drift reconcile);
+        then ``desired`` may compile each cookie's flows whenever asked,
+        and only the cookies that differ are synced, one bundle per range
+        of slots (each cookie's change still atomic). Returns the changes
+        by cookie (cookies without a change are absent). Raises
+        FlowsRejected."""
         with _rejected():
             return await self._sync_all(desired, held if isinstance(held, ReadFlows) else None)
 
     async def _sync_all(
         self, desired: Mapping[int, Sequence[Flow]], held: list[InstalledFlow] | None = None
     ) -> dict[int, SyncResult]:
-        # Compared by key first when every cookie still holds flows (a start
-        # on a switch as intended); one that holds none (a restarted
-        # ovs-vswitchd) has to be synced anyway.
-        if (
-            held is not None
-            and {f.key.cookie for f in held} >= desired.keys()
-            and self._switch.holds_exactly(desired, held)
-        ):
-            changes: dict[int, SyncResult] = {}  # nothing to change, nothing to read back
-        else:
-            installed = _already(held) if held is not None else None
-            changes = await self._switch.sync_many(
-                desired, COOKIE_OWNER, COOKIE_OWNER_MASK, installed=installed
-            )
+        if held is not None:
+            # Against the flows read, a range of cookies at a time, each
+            # cookie's flows compiled when asked (see ``ofsweep``).
+            changes, counts = await sync_in_ranges(self._switch, desired, held)
+            self._flow_counts.update(counts)
+            return changes
+        changes = await self._switch.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)
         return changes

@@ -431,5 +431,10 @@ class FlowEncoder:
         self._instructions[flow.actions] = encoded
         return encoded
 
+    def forget_flows(self) -> None:
+        """Start the memos of whole flows (encodings, keys) over; the pieces stay."""
+        self._cache.clear()
+        self._keys.clear()
+
     def __len__(self) -> int:
         return len(self._cache)

@@ -88,10 +88,9 @@ class SwitchState:
 class ChannelSwitch:
     """Flow and meter changes on one bridge over ``channel``.
 
-    ``pipeline`` resolves table names; ``explain_target`` is the
-    ovs-ofctl target (``unix:RUNDIR/BRIDGE.mgmt``) used only to explain a
-    read-back that differs from the intent (defaults to the channel's
-    socket)."""
+    ``pipeline`` resolves table names; ``explain_target`` is the ovs-ofctl
+    target (``unix:RUNDIR/BRIDGE.mgmt``) used only to explain a read-back
+    that differs from the intent (defaults to the channel's socket)."""
 
     def __init__(
         self,
@@ -184,8 +183,7 @@ class ChannelSwitch:
         [outcome] = await self._exchange([self._stats(cookie, mask)])
         return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}")
 
-    async def dump(self, cookie: int, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
-        return await self.installed(cookie, mask)
+    dump = installed
 
     async def read(self, cookie: int, mask: int = ALL_COOKIES, *, meters: bool = False) -> SwitchState:
         """The flows of ``cookie``/``mask`` and, with ``meters``, the meter
@@ -205,6 +203,10 @@ class ChannelSwitch:
             await self._channel.echo()
         except ChannelError as exc:
             raise OpenFlowError(str(exc)) from exc
+
+    def forget_read_flows(self) -> None:
+        """Start the flow-stats reader's memos over (see ``ofsweep``)."""
+        self._reader.forget()
 
     # -- what the last verified sync left ------------------------------------
 

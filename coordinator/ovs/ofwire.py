@@ -233,6 +233,11 @@ class FlowStatsReader:
         key = FlowKey(cookie, table, priority, match, self._piece(bytes(body[match_end:end])))
         return InstalledFlow(self._canonical(key), block)
 
+    def forget(self) -> None:
+        """Start both memos over."""
+        self._seen.clear()
+        self._pieces.clear()
+
     def _piece(self, piece: bytes) -> bytes:
         kept = self._pieces.get(piece)
         if kept is None:

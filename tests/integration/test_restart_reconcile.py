@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.attachment_identity import cookie_for_slot
+from coordinator.attachment_identity import cookie_for_slot, cookie_in_flow
 from coordinator.daemon import Adapters, build
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.classes import load_network_classes
+from coordinator.ovs import ofsweep
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS
@@ -112,6 +113,85 @@ async def test_drift_in_a_few_of_many_attachments_is_found_and_repaired(
             0,
             0,
         )
+    finally:
+        if adapters is not None:
+            for record in await adapters.service.list_all():
+                await adapters.service.dataplane.teardown(record)
+            await adapters.close()
+        stack.backend.destroy()
+
+
+def _claims(ovs: OvsInstance, address: str) -> list[int]:
+    """The cookies of the flows dropping ARP that claims ``address`` (one
+    place: whichever attachment's flow the switch holds)."""
+    dump = ovs.ofctl("dump-flows", "--no-stats", ovs.mgmt(BRIDGE), f"arp,arp_spa={address}")
+    return [c for line in dump.splitlines() if "actions=drop" in line and (c := cookie_in_flow(line))]
+
+
+async def test_a_restart_reconciles_a_range_of_slots_at_a_time_drift_in_a_late_range_too(
+    tmp_path: Path, ovs: OvsInstance, uplink: Uplink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconcile compiles, compares and syncs a few slots at a time
+    (here two, so six attachments span four ranges): drift in the first and
+    the last range is repaired for exactly those attachments, and a place
+    claimed from two ranges (two sandboxes with one address: the drop of
+    ARP claiming it) goes to the later cookie and stays there, the restarts
+    after finding nothing to correct, also once the switch lost every flow
+    of theirs and got them back."""
+    monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 2)
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=ATTACHMENTS, sfs=0)
+    adapters: Adapters | None = None
+    scopes = [_scope(i) for i in range(ATTACHMENTS)]
+    scopes[4] = _scope(1)  # the address of sandbox 1, in another range
+    shared = "198.51.100.21"
+    try:
+        records = [await stack.attach(f"ranges-{i}") for i in range(ATTACHMENTS)]
+        for i in range(ATTACHMENTS):
+            await stack.service.apply_policy(f"ranges-{i}", scopes[i])
+        records = [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+        by_slot = sorted(range(ATTACHMENTS), key=lambda i: records[i].slot)
+        assert [records[i].slot // 2 for i in by_slot] == [0, 1, 1, 2, 2, 3]
+        first, last = by_slot[0], by_slot[-1]
+        earlier, later = sorted((1, 4), key=lambda i: records[i].slot)
+        await _stop(stack)
+        mgmt = ovs.mgmt(BRIDGE)
+        # While it is down: the shared place goes to the earlier cookie, the
+        # first attachment gains a stray flow and the last loses one.
+        [holder] = _claims(ovs, shared)
+        dump = ovs.ofctl("dump-flows", "--no-stats", mgmt, f"arp,arp_spa={shared}")
+        [line] = [line.strip() for line in dump.splitlines() if "actions=drop" in line]
+        place = line.split(" actions=")[0].removeprefix(f"cookie={holder:#x}, ")
+        ovs.ofctl(
+            "add-flow", mgmt, f"cookie={cookie_for_slot(records[earlier].slot):#x},{place},actions=drop"
+        )
+        assert _claims(ovs, shared) == [cookie_for_slot(records[earlier].slot)]
+        stray = f"cookie={cookie_for_slot(records[first].slot):#x},table=0,priority=2,ip,nw_src=203.0.113.99"
+        ovs.ofctl("add-flow", mgmt, f"{stray},actions=drop")
+        cookie = cookie_for_slot(records[last].slot)
+        ovs.ofctl(
+            "del-flows", "--strict", mgmt, _rule_flow(stack, records[last], 443) + f",cookie={cookie:#x}/-1"
+        )
+
+        adapters = await build(stack.config, stack.backend)  # the restart
+        events = await adapters.store.events_since(0)
+        repaired = {e.attachment_id for e in events if e.reason == "FlowsRepaired"}
+        # The shared place moved to the later cookie: a repair of both.
+        assert repaired == {records[i].attachment_id for i in (first, last, earlier, later)}
+        assert _claims(ovs, shared) == [cookie_for_slot(records[later].slot)]
+        for i in range(ATTACHMENTS):
+            if i != earlier:  # the one whose flow another holds
+                assert await _holds_exactly(adapters, records[i], scopes[i]), f"attachment {i}"
+
+        for lost in (False, True, False):
+            await _stop(adapters)
+            if lost:  # every attachment's flows gone (as after an ovs-vswitchd restart)
+                for record in records:
+                    ovs.ofctl("del-flows", mgmt, f"cookie={cookie_for_slot(record.slot):#x}/-1")
+            adapters = await build(stack.config, stack.backend)
+            report = adapters.service.last_converge
+            assert report is not None and report.flows_removed == 0
+            assert report.corrections == (ATTACHMENTS if lost else 0)
+            assert _claims(ovs, shared) == [cookie_for_slot(records[later].slot)]
     finally:
         if adapters is not None:
             for record in await adapters.service.list_all():

@@ -19,6 +19,7 @@ from coordinator.attachment_identity import (
     conjunction_id,
     cookie_for_slot,
     cookie_in_flow,
+    cookie_range,
     is_ours,
     meter_of_slot,
     slot_of_cookie,
@@ -114,3 +115,20 @@ def test_conjunction_id_layout() -> None:
 )
 def test_cookie_in_printed_flow(flow: str, cookie: int | None) -> None:
     assert cookie_in_flow(flow) == cookie
+
+
+@given(st.lists(slots, min_size=1, max_size=20))
+def test_a_cookie_range_selects_its_cookies_and_an_aligned_range_of_slots_no_wider(chosen: list[int]) -> None:
+    cookie, mask = cookie_range(cookie_for_slot(s) for s in chosen)
+    assert all(cookie_for_slot(s) & mask == cookie for s in chosen)
+    assert mask & COOKIE_OWNER_MASK == COOKIE_OWNER_MASK  # only ours
+    covered = (~mask & ((1 << 64) - 1)) + 1  # slots the range spans, aligned
+    assert covered == 1 or covered < 2 * (max(chosen) ^ min(chosen)) + 2
+    assert (cookie & MAX_SLOT) % covered == 0
+
+
+def test_a_cookie_range_of_a_few_slots() -> None:
+    assert cookie_range([cookie_for_slot(5)]) == (cookie_for_slot(5), (1 << 64) - 1)
+    assert cookie_range(cookie_for_slot(s) for s in (4, 7, 5)) == (COOKIE_OWNER | 4, ((1 << 64) - 1) & ~3)
+    with pytest.raises(ValueError, match="not ours"):
+        cookie_range([cookie_for_slot(4), 0x1234])

@@ -5,16 +5,20 @@ when the switch refuses a step."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
 from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot
+from coordinator.dataplane_port import HeldFlows
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import PreparedDevice
+from coordinator.flows.model import Flow
 from coordinator.ovs.port_keys import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY, SANDBOX_KEY
-from coordinator.store.records import AttachmentState, PolicyState
-from tests.unit.fake_dataplane import FakeDataplane, devices
+from coordinator.policy.scope import Scope
+from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
+from tests.unit.fake_dataplane import Change, FakeDataplane, devices
 from tests.unit.service_harness import CLASSES, PIPELINE, harness, scope
 
 ISOLATED = CLASSES["dpu-ovs-isolated"]
@@ -67,6 +71,40 @@ async def test_an_ovs_restart_is_noticed_and_everything_reinstalled_without_repa
         assert report.attachments == 2 and report.flows_added > 0
         assert {a.slot, b.slot} <= h.switch.zone_limits and b.slot in h.switch.meters
         assert "FlowsRepaired" not in h.reasons() and await h.service.switch_intact() is None
+
+
+class _CountingCompiles(FakeDataplane):
+    """Counts the attachments' flows compiled, and how many were when ``sync_all`` began."""
+
+    def __init__(self) -> None:
+        super().__init__(PIPELINE)
+        self.compiled = 0
+        self.compiled_before_sync: list[int] = []
+
+    def desired_flows(self, record: AttachmentRecord, ofport: int, scope: Scope) -> list[Flow]:
+        self.compiled += 1
+        return super().desired_flows(record, ofport, scope)
+
+    async def sync_all(
+        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    ) -> Mapping[int, Change]:
+        self.compiled_before_sync.append(self.compiled)
+        return await super().sync_all(desired, held=held)
+
+
+async def test_a_reconverge_lets_the_dataplane_compile_each_attachments_flows_when_it_asks(
+    tmp_path: Path,
+) -> None:
+    # Not a whole switch of flows compiled up front and held while the
+    # dataplane compares them (it takes them a range at a time).
+    switch = _CountingCompiles()
+    async with harness(tmp_path, switch=switch) as h:
+        for sandbox in ("sb-1", "sb-2", "sb-3"):
+            await h.attach(sandbox)
+        switch.compiled, switch.compiled_before_sync = 0, []
+        await h.service.reconverge("start")
+        assert switch.compiled_before_sync == [0]
+        assert switch.compiled == 3  # each once: the fake reads each cookie once
 
 
 async def test_flows_that_drifted_are_repaired_at_start_with_an_event(tmp_path: Path) -> None:

@@ -1,0 +1,111 @@
+"""The whole-switch sync of a reconcile (``ovs.ofsweep``) without a switch:
+a switch already as intended is found so with each cookie's flows asked for
+one at a time, never all at once, and a place two cookies claim is the
+later cookie's. Drift, and the syncs that repair it, are exercised against
+a real OVS (tests/integration/test_restart_reconcile.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Iterator, Mapping
+
+import pytest
+
+from coordinator.flows.model import Drop, Flow, Output
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.ovs import ofsweep
+from coordinator.ovs.ofchannel import OpenFlowChannel
+from coordinator.ovs.ofencode import encode_flow_add
+from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.ofwire import InstalledFlow, as_installed
+from coordinator.ovs.openflow import OpenFlowError
+
+PIPELINE = load_pipeline()
+COOKIES = [0xBFC0_0000_0000_0000 | slot for slot in range(1, 41)]
+PER_COOKIE = 5
+SHARED_PRIORITY = 3010
+
+
+def _flows(cookie: int) -> list[Flow]:
+    """Fresh Flow values (no compile memo keeps them): one shared place
+    (every cookie claims it), the rest the cookie's own."""
+    slot = cookie & 0xFFFF
+    own = [
+        Flow("egress_policy", 1000 + i, (("in_port", str(slot)),), (Drop(),), cookie)
+        for i in range(PER_COOKIE - 1)
+    ]
+    return [
+        *own,
+        Flow("classify", 3010, (("dl_type", "0x0806"), ("arp_spa", "198.51.100.10")), (Drop(),), cookie),
+    ]
+
+
+class _Compiled(Mapping[int, list[Flow]]):
+    """Each cookie's flows made when asked; how many made earlier still live then."""
+
+    def __init__(self) -> None:
+        self.live: weakref.WeakSet[Flow] = weakref.WeakSet()
+        self.most_live = 0
+
+    def __getitem__(self, cookie: int) -> list[Flow]:
+        self.most_live = max(self.most_live, len(self.live))
+        flows = _flows(cookie)
+        self.live.update(flows)
+        return flows
+
+    def __contains__(self, cookie: object) -> bool:
+        return cookie in COOKIES
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(COOKIES)
+
+    def __len__(self) -> int:
+        return len(COOKIES)
+
+
+def _switch() -> ChannelSwitch:
+    # Nothing may be sent: the channel has nowhere to connect to.
+    return ChannelSwitch(OpenFlowChannel(lambda: "/nonexistent", timeout=0.1), PIPELINE)
+
+
+def _as_intended() -> list[InstalledFlow]:
+    """What the switch holds once every cookie's flows are in: the shared place the last cookie's."""
+    held = []
+    for cookie in COOKIES:
+        flows = _flows(cookie)
+        held += [
+            as_installed(encode_flow_add(f, PIPELINE))
+            for f in (flows if cookie == COOKIES[-1] else flows[:-1])
+        ]
+    return held
+
+
+def test_a_switch_as_intended_is_compared_with_one_cookies_flows_at_a_time() -> None:
+    desired = _Compiled()
+    changes, counts = asyncio.run(ofsweep.sync_in_ranges(_switch(), desired, _as_intended()))
+    assert changes == {}
+    # Every cookie holds its own flows; the shared one counts for the last.
+    assert counts == {c: PER_COOKIE - (c != COOKIES[-1]) for c in COOKIES}
+    # Asked for one cookie at a time: the flows of the one before, at most,
+    # were still held when the next was made (not all forty cookies').
+    assert 0 < desired.most_live <= PER_COOKIE
+
+
+def test_the_shared_place_held_by_an_earlier_cookie_is_a_difference() -> None:
+    # The first cookie's claim holds the shared place instead of the last's:
+    # both differ, so a sync is needed (and the channel, which has no
+    # switch, refuses it).
+    held = [f for f in _as_intended() if f.key.priority != SHARED_PRIORITY]
+    held.append(as_installed(encode_flow_add(_flows(COOKIES[0])[-1], PIPELINE)))
+    with pytest.raises(OpenFlowError):
+        asyncio.run(ofsweep.sync_in_ranges(_switch(), _Compiled(), held))
+
+
+def test_a_flow_with_other_instructions_in_its_place_is_a_difference() -> None:
+    held = _as_intended()
+    first = _flows(COOKIES[0])[0]
+    other = Flow(first.table, first.priority, first.match, (Output(7),), first.cookie)
+    held[0] = as_installed(encode_flow_add(other, PIPELINE))
+    with pytest.raises(OpenFlowError):
+        asyncio.run(ofsweep.sync_in_ranges(_switch(), _Compiled(), held))
