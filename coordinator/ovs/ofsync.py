@@ -142,11 +142,12 @@ class ChannelSwitch:
         request = parser.OFPMeterConfigStatsRequest(DATAPATH, 0, ofp.OFPM_ALL)
         return Outgoing(serialize(request, xid), xid, Reply.MULTIPART)
 
-    def _flows_of(self, outcome: Outcome, what: str) -> list[InstalledFlow]:
+    def _flows_of(self, outcome: Outcome, what: str, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
         if outcome.error is not None:
             raise OpenFlowError(f"{what}: {outcome.error.describe()}")
         try:
-            return [f for reply in outcome.replies for f in self._reader.read(multipart_body(reply)[1])]
+            bodies = (multipart_body(reply)[1] for reply in outcome.replies)  # many cookies: no memo
+            return [f for body in bodies for f in self._reader.read(body, remember=mask == ALL_COOKIES)]
         except WireError as exc:
             raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
 
@@ -181,7 +182,7 @@ class ChannelSwitch:
     async def installed(self, cookie: int, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
         """The flows whose cookie matches ``cookie`` under ``mask``."""
         [outcome] = await self._exchange([self._stats(cookie, mask)])
-        return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}")
+        return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}", mask)
 
     dump = installed
 
@@ -321,7 +322,7 @@ class ChannelSwitch:
         if beside_readback is None:
             results = await self._exchange([*bundle, self._stats(cookie, mask)])
             check_bundle(bundle, results[: len(bundle)], label)
-            return self._flows_of(results[-1], "reading back flows")
+            return self._flows_of(results[-1], "reading back flows", mask)
         # The read-back is written right behind the bundle (the switch takes
         # them in order), and ``beside_readback`` starts as soon as the
         # bundle's barrier answers, while the read-back is under way.

@@ -123,18 +123,19 @@ def split_oxm(tlvs: bytes) -> tuple[bytes, ...]:
     """The TLVs of an OXM match body, sorted (each: 4-byte header, payload)."""
     out = []
     at = 0
-    while at < len(tlvs):
-        if at + 4 > len(tlvs):
+    size = len(tlvs)
+    while at < size:
+        if at + 4 > size:
             raise WireError(f"OXM header cut at byte {at}")
         length = tlvs[at + 3]
         end = at + 4 + length
-        if end > len(tlvs) or (
-            struct.unpack_from("!H", tlvs, at)[0] == _OXM_EXPERIMENTER_CLASS and length < 4
-        ):
+        # (An experimenter field's class, 0xffff, is followed by its id.)
+        if end > size or (length < 4 and tlvs[at] == tlvs[at + 1] == _OXM_EXPERIMENTER_CLASS & 0xFF):
             raise WireError(f"OXM field at byte {at} runs past the match")
         out.append(tlvs[at:end])
         at = end
-    return tuple(sorted(out))
+    out.sort()
+    return tuple(out)
 
 
 def _match_at(buf: bytes, at: int, limit: int) -> tuple[bytes, tuple[bytes, ...], int]:
@@ -200,7 +201,10 @@ class FlowStatsReader:
         # comparison then finds each by identity.
         self._canonical = canonical or (lambda key: key)
 
-    def read(self, body: bytes) -> list[InstalledFlow]:
+    def read(self, body: bytes, *, remember: bool = True) -> list[InstalledFlow]:
+        """The flows of ``body``; without ``remember`` none is looked up or
+        kept by its spelling (a read of many cookies, e.g. the whole switch,
+        holds more flows than the memo and would only churn it)."""
         flows: list[InstalledFlow] = []
         append, remembered = flows.append, self._seen.get  # the loop runs once per flow
         at = 0
@@ -213,6 +217,10 @@ class FlowStatsReader:
             end = at + length
             if length < size + 8 or end > total:
                 raise WireError(f"flow stats entry of length {length} at byte {at} does not fit")
+            if not remember:
+                append(self._parse(body, at, end))
+                at = end
+                continue
             # Length and table; priority, timeouts, flags and cookie; match
             # and instructions (the durations and counters between change).
             spelling = body[at : at + 4] + body[at + 12 : at + 32] + body[at + size : end]

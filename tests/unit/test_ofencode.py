@@ -169,6 +169,9 @@ def test_a_read_back_is_parsed_once_per_spelling_whatever_its_counters() -> None
     [again] = reader.read(entry(500))
     assert first.key == key and again is first  # the second one was a lookup
     assert flow_stats(entry(3))[0].key == key
+    # A read of many cookies (the whole switch) parses without the memo.
+    [unkept] = (fresh := FlowStatsReader()).read(entry(1), remember=False)
+    assert unkept.key == key and unkept.match_block == first.match_block and not fresh._seen
 
 
 def test_a_hello_without_openflow13_in_its_bitmap_is_refused() -> None:
