@@ -272,9 +272,12 @@ of it runs while the switch works (CPU of the loop's thread,
   their fixed part packed once, and only its barrier has a future to
   wait on. A fresh 100-rule policy: 2.7 to 1.8 ms.
 
-In the run above a one-rule change takes 3.8 ms at 100 rules (0.27x
-OVN, 10x the channel floor) and 9.9 ms at 1,000 (0.23x OVN), a fresh
-policy 4.9 ms (0.14x) and 18.0 ms (0.07x). The same applies one right
+In the run above a one-rule change takes 4.7 ms at 100 rules (0.27x
+OVN, 9.3x the channel floor) and 11.9 ms at 1,000 (0.24x OVN), a fresh
+policy 5.9 ms (0.14x) and 23.3 ms (0.06x); a full run of the same apply
+path half an hour earlier, on the same idle machine, read 3.8, 9.9, 4.9
+and 18.0 ms (0.27x, 0.23x, 0.14x, 0.07x): OVN and the floors moved with
+it, the ratios are the figures to read. The same applies one right
 after another in one process take about half that: an apply that
 follows other work on the machine (here the floors' `ovs-ofctl`
 processes and OVN's; in production, whatever ran since the last policy
@@ -491,9 +494,13 @@ commit and two reads of every BOUND attachment; a withdrawal with
 nothing to withdraw now reads the sandbox's policy version (no commit)
 and a transition of a few sandboxes reads only their attachments.
 
-In the run above BASELINE is 15.2 ms, WAIT_INITIAL 20.9 ms and 8 clients
-reach 33.5 attaches/s (the full run before this work: 15.1 ms, 19.4 ms,
-34.5/s). What bounds the storm is the daemon's CPU: ~20 ms per attach +
+OVSDB's updates are now parsed by the ovs library's C parser where the
+distribution has it (`ovs/json_parser`): two interleaved pairs of the
+attach case (`--attaches 100 --no-ovn`), C against pure Python: BASELINE
+14.0 / 14.9 against 15.7 / 15.3 ms, 8 clients 37.3 / 39.0 against 35.9 /
+33.8 attaches/s. In the run above BASELINE is 14.1 ms, WAIT_INITIAL 18.3
+ms and 8 clients reach 40.2 attaches/s (the full run before this work:
+15.1 ms, 19.4 ms, 34.5/s). What bounded the storm is the daemon's CPU: ~20 ms per attach +
 detach cycle, half of one core, of which (`py-spy record --gil`) ~60% on
 the event loop (gRPC with mTLS, the Attach and Detach steps), ~20% on
 ovsdbapp's thread parsing OVSDB's JSON in pure Python (the ovs
@@ -578,11 +585,15 @@ start until Health, and its RSS read as the scale case reads it).
   cryptography, libpython, libcrypto) and ~42 MB is live; the rest is
   what the peak of the one read of every flow of ours (~22 MB parsed)
   and of the intended keys left.
-- **In the run above** (the range-wise reconcile): RSS 108 MB (162
-  before), start until Health 6.2 s, re-program after a vswitchd restart
-  24.0 s against 17.1 s for the raw bundle (1.40x; 1.57x before: a range
-  of 128 slots is one bundle and its read-back, not one of every flow),
-  and the no-drift restart reconcile 6.9 s (5.7 s before). What the
+- **In the run above** (the range-wise reconcile): RSS 110 MB (162
+  before), start until Health 6.0 s, the no-drift restart reconcile 5.25
+  s (5.7 s before), and re-program after a vswitchd restart 20.8 s
+  against 12.6 s for the raw bundle (1.65x; 1.57x before). The full run
+  half an hour earlier, same code but for the JSON parser, read 108 MB,
+  6.2 s, 6.9 s and 24.0 s against 17.1 s (1.40x): the raw bundle's own
+  time moves by a third between runs, so neither ratio settles whether
+  a range of 128 slots at a time (one bundle and its read-back each, not
+  one of every flow) is within 1.5x of it. What the
   reconcile spends is still the keys of ~60,000 intended flows, the
   parse of the dump and 1,024 compiles, each attachment compiled and
   keyed on its own: a compile of each distinct policy once, the others'
