@@ -50,6 +50,15 @@ async def _stop(stack: Stack | Adapters) -> None:
     await (stack.async_store if isinstance(stack, Stack) else stack.store).close()
 
 
+async def _clean_up(adapters: Adapters | None, stack: Stack) -> None:
+    """Every attachment torn down and the daemon closed, then the eswitch's functions."""
+    if adapters is not None:
+        for record in await adapters.service.list_all():
+            await adapters.service.dataplane.teardown(record)
+        await adapters.close()
+    stack.backend.destroy()
+
+
 async def _holds_exactly(adapters: Adapters, record: AttachmentRecord, scope: Scope) -> bool:
     """Whether the switch holds exactly ``scope``'s flows under the attachment's cookie."""
     desired = adapters.dataplane.desired_flows(record, record.ofport, scope)
@@ -114,11 +123,7 @@ async def test_drift_in_a_few_of_many_attachments_is_found_and_repaired(
             0,
         )
     finally:
-        if adapters is not None:
-            for record in await adapters.service.list_all():
-                await adapters.service.dataplane.teardown(record)
-            await adapters.close()
-        stack.backend.destroy()
+        await _clean_up(adapters, stack)
 
 
 def _claims(ovs: OvsInstance, address: str) -> list[int]:
@@ -193,8 +198,4 @@ async def test_a_restart_reconciles_a_range_of_slots_at_a_time_drift_in_a_late_r
             assert report.corrections == (ATTACHMENTS if lost else 0)
             assert _claims(ovs, shared) == [cookie_for_slot(records[later].slot)]
     finally:
-        if adapters is not None:
-            for record in await adapters.service.list_all():
-                await adapters.service.dataplane.teardown(record)
-            await adapters.close()
-        stack.backend.destroy()
+        await _clean_up(adapters, stack)
