@@ -113,8 +113,8 @@ class PolicyApply:
         wanted = set(sandbox_ids)
         store = self._ctx.store
         for sandbox_id in sorted(wanted):
-            # The gateway answers every sandbox it has no policy for so (each
-            # new one on an attach storm): a read, not a commit, when none is kept.
+            # The gateway withdraws every sandbox it has no policy for (each
+            # new one, on an attach storm): a read, not a commit, when none is kept.
             if await store.policy_version(sandbox_id) is not None:
                 await store.delete_policy(sandbox_id)
 
