@@ -543,7 +543,7 @@ start until Health, and its RSS read as the scale case reads it).
   read (beside the OVSDB reads and the eswitch's prepared functions) are
   what `sync_all` diffs against; when every attachment's cookie still
   holds flows, the read flows are compared with the intent by canonical
-  key alone (`ChannelSwitch.holds_exactly`, no flow-mods laid out), and
+  key alone (no flow-mods laid out; now in `ovs/ofsweep`), and
   any difference falls back to the full verified sync. Every stored
   policy comes in one read, each distinct stored value decoded once. The
   emulated eswitch checks and sets up all its representors with one

@@ -239,20 +239,6 @@ class ChannelSwitch:
             wanted[key] = (flow, encoded)
         return wanted
 
-    def holds_exactly(self, desired: Mapping[int, Sequence[Flow]], flows: Iterable[InstalledFlow]) -> bool:
-        """Whether ``flows`` (as read) hold, of the cookies of ``desired``,
-        exactly its flows: what ``sync_many`` would find nothing to change
-        in (the same keys, the later of two alike flows winning, as in
-        ``encode``). Only keys are computed, no flow-mods, so a switch that
-        is as intended costs a fraction of a sync of it."""
-        wanted: dict[tuple[int, int, tuple[bytes, ...]], FlowKey] = {}
-        for cookie_flows in desired.values():
-            for flow in cookie_flows:
-                key = self._encoder.key(flow)
-                wanted[(key.table, key.priority, key.match)] = key
-        have = {f.key for f in flows if f.key.cookie in desired}
-        return len(have) == len(wanted) and all(key in have for key in wanted.values())
-
     async def sync(
         self,
         cookie: int,

@@ -15,15 +15,12 @@ from coordinator.flows.compiler import BridgeFacts, PortFacts, attachment_flows,
 from coordinator.flows.dry_run import EXAMPLE_PORT
 from coordinator.flows.model import Conjunction, Drop, Flow, Goto, Meter, Output
 from coordinator.flows.pipeline import load_pipeline
-from coordinator.ovs.ofchannel import OpenFlowChannel, _hello_offers_13
+from coordinator.ovs.ofchannel import _hello_offers_13
 from coordinator.ovs.ofencode import EncodeError, FlowEncoder, encode_flow_add
-from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import (
     ErrorReply,
     FlowStatsReader,
-    InstalledFlow,
     WireError,
-    as_installed,
     error_reply,
     flow_mod_key,
     flow_stats,
@@ -183,29 +180,3 @@ def test_a_hello_without_openflow13_in_its_bitmap_is_refused() -> None:
     assert not _hello_offers_13(hello(6, 1 << 6))
     assert not _hello_offers_13(hello(1, None))
     assert _hello_offers_13(hello(4, None))
-
-
-def test_a_switch_holds_exactly_the_intent_only_with_every_key_of_it() -> None:
-    """The whole-switch comparison by keys: what ``sync_many`` would find
-    nothing to change in. Two cookies claiming the same flow: the later
-    one's is intended (as an ordered bundle would leave it)."""
-    switch = ChannelSwitch(OpenFlowChannel(lambda: "/nonexistent", timeout=1.0), PIPELINE)
-    a, b, other = 0xBFC0_0000_0000_0001, 0xBFC0_0000_0000_0002, 0xBFC0_0000_0000_0003
-
-    def flow(cookie: int, port: str, *actions: object) -> Flow:
-        return Flow("egress_policy", 1000, (("in_port", port),), actions or (Drop(),), cookie)  # type: ignore[arg-type]
-
-    shared_a, shared_b = flow(a, "9"), flow(b, "9")  # same table, priority and match
-    desired = {a: [flow(a, "1"), flow(a, "2"), shared_a], b: [flow(b, "3"), shared_b]}
-
-    def held(*flows: Flow) -> list[InstalledFlow]:
-        return [as_installed(encode_flow_add(f, PIPELINE)) for f in flows]
-
-    exact = [flow(a, "1"), flow(a, "2"), flow(b, "3"), shared_b]
-    assert switch.holds_exactly(desired, held(*exact))
-    assert switch.holds_exactly(desired, held(*exact, flow(other, "4")))  # not ours to judge
-    assert not switch.holds_exactly(desired, held(*exact[:-1], shared_a))  # the earlier claim won
-    assert not switch.holds_exactly(desired, held(*exact[1:]))  # one missing
-    assert not switch.holds_exactly(desired, held(*exact, flow(a, "5")))  # one too many
-    changed = flow(a, "2", Goto("egress_commit"))  # same count, other actions
-    assert not switch.holds_exactly(desired, held(exact[0], changed, *exact[2:]))

@@ -109,3 +109,23 @@ def test_a_flow_with_other_instructions_in_its_place_is_a_difference() -> None:
     held[0] = as_installed(encode_flow_add(other, PIPELINE))
     with pytest.raises(OpenFlowError):
         asyncio.run(ofsweep.sync_in_ranges(_switch(), _Compiled(), held))
+
+
+def _extra(cookie: int, port: str) -> InstalledFlow:
+    return as_installed(
+        encode_flow_add(Flow("egress_policy", 999, (("in_port", port),), (Drop(),), cookie), PIPELINE)
+    )
+
+
+def test_a_flow_of_a_cookie_not_ours_is_not_judged() -> None:
+    held = [*_as_intended(), _extra(0xBFC0_0000_0000_FFFF, "4")]
+    changes, _ = asyncio.run(ofsweep.sync_in_ranges(_switch(), _Compiled(), held))
+    assert changes == {}
+
+
+@pytest.mark.parametrize("drift", ["one missing", "one too many"])
+def test_a_flow_missing_or_one_too_many_is_a_difference(drift: str) -> None:
+    held = _as_intended()
+    held = held[1:] if drift == "one missing" else [*held, _extra(COOKIES[0], "5")]
+    with pytest.raises(OpenFlowError):
+        asyncio.run(ofsweep.sync_in_ranges(_switch(), _Compiled(), held))
