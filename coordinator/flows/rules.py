@@ -20,14 +20,17 @@ import functools
 import ipaddress
 import itertools
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from coordinator.attachment_identity import MAX_RULE_INDEX, conjunction_id
 from coordinator.flows.model import Conjunction, Drop, Flow, FlowAction, Goto, Match
 from coordinator.flows.pipeline import FlowViolation, Pipeline
 from coordinator.policy.portmask import ranges_to_masks
 from coordinator.policy.scope import PortRange, Protocol, Rule, RuleAction, Scope
+from coordinator.sequences import changed_span
 
 ETH_BY_FAMILY = {4: "0x0800", 6: "0x86dd"}
 PROTO_NUMBER = {Protocol.TCP: "6", Protocol.UDP: "17", Protocol.ICMP: "1", Protocol.ICMPV6: "58"}
@@ -209,10 +212,75 @@ def _context(pipeline: Pipeline, side: Side, family: int, slot: int, cookie: int
 _context_numbers = itertools.count()
 
 
+# The last walk of each attachment's direction, for its next walk to patch:
+# a one-rule change of a thousand-rule policy then looks at that one rule,
+# not at every rule and flow again. Bounded in the rules the kept walks
+# hold, the least recently walked going first.
+WALK_RULES_KEPT = 2 * RULE_FLOWS_KEPT
+# A walk is patched where at most this many rules changed (or an eighth of
+# them, if more): a larger change walks the whole way.
+PATCHED_RULES_MAX = 16
+
+
+@dataclass
+class _Walk:
+    """One walk over an attachment direction's rules in which no two rules
+    asked for one place, so its flows are what each rule asked for, family
+    by family and rule by rule: ``asked[f * len(rules) + i]`` is what rule
+    ``i`` asked for in the ``f``-th family."""
+
+    pipeline: Pipeline  # kept, so that its id (in the key) stays its own
+    rules: tuple[Rule, ...]
+    families: tuple[int, ...]
+    contexts: tuple[int, ...]
+    asked: list[tuple[_Emitted, ...]]
+    places: set[_Place]
+    flows: list[Flow]
+
+
+_WalkKey = tuple[int, Side, tuple[int, ...], int, int]
+
+
+class _KeptWalks:
+    """The kept walks by key, least recently walked first, bounded in the
+    rules they hold (over all families)."""
+
+    def __init__(self) -> None:
+        self._walks: OrderedDict[_WalkKey, _Walk] = OrderedDict()
+        self._rules = 0
+
+    def take(self, key: _WalkKey) -> _Walk | None:
+        walk = self._walks.pop(key, None)
+        if walk is not None:
+            self._rules -= len(walk.asked)
+        return walk
+
+    def keep(self, key: _WalkKey, walk: _Walk) -> None:
+        if len(walk.asked) > WALK_RULES_KEPT:
+            return
+        self._walks[key] = walk
+        self._rules += len(walk.asked)
+        while self._rules > WALK_RULES_KEPT:
+            _, dropped = self._walks.popitem(last=False)
+            self._rules -= len(dropped.asked)
+
+    def clear(self) -> None:
+        self._walks.clear()
+        self._rules = 0
+
+    def __len__(self) -> int:
+        return len(self._walks)
+
+
+_walks = _KeptWalks()
+_flow_of = attrgetter("flow")
+
+
 def _forget_rule_flows() -> None:
     _contexts.clear()
     _emitted.clear()
     _places.clear()
+    _walks.clear()
 
 
 def _place(priority: int, match: Match) -> _Place:
@@ -290,32 +358,119 @@ def _rule_flows(
     # the memo may exceed its bound by one compile's rules until the next.
     if len(_emitted) >= RULE_FLOWS_KEPT or len(_contexts) >= RULE_FLOWS_KEPT or len(_places) >= PLACES_KEPT:
         _forget_rule_flows()
+    rules = tuple(rules)
+    families = tuple(families)
+    key = (id(pipeline), side, families, slot, cookie)
+    last = _walks.take(key)
+    walk = None
+    if last is not None and last.pipeline is pipeline:
+        walk = _patched_walk(last, pipeline, side, rules, cookie=cookie, slot=slot)
+    if walk is None:
+        contexts = tuple(_context(pipeline, side, family, slot, cookie) for family in families)
+        flows, walk = _whole_walk(pipeline, side, rules, families, contexts, cookie=cookie, slot=slot)
+        if walk is None:
+            return flows
+    _walks.keep(key, walk)
+    return list(walk.flows)  # the kept list stays the walk's own
+
+
+def _asked(
+    pipeline: Pipeline,
+    side: Side,
+    index: int,
+    rule: Rule,
+    context: int,
+    family: int,
+    *,
+    cookie: int,
+    slot: int,
+) -> tuple[_Emitted, ...]:
+    found = _emitted.get((context, index, rule))
+    if found is None:
+        found = _rule_emitted(pipeline, side, family, index, rule, cookie=cookie, slot=slot, context=context)
+    return found
+
+
+def _whole_walk(
+    pipeline: Pipeline,
+    side: Side,
+    rules: tuple[Rule, ...],
+    families: tuple[int, ...],
+    contexts: tuple[int, ...],
+    *,
+    cookie: int,
+    slot: int,
+) -> tuple[list[Flow], _Walk | None]:
+    """The flows of every rule, and the walk to keep (None when a place was
+    asked for twice: those flows are merges, which a patch does not redo)."""
     # A place one rule asks for holds its flow; a place several ask for
     # (identical clauses of two conjunctions) collects their actions.
     merged: dict[_Place, _Emitted | list[FlowAction]] = {}
+    asked: list[tuple[_Emitted, ...]] = []
     remembered = _emitted.get
-    for family in families:
-        context = _context(pipeline, side, family, slot, cookie)
+    shared = False
+    for family, context in zip(families, contexts, strict=True):
         for index, rule in enumerate(rules):
             found = remembered((context, index, rule))
             if found is None:
                 found = _rule_emitted(
                     pipeline, side, family, index, rule, cookie=cookie, slot=slot, context=context
                 )
+            asked.append(found)
             for emitted in found:
                 earlier = merged.get(emitted.place)
                 if earlier is None:
                     merged[emitted.place] = emitted
-                elif isinstance(earlier, _Emitted):
+                    continue
+                shared = True
+                if isinstance(earlier, _Emitted):
                     merged[emitted.place] = [earlier.action, emitted.action]
                 else:
                     earlier.append(emitted.action)
-    return [
+    flows = [
         held.flow
         if isinstance(held, _Emitted)
         else _merge(pipeline, side.table, place.priority, place.match, held, cookie)
         for place, held in merged.items()
     ]
+    if shared:
+        return flows, None
+    return flows, _Walk(pipeline, rules, families, contexts, asked, set(merged), flows)
+
+
+def _patched_walk(
+    last: _Walk, pipeline: Pipeline, side: Side, rules: tuple[Rule, ...], *, cookie: int, slot: int
+) -> _Walk | None:
+    """``last`` (taken out of the memo: changed in place) made the walk of
+    ``rules``, looking only at the rules that are not the very ones of
+    ``last`` at the same index; None where a whole walk is needed (rules
+    added, removed or many changed, or a place now asked for twice). The
+    flows are in the whole walk's order: as no place is shared, each rule's
+    flows in turn."""
+    count = len(rules)
+    if len(last.rules) != count:
+        return None  # the later rules' indexes (their conjunction ids) moved
+    start, _, end = changed_span(last.rules, rules)
+    if end - start > max(PATCHED_RULES_MAX, count // 8):
+        return None
+    if start == end:
+        return last
+    asked, places = last.asked, last.places
+    for f in range(len(last.families)):
+        for index in range(start, end):
+            for emitted in asked[f * count + index]:
+                places.discard(emitted.place)
+    for f, (family, context) in enumerate(zip(last.families, last.contexts, strict=True)):
+        for index in range(start, end):
+            found = _asked(pipeline, side, index, rules[index], context, family, cookie=cookie, slot=slot)
+            for emitted in found:
+                if emitted.place in places:
+                    return None  # asked for twice: a merge
+                places.add(emitted.place)
+            asked[f * count + index] = found
+    last.rules = rules
+    last.flows = list(map(_flow_of, itertools.chain.from_iterable(asked)))
+    return last
 
 
 def _merge(

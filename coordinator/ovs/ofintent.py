@@ -3,23 +3,26 @@
 ``ChannelSwitch.encode`` walks every flow (its encoding, its place, the
 later flow of a place winning): for a thousand-rule attachment that is
 most of a one-rule change's work. The compiler hands back the very Flow
-objects of unchanged rules, so the flows that came and went are two set
-differences, and only those are looked at. Anything unusual (a place
-taken twice, two flows with one key, a large change) is worked out the
-whole way instead, so the result is always what ``encode`` would give,
-in some order (the adds of distinct places commute in a bundle).
-Bounded in flows kept, the least recently used cookies going first.
+objects of unchanged rules, in the same order, so the flows that came and
+went are the span where the two sequences stop being the same objects
+(``sequences.changed_span``), and only those are looked at. Anything
+unusual (a place taken twice, two flows with one key, a large change) is
+worked out the whole way instead, so the result is always what ``encode``
+would give, in some order (the adds of distinct places commute in a
+bundle). Bounded in flows kept, the least recently used cookies going
+first.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from coordinator.flows.model import Flow
 from coordinator.ovs.ofencode import EncodedFlow
 from coordinator.ovs.ofwire import FlowKey, FlowPlace
+from coordinator.sequences import changed_span
 
 INTENT_FLOWS_KEPT = 16_384
 Wanted = dict[FlowKey, tuple[Flow, EncodedFlow]]
@@ -27,7 +30,7 @@ Wanted = dict[FlowKey, tuple[Flow, EncodedFlow]]
 
 @dataclass
 class _Intent:
-    flows: set[Flow]
+    flows: tuple[Flow, ...]  # as desired: each its own key and place
     wanted: Wanted
     places: dict[FlowPlace, FlowKey]
 
@@ -52,13 +55,13 @@ class CookieIntents:
         last = self._by_cookie.pop(cookie, None)
         if last is not None:
             self._flows -= len(last.flows)
-        flows = set(desired)
+        flows = tuple(desired)
         intent = self._patched(last, flows) if last is not None else None
         if intent is None:
-            wanted = self._encode_all(desired)
+            wanted = self._encode_all(flows)
             intent = _Intent(flows, wanted, {key.place: key for key in wanted})
             if len(intent.places) != len(wanted) or len(wanted) != len(flows):
-                return wanted  # places or keys shared: not worth remembering
+                return wanted  # places or keys shared (or a flow twice): not patched
         if len(flows) <= self._limit:
             self._by_cookie[cookie] = intent
             self._flows += len(flows)
@@ -67,17 +70,30 @@ class CookieIntents:
                 self._flows -= len(dropped.flows)
         return intent.wanted
 
-    def _patched(self, last: _Intent, flows: set[Flow]) -> _Intent | None:
-        gone = last.flows - flows
-        came = flows - last.flows
-        if len(gone) + len(came) > max(16, len(flows) // 8):
-            return None
+    def _patched(self, last: _Intent, flows: tuple[Flow, ...]) -> _Intent | None:
+        # Every flow of ``last`` has a key and a place of its own, so a flow
+        # gone is its key gone (a flow both gone and come back is removed,
+        # then added again); a flow come whose key or place is still held is
+        # a flow twice, or a place taken twice: the whole way.
+        start, last_end, end = changed_span(last.flows, flows)
+        gone: Collection[Flow] = last.flows[start:last_end]
+        came: Collection[Flow] = flows[start:end]
+        most = max(16, len(flows) // 8)
+        if len(gone) + len(came) > most:
+            # Equal flows as other objects (from a compile whose memo started
+            # over): diffed by value instead.
+            before, after = set(last.flows), set(flows)
+            gone, came = before - after, after - before
+            if len(gone) + len(came) > most:
+                return None
+        if not gone and not came and len(flows) == len(last.flows):
+            return _Intent(flows, last.wanted, last.places)
         wanted = dict(last.wanted)
         places = dict(last.places)
         for flow in gone:
             key = self._encode_one(flow).key
             held = wanted.pop(key, None)
-            if held is None or held[0] != flow:
+            if held is None or (held[0] is not flow and held[0] != flow):
                 return None
             del places[key.place]
         for flow in came:
@@ -87,4 +103,6 @@ class CookieIntents:
                 return None  # a place taken twice: the whole way, in order
             wanted[key] = (flow, encoded)
             places[key.place] = key
+        if len(wanted) != len(flows):
+            return None  # a flow twice
         return _Intent(flows, wanted, places)

@@ -51,8 +51,8 @@ def scope_to_stored(scope: Scope) -> bytes:
     head = policy_pb2.NetworkScope(
         version=scope.version, addresses=[str(net) for net in scope.addresses]
     ).SerializeToString()
-    egress = b"".join(_entry(rule, "egress") for rule in scope.egress)
-    ingress = b"".join(_entry(rule, "ingress") for rule in scope.ingress)
+    egress = _entries(scope.egress, "egress")
+    ingress = _entries(scope.ingress, "ingress")
     rest = scope_to_proto(dataclasses.replace(scope, version=0, addresses=(), egress=(), ingress=()))
     return head + egress + ingress + rest.SerializeToString()
 
@@ -73,9 +73,40 @@ def scope_from_stored(value: object) -> Scope:
     raise PolicyError(ROOT_FIELD, f"a stored policy is bytes or text, not {kind_of(value)}")
 
 
+# The encodings of the very Rule objects encoded last, by identity: an
+# apply of a policy whose unchanged rules are the same objects as before
+# (a policy kept while one rule of it changes) finds each with a lookup of
+# an int, not the Python-level hash of a Rule. Each entry keeps its Rule
+# alive, so no other object can have its id; started over when full.
+_by_identity: dict[str, dict[int, tuple[Rule, bytes]]] = {"egress": {}, "ingress": {}}
+
+
+def _entries(rules: tuple[Rule, ...], direction: str) -> bytes:
+    """``rules`` as entries of ``direction``, encoded and joined."""
+    known = _by_identity[direction]
+    if len(known) >= RULE_ENCODING_CACHE_SIZE:
+        known.clear()
+    found = known.get
+    out = []
+    for rule in rules:
+        held = found(id(rule))
+        if held is not None and held[0] is rule:
+            out.append(held[1])
+            continue
+        entry = _entry(rule, direction)
+        if len(known) < RULE_ENCODING_CACHE_SIZE and _small(rule):
+            known[id(rule)] = (rule, entry)
+        out.append(entry)
+    return b"".join(out)
+
+
+def _small(rule: Rule) -> bool:
+    return len(rule.cidrs) <= RULE_ENCODING_MAX_TERMS and len(rule.ports) <= RULE_ENCODING_MAX_TERMS
+
+
 def _entry(rule: Rule, direction: str) -> bytes:
     """``rule`` as the one rule of a NetworkScope's ``direction`` field, encoded."""
-    if len(rule.cidrs) > RULE_ENCODING_MAX_TERMS or len(rule.ports) > RULE_ENCODING_MAX_TERMS:
+    if not _small(rule):
         return _encode_entry(rule, direction)
     return _remembered_entry(rule, direction)
 
@@ -92,6 +123,8 @@ _remembered_entry = functools.lru_cache(maxsize=RULE_ENCODING_CACHE_SIZE)(_encod
 def forget_rule_encodings() -> None:
     """Forget every remembered rule encoding (what a measurement of the cold cost needs)."""
     _remembered_entry.cache_clear()
+    for known in _by_identity.values():
+        known.clear()
 
 
 __all__ = ["forget_rule_encodings", "scope_from_stored", "scope_to_stored"]

@@ -26,6 +26,7 @@ PURE_CORE = (
     "reconcile.py",
     "identifiers.py",
     "bounded.py",
+    "sequences.py",
     "toplevel.py",
     "callers.py",
     "errors.py",

@@ -6,6 +6,7 @@ takes and returns Scopes and refuses a row that no longer decodes."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sqlite3
 from pathlib import Path
 
@@ -66,6 +67,34 @@ def test_a_one_rule_change_encodes_that_rule_only() -> None:
     stored = scope_to_stored(changed)
     assert codec._remembered_entry.cache_info().misses == 31
     assert scope_from_stored(stored) == changed
+
+
+def test_the_very_rules_encoded_before_are_found_by_identity() -> None:
+    """A policy whose rules are the same objects as last time (validation
+    hands back the remembered Rule of an unchanged rule) looks none of them
+    up by value."""
+    rules = [{"name": f"r{i}", "action": "ACTION_ALLOW", "cidrs": [f"203.0.113.{i}/32"]} for i in range(30)]
+    scope = scope_from_mapping({"version": "1", "egress": rules[:20], "ingress": rules[20:]})
+    codec.forget_rule_encodings()
+    scope_to_stored(scope)
+    before = codec._remembered_entry.cache_info()
+    again = dataclasses.replace(scope, version=2)
+    assert scope_to_stored(again) == scope_to_proto(again).SerializeToString()
+    assert codec._remembered_entry.cache_info() == before
+    anew = functools.partial(map, dataclasses.replace)
+    equal = dataclasses.replace(again, egress=tuple(anew(again.egress)), ingress=tuple(anew(again.ingress)))
+    assert scope_to_stored(equal) == scope_to_stored(again)  # equal rules, other objects: by value
+    assert codec._remembered_entry.cache_info().hits == before.hits + 30
+
+
+def test_rules_found_by_identity_are_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(codec, "RULE_ENCODING_CACHE_SIZE", 8)
+    codec.forget_rule_encodings()
+    for n in range(5):
+        rules = [{"name": f"r{n}-{i}", "action": "ACTION_ALLOW"} for i in range(6)]
+        scope = scope_from_mapping({"version": "1", "egress": rules, "ingress": rules})
+        assert scope_to_stored(scope) == scope_to_proto(scope).SerializeToString()
+        assert all(len(known) <= 8 for known in codec._by_identity.values())
 
 
 def test_a_rule_with_many_networks_is_encoded_each_time_not_remembered() -> None:

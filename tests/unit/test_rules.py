@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import defaultdict
 
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.flows import rules as rules_module
 from coordinator.flows.compiler import PortFacts, attachment_flows, forget_base_flows
@@ -151,6 +153,59 @@ def test_remembered_rule_flows_are_what_a_fresh_compile_gives(first: Scope, seco
     for scope in (first, second, mixed, first):
         assert attachment_flows(PIPELINE, PORT, scope) == fresh[id(scope)]
     assert attachment_flows(PIPELINE, other, mixed) == fresh_other
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    scopes(),
+    scopes(),
+    st.lists(st.tuples(st.integers(0, 99), st.integers(0, 99), st.booleans()), min_size=1, max_size=6),
+)
+def test_a_walk_patched_rule_by_rule_is_what_a_fresh_compile_gives(
+    first: Scope, second: Scope, edits: list[tuple[int, int, bool]]
+) -> None:
+    """Policies that differ from the one before in a rule or two (the other
+    rules the very same objects; a rule may come twice, or share a clause
+    with another) compile, one after the other, to what a process that
+    remembers nothing gives for each."""
+    pool = [*first.egress, *first.ingress, *second.egress, *second.ingress]
+    steps = [first]
+    for at, donor, ingress in edits:
+        last = steps[-1]
+        direction = "ingress" if ingress else "egress"
+        rules = list(getattr(last, direction))
+        if rules and pool:
+            rules[at % len(rules)] = pool[donor % len(pool)]
+            steps.append(dataclasses.replace(last, **{direction: tuple(rules)}))
+    expected = [_forgetting(scope) for scope in steps]
+    for scope, fresh in zip(steps, expected, strict=True):
+        assert attachment_flows(PIPELINE, PORT, scope) == fresh
+
+
+class _CountingGets(dict):  # type: ignore[type-arg]
+    gets = 0
+
+    def get(self, *args):  # type: ignore[no-untyped-def]
+        self.gets += 1
+        return super().get(*args)
+
+
+def test_a_one_rule_change_looks_up_that_rule_alone(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    rules = tuple(
+        Rule(f"r{i}", RuleAction.ALLOW, (ipaddress.ip_network(f"203.0.113.{i}/32"),), Protocol.TCP,
+             (PortRange(1000 + i, 1000 + i),))
+        for i in range(200)
+    )  # fmt: skip
+    scope = Scope(addresses=OWN_V4, egress=rules)
+    changed = dataclasses.replace(
+        scope, egress=(*rules[:70], dataclasses.replace(rules[70], name="x"), *rules[71:])
+    )
+    expected = _forgetting(changed)
+    attachment_flows(PIPELINE, PORT, scope)
+    counting = _CountingGets(rules_module._emitted)
+    monkeypatch.setattr(rules_module, "_emitted", counting)
+    assert attachment_flows(PIPELINE, PORT, changed) == expected
+    assert counting.gets == 1  # one family, one rule
 
 
 def test_a_rule_moved_to_another_index_gets_its_own_conjunction_id() -> None:
