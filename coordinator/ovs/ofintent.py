@@ -28,6 +28,32 @@ INTENT_FLOWS_KEPT = 16_384
 Wanted = dict[FlowKey, tuple[Flow, EncodedFlow]]
 
 
+class ByKey:
+    """Encodings by key, as the switch will hold them: one flow per table,
+    priority and match, the later one winning (as a later add of the same
+    place replaces an earlier one in an ordered bundle, cookie and
+    instructions included; e.g. two attachments claiming the same address).
+    Made a batch of flows at a time, in order (``wanted`` is then what one
+    batch of them all would give)."""
+
+    def __init__(self, encode: Callable[[Flow], EncodedFlow]) -> None:
+        self._encode = encode
+        self.wanted: Wanted = {}
+        self._holders: dict[FlowPlace, FlowKey] = {}
+
+    def add(self, flows: Iterable[Flow]) -> None:
+        wanted, holders, encode = self.wanted, self._holders, self._encode
+        for flow in flows:
+            encoded = encode(flow)
+            key = encoded.key
+            place = key.place
+            earlier = holders.get(place)
+            if earlier is not None and earlier is not key and earlier != key:
+                del wanted[earlier]
+            holders[place] = key
+            wanted[key] = (flow, encoded)
+
+
 @dataclass
 class _Intent:
     flows: tuple[Flow, ...]  # as desired: each its own key and place

@@ -17,12 +17,15 @@ and mask (``ChannelSwitch.sync_many``).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import Mapping, Sequence
 
 from coordinator.attachment_identity import cookie_range
 from coordinator.flows.model import Flow
 from coordinator.ovs.ofencode import FlowEncoder
+from coordinator.ovs.ofintent import ByKey, Wanted
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import FlowKey, InstalledFlow
 from coordinator.ovs.openflow import SyncResult
@@ -52,7 +55,7 @@ async def sync_in_ranges(
     since); flows of other cookies are left alone. Returns the changes by
     cookie (cookies without a change absent) and how many flows each cookie
     of ``desired`` holds now. Raises OpenFlowError (the ranges before the
-    refused one stay synced)."""
+    refused one stay synced, none after it is sent)."""
     order = sorted(desired)
     ours = set(order)
     by_cookie: dict[int, list[InstalledFlow]] = {}
@@ -72,14 +75,33 @@ async def sync_in_ranges(
         # with the later cookie's flow.
         differing = order
     changes: dict[int, SyncResult] = {}
-    for _, in_range in itertools.groupby(differing, key=lambda cookie: cookie // RANGE_SLOTS):
-        cookies = list(in_range)
-        intent = {c: _won(switch.encoder, desired[c], winners) for c in cookies}
-        installed = [f for c in cookies for f in by_cookie.get(c, ())]
-        within, mask = cookie_range(cookies)
-        changes.update(await switch.sync_many(intent, within, mask, installed=_already(installed)))
-        counts.update((c, len(flows)) for c, flows in intent.items())
-        del intent, installed
+    # A range is compiled and encoded while the one before it is in the
+    # switch (its bundle committed, read back and compared): after a
+    # restart of ovs-vswitchd, when every flow is sent again, the switch's
+    # work and ours then overlap instead of taking turns. The ranges are
+    # still sent one after the other, each once the one before is verified.
+    in_flight: asyncio.Future[dict[int, SyncResult]] | None = None
+    try:
+        for _, in_range in itertools.groupby(differing, key=lambda cookie: cookie // RANGE_SLOTS):
+            cookies = list(in_range)
+            intent, wanted = await _prepared(switch, desired, cookies, winners, pause=in_flight is not None)
+            if in_flight is not None:
+                changes.update(await in_flight)
+            installed = [f for c in cookies for f in by_cookie.get(c, ())]
+            within, mask = cookie_range(cookies)
+            in_flight = asyncio.ensure_future(
+                switch.sync_many(intent, within, mask, installed=_already(installed), wanted=wanted)
+            )
+            counts.update((c, len(flows)) for c, flows in intent.items())
+            del intent, wanted, installed
+            await asyncio.sleep(0)  # its bundle written before the next range is made
+        if in_flight is not None:
+            changes.update(await in_flight)
+    finally:
+        if in_flight is not None and not in_flight.done():
+            in_flight.cancel()
+            with contextlib.suppress(BaseException):
+                await in_flight
     # The memos of single flows now hold the last few thousand of the
     # switch's: made in the middle of the peak, kept they would hold most of
     # its memory (about 10 MB at a thousand attachments); what they save a
@@ -87,6 +109,28 @@ async def sync_in_ranges(
     switch.forget_read_flows()
     switch.encoder.forget_flows()
     return changes, {c: counts.get(c, 0) for c in order}
+
+
+async def _prepared(
+    switch: ChannelSwitch,
+    desired: Mapping[int, Sequence[Flow]],
+    cookies: Sequence[int],
+    winners: Mapping[_Place, FlowKey] | None,
+    *,
+    pause: bool,
+) -> tuple[dict[int, list[Flow]], Wanted]:
+    """The range's flows by cookie (those of places another cookie wins
+    left out) and their encodings by key; with ``pause``, the loop is let
+    run after each cookie, so that the range in flight is written out and
+    its replies read meanwhile."""
+    intent: dict[int, list[Flow]] = {}
+    by_key = ByKey(switch.encoder.encode)
+    for cookie in cookies:
+        intent[cookie] = flows = _won(switch.encoder, desired[cookie], winners)
+        by_key.add(flows)
+        if pause:
+            await asyncio.sleep(0)
+    return intent, by_key.wanted
 
 
 def _winners(

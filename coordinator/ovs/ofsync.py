@@ -38,7 +38,7 @@ from coordinator.ovs.ofchannel import ChannelError, OpenFlowChannel, Outcome, Ou
 from coordinator.ovs.ofconfig import match_fragments_as_parsed
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
 from coordinator.ovs.ofexplain import explain_difference
-from coordinator.ovs.ofintent import CookieIntents
+from coordinator.ovs.ofintent import ByKey, CookieIntents, Wanted
 from coordinator.ovs.ofknown import KnownFlows
 from coordinator.ovs.ofmessages import (
     ALL_COOKIES,
@@ -58,7 +58,6 @@ from coordinator.ovs.ofmessages import (
 )
 from coordinator.ovs.ofwire import (
     FlowKey,
-    FlowPlace,
     FlowStatsReader,
     InstalledFlow,
     WireError,
@@ -219,25 +218,11 @@ class ChannelSwitch:
 
     # -- changing -------------------------------------------------------------
 
-    def encode(self, flows: Iterable[Flow]) -> dict[FlowKey, tuple[Flow, EncodedFlow]]:
-        """The encodings by key, as the switch will hold them: one flow per
-        table, priority and match, the later one winning (as a later add of
-        the same flow replaces an earlier one in an ordered bundle, cookie
-        and instructions included; e.g. two attachments claiming the same
-        address)."""
-        wanted: dict[FlowKey, tuple[Flow, EncodedFlow]] = {}
-        holders: dict[FlowPlace, FlowKey] = {}
-        encode = self._encoder.encode
-        for flow in flows:
-            encoded = encode(flow)
-            key = encoded.key
-            place = key.place
-            earlier = holders.get(place)
-            if earlier is not None and earlier is not key and earlier != key:
-                del wanted[earlier]
-            holders[place] = key
-            wanted[key] = (flow, encoded)
-        return wanted
+    def encode(self, flows: Iterable[Flow]) -> Wanted:
+        """The encodings by key, as the switch will hold them (``ByKey``)."""
+        by_key = ByKey(self._encoder.encode)
+        by_key.add(flows)
+        return by_key.wanted
 
     async def sync(
         self,
@@ -335,6 +320,7 @@ class ChannelSwitch:
         beside_readback: Callable[[], Awaitable[object]] | None = None,
         meters: Mapping[int, MeterBand] | None = None,
         read: Awaitable[SwitchState] | None = None,
+        wanted: Wanted | None = None,
     ) -> dict[int, SyncResult]:
         """Make every cookie of ``desired`` hold exactly its flows: meters
         set first, then one atomic bundle of only the differences, read
@@ -343,8 +329,10 @@ class ChannelSwitch:
         already started by the caller, or ``read``: the flows and meters
         (``read(meters=True)`` when ``meters`` are set) already asked for;
         ``beside_readback`` runs once the bundle is in, alongside the
-        read-back. Returns the changes by cookie."""
-        wanted = self.encode(f for flows in desired.values() for f in flows)
+        read-back. ``wanted``: the ``encode`` of every flow of ``desired``
+        in turn, already made. Returns the changes by cookie."""
+        if wanted is None:
+            wanted = self.encode(f for flows in desired.values() for f in flows)
         self._known.forget(desired)
         if read is not None:
             state = await read

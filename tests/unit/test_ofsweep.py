@@ -19,7 +19,7 @@ from coordinator.ovs.ofchannel import OpenFlowChannel
 from coordinator.ovs.ofencode import encode_flow_add
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import InstalledFlow, as_installed
-from coordinator.ovs.openflow import OpenFlowError
+from coordinator.ovs.openflow import OpenFlowError, SyncResult
 
 PIPELINE = load_pipeline()
 COOKIES = [0xBFC0_0000_0000_0000 | slot for slot in range(1, 41)]
@@ -129,3 +129,64 @@ def test_a_flow_missing_or_one_too_many_is_a_difference(drift: str) -> None:
     held = held[1:] if drift == "one missing" else [*held, _extra(COOKIES[0], "5")]
     with pytest.raises(OpenFlowError):
         asyncio.run(ofsweep.sync_in_ranges(_switch(), _Compiled(), held))
+
+
+class _Ranges:
+    """A stand-in for ``ChannelSwitch.sync_many``: what happened, in order
+    (a range asked for, a range's sync begun and ended), each sync taking
+    some turns of the loop; ``refuse``: the range whose sync fails."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.log: list[tuple[str, int]] = []
+        self.refuse = refuse
+
+    async def sync_many(self, intent, within, mask, *, installed, wanted):  # type: ignore[no-untyped-def]
+        await installed
+        first = (min(intent) & 0xFFFF) // ofsweep.RANGE_SLOTS
+        self.log.append(("sync", first))
+        for _ in range(2 * ofsweep.RANGE_SLOTS):  # longer than the next range takes to make
+            await asyncio.sleep(0)
+        if first == self.refuse:
+            raise OpenFlowError(f"range {first} refused")
+        self.log.append(("synced", first))
+        return {c: SyncResult(len(flows), 0, len(flows)) for c, flows in intent.items()}
+
+
+class _Logged(_Compiled):
+    def __init__(self, ranges: _Ranges) -> None:
+        super().__init__()
+        self._ranges = ranges
+
+    def __getitem__(self, cookie: int) -> list[Flow]:
+        self._ranges.log.append(("compile", (cookie & 0xFFFF) // ofsweep.RANGE_SLOTS))
+        return super().__getitem__(cookie)
+
+
+def test_a_range_is_compiled_while_the_one_before_is_in_the_switch_and_sent_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a restart of ovs-vswitchd (nothing of ours held), every range
+    is sent: each compiled and encoded while the range before it is synced,
+    but sent only once that one is done; a refused range stops the rest."""
+    monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 8)  # forty slots from 1: ranges 0 to 5
+    for refuse in (None, 2):
+        ranges = _Ranges(refuse)
+        switch = _switch()
+        monkeypatch.setattr(switch, "sync_many", ranges.sync_many)
+        if refuse is None:
+            changes, counts = asyncio.run(ofsweep.sync_in_ranges(switch, _Logged(ranges), []))
+            assert set(changes) == set(COOKIES) and counts == {c: PER_COOKIE for c in COOKIES}
+        else:
+            with pytest.raises(OpenFlowError, match="range 2 refused"):
+                asyncio.run(ofsweep.sync_in_ranges(switch, _Logged(ranges), []))
+        syncs = [e for e in ranges.log if e[0] != "compile"]
+        last = 5 if refuse is None else refuse
+        expected = [e for n in range(last + 1) for e in (("sync", n), ("synced", n))]
+        assert syncs == (expected if refuse is None else expected[:-1])
+        for n in range(1, last + 1):
+            # Range n was compiled while range n - 1 was in the switch.
+            compiled = [i for i, e in enumerate(ranges.log) if e == ("compile", n)]
+            assert ranges.log.index(("sync", n - 1)) < compiled[0]
+            assert compiled[-1] < ranges.log.index(("synced", n - 1))
+        if refuse is not None:  # the range after the refused one made, none after it
+            assert ("compile", refuse + 1) in ranges.log and ("compile", refuse + 2) not in ranges.log
