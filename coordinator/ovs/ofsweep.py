@@ -84,7 +84,16 @@ async def sync_in_ranges(
     try:
         for _, in_range in itertools.groupby(differing, key=lambda cookie: cookie // RANGE_SLOTS):
             cookies = list(in_range)
-            intent, wanted = await _prepared(switch, desired, cookies, winners, pause=in_flight is not None)
+            try:
+                intent, wanted = await _prepared(
+                    switch, desired, cookies, winners, pause=in_flight is not None
+                )
+            except Exception:
+                # The range in flight finishes first (its bundle may be in
+                # the switch already), and a refusal of it is what is raised.
+                if in_flight is not None:
+                    await in_flight
+                raise
             if in_flight is not None:
                 changes.update(await in_flight)
             installed = [f for c in cookies for f in by_cookie.get(c, ())]
@@ -98,10 +107,12 @@ async def sync_in_ranges(
         if in_flight is not None:
             changes.update(await in_flight)
     finally:
-        if in_flight is not None and not in_flight.done():
+        if in_flight is not None and not in_flight.done():  # the caller was cancelled
             in_flight.cancel()
             with contextlib.suppress(BaseException):
                 await in_flight
+        elif in_flight is not None and not in_flight.cancelled():
+            in_flight.exception()  # raised above, or after an error of ours: seen either way
     # The memos of single flows now hold the last few thousand of the
     # switch's: made in the middle of the peak, kept they would hold most of
     # its memory (about 10 MB at a thousand attachments); what they save a

@@ -33,9 +33,12 @@ from coordinator.policy.validate import (
     scope_to_proto,
 )
 
-#: Rule encodings remembered (of both directions), and the rules that are
-#: small enough to be: since a remembered encoding keeps its Rule alive, at
-#: most some 20 MB of rules no policy holds any more, typically a few.
+#: Rule encodings remembered (of both directions; and as many again by
+#: identity, per direction, below), and the rules that are small enough to
+#: be: since a remembered encoding keeps its Rule alive, at most some 60 MB
+#: of rules no policy holds any more (20 MB when the rules by identity are
+#: the ones validation hands back, as they are for a policy from the
+#: gateway), typically a few.
 RULE_ENCODING_CACHE_SIZE: Final = 4096
 RULE_ENCODING_MAX_TERMS: Final = 8
 

@@ -7,6 +7,7 @@ a real OVS (tests/integration/test_restart_reconcile.py)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import weakref
 from collections.abc import Iterator, Mapping
 
@@ -190,3 +191,78 @@ def test_a_range_is_compiled_while_the_one_before_is_in_the_switch_and_sent_afte
             assert compiled[-1] < ranges.log.index(("synced", n - 1))
         if refuse is not None:  # the range after the refused one made, none after it
             assert ("compile", refuse + 1) in ranges.log and ("compile", refuse + 2) not in ranges.log
+
+
+class _FailingCompile(_Logged):
+    """The compile of the first cookie of range ``broken`` fails."""
+
+    def __init__(self, ranges: _Ranges, broken: int) -> None:
+        super().__init__(ranges)
+        self._broken = broken
+
+    def __getitem__(self, cookie: int) -> list[Flow]:
+        if (cookie & 0xFFFF) // ofsweep.RANGE_SLOTS == self._broken:
+            raise ValueError(f"range {self._broken} does not compile")
+        return super().__getitem__(cookie)
+
+
+@pytest.mark.parametrize("earlier", ["verified", "refused"])
+def test_a_range_that_fails_to_compile_lets_the_one_in_the_switch_finish_first(
+    monkeypatch: pytest.MonkeyPatch, earlier: str
+) -> None:
+    """The range in flight is neither cut short (its bundle may be in the
+    switch already) nor its own failure lost: a refusal of it is what the
+    caller sees, else the compile's error; nothing is left unretrieved."""
+    monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 8)
+    ranges = _Ranges(refuse=0 if earlier == "refused" else None)
+    switch = _switch()
+    monkeypatch.setattr(switch, "sync_many", ranges.sync_many)
+    unretrieved: list[object] = []
+
+    async def sweep() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context))
+        await ofsweep.sync_in_ranges(switch, _FailingCompile(ranges, broken=1), [])
+
+    expected = OpenFlowError if earlier == "refused" else ValueError
+    with pytest.raises(expected):
+        asyncio.run(sweep())
+    assert ranges.log[-1] == (("synced", 0) if earlier == "verified" else ("sync", 0))
+    assert ("sync", 1) not in ranges.log
+    gc.collect()
+    assert unretrieved == []
+
+
+class _CancelledCompile(_Logged):
+    """The caller is cancelled while it makes range 1 (range 0 refused by then)."""
+
+    def __getitem__(self, cookie: int) -> list[Flow]:
+        if (cookie & 0xFFFF) // ofsweep.RANGE_SLOTS == 1 and (cookie & 0xFFFF) % 8 == 4:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+        return super().__getitem__(cookie)
+
+
+def test_a_caller_cancelled_after_a_refusal_leaves_nothing_unretrieved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 8)
+    ranges = _Ranges(refuse=0)
+    switch = _switch()
+
+    async def refused_at_once(intent, within, mask, *, installed, wanted):  # type: ignore[no-untyped-def]
+        await installed
+        ranges.log.append(("sync", 0))
+        raise OpenFlowError("range 0 refused")
+
+    monkeypatch.setattr(switch, "sync_many", refused_at_once)
+    unretrieved: list[object] = []
+
+    async def sweep() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context))
+        with pytest.raises(asyncio.CancelledError):
+            await ofsweep.sync_in_ranges(switch, _CancelledCompile(ranges), [])
+
+    asyncio.run(sweep())
+    gc.collect()
+    assert ranges.log.count(("sync", 0)) == 1 and unretrieved == []
