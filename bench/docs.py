@@ -290,9 +290,9 @@ In the run above a one-rule change takes 4.0 ms at 100 rules (0.26x
 OVN, 9.65x the channel floor) and 8.1 ms at 1,000 (0.19x OVN), a fresh
 policy 5.3 ms (0.12x) and 22.1 ms (0.06x); the full run before this work
 (18:35, the same machine) read 4.7, 11.9, 5.9 and 23.3 ms (0.27x, 0.24x,
-0.14x, 0.06x). The machine was slower in this run (the no-drift
-reconcile, whose code did not change, took 7.4 s against 5.25 s): the
-ratios are the figures to read. What a 1,000-rule change still spends
+0.14x, 0.06x). OVN and the floors were a little faster in this run
+(OVN's one-rule change at 100 rules 15.1 against 17.7 ms), the scale
+case slower: the ratios are the figures to read. What a 1,000-rule change still spends
 per flow is the read-back: ovs-vswitchd's dump of the cookie's ~1,000
 flows and the loop over them (~1 ms), the one check that the cookie
 holds exactly the intent.
@@ -519,8 +519,9 @@ attach case (`--attaches 100 --no-ovn`), C against pure Python: BASELINE
 14.0 / 14.9 against 15.7 / 15.3 ms, 8 clients 37.3 / 39.0 against 35.9 /
 33.8 attaches/s. In the 18:35 run BASELINE was 14.1 ms, WAIT_INITIAL 18.3
 ms and 8 clients reached 40.2 attaches/s (the full run before the parser:
-15.1 ms, 19.4 ms, 34.5/s); in the run above, on a slower machine and with
-the attach path unchanged, 15.9 ms, 21.5 ms and 35.1/s. What bounded the storm is the daemon's CPU: ~20 ms per attach +
+15.1 ms, 19.4 ms, 34.5/s); in the run above, with the attach path
+unchanged, 15.9 ms, 21.5 ms and 35.1/s: runs on this machine differ by
+that much. What bounded the storm is the daemon's CPU: ~20 ms per attach +
 detach cycle, half of one core, of which (`py-spy record --gil`) ~60% on
 the event loop (gRPC with mTLS, the Attach and Detach steps), ~20% on
 ovsdbapp's thread parsing OVSDB's JSON in pure Python (the ovs
