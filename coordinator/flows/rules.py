@@ -268,9 +268,6 @@ class _KeptWalks:
         self._walks.clear()
         self._rules = 0
 
-    def __len__(self) -> int:
-        return len(self._walks)
-
 
 _walks = _KeptWalks()
 _flow_of = attrgetter("flow")

@@ -5,7 +5,8 @@ later flow of a place winning): for a thousand-rule attachment that is
 most of a one-rule change's work. The compiler hands back the very Flow
 objects of unchanged rules, in the same order, so the flows that came and
 went are the span where the two sequences stop being the same objects
-(``sequences.changed_span``), and only those are looked at. Anything
+(``sequences.changed_span``; two set differences when they are other,
+equal objects), and only those are looked at. Anything
 unusual (a place taken twice, two flows with one key, a large change) is
 worked out the whole way instead, so the result is always what ``encode``
 would give, in some order (the adds of distinct places commute in a
