@@ -404,7 +404,7 @@ def _whole_walk(
     # (identical clauses of two conjunctions) collects their actions.
     merged: dict[_Place, _Emitted | list[FlowAction]] = {}
     asked: list[tuple[_Emitted, ...]] = []
-    remembered = _emitted.get
+    remembered = _emitted.get  # ``_asked`` inline: this loop runs once per rule of a fresh compile
     shared = False
     for family, context in zip(families, contexts, strict=True):
         for index, rule in enumerate(rules):

@@ -89,10 +89,10 @@ def _entries(rules: tuple[Rule, ...], direction: str) -> bytes:
     known = _by_identity[direction]
     if len(known) >= RULE_ENCODING_CACHE_SIZE:
         known.clear()
-    found = known.get
+    lookup = known.get
     out = []
     for rule in rules:
-        held = found(id(rule))
+        held = lookup(id(rule))
         if held is not None and held[0] is rule:
             out.append(held[1])
             continue
