@@ -35,10 +35,19 @@ from coordinator.attachment_identity import (
     zone_of_slot,
 )
 from coordinator.config import Config
-from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, Work, WorldFacts
+from coordinator.dataplane_converge import ProofSink, converge_flows
+from coordinator.dataplane_port import (
+    AttachmentFlows,
+    FlowsRejected,
+    HeldFlows,
+    SwitchTrace,
+    Work,
+    WorldFacts,
+)
 from coordinator.dataplane_probes import ReadFlows, SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchDevice, EswitchError, HealthFact
+from coordinator.flow_proofs import FlowProof, ProofInputs
 from coordinator.flows.compiler import (
     BridgeFacts,
     PortFacts,
@@ -51,9 +60,7 @@ from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
-from coordinator.ovs.ofsweep import sync_in_ranges
 from coordinator.ovs.ofsync import ChannelSwitch, MeterBand
-from coordinator.ovs.ofwire import InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
 from coordinator.ovs.ovsdb import (
     ATTACHMENT_KEY,
@@ -116,6 +123,11 @@ class Dataplane:
         self._meters_known = False
         # cookie -> flows installed and verified under it (for metrics).
         self._flow_counts: dict[int, int] = {}
+        self._proof_inputs = ProofInputs(pipeline)
+        self._proof_sink: ProofSink = lambda slot, proof: None
+
+    def keep_proofs_with(self, sink: ProofSink) -> None:
+        self._proof_sink = sink
 
     def installed_flows(self) -> int:
         """Flows installed and verified (bridge and attachments)."""
@@ -253,6 +265,8 @@ class Dataplane:
             elif reads is not None and not reads.cancelled():
                 reads.exception()  # seen: a failed read already failed the sync
         self._flow_counts[port.cookie] = result.total
+        if (held := self._switch.verified(port.cookie)) is not None:
+            self._proof_sink(port.slot, FlowProof(self._proof_inputs.of(port, scope), held).encode())
         await self.drop_meter_if_unused(record.slot, scope)
         if revoke and not notes:  # nothing changed: no bundle, so not cut yet
             await cut()
@@ -403,31 +417,27 @@ class Dataplane:
         for ``sync_all``), and the prepared functions."""
         return await self._probes.facts(self._bridge)
 
-    async def sync_all(
-        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    async def converge_flows(
+        self, attachments: Sequence[AttachmentFlows], *, held: HeldFlows | None, proofs: Mapping[int, bytes]
     ) -> dict[int, SyncResult]:
-        """Make every cookie in ``desired`` hold exactly its flows, in one
-        atomic bundle of the differences, then read back and verify. Our
-        cookies not in ``desired`` are left alone. ``held``: the flows
-        ``facts`` read, diffed against instead of reading them all again
-        (one read of every flow of ours is most of a no-drift reconcile);
-        then ``desired`` may compile each cookie's flows whenever asked,
-        and only the cookies that differ are synced, one bundle per range
-        of slots (each cookie's change still atomic). Returns the changes
-        by cookie (cookies without a change are absent). Raises
-        FlowsRejected."""
+        """Every attachment's cookie holding exactly its intent; unless every
+        stored proof shows it unchanged, compiled when asked and compared
+        with the flows ``facts`` read, the ones that differ synced a range
+        of slots at a time, each cookie's change atomic (see
+        ``dataplane_converge``). Returns the changes by cookie (cookies
+        without a change are absent). Raises FlowsRejected."""
+        if not isinstance(held, ReadFlows):
+            held = (await self.facts()).held
+            assert isinstance(held, ReadFlows)
         with _rejected():
-            return await self._sync_all(desired, held if isinstance(held, ReadFlows) else None)
+            changes, counts = await converge_flows(
+                self._switch, lambda a: self.desired_flows(a.record, a.ofport, a.scope), self._proof_inputs,
+                attachments, held, proofs, self._proof_sink,
+            )  # fmt: skip
+        self._flow_counts.update(counts)
+        return changes
 
-    async def _sync_all(
-        self, desired: Mapping[int, Sequence[Flow]], held: list[InstalledFlow] | None = None
-    ) -> dict[int, SyncResult]:
-        if held is not None:
-            # Against the flows read, a range of cookies at a time, each
-            # cookie's flows compiled when asked (see ``ofsweep``).
-            changes, counts = await sync_in_ranges(self._switch, desired, held)
-            self._flow_counts.update(counts)
-            return changes
+    async def _sync_all(self, desired: Mapping[int, Sequence[Flow]]) -> dict[int, SyncResult]:
         changes = await self._switch.sync_many(desired, COOKIE_OWNER, COOKIE_OWNER_MASK)
         for cookie, flows in desired.items():
             self._flow_counts[cookie] = len(flows)

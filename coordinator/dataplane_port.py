@@ -51,6 +51,15 @@ class WorldFacts:
 
 
 @dataclass(frozen=True)
+class AttachmentFlows:
+    """What one attachment's flows are compiled from at a reconverge."""
+
+    record: AttachmentRecord
+    ofport: int
+    scope: Scope
+
+
+@dataclass(frozen=True)
 class SwitchTrace:
     """A packet traced through the live switch."""
 
@@ -101,12 +110,21 @@ class DataplanePort(Protocol):
 
     async def eswitch_health(self) -> list[HealthFact]: ...
 
-    async def sync_all(
-        self, desired: Mapping[int, Sequence[Flow]], *, held: HeldFlows | None = None
+    async def converge_flows(
+        self, attachments: Sequence[AttachmentFlows], *, held: HeldFlows | None, proofs: Mapping[int, bytes]
     ) -> Mapping[int, FlowChange]:
-        """Every cookie of ``desired`` holding exactly its flows (one bundle
-        of the differences, read back); the changes by cookie. ``held``:
-        what ``facts`` read, diffed against instead of a new read."""
+        """Every attachment's cookie holding exactly its intent (one bundle
+        of the differences from ``held``, what ``facts`` read (None: read
+        now), read back;
+        the changes by cookie); ``proofs``:
+        the stored flow proofs by slot. When every one shows its attachment
+        unchanged since its last verified sync, nothing is compiled or sent.
+        New proofs go where ``keep_proofs_with`` said."""
+        ...
+
+    def keep_proofs_with(self, sink: Callable[[int, bytes], None]) -> None:
+        """Where the proof of each verified sync goes (the slot and the
+        encoded proof): to the store, written with its next commit."""
         ...
 
     async def set_zone_limits(self, slots: Sequence[int]) -> None: ...

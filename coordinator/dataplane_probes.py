@@ -6,7 +6,7 @@ health probes, and packet traces for ExplainPacket."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK
 from coordinator.config import OvsConfig
@@ -16,7 +16,7 @@ from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import ovs_checks
 from coordinator.ovs.ofsync import ChannelSwitch
-from coordinator.ovs.ofwire import InstalledFlow
+from coordinator.ovs.ofwire import FlowsDigest, InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
 from coordinator.ovs.trace import TraceError, dpif_show, trace
@@ -25,8 +25,31 @@ from coordinator.policy.packet import Packet
 from coordinator.store.records import AttachmentRecord
 
 
-class ReadFlows(list[InstalledFlow]):
-    """``HeldFlows`` as this dataplane reads them: the flows of our cookies."""
+class ReadFlows:
+    """``HeldFlows`` as this dataplane reads them: the flows of our cookies
+    as the switch sent them, parsed only when first asked for (a reconcile
+    that its proofs show unchanged never asks), and each cookie's digest
+    of them."""
+
+    def __init__(
+        self,
+        bodies: list[bytes],
+        digests: dict[int, FlowsDigest],
+        parse: Callable[[Sequence[bytes]], list[InstalledFlow]],
+    ) -> None:
+        self._bodies = bodies
+        self._parse = parse
+        self._flows: list[InstalledFlow] | None = None
+        self.digests = digests
+
+    def __len__(self) -> int:
+        return sum(d.count for d in self.digests.values())
+
+    def flows(self) -> list[InstalledFlow]:
+        if self._flows is None:
+            self._flows = self._parse(self._bodies)
+            self._bodies = []
+        return self._flows
 
 
 class SwitchProbes:
@@ -106,25 +129,25 @@ class SwitchProbes:
         for ``sync_all``), and the prepared functions."""
         # Side by side: the switch works through the flow dump (tens of
         # thousands at a thousand attachments) while OVSDB and the eswitch answer.
-        ports, flows, ofports, prepared = await asyncio.gather(
+        ports, read, ofports, prepared = await asyncio.gather(
             self._ovsdb.owned_ports(bridge),
-            self._switch.installed(COOKIE_OWNER, COOKIE_OWNER_MASK),
+            self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK),
             self._ovsdb.interface_ofports(),
             asyncio.to_thread(self._backend.prepared),
             return_exceptions=True,
         )
-        for outcome in (ports, flows, ofports, prepared):
+        for outcome in (ports, read, ofports, prepared):
             if isinstance(outcome, OvsdbError | OpenFlowError | EswitchError):
                 raise Unavailable(f"reading what the switch holds: {outcome}") from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
-        assert isinstance(ports, dict) and isinstance(flows, list)
+        assert isinstance(ports, dict) and isinstance(read, tuple)
         assert isinstance(ofports, dict) and isinstance(prepared, list)
-        held = ReadFlows(flows)
-        counts: dict[int, int] = {}
-        for flow in held:
-            counts[flow.key.cookie] = counts.get(flow.key.cookie, 0) + 1
-        return WorldFacts(ports, counts, ofports, tuple(prepared), held)
+        bodies, digests = read
+        counts = {cookie: digest.count for cookie, digest in digests.items()}
+        return WorldFacts(
+            ports, counts, ofports, tuple(prepared), ReadFlows(bodies, digests, self._switch.parse)
+        )
 
 
 def port_moved(in_use: Mapping[str, int], numbers: Mapping[str, int]) -> str | None:

@@ -48,14 +48,22 @@ async def _already(flows: list[InstalledFlow]) -> list[InstalledFlow]:
 
 
 async def sync_in_ranges(
-    switch: ChannelSwitch, desired: Mapping[int, Sequence[Flow]], held: Sequence[InstalledFlow]
+    switch: ChannelSwitch,
+    desired: Mapping[int, Sequence[Flow]],
+    held: Sequence[InstalledFlow],
+    *,
+    lost: dict[int, set[int]] | None = None,
 ) -> tuple[dict[int, SyncResult], dict[int, int]]:
     """Make every cookie of ``desired`` hold exactly its flows, ``held``
     being what the switch held of them when read (nothing else changed them
     since); flows of other cookies are left alone. Returns the changes by
     cookie (cookies without a change absent) and how many flows each cookie
-    of ``desired`` holds now. Raises OpenFlowError (the ranges before the
-    refused one stay synced, none after it is sent)."""
+    of ``desired`` holds now; ``lost`` gets, for each cookie that left a
+    place to another, the cookies that took its places (when the switch
+    held none of their flows, nothing is compared and ``lost`` is left
+    empty: which cookie wins is then not worked out). Raises
+    OpenFlowError (the ranges before the refused one stay synced, none
+    after it is sent)."""
     order = sorted(desired)
     ours = set(order)
     by_cookie: dict[int, list[InstalledFlow]] = {}
@@ -65,7 +73,7 @@ async def sync_in_ranges(
     winners: dict[_Place, FlowKey] | None = None
     counts: dict[int, int] = {}
     if by_cookie:
-        winners = _winners(switch.encoder, desired, order, by_cookie)
+        winners = _winners(switch.encoder, desired, order, by_cookie, {} if lost is None else lost)
         for key in winners.values():
             counts[key.cookie] = counts.get(key.cookie, 0) + 1
         differing = [c for c in order if not _holds_exactly(by_cookie.get(c, ()), counts.get(c, 0), winners)]
@@ -149,16 +157,25 @@ def _winners(
     desired: Mapping[int, Sequence[Flow]],
     order: Sequence[int],
     by_cookie: Mapping[int, list[InstalledFlow]],
+    lost: dict[int, set[int]],
 ) -> dict[_Place, FlowKey]:
     """The intended key of every place, the later cookie's (and within a
-    cookie, the later flow's) where two claim one."""
+    cookie, the later flow's) where two claim one; ``lost`` gets the
+    cookies that took another's places."""
     read = {f.key: f.key for flows in by_cookie.values() for f in flows}
     winners: dict[_Place, FlowKey] = {}
+    claimed: list[tuple[_Place, int]] = []  # (place, the cookie it was taken from)
     for cookie in order:
         for flow in desired[cookie]:
             key = encoder.key(flow)
             key = read.get(key, key)  # the read one: this one goes at once
-            winners[key.table, key.priority, key.match] = key
+            place = key.table, key.priority, key.match
+            before = winners.get(place)
+            if before is not None and before.cookie != cookie:
+                claimed.append((place, before.cookie))
+            winners[place] = key
+    for place, cookie in claimed:
+        lost.setdefault(cookie, set()).add(winners[place].cookie)
     return winners
 
 

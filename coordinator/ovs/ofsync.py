@@ -58,11 +58,13 @@ from coordinator.ovs.ofmessages import (
 )
 from coordinator.ovs.ofwire import (
     FlowKey,
+    FlowsDigest,
     FlowStatsReader,
     InstalledFlow,
     WireError,
     bundle_adds,
     delete_strict,
+    digests_by_cookie,
     multipart_body,
     with_xid,
 )
@@ -142,10 +144,8 @@ class ChannelSwitch:
         return Outgoing(serialize(request, xid), xid, Reply.MULTIPART)
 
     def _flows_of(self, outcome: Outcome, what: str, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
-        if outcome.error is not None:
-            raise OpenFlowError(f"{what}: {outcome.error.describe()}")
-        try:
-            bodies = (multipart_body(reply)[1] for reply in outcome.replies)  # many cookies: no memo
+        try:  # many cookies: no memo
+            bodies = _bodies_of(outcome, what)
             return [f for body in bodies for f in self._reader.read(body, remember=mask == ALL_COOKIES)]
         except WireError as exc:
             raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
@@ -157,9 +157,7 @@ class ChannelSwitch:
         try:
             return {int(m.meter_id) for reply in outcome.replies for m in parse(reply).body}
         except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
-            raise OpenFlowError(
-                f"reading meters: unreadable meter config reply ({type(exc).__name__})"
-            ) from exc
+            raise OpenFlowError(f"reading meters: unreadable reply ({type(exc).__name__})") from exc
 
     def prepare_bundle(self, changes: Sequence[bytes]) -> list[Outgoing]:
         """One ONF bundle of the encoded ``changes`` (flow-mods, xid 0):
@@ -185,6 +183,22 @@ class ChannelSwitch:
 
     dump = installed
 
+    async def dump_digests(self, cookie: int, mask: int) -> tuple[list[bytes], dict[int, FlowsDigest]]:
+        """The flow-stats bodies of ``cookie``/``mask``, unparsed (``parse``
+        makes flows of them), and every cookie's digest of them."""
+        [outcome] = await self._exchange([self._stats(cookie, mask)])
+        try:
+            bodies = _bodies_of(outcome, what := f"reading flows of cookie {cookie:#x}")
+            return bodies, digests_by_cookie(bodies)
+        except WireError as exc:
+            raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
+
+    def parse(self, bodies: Sequence[bytes]) -> list[InstalledFlow]:  # of ``dump_digests``
+        try:
+            return [f for body in bodies for f in self._reader.read(body, remember=False)]
+        except WireError as exc:
+            raise OpenFlowError(f"reading flows: unreadable flow stats: {exc}") from exc
+
     async def read(self, cookie: int, mask: int = ALL_COOKIES, *, meters: bool = False) -> SwitchState:
         """The flows of ``cookie``/``mask`` and, with ``meters``, the meter
         ids, in one round trip: what ``sync_many`` diffs against (``read=``)."""
@@ -209,6 +223,9 @@ class ChannelSwitch:
         self._reader.forget()
 
     # -- what the last verified sync left ------------------------------------
+
+    def verified(self, cookie: int) -> FlowsDigest | None:  # at its last verified sync (``ofknown``)
+        return self._known.digest(cookie)
 
     def known(self, cookie: int) -> Mapping[FlowKey, InstalledFlow] | None:
         """What ``cookie`` held when its last sync was verified (or it was
@@ -367,8 +384,10 @@ class ChannelSwitch:
             await self._verify(desired, wanted, after, cookie, mask)
         else:
             after = current  # nothing to change: what was just read is verified
-        if mask == ALL_COOKIES and len(desired) == 1 and after:
+        if mask == ALL_COOKIES and desired.keys() == {cookie} and after:
             self._known.remember(cookie, self._channel.connects, after)
+        else:
+            self._known.verified(desired, after)
 
         counts: dict[int, SyncResult] = {}
         for key_cookie, sign in [*((f.key.cookie, -1) for f in removed), *((k.cookie, 1) for k in added)]:
@@ -469,6 +488,12 @@ class ChannelSwitch:
         [outcome] = await self._exchange([Outgoing(meter_mod(ofp.OFPMC_DELETE, meter_id, None, xid), xid)])
         if outcome.error is not None and not outcome.error.is_meter(ofp.OFPMMFC_UNKNOWN_METER):
             raise OpenFlowError(f"deleting meter {meter_id}: {outcome.error.describe()}")
+
+
+def _bodies_of(outcome: Outcome, what: str) -> list[bytes]:
+    if outcome.error is not None:
+        raise OpenFlowError(f"{what}: {outcome.error.describe()}")
+    return [multipart_body(reply)[1] for reply in outcome.replies]
 
 
 __all__ = ["ALL_COOKIES", "BundleError", "ChannelSwitch", "MeterBand", "SwitchState"]

@@ -14,6 +14,7 @@ keeps each field's bytes and the instructions as it encodes them.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -113,6 +114,65 @@ class FlowPlace:
 class InstalledFlow:
     key: FlowKey
     match_block: bytes  # the ofp_match as read (with padding), for a strict delete
+    mark: int = 0  # ``spelling_mark`` of the flow as read (0: not read from the switch)
+
+
+def _spelling(body: bytes, at: int, end: int) -> bytes:
+    """A flow-stats entry without its durations and counters: length and
+    table; priority, timeouts, flags and cookie; match and instructions.
+    The switch spells a flow the same way every time it is read."""
+    return body[at : at + 4] + body[at + 12 : at + 32] + body[at + _FLOW_STATS.size : end]
+
+
+def spelling_mark(spelling: bytes) -> int:
+    """A 128-bit mark of one flow's spelling, the same in every process
+    (Python's own hash of bytes is salted per process, and a mark outlives
+    the process in the store)."""
+    return int.from_bytes(hashlib.blake2b(spelling, digest_size=16).digest(), "big")
+
+
+_MARK_SPACE = 1 << 128
+
+
+@dataclass(frozen=True, slots=True)
+class FlowsDigest:
+    """What a cookie holds, summed over its flows' marks: equal for the same
+    set of spellings whatever order the switch lists them in, and worked
+    out from a dump without parsing a flow."""
+
+    count: int
+    total: int  # the marks' sum, modulo 2**128
+
+    @staticmethod
+    def of(flows: Iterable[InstalledFlow]) -> FlowsDigest:
+        marks = [f.mark for f in flows]
+        return FlowsDigest(len(marks), sum(marks) % _MARK_SPACE)
+
+
+NOTHING_HELD = FlowsDigest(0, 0)
+
+
+def digests_by_cookie(bodies: Iterable[bytes]) -> dict[int, FlowsDigest]:
+    """The ``FlowsDigest`` of every cookie in flow-stats bodies, each entry's
+    lengths checked as ``FlowStatsReader`` checks them; no flow parsed."""
+    sums: dict[int, list[int]] = {}
+    size = _FLOW_STATS.size
+    for body in bodies:
+        at, total = 0, len(body)
+        while at < total:
+            if at + size > total:
+                raise WireError(f"flow stats entry cut at byte {at}")
+            end = at + (body[at] << 8 | body[at + 1])
+            if end < at + size + 8 or end > total:
+                raise WireError(f"flow stats entry of length {end - at} at byte {at} does not fit")
+            cookie = int.from_bytes(body[at + 24 : at + 32], "big")
+            kept = sums.get(cookie)
+            if kept is None:
+                kept = sums[cookie] = [0, 0]
+            kept[0] += 1
+            kept[1] += spelling_mark(_spelling(body, at, end))
+            at = end
+    return {cookie: FlowsDigest(count, total % _MARK_SPACE) for cookie, (count, total) in sums.items()}
 
 
 def _pad8(n: int) -> int:
@@ -217,16 +277,15 @@ class FlowStatsReader:
             end = at + length
             if length < size + 8 or end > total:
                 raise WireError(f"flow stats entry of length {length} at byte {at} does not fit")
+            # ``_spelling``, inlined: the loop runs once per flow read.
+            spelling = body[at : at + 4] + body[at + 12 : at + 32] + body[at + size : end]
             if not remember:
-                append(self._parse(body, at, end))
+                append(self._parse(body, at, end, spelling))
                 at = end
                 continue
-            # Length and table; priority, timeouts, flags and cookie; match
-            # and instructions (the durations and counters between change).
-            spelling = body[at : at + 4] + body[at + 12 : at + 32] + body[at + size : end]
             flow = remembered(spelling)
             if flow is None:
-                flow = self._parse(body, at, end)
+                flow = self._parse(body, at, end, spelling)
                 if len(self._seen) >= self._limit:
                     self._seen.clear()
                 self._seen[spelling] = flow
@@ -234,12 +293,12 @@ class FlowStatsReader:
             at = end
         return flows
 
-    def _parse(self, body: bytes, at: int, end: int) -> InstalledFlow:
+    def _parse(self, body: bytes, at: int, end: int, spelling: bytes) -> InstalledFlow:
         _, table, _, _, priority, _, _, _, cookie, _, _ = _FLOW_STATS.unpack_from(body, at)
         block, tlvs, match_end = _match_at(body, at + _FLOW_STATS.size, end)
         match = tuple(self._piece(tlv) for tlv in tlvs)
         key = FlowKey(cookie, table, priority, match, self._piece(bytes(body[match_end:end])))
-        return InstalledFlow(self._canonical(key), block)
+        return InstalledFlow(self._canonical(key), block, spelling_mark(spelling))
 
     def forget(self) -> None:
         """Start both memos over."""

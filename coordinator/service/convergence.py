@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from coordinator.attachment_identity import cookie_for_slot, meter_of_slot
-from coordinator.dataplane_port import DataplanePort, FlowsRejected, WorldFacts
+from coordinator.dataplane_port import AttachmentFlows, FlowsRejected, WorldFacts
 from coordinator.errors import Unavailable
 from coordinator.event_kinds import Event, EventKind
-from coordinator.flows.model import Flow
 from coordinator.memory import release_free_memory
 from coordinator.policy.scope import Scope
 from coordinator.reconcile import Plan, plan
@@ -54,30 +53,6 @@ class _Plugged:
     version: int
     scope: Scope
     adopted: bool  # the gateway's latest policy: the new last good one once installed
-
-
-class _Intended(Mapping[int, Sequence[Flow]]):
-    """Every plugged attachment's flows by cookie, compiled whenever asked
-    and not kept: a whole switch of them held at once (tens of thousands
-    of flows) would stay in the daemon's memory as the allocator's high
-    water mark."""
-
-    def __init__(self, dp: DataplanePort, plugged: Sequence[_Plugged]) -> None:
-        self._dp = dp
-        self._by_cookie = {cookie_for_slot(p.record.slot): p for p in plugged}
-
-    def __getitem__(self, cookie: int) -> list[Flow]:
-        p = self._by_cookie[cookie]
-        return self._dp.desired_flows(p.record, p.ofport, p.scope)
-
-    def __contains__(self, cookie: object) -> bool:
-        return cookie in self._by_cookie  # not compiled to find out
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._by_cookie)
-
-    def __len__(self) -> int:
-        return len(self._by_cookie)
 
 
 class Convergence:
@@ -258,7 +233,11 @@ class Convergence:
             # Diffed against the flows ``facts`` read: since then only the
             # cookies of attachments no longer kept (orphans, interrupted
             # ones) changed, and nothing else runs during a reconverge.
-            changes = await dp.sync_all(_Intended(dp, plugged), held=facts.held)
+            changes = await dp.converge_flows(
+                [AttachmentFlows(p.record, p.ofport, p.scope) for p in plugged],
+                held=facts.held,
+                proofs=await ctx.store.flow_proofs(),
+            )
         except FlowsRejected as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
         for p in plugged:

@@ -55,6 +55,9 @@ class AttachmentService:
         )
         self._ctx = ctx
         self._store = store
+        # Each verified sync's flow proof goes with the store's next commit
+        # (the apply's own, right after it).
+        dataplane.keep_proofs_with(store.carry_flow_proof)
         self._locks = ctx.locks
         self.book: PolicyBook = ctx.book
         self._gate = OperationGate(config.limits.max_attach_qps)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
 from coordinator.policy.scope import Scope
-from coordinator.store import policy_rows
+from coordinator.store import policy_rows, proof_rows
 from coordinator.store.errors import (
     AttachmentLimitReached,
     PoolExhausted,
@@ -395,6 +395,14 @@ class Store:
     def delete_policy(self, sandbox_id: str) -> None:
         policy_rows.delete_policy(self._db, sandbox_id)
 
+    # -- flow proofs ---------------------------------------------------------
+
+    def flow_proofs(self) -> dict[int, bytes]:
+        return proof_rows.read_proofs(self._db)
+
+    def keep_flow_proofs(self, proofs: Mapping[int, bytes]) -> None:
+        proof_rows.write_proofs(self._db, proofs)
+
     def record_policy_results(
         self,
         updates: Sequence[tuple[str, PolicyState, int, Event | None]],
@@ -461,18 +469,9 @@ class Store:
         cursor = db.execute(
             """INSERT INTO events (attachment_id, sandbox_id, owner, type, status, reason, message, time, actor)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                attachment_id,
-                sandbox_id,
-                owner,
-                event.kind.value,
-                int(event.status),
-                event.reason,
-                event.message,
-                self._clock(),
-                event.actor,
-            ),
-        )
+            (attachment_id, sandbox_id, owner, event.kind.value, int(event.status), event.reason,
+             event.message, self._clock(), event.actor),
+        )  # fmt: skip
         seq = cursor.lastrowid or 0
         db.execute("DELETE FROM events WHERE seq <= ?", (seq - self._event_log_size,))
 

@@ -101,4 +101,13 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE sandbox_policies;
     ALTER TABLE sandbox_policies_v5 RENAME TO sandbox_policies;
     """,
+    # 6: per slot, the proof that the flows of its last verified sync were
+    # its attachment's intent (see ``flow_proofs``): a restart that finds
+    # the same flows and inputs need not compile them.
+    """
+    CREATE TABLE flow_proofs (
+        slot INTEGER PRIMARY KEY CHECK (slot BETWEEN 1 AND 65535),
+        proof BLOB NOT NULL
+    );
+    """,
 )

@@ -95,8 +95,14 @@ class AsyncStore:
         await self.read(lambda: None)
         await self.run(lambda: None)
 
+    def carry_flow_proof(self, slot: int, proof: bytes) -> None:
+        """``proof`` kept with the next commit (see ``writer``)."""
+        self._writer.carry(slot, proof)
+
     async def close(self) -> None:
-        """Finish the calls already made, then close the database."""
+        """Finish the calls already made (and write the flow proofs carried),
+        then close the database."""
+        await self.run(lambda: None)
         await self.read(self.reads.close)
         self._reader.shutdown(wait=True)
         await asyncio.to_thread(self._writer.stop)
@@ -122,6 +128,8 @@ class AsyncStore:
     delete_policy = _on_store_thread(Store.delete_policy)
     set_policy_status = _on_store_thread(Store.set_policy_status)
     record_policy_results = _on_store_thread(Store.record_policy_results)
+    flow_proofs = _on_reader_thread(Store.flow_proofs)
+    keep_flow_proofs = _on_store_thread(Store.keep_flow_proofs)
     append_event = _on_store_thread(Store.append_event)
     append_coordinator_event = _on_store_thread(Store.append_coordinator_event)
     last_coordinator_event = _on_reader_thread(Store.last_coordinator_event)

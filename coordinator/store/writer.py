@@ -10,10 +10,16 @@ error, the others are kept. No caller hears back before the commit that
 holds its write is durable; if that commit fails, every write of the group
 gets the failure and none of them is kept. A write alone costs what it
 did; under load the fsyncs are shared.
+
+Flow proofs (``carry``) ride along: kept until the next commit, whoever's
+it is, and written in it. A proof is only ever a shortcut for a later
+restart, so one lost with a failed commit or a crash costs that restart a
+compile, nothing more; meanwhile an apply pays no commit of its own for it.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -23,6 +29,8 @@ from typing import Any
 
 from coordinator.store.db import Store
 from coordinator.store.errors import TransactionLost
+
+log = logging.getLogger(__name__)
 
 # The most writes one commit takes; more wait for the next (bounds how
 # long one transaction holds the write lock).
@@ -40,6 +48,8 @@ class GroupCommitWriter:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
+        self._riders: dict[int, bytes] = {}  # slot -> its newest flow proof (bounded by the slots)
+        self._riders_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="store", daemon=True)
         self._thread.start()
 
@@ -49,6 +59,12 @@ class GroupCommitWriter:
         write = _Write(fn)
         self._queue.put(write)
         return write.future
+
+    def carry(self, slot: int, proof: bytes) -> None:
+        """``proof`` written with the next commit (replacing one of ``slot``
+        not yet written). Any thread."""
+        with self._riders_lock:
+            self._riders[slot] = proof
 
     def stop(self) -> None:
         """Finish every write already asked for, then stop the thread."""
@@ -83,6 +99,7 @@ class GroupCommitWriter:
         store = self._store
         try:
             with store.group():
+                self._write_riders()
                 for write in group:
                     try:
                         with store.part():
@@ -104,6 +121,19 @@ class GroupCommitWriter:
         for write in group:
             assert write.outcome is not None
             _resolve(write, write.outcome)
+
+    def _write_riders(self) -> None:
+        with self._riders_lock:
+            riders, self._riders = self._riders, {}
+        if not riders:
+            return
+        try:
+            with self._store.part():
+                self._store.keep_flow_proofs(riders)
+        except TransactionLost:
+            raise
+        except Exception as exc:  # the group's own writes go on; the proofs are lost
+            log.warning("flow proofs of %d slots not kept: %s", len(riders), exc)
 
 
 def _resolve(write: _Write, outcome: tuple[bool, Any]) -> None:

@@ -12,11 +12,18 @@ the integration tests' job.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator import faults
-from coordinator.dataplane_port import FlowsRejected, HeldFlows, SwitchTrace, Work, WorldFacts
+from coordinator.dataplane_port import (
+    AttachmentFlows,
+    FlowsRejected,
+    HeldFlows,
+    SwitchTrace,
+    Work,
+    WorldFacts,
+)
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import DeviceKind, EswitchDevice, HealthFact, PreparedDevice
 from coordinator.flows.compiler import (
@@ -155,6 +162,16 @@ class FakeDataplane:
         }
         return {cookie: change for cookie, change in changes.items() if change is not None}
 
+    async def converge_flows(
+        self, attachments: Sequence[AttachmentFlows], *, held: HeldFlows | None, proofs: Mapping[int, bytes]
+    ) -> Mapping[int, Change]:
+        # No proofs here: every attachment's flows compiled when the sync asks.
+        desired = _Compiled(self, {cookie_for_slot(a.record.slot): a for a in attachments})
+        return await self.sync_all(desired, held=held)
+
+    def keep_proofs_with(self, sink: Callable[[int, bytes], None]) -> None:
+        self.proof_sink = sink
+
     async def set_zone_limits(self, slots: Sequence[int]) -> None:
         self._step("set_zone_limits", ",".join(map(str, slots)))
         self.zone_limits.update(slots)
@@ -276,3 +293,21 @@ class FakeDataplane:
     async def drop_meters_if_unused(self, records: Sequence[AttachmentRecord], scope: Scope) -> None:
         for record in records:
             await self.drop_meter_if_unused(record.slot, scope)
+
+
+class _Compiled(Mapping[int, Sequence[Flow]]):
+    """The attachments' flows by cookie, compiled when asked."""
+
+    def __init__(self, switch: FakeDataplane, by_cookie: dict[int, AttachmentFlows]) -> None:
+        self._switch = switch
+        self._by_cookie = by_cookie
+
+    def __getitem__(self, cookie: int) -> list[Flow]:
+        a = self._by_cookie[cookie]
+        return self._switch.desired_flows(a.record, a.ofport, a.scope)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._by_cookie)
+
+    def __len__(self) -> int:
+        return len(self._by_cookie)
