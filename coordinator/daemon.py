@@ -40,6 +40,7 @@ from coordinator.metrics import (
 )
 from coordinator.notify import Notifier, watchdog_task
 from coordinator.offload_status import offload_monitor
+from coordinator.ovs.control import bridge_mgmt
 from coordinator.ovs.ofchannel import OpenFlowChannel
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ovsdb import Ovsdb, OvsdbError
@@ -120,25 +121,27 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
     # Connected by the first request (the service's start programs the
     # bridge), reconnected whenever ovs-vswitchd restarts.
     channel = OpenFlowChannel(
-        lambda: f"{cfg.rundir}/{cfg.bridge}.mgmt", timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S
+        lambda: bridge_mgmt(cfg.rundir, cfg.bridge), timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S
     )
     switch = ChannelSwitch(channel, pipeline, explain_timeout=cfg.timeout_s)
     try:
         # Backends use blocking netlink libraries that refuse to run on a
         # thread with a running event loop: construct (and call) them off-loop.
         chosen = backend if backend is not None else await asyncio.to_thread(make_backend, config)
-        await ovsdb.connect()
-        events = EventHub()
         dataplane = Dataplane(config=config, backend=chosen, ovsdb=ovsdb, switch=switch, pipeline=pipeline)
-        service = AttachmentService(
-            config=config,
-            store=store,
-            dataplane=dataplane,
-            network_classes=load_network_classes(),
-            events=events,
-            mac_salt=mac_salt(config),
-        )
+        # The switch dumps our flows while OVSDB's replica is filled.
+        dataplane.read_flows_early()
         try:
+            await ovsdb.connect()
+            events = EventHub()
+            service = AttachmentService(
+                config=config,
+                store=store,
+                dataplane=dataplane,
+                network_classes=load_network_classes(),
+                events=events,
+                mac_salt=mac_salt(config),
+            )
             await service.start()
         except BaseException:
             await dataplane.close()

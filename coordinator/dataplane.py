@@ -137,8 +137,13 @@ class Dataplane:
     def conntrack(self) -> ConntrackControl:
         return self._conntrack
 
+    def read_flows_early(self) -> None:
+        """``SwitchProbes.read_early``; dropped if ``ensure_bridge`` changes the bridge's flows."""
+        self._probes.read_early()
+
     async def close(self) -> None:
         """Close the control connection (a later call opens another)."""
+        self._probes.drop_early()
         await self._control.close()
 
     # -- bridge -------------------------------------------------------------
@@ -157,6 +162,8 @@ class Dataplane:
             await self._switch.match_fragments_as_parsed()
             result = await self._switch.sync(BRIDGE_COOKIE, self.bridge_flows())
             self._flow_counts[BRIDGE_COOKIE] = result.total
+            if result.added or result.removed:
+                self._probes.drop_early()
         except (OvsdbError, OpenFlowError, ConntrackError) as exc:
             raise Unavailable(f"programming bridge {cfg.bridge}: {exc}") from exc
 
@@ -420,12 +427,10 @@ class Dataplane:
     async def converge_flows(
         self, attachments: Sequence[AttachmentFlows], *, held: HeldFlows | None, proofs: Mapping[int, bytes]
     ) -> dict[int, SyncResult]:
-        """Every attachment's cookie holding exactly its intent; unless every
-        stored proof shows it unchanged, compiled when asked and compared
-        with the flows ``facts`` read, the ones that differ synced a range
-        of slots at a time, each cookie's change atomic (see
-        ``dataplane_converge``). Returns the changes by cookie (cookies
-        without a change are absent). Raises FlowsRejected."""
+        """Every attachment's cookie holding exactly its intent: unless every
+        stored proof holds, compiled when asked, compared with the flows
+        ``facts`` read and the ones that differ synced a range of slots at a
+        time (``dataplane_converge``). The changes by cookie. Raises FlowsRejected."""
         if not isinstance(held, ReadFlows):
             held = (await self.facts()).held
             assert isinstance(held, ReadFlows)

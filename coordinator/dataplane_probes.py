@@ -6,6 +6,7 @@ health probes, and packet traces for ExplainPacket."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK
@@ -15,6 +16,7 @@ from coordinator.errors import Unavailable
 from coordinator.eswitch.base import EswitchBackend, EswitchError, HealthFact
 from coordinator.flows.trace import TraceParseError, TracePorts, parse_dpif_show, parse_trace, trace_request
 from coordinator.health import ovs_checks
+from coordinator.ovs.control import bridge_mgmt
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import FlowsDigest, InstalledFlow
 from coordinator.ovs.openflow import OpenFlowError
@@ -52,6 +54,10 @@ class ReadFlows:
         return self._flows
 
 
+# Flow-stats bodies and every cookie's digest of them (``ChannelSwitch.dump_digests``).
+FlowDump = tuple[list[bytes], dict[int, FlowsDigest]]
+
+
 class SwitchProbes:
     def __init__(
         self,
@@ -66,6 +72,7 @@ class SwitchProbes:
         self._backend = backend
         self._ovsdb = ovsdb
         self._switch = switch
+        self._early: asyncio.Future[FlowDump] | None = None  # ``read_early``
 
     async def switch_intact(
         self, base_flows: int, ports_in_use: Mapping[str, int], uplink_ofport: int | None
@@ -124,14 +131,42 @@ class SwitchProbes:
             raise Unavailable(f"tracing through the switch: {exc}") from exc
         return SwitchTrace(text=text, allowed=switch.allowed)
 
+    def read_early(self) -> None:
+        """Start the read of every flow of ours that the next ``facts``
+        takes, before OVSDB is even connected: at a start the switch works
+        through a dump of tens of thousands of flows meanwhile. Nothing else
+        changes flows before that ``facts`` but the bridge's own ones: if
+        those change in between (the bridge was new, or ovs-vswitchd lost
+        them), ``drop_early``, and ``facts`` reads again. Not when the
+        bridge has no management socket yet (a first start): the channel
+        would wait for one, and hold up the bridge's own first flows."""
+        if not os.path.exists(bridge_mgmt(self._cfg.rundir, self._cfg.bridge)):
+            return
+        self._early = asyncio.ensure_future(self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK))
+
+    def drop_early(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:
+            early.cancel()
+            early.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    async def _dump(self) -> FlowDump:
+        early, self._early = self._early, None
+        if early is not None:
+            try:
+                return await early
+            except OpenFlowError:
+                pass  # e.g. the bridge was not there yet: read now
+        return await self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK)
+
     async def facts(self, bridge: str) -> WorldFacts:
         """Our ports, how many flows each of our cookies holds (and the flows,
-        for ``sync_all``), and the prepared functions."""
+        for ``converge_flows``), and the prepared functions."""
         # Side by side: the switch works through the flow dump (tens of
         # thousands at a thousand attachments) while OVSDB and the eswitch answer.
         ports, read, ofports, prepared = await asyncio.gather(
             self._ovsdb.owned_ports(bridge),
-            self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK),
+            self._dump(),
             self._ovsdb.interface_ofports(),
             asyncio.to_thread(self._backend.prepared),
             return_exceptions=True,

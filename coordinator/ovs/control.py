@@ -1,10 +1,16 @@
-"""Where ovs-vswitchd's control socket is (conntrack, traces, datapath dumps)."""
+"""Where ovs-vswitchd's control socket is (conntrack, traces, datapath
+dumps), and a bridge's OpenFlow management socket."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 DAEMON = "ovs-vswitchd"
+
+
+def bridge_mgmt(rundir: str, bridge: str) -> str:
+    """The bridge's management socket (OpenFlow, no TLS: local only)."""
+    return f"{rundir}/{bridge}.mgmt"
 
 
 def vswitchd_ctl(rundir: str, configured: str = "") -> str:

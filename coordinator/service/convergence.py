@@ -238,6 +238,9 @@ class Convergence:
                 held=facts.held,
                 proofs=await ctx.store.flow_proofs(),
             )
+            # The proofs it made, kept now: a crash right after the start
+            # would otherwise cost the next start the whole compare again.
+            await ctx.store.run(lambda: None)
         except FlowsRejected as exc:
             raise Unavailable(f"re-installing flows: {exc}") from exc
         for p in plugged:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.attachment_identity import cookie_for_slot, cookie_in_flow
+from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot, cookie_in_flow
 from coordinator.daemon import Adapters, build
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.classes import load_network_classes
 from coordinator.ovs import ofsweep
+from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS
@@ -197,5 +198,45 @@ async def test_a_restart_reconciles_a_range_of_slots_at_a_time_drift_in_a_late_r
             assert report is not None and report.flows_removed == 0
             assert report.corrections == (ATTACHMENTS if lost else 0)
             assert _claims(ovs, shared) == [cookie_for_slot(records[later].slot)]
+    finally:
+        await _clean_up(adapters, stack)
+
+
+async def test_the_flows_read_while_ovsdb_connects_are_read_again_if_the_bridge_changed(
+    tmp_path: Path, ovs: OvsInstance, uplink: Uplink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start reads every flow of ours while OVSDB's replica fills; if
+    programming the bridge then changed its own flows (here ovs-vswitchd
+    lost them while the daemon was down), what was read is not used."""
+    stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=2, sfs=0)
+    adapters: Adapters | None = None
+    dumps: list[int] = []
+    real = ChannelSwitch.dump_digests
+
+    async def counted(self: ChannelSwitch, cookie: int, mask: int):  # type: ignore[no-untyped-def]
+        dumps.append(cookie)
+        return await real(self, cookie, mask)
+
+    monkeypatch.setattr(ChannelSwitch, "dump_digests", counted)
+    try:
+        records = [await stack.attach(f"early-{i}") for i in range(2)]
+        for i in range(2):
+            await stack.service.apply_policy(f"early-{i}", _scope(i))
+        records = [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+        await _stop(stack)
+        dumps.clear()
+        adapters = await build(stack.config, stack.backend)
+        assert len(dumps) == 1  # the early one, used
+        await _stop(adapters)
+        adapters = None
+
+        ovs.ofctl("del-flows", ovs.mgmt(BRIDGE), f"cookie={BRIDGE_COOKIE:#x}/-1")
+        dumps.clear()
+        adapters = await build(stack.config, stack.backend)
+        assert len(dumps) == 2  # read again after the bridge's flows were put back
+        report = adapters.service.last_converge
+        assert report is not None and report.corrections == 0
+        for i, record in enumerate(records):
+            assert await _holds_exactly(adapters, record, _scope(i)), f"attachment {i}"
     finally:
         await _clean_up(adapters, stack)
