@@ -35,7 +35,7 @@ from coordinator.attachment_identity import (
     zone_of_slot,
 )
 from coordinator.config import Config
-from coordinator.dataplane_converge import ProofSink, converge_flows
+from coordinator.dataplane_converge import ProofSink, Prover, converge_flows
 from coordinator.dataplane_port import (
     AttachmentFlows,
     FlowsRejected,
@@ -47,7 +47,7 @@ from coordinator.dataplane_port import (
 from coordinator.dataplane_probes import ReadFlows, SwitchProbes
 from coordinator.errors import Unavailable
 from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchDevice, EswitchError, HealthFact
-from coordinator.flow_proofs import FlowProof, ProofInputs
+from coordinator.flow_proofs import ProofInputs
 from coordinator.flows.compiler import (
     BridgeFacts,
     PortFacts,
@@ -123,11 +123,10 @@ class Dataplane:
         self._meters_known = False
         # cookie -> flows installed and verified under it (for metrics).
         self._flow_counts: dict[int, int] = {}
-        self._proof_inputs = ProofInputs(pipeline)
-        self._proof_sink: ProofSink = lambda slot, proof: None
+        self._prover = Prover(ProofInputs(pipeline))
 
     def keep_proofs_with(self, sink: ProofSink) -> None:
-        self._proof_sink = sink
+        self._prover.sink = sink
 
     def installed_flows(self) -> int:
         """Flows installed and verified (bridge and attachments)."""
@@ -239,8 +238,10 @@ class Dataplane:
     ) -> tuple[SyncResult, str]:
         port = self._port(record, ofport)
         notes: list[str] = []
+        fingerprint = [b""]  # of the proof's inputs, worked out while the switch reads back
 
         async def cut() -> None:
+            fingerprint[0] = self._prover.inputs.of(port, scope)
             if meanwhile is not None:
                 meanwhile()
             notes.append(await self.revoke(record, scope))
@@ -272,8 +273,7 @@ class Dataplane:
             elif reads is not None and not reads.cancelled():
                 reads.exception()  # seen: a failed read already failed the sync
         self._flow_counts[port.cookie] = result.total
-        if (held := self._switch.verified(port.cookie)) is not None:
-            self._proof_sink(port.slot, FlowProof(self._proof_inputs.of(port, scope), held).encode())
+        self._prover.proven(port, scope, self._switch.verified(port.cookie), fingerprint[0])
         await self.drop_meter_if_unused(record.slot, scope)
         if revoke and not notes:  # nothing changed: no bundle, so not cut yet
             await cut()
@@ -421,7 +421,7 @@ class Dataplane:
 
     async def facts(self) -> WorldFacts:
         """Our ports, how many flows each of our cookies holds (and the flows,
-        for ``sync_all``), and the prepared functions."""
+        for ``converge_flows``), and the prepared functions."""
         return await self._probes.facts(self._bridge)
 
     async def converge_flows(
@@ -436,8 +436,8 @@ class Dataplane:
             assert isinstance(held, ReadFlows)
         with _rejected():
             changes, counts = await converge_flows(
-                self._switch, lambda a: self.desired_flows(a.record, a.ofport, a.scope), self._proof_inputs,
-                attachments, held, proofs, self._proof_sink,
+                self._switch, lambda a: self.desired_flows(a.record, a.ofport, a.scope), self._prover.inputs,
+                attachments, held, proofs, self._prover.sink,
             )  # fmt: skip
         self._flow_counts.update(counts)
         return changes

@@ -24,6 +24,7 @@ from coordinator.ovs.ofsweep import sync_in_ranges
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import NOTHING_HELD, FlowsDigest
 from coordinator.ovs.openflow import SyncResult
+from coordinator.policy.scope import Scope
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,24 @@ class _Intended(Mapping[int, Sequence[Flow]]):
 
     def __len__(self) -> int:
         return len(self._by_cookie)
+
+
+class Prover:
+    """Where one attachment's proofs go and what goes in them."""
+
+    def __init__(self, inputs: ProofInputs) -> None:
+        self.inputs = inputs
+        self.sink: ProofSink = lambda slot, proof: None
+
+    def proven(
+        self, port: PortFacts, scope: Scope, held: FlowsDigest | None, fingerprint: bytes = b""
+    ) -> None:
+        """``held``: what the cookie held at the sync just verified (None:
+        nothing to prove); ``fingerprint``: ``inputs.of(port, scope)`` if
+        already worked out (an apply works it out while the switch reads back)."""
+        if held is not None:
+            fingerprint = fingerprint or self.inputs.of(port, scope)
+            self.sink(port.slot, FlowProof(fingerprint, held).encode())
 
 
 def port_of(attachment: AttachmentFlows) -> PortFacts:

@@ -31,7 +31,7 @@ class FlowsRejected(RuntimeError):
 
 class HeldFlows(Protocol):
     """The flows the switch held under our cookies when ``facts`` read them,
-    opaque to the service: handed back to ``sync_all`` it diffs against
+    opaque to the service: handed back to ``converge_flows`` it diffs against
     them instead of reading every flow again. Only while nothing has
     changed the flows of the cookies synced since (a whole-switch
     reconverge runs alone)."""

@@ -23,10 +23,10 @@ from coordinator.attachment_identity import cookie_for_slot
 from coordinator.daemon import Adapters, build
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.store.db import Store
-from coordinator.store.records import AttachmentRecord
 from tests.integration.stack import Uplink, build_stack
 from tests.integration.test_restart_reconcile import (
     BRIDGE,
+    _attached_with,
     _claims,
     _clean_up,
     _holds_exactly,
@@ -75,10 +75,7 @@ async def test_a_restart_with_nothing_changed_compiles_nothing_and_drift_is_stil
     stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=ATTACHMENTS, sfs=0)
     adapters: Adapters | None = None
     try:
-        records = [await stack.attach(f"proof-{i}") for i in range(ATTACHMENTS)]
-        for i in range(ATTACHMENTS):
-            await stack.service.apply_policy(f"proof-{i}", _scope(i))
-        records = [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+        records = await _attached_with(stack, "proof", [_scope(i) for i in range(ATTACHMENTS)])
         await _stop(stack)
         # Every apply left its proof, written with the apply's own commit.
         assert set(_proof_rows(stack.config.store.path)) == {r.slot for r in records}
@@ -120,10 +117,7 @@ async def test_a_policy_stored_while_down_or_an_unreadable_proof_is_compiled_and
     stack = await build_stack(tmp_path, ovs, BRIDGE, "uplink", vfs=2, sfs=0)
     adapters: Adapters | None = None
     try:
-        records = [await stack.attach(f"inputs-{i}") for i in range(2)]
-        for i in range(2):
-            await stack.service.apply_policy(f"inputs-{i}", _scope(i))
-        records = [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+        records = await _attached_with(stack, "inputs", [_scope(i) for i in range(2)])
         await _stop(stack)
         # While it is down, sandbox 0's last good policy becomes another one
         # (the flows on the switch are still the old policy's, as proven).
@@ -162,10 +156,7 @@ async def test_a_place_taken_by_a_cookie_that_is_gone_goes_back_to_the_one_that_
     adapters: Adapters | None = None
     shared = "198.51.100.21"
     try:
-        records: list[AttachmentRecord] = [await stack.attach(f"shared-{i}") for i in range(2)]
-        for i in range(2):
-            await stack.service.apply_policy(f"shared-{i}", _scope(1))
-        records = [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+        records = await _attached_with(stack, "shared", [_scope(1) for i in range(2)])
         earlier, later = sorted(records, key=lambda r: r.slot)
         await _stop(stack)
         adapters = await build(stack.config, stack.backend)  # settles which cookie holds the place

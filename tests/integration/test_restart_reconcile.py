@@ -67,6 +67,14 @@ async def _holds_exactly(adapters: Adapters, record: AttachmentRecord, scope: Sc
     return {f.key for f in installed} == set(adapters.switch.encode(desired))
 
 
+async def _attached_with(stack: Stack, prefix: str, scopes: list[Scope]) -> list[AttachmentRecord]:
+    """Attachments of sandboxes ``PREFIX-i``, each with ``scopes[i]`` applied, as stored."""
+    records = [await stack.attach(f"{prefix}-{i}") for i in range(len(scopes))]
+    for i, scope in enumerate(scopes):
+        await stack.service.apply_policy(f"{prefix}-{i}", scope)
+    return [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+
+
 def _rule_flow(stack: Stack, record: AttachmentRecord, port: int) -> str:
     cookie = cookie_for_slot(record.slot)
     dump = stack.ovs.ofctl("dump-flows", "--no-stats", stack.ovs.mgmt(BRIDGE), f"cookie={cookie:#x}/-1")
@@ -219,10 +227,7 @@ async def test_the_flows_read_while_ovsdb_connects_are_read_again_if_the_bridge_
 
     monkeypatch.setattr(ChannelSwitch, "dump_digests", counted)
     try:
-        records = [await stack.attach(f"early-{i}") for i in range(2)]
-        for i in range(2):
-            await stack.service.apply_policy(f"early-{i}", _scope(i))
-        records = [r for r in (stack.store.get(r.attachment_id) for r in records) if r is not None]
+        records = await _attached_with(stack, "early", [_scope(0), _scope(1)])
         await _stop(stack)
         dumps.clear()
         adapters = await build(stack.config, stack.backend)
