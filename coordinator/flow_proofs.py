@@ -23,7 +23,6 @@ exactly the same flows.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import struct
 from collections.abc import Mapping
@@ -113,7 +112,7 @@ class ProofInputs:
 
     def of(self, port: PortFacts, scope: Scope) -> bytes:
         if self._base is None:
-            text = code_fingerprint() + _pipeline_text(self._pipeline)
+            text = CODE_FINGERPRINT + _pipeline_text(self._pipeline)
             self._base = hashlib.blake2b(text, digest_size=16).digest()
         port_text = f"{port.ofport} {port.mac} {port.slot}".encode()
         return hashlib.blake2b(self._base + self._scope(scope) + port_text, digest_size=INPUTS_SIZE).digest()
@@ -152,7 +151,6 @@ def _pipeline_text(pipeline: Pipeline) -> bytes:
     return repr((tables, sorted(pipeline.priorities.items()))).encode()
 
 
-@functools.cache
 def code_fingerprint() -> bytes:
     """Every file of this daemon's package and the OpenFlow codec's version:
     what the compile and the encoding are besides their inputs."""
@@ -163,3 +161,9 @@ def code_fingerprint() -> bytes:
         digest.update(str(path.relative_to(package)).encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.digest()
+
+
+# Worked out when the daemon starts (this module is imported with the
+# dataplane), not at its first proof: files replaced under a running
+# daemon (an upgrade in place) must not vouch for the code it runs.
+CODE_FINGERPRINT = code_fingerprint()

@@ -126,6 +126,29 @@ def test_the_fingerprint_moves_with_every_input_and_not_with_the_process() -> No
     assert done.stdout.strip() == first.hex()
 
 
+def test_files_replaced_under_a_running_daemon_do_not_change_its_fingerprint() -> None:
+    """An upgrade in place replaces the package's files while the old code
+    runs: proofs it makes afterwards must still name the old code."""
+    code = (
+        "import pathlib\n"
+        "from tests.unit.test_flow_proofs import PIPELINE, PORT, _scope\n"
+        "from coordinator.flow_proofs import ProofInputs\n"
+        "if REPLACED:\n"
+        "    pathlib.Path.read_bytes = lambda self: b'the next version'\n"
+        "print(ProofInputs(PIPELINE).of(PORT, _scope()).hex())"
+    )
+    prints = [
+        subprocess.run(
+            [sys.executable, "-c", f"REPLACED = {replaced}\n" + code],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        for replaced in (False, True)
+    ]
+    assert prints[0] == prints[1] and len(prints[0]) == 32
+
+
 def test_proofs_carried_go_with_the_next_commit_and_at_close(tmp_path: Path) -> None:
     async def run() -> None:
         store = AsyncStore(Store(tmp_path / "store.db"))
