@@ -7,7 +7,7 @@ the switch held exactly the flows compiled from them. The flows are kept
 as the ``FlowsDigest`` of how the switch spells them, the inputs as a
 fingerprint. Compiling is a function of those inputs alone, so the pair
 stays true: whenever the inputs are the same again and the cookie's flows
-read from the switch sum to the same digest, the cookie holds its intent,
+read from the switch hash to the same digest, the cookie holds its intent,
 compiled or not. A restart at which every attachment is so compiles
 nothing; any other compiles and compares everything as before. A proof
 can be out of date, never wrong: one of other inputs or other flows does
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
@@ -32,12 +33,12 @@ from pathlib import Path
 
 from coordinator.flows.compiler import PortFacts
 from coordinator.flows.pipeline import Pipeline
-from coordinator.ovs.ofwire import FlowsDigest
+from coordinator.ovs.ofwire import NOTHING_HELD, FlowsDigest
 from coordinator.policy.scope import Rule, Scope
 
 INPUTS_SIZE = 16
-_DIGEST = struct.Struct("!I16s")  # count, the marks' sum
-_WINNER = struct.Struct("!QI16s")  # cookie, its count and sum
+_DIGEST = struct.Struct("!I16s")  # count, the hash of the sorted marks
+_WINNER = struct.Struct("!QI16s")  # cookie, its count and hash
 _VERSION = 1  # of the encoding below
 MAX_WINNERS = 64  # cookies one attachment's proof may name
 
@@ -94,7 +95,7 @@ class FlowProof:
 
 
 def _held(digests: Mapping[int, FlowsDigest], cookie: int) -> FlowsDigest:
-    return digests.get(cookie, FlowsDigest(0, 0))
+    return digests.get(cookie, NOTHING_HELD)
 
 
 def _pack(digest: FlowsDigest) -> bytes:
@@ -114,7 +115,7 @@ class ProofInputs:
         if self._base is None:
             text = CODE_FINGERPRINT + _pipeline_text(self._pipeline)
             self._base = hashlib.blake2b(text, digest_size=16).digest()
-        port_text = f"{port.ofport} {port.mac} {port.slot}".encode()
+        port_text = repr(port).encode()  # every field, one added later included
         return hashlib.blake2b(self._base + self._scope(scope) + port_text, digest_size=INPUTS_SIZE).digest()
 
     def _scope(self, scope: Scope) -> bytes:
@@ -155,7 +156,7 @@ def code_fingerprint() -> bytes:
     """Every file of this daemon's package and the OpenFlow codec's version:
     what the compile and the encoding are besides their inputs."""
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(metadata.version("os-ken").encode())
+    digest.update(f"{metadata.version('os-ken')} {sys.version}".encode())
     package = Path(__file__).parent
     for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         digest.update(str(path.relative_to(package)).encode() + b"\0")

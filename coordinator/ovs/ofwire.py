@@ -114,7 +114,7 @@ class FlowPlace:
 class InstalledFlow:
     key: FlowKey
     match_block: bytes  # the ofp_match as read (with padding), for a strict delete
-    mark: int = 0  # ``spelling_mark`` of the flow as read (0: not read from the switch)
+    mark: bytes = b""  # ``spelling_mark`` of the flow as read (empty: not read from the switch)
 
 
 def _spelling(body: bytes, at: int, end: int) -> bytes:
@@ -124,38 +124,42 @@ def _spelling(body: bytes, at: int, end: int) -> bytes:
     return body[at : at + 4] + body[at + 12 : at + 32] + body[at + _FLOW_STATS.size : end]
 
 
-def spelling_mark(spelling: bytes) -> int:
+def spelling_mark(spelling: bytes) -> bytes:
     """A 128-bit mark of one flow's spelling, the same in every process
     (Python's own hash of bytes is salted per process, and a mark outlives
     the process in the store)."""
-    return int.from_bytes(hashlib.blake2b(spelling, digest_size=16).digest(), "big")
-
-
-_MARK_SPACE = 1 << 128
+    return hashlib.blake2b(spelling, digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
 class FlowsDigest:
-    """What a cookie holds, summed over its flows' marks: equal for the same
-    set of spellings whatever order the switch lists them in, and worked
-    out from a dump without parsing a flow."""
+    """What a cookie holds: how many flows, and a hash of their marks in
+    sorted order (the same set of spellings whatever order the switch lists
+    them in). Sorted and hashed, not summed: a sum of marks can be made to
+    collide by choosing the flows (a policy's author chooses them), a hash
+    of the sorted marks cannot short of breaking blake2b."""
 
     count: int
-    total: int  # the marks' sum, modulo 2**128
+    total: int  # blake2b of the sorted marks, as a number
 
     @staticmethod
     def of(flows: Iterable[InstalledFlow]) -> FlowsDigest:
-        marks = [f.mark for f in flows]
-        return FlowsDigest(len(marks), sum(marks) % _MARK_SPACE)
+        return FlowsDigest.of_marks([f.mark for f in flows])
+
+    @staticmethod
+    def of_marks(marks: list[bytes]) -> FlowsDigest:
+        marks.sort()
+        hashed = hashlib.blake2b(b"".join(marks), digest_size=16).digest()
+        return FlowsDigest(len(marks), int.from_bytes(hashed, "big"))
 
 
-NOTHING_HELD = FlowsDigest(0, 0)
+NOTHING_HELD = FlowsDigest.of_marks([])
 
 
 def digests_by_cookie(bodies: Iterable[bytes]) -> dict[int, FlowsDigest]:
     """The ``FlowsDigest`` of every cookie in flow-stats bodies, each entry's
     lengths checked as ``FlowStatsReader`` checks them; no flow parsed."""
-    sums: dict[int, list[int]] = {}
+    marks: dict[int, list[bytes]] = {}
     size = _FLOW_STATS.size
     for body in bodies:
         at, total = 0, len(body)
@@ -166,13 +170,12 @@ def digests_by_cookie(bodies: Iterable[bytes]) -> dict[int, FlowsDigest]:
             if end < at + size + 8 or end > total:
                 raise WireError(f"flow stats entry of length {end - at} at byte {at} does not fit")
             cookie = int.from_bytes(body[at + 24 : at + 32], "big")
-            kept = sums.get(cookie)
+            kept = marks.get(cookie)
             if kept is None:
-                kept = sums[cookie] = [0, 0]
-            kept[0] += 1
-            kept[1] += spelling_mark(_spelling(body, at, end))
+                kept = marks[cookie] = []
+            kept.append(spelling_mark(_spelling(body, at, end)))
             at = end
-    return {cookie: FlowsDigest(count, total % _MARK_SPACE) for cookie, (count, total) in sums.items()}
+    return {cookie: FlowsDigest.of_marks(kept) for cookie, kept in marks.items()}
 
 
 def _pad8(n: int) -> int:

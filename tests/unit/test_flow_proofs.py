@@ -21,7 +21,14 @@ from coordinator.flow_proofs import MAX_WINNERS, FlowProof, ProofError, ProofInp
 from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.ovs.ofencode import encode_flow_add
-from coordinator.ovs.ofwire import NOTHING_HELD, FlowsDigest, FlowStatsReader, WireError, digests_by_cookie
+from coordinator.ovs.ofwire import (
+    NOTHING_HELD,
+    FlowsDigest,
+    FlowStatsReader,
+    InstalledFlow,
+    WireError,
+    digests_by_cookie,
+)
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.db import Store
@@ -69,6 +76,17 @@ def test_a_dumps_digests_are_those_of_its_flows_parsed_whatever_the_order_and_co
     assert digests_by_cookie([]) == {} and FlowsDigest.of([]) == NOTHING_HELD
     with pytest.raises(WireError):
         digests_by_cookie([mine[0][:-1]])  # an entry cut short
+
+
+def test_flows_chosen_so_their_marks_add_up_alike_still_digest_apart() -> None:
+    """A policy's author chooses its flows; marks that sum alike (here 1 + 4
+    and 2 + 3) must not make two sets of flows look the same."""
+
+    def held(*marks: int) -> FlowsDigest:
+        return FlowsDigest.of(InstalledFlow(None, b"", m.to_bytes(16, "big")) for m in marks)  # type: ignore[arg-type]
+
+    assert held(1, 4) != held(2, 3)
+    assert held(1, 4) == held(4, 1)  # whatever the order the switch lists them in
 
 
 def test_a_proof_reads_back_as_written_and_one_that_does_not_hold_together_is_refused() -> None:
