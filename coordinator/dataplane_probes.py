@@ -72,7 +72,7 @@ class SwitchProbes:
         self._backend = backend
         self._ovsdb = ovsdb
         self._switch = switch
-        self._early: asyncio.Future[FlowDump] | None = None  # ``read_early``
+        self._early: asyncio.Future[tuple[FlowDump, int]] | None = None  # ``read_early``
 
     async def switch_intact(
         self, base_flows: int, ports_in_use: Mapping[str, int], uplink_ofport: int | None
@@ -139,10 +139,15 @@ class SwitchProbes:
         those change in between (the bridge was new, or ovs-vswitchd lost
         them), ``drop_early``, and ``facts`` reads again. Not when the
         bridge has no management socket yet (a first start): the channel
-        would wait for one, and hold up the bridge's own first flows."""
+        would wait for one, and hold up the bridge's own first flows. Nor
+        is it used when the channel reconnected since (ovs-vswitchd restarted)."""
         if not os.path.exists(bridge_mgmt(self._cfg.rundir, self._cfg.bridge)):
             return
-        self._early = asyncio.ensure_future(self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK))
+        self._early = asyncio.ensure_future(self._dump_on_connection())
+
+    async def _dump_on_connection(self) -> tuple[FlowDump, int]:
+        dump = await self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK)
+        return dump, self._switch.channel.connects
 
     def drop_early(self) -> None:
         early, self._early = self._early, None
@@ -154,7 +159,9 @@ class SwitchProbes:
         early, self._early = self._early, None
         if early is not None:
             try:
-                return await early
+                dump, connection = await early
+                if connection == self._switch.channel.connects:
+                    return dump
             except OpenFlowError:
                 pass  # e.g. the bridge was not there yet: read now
         return await self._switch.dump_digests(COOKIE_OWNER, COOKIE_OWNER_MASK)
