@@ -15,50 +15,162 @@ Beside the flows, the digest of what each cookie held at its last verified
 sync (``FlowsDigest``), of any connection and whatever its size: a proof
 that a sync's intent was on the switch (``flow_proofs``) outlives the
 connection and the process. Dropped with the flows.
+
+A read-back after a small change is compared where it differs from the
+last verified one (``changed``): the switch lists a cookie's flows in the
+same order from one read to the next, and the flow-stats reader hands back
+the very objects of flows it read before, so what a change touched is the
+span where the two lists stop being the same objects, found by comparing
+references in C. For a thousand-flow cookie that spares hashing every key
+of the read-back and sorting every mark again, most of what the comparison
+cost.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from coordinator.ovs.ofwire import FlowKey, FlowsDigest, InstalledFlow
+from coordinator.sequences import changed_span
 
 KNOWN_FLOWS_KEPT = 16_384  # a thousand-rule attachment holds about 2,000
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """One cookie's flows as a verified read showed them."""
+
+    connection: int
+    flows: dict[FlowKey, InstalledFlow]  # not to be changed
+    order: Sequence[InstalledFlow] | None  # the same flows as the switch listed them; None: unknown
+    marks: list[bytes]  # their marks, sorted (the digest's input); not to be changed
+
+    @property
+    def digest(self) -> FlowsDigest:
+        return FlowsDigest.of_sorted(self.marks)
+
+
+def held_from(connection: int, flows: dict[FlowKey, InstalledFlow], order: Sequence[InstalledFlow]) -> Held:
+    """``flows`` by key, ``order`` the very same flows as read (when it holds
+    anything else, e.g. a flow twice, the order is not kept)."""
+    marks = sorted(f.mark for f in flows.values())
+    return Held(connection, flows, order if len(order) == len(flows) else None, marks)
+
+
+def changed(
+    prior: Held,
+    after: Sequence[InstalledFlow],
+    removed: Collection[InstalledFlow],
+    wanted: Mapping[FlowKey, object],
+) -> Held | None:
+    """What the cookie holds if ``after``, its read-back after a bundle that
+    deleted ``removed`` from ``prior`` and added the keys of ``wanted`` that
+    ``prior`` lacked, shows exactly ``wanted``; None if it does not, or if
+    that cannot be told from a small span (then compare the whole way).
+
+    ``removed`` must be every flow of ``prior`` whose key is not wanted (as
+    the diff made them: ``prior.flows``' own objects). Then the flows outside
+    the span, being ``prior``'s and none of the removed, are all wanted;
+    checking the span's flows are wanted, and none twice, and the count,
+    shows the read-back is exactly ``wanted``."""
+    order = prior.order
+    if order is None or len(after) != len(wanted):
+        return None
+    start, old_end, new_end = changed_span(order, after)
+    gone, came = order[start:old_end], after[start:new_end]
+    if len(gone) + len(came) > max(16, len(after) // 8):
+        return None
+    gone_ids = {id(f) for f in gone}
+    if any(id(f) not in gone_ids for f in removed):
+        return None  # outside the span, so still on the switch
+    flows = dict(prior.flows)
+    marks = list(prior.marks)
+    for flow in gone:
+        if flows.pop(flow.key, None) is not flow or not _drop_mark(marks, flow.mark):
+            return None  # not the prior state's own flow: compare the whole way
+    for flow in came:
+        if flow.key not in wanted or flow.key in flows:
+            return None  # not wanted, or twice
+        flows[flow.key] = flow
+        bisect.insort(marks, flow.mark)
+    return Held(prior.connection, flows, after, marks)
+
+
+def _drop_mark(marks: list[bytes], mark: bytes) -> bool:
+    at = bisect.bisect_left(marks, mark)
+    if at == len(marks) or marks[at] != mark:
+        return False
+    del marks[at]
+    return True
 
 
 class KnownFlows:
     def __init__(self, *, limit: int = KNOWN_FLOWS_KEPT) -> None:
         self._limit = limit
-        # cookie -> (connection number, the flows by key)
-        self._by_cookie: OrderedDict[int, tuple[int, dict[FlowKey, InstalledFlow]]] = OrderedDict()
+        self._by_cookie: OrderedDict[int, Held] = OrderedDict()
         self._flows = 0
         self._digests: dict[int, FlowsDigest] = {}  # one small value a cookie in use
 
     def get(self, cookie: int, connection: int) -> dict[FlowKey, InstalledFlow] | None:
+        found = self._held(cookie, connection)
+        return None if found is None else found.flows
+
+    def _held(self, cookie: int, connection: int) -> Held | None:
         found = self._by_cookie.get(cookie)
-        if found is None or found[0] != connection:
+        if found is None or found.connection != connection:
             return None
         self._by_cookie.move_to_end(cookie)
-        return found[1]
+        return found
+
+    def take(self, cookie: int, connection: int) -> Held | None:
+        """What ``cookie`` held on ``connection``, forgotten (a change of it
+        is under way: see ``changed``)."""
+        found = self._held(cookie, connection)
+        self.forget([cookie])
+        return found
 
     def remember(self, cookie: int, connection: int, flows: Iterable[InstalledFlow]) -> None:
         """``flows`` (of any cookies: the others are left out) are what
         ``cookie`` holds, verified, on ``connection``."""
-        self.keep(cookie, connection, {f.key: f for f in flows if f.key.cookie == cookie})
+        order = [f for f in flows if f.key.cookie == cookie]
+        self.put(cookie, held_from(connection, {f.key: f for f in order}, order))
 
-    def keep(self, cookie: int, connection: int, held: dict[FlowKey, InstalledFlow]) -> None:
-        """``remember`` of flows already by key, all of ``cookie`` (kept as
-        given: not to be changed afterwards)."""
+    def keep_read_back(
+        self,
+        cookie: int,
+        connection: int,
+        after: Sequence[InstalledFlow],
+        wanted: Mapping[FlowKey, object],
+        prior: Held | None = None,
+        removed: Collection[InstalledFlow] = (),
+    ) -> bool:
+        """Keep ``after``, a read-back of exactly ``cookie``, if it shows
+        exactly ``wanted``; False (nothing kept) if it does not. ``prior``
+        and ``removed``: the state the change was diffed against and what it
+        deleted of it (see ``changed``), to compare only where they differ."""
+        same = prior is not None and prior.connection == connection
+        now = changed(prior, after, removed, wanted) if prior is not None and same else None
+        if now is None:
+            held = {f.key: f for f in after}
+            if len(held) != len(wanted) or len(after) != len(held) or set(held).difference(wanted):
+                return False
+            now = held_from(connection, held, after)
+        self.put(cookie, now)
+        return True
+
+    def put(self, cookie: int, held: Held) -> None:
         self.forget([cookie])
-        self._digests[cookie] = FlowsDigest.of(held.values())
-        if len(held) > self._limit:
+        self._digests[cookie] = held.digest
+        if len(held.flows) > self._limit:
             return
-        self._by_cookie[cookie] = (connection, held)
-        self._flows += len(held)
+        self._by_cookie[cookie] = held
+        self._flows += len(held.flows)
         while self._flows > self._limit or len(self._by_cookie) > self._limit:
-            _, (_, dropped) = self._by_cookie.popitem(last=False)
-            self._flows -= len(dropped)
+            _, dropped = self._by_cookie.popitem(last=False)
+            self._flows -= len(dropped.flows)
 
     def verified(self, cookies: Collection[int], after: Iterable[InstalledFlow]) -> None:
         """``after`` (a verified read-back) is what ``cookies`` hold: their
@@ -81,4 +193,4 @@ class KnownFlows:
             self._digests.pop(cookie, None)
             found = self._by_cookie.pop(cookie, None)
             if found is not None:
-                self._flows -= len(found[1])
+                self._flows -= len(found.flows)

@@ -284,13 +284,12 @@ class ChannelSwitch:
         beside_readback: Callable[[], Awaitable[object]] | None,
     ) -> SyncResult:
         removed = [current[key] for key in set(current).difference(wanted)]
-        self._known.forget([cookie])
+        prior = self._known.take(cookie, self._channel.connects)
         after = await self._change_and_read_back(removed, added, wanted, cookie, ALL_COOKIES, beside_readback)
         # Read by the exact cookie: every flow read back is the cookie's.
-        held = {f.key: f for f in after}
-        if len(held) != len(wanted) or set(held).difference(wanted):
+        since = prior if prior is not None and prior.flows is current else None
+        if not self._known.keep_read_back(cookie, self._channel.connects, after, wanted, since, removed):
             raise _StaleKnown
-        self._known.keep(cookie, self._channel.connects, held)
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
 
     async def _change_and_read_back(

@@ -149,6 +149,10 @@ class FlowsDigest:
     @staticmethod
     def of_marks(marks: list[bytes]) -> FlowsDigest:
         marks.sort()
+        return FlowsDigest.of_sorted(marks)
+
+    @staticmethod
+    def of_sorted(marks: Sequence[bytes]) -> FlowsDigest:
         hashed = hashlib.blake2b(b"".join(marks), digest_size=16).digest()
         return FlowsDigest(len(marks), int.from_bytes(hashed, "big"))
 
