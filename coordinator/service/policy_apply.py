@@ -62,7 +62,7 @@ class PolicyApply:
         # first attachment's flows (a thousand rules' worth is most of a
         # millisecond), not after.
         to_keep = ctx.store.policy_to_keep(sandbox_id, scope)
-        records = await ctx.store.list_attachments(sandbox_id=sandbox_id, state=AttachmentState.BOUND)
+        records = await ctx.store.attachments_of(sandbox_id, AttachmentState.BOUND)
         for record in records:
             began = time.monotonic()
             try:
@@ -133,9 +133,7 @@ class PolicyApply:
         one and say so."""
         ctx = self._ctx
         async with ctx.locks[sandbox_id]:
-            for record in await ctx.store.list_attachments(
-                sandbox_id=sandbox_id, state=AttachmentState.BOUND
-            ):
+            for record in await ctx.store.attachments_of(sandbox_id, AttachmentState.BOUND):
                 await ctx.store.set_policy_status(
                     record.attachment_id, PolicyState.DEGRADED, record.policy_version,
                     event=Event(EventKind.POLICY_DEGRADED, True, reason, message),
@@ -252,9 +250,7 @@ class PolicyApply:
         store = self._ctx.store
         if sandbox_ids is not None and len(sandbox_ids) <= FEW_SANDBOXES:
             return [
-                r
-                for s in sorted(sandbox_ids)
-                for r in await store.list_attachments(sandbox_id=s, state=AttachmentState.BOUND)
+                r for s in sorted(sandbox_ids) for r in await store.attachments_of(s, AttachmentState.BOUND)
             ]
         return [
             r

@@ -42,6 +42,9 @@ from coordinator.store.schema import MIGRATIONS
 from coordinator.store.slots import free_slot, pool_stats
 
 __all__ = ["EVERYONE", "AttachmentLimitReached", "PoolExhausted", "Store", "StoreError", "UnreadablePolicy"]
+# What a read raises when it would wait for a lock, on a connection that
+# does not wait (``ReadOnlyStore(wait=False)``); other failures of SQLite too.
+CannotRead = sqlite3.OperationalError
 # Owner of coordinator-wide events (health, firmware) that every caller sees;
 # never a certificate identity. Owner "" stays admins-only.
 EVERYONE = "*"

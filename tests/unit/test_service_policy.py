@@ -17,7 +17,7 @@ from coordinator.policy.codec import scope_from_stored
 from coordinator.policy.packet import IPPROTO_TCP, Direction, Packet
 from coordinator.service import DENY_ALL_CLASS, REMOVED_REASON, AttachParams
 from coordinator.store import policy_rows
-from coordinator.store.records import AttachmentRecord, PolicyState
+from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 from coordinator.store.worker import AsyncStore
 from tests.unit.service_harness import ADMIN, CLASSES, HOST, Harness, harness, scope
 
@@ -172,6 +172,7 @@ async def test_a_withdrawal_with_nothing_to_withdraw_writes_nothing_and_reads_on
     of every attachment each."""
     asked: list[tuple[str, str]] = []
     real_delete, real_list = AsyncStore.delete_policy, AsyncStore.list_attachments
+    real_by_key = AsyncStore.attachments_of
 
     async def delete(self: AsyncStore, sandbox_id: str) -> None:
         asked.append(("delete", sandbox_id))
@@ -181,11 +182,18 @@ async def test_a_withdrawal_with_nothing_to_withdraw_writes_nothing_and_reads_on
         asked.append(("list", kw.get("sandbox_id", "")))
         return await real_list(self, **kw)
 
+    async def listed_by_key(
+        self: AsyncStore, sandbox_id: str, state: AttachmentState
+    ) -> list[AttachmentRecord]:
+        asked.append(("list", sandbox_id))
+        return await real_by_key(self, sandbox_id, state)
+
     async with harness(tmp_path) as h:
         for n in range(4):
             await h.attach(f"sb-{n}")  # BASELINE: no policy yet
         monkeypatch.setattr(AsyncStore, "delete_policy", delete)
         monkeypatch.setattr(AsyncStore, "list_attachments", listed)
+        monkeypatch.setattr(AsyncStore, "attachments_of", listed_by_key)
         assert await h.service.withdraw(["sb-1"], REMOVED_REASON, "gone", keep_baseline=True) == 0
         assert asked and set(asked) == {("list", "sb-1")}
         await h.service.apply_policy("sb-2", scope(2))

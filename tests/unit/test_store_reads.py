@@ -5,6 +5,7 @@ they were asked; writes stay one after another."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -86,3 +87,33 @@ async def test_liveness_notices_a_write_stuck_in_its_commit(store: AsyncStore) -
     stuck.set()
     await writing
     store.sync._db.set_trace_callback(None)
+
+
+async def test_a_read_by_key_never_waits_for_a_lock_on_the_loop(
+    store: AsyncStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads by key run on the caller's thread (the loop), so their
+    # connection must never sit in SQLite's busy wait (five seconds by
+    # default): a busy database sends the read to the reader's thread.
+    record = await store.create_attachment(new_attachment(1), mac_for=mac_of, max_attachments=10)
+    assert store._by_key._db.execute("PRAGMA busy_timeout").fetchone()[0] == 0
+    assert store.reads._db.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    on_loop = threading.get_ident()
+    threads: list[int] = []
+    real_get = Store.get
+
+    def get(self: Store, attachment_id: str) -> object:
+        threads.append(threading.get_ident())
+        if self is store._by_key:
+            raise sqlite3.OperationalError("database is locked")
+        return real_get(self, attachment_id)
+
+    monkeypatch.setattr(Store, "get", get)
+    found = await store.get(record.attachment_id)
+    assert found is not None and found.attachment_id == record.attachment_id
+    assert threads[0] == on_loop and threads[1] != on_loop  # tried on the loop, read on the reader's thread
+    monkeypatch.undo()
+    threads.clear()
+    assert [r.attachment_id for r in await store.attachments_of("sb-1", AttachmentState.ATTACHING)] == [
+        record.attachment_id
+    ]
