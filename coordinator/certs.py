@@ -9,6 +9,7 @@ Only ``cryptography`` is used, so this works on a DPU without openssl(1).
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import os
 import re
@@ -227,6 +228,14 @@ def check_private_key_file(path: Path) -> None:
         )
 
 
+# Every call parses its caller's certificate once or twice (the security
+# interceptor, then authorization); a caller presents the same one call
+# after call. The identity is the certificate's alone, so it is kept per
+# certificate (a refused one is not kept: it raises each time).
+IDENTITIES_KEPT = 256
+
+
+@functools.lru_cache(maxsize=IDENTITIES_KEPT)
 def identity_from_certificate(pem: bytes) -> str:
     """The peer identity in a PEM certificate: its first URI SAN, else its
     first DNS SAN.

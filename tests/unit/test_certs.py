@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from coordinator.certs import (
+    IDENTITIES_KEPT,
     DevPki,
     IdentityError,
     KeyFileError,
@@ -308,6 +309,30 @@ def test_identity_ignores_cn(san: x509.SubjectAlternativeName | None) -> None:
 def test_identity_rejects_garbage() -> None:
     with pytest.raises(IdentityError, match="not a valid PEM"):
         identity_from_certificate(b"not a certificate")
+
+
+def test_a_certificate_is_parsed_once_for_its_identity_and_a_refused_one_every_time(
+    pki: DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed: list[bytes] = []
+    real = x509.load_pem_x509_certificate
+
+    def counted(data: bytes) -> x509.Certificate:
+        parsed.append(data)
+        return real(data)
+
+    monkeypatch.setattr(x509, "load_pem_x509_certificate", counted)
+    pem = pki.host_cert.read_bytes()
+    identity_from_certificate.cache_clear()
+    assert [identity_from_certificate(pem) for _ in range(3)] == [pki.host_identity] * 3
+    assert parsed == [pem]
+    bad = _self_signed(None)
+    for _ in range(2):
+        with pytest.raises(IdentityError):
+            identity_from_certificate(bad)
+    assert parsed == [pem, bad, bad]
+    # Bounded: the least recently used certificates go.
+    assert identity_from_certificate.cache_info().maxsize == IDENTITIES_KEPT
 
 
 # --- private key files --------------------------------------------------------
