@@ -44,13 +44,12 @@ them. Below 1.00x the daemon is faster. OVN's round (four processes'
 work, ~15-350 ms) leaves the caches cold for whatever runs right after
 it, so it goes before a different one of the others in turn (the daemon,
 the `ovs-ofctl` floor, the channel floor's untimed half): none of them is
-always the one after it. Until 2026-12-02 the daemon always was (right
-after its own untimed call the others have, the channel floor its first
-half, the daemon its restore of the old policy): in two interleaved pairs
-of runs of one code its one-rule change took 4.6 and 4.4 ms at 100
-rules always after OVN against 4.1 and 3.5 ms in turn, 9.1 and 10.4 ms
-against 8.0 and 7.3 ms at 1,000. The p50 of only its runs right after
-OVN, the cold case, is under the table.
+always the one after it. Until 2026-12-02 the daemon always was, while
+the channel floor always came right after its own untimed half: in two
+interleaved pairs of runs of one code the daemon's one-rule change took
+4.6 and 4.4 ms at 100 rules in that order against 4.1 and 3.5 ms in
+turn, 9.1 and 10.4 against 8.0 and 7.3 ms at 1,000. The daemon's p50 of
+only its runs right after OVN, the cold case, is under the table.
 
 - **ours** - `AttachmentService.apply_policy`, the path a gateway event
   takes: compile the NetworkScope, diff against what the attachment's
