@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,17 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OVS_SCHEMA, OvsInstance
 
 _OVS_TOOLS = ("ip", "ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovs-ofctl", "ovs-appctl")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A run started in the background by a shell without job control
+    # (`make test &`, `nohup make test &`) has SIGINT ignored, and every
+    # process it starts inherits that: the tests that end a stream with
+    # Ctrl-C (ctl's --follow, grpcurl) would wait on clients that cannot
+    # hear it. The run takes SIGINT back as an interactive one has it, so
+    # the processes it starts have the default.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _in_ci() -> bool:
