@@ -303,7 +303,7 @@ In the full run of that work (20:21) a one-rule change took 4.0 ms at
 100 rules (0.26x OVN, 9.65x the channel floor) and 8.1 ms at 1,000
 (0.19x OVN), a fresh policy 5.3 ms (0.12x) and 22.1 ms (0.06x); the full
 run before it (18:35, the same machine) read 4.7, 11.9, 5.9 and 23.3 ms
-(0.27x, 0.24x, 0.14x, 0.06x). In the run above, whose apply path differs
+(0.27x, 0.24x, 0.14x, 0.06x). In the 22:58 run, whose apply path differed
 only by the flow proofs (below), 3.4 ms (0.27x, 9.63x), 8.0 ms (0.19x),
 4.7 ms (0.13x) and 18.4 ms (0.07x); OVN was faster in it too (its
 one-rule change at 100 rules 12.8 against 15.1 ms): the ratios are the
@@ -324,6 +324,49 @@ ms on this disk), the two hops to the store's threads (the BOUND
 attachments read, the results written), the bundle and the read-back
 with the conntrack dump beside it, and the read-back's walk over the
 attachment's flows; the channel floor is one of those round trips.
+
+Since the 22:58 run, a timeline of one apply (the moment each step
+starts and ends, p50 over 55-195 one-rule changes back to back in one
+process, ms from the call) shows where the rest goes, and two of its
+steps are shorter:
+
+- **The read-back's comparison** (`ovs/ofknown`). The switch lists a
+  cookie's flows in the same order from one read to the next, and the
+  flow-stats reader hands back the very objects of the flows it read
+  before, so everything a one-rule change touched lies in the span where
+  the read-back stops being the objects the last verified read listed
+  (`sequences.changed_span`, references compared in C). The flows
+  outside it are that state's own, none of the deleted ones; the span's
+  flows are checked to be wanted and none twice, and the count; the known
+  flows and the digest's sorted marks are patched instead of rebuilt.
+  At 1,000 rules, from the end of the read-back's parse to the commit:
+  0.97 to 0.30-0.39 ms. A read-back that lists a flow twice is now
+  refused by the whole comparison too.
+- **The first read** (the sandbox's BOUND attachments) runs on the loop
+  with a read-only connection of its own that never waits for a lock: 0.29
+  to 0.15 ms.
+
+What is left at 1,000 rules (p50 of the timeline, ms from the call):
+the read 0.15, the compile 0.44, the intent 0.33, the diff and the
+bundle's layout 0.26, the bundle's round trip 0.4; then ovs-vswitchd
+dumps the cookie's 1,027 flows (1.3-1.6 ms after the bundle's barrier;
+the fingerprint, the stored form and the conntrack dump's request fall
+inside it), the reader goes over them (1.0-1.1 ms: a slice, a lookup and
+an append a flow, near what Python does per item), the comparison and
+the proof 0.3, and the commit 1.2-1.3 (its fsync 0.6-0.7 of it, and a
+hop to the store's thread and back 0.2). At 100 rules the same steps take
+2.6-2.7 ms in all, of which the commit 0.84 and the two switch round
+trips 0.66. The channel floor is the bundle's round trip alone, so
+three times it (about 1.2 ms) is less than the commit and the two round
+trips that verify and record an apply.
+
+In the run above (01:50, with OVN's round now going before each of the
+others in turn; the ovs-ofctl floors and OVN were slower than in the
+22:58 run, its 1,000-rule change 39.5 against 41.4 ms but its 100-rule
+one 15.8 against 12.8): a one-rule change 3.4 ms at 100 rules (0.21x
+OVN, 8.17x the channel floor) and 6.4 ms at 1,000 (0.16x), a fresh
+policy 5.2 ms (0.12x) and 19.8 ms (0.06x); right after OVN's round the
+one-rule changes took 4.1 and 8.2 ms.
 """
 
 
@@ -533,6 +576,9 @@ before and after each; means, on the same loaded machine (load average
 | attach WAIT_INITIAL p50 (bench case) | 23.6 ms | 23.8 ms | 1.01 |
 | 8 clients (bench case) | 24.4 attaches/s | 26.2 attaches/s | 1.07 |
 | BASELINE p50, 60 sequential | 21.1 ms | 21.1 ms | 1.00 |
+| 8 clients, storm of 96 | 24.7 attaches/s | 27.7 attaches/s | 1.12 |
+| daemon CPU per sequential attach + detach | 23.2 ms | 25.7 ms | 1.11 |
+| daemon CPU per attach + detach in the storm | 19.9 ms | 20.6 ms | 1.04 |
 
 The gateway answers each new sandbox it has no policy for with a
 withdrawal, and that cost every Attach and Detach of the storm a store
@@ -547,7 +593,7 @@ attach case (`--attaches 100 --no-ovn`), C against pure Python: BASELINE
 33.8 attaches/s. In the 18:35 run BASELINE was 14.1 ms, WAIT_INITIAL 18.3
 ms and 8 clients reached 40.2 attaches/s (the full run before the parser:
 15.1 ms, 19.4 ms, 34.5/s); in the 20:21 run, with the attach path
-unchanged, 15.9 ms, 21.5 ms and 35.1/s, and in the run above (an Attach
+unchanged, 15.9 ms, 21.5 ms and 35.1/s, and in the 22:58 run (an Attach
 now also carries its flow proof to the store) 13.8 ms, 19.0 ms and
 41.0/s: runs on this machine differ by that much. What bounded the storm is the daemon's CPU: ~20 ms per attach +
 detach cycle, half of one core, of which (`py-spy record --gil`) ~60% on
@@ -558,9 +604,15 @@ Open vSwitch's own library to build; Debian's `python3-openvswitch` has
 it) and ~10% in the store; 60 attaches/s needs under ~10 ms a
 cycle. A lone Attach's OVSDB part (~5 ms commit round trip, ~1.5 ms for
 ovs-vswitchd to apply it) is a wait that batching cannot take away.
-| 8 clients, storm of 96 | 24.7 attaches/s | 27.7 attaches/s | 1.12 |
-| daemon CPU per sequential attach + detach | 23.2 ms | 25.7 ms | 1.11 |
-| daemon CPU per attach + detach in the storm | 19.9 ms | 20.6 ms | 1.04 |
+
+Since the 22:58 run an Attach and a Detach read by key (the attachment,
+its fence) on the loop instead of the store's reader thread (about 0.15
+ms a read less), and a caller's identity is read from its certificate
+once instead of twice a call (~50 us each). In three rounds of the attach
+case (`--no-ovn`) of the code before (8a4cdfb), the code with the
+reads and the code with both, taking turns: 8 clients 37.4, 42.5, 34.1 against 38.1, 36.1, 41.4
+against 39.5, 38.3, 37.2 attaches/s, BASELINE 14.2-16.3 ms against
+14.9-17.4 against 15.3-22.0: within the scatter of single runs.
 
 The storm gains what the overlaps save; a cycle alone gains nothing
 measurable (its port change was already one transaction) and costs the
@@ -652,7 +704,7 @@ start until Health, and its RSS read as the scale case reads it).
   once), after its start 100 MB both. In that version's full run (20:21):
   25.0 s against 16.8 s for the raw bundle, 1.49x (1.65x and 1.40x in the
   two full runs before it, 20.8 / 12.6 s and 24.0 / 17.1 s: the raw
-  bundle's own time moves by a third between runs); in the run above,
+  bundle's own time moves by a third between runs); in the 22:58 run,
   with that code unchanged, 1.22x (below).
 - **Flow proofs**: a restart no longer compiles what it can show
   unchanged. Each verified sync leaves a proof in the store
@@ -681,18 +733,28 @@ start until Health, and its RSS read as the scale case reads it).
   thread), the dump's wait and digests, the bridge and the store's reads.
   A one-rule change pays for its proof a digest of the read-back's marks
   (a sum over 1,027 flows took ~0.06-0.09 ms; the sorted hash that
-  replaced it after the run above, a sort more) and a fingerprint of the scope (each
+  replaced it after the 22:58 run, a sort more) and a fingerprint of the scope (each
   rule's text worked out once; 0.4-0.6 ms at 1,000 rules, worked out
-  while the switch reads back since the run above) - within the noise of
+  while the switch reads back since the 22:58 run) - within the noise of
   the policy case (ours/floor in one pair of runs at
   100 and 1,000 rules: 0.47x and 0.97x before, 0.41x and 0.83x after).
-- **In the run above** (the code of the proofs and the early dump,
+- **In the 22:58 run** (the code of the proofs and the early dump,
   before the fingerprint moved beside the read-back): the no-drift
   restart reconcile 1.71 s (7.43 s in the full run before), within its
   2 s; the daemon's start until Health 5.87 s and its RSS 110 MB, both
   after a first start that corrected the setup's DEGRADED attachments
   and so compiled and compared everything; the re-program after an
   ovs-vswitchd restart 17.0 s against 14.0 s for the raw bundle, 1.22x.
+- **In the run above** (01:50): the no-drift reconcile 2.12 s, the start
+  until Health 6.77 s, RSS 113 MB, the re-program 20.8 s against 12.1 s
+  for the raw bundle (1.72x; the raw bundle's time and ours move apart
+  by a third from run to run, see above). Nothing on those paths changed
+  since the 22:58 run but the known flows' order and sorted marks kept
+  beside them; on one held 1024 x 32 state the no-drift reconcile of the
+  code before this session and of this code, taking turns, each after a
+  first reconcile of its own (a change of code is a new fingerprint:
+  4.3-4.5 s, compiling and proving everything): 1.015, 1.140, 1.007,
+  1.049 s against 1.072, 1.220, 0.994, 0.995 s.
 """
 
 
