@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 ProofSink = Callable[[int, bytes], None]
 
 
-class _Intended(Mapping[int, Sequence[Flow]]):
+class Intended(Mapping[int, Sequence[Flow]]):
     """Every attachment's flows by cookie, compiled whenever asked and not
     kept: a whole switch of them held at once (tens of thousands of flows)
     would stay in the daemon's memory as the allocator's high water mark."""
@@ -97,7 +97,7 @@ async def converge_flows(
         return {}, {c: digests.get(c, NOTHING_HELD).count for c in by_cookie}
     lost: dict[int, set[int]] = {}
     flows = held.flows()
-    changes, counts = await sync_in_ranges(switch, _Intended(compile_flows, by_cookie), flows, lost=lost)
+    changes, counts = await sync_in_ranges(switch, Intended(compile_flows, by_cookie), flows, lost=lost)
     if not any(f.key.cookie in by_cookie for f in flows):
         # Nothing of theirs was on the switch (ovs-vswitchd restarted): all
         # was sent without working out which cookie wins a place two claim.

@@ -12,10 +12,11 @@ the integration tests' job.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from coordinator import faults
+from coordinator.dataplane_converge import Intended
 from coordinator.dataplane_port import (
     AttachmentFlows,
     FlowsRejected,
@@ -166,7 +167,10 @@ class FakeDataplane:
         self, attachments: Sequence[AttachmentFlows], *, held: HeldFlows | None, proofs: Mapping[int, bytes]
     ) -> Mapping[int, Change]:
         # No proofs here: every attachment's flows compiled when the sync asks.
-        desired = _Compiled(self, {cookie_for_slot(a.record.slot): a for a in attachments})
+        desired = Intended(
+            lambda a: self.desired_flows(a.record, a.ofport, a.scope),
+            {cookie_for_slot(a.record.slot): a for a in attachments},
+        )
         return await self.sync_all(desired, held=held)
 
     def keep_proofs_with(self, sink: Callable[[int, bytes], None]) -> None:
@@ -293,21 +297,3 @@ class FakeDataplane:
     async def drop_meters_if_unused(self, records: Sequence[AttachmentRecord], scope: Scope) -> None:
         for record in records:
             await self.drop_meter_if_unused(record.slot, scope)
-
-
-class _Compiled(Mapping[int, Sequence[Flow]]):
-    """The attachments' flows by cookie, compiled when asked."""
-
-    def __init__(self, switch: FakeDataplane, by_cookie: dict[int, AttachmentFlows]) -> None:
-        self._switch = switch
-        self._by_cookie = by_cookie
-
-    def __getitem__(self, cookie: int) -> list[Flow]:
-        a = self._by_cookie[cookie]
-        return self._switch.desired_flows(a.record, a.ofport, a.scope)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._by_cookie)
-
-    def __len__(self) -> int:
-        return len(self._by_cookie)
