@@ -35,6 +35,7 @@ from coordinator.flows.compiler import PortFacts
 from coordinator.flows.pipeline import Pipeline
 from coordinator.ovs.ofwire import NOTHING_HELD, FlowsDigest
 from coordinator.policy.scope import Rule, Scope
+from coordinator.sequences import ByIdentity
 
 INPUTS_SIZE = 16
 _DIGEST = struct.Struct("!I16s")  # count, the hash of the sorted marks
@@ -108,38 +109,26 @@ class ProofInputs:
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
         self._base: bytes | None = None  # worked out when first asked
-        self._rules: dict[int, tuple[Rule, bytes]] = {}
-        self._scopes: dict[int, tuple[Scope, bytes]] = {}
+        self._rules: ByIdentity[Rule, bytes] = ByIdentity(RULES_KEPT)
+        self._scopes: ByIdentity[Scope, bytes] = ByIdentity(SCOPES_KEPT)
 
     def of(self, port: PortFacts, scope: Scope) -> bytes:
         if self._base is None:
             text = CODE_FINGERPRINT + _pipeline_text(self._pipeline)
             self._base = hashlib.blake2b(text, digest_size=16).digest()
         port_text = repr(port).encode()  # every field, one added later included
-        return hashlib.blake2b(self._base + self._scope(scope) + port_text, digest_size=INPUTS_SIZE).digest()
+        [scope_digest] = self._scopes.each([scope], self._scope)
+        return hashlib.blake2b(self._base + scope_digest + port_text, digest_size=INPUTS_SIZE).digest()
 
     def _scope(self, scope: Scope) -> bytes:
-        found = self._scopes.get(id(scope))
-        if found is not None and found[0] is scope:
-            return found[1]
         fields = dataclasses.replace(scope, egress=(), ingress=())
-        parts = [repr(fields).encode(), b"egress", *map(self._rule, scope.egress), b"ingress"]
-        parts += map(self._rule, scope.ingress)
-        digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest()
-        if len(self._scopes) >= SCOPES_KEPT:
-            self._scopes.clear()
-        self._scopes[id(scope)] = (scope, digest)  # the scope kept: its id is not reused meanwhile
-        return digest
+        parts = [repr(fields).encode(), b"egress", *self._rules.each(scope.egress, _rule), b"ingress"]
+        parts += self._rules.each(scope.ingress, _rule)
+        return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
 
-    def _rule(self, rule: Rule) -> bytes:
-        found = self._rules.get(id(rule))
-        if found is not None and found[0] is rule:
-            return found[1]
-        digest = hashlib.blake2b(repr(rule).encode(), digest_size=16).digest()
-        if len(self._rules) >= RULES_KEPT:
-            self._rules.clear()
-        self._rules[id(rule)] = (rule, digest)
-        return digest
+
+def _rule(rule: Rule) -> bytes:
+    return hashlib.blake2b(repr(rule).encode(), digest_size=16).digest()
 
 
 def _pipeline_text(pipeline: Pipeline) -> bytes:

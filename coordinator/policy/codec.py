@@ -32,6 +32,7 @@ from coordinator.policy.validate import (
     scope_from_proto,
     scope_to_proto,
 )
+from coordinator.sequences import ByIdentity
 
 #: Rule encodings remembered (of both directions; and as many again by
 #: identity, per direction, below), and the rules that are small enough to
@@ -79,28 +80,16 @@ def scope_from_stored(value: object) -> Scope:
 # The encodings of the very Rule objects encoded last, by identity: an
 # apply of a policy whose unchanged rules are the same objects as before
 # (a policy kept while one rule of it changes) finds each with a lookup of
-# an int, not the Python-level hash of a Rule. Each entry keeps its Rule
-# alive, so no other object can have its id; started over when full.
-_by_identity: dict[str, dict[int, tuple[Rule, bytes]]] = {"egress": {}, "ingress": {}}
+# an int, not the Python-level hash of a Rule.
+_by_identity: dict[str, ByIdentity[Rule, bytes]] = {
+    "egress": ByIdentity(RULE_ENCODING_CACHE_SIZE),
+    "ingress": ByIdentity(RULE_ENCODING_CACHE_SIZE),
+}
 
 
 def _entries(rules: tuple[Rule, ...], direction: str) -> bytes:
     """``rules`` as entries of ``direction``, encoded and joined."""
-    known = _by_identity[direction]
-    if len(known) >= RULE_ENCODING_CACHE_SIZE:
-        known.clear()
-    lookup = known.get
-    out = []
-    for rule in rules:
-        held = lookup(id(rule))
-        if held is not None and held[0] is rule:
-            out.append(held[1])
-            continue
-        entry = _entry(rule, direction)
-        if len(known) < RULE_ENCODING_CACHE_SIZE and _small(rule):
-            known[id(rule)] = (rule, entry)
-        out.append(entry)
-    return b"".join(out)
+    return b"".join(_by_identity[direction].each(rules, lambda rule: _entry(rule, direction), keep=_small))
 
 
 def _small(rule: Rule) -> bool:

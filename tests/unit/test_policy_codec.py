@@ -18,6 +18,7 @@ from coordinator.policy import codec
 from coordinator.policy.codec import scope_from_stored, scope_to_stored
 from coordinator.policy.scope import PortRange, Protocol, RuleAction, Scope
 from coordinator.policy.validate import PolicyError, scope_from_mapping, scope_to_proto
+from coordinator.sequences import ByIdentity
 from coordinator.store.db import Store, UnreadablePolicy
 from coordinator.store.records import StoredPolicy
 from coordinator.store.schema import MIGRATIONS
@@ -88,7 +89,7 @@ def test_the_very_rules_encoded_before_are_found_by_identity() -> None:
 
 
 def test_rules_found_by_identity_are_bounded(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(codec, "RULE_ENCODING_CACHE_SIZE", 8)
+    monkeypatch.setattr(codec, "_by_identity", {"egress": ByIdentity(8), "ingress": ByIdentity(8)})
     codec.forget_rule_encodings()
     for n in range(5):
         rules = [{"name": f"r{n}-{i}", "action": "ACTION_ALLOW"} for i in range(6)]

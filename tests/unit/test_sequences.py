@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.sequences import changed_span
+from coordinator.sequences import ByIdentity, changed_span
 
 # Small ints are shared objects in CPython; these are not (nor equal to each other).
 POOL = [object() for _ in range(6)]
@@ -32,3 +32,21 @@ def test_equal_items_that_are_other_objects_count_as_changed() -> None:
     same = [object() for _ in range(4)]
     assert changed_span(same, [*same[:1], object(), *same[2:]]) == (1, 2, 2)
     assert changed_span(same, same[:2] + same[3:]) == (2, 3, 2)
+
+
+def test_by_identity_works_each_object_out_once_and_an_equal_other_object_again() -> None:
+    made: list[str] = []
+
+    def make(item: list[str]) -> str:
+        made.append(item[0])
+        return item[0].upper()
+
+    memo: ByIdentity[list[str], str] = ByIdentity(limit=3)
+    a, b, equal_to_a = ["a"], ["b"], ["a"]
+    assert memo.each([a, b], make) == ["A", "B"]
+    assert memo.each([a, b, equal_to_a], make) == ["A", "B", "A"]
+    assert made == ["a", "b", "a"]  # equal_to_a is another object: worked out
+    # Not kept when ``keep`` says so; started over once full.
+    assert memo.each([["c"]], make, keep=lambda item: False) == ["C"]
+    assert memo.each([["d"], a], make) == ["D", "A"]
+    assert made[-2:] == ["d", "a"]  # the call with c found it full and started over
