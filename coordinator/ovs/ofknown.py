@@ -151,8 +151,9 @@ class KnownFlows:
         exactly ``wanted``; False (nothing kept) if it does not. ``prior``
         and ``removed``: the state the change was diffed against and what it
         deleted of it (see ``changed``), to compare only where they differ."""
-        same = prior is not None and prior.connection == connection
-        now = changed(prior, after, removed, wanted) if prior is not None and same else None
+        now = None
+        if prior is not None and prior.connection == connection:
+            now = changed(prior, after, removed, wanted)
         if now is None:
             held = {f.key: f for f in after}
             if len(held) != len(wanted) or len(after) != len(held) or set(held).difference(wanted):
