@@ -436,8 +436,8 @@ class Dataplane:
             assert isinstance(held, ReadFlows)
         with _rejected():
             changes, counts = await converge_flows(
-                self._switch, lambda a: self.desired_flows(a.record, a.ofport, a.scope), self._prover.inputs,
-                attachments, held, proofs, self._prover.sink,
+                self._switch, lambda a: self.desired_flows(a.record, a.ofport, a.scope), self._prover,
+                attachments, held, proofs,
             )  # fmt: skip
         self._flow_counts.update(counts)
         return changes

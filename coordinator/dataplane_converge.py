@@ -81,17 +81,17 @@ def port_of(attachment: AttachmentFlows) -> PortFacts:
 async def converge_flows(
     switch: ChannelSwitch,
     compile_flows: Callable[[AttachmentFlows], list[Flow]],
-    inputs: ProofInputs,
+    prover: Prover,
     attachments: Sequence[AttachmentFlows],
     held: ReadFlows,
     proofs: Mapping[int, bytes],
-    sink: ProofSink,
 ) -> tuple[dict[int, SyncResult], dict[int, int]]:
     """Make every attachment's cookie hold exactly its intent, ``held``
     being what the switch held when read; returns the changes by cookie
-    and how many flows each cookie holds now. Raises OpenFlowError."""
+    and how many flows each cookie holds now, and hands ``prover`` every
+    attachment's new proof. Raises OpenFlowError."""
     by_cookie = {cookie_for_slot(a.record.slot): a for a in attachments}
-    fingerprints = {c: inputs.of(port_of(a), a.scope) for c, a in by_cookie.items()}
+    fingerprints = {c: prover.inputs.of(port_of(a), a.scope) for c, a in by_cookie.items()}
     digests = held.digests
     if by_cookie and _all_proven(by_cookie, fingerprints, digests, proofs):
         return {}, {c: digests.get(c, NOTHING_HELD).count for c in by_cookie}
@@ -113,7 +113,7 @@ async def converge_flows(
         if held_now is None or len(taken) > MAX_WINNERS or any(d is None for _, d in taken):
             continue
         proof = FlowProof(fingerprints[cookie], held_now, tuple((w, d) for w, d in taken if d is not None))
-        sink(attachment.record.slot, proof.encode())
+        prover.sink(attachment.record.slot, proof.encode())
     return changes, counts
 
 
