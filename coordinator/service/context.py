@@ -137,7 +137,7 @@ class ServiceContext:
             self.policy_source.register([sandbox_id])
 
     async def unregister_if_unused(self, sandbox_id: str) -> None:
-        if self.policy_source is not None and not await self.store.list_attachments(sandbox_id=sandbox_id):
+        if self.policy_source is not None and not await self.store.attachments_of(sandbox_id):
             self.policy_source.unregister([sandbox_id])
             self.book.forget(sandbox_id)
 

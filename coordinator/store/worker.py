@@ -103,8 +103,10 @@ class AsyncStore:
     async def get(self, attachment_id: str) -> AttachmentRecord | None:
         return await self.by_key(lambda store: store.get(attachment_id))
 
-    async def attachments_of(self, sandbox_id: str, state: AttachmentState) -> list[AttachmentRecord]:
-        """The sandbox's attachments in ``state`` (``list_attachments``, by key)."""
+    async def attachments_of(
+        self, sandbox_id: str, state: AttachmentState | None = None
+    ) -> list[AttachmentRecord]:
+        """The sandbox's attachments (in ``state``, if given): ``list_attachments``, by key."""
         return await self.by_key(lambda store: store.list_attachments(sandbox_id=sandbox_id, state=state))
 
     async def attachment_and_fence(self, attachment_id: str) -> tuple[AttachmentRecord | None, Fence | None]:
