@@ -92,30 +92,39 @@ class _Connection:
             return False
         return not (self._reader.at_eof() or self._writer.is_closing())
 
-    async def exchange(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
+    def send(self, commands: Sequence[Sequence[str]]) -> int:
+        """Write ``commands`` now (no wait: the caller's next await finds
+        them on their way); the id of the first, for ``replies``."""
         first = self._next_id
         self._next_id += len(commands)
         payload = "".join(
             json.dumps({"method": command[0], "params": list(command[1:]), "id": first + i})
             for i, command in enumerate(commands)
         )
-        replies: dict[int, Reply] = {}
         try:
             self._writer.write(payload.encode())
+        except (ConnectionError, OSError) as exc:
+            raise _Broken(f"{self.path}: connection lost: {exc.strerror or exc}") from exc
+        return first
+
+    async def replies(self, first: int, count: int) -> list[Reply]:
+        """The replies to the ``count`` commands ``send`` wrote from id ``first``."""
+        replies: dict[int, Reply] = {}
+        try:
             await self._writer.drain()
-            while len(replies) < len(commands):
+            while len(replies) < count:
                 chunk = await self._reader.read(_READ_CHUNK)
                 if not chunk:
                     raise _Broken(
-                        f"{self.path} closed the connection after {len(replies)} of {len(commands)} replies"
+                        f"{self.path} closed the connection after {len(replies)} of {count} replies"
                     )
                 self._buffer += chunk.decode(errors="replace")
                 if len(self._buffer) > MAX_REPLY_BYTES:
                     raise UnixctlError(f"{self.path}: reply larger than {MAX_REPLY_BYTES} bytes")
-                self._take_messages(replies, first, len(commands))
+                self._take_messages(replies, first, count)
         except (ConnectionError, OSError) as exc:
             raise _Broken(f"{self.path}: connection lost: {exc.strerror or exc}") from exc
-        return [replies[first + i] for i in range(len(commands))]
+        return [replies[first + i] for i in range(count)]
 
     def _take_messages(self, replies: dict[int, Reply], first: int, expected: int) -> None:
         """Parse every complete message at the front of the buffer into
@@ -218,7 +227,7 @@ class UnixctlClient:
         gets its replies or the exchange's error."""
         commands = [command for asked in batch for command in asked.commands]
         try:
-            replies = await wait_within(self._exchange(commands), self._timeout)
+            replies = await self._exchange(commands, asyncio.get_running_loop().time() + self._timeout)
         except BaseException as exc:
             if isinstance(exc, asyncio.TimeoutError | UnixctlError | asyncio.CancelledError):
                 self._drop()  # late replies must not meet the next exchange
@@ -244,13 +253,17 @@ class UnixctlClient:
                 asked.replies.set_result(replies[start:end])
             start = end
 
-    async def _exchange(self, commands: Sequence[Sequence[str]]) -> list[Reply]:
+    async def _exchange(self, commands: Sequence[Sequence[str]], deadline: float) -> list[Reply]:
+        """``commands``' replies, by ``deadline`` (loop time) or
+        asyncio.TimeoutError. On a connection kept open the commands are
+        written before this first waits: a caller that starts the call as a
+        task and yields once has its request on its way (see ``_over``)."""
         kept = self._connection is not None and self._connection.usable
         if not kept:
             self._drop()
         path = self._connection.path if self._connection is not None else self._resolve()
         try:
-            return await (await self._connect(path)).exchange(commands)
+            return await self._over(path, commands, deadline)
         except _Broken:
             self._drop()
             again = self._resolve()
@@ -259,13 +272,20 @@ class UnixctlClient:
             # if the socket has moved meanwhile.
             if not kept and again == path:
                 raise
-        return await (await self._connect(again)).exchange(commands)
+        return await self._over(again, commands, deadline)
 
-    async def _connect(self, path: str) -> _Connection:
-        if self._connection is None:
-            self._connection = await _Connection.open(path)
+    async def _over(self, path: str, commands: Sequence[Sequence[str]], deadline: float) -> list[Reply]:
+        connection = self._connection
+        if connection is None:
+            connection = await wait_within(_Connection.open(path), self._left(deadline))
+            self._connection = connection
             self.connects += 1
-        return self._connection
+        first = connection.send(commands)
+        return await wait_within(connection.replies(first, len(commands)), self._left(deadline))
+
+    @staticmethod
+    def _left(deadline: float) -> float:
+        return max(0.0, deadline - asyncio.get_running_loop().time())
 
     def _drop(self) -> None:
         if self._connection is not None:

@@ -5,7 +5,9 @@ command, a socket that is not there or goes silent."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,36 @@ async def test_an_exchange_that_fails_fails_every_call_in_it(tmp_path: Path) -> 
         server.close()
     assert outcomes[0] == Reply(result="first\n")
     assert all(isinstance(o, UnixctlError) and "no answer to 3 command" in str(o) for o in outcomes[1:])
+
+
+async def test_a_call_on_a_kept_connection_is_written_before_the_caller_first_waits(tmp_path: Path) -> None:
+    """The dataplane starts the conntrack revoke as a task and yields once,
+    so ovs-vswitchd has the dump request while the apply's other work runs:
+    after that one turn of the loop the request must be on the socket."""
+    path = tmp_path / "ctl"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.setblocking(False)
+    client = UnixctlClient(str(path), timeout=5)
+    try:
+        first = asyncio.ensure_future(client.call("version"))
+        peer, _ = await asyncio.get_running_loop().sock_accept(listener)
+        peer.setblocking(False)
+        request = json.loads(await asyncio.get_running_loop().sock_recv(peer, 4096))
+        await asyncio.get_running_loop().sock_sendall(
+            peer, json.dumps({"id": request["id"], "result": "1\n", "error": None}).encode()
+        )
+        assert (await first).ok
+
+        second = asyncio.ensure_future(client.call("dpctl/dump-conntrack", "zone=5"))
+        await asyncio.sleep(0)
+        written = peer.recv(4096)  # raises BlockingIOError if nothing was written yet
+        assert json.loads(written)["params"] == ["zone=5"]
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        peer.close()
+    finally:
+        listener.close()
+        await client.close()
