@@ -229,7 +229,7 @@ class Dataplane:
     ) -> tuple[SyncResult, str]:
         """``enforce``, then cut the connections ``scope`` no longer allows
         (see ``revoke``), that while the flows are read back; ``meanwhile``
-        runs then too, before the cut."""
+        runs then too, once the cut is asked."""
         with _rejected():
             return await self._enforce(record, ofport, scope, revoke=True, meanwhile=meanwhile)
 
@@ -241,10 +241,16 @@ class Dataplane:
         fingerprint = [b""]  # of the proof's inputs, worked out while the switch reads back
 
         async def cut() -> None:
-            fingerprint[0] = self._prover.inputs.of(port, scope)
-            if meanwhile is not None:
-                meanwhile()
-            notes.append(await self.revoke(record, scope))
+            # The revoke's dump is asked first (one turn of the loop writes
+            # it); the work below runs while ovs-vswitchd answers.
+            revoking = asyncio.ensure_future(self.revoke(record, scope))
+            try:
+                await asyncio.sleep(0)
+                fingerprint[0] = self._prover.inputs.of(port, scope)
+                if meanwhile is not None:
+                    meanwhile()
+            finally:  # the cut is made whatever happened above
+                notes.append(await revoking)
 
         meters = self._meter_band(record.slot, scope)
         if meters:  # from here on it may exist, whatever the outcome
@@ -354,12 +360,7 @@ class Dataplane:
         except ConntrackError as exc:
             log.warning("revoking connections of %s failed: %s", record.attachment_id, exc)
             return f"; revoking connections failed: {exc}"
-        note = f"; {len(result.flushed)} revoked connections cut" if result.flushed else ""
-        if result.unflushable:
-            # OVS 3.1's userspace conntrack cannot flush ICMPv6 entries by
-            # tuple; they stay until they time out (and never carry new flows).
-            note += f"; {len(result.unflushable)} revoked ICMPv6 entries left to expire"
-        return note
+        return result.note()
 
     # -- many attachments at once ----------------------------------------------------
 

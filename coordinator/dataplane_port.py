@@ -164,9 +164,9 @@ class DataplanePort(Protocol):
         meanwhile: Callable[[], object] | None = None,
     ) -> tuple[FlowChange, str]:
         """``enforce``, then the connections ``scope`` no longer allows cut;
-        a note for the event message. ``meanwhile`` (once, before the cut)
-        is work of the caller's that runs while the switch reads the flows
-        back, off the apply's critical path."""
+        a note for the event message. ``meanwhile`` (once, once the cut is
+        asked) is work of the caller's that runs while the switch reads the
+        flows back and answers the cut, off the apply's critical path."""
         ...
 
     async def set_meter(self, slot: int, scope: Scope) -> None: ...

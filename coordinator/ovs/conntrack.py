@@ -126,6 +126,15 @@ class RevokeResult:
     def revoked(self) -> tuple[ConnEntry, ...]:
         return self.flushed + self.missing + self.unflushable
 
+    def note(self) -> str:
+        """What it did, for an event message ("" when nothing was revoked)."""
+        note = f"; {len(self.flushed)} revoked connections cut" if self.flushed else ""
+        if self.unflushable:
+            # OVS 3.1's userspace conntrack cannot flush ICMPv6 entries by
+            # tuple; they stay until they time out (and never carry new flows).
+            note += f"; {len(self.unflushable)} revoked ICMPv6 entries left to expire"
+        return note
+
 
 class ConntrackControl:
     """Conntrack of one ovs-vswitchd, over its control socket.
