@@ -85,6 +85,12 @@ class _WatchingIdl(connection.OvsdbIdl):  # type: ignore[misc]
         self.on_interface_change: Callable[[Any, bool], None] | None = None
         self.on_applied: Callable[[int], None] | None = None
 
+    def cooperative_yield(self) -> None:
+        # ovsdbapp sleeps 0 s here, before each row of an update: a yield
+        # for green threads. In this daemon it only gives the interpreter
+        # to the busy event loop and waits to get it back, row by row.
+        pass
+
     def notify(self, event: str, row: Any, updates: Any = None) -> None:
         table = row._table.name
         if table == "Interface" and self.on_interface_change is not None:

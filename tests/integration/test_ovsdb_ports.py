@@ -144,3 +144,28 @@ async def test_a_change_commits_while_vswitchd_still_applies_the_one_before(
         assert not removal.done()
     await removal
     assert names[0] not in await db.interface_ofports()
+
+
+async def test_the_replica_takes_updates_without_giving_up_the_interpreter_per_row(
+    ovsdb: tuple[Ovsdb, str, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ovsdbapp's IDL sleeps for 0 s before each row of an update, a yield
+    meant for green threads. Here it only hands the interpreter to the
+    event loop and waits to get it back, once per row, while the loop is
+    busy with other callers: a port change under load was answered that
+    much later. The daemon has no green threads; its replica never sleeps."""
+    db, bridge, names = ovsdb
+    from ovsdbapp.backend.ovs_idl import connection as ovsdbapp_connection
+
+    real_sleep = time.sleep
+    zero_sleeps = []
+
+    def sleep(seconds: float) -> None:
+        if seconds == 0:
+            zero_sleeps.append(threading.current_thread().name)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(ovsdbapp_connection.time, "sleep", sleep)
+    await db.ensure_port(bridge, names[0], {"test": "yield"})
+    await db.delete_port(bridge, names[0])
+    assert zero_sleeps == []
