@@ -360,13 +360,47 @@ trips 0.66. The channel floor is the bundle's round trip alone, so
 three times it (about 1.2 ms) is less than the commit and the two round
 trips that verify and record an apply.
 
-In the run above (01:50, with OVN's round now going before each of the
+In the 01:50 run (with OVN's round now going before each of the
 others in turn; the ovs-ofctl floors and OVN were slower than in the
 22:58 run, its 1,000-rule change 39.5 against 41.4 ms but its 100-rule
 one 15.8 against 12.8): a one-rule change 3.4 ms at 100 rules (0.21x
 OVN, 8.17x the channel floor) and 6.4 ms at 1,000 (0.16x), a fresh
 policy 5.2 ms (0.12x) and 19.8 ms (0.06x); right after OVN's round the
 one-rule changes took 4.1 and 8.2 ms.
+
+Since then the conntrack dump that revokes connections is asked as soon
+as the bundle answers. A unixctl call on a kept connection writes its
+request in its caller's own step (before, the exchange ran in a task of
+its own, so the request went out only after whatever the caller did
+next), and the proof's fingerprint and the stored form are worked out
+while ovs-vswitchd answers. A timeline of 150 one-rule changes at 100
+rules, the two codes taking turns: 1.95, 1.76, 1.99 against 1.83, 2.09,
+2.27 ms (the revoke now ends with the read-back instead of ~0.2 ms after
+it). At 1,000 rules seven such pairs stay within their scatter (4.96-8.09
+against 5.29-7.71 ms): there the dump is asked while ovs-vswitchd still
+lists the flows, as before.
+
+In the run above (03:56): a one-rule change 3.1 ms at 100 rules (0.21x
+OVN, 7.56x the channel floor) and 6.9 ms at 1,000 (0.18x), a fresh
+policy 4.9 ms (0.12x) and 18.5 ms (0.07x); right after OVN's round the
+one-rule changes took 3.8 and 7.3 ms.
+
+What would take the read-back's dump and parse (about 2.5 of a 1,000-rule
+change's 6-7 ms) off the path without leaving drift unseen is a flow
+monitor. Checked by hand on this OVS (3.1): an ONF flow-monitor request
+for OpenFlow 1.3 on all tables with ADD, DELETE, MODIFY, ACTIONS and OWN
+set (built by hand: os-ken's encoder leaves out the `ofp_match` header
+OVS requires) makes ovs-vswitchd report every flow change on the bridge
+on that connection, its own in full. The update of a bundle's add arrived
+before the reply to the bundle's commit and the barrier's, its match and
+instructions byte for byte those of the same flow's flow-stats entry; a
+change made with `ovs-ofctl add-flow` from another connection arrived as
+an update too. A sync could verify its bundle from the updates that come
+before its barrier, and a cookie's known flows stay exact between syncs
+(any update not its own forgets them, so the next apply reads). Not built
+yet: a monitor whose updates back up is paused by OVS (a re-program of
+59,000 flows would), and updates do not carry a flow's flags; both need
+their own care.
 """
 
 
@@ -629,6 +663,29 @@ pure-Python JSON reader parsing the IDL's updates) and ~10% on the
 store's threads. BASELINE is one attach alone: its ~6 ms of
 OVSDB (~5 ms of it the commit round trip through ovsdbapp's threads, ~1.5
 ms ovs-vswitchd adding the port) is a wait no batching removes.
+
+ovsdbapp's IDL sleeps 0 s before every row of an update, a yield for
+green threads. In the daemon each such sleep handed the interpreter to
+the busy event loop and waited to get it back, so under load a port
+change's update, and the caller's answer, came late. The replica no
+longer sleeps. Storms of 8 clients x 50 and x 100 cycles, the two codes
+taking turns: 47.2, 46.6, 42.7 against 43.1, 41.5, 41.1 attaches/s; one
+client's cycle 38.3 against 44.1 ms.
+
+What bounds the storm now is ovs-vswitchd removing ports. On a private
+OVS, `ovs-vsctl` adds a port in 12 ms (about 10 of them the process) and
+removes one in 23 ms; removing 2 and 4 ports in one transaction takes 38
+and 64 ms, so removals do not batch: each costs ovs-vswitchd's main
+thread ~14 ms (OVS reconfigures its datapath for each). With an attach
+and a detach per cycle, that caps this machine's OVS at 60-65 cycles a
+second before any of the daemon's own work. A VF's representor kept on
+the bridge across a Detach (a measurement only, not kept: with its
+flows, meter, conntrack entries and zone limit gone it passes nothing on
+the fail-secure bridge) gave 51.5 against 44.4 attaches/s with 8
+clients. Reaching 60 would take that change of what a Detach leaves
+behind (the reconcile's ownership of ports and its invariants with it)
+and still less of the daemon's CPU a cycle. In the run above (03:56):
+BASELINE 12.7 ms, WAIT_INITIAL 18.7 ms, 8 clients 42.4 attaches/s.
 """
 
 
@@ -745,7 +802,7 @@ start until Health, and its RSS read as the scale case reads it).
   after a first start that corrected the setup's DEGRADED attachments
   and so compiled and compared everything; the re-program after an
   ovs-vswitchd restart 17.0 s against 14.0 s for the raw bundle, 1.22x.
-- **In the run above** (01:50): the no-drift reconcile 2.12 s, the start
+- **In the 01:50 run**: the no-drift reconcile 2.12 s, the start
   until Health 6.77 s, RSS 113 MB, the re-program 20.8 s against 12.1 s
   for the raw bundle (1.72x; the raw bundle's time and ours move apart
   by a third from run to run, see above). Nothing on those paths changed
@@ -755,6 +812,9 @@ start until Health, and its RSS read as the scale case reads it).
   first reconcile of its own (a change of code is a new fingerprint:
   4.3-4.5 s, compiling and proving everything): 1.015, 1.140, 1.007,
   1.049 s against 1.072, 1.220, 0.994, 0.995 s.
+- **In the run above** (03:56, these paths unchanged): the no-drift
+  reconcile 1.66 s, the start until Health 5.92 s, RSS 112 MB, the
+  re-program 18.4 s against 17.2 s for the raw bundle (1.07x).
 """
 
 
