@@ -115,8 +115,11 @@ class CookieIntents:
                 return None
         if not gone and not came and len(flows) == len(last.flows):
             return _Intent(flows, last.wanted, last.places)
+        # ``wanted`` went to the last sync and is copied; the places are
+        # the last intent's alone (popped, never handed out), so they are
+        # patched in place: a failed patch drops them with it.
         wanted = dict(last.wanted)
-        places = dict(last.places)
+        places = last.places
         for flow in gone:
             key = self._encode_one(flow).key
             held = wanted.pop(key, None)
