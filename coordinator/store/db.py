@@ -38,7 +38,7 @@ from coordinator.store.records import (
     StoredPolicy,
 )
 from coordinator.store.rows import SELECT_ATTACHMENT, attachment_from_row, device_from_row, event_from_row
-from coordinator.store.schema import MIGRATIONS
+from coordinator.store.schema import migrate
 from coordinator.store.slots import free_slot, pool_stats
 
 __all__ = ["EVERYONE", "AttachmentLimitReached", "PoolExhausted", "Store", "StoreError", "UnreadablePolicy"]
@@ -85,18 +85,13 @@ class Store:
             raise StoreError(f"store {self._path} failed its integrity check: {result}")
 
     def _migrate(self) -> None:
-        current = self.schema_version
-        if current > len(MIGRATIONS):
-            raise StoreError(
-                f"store {self._path} has schema version {current}, newer than this daemon knows "
-                f"({len(MIGRATIONS)}); refusing to touch it"
-            )
-        for version in range(current + 1, len(MIGRATIONS) + 1):
-            with self._txn() as db:
-                for statement in MIGRATIONS[version - 1].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={version}")
+        migrate(self._path, self.schema_version, self._txn)
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into the database (PASSIVE: no waiting
+        for readers), so the next commit writes the WAL from its start."""
+        with self._using:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @contextmanager
     def _txn(self) -> Iterator[sqlite3.Connection]:

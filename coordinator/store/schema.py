@@ -3,6 +3,13 @@ only ever grows, and a released migration is never edited."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from coordinator.store.errors import StoreError
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: attachments, fences, device pool, event log.
     """
@@ -111,3 +118,19 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
+
+
+def migrate(path: Path, current: int, transaction: Callable[[], AbstractContextManager[Any]]) -> None:
+    """Bring the store at ``path``, at schema version ``current``, to the
+    newest: each migration and its new version in one ``transaction``."""
+    if current > len(MIGRATIONS):
+        raise StoreError(
+            f"store {path} has schema version {current}, newer than this daemon knows "
+            f"({len(MIGRATIONS)}); refusing to touch it"
+        )
+    for version in range(current + 1, len(MIGRATIONS) + 1):
+        with transaction() as db:
+            for statement in MIGRATIONS[version - 1].split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version={version}")

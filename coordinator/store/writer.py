@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 # The most writes one commit takes; more wait for the next (bounds how
 # long one transaction holds the write lock).
 MAX_GROUP = 64
+# After this many commits the WAL is copied into the database as soon as
+# no write is queued. A commit that appends to the WAL file waits for an
+# fsync that also makes the file's new size durable, about twice one that
+# overwrites it (~0.4 against ~0.2 ms on this disk); SQLite starts the WAL
+# over only once a checkpoint has copied all of it, by itself at 1,000
+# pages (4 MB), so every write of a daemon's first 4 MB after a start
+# appended. Checkpointed when idle, the WAL stays small and is written
+# over, off the commits' path; SQLite's own checkpoint stays the backstop
+# under sustained load.
+CHECKPOINT_AFTER = 16
 
 
 @dataclass
@@ -50,6 +60,7 @@ class GroupCommitWriter:
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._riders: dict[int, bytes] = {}  # slot -> its newest flow proof (bounded by the slots)
         self._riders_lock = threading.Lock()
+        self._commits_unchecked = 0  # commits since the last checkpoint
         self._thread = threading.Thread(target=self._serve, name="store", daemon=True)
         self._thread.start()
 
@@ -92,8 +103,18 @@ class GroupCommitWriter:
             group = [w for w in group if w.future.set_running_or_notify_cancel()]
             if group:
                 self._commit(group)
+                self._commits_unchecked += 1
             if stopping:
                 return
+            if self._commits_unchecked >= CHECKPOINT_AFTER and self._queue.empty():
+                self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        self._commits_unchecked = 0
+        try:
+            self._store.checkpoint()
+        except Exception as exc:  # the commits are durable in the WAL all the same
+            log.warning("store checkpoint failed: %s", exc)
 
     def _commit(self, group: list[_Write]) -> None:
         store = self._store

@@ -187,3 +187,24 @@ async def test_closing_the_store_waits_for_a_transaction_under_way(tmp_path: Pat
     await writing
     closing.join(5)
     assert not closing.is_alive()
+
+
+async def test_the_wal_is_checkpointed_between_commits_so_it_stays_small(
+    store: AsyncStore, tmp_path: Path
+) -> None:
+    """SQLite writes its WAL over from the start only once a checkpoint
+    has copied all of it (by itself at 4 MB); until then every commit
+    appends, and an append's fsync costs about twice an overwrite's. The
+    writer checkpoints when it is idle, so the WAL stays a few commits
+    long however much is written."""
+    wal = tmp_path / "state.db-wal"
+    proof = bytes(range(256)) * 15  # with the other slots', over two pages a commit
+    sizes = []
+    for n in range(200):
+        proofs = {slot: proof + (n + slot).to_bytes(4, "big") for slot in range(1, 5)}
+        await store.run(lambda proofs=proofs: store.sync.keep_flow_proofs(proofs))
+        await asyncio.sleep(0.002)  # the writer is idle now and then, as between applies
+        sizes.append(wal.stat().st_size)
+    # 200 commits of ~3 pages and more would be over 2.4 MB of WAL without a checkpoint.
+    assert max(sizes) < 1024 * 1024
+    assert sizes[-1] == max(sizes[100:])  # written over: it no longer grows
