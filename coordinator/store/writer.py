@@ -15,6 +15,10 @@ Flow proofs (``carry``) ride along: kept until the next commit, whoever's
 it is, and written in it. A proof is only ever a shortcut for a later
 restart, so one lost with a failed commit or a crash costs that restart a
 compile, nothing more; meanwhile an apply pays no commit of its own for it.
+
+When it has nothing queued after a few commits, the thread checkpoints
+the WAL (see ``CHECKPOINT_AFTER``), so commits write it over instead of
+appending to it.
 """
 
 from __future__ import annotations
@@ -38,12 +42,12 @@ MAX_GROUP = 64
 # After this many commits the WAL is copied into the database as soon as
 # no write is queued. A commit that appends to the WAL file waits for an
 # fsync that also makes the file's new size durable, about twice one that
-# overwrites it (~0.4 against ~0.2 ms on this disk); SQLite starts the WAL
-# over only once a checkpoint has copied all of it, by itself at 1,000
-# pages (4 MB), so every write of a daemon's first 4 MB after a start
-# appended. Checkpointed when idle, the WAL stays small and is written
-# over, off the commits' path; SQLite's own checkpoint stays the backstop
-# under sustained load.
+# overwrites it (~0.4 against ~0.2 ms on the bench machine); SQLite starts
+# the WAL over only once a checkpoint has copied all of it, by itself at
+# 1,000 pages (4 MB), so every write of a daemon's first 4 MB after a
+# start appended. Checkpointed when idle, the WAL stays small and is
+# written over, off the commits' path; SQLite's own checkpoint stays the
+# backstop under sustained load.
 CHECKPOINT_AFTER = 16
 
 
