@@ -277,11 +277,16 @@ class UnixctlClient:
     async def _over(self, path: str, commands: Sequence[Sequence[str]], deadline: float) -> list[Reply]:
         connection = self._connection
         if connection is None:
-            connection = await wait_within(_Connection.open(path), self._left(deadline))
-            self._connection = connection
-            self.connects += 1
+            connection = await wait_within(self._connect(path), self._left(deadline))
         first = connection.send(commands)
         return await wait_within(connection.replies(first, len(commands)), self._left(deadline))
+
+    async def _connect(self, path: str) -> _Connection:
+        # The client holds the connection as soon as it is open: a caller
+        # cancelled in that same moment leaves it to ``_drop``, not unclosed.
+        self._connection = await _Connection.open(path)
+        self.connects += 1
+        return self._connection
 
     @staticmethod
     def _left(deadline: float) -> float:

@@ -9,9 +9,11 @@ import contextlib
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from coordinator.ovs import unixctl
 from coordinator.ovs.unixctl import Reply, UnixctlClient, UnixctlError, call_many
 from tests.fake_unixctl import FakeControlSocket
 
@@ -265,3 +267,34 @@ async def test_a_call_on_a_kept_connection_is_written_before_the_caller_first_wa
     finally:
         listener.close()
         await client.close()
+
+
+async def test_a_connection_opened_as_its_caller_is_cancelled_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller is cancelled in the very turn its connection finished
+    opening: the connection is the client's (and closed with the call's
+    failure), not an open socket nobody holds."""
+    opened: list[Any] = []
+    caller: asyncio.Task[Reply] | None = None
+
+    class Opened:
+        path = str(tmp_path / "ctl")
+        usable = True
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def open_then_cancel_the_caller(path: str) -> Opened:
+        assert caller is not None
+        caller.cancel()
+        opened.append(Opened())
+        return opened[-1]
+
+    monkeypatch.setattr(unixctl._Connection, "open", open_then_cancel_the_caller)
+    client = UnixctlClient(str(tmp_path / "ctl"), timeout=5)
+    caller = asyncio.ensure_future(client.call("version"))
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert len(opened) == 1 and opened[0].closed
