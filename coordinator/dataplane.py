@@ -241,16 +241,16 @@ class Dataplane:
         fingerprint = [b""]  # of the proof's inputs, worked out while the switch reads back
 
         async def cut() -> None:
-            # The revoke's dump is asked first (one turn of the loop writes
-            # it); the work below runs while ovs-vswitchd answers.
-            revoking = asyncio.ensure_future(self.revoke(record, scope))
+            revoking = asyncio.ensure_future(self.revoke(record, scope))  # its dump asked first,
             try:
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # written in this turn of the loop; this work meanwhile
                 fingerprint[0] = self._prover.inputs.of(port, scope)
                 if meanwhile is not None:
                     meanwhile()
-            finally:  # the cut is made whatever happened above
-                notes.append(await revoking)
+            except BaseException:  # cancelled, or the work failed: the revoke goes with it
+                revoking.cancel()
+                raise
+            notes.append(await revoking)
 
         meters = self._meter_band(record.slot, scope)
         if meters:  # from here on it may exist, whatever the outcome

@@ -415,3 +415,38 @@ async def test_a_stored_policy_that_no_longer_reads_fails_closed(stack: Stack) -
     assert not probe_tcp(ns, SERVER_V4, 443)
     await stack.service.apply_policy("sb-1", scope(version=4, egress=WEB))
     assert probe_tcp(ns, SERVER_V4, 443)
+
+
+async def test_work_beside_the_revoke_that_fails_takes_the_revoke_with_it(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The conntrack revoke of a change starts first, the proof's
+    fingerprint beside it; when the fingerprint fails the apply fails, and
+    the revoke is not left running after it (nor does the failure wait
+    for it)."""
+    record = await stack.attach("sb-1")
+    await stack.service.apply_policy("sb-1", scope(egress=WEB))
+    dataplane: Any = stack.service.dataplane
+    revoking_started = asyncio.Event()
+    revoke_ended: list[str] = []
+
+    async def slow_revoke(*args: Any, **kwargs: Any) -> Any:
+        revoking_started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            revoke_ended.append("cancelled")
+            raise
+        revoke_ended.append("finished")
+
+    def failing_fingerprint(*args: Any) -> bytes:
+        raise RuntimeError("fingerprint failed")
+
+    monkeypatch.setattr(dataplane.conntrack, "revoke_entries", slow_revoke)
+    monkeypatch.setattr(dataplane._prover.inputs, "of", failing_fingerprint)
+    narrower = scope(egress=[allow("web", cidrs=["203.0.113.0/24"], ports=[443])])
+    with pytest.raises(RuntimeError, match="fingerprint failed"):
+        await asyncio.wait_for(dataplane.enforce_and_revoke(record, record.ofport, narrower), 10)
+    assert revoking_started.is_set()
+    await asyncio.sleep(0)
+    assert revoke_ended == ["cancelled"]
