@@ -701,7 +701,8 @@ OVS, `ovs-vsctl` adds a port in 12 ms (about 10 of them the process) and
 removes one in 23 ms; removing 2 and 4 ports in one transaction takes 38
 and 64 ms, so removals do not batch: each costs ovs-vswitchd's main
 thread ~14 ms (OVS reconfigures its datapath for each). With an attach
-and a detach per cycle, that caps this machine's OVS at 60-65 cycles a
+and a detach per cycle, and the port's addition, flows and conntrack
+calls on that same thread, that caps this machine's OVS near 60 cycles a
 second before any of the daemon's own work. A VF's representor kept on
 the bridge across a Detach (a measurement only, not kept: with its
 flows, meter, conntrack entries and zone limit gone it passes nothing on
