@@ -119,10 +119,12 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
     cfg = config.ovs
     pipeline = load_pipeline()
     # Connected by the first request (the service's start programs the
-    # bridge), reconnected whenever ovs-vswitchd restarts.
+    # bridge), reconnected whenever ovs-vswitchd restarts; each connection
+    # watches the bridge's flow changes (``ovs/ofwatch``).
     channel = OpenFlowChannel(
-        lambda: bridge_mgmt(cfg.rundir, cfg.bridge), timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S
-    )
+        lambda: bridge_mgmt(cfg.rundir, cfg.bridge), timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S,
+        watch_flows=True,
+    )  # fmt: skip
     switch = ChannelSwitch(channel, pipeline, explain_timeout=cfg.timeout_s)
     try:
         # Backends use blocking netlink libraries that refuse to run on a

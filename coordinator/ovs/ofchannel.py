@@ -21,6 +21,9 @@ routed by transaction id.
   with the old one).
 - The next request reconnects, with backoff, to a freshly resolved
   socket path (a restarted ovs-vswitchd makes a new socket).
+- With ``watch_flows``, each connection asks for the switch's flow monitor
+  first; the reader hands its updates to the connection's ``FlowWatch``
+  and stamps every reply with the watch's count (``ofwatch``).
 
 Hand-written because os-ken's own transport is its eventlet app manager,
 which this daemon does not run.
@@ -41,6 +44,7 @@ from typing import NamedTuple
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from coordinator.ovs.ofwatch import FlowWatch, is_monitor_reply, monitor_notice, monitor_request
 from coordinator.ovs.ofwire import HEADER, ErrorReply, WireError, error_reply
 from coordinator.waiting import wait_within
 
@@ -83,6 +87,7 @@ class Outcome:
 
     replies: list[bytes] = field(default_factory=list)
     error: ErrorReply | None = None
+    seen: int | None = None  # the flow watch's count when it came (``ofwatch``)
 
 
 class _Pending:
@@ -135,6 +140,7 @@ class _Connection:
         self.closed: ChannelError | None = None
         self.echoes_answered = 0
         self.task: asyncio.Task[None] | None = None
+        self.watch: FlowWatch | None = None
 
     async def read_message(self) -> bytes:
         head = await self.reader.readexactly(HEADER.size)
@@ -161,21 +167,38 @@ class _Connection:
             self.writer.write(_message(ofp.OFPT_ECHO_REPLY, xid, message[HEADER.size :]))
             self.echoes_answered += 1
             return
+        watch = self.watch
+        if watch is not None and self._watched(watch, kind, xid, message):
+            return
         pending = self.pending.get(xid)
         if pending is None or pending.finished:
             return  # asynchronous (port status, ...) or an answer nobody waits for
         if kind == ofp.OFPT_ERROR:
             pending.outcome.error = error_reply(message)
-            pending.finish()
-            return
-        pending.outcome.replies.append(message)
-        if kind == ofp.OFPT_MULTIPART_REPLY and pending.reply is Reply.MULTIPART:
-            if len(message) < HEADER.size + 4:
-                raise WireError("multipart reply cut")
-            (flags,) = struct.unpack_from("!H", message, HEADER.size + 2)
-            if flags & ofp.OFPMPF_REPLY_MORE:
-                return
+        else:
+            pending.outcome.replies.append(message)
+            if kind == ofp.OFPT_MULTIPART_REPLY and pending.reply is Reply.MULTIPART:
+                if len(message) < HEADER.size + 4:
+                    raise WireError("multipart reply cut")
+                (flags,) = struct.unpack_from("!H", message, HEADER.size + 2)
+                if flags & ofp.OFPMPF_REPLY_MORE:
+                    return
+        pending.outcome.seen = None if watch is None else watch.stamp
         pending.finish()
+
+    @staticmethod
+    def _watched(watch: FlowWatch, kind: int, xid: int, message: bytes) -> bool:
+        """Whether ``message`` was the flow monitor's (handed to ``watch``)."""
+        if kind == ofp.OFPT_MULTIPART_REPLY and is_monitor_reply(message):
+            watch.feed(message)
+            return True
+        if kind == ofp.OFPT_EXPERIMENTER and (notice := monitor_notice(message)) is not None:
+            watch.notice(notice)
+            return True
+        if kind == ofp.OFPT_ERROR and xid == watch.request_xid:
+            watch.refused(error_reply(message).describe())
+            return True
+        return False
 
     def close(self, why: ChannelError) -> None:
         if self.closed is None:
@@ -205,8 +228,10 @@ class OpenFlowChannel:
         connect_timeout: float | None = None,
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
+        watch_flows: bool = False,
     ) -> None:
         self._resolve = resolve
+        self._watch_flows = watch_flows
         self._timeout = timeout
         self._connect_timeout = timeout if connect_timeout is None else min(connect_timeout, timeout)
         self._backoff_initial = backoff_initial
@@ -223,6 +248,12 @@ class OpenFlowChannel:
     @property
     def echoes_answered(self) -> int:
         return self._conn.echoes_answered if self._conn is not None else 0
+
+    @property
+    def watch(self) -> FlowWatch | None:
+        """The flow monitor's report on the open connection, if asked for."""
+        conn = self._conn
+        return conn.watch if conn is not None and conn.closed is None else None
 
     @property
     def connected(self) -> bool:
@@ -292,6 +323,9 @@ class OpenFlowChannel:
         except BaseException:
             writer.close()
             raise
+        if self._watch_flows:  # before any other request: every reply after it is stamped
+            conn.watch = FlowWatch(xid := self.xid())
+            writer.write(monitor_request(xid))
         conn.task = asyncio.get_running_loop().create_task(conn.run(), name=f"openflow reader {path}")
         return conn
 

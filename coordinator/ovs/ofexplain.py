@@ -9,17 +9,49 @@ does.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence, Set
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
+from coordinator.flows.model import Flow
+from coordinator.flows.pipeline import Pipeline
+from coordinator.flows.render import render_flows
+from coordinator.ovs.ofmessages import ALL_COOKIES, U64, cookie_mask
+from coordinator.ovs.ofwire import FlowKey, InstalledFlow
 from coordinator.ovs.openflow import OPENFLOW_VERSION, OpenFlowError
 from coordinator.ovs.process import run_command
 
-__all__ = ["explain_difference"]
+__all__ = ["explain_difference", "verify_read_back"]
 
 # A few lines are enough to say what is wrong; the rest is in the logs of
 # a second look.
 _SHOWN_LINES = 6
+
+
+async def verify_read_back(
+    desired: Mapping[int, Sequence[Flow]],
+    wanted: Set[FlowKey],
+    after: Sequence[InstalledFlow],
+    cookie: int,
+    mask: int,
+    pipeline: Pipeline,
+    target: str,
+    timeout: float,
+) -> None:
+    """Raise OpenFlowError, explained, unless the flows of ``desired``'s
+    cookies in ``after`` (read back by ``cookie``/``mask``) are ``wanted``."""
+    got = {f.key for f in after if f.key.cookie in desired}
+    if got == wanted:
+        return
+    mask_text = "-1" if mask == ALL_COOKIES else f"{cookie_mask(mask):#x}"
+    text = render_flows([f for flows in desired.values() for f in flows], pipeline)
+    explained = await explain_difference(
+        target, f"cookie={cookie & U64:#x}/{mask_text}", set(desired), text, timeout=timeout
+    )
+    scope = f"{cookie:#x}" if mask == ALL_COOKIES else f"{cookie:#x}/{cookie_mask(mask):#x}"
+    raise OpenFlowError(
+        f"flows of cookie {scope} differ from intent after apply: "
+        f"{len(got - wanted)} unexpected, {len(wanted - got)} missing{explained}"
+    )
 
 
 async def explain_difference(

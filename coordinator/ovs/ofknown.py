@@ -24,16 +24,22 @@ span where the two lists stop being the same objects, found by comparing
 references in C. For a thousand-flow cookie that spares hashing every key
 of the read-back and sorting every mark again, most of what the comparison
 cost.
+
+With the switch's flow monitor (``ofwatch``) a change need not be read
+back at all: when the cookie has not changed since its flows were read
+(or last so verified) and the switch reported exactly the deletes and adds
+sent, ``reported`` works out what it holds now from those reports.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
-from coordinator.ovs.ofwire import FlowKey, FlowsDigest, InstalledFlow
+from coordinator.ovs.ofwatch import ADDED, DELETED, FlowUpdate, FlowWatch
+from coordinator.ovs.ofwire import FlowKey, FlowsDigest, InstalledFlow, WireError
 from coordinator.sequences import changed_span
 
 KNOWN_FLOWS_KEPT = 16_384  # a thousand-rule attachment holds about 2,000
@@ -47,17 +53,62 @@ class Held:
     flows: dict[FlowKey, InstalledFlow]  # not to be changed
     order: Sequence[InstalledFlow] | None  # the same flows as the switch listed them; None: unknown
     marks: list[bytes]  # their marks, sorted (the digest's input); not to be changed
+    seen: int | None = None  # the flow watch's count they are as of; None: not watched
 
     @property
     def digest(self) -> FlowsDigest:
         return FlowsDigest.of_sorted(self.marks)
 
 
-def held_from(connection: int, flows: dict[FlowKey, InstalledFlow], order: Sequence[InstalledFlow]) -> Held:
+def held_from(
+    connection: int,
+    flows: dict[FlowKey, InstalledFlow],
+    order: Sequence[InstalledFlow],
+    seen: int | None = None,
+) -> Held:
     """``flows`` by key, ``order`` the very same flows as read (when it holds
     anything else, e.g. a flow twice, the order is not kept)."""
     marks = sorted(f.mark for f in flows.values())
-    return Held(connection, flows, order if len(order) == len(flows) else None, marks)
+    return Held(connection, flows, order if len(order) == len(flows) else None, marks, seen)
+
+
+def reported(
+    prior: Held,
+    updates: Sequence[FlowUpdate],
+    removed: Collection[InstalledFlow],
+    added: Collection[FlowKey],
+    read: Callable[[bytes], InstalledFlow],
+) -> tuple[Held, list[InstalledFlow]] | None:
+    """What the cookie holds if ``updates``, all the switch reported of it
+    since ``prior`` was what it held, are exactly the deletes of
+    ``removed`` (``prior``'s own flows) and the adds of ``added`` (keys
+    ``prior`` lacks), with the flows that came; None if they are anything
+    else. ``read`` makes a flow of an update's entry, as a read-back would.
+    The result is not watched (``seen`` None) until the caller says so."""
+    if len(updates) != len(removed) + len(added):
+        return None
+    flows = dict(prior.flows)
+    marks = list(prior.marks)
+    gone = {f.key for f in removed}
+    coming = set(added)
+    came = []
+    for update in updates:
+        flow = read(update.entry)
+        if update.event == DELETED and flow.key in gone:
+            gone.discard(flow.key)
+            held = flows.pop(flow.key, None)
+            if held is None or not _drop_mark(marks, held.mark):
+                return None
+        elif update.event == ADDED and flow.key in coming and flow.key not in flows:
+            coming.discard(flow.key)
+            flows[flow.key] = flow
+            bisect.insort(marks, flow.mark)
+            came.append(flow)
+        else:
+            return None  # not what was sent: something else changed the cookie
+    if gone or coming:
+        return None
+    return Held(prior.connection, flows, None, marks), came
 
 
 def changed(
@@ -99,6 +150,34 @@ def changed(
     return Held(prior.connection, flows, after, marks)
 
 
+def verified_by_report(
+    watch: FlowWatch,
+    cookie: int,
+    prior: Held,
+    collected: list[FlowUpdate],
+    removed: Collection[InstalledFlow],
+    added: Collection[FlowKey],
+    read: Callable[[bytes], InstalledFlow],
+) -> Held | None:
+    """What ``cookie`` holds after a bundle of ``removed`` and ``added``
+    sent from ``prior``, if ``watch`` shows nothing else changed it since
+    ``prior`` and the switch reported, into ``collected``, exactly those
+    changes (``reported``): as verified as a read-back, being what the
+    switch holds as it spells it. None otherwise. Ends the collecting in
+    the same step, so no update falls between the check and its end."""
+    now = None
+    try:
+        if not watch.changed_since(cookie, prior.seen):
+            got = reported(prior, collected, removed, added, read)
+            if got is not None and watch.hold(cookie, prior.seen, got[1]):
+                now = replace(got[0], seen=watch.seq)
+    except WireError:
+        now = None
+    finally:
+        watch.release(cookie, collected, accepted=now is not None)
+    return now
+
+
 def _drop_mark(marks: list[bytes], mark: bytes) -> bool:
     at = bisect.bisect_left(marks, mark)
     if at == len(marks) or marks[at] != mark:
@@ -132,11 +211,16 @@ class KnownFlows:
         self.forget([cookie])
         return found
 
-    def remember(self, cookie: int, connection: int, flows: Iterable[InstalledFlow]) -> None:
+    def remember(
+        self, cookie: int, connection: int, flows: Iterable[InstalledFlow], seen: int | None = None
+    ) -> Held:
         """``flows`` (of any cookies: the others are left out) are what
-        ``cookie`` holds, verified, on ``connection``."""
+        ``cookie`` holds, verified, on ``connection`` (as of the watch's
+        count ``seen``, if watched)."""
         order = [f for f in flows if f.key.cookie == cookie]
-        self.put(cookie, held_from(connection, {f.key: f for f in order}, order))
+        held = held_from(connection, {f.key: f for f in order}, order, seen)
+        self.put(cookie, held)
+        return held
 
     def keep_read_back(
         self,
@@ -146,21 +230,24 @@ class KnownFlows:
         wanted: Mapping[FlowKey, object],
         prior: Held | None = None,
         removed: Collection[InstalledFlow] = (),
-    ) -> bool:
-        """Keep ``after``, a read-back of exactly ``cookie``, if it shows
-        exactly ``wanted``; False (nothing kept) if it does not. ``prior``
-        and ``removed``: the state the change was diffed against and what it
-        deleted of it (see ``changed``), to compare only where they differ."""
+        seen: int | None = None,
+    ) -> Held | None:
+        """Keep ``after``, a read-back of exactly ``cookie`` (stamped ``seen``
+        by the flow watch), if it shows exactly ``wanted``; None (nothing
+        kept) if it does not. ``prior`` and ``removed``: the state the
+        change was diffed against and what it deleted of it (see
+        ``changed``), to compare only where they differ."""
         now = None
         if prior is not None and prior.connection == connection:
             now = changed(prior, after, removed, wanted)
         if now is None:
             held = {f.key: f for f in after}
             if len(held) != len(wanted) or len(after) != len(held) or set(held).difference(wanted):
-                return False
+                return None
             now = held_from(connection, held, after)
+        now = replace(now, seen=seen) if seen is not None else now
         self.put(cookie, now)
-        return True
+        return now
 
     def put(self, cookie: int, held: Held) -> None:
         self.forget([cookie])

@@ -15,6 +15,12 @@ compiler's Flow values instead of ovs-ofctl text, with no process spawn:
 4. compare the read-back with the intent. Only when they differ is
    ``ovs-ofctl diff-flows`` run, to explain the difference in text.
 
+A change diffed against what the cookie's last verified sync left, when
+the channel watches the bridge's flows (``ofwatch``) and nothing changed
+the cookie since, is not read back: the switch's report of exactly the
+deletes and adds sent verifies it (``ofknown.verified_by_report``); any
+other report, and a cookie the watch cannot vouch for, is read back.
+
 A failed bundle changes nothing on the switch (the old flows stay whole)
 and raises ``BundleError``, naming each rejected message and the ONF
 bundle error of the commit.
@@ -33,29 +39,25 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
-from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import ChannelError, OpenFlowChannel, Outcome, Outgoing, Reply
 from coordinator.ovs.ofconfig import match_fragments_as_parsed
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
-from coordinator.ovs.ofexplain import explain_difference
+from coordinator.ovs.ofexplain import verify_read_back
 from coordinator.ovs.ofintent import ByKey, CookieIntents, Wanted
-from coordinator.ovs.ofknown import KnownFlows
+from coordinator.ovs.ofknown import Held, KnownFlows, verified_by_report
 from coordinator.ovs.ofmessages import (
     ALL_COOKIES,
     BUNDLE_FLAGS,
-    U64,
     BundleError,
     MeterBand,
     by_position,
     check_bundle,
-    cookie_mask,
     delete_cookie,
-    meter_mod,
     named_changes,
-    parse,
     serialize,
     stats_request,
 )
+from coordinator.ovs.ofmeters import delete_meter, meter_config, meters_of, set_meter, set_meters
 from coordinator.ovs.ofwire import (
     FlowKey,
     FlowsDigest,
@@ -84,6 +86,7 @@ class SwitchState:
 
     flows: list[InstalledFlow]
     meters: set[int] | None  # None: not read
+    seen: int | None = None  # the flow watch's stamp of the read (``ofwatch``)
 
 
 class ChannelSwitch:
@@ -138,26 +141,12 @@ class ChannelSwitch:
         xid = self._channel.xid()
         return Outgoing(with_xid(template, xid), xid, Reply.MULTIPART)
 
-    def _meter_config(self) -> Outgoing:
-        xid = self._channel.xid()
-        request = parser.OFPMeterConfigStatsRequest(DATAPATH, 0, ofp.OFPM_ALL)
-        return Outgoing(serialize(request, xid), xid, Reply.MULTIPART)
-
     def _flows_of(self, outcome: Outcome, what: str, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
         try:  # many cookies: no memo
             bodies = _bodies_of(outcome, what)
             return [f for body in bodies for f in self._reader.read(body, remember=mask == ALL_COOKIES)]
         except WireError as exc:
             raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
-
-    @staticmethod
-    def _meters_of(outcome: Outcome) -> set[int]:
-        if outcome.error is not None:
-            raise OpenFlowError(f"reading meters: {outcome.error.describe()}")
-        try:
-            return {int(m.meter_id) for reply in outcome.replies for m in parse(reply).body}
-        except Exception as exc:  # os-ken's parser raises whatever a bad reply trips
-            raise OpenFlowError(f"reading meters: unreadable reply ({type(exc).__name__})") from exc
 
     def prepare_bundle(self, changes: Sequence[bytes]) -> list[Outgoing]:
         """One ONF bundle of the encoded ``changes`` (flow-mods, xid 0):
@@ -202,15 +191,15 @@ class ChannelSwitch:
     async def read(self, cookie: int, mask: int = ALL_COOKIES, *, meters: bool = False) -> SwitchState:
         """The flows of ``cookie``/``mask`` and, with ``meters``, the meter
         ids, in one round trip: what ``sync_many`` diffs against (``read=``)."""
-        requests = [self._stats(cookie, mask), *([self._meter_config()] if meters else [])]
+        requests = [self._stats(cookie, mask), *([meter_config(self._channel.xid())] if meters else [])]
         outcomes = await self._exchange(requests)
         flows = self._flows_of(outcomes[0], f"reading flows of cookie {cookie:#x}")
-        return SwitchState(flows, self._meters_of(outcomes[1]) if meters else None)
+        return SwitchState(flows, meters_of(outcomes[1]) if meters else None, outcomes[0].seen)
 
     async def meters(self) -> set[int]:
         """The ids of the meters the bridge has."""
-        [outcome] = await self._exchange([self._meter_config()])
-        return self._meters_of(outcome)
+        [outcome] = await self._exchange([meter_config(self._channel.xid())])
+        return meters_of(outcome)
 
     async def ping(self) -> None:
         try:
@@ -285,12 +274,25 @@ class ChannelSwitch:
     ) -> SyncResult:
         removed = [current[key] for key in set(current).difference(wanted)]
         prior = self._known.take(cookie, self._channel.connects)
-        after = await self._change_and_read_back(removed, added, wanted, cookie, ALL_COOKIES, beside_readback)
-        # Read by the exact cookie: every flow read back is the cookie's.
         since = prior if prior is not None and prior.flows is current else None
-        if not self._known.keep_read_back(cookie, self._channel.connects, after, wanted, since, removed):
-            raise _StaleKnown
+        got = await self._change_and_read_back(
+            removed, added, wanted, cookie, ALL_COOKIES, beside_readback, since
+        )
+        if isinstance(got, Held):  # verified from the switch's report of the change
+            self._known.put(cookie, got)
+        else:  # read by the exact cookie: every flow read back is the cookie's
+            after, seen = got
+            held = self._known.keep_read_back(
+                cookie, self._channel.connects, after, wanted, since, removed, self._held(cookie, seen, after)
+            )  # fmt: skip
+            if held is None:
+                raise _StaleKnown
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
+
+    def _held(self, cookie: int, seen: int | None, flows: Sequence[InstalledFlow]) -> int | None:
+        """``seen`` if the flow watch holds ``flows`` as ``cookie``'s as of it, else None."""
+        watch = self._channel.watch
+        return seen if watch is not None and watch.hold(cookie, seen, flows) else None
 
     async def _change_and_read_back(
         self,
@@ -300,21 +302,43 @@ class ChannelSwitch:
         cookie: int,
         mask: int,
         beside_readback: Callable[[], Awaitable[object]] | None,
-    ) -> list[InstalledFlow]:
+        prior: Held | None = None,
+    ) -> tuple[list[InstalledFlow], int | None] | Held:
         """One atomic bundle deleting ``removed`` and adding ``added``, and
-        what ``cookie``/``mask`` holds after it. Raises BundleError."""
+        what ``cookie``/``mask`` holds after it, read back (with the flow
+        watch's stamp of the read) or, from ``prior``, what the switch's
+        flow monitor reported of it (``ofknown.verified_by_report``).
+        Raises BundleError."""
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
         label = named_changes([*(f.key for f in removed), *added], deleted=len(removed))
         bundle = self.prepare_bundle(changes)
+        watch = self._channel.watch if prior is not None and prior.seen is not None else None
+        collected = watch.collect(cookie) if watch is not None else None
+        if watch is not None and collected is not None and prior is not None:
+            try:
+                check_bundle(bundle, await self._exchange(bundle), label)
+            except BaseException:
+                watch.release(cookie, collected, accepted=False)
+                raise
+            now = verified_by_report(watch, cookie, prior, collected, removed, added, self._read_entry)
+            if now is not None:
+                if beside_readback is not None:
+                    await beside_readback()
+                return now
+            # Not exactly the change reported: what the bundle left is read back.
+            [outcome], _ = await asyncio.gather(
+                self._exchange([self._stats(cookie, mask)]), beside_readback() if beside_readback else asyncio.sleep(0)
+            )  # fmt: skip
+            return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}", mask), outcome.seen
         if beside_readback is None:
             results = await self._exchange([*bundle, self._stats(cookie, mask)])
             check_bundle(bundle, results[: len(bundle)], label)
-            return self._flows_of(results[-1], "reading back flows", mask)
+            return self._flows_of(results[-1], "reading back flows", mask), results[-1].seen
         # The read-back is written right behind the bundle (the switch takes
         # them in order), and ``beside_readback`` starts as soon as the
         # bundle's barrier answers, while the read-back is under way.
         sent = asyncio.ensure_future(self._exchange(bundle))  # tasks start in order
-        readback = asyncio.ensure_future(self.installed(cookie, mask))
+        readback = asyncio.ensure_future(self._exchange([self._stats(cookie, mask)]))
         try:
             check_bundle(bundle, await sent, label)
         except BaseException:
@@ -323,8 +347,12 @@ class ChannelSwitch:
                 with contextlib.suppress(BaseException):
                     await task
             raise
-        after, _ = await asyncio.gather(readback, beside_readback())
-        return after
+        [outcome], _ = await asyncio.gather(readback, beside_readback())
+        return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}", mask), outcome.seen
+
+    def _read_entry(self, entry: bytes) -> InstalledFlow:
+        [flow] = self._reader.read(entry)
+        return flow
 
     async def sync_many(
         self,
@@ -350,41 +378,38 @@ class ChannelSwitch:
         if wanted is None:
             wanted = self.encode(f for flows in desired.values() for f in flows)
         self._known.forget(desired)
+        seen = None  # the flow watch's stamp of what ``after`` shows, when known
         if read is not None:
             state = await read
-            current, known = state.flows, state.meters
+            current, known, seen = state.flows, state.meters, state.seen
             existing = known if known is not None else (await self.meters() if meters else set())
         else:
             reads = [] if installed is not None else [self._stats(cookie, mask)]
             if meters:
-                reads.append(self._meter_config())
+                reads.append(meter_config(self._channel.xid()))
             outcomes = await self._exchange(reads) if reads else []
-            current = (
-                await installed if installed is not None else self._flows_of(outcomes[0], "reading flows")
-            )
-            existing = self._meters_of(outcomes[-1]) if meters else set()
+            if installed is not None:
+                current = await installed
+            else:
+                current, seen = self._flows_of(outcomes[0], "reading flows"), outcomes[0].seen
+            existing = meters_of(outcomes[-1]) if meters else set()
 
         have = {f.key: f for f in current if f.key.cookie in desired}
         removed = [f for key, f in have.items() if key not in wanted]
         added = [key for key in wanted if key not in have]
         if meters:
-            # Their own exchange: a refused meter stops the apply before any
-            # flow changes (in the bundle's write, the bundle would commit anyway).
-            writes = []
-            for meter_id, band in meters.items():
-                command = ofp.OFPMC_MODIFY if meter_id in existing else ofp.OFPMC_ADD
-                xid = self._channel.xid()
-                writes.append(Outgoing(meter_mod(command, meter_id, band, xid), xid))
-            for meter_id, outcome in zip(meters, await self._exchange(writes), strict=True):
-                if outcome.error is not None:
-                    raise OpenFlowError(f"meter {meter_id}: {outcome.error.describe()}")
+            await set_meters(self._exchange, self._channel.xid, meters, existing)
         if removed or added:
-            after = await self._change_and_read_back(removed, added, wanted, cookie, mask, beside_readback)
-            await self._verify(desired, wanted, after, cookie, mask)
+            got = await self._change_and_read_back(removed, added, wanted, cookie, mask, beside_readback)
+            assert not isinstance(got, Held)  # read back: no ``prior`` given
+            after, seen = got
+            await verify_read_back(
+                desired, wanted.keys(), after, cookie, mask, self._pipeline, self._explain_target(), self._explain_timeout
+            )  # fmt: skip
         else:
             after = current  # nothing to change: what was just read is verified
         if mask == ALL_COOKIES and desired.keys() == {cookie} and after:
-            self._known.remember(cookie, self._channel.connects, after)
+            self._known.remember(cookie, self._channel.connects, after, self._held(cookie, seen, after))
         else:
             self._known.verified(desired, after)
 
@@ -393,32 +418,6 @@ class ChannelSwitch:
             old = counts.get(key_cookie, SyncResult(0, 0, len(desired.get(key_cookie, ()))))
             counts[key_cookie] = SyncResult(old.added + (sign > 0), old.removed + (sign < 0), old.total)
         return counts
-
-    async def _verify(
-        self,
-        desired: Mapping[int, Sequence[Flow]],
-        wanted: Mapping[FlowKey, tuple[Flow, EncodedFlow]],
-        after: Sequence[InstalledFlow],
-        cookie: int,
-        mask: int,
-    ) -> None:
-        got = {f.key for f in after if f.key.cookie in desired}
-        if got == wanted.keys():
-            return
-        explained = await self._explain(desired, cookie, mask)
-        scope = f"{cookie:#x}" if mask == ALL_COOKIES else f"{cookie:#x}/{cookie_mask(mask):#x}"
-        raise OpenFlowError(
-            f"flows of cookie {scope} differ from intent after apply: "
-            f"{len(got - wanted.keys())} unexpected, {len(wanted.keys() - got)} missing{explained}"
-        )
-
-    async def _explain(self, desired: Mapping[int, Sequence[Flow]], cookie: int, mask: int) -> str:
-        mask_text = "-1" if mask == ALL_COOKIES else f"{cookie_mask(mask):#x}"
-        text = render_flows([f for flows in desired.values() for f in flows], self._pipeline)
-        return await explain_difference(
-            self._explain_target(), f"cookie={cookie & U64:#x}/{mask_text}", set(desired), text,
-            timeout=self._explain_timeout,
-        )  # fmt: skip
 
     async def replace_many(self, desired: Mapping[int, Sequence[Flow]]) -> None:
         """Every cookie of ``desired`` holds exactly its flows, in one atomic
@@ -472,21 +471,11 @@ class ChannelSwitch:
     async def set_meter(self, meter_id: int, kbps: int, burst_kb: int) -> None:
         """Create or change a drop-band meter (MODIFY when it exists, else ADD).
         Meters cannot ride in a bundle; set them before the flows that use them."""
-        band = MeterBand(kbps, burst_kb)
-        for command in (ofp.OFPMC_MODIFY, ofp.OFPMC_ADD):
-            xid = self._channel.xid()
-            [outcome] = await self._exchange([Outgoing(meter_mod(command, meter_id, band, xid), xid)])
-            if outcome.error is None:
-                return
-            if not (command == ofp.OFPMC_MODIFY and outcome.error.is_meter(ofp.OFPMMFC_UNKNOWN_METER)):
-                raise OpenFlowError(f"meter {meter_id}: {outcome.error.describe()}")
+        await set_meter(self._exchange, self._channel.xid, meter_id, MeterBand(kbps, burst_kb))
 
     async def delete_meter(self, meter_id: int) -> None:
         """Remove a meter no flow references any more (absent is fine)."""
-        xid = self._channel.xid()
-        [outcome] = await self._exchange([Outgoing(meter_mod(ofp.OFPMC_DELETE, meter_id, None, xid), xid)])
-        if outcome.error is not None and not outcome.error.is_meter(ofp.OFPMMFC_UNKNOWN_METER):
-            raise OpenFlowError(f"deleting meter {meter_id}: {outcome.error.describe()}")
+        await delete_meter(self._exchange, self._channel.xid, meter_id)
 
 
 def _bodies_of(outcome: Outcome, what: str) -> list[bytes]:

@@ -1,0 +1,166 @@
+"""The switch's flow monitor on the OpenFlow channel, against a real Open
+vSwitch: a change verified from the switch's report of it (no read-back),
+with what it leaves equal to a read-back's; and every way the report could
+be trusted wrongly - a change behind our back under the cookie, another
+cookie's add taking one of its places, from another connection or from
+this one - ending in a read-back that repairs the cookie."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from coordinator.dev import netns
+from coordinator.dev.ovs_instance import OvsInstance
+from coordinator.flows.compiler import attachment_flows
+from coordinator.flows.dry_run import EXAMPLE_PORT
+from coordinator.flows.model import Flow
+from coordinator.flows.pipeline import load_pipeline
+from coordinator.flows.render import render_flows
+from coordinator.ovs.ofchannel import OpenFlowChannel, Outgoing, Reply
+from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.ofwire import FlowKey, FlowsDigest
+from coordinator.policy.validate import scope_from_mapping
+from tests.golden.regen import GOLDEN
+
+pytestmark = pytest.mark.ovs
+
+PIPELINE = load_pipeline()
+COOKIE = EXAMPLE_PORT.cookie
+
+
+@pytest.fixture
+def bridge(ovs: OvsInstance) -> Iterator[str]:
+    name = netns.unique_name("bfw-")
+    ovs.vsctl("add-br", name, "--", "set", "bridge", name, "datapath_type=netdev", "fail_mode=secure",
+              "protocols=OpenFlow13")  # fmt: skip
+    try:
+        yield name
+    finally:
+        ovs.vsctl("--if-exists", "del-br", name)
+
+
+@pytest_asyncio.fixture
+async def switch(ovs: OvsInstance, bridge: str) -> AsyncIterator[ChannelSwitch]:
+    channel = OpenFlowChannel(lambda: str(ovs.rundir / f"{bridge}.mgmt"), timeout=5.0, watch_flows=True)
+    try:
+        yield ChannelSwitch(channel, PIPELINE)
+    finally:
+        await channel.close()
+
+
+def _flows(name: str) -> list[Flow]:
+    scope = scope_from_mapping(yaml.safe_load((GOLDEN / "policies" / f"{name}.yaml").read_text()))
+    return attachment_flows(PIPELINE, EXAMPLE_PORT, scope)
+
+
+def _sent(switch: ChannelSwitch) -> list[list[Outgoing]]:
+    """Every exchange ``switch`` makes from now on."""
+    exchanges: list[list[Outgoing]] = []
+    exchange = switch._exchange
+
+    async def recorded(messages: Any) -> Any:
+        exchanges.append(list(messages))
+        return await exchange(messages)
+
+    switch._exchange = recorded  # type: ignore[method-assign]
+    return exchanges
+
+
+def _reads(exchanges: list[list[Outgoing]]) -> int:
+    return sum(out.reply is Reply.MULTIPART for messages in exchanges for out in messages)
+
+
+async def _keys(switch: ChannelSwitch, cookie: int = COOKIE) -> set[FlowKey]:
+    return {f.key for f in await switch.installed(cookie)}
+
+
+async def _watched(switch: ChannelSwitch, flows: list[Flow]) -> None:
+    """``flows`` installed and held as the watch's (the first sync reads)."""
+    await switch.sync(COOKIE, flows)
+    assert switch.channel.watch is not None and switch.channel.watch.stamp is not None
+
+
+async def test_a_change_is_verified_from_the_switchs_report_and_leaves_what_a_read_back_shows(
+    switch: ChannelSwitch,
+) -> None:
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    sent = _sent(switch)
+    for target in (server, web, server):
+        await switch.sync(COOKIE, target, known=switch.known(COOKIE))
+    # One exchange a change, the bundle alone: nothing read before or after it.
+    assert len(sent) == 3 and _reads(sent) == 0
+    held = switch.known(COOKIE)
+    assert held is not None and set(held) == set(switch.encode(server))
+    # What the reports left is what the switch shows, spelled as it spells it.
+    read = await switch.installed(COOKIE)
+    assert {f.key for f in read} == set(switch.encode(server))
+    assert switch.verified(COOKIE) == FlowsDigest.of(read)
+
+
+async def test_a_change_behind_our_back_under_the_cookie_is_read_back_and_repaired(
+    ovs: OvsInstance, bridge: str, switch: ChannelSwitch
+) -> None:
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    # From another connection: a stranger flow under the cookie, and one of
+    # its flows the change keeps gone (what the change itself sends would
+    # be reported just as sent).
+    ovs.ofctl(
+        "add-flow", bridge, f"cookie={COOKIE:#x},table=0,priority=2,ip,nw_src=203.0.113.99,actions=drop"
+    )
+    [kept] = render_flows([next(f for f in web if f in server)], PIPELINE)
+    match = kept.split(" actions=")[0].split(",", 1)[1]  # without the cookie
+    ovs.ofctl("del-flows", "--strict", bridge, f"{match},cookie={COOKIE:#x}/-1")
+    await switch.ping()  # their reports are in before the echo's reply
+    sent = _sent(switch)
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1
+    assert await _keys(switch) == set(switch.encode(server))
+    # Verified again by that read, the next change needs none.
+    sent.clear()
+    await switch.sync(COOKIE, web, known=switch.known(COOKIE))
+    assert _reads(sent) == 0 and await _keys(switch) == set(switch.encode(web))
+
+
+@pytest.mark.parametrize("taker", ["another connection", "this switch"])
+async def test_another_cookies_add_at_a_held_place_is_a_change_of_the_held_cookie(
+    ovs: OvsInstance, bridge: str, switch: ChannelSwitch, taker: str
+) -> None:
+    # An add replaces the flow at its table, priority and match whatever its
+    # cookie, and the switch reports only the add: the cookie that lost its
+    # flow must read back, or it would believe it still holds it.
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    taken = next(f for f in web if f in server)  # kept by the change below
+    other = COOKIE + 1
+    if taker == "this switch":
+        await switch.add([dataclasses.replace(taken, cookie=other)])
+    else:
+        [line] = render_flows([dataclasses.replace(taken, cookie=other)], PIPELINE)
+        ovs.ofctl("add-flow", bridge, line)
+        await switch.ping()  # its report is in before the echo's reply
+    assert switch.encode([taken]).keys().isdisjoint(await _keys(switch))
+    sent = _sent(switch)
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1
+    assert await _keys(switch) == set(switch.encode(server))
+
+
+async def test_a_paused_monitor_trusts_nothing_it_reported_before(switch: ChannelSwitch) -> None:
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    watch = switch.channel.watch
+    assert watch is not None
+    # What ovs-vswitchd sends when our backlog of updates passes its limit.
+    paused = bytes.fromhex("0404001000000000") + (0x4F4E4600).to_bytes(4, "big") + (1871).to_bytes(4, "big")
+    watch.notice(int.from_bytes(paused[12:16], "big"))
+    sent = _sent(switch)
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(server))
