@@ -195,8 +195,8 @@ class _Connection:
         if kind == ofp.OFPT_EXPERIMENTER and (notice := monitor_notice(message)) is not None:
             watch.notice(notice)
             return True
-        if kind == ofp.OFPT_ERROR and xid == watch.request_xid:
-            watch.refused(error_reply(message).describe())
+        if kind == ofp.OFPT_ERROR and xid == watch.request_xid and not watch.live:
+            watch.refused(error_reply(message).describe())  # (once live, the xid is another's)
             return True
         return False
 

@@ -158,23 +158,25 @@ def verified_by_report(
     removed: Collection[InstalledFlow],
     added: Collection[FlowKey],
     read: Callable[[bytes], InstalledFlow],
+    collected_since: int,
 ) -> Held | None:
     """What ``cookie`` holds after a bundle of ``removed`` and ``added``
     sent from ``prior``, if ``watch`` shows nothing else changed it since
-    ``prior`` and the switch reported, into ``collected``, exactly those
-    changes (``reported``): as verified as a read-back, being what the
-    switch holds as it spells it. None otherwise. Ends the collecting in
-    the same step, so no update falls between the check and its end."""
+    ``prior`` and the switch reported, into ``collected`` (from the count
+    ``collected_since``), exactly those changes (``reported``): as verified
+    as a read-back, being what the switch holds as it spells it. None
+    otherwise. Ends the collecting in the same step, so no update falls
+    between the check and its end."""
     now = None
     try:
         if not watch.changed_since(cookie, prior.seen):
             got = reported(prior, collected, removed, added, read)
-            if got is not None and watch.hold(cookie, prior.seen, got[1]):
+            if got is not None and watch.hold(cookie, prior.seen, got[1], adds_since=collected_since):
                 now = replace(got[0], seen=watch.seq)
     except WireError:
         now = None
     finally:
-        watch.release(cookie, collected, accepted=now is not None)
+        watch.release(cookie, collected)
     return now
 
 

@@ -313,14 +313,16 @@ class ChannelSwitch:
         label = named_changes([*(f.key for f in removed), *added], deleted=len(removed))
         bundle = self.prepare_bundle(changes)
         watch = self._channel.watch if prior is not None and prior.seen is not None else None
-        collected = watch.collect(cookie) if watch is not None else None
+        # One update a change sent, and one more: anything past that cannot match.
+        collected = watch.collect(cookie, len(changes) + 1) if watch is not None else None
         if watch is not None and collected is not None and prior is not None:
+            since = watch.seq
             try:
                 check_bundle(bundle, await self._exchange(bundle), label)
             except BaseException:
-                watch.release(cookie, collected, accepted=False)
+                watch.release(cookie, collected)
                 raise
-            now = verified_by_report(watch, cookie, prior, collected, removed, added, self._read_entry)
+            now = verified_by_report(watch, cookie, prior, collected, removed, added, self._read_entry, since)
             if now is not None:
                 if beside_readback is not None:
                     await beside_readback()

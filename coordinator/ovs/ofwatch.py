@@ -12,19 +12,27 @@ barrier's reply is in, every update of the changes before it is too.
 
 What this module keeps, per connection (``FlowWatch``):
 
-- ``seq``: how many updates (and pauses) the reader has seen. A reply is
-  stamped with it (``Outcome.seen``): what it shows is the switch as of
-  that count, and a change after it has a higher one.
+- ``seq``: a count that every update (and pause) the reader sees moves
+  on. A reply is stamped with it (``Outcome.seen``): what it shows is the
+  switch as of that count, and a change after it has a higher one. The
+  count is the process's, not the connection's: a new connection's watch
+  starts above every stamp of the connections before it, so a stamp
+  never vouches for a connection that did not give it.
 - The count of the last change of each cookie (``changed_since``): a
   cookie's flows read at one count and not changed since are still what
   was read, without reading them again.
 - While a sync of a cookie is under way, its updates are collected
-  (``collect``) for the sync to compare with what it sent.
+  (``collect``, up to one more than the sync sent) for the sync to
+  compare with what it sent. When the sync ends they count as a change
+  of the cookie all the same: the sync that accepts them holds the cookie
+  as of that very count, and any older view of it (another sync's read)
+  is out of date.
 - Where the flows of the cookies held for such syncs sit (table, priority
   and match as the switch spells it; ``hold``): an add replaces a flow at
   the same place whatever its cookie, and ovs-vswitchd reports that as an
   add of the new flow alone. Such an add counts as a change of the cookie
-  whose flow it replaced.
+  whose flow it replaced (held again only by a read); a delete lets its
+  place go.
 
 Whenever the report may be incomplete - the switch paused the monitor
 (its backlog to us grew past its limit), an abbreviated or unreadable
@@ -38,6 +46,7 @@ would build an object per update where only a few fields are needed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 from collections import deque
@@ -62,6 +71,7 @@ _MONITOR_REQUEST = struct.Struct("!IHHIB3xHH4x")
 # ofp_match and the instructions, spelled as in a flow-stats entry.
 _UPDATE = struct.Struct("!HHHHHHHBxQ")
 _UPDATE_HEAD = struct.Struct("!HH")  # length, event: every update starts so
+_MATCH_HEAD = struct.Struct("!HH")  # ofp_match: type, length
 _FLOW_STATS = struct.Struct(ofp.OFP_FLOW_STATS_0_PACK_STR)
 _WATCHED = ofp.ONFFMF_ADD | ofp.ONFFMF_DELETE | ofp.ONFFMF_MODIFY | ofp.ONFFMF_ACTIONS | ofp.ONFFMF_OWN
 _MONITOR_ID = 1
@@ -73,7 +83,7 @@ MODIFIED = ofp.ONFFME_MODIFIED
 COOKIES_KEPT = 65_536  # cookies with a change counted, places held: past it all count as changed
 PLACES_KEPT = 65_536
 ADDS_KEPT = 4096  # the recent adds a ``hold`` checks its places against
-COLLECTED_KEPT = 65_536  # updates one sync collects (its bundle's changes, and any intruder's)
+_COUNT = itertools.count(1)  # every watch's counts, one process-wide sequence
 
 
 def monitor_request(xid: int) -> bytes:
@@ -128,15 +138,15 @@ class FlowWatch:
 
     def __init__(self, request_xid: int) -> None:
         self.request_xid = request_xid
-        self.seq = 0
+        self.seq = next(_COUNT)
         self._live = False  # the switch took the request
         self._paused = False
         self._broken = False
-        self._all_changed_at = 0  # every cookie counts as changed at this count
+        self._all_changed_at = self.seq  # every cookie counts as changed at this count
         self._changed_at: dict[int, int] = {}  # cookie: the count of its last change
         self._owners: dict[bytes, int] = {}  # place: the cookie held there
         self._adds: deque[tuple[int, bytes, int]] = deque(maxlen=ADDS_KEPT)  # count, place, cookie
-        self._collecting: dict[int, list[FlowUpdate]] = {}
+        self._collecting: dict[int, _Collected] = {}
 
     @property
     def stamp(self) -> int | None:
@@ -145,6 +155,11 @@ class FlowWatch:
         return self.seq if self._live and not self._paused and not self._broken else None
 
     # -- what the reader hands over -------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        """Whether the switch took the monitor's request."""
+        return self._live
 
     def started(self) -> None:
         self._live = True
@@ -172,22 +187,26 @@ class FlowWatch:
             log.warning("unreadable flow-monitor update (%s): every change is read back", exc)
 
     def _counted(self, message: bytes, at: int, update: _Update | None) -> None:
-        self.seq += 1
+        self.seq = next(_COUNT)
         if update is None:  # abbreviated, or an event this daemon does not know
             self._everything_changed()
             return
         event, cookie, length, match_end, table, priority = update
-        collected = self._collecting.get(cookie)
-        if collected is not None and len(collected) < COLLECTED_KEPT:
-            collected.append(FlowUpdate(event, cookie, _as_flow_stats(message, at, length)))
-        else:
+        collecting = self._collecting.get(cookie)
+        if collecting is not None and len(collecting.updates) < collecting.limit:
+            collecting.updates.append(FlowUpdate(event, cookie, _as_flow_stats(message, at, length)))
+        else:  # not a sync's (or more than it sent: it cannot match)
             self._changed(cookie)
-        if event != DELETED:
-            place = _place(table, priority, message[at + _UPDATE.size : match_end])
-            owner = self._owners.get(place)
-            if owner is not None and owner != cookie:
-                self._changed(owner)  # its flow there was replaced
-            self._adds.append((self.seq, place, cookie))
+        place = _place(table, priority, message[at + _UPDATE.size : match_end])
+        owner = self._owners.get(place)
+        if event == DELETED:
+            if owner == cookie:
+                del self._owners[place]  # its flow there is gone
+            return
+        if owner is not None and owner != cookie:
+            self._changed(owner)  # its flow there was replaced: held again only by a read
+            del self._owners[place]
+        self._adds.append((self.seq, place, cookie))
 
     def _changed(self, cookie: int) -> None:
         if len(self._changed_at) >= COOKIES_KEPT:
@@ -195,7 +214,7 @@ class FlowWatch:
         self._changed_at[cookie] = self.seq
 
     def _everything_changed(self) -> None:
-        self.seq += 1
+        self.seq = next(_COUNT)
         self._all_changed_at = self.seq
         self._changed_at.clear()
 
@@ -208,14 +227,18 @@ class FlowWatch:
             return True
         return self._changed_at.get(cookie, 0) > seen
 
-    def hold(self, cookie: int, seen: int | None, flows: Iterable[InstalledFlow]) -> bool:
+    def hold(
+        self, cookie: int, seen: int | None, flows: Iterable[InstalledFlow], *, adds_since: int | None = None
+    ) -> bool:
         """Note where ``flows`` (what ``cookie`` holds, as of ``seen``) sit,
         so an add replacing one of them counts as a change of ``cookie``.
-        False if one was replaced already since ``seen`` (or that cannot be
-        told): then ``cookie`` may have changed."""
+        False if one was replaced already since ``seen`` (or since
+        ``adds_since``, for flows added later than ``seen``), or if that
+        cannot be told: then ``cookie`` may have changed."""
         if self.changed_since(cookie, seen):
             return False
         assert seen is not None
+        since = seen if adds_since is None else max(seen, adds_since)
         owners = self._owners
         if len(owners) >= PLACES_KEPT:
             owners.clear()  # places of cookies held now are lost with them
@@ -224,32 +247,40 @@ class FlowWatch:
         places = {place_of(flow) for flow in flows}
         for place in places:
             owners[place] = cookie
-        if self._adds and self._adds[0][0] > seen + 1 and len(self._adds) == ADDS_KEPT:
-            return False  # the adds since ``seen`` are no longer all kept
+        if self._adds and self._adds[0][0] > since and len(self._adds) == ADDS_KEPT:
+            return False  # the adds since then are no longer all kept
         for at, place, other in reversed(self._adds):  # the newest first
-            if at <= seen:
+            if at <= since:
                 break
             if other != cookie and place in places:
                 return False
         return True
 
-    def collect(self, cookie: int) -> list[FlowUpdate] | None:
-        """Collect ``cookie``'s updates from now on (into the list returned)
-        instead of counting them as changes; None if already collected (two
-        syncs of one cookie at once: each reads back)."""
+    def collect(self, cookie: int, limit: int) -> list[FlowUpdate] | None:
+        """Collect ``cookie``'s updates from now on, up to ``limit`` (into the
+        list returned; past it they count as changes), instead of counting
+        them as changes; None if already collected (two syncs of one cookie
+        at once: each reads back)."""
         if cookie in self._collecting:
             return None
-        collected: list[FlowUpdate] = []
-        self._collecting[cookie] = collected
-        return collected
+        collecting = self._collecting[cookie] = _Collected([], limit)
+        return collecting.updates
 
-    def release(self, cookie: int, collected: list[FlowUpdate], *, accepted: bool) -> None:
-        """Stop collecting ``cookie``'s updates. Unless the sync ``accepted``
-        them as its own, they count as a change of the cookie."""
-        if self._collecting.get(cookie) is collected:
+    def release(self, cookie: int, collected: list[FlowUpdate]) -> None:
+        """Stop collecting ``cookie``'s updates, and count them as a change
+        of it: a sync that accepts them as its own holds the cookie as of
+        this very count, and any other view of the cookie from before them
+        (a read of another sync of it) is out of date."""
+        found = self._collecting.get(cookie)
+        if found is not None and found.updates is collected:
             del self._collecting[cookie]
-        if not accepted or len(collected) >= COLLECTED_KEPT:
-            self._changed(cookie)
+        self._changed(cookie)
+
+
+@dataclass(slots=True)
+class _Collected:
+    updates: list[FlowUpdate]
+    limit: int
 
 
 # event, cookie, length, end of the padded match, table, priority
@@ -276,6 +307,8 @@ def _updates(message: bytes) -> Iterable[tuple[int, _Update | None]]:
             match_end = at + _UPDATE.size + (match_length + 7) // 8 * 8
             if match_length < 4 or match_end > at + length:
                 raise WireError(f"flow update's match of length {match_length} does not fit")
+            if _MATCH_HEAD.unpack_from(message, at + _UPDATE.size) != (ofp.OFPMT_OXM, match_length):
+                raise WireError(f"flow update's match is not the OXM match of length {match_length}")
             yield at, (event, cookie, length, match_end, table, priority)
         at += length
 

@@ -2,28 +2,34 @@
 vSwitch: a change verified from the switch's report of it (no read-back),
 with what it leaves equal to a read-back's; and every way the report could
 be trusted wrongly - a change behind our back under the cookie, another
-cookie's add taking one of its places, from another connection or from
-this one - ending in a read-back that repairs the cookie."""
+cookie's add taking one of its places (from another connection or from
+this one, read or gained by a reported change), a stamp of another
+connection, a read from before another sync's change, a refused bundle,
+a monitor the switch paused - ending in a read-back that repairs the
+cookie."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 import yaml
+from os_ken.ofproto import ofproto_v1_3 as ofp
 
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import attachment_flows
 from coordinator.flows.dry_run import EXAMPLE_PORT
-from coordinator.flows.model import Flow
+from coordinator.flows.model import Flow, Meter
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import OpenFlowChannel, Outgoing, Reply
-from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.ofsync import BundleError, ChannelSwitch, SwitchState
 from coordinator.ovs.ofwire import FlowKey, FlowsDigest
 from coordinator.policy.validate import scope_from_mapping
 from tests.golden.regen import GOLDEN
@@ -153,14 +159,117 @@ async def test_another_cookies_add_at_a_held_place_is_a_change_of_the_held_cooki
     assert await _keys(switch) == set(switch.encode(server))
 
 
-async def test_a_paused_monitor_trusts_nothing_it_reported_before(switch: ChannelSwitch) -> None:
+async def test_a_place_gained_by_a_reported_change_is_held_like_a_read_one(
+    ovs: OvsInstance, bridge: str, switch: ChannelSwitch
+) -> None:
     web, server = _flows("web-client"), _flows("server-with-denies")
     await _watched(switch, web)
+    sent = _sent(switch)
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert _reads(sent) == 0
+    gained = next(f for f in server if f not in web)
+    [line] = render_flows([dataclasses.replace(gained, cookie=COOKIE + 1)], PIPELINE)
+    ovs.ofctl("add-flow", bridge, line)
+    await switch.ping()
+    more = [*server, next(f for f in web if f not in server)]
+    sent.clear()
+    await switch.sync(COOKIE, more, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(more))
+
+
+async def test_a_stamp_vouches_only_for_the_connection_that_gave_it(
+    ovs: OvsInstance, bridge: str, switch: ChannelSwitch
+) -> None:
+    # A read answered on one connection, the flows wiped while it is down,
+    # then used on the next connection: its stamp must not vouch there.
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    state = await switch.read(COOKIE)
+    await switch.channel.close()
+    ovs.ofctl("del-flows", bridge, f"cookie={COOKIE:#x}/-1")
+    await switch.channel.connect()
+    await switch.ping()
+    read: asyncio.Future[SwitchState] = asyncio.get_running_loop().create_future()
+    read.set_result(state)
+    await switch.sync(COOKIE, web, read=read)  # nothing to change, by that read
+    more = [*web, next(f for f in server if f not in web)]
+    sent = _sent(switch)
+    await switch.sync(COOKIE, more, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(more))
+
+
+async def test_a_read_from_before_another_syncs_reported_change_vouches_for_nothing(
+    switch: ChannelSwitch,
+) -> None:
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    known = switch.known(COOKIE)
+    early = await switch.read(COOKIE)  # one sync's read of the cookie
+    await switch.sync(COOKIE, server, known=known)  # another sync of it, verified from the report
+    read: asyncio.Future[SwitchState] = asyncio.get_running_loop().create_future()
+    read.set_result(early)
+    await switch.sync(COOKIE, web, read=read)  # the first goes on: nothing to change, by its read
+    more = [*web, next(f for f in server if f not in web)]
+    sent = _sent(switch)
+    await switch.sync(COOKIE, more, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(more))
+
+
+async def test_a_refused_bundle_ends_the_collecting_and_the_next_change_is_read_back(
+    switch: ChannelSwitch,
+) -> None:
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    # A policed flow whose meter the bridge lacks: the switch refuses the bundle.
+    unmetered = Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800")), (Meter(999),), COOKIE)
+    with pytest.raises(BundleError):
+        await switch.sync(COOKIE, [*server, unmetered], known=switch.known(COOKIE))
+    watch = switch.channel.watch
+    assert watch is not None and COOKIE not in watch._collecting  # nothing left collecting
+    sent = _sent(switch)
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert await _keys(switch) == set(switch.encode(server))
+    sent.clear()
+    await switch.sync(COOKIE, web, known=switch.known(COOKIE))  # by then verified again
+    assert _reads(sent) == 0 and await _keys(switch) == set(switch.encode(web))
+
+
+async def test_a_monitor_the_switch_pauses_trusts_nothing_from_before_the_pause(
+    ovs: OvsInstance, bridge: str, switch: ChannelSwitch, tmp_path: Path
+) -> None:
+    # ovs-vswitchd pauses a monitor whose updates back up past its limit:
+    # the reader held up while another connection adds 20,000 flows.
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    conn = switch.channel._conn
+    assert conn is not None
+    gate = asyncio.Event()
+    read_message = conn.read_message
+
+    async def held_up() -> bytes:
+        await gate.wait()
+        return await read_message()
+
+    conn.read_message = held_up  # type: ignore[method-assign]
+    await asyncio.sleep(0.05)  # the reader is waiting at the gate
+    many = tmp_path / "many.flows"
+    many.write_text("".join(
+        f"cookie=0x77,table=0,priority=1,tcp,nw_src=198.51.100.1,tp_dst={port},actions=drop\n"
+        for port in range(1, 20_001)
+    ))  # fmt: skip
+    notices: list[int] = []
     watch = switch.channel.watch
     assert watch is not None
-    # What ovs-vswitchd sends when our backlog of updates passes its limit.
-    paused = bytes.fromhex("0404001000000000") + (0x4F4E4600).to_bytes(4, "big") + (1871).to_bytes(4, "big")
-    watch.notice(int.from_bytes(paused[12:16], "big"))
+    notice = watch.notice
+    watch.notice = lambda kind: (notices.append(kind), notice(kind))[1]  # type: ignore[method-assign]
+    await asyncio.to_thread(ovs.ofctl, "add-flows", bridge, str(many))
+    gate.set()
+    for _ in range(100):
+        await switch.ping()
+        if ofp.ONFT_FLOW_MONITOR_RESUMED in notices:
+            break
+        await asyncio.sleep(0.05)
+    assert notices[:1] == [ofp.ONFT_FLOW_MONITOR_PAUSED] and ofp.ONFT_FLOW_MONITOR_RESUMED in notices
     sent = _sent(switch)
     await switch.sync(COOKIE, server, known=switch.known(COOKIE))
     assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(server))

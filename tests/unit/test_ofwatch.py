@@ -10,6 +10,7 @@ import struct
 import pytest
 
 from coordinator.ovs import ofwatch
+from coordinator.ovs.ofchannel import _Connection
 from coordinator.ovs.ofknown import Held, held_from, reported
 from coordinator.ovs.ofwatch import ADDED, DELETED, FlowUpdate, FlowWatch
 from coordinator.ovs.ofwire import FlowKey, InstalledFlow, flow_stats, spelling_mark
@@ -45,7 +46,7 @@ def _watch() -> FlowWatch:
     watch = FlowWatch(REQUEST_XID)
     assert watch.stamp is None  # not before the switch took the request
     watch.feed(_reply(xid=REQUEST_XID))
-    assert watch.stamp == 0
+    assert watch.stamp is not None
     return watch
 
 
@@ -59,7 +60,7 @@ def _held_flow(cookie: int) -> InstalledFlow:
 
 def test_an_update_spells_its_flow_as_the_flow_stats_entry_does() -> None:
     watch = _watch()
-    collected = watch.collect(0x1234)
+    collected = watch.collect(0x1234, 8)
     assert collected is not None
     watch.feed(_reply(bytes.fromhex(UPDATE)))
     [update] = collected
@@ -82,21 +83,28 @@ def test_a_change_counts_for_its_cookie_only_from_the_stamp_before_it() -> None:
     assert watch.changed_since(0x99, None)  # a reply not stamped vouches for nothing
 
 
-def test_what_a_sync_collects_counts_as_a_change_unless_it_accepts_it() -> None:
+def test_what_a_sync_collects_counts_as_a_change_once_it_ends() -> None:
     watch = _watch()
     seen = watch.stamp
-    collected = watch.collect(0x1234)
-    assert collected is not None and watch.collect(0x1234) is None  # one sync of a cookie at a time
+    collected = watch.collect(0x1234, 8)
+    assert collected is not None and watch.collect(0x1234, 8) is None  # one sync of a cookie at a time
     watch.feed(_reply(_update(0x1234), _update(0x1234, DELETED)))
     assert len(collected) == 2 and not watch.changed_since(0x1234, seen)
-    watch.release(0x1234, collected, accepted=False)
+    watch.release(0x1234, collected)
+    # A view of the cookie from before them is out of date (another sync's
+    # read of it); one as of the count the sync ended at, its own, is not.
     assert watch.changed_since(0x1234, seen)
-    again = watch.collect(0x1234)
-    assert again is not None
+    assert not watch.changed_since(0x1234, watch.stamp)
+    assert watch.collect(0x1234, 8) is not None
+
+
+def test_past_what_a_sync_sent_its_cookies_updates_count_as_changes() -> None:
+    watch = _watch()
     seen = watch.stamp
-    watch.feed(_reply(_update(0x1234)))
-    watch.release(0x1234, again, accepted=True)
-    assert not watch.changed_since(0x1234, seen)
+    collected = watch.collect(0x1234, 2)
+    assert collected is not None
+    watch.feed(_reply(_update(0x1234), _update(0x1234), _update(0x1234)))
+    assert len(collected) == 2 and watch.changed_since(0x1234, seen)
 
 
 def test_another_cookies_add_at_a_held_place_is_a_change_of_the_cookie_held_there() -> None:
@@ -119,7 +127,7 @@ def test_a_place_taken_between_a_read_and_its_hold_is_found_by_the_hold() -> Non
     assert watch.hold(0x1234, seen, [_held_flow(0x1234)]) is False  # changed: it was not collected
     watch = _watch()
     seen = watch.stamp
-    collected = watch.collect(0x1234)
+    collected = watch.collect(0x1234, 8)
     assert collected is not None
     watch.feed(_reply(_update(0x1234)))
     assert watch.hold(0x1234, seen, [_held_flow(0x1234)])
@@ -245,3 +253,28 @@ def test_exactly_the_change_sent_leaves_the_flows_before_it_with_the_change() ->
 )
 def test_any_other_report_is_not_taken_for_the_change(events: list[tuple[int, InstalledFlow]]) -> None:
     assert _reported(events, [BEFORE[3]], [CAME]) is None
+
+
+def test_the_places_of_deleted_flows_are_let_go() -> None:
+    watch = _watch()
+    assert watch.hold(0x99, watch.stamp, [_held_flow(0x99)])
+    assert len(watch._owners) == 1
+    watch.feed(_reply(_update(0x99, DELETED)))
+    assert watch._owners == {}
+
+
+def test_an_update_whose_two_match_lengths_disagree_is_unreadable() -> None:
+    watch = _watch()
+    watch.feed(_reply(_spoilt(12, 24)))  # the ofp_match says 26
+    assert watch.stamp is None
+
+
+def test_once_live_an_error_with_the_requests_xid_is_another_requests() -> None:
+    # xids wrap: after 2**32 requests another one has the monitor's.
+    error = struct.pack("!BBHIHH", 4, 1, 12, REQUEST_XID, 1, 6)
+    refused = FlowWatch(REQUEST_XID)
+    assert _Connection._watched(refused, 1, REQUEST_XID, error)
+    assert refused.stamp is None
+    watch = _watch()
+    assert not _Connection._watched(watch, 1, REQUEST_XID, error)
+    assert watch.stamp is not None
