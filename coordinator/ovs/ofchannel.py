@@ -44,7 +44,13 @@ from typing import NamedTuple
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
-from coordinator.ovs.ofwatch import FlowWatch, is_monitor_reply, monitor_notice, monitor_request
+from coordinator.ovs.ofwatch import (
+    FlowWatch,
+    is_monitor_reply,
+    monitor_cancel,
+    monitor_notice,
+    monitor_request,
+)
 from coordinator.ovs.ofwire import HEADER, ErrorReply, WireError, error_reply
 from coordinator.waiting import wait_within
 
@@ -255,6 +261,27 @@ class OpenFlowChannel:
         conn = self._conn
         return conn.watch if conn is not None and conn.closed is None else None
 
+    def unwatch(self) -> None:
+        """Cancel the open connection's flow monitor for bulk work: the
+        switch would report every one of its flows (and pause the monitor
+        past its backlog, then report again all that changed meanwhile),
+        which only a cookie's small changes gain from. ``rewatch`` asks
+        for it again."""
+        conn = self._conn
+        watch = self.watch
+        if conn is not None and watch is not None and watch.armed:
+            watch.cancelled()
+            conn.writer.write(monitor_cancel(self.xid(), watch.monitor_id))
+
+    def rewatch(self) -> None:
+        """Ask again for a monitor ``unwatch`` cancelled (before the
+        requests that follow: their replies are stamped once it is in)."""
+        conn = self._conn
+        watch = self.watch
+        if conn is not None and watch is not None and not watch.armed:
+            xid = self.xid()
+            conn.writer.write(monitor_request(xid, watch.rearmed(xid)))
+
     @property
     def connected(self) -> bool:
         return self._conn is not None and self._conn.closed is None
@@ -325,7 +352,7 @@ class OpenFlowChannel:
             raise
         if self._watch_flows:  # before any other request: every reply after it is stamped
             conn.watch = FlowWatch(xid := self.xid())
-            writer.write(monitor_request(xid))
+            writer.write(monitor_request(xid, conn.watch.monitor_id))
         conn.task = asyncio.get_running_loop().create_task(conn.run(), name=f"openflow reader {path}")
         return conn
 

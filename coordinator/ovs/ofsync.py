@@ -191,6 +191,7 @@ class ChannelSwitch:
     async def read(self, cookie: int, mask: int = ALL_COOKIES, *, meters: bool = False) -> SwitchState:
         """The flows of ``cookie``/``mask`` and, with ``meters``, the meter
         ids, in one round trip: what ``sync_many`` diffs against (``read=``)."""
+        self._channel.rewatch()  # a cookie's change follows
         requests = [self._stats(cookie, mask), *([meter_config(self._channel.xid())] if meters else [])]
         outcomes = await self._exchange(requests)
         flows = self._flows_of(outcomes[0], f"reading flows of cookie {cookie:#x}")
@@ -247,6 +248,7 @@ class ChannelSwitch:
         read. The bundle is read back and compared all the same; when the
         read-back differs (the switch was changed behind our back), the sync
         starts over from a fresh read."""
+        self._channel.rewatch()
         if known is not None and read is None and installed is None and not meters:
             wanted = self._intents.wanted(cookie, desired)
             # Set operations on the dicts' own hashes: no key is hashed again.
@@ -379,6 +381,10 @@ class ChannelSwitch:
         in turn, already made. Returns the changes by cookie."""
         if wanted is None:
             wanted = self.encode(f for flows in desired.values() for f in flows)
+        if len(desired) > 1 or mask != ALL_COOKIES:
+            self._channel.unwatch()  # bulk work: see ``OpenFlowChannel.unwatch``
+        else:
+            self._channel.rewatch()
         self._known.forget(desired)
         seen = None  # the flow watch's stamp of what ``after`` shows, when known
         if read is not None:
@@ -427,6 +433,7 @@ class ChannelSwitch:
         added in the same transaction. Verify with ``sync_many`` afterwards."""
         changes: list[bytes] = []
         named: list[int | FlowKey] = []  # a deleted cookie, an added key
+        self._channel.unwatch()  # bulk work: see ``OpenFlowChannel.unwatch``
         self._known.forget(desired)
         for cookie, flows in desired.items():
             changes.append(delete_cookie(cookie))
@@ -452,7 +459,10 @@ class ChannelSwitch:
         wanted = self.encode(flows)
         if not wanted:
             return
-        self._known.forget({key.cookie for key in wanted})
+        cookies = {key.cookie for key in wanted}
+        if len(cookies) > 1:
+            self._channel.unwatch()  # bulk work (the cut of many attachments)
+        self._known.forget(cookies)
         bundle = self.prepare_bundle([encoded.add for _, encoded in wanted.values()])
         check_bundle(bundle, await self._exchange(bundle), named_changes(list(wanted)))
 

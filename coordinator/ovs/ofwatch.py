@@ -71,10 +71,8 @@ _MONITOR_REQUEST = struct.Struct("!IHHIB3xHH4x")
 # ofp_match and the instructions, spelled as in a flow-stats entry.
 _UPDATE = struct.Struct("!HHHHHHHBxQ")
 _UPDATE_HEAD = struct.Struct("!HH")  # length, event: every update starts so
-_MATCH_HEAD = struct.Struct("!HH")  # ofp_match: type, length
 _FLOW_STATS = struct.Struct(ofp.OFP_FLOW_STATS_0_PACK_STR)
 _WATCHED = ofp.ONFFMF_ADD | ofp.ONFFMF_DELETE | ofp.ONFFMF_MODIFY | ofp.ONFFMF_ACTIONS | ofp.ONFFMF_OWN
-_MONITOR_ID = 1
 
 ADDED = ofp.ONFFME_ADDED
 DELETED = ofp.ONFFME_DELETED
@@ -86,11 +84,17 @@ ADDS_KEPT = 4096  # the recent adds a ``hold`` checks its places against
 _COUNT = itertools.count(1)  # every watch's counts, one process-wide sequence
 
 
-def monitor_request(xid: int) -> bytes:
+def monitor_request(xid: int, monitor_id: int) -> bytes:
     """The ONF flow-monitor request of every table and cookie."""
     body = _MULTIPART_EXPERIMENTER.pack(ofp.OFPMP_EXPERIMENTER, 0, ONF, ofp.ONFMP_FLOW_MONITOR)
-    body += _MONITOR_REQUEST.pack(_MONITOR_ID, _WATCHED, 4, ofp.OFPP_ANY, ofp.OFPTT_ALL, ofp.OFPMT_OXM, 4)
+    body += _MONITOR_REQUEST.pack(monitor_id, _WATCHED, 4, ofp.OFPP_ANY, ofp.OFPTT_ALL, ofp.OFPMT_OXM, 4)
     return HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_MULTIPART_REQUEST, HEADER.size + len(body), xid) + body
+
+
+def monitor_cancel(xid: int, monitor_id: int) -> bytes:
+    """ONFT_FLOW_MONITOR_CANCEL of the monitor ``monitor_id``."""
+    body = _EXPERIMENTER.pack(ONF, ofp.ONFT_FLOW_MONITOR_CANCEL) + struct.pack("!I", monitor_id)
+    return HEADER.pack(ofp.OFP_VERSION, ofp.OFPT_EXPERIMENTER, HEADER.size + len(body), xid) + body
 
 
 def is_monitor_reply(message: bytes) -> bool:
@@ -136,8 +140,10 @@ def place_of(flow: InstalledFlow) -> bytes:
 class FlowWatch:
     """The monitor's report on one connection (see the module's docstring)."""
 
-    def __init__(self, request_xid: int) -> None:
+    def __init__(self, request_xid: int, monitor_id: int = 1) -> None:
         self.request_xid = request_xid
+        self.monitor_id = monitor_id
+        self.armed = True  # asked for (False: cancelled for bulk work, see ``cancelled``)
         self.seq = next(_COUNT)
         self._live = False  # the switch took the request
         self._paused = False
@@ -164,6 +170,22 @@ class FlowWatch:
     def started(self) -> None:
         self._live = True
 
+    def cancelled(self) -> None:
+        """The monitor is being cancelled (bulk work ahead, whose every
+        flow the switch would report): nothing is vouched for until it is
+        asked for again (``rearmed``) and the switch has taken that."""
+        self.armed = False
+        self._live = False
+        self._everything_changed()
+
+    def rearmed(self, request_xid: int) -> int:
+        """The monitor is asked for again by ``request_xid``: its new id."""
+        self.request_xid = request_xid
+        self.monitor_id += 1
+        self.armed = True
+        self._everything_changed()
+        return self.monitor_id
+
     def refused(self, why: str) -> None:
         self._broken = True
         log.warning("the switch refused the flow monitor (%s): every change is read back", why)
@@ -179,34 +201,64 @@ class FlowWatch:
         if HEADER.unpack_from(message)[3] == self.request_xid:
             self.started()  # the reply to the request itself (no initial flows asked)
         try:
-            for at, update in _updates(message):
-                self._counted(message, at, update)
+            self._count(message)
         except WireError as exc:
+            if not self._broken:  # said once: it stays broken
+                log.warning("unreadable flow-monitor update (%s): every change is read back", exc)
             self._broken = True
             self._everything_changed()
-            log.warning("unreadable flow-monitor update (%s): every change is read back", exc)
 
-    def _counted(self, message: bytes, at: int, update: _Update | None) -> None:
-        self.seq = next(_COUNT)
-        if update is None:  # abbreviated, or an event this daemon does not know
+    def _count(self, message: bytes) -> None:
+        # One loop, its lookups bound to locals: it runs once per flow change
+        # on the bridge (a fresh thousand-rule policy makes two thousand).
+        # One count for the whole message: no reply is stamped in the middle
+        # of it, so its updates need not be told apart by count.
+        at, end = HEADER.size + _MULTIPART_EXPERIMENTER.size, len(message)
+        seq = self.seq = next(_COUNT)
+        unpack, collecting, owners, adds = _UPDATE.unpack_from, self._collecting, self._owners, self._adds
+        changed_at = self._changed_at
+        while at < end:
+            if at + 4 > end:
+                raise WireError(f"flow update cut at byte {at}")
+            length, event = message[at] << 8 | message[at + 1], message[at + 2] << 8 | message[at + 3]
+            if length < 4 or at + length > end or length % 8:
+                raise WireError(f"flow update of length {length} at byte {at} does not fit")
+            if event > MODIFIED:  # abbreviated, or unknown to this daemon
+                self._everything_changed()
+                seq, changed_at = self.seq, self._changed_at
+                at += length
+                continue
+            if length < _UPDATE.size + 8:
+                raise WireError(f"full flow update of length {length} at byte {at}")
+            _, _, _, _, _, _, match_length, _, cookie = unpack(message, at)
+            match_at = at + _UPDATE.size
+            match_end = match_at + (match_length + 7) // 8 * 8
+            if match_length < 4 or match_end > at + length:
+                raise WireError(f"flow update's match of length {match_length} does not fit")
+            if message[match_at : match_at + 4] != _OXM_HEADS.get(match_length) and not _oxm_head(
+                message, match_at, match_length
+            ):
+                raise WireError(f"flow update's match is not the OXM match of length {match_length}")
+            collected = collecting.get(cookie)
+            if collected is not None and len(collected.updates) < collected.limit:
+                collected.updates.append(FlowUpdate(event, cookie, _as_flow_stats(message, at, length)))
+            else:  # not a sync's (or more than it sent: it cannot match)
+                changed_at[cookie] = seq
+            if owners or event != DELETED:
+                # ``_place``: table, priority, match block, sliced as they lie.
+                place = message[at + 14 : at + 15] + message[at + 6 : at + 8] + message[match_at:match_end]
+                owner = owners.get(place)
+                if event == DELETED:
+                    if owner == cookie:
+                        del owners[place]  # its flow there is gone
+                else:
+                    if owner is not None and owner != cookie:
+                        changed_at[owner] = seq  # its flow there was replaced: held again only by a read
+                        del owners[place]
+                    adds.append((seq, place, cookie))
+            at += length
+        if len(changed_at) > COOKIES_KEPT:
             self._everything_changed()
-            return
-        event, cookie, length, match_end, table, priority = update
-        collecting = self._collecting.get(cookie)
-        if collecting is not None and len(collecting.updates) < collecting.limit:
-            collecting.updates.append(FlowUpdate(event, cookie, _as_flow_stats(message, at, length)))
-        else:  # not a sync's (or more than it sent: it cannot match)
-            self._changed(cookie)
-        place = _place(table, priority, message[at + _UPDATE.size : match_end])
-        owner = self._owners.get(place)
-        if event == DELETED:
-            if owner == cookie:
-                del self._owners[place]  # its flow there is gone
-            return
-        if owner is not None and owner != cookie:
-            self._changed(owner)  # its flow there was replaced: held again only by a read
-            del self._owners[place]
-        self._adds.append((self.seq, place, cookie))
 
     def _changed(self, cookie: int) -> None:
         if len(self._changed_at) >= COOKIES_KEPT:
@@ -283,34 +335,12 @@ class _Collected:
     limit: int
 
 
-# event, cookie, length, end of the padded match, table, priority
-_Update = tuple[int, int, int, int, int, int]
+_OXM_HEADS = {n: struct.pack("!HH", ofp.OFPMT_OXM, n) for n in range(4, 512)}  # the usual lengths
 
 
-def _updates(message: bytes) -> Iterable[tuple[int, _Update | None]]:
-    """Where each update of a flow-monitor reply starts, and what it says
-    (None: not a full update of a known event), its lengths checked."""
-    at = HEADER.size + _MULTIPART_EXPERIMENTER.size
-    end = len(message)
-    while at < end:
-        if at + _UPDATE_HEAD.size > end:
-            raise WireError(f"flow update cut at byte {at}")
-        length, event = _UPDATE_HEAD.unpack_from(message, at)
-        if length < _UPDATE_HEAD.size or at + length > end or length % 8:
-            raise WireError(f"flow update of length {length} at byte {at} does not fit")
-        if event not in (ADDED, DELETED, MODIFIED):
-            yield at, None
-        else:
-            if length < _UPDATE.size + 8:
-                raise WireError(f"full flow update of length {length} at byte {at}")
-            _, _, _, priority, _, _, match_length, table, cookie = _UPDATE.unpack_from(message, at)
-            match_end = at + _UPDATE.size + (match_length + 7) // 8 * 8
-            if match_length < 4 or match_end > at + length:
-                raise WireError(f"flow update's match of length {match_length} does not fit")
-            if _MATCH_HEAD.unpack_from(message, at + _UPDATE.size) != (ofp.OFPMT_OXM, match_length):
-                raise WireError(f"flow update's match is not the OXM match of length {match_length}")
-            yield at, (event, cookie, length, match_end, table, priority)
-        at += length
+def _oxm_head(message: bytes, at: int, length: int) -> bool:
+    """Whether an ofp_match header of a length past ``_OXM_HEADS`` is OXM's of ``length``."""
+    return message[at : at + 4] == struct.pack("!HH", ofp.OFPMT_OXM, length)
 
 
 def _as_flow_stats(message: bytes, at: int, length: int) -> bytes:

@@ -273,3 +273,33 @@ async def test_a_monitor_the_switch_pauses_trusts_nothing_from_before_the_pause(
     sent = _sent(switch)
     await switch.sync(COOKIE, server, known=switch.known(COOKIE))
     assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(server))
+
+
+async def test_bulk_work_cancels_the_monitor_and_a_cookies_next_change_asks_for_it_again(
+    switch: ChannelSwitch,
+) -> None:
+    # A bulk change's every flow would come back as an update (and past
+    # ovs-vswitchd's backlog limit, a pause and all of it again): the
+    # monitor is cancelled for it.
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    watch = switch.channel.watch
+    assert watch is not None
+    fed: list[int] = []
+    feed = watch.feed
+    watch.feed = lambda message: (fed.append(len(message)), feed(message))[1]  # type: ignore[method-assign]
+    port = dataclasses.replace(EXAMPLE_PORT, ofport=3, slot=2, mac="02:00:5e:00:53:02")
+    other = attachment_flows(PIPELINE, port, scope_from_mapping({}))
+    await switch.replace_many({COOKIE: server, port.cookie: other})
+    await switch.ping()
+    assert not watch.armed and sum(fed) == 0
+    assert await _keys(switch) == set(switch.encode(server))
+    # The next change of one cookie asks for it again; that change reads
+    # back (nothing was watched meanwhile), and the one after it does not.
+    sent = _sent(switch)
+    await switch.sync(COOKIE, web, known=switch.known(COOKIE))
+    assert watch.armed and _reads(sent) >= 1
+    sent.clear()
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert _reads(sent) == 0 and await _keys(switch) == set(switch.encode(server))
+    assert watch.stamp is not None and sum(fed) > 0
