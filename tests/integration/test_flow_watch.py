@@ -25,11 +25,11 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.flows.compiler import attachment_flows
 from coordinator.flows.dry_run import EXAMPLE_PORT
-from coordinator.flows.model import Flow, Meter
+from coordinator.flows.model import Flow, Goto, Meter
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import OpenFlowChannel, Outgoing, Reply
-from coordinator.ovs.ofsync import BundleError, ChannelSwitch, SwitchState
+from coordinator.ovs.ofsync import BULK_CHANGES, BundleError, ChannelSwitch, SwitchState
 from coordinator.ovs.ofwire import FlowKey, FlowsDigest
 from coordinator.policy.validate import scope_from_mapping
 from tests.golden.regen import GOLDEN
@@ -303,3 +303,28 @@ async def test_bulk_work_cancels_the_monitor_and_a_cookies_next_change_asks_for_
     await switch.sync(COOKIE, server, known=switch.known(COOKIE))
     assert _reads(sent) == 0 and await _keys(switch) == set(switch.encode(server))
     assert watch.stamp is not None and sum(fed) > 0
+
+
+async def test_a_large_change_of_one_cookie_is_bulk_work_too(switch: ChannelSwitch) -> None:
+    web = _flows("web-client")
+    await _watched(switch, web)
+    watch = switch.channel.watch
+    assert watch is not None
+    fed: list[int] = []
+    feed = watch.feed
+    watch.feed = lambda message: (fed.append(len(message)), feed(message))[1]  # type: ignore[method-assign]
+    many = [
+        Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800"), ("nw_src", f"203.0.113.{n}")),
+             (Goto("egress_spoof"),), COOKIE)
+        for n in range(1, BULK_CHANGES + 2)
+    ]  # fmt: skip
+    sent = _sent(switch)
+    await switch.sync(COOKIE, [*web, *many], known=switch.known(COOKIE))
+    await switch.ping()
+    assert not watch.armed and sum(fed) == 0 and _reads(sent) == 1  # read back, unreported
+    assert await _keys(switch) == set(switch.encode([*web, *many]))
+    await switch.sync(COOKIE, [*web, *many[:-1]], known=switch.known(COOKIE))  # small: asks again
+    sent.clear()
+    await switch.sync(COOKIE, [*web, *many[:-2]], known=switch.known(COOKIE))
+    assert watch.armed and _reads(sent) == 0 and sum(fed) > 0
+    assert await _keys(switch) == set(switch.encode([*web, *many[:-2]]))
