@@ -403,28 +403,54 @@ Two steps more since then:
   last sync, still is): the intent of a one-rule change at 1,000 rules
   0.15, 0.22, 0.25 against 0.28, 0.35, 0.35 ms.
 
-In the run above (04:20): a one-rule change 3.2 ms at 100 rules (0.21x
+In the 04:20 run: a one-rule change 3.2 ms at 100 rules (0.21x
 OVN, 7.85x the channel floor) and 5.5 ms at 1,000 (0.16x; OVN itself was
 faster than in the 03:56 run, 33.6 against 37.4 ms), a fresh policy 4.4
 ms (0.12x) and 17.4 ms (0.07x); right after OVN's round the one-rule
 changes took 3.9 and 6.8 ms.
 
-What would take the read-back's dump and parse (about 2.5 of a 1,000-rule
-change's 6-7 ms) off the path without leaving drift unseen is a flow
-monitor. Checked by hand on this OVS (3.1): an ONF flow-monitor request
-for OpenFlow 1.3 on all tables with ADD, DELETE, MODIFY, ACTIONS and OWN
-set (built by hand: os-ken's encoder leaves out the `ofp_match` header
-OVS requires) makes ovs-vswitchd report every flow change on the bridge
-on that connection, its own in full. The update of a bundle's add arrived
-before the reply to the bundle's commit and the barrier's, its match and
-instructions byte for byte those of the same flow's flow-stats entry; a
-change made with `ovs-ofctl add-flow` from another connection arrived as
-an update too. A sync could verify its bundle from the updates that come
-before its barrier, and a cookie's known flows stay exact between syncs
-(any update not its own forgets them, so the next apply reads). Not built
-yet: a monitor whose updates back up is paused by OVS (a re-program of
-59,000 flows would), and updates do not carry a flow's flags; both need
-their own care.
+Since then a one-cookie change is verified from the switch's own report
+of it instead of a read-back (`ovs/ofwatch`). Each connection of the
+daemon asks ovs-vswitchd first for an ONF flow monitor of every table,
+its own changes reported in full (built by hand: os-ken's encoder leaves
+out the `ofp_match` header OVS requires). The update of a bundle's add
+comes before the bundle's commit reply, its match and instructions byte
+for byte those of the flow's flow-stats entry. So a sync collects its
+cookie's updates and, once the barrier answers, takes exactly the
+deletes and adds it sent for the verification a read-back gave; every
+reply is stamped with the watch's count, and a cookie read (or so
+verified) at a count and not changed since, from any connection, needs
+no read. An add of another cookie at one of its places counts as a
+change of it (ovs-vswitchd reports a replacing add only as the add), and
+anything that leaves the report incomplete (a pause, an abbreviated or
+unreadable update, a bound reached, a new connection) counts for every
+cookie: those syncs read back as before. A timeline at 1,000 rules:
+the bundle's barrier at 1.4 ms, the revoke from 1.6 to 2.4 ms, the
+commit from 2.5 to 3.7 ms, where the read-back took the switch 1.3-1.6
+ms and the reader 1.0-1.1 ms. Back to back in one process, interleaved
+with the monitor off: 3.7 and 4.5 against 5.0 and 4.6 ms at 1,000 rules;
+at 100 rules the read-back was no longer than the conntrack dump beside
+it, and nothing moves.
+
+The report is not free: every other flow change on the bridge comes
+back as an update too, about 5 us a change for ovs-vswitchd and the
+reader together (measured: bundles of a fresh policy's adds with an idle
+monitoring connection beside them, 2.7-3.5 against 1.6-2.3 ms at 100
+rules, 21.7 against 16-18 ms at 1,000), and past its backlog limit (128
+kB) ovs-vswitchd pauses the monitor and reports again all that changed
+meanwhile. The first full run with it (06:09) read the re-program at
+1.79x the raw bundle, a fresh policy 6.4 and 24.1 ms. So bulk work (a
+sync of many cookies, a replace, the cut of many attachments, a bundle
+of more than 128 changes) now cancels the monitor, and the next read or
+sync of one cookie asks for it again.
+
+In the run above (06:33): a one-rule change 2.7 ms at 100 rules (0.18x
+OVN, 5.95x the channel floor) and 4.2 ms at 1,000 (0.12x), a fresh
+policy 5.4 ms (0.14x) and 18.3 ms (0.07x); right after OVN's round the
+one-rule changes took 3.4 and 5.0 ms. The channel floor stays out of
+reach by design: three times its 0.45 ms is less than the commit (its
+fsync alone 0.3-0.6 ms) and the conntrack revoke that every verified
+apply makes beside its bundle.
 """
 
 
@@ -710,9 +736,11 @@ the fail-secure bridge) gave 51.5 against 44.4 attaches/s with 8
 clients. Reaching 60 would take that change of what a Detach leaves
 behind (the reconcile's ownership of ports and its invariants with it)
 and still less of the daemon's CPU a cycle. In the 03:56 run: BASELINE
-12.7 ms, WAIT_INITIAL 18.7 ms, 8 clients 42.4 attaches/s; in the run
-above (04:20, an Attach's and a Detach's small commits now writing the
-WAL over): 12.6 ms, 16.2 ms and 46.4 attaches/s.
+12.7 ms, WAIT_INITIAL 18.7 ms, 8 clients 42.4 attaches/s; in the
+04:20 run (an Attach's and a Detach's small commits now writing the
+WAL over): 12.6 ms, 16.2 ms and 46.4 attaches/s; in the run above
+(06:33, an Attach's flows reported by the flow monitor): 11.2 ms, 17.8
+ms and 42.8 attaches/s (the 8-client storm reads 38-46 from run to run).
 """
 
 
@@ -842,10 +870,14 @@ start until Health, and its RSS read as the scale case reads it).
 - **In the 03:56 run** (these paths unchanged): the no-drift reconcile
   1.66 s, the start until Health 5.92 s, RSS 112 MB, the re-program 18.4
   s against 17.2 s for the raw bundle (1.07x).
-- **In the run above** (04:20, the store's WAL now checkpointed when
-  idle): the no-drift reconcile 1.52 s, the start until Health 4.95 s,
-  RSS 110 MB, the re-program 16.5 s against 13.6 s for the raw bundle
-  (1.22x).
+- **In the 04:20 run** (the store's WAL now checkpointed when idle):
+  the no-drift reconcile 1.52 s, the start until Health 4.95 s, RSS 110
+  MB, the re-program 16.5 s against 13.6 s for the raw bundle (1.22x).
+- **In the run above** (06:33, the flow monitor cancelled for the
+  re-program's and the reconcile's bulk work): the no-drift reconcile
+  1.52 s, the start until Health 5.25 s, RSS 113 MB, the re-program 19.9
+  s against 14.4 s for the raw bundle (1.38x). With the monitor left on
+  (06:09): 22.6 s against 12.6 s (1.79x).
 """
 
 
