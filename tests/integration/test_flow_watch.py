@@ -30,6 +30,7 @@ from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ofchannel import OpenFlowChannel, Outgoing, Reply
 from coordinator.ovs.ofsync import BULK_CHANGES, BundleError, ChannelSwitch, SwitchState
+from coordinator.ovs.ofwatch import FlowWatch
 from coordinator.ovs.ofwire import FlowKey, FlowsDigest
 from coordinator.policy.validate import scope_from_mapping
 from tests.golden.regen import GOLDEN
@@ -84,6 +85,28 @@ def _reads(exchanges: list[list[Outgoing]]) -> int:
 
 async def _keys(switch: ChannelSwitch, cookie: int = COOKIE) -> set[FlowKey]:
     return {f.key for f in await switch.installed(cookie)}
+
+
+def _done(state: SwitchState) -> asyncio.Future[SwitchState]:
+    read: asyncio.Future[SwitchState] = asyncio.get_running_loop().create_future()
+    read.set_result(state)
+    return read
+
+
+def _fed(watch: FlowWatch) -> list[int]:
+    """The length of every message handed to ``watch`` from now on."""
+    fed: list[int] = []
+    feed = watch.feed
+    watch.feed = lambda message: (fed.append(len(message)), feed(message))[1]  # type: ignore[method-assign]
+    return fed
+
+
+async def _one_more_flow_is_read_back(switch: ChannelSwitch, web: list[Flow], server: list[Flow]) -> None:
+    """A change of ``web`` adding one flow (of ``server``) reads back and ends as intended."""
+    more = [*web, next(f for f in server if f not in web)]
+    sent = _sent(switch)
+    await switch.sync(COOKIE, more, known=switch.known(COOKIE))
+    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(more))
 
 
 async def _watched(switch: ChannelSwitch, flows: list[Flow]) -> None:
@@ -189,13 +212,8 @@ async def test_a_stamp_vouches_only_for_the_connection_that_gave_it(
     ovs.ofctl("del-flows", bridge, f"cookie={COOKIE:#x}/-1")
     await switch.channel.connect()
     await switch.ping()
-    read: asyncio.Future[SwitchState] = asyncio.get_running_loop().create_future()
-    read.set_result(state)
-    await switch.sync(COOKIE, web, read=read)  # nothing to change, by that read
-    more = [*web, next(f for f in server if f not in web)]
-    sent = _sent(switch)
-    await switch.sync(COOKIE, more, known=switch.known(COOKIE))
-    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(more))
+    await switch.sync(COOKIE, web, read=_done(state))  # nothing to change, by that read
+    await _one_more_flow_is_read_back(switch, web, server)
 
 
 async def test_a_read_from_before_another_syncs_reported_change_vouches_for_nothing(
@@ -206,13 +224,8 @@ async def test_a_read_from_before_another_syncs_reported_change_vouches_for_noth
     known = switch.known(COOKIE)
     early = await switch.read(COOKIE)  # one sync's read of the cookie
     await switch.sync(COOKIE, server, known=known)  # another sync of it, verified from the report
-    read: asyncio.Future[SwitchState] = asyncio.get_running_loop().create_future()
-    read.set_result(early)
-    await switch.sync(COOKIE, web, read=read)  # the first goes on: nothing to change, by its read
-    more = [*web, next(f for f in server if f not in web)]
-    sent = _sent(switch)
-    await switch.sync(COOKIE, more, known=switch.known(COOKIE))
-    assert _reads(sent) >= 1 and await _keys(switch) == set(switch.encode(more))
+    await switch.sync(COOKIE, web, read=_done(early))  # the first goes on: nothing to change, by its read
+    await _one_more_flow_is_read_back(switch, web, server)
 
 
 async def test_a_refused_bundle_ends_the_collecting_and_the_next_change_is_read_back(
@@ -285,9 +298,7 @@ async def test_bulk_work_cancels_the_monitor_and_a_cookies_next_change_asks_for_
     await _watched(switch, web)
     watch = switch.channel.watch
     assert watch is not None
-    fed: list[int] = []
-    feed = watch.feed
-    watch.feed = lambda message: (fed.append(len(message)), feed(message))[1]  # type: ignore[method-assign]
+    fed = _fed(watch)
     port = dataclasses.replace(EXAMPLE_PORT, ofport=3, slot=2, mac="02:00:5e:00:53:02")
     other = attachment_flows(PIPELINE, port, scope_from_mapping({}))
     await switch.replace_many({COOKIE: server, port.cookie: other})
@@ -310,9 +321,7 @@ async def test_a_large_change_of_one_cookie_is_bulk_work_too(switch: ChannelSwit
     await _watched(switch, web)
     watch = switch.channel.watch
     assert watch is not None
-    fed: list[int] = []
-    feed = watch.feed
-    watch.feed = lambda message: (fed.append(len(message)), feed(message))[1]  # type: ignore[method-assign]
+    fed = _fed(watch)
     many = [
         Flow("classify", 3020, (("in_port", "9"), ("dl_type", "0x0800"), ("nw_src", f"203.0.113.{n}")),
              (Goto("egress_spoof"),), COOKIE)
