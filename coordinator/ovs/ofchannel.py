@@ -201,8 +201,10 @@ class _Connection:
         if kind == ofp.OFPT_EXPERIMENTER and (notice := monitor_notice(message)) is not None:
             watch.notice(notice)
             return True
-        if kind == ofp.OFPT_ERROR and xid == watch.request_xid and not watch.live:
-            watch.refused(error_reply(message).describe())  # (once live, the xid is another's)
+        if kind == ofp.OFPT_ERROR and (
+            (xid == watch.request_xid and not watch.live) or xid == watch.cancel_xid
+        ):  # (once live, the request's xid is another's)
+            watch.refused(error_reply(message).describe())
             return True
         return False
 
@@ -269,16 +271,16 @@ class OpenFlowChannel:
         for it again."""
         conn = self._conn
         watch = self.watch
-        if conn is not None and watch is not None and watch.armed:
-            watch.cancelled()
-            conn.writer.write(monitor_cancel(self.xid(), watch.monitor_id))
+        if conn is not None and watch is not None and watch.armed and watch.usable:
+            watch.cancelled(xid := self.xid())
+            conn.writer.write(monitor_cancel(xid, watch.monitor_id))
 
     def rewatch(self) -> None:
         """Ask again for a monitor ``unwatch`` cancelled (before the
         requests that follow: their replies are stamped once it is in)."""
         conn = self._conn
         watch = self.watch
-        if conn is not None and watch is not None and not watch.armed:
+        if conn is not None and watch is not None and not watch.armed and watch.usable:
             xid = self.xid()
             conn.writer.write(monitor_request(xid, watch.rearmed(xid)))
 

@@ -72,8 +72,7 @@ from coordinator.ovs.ofwire import (
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
 
 _MAX_KEPT_REQUESTS = 4096  # encoded flow-stats requests kept by (cookie, mask)
-# More changes are bulk work (``OpenFlowChannel.unwatch``): a change reported
-# costs ovs-vswitchd and the reader ~5 us, a flow read back ~2.5 us.
+# More are bulk work (``OpenFlowChannel.unwatch``): ~5 us a change reported, ~2.5 a flow read.
 BULK_CHANGES = 128
 
 
@@ -250,7 +249,6 @@ class ChannelSwitch:
         read. The bundle is read back and compared all the same; when the
         read-back differs (the switch was changed behind our back), the sync
         starts over from a fresh read."""
-        self._channel.rewatch()
         if known is not None and read is None and installed is None and not meters:
             wanted = self._intents.wanted(cookie, desired)
             # Set operations on the dicts' own hashes: no key is hashed again.
@@ -318,6 +316,8 @@ class ChannelSwitch:
         bundle = self.prepare_bundle(changes)
         if bulk := len(changes) > BULK_CHANGES:
             self._channel.unwatch()
+        else:  # before the bundle: a read-back after it is stamped once the monitor is in
+            self._channel.rewatch()
         watch = self._channel.watch if prior is not None and prior.seen is not None and not bulk else None
         collected = watch.collect(cookie, len(changes) + 1) if watch is not None else None  # +1: no match
         if watch is not None and collected is not None and prior is not None:

@@ -141,7 +141,8 @@ class FlowWatch:
     """The monitor's report on one connection (see the module's docstring)."""
 
     def __init__(self, request_xid: int, monitor_id: int = 1) -> None:
-        self.request_xid = request_xid
+        self.request_xid: int | None = request_xid  # None: cancelled, nothing asked
+        self.cancel_xid: int | None = None
         self.monitor_id = monitor_id
         self.armed = True  # asked for (False: cancelled for bulk work, see ``cancelled``)
         self.seq = next(_COUNT)
@@ -170,12 +171,24 @@ class FlowWatch:
     def started(self) -> None:
         self._live = True
 
-    def cancelled(self) -> None:
-        """The monitor is being cancelled (bulk work ahead, whose every
-        flow the switch would report): nothing is vouched for until it is
-        asked for again (``rearmed``) and the switch has taken that."""
+    @property
+    def usable(self) -> bool:
+        """Whether the switch may still take the monitor (not refused, all read)."""
+        return not self._broken
+
+    def cancelled(self, cancel_xid: int) -> None:
+        """The monitor is being cancelled by ``cancel_xid`` (bulk work
+        ahead, whose every flow the switch would report): nothing is
+        vouched for until it is asked for again (``rearmed``) and the
+        switch has taken that; a late reply to the cancelled request
+        vouches for nothing. The places held go with it (every cookie is
+        read again before it is watched again)."""
         self.armed = False
         self._live = False
+        self.request_xid = None
+        self.cancel_xid = cancel_xid
+        self._owners.clear()
+        self._adds.clear()
         self._everything_changed()
 
     def rearmed(self, request_xid: int) -> int:
@@ -183,6 +196,7 @@ class FlowWatch:
         self.request_xid = request_xid
         self.monitor_id += 1
         self.armed = True
+        self._live = False
         self._everything_changed()
         return self.monitor_id
 
@@ -198,7 +212,7 @@ class FlowWatch:
 
     def feed(self, message: bytes) -> None:
         """The updates of one flow-monitor reply."""
-        if HEADER.unpack_from(message)[3] == self.request_xid:
+        if self.armed and HEADER.unpack_from(message)[3] == self.request_xid:
             self.started()  # the reply to the request itself (no initial flows asked)
         try:
             self._count(message)

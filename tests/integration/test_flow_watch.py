@@ -337,3 +337,24 @@ async def test_a_large_change_of_one_cookie_is_bulk_work_too(switch: ChannelSwit
     await switch.sync(COOKIE, [*web, *many[:-2]], known=switch.known(COOKIE))
     assert watch.armed and _reads(sent) == 0 and sum(fed) > 0
     assert await _keys(switch) == set(switch.encode([*web, *many[:-2]]))
+
+
+async def test_a_reply_to_a_monitor_request_cancelled_before_it_came_vouches_for_nothing(
+    ovs: OvsInstance, bridge: str, switch: ChannelSwitch
+) -> None:
+    web, server = _flows("web-client"), _flows("server-with-denies")
+    await _watched(switch, web)
+    watch = switch.channel.watch
+    assert watch is not None
+    # Asked for again, then cancelled by bulk work before the switch answered:
+    switch.channel.unwatch()
+    switch.channel.rewatch()
+    switch.channel.unwatch()
+    await switch.ping()  # the request's reply is in by now
+    assert watch.stamp is None  # a reply now shows the switch while nothing is watched
+    # Unreported, with no monitor: another connection's change of the cookie.
+    ovs.ofctl(
+        "add-flow", bridge, f"cookie={COOKIE:#x},table=0,priority=2,ip,nw_src=203.0.113.99,actions=drop"
+    )
+    await switch.sync(COOKIE, server, known=switch.known(COOKIE))
+    assert await _keys(switch) == set(switch.encode(server))

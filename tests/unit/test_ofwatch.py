@@ -278,3 +278,27 @@ def test_once_live_an_error_with_the_requests_xid_is_another_requests() -> None:
     watch = _watch()
     assert not _Connection._watched(watch, 1, REQUEST_XID, error)
     assert watch.stamp is not None
+
+
+def test_a_cancelled_monitor_vouches_for_nothing_until_asked_for_again_and_taken() -> None:
+    watch = _watch()
+    seen = watch.stamp
+    watch.cancelled(9)
+    assert watch.stamp is None and not watch.armed
+    watch.feed(_reply(xid=REQUEST_XID))  # the cancelled request's reply, late
+    assert watch.stamp is None
+    assert watch.rearmed(11) == 2  # a new id
+    assert watch.stamp is None  # not before the switch took it
+    watch.feed(_reply(xid=11))
+    assert watch.stamp is not None and watch.changed_since(0x99, seen)
+
+
+def test_a_refused_cancel_ends_the_trust_in_the_report() -> None:
+    watch = _watch()
+    watch.cancelled(9)
+    error = struct.pack("!BBHIHH", 4, 1, 12, 9, 1, 6)
+    assert _Connection._watched(watch, 1, 9, error)
+    assert not watch.usable
+    watch.rearmed(11)
+    watch.feed(_reply(xid=11))
+    assert watch.stamp is None
