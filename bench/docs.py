@@ -444,10 +444,14 @@ sync of many cookies, a replace, the cut of many attachments, a bundle
 of more than 128 changes) now cancels the monitor, and the next read or
 sync of one cookie asks for it again.
 
-In the run above (06:33): a one-rule change 2.7 ms at 100 rules (0.18x
-OVN, 5.95x the channel floor) and 4.2 ms at 1,000 (0.12x), a fresh
-policy 5.4 ms (0.14x) and 18.3 ms (0.07x); right after OVN's round the
-one-rule changes took 3.4 and 5.0 ms. The channel floor stays out of
+In the 06:33 run: a one-rule change 2.7 ms at 100 rules (0.18x OVN,
+5.95x the channel floor) and 4.2 ms at 1,000 (0.12x), a fresh policy
+5.4 ms (0.14x) and 18.3 ms (0.07x). In the run above (07:04, a reply to
+a cancelled monitor request no longer vouching for anything; the
+machine quieter): 2.2 ms at 100 rules (0.18x, 5.51x the channel floor)
+and 3.3 ms at 1,000 (0.11x), a fresh policy 4.4 ms (0.14x) and 14.8 ms
+(0.07x); right after OVN's round the one-rule changes took 2.9 and 4.2
+ms. The channel floor stays out of
 reach by design: three times its 0.45 ms is less than the commit (its
 fsync alone 0.3-0.6 ms) and the conntrack revoke that every verified
 apply makes beside its bundle.
@@ -739,8 +743,9 @@ and still less of the daemon's CPU a cycle. In the 03:56 run: BASELINE
 12.7 ms, WAIT_INITIAL 18.7 ms, 8 clients 42.4 attaches/s; in the
 04:20 run (an Attach's and a Detach's small commits now writing the
 WAL over): 12.6 ms, 16.2 ms and 46.4 attaches/s; in the run above
-(06:33, an Attach's flows reported by the flow monitor): 11.2 ms, 17.8
-ms and 42.8 attaches/s (the 8-client storm reads 38-46 from run to run).
+(07:04, an Attach's flows reported by the flow monitor): 10.4 ms, 15.9
+ms and 45.9 attaches/s (06:33: 11.2, 17.8 and 42.8; the 8-client storm
+reads 38-46 from run to run).
 """
 
 
@@ -873,10 +878,11 @@ start until Health, and its RSS read as the scale case reads it).
 - **In the 04:20 run** (the store's WAL now checkpointed when idle):
   the no-drift reconcile 1.52 s, the start until Health 4.95 s, RSS 110
   MB, the re-program 16.5 s against 13.6 s for the raw bundle (1.22x).
-- **In the run above** (06:33, the flow monitor cancelled for the
+- **In the run above** (07:04, the flow monitor cancelled for the
   re-program's and the reconcile's bulk work): the no-drift reconcile
-  1.52 s, the start until Health 5.25 s, RSS 113 MB, the re-program 19.9
-  s against 14.4 s for the raw bundle (1.38x). With the monitor left on
+  1.08 s, the start until Health 5.69 s, RSS 113 MB, the re-program 14.6
+  s against 11.4 s for the raw bundle (1.29x); at 06:33, 1.52 s and
+  1.38x. With the monitor left on
   (06:09): 22.6 s against 12.6 s (1.79x).
 """
 
