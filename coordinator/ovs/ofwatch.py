@@ -70,7 +70,6 @@ _MONITOR_REQUEST = struct.Struct("!IHHIB3xHH4x")
 # timeouts, match length (unpadded), table, pad, cookie; then the padded
 # ofp_match and the instructions, spelled as in a flow-stats entry.
 _UPDATE = struct.Struct("!HHHHHHHBxQ")
-_UPDATE_HEAD = struct.Struct("!HH")  # length, event: every update starts so
 _FLOW_STATS = struct.Struct(ofp.OFP_FLOW_STATS_0_PACK_STR)
 _WATCHED = ofp.ONFFMF_ADD | ofp.ONFFMF_DELETE | ofp.ONFFMF_MODIFY | ofp.ONFFMF_ACTIONS | ofp.ONFFMF_OWN
 
