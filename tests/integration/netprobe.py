@@ -134,6 +134,27 @@ def burst(host: str, port: int, count: int, timeout: float) -> None:
     print(sum(connect(host, port, timeout, None) for _ in range(count)), flush=True)
 
 
+def syn_flood(host: str, port: int, seconds: float) -> None:
+    """Open connections to ``host``:``port`` as fast as the kernel sends
+    SYNs, without waiting for any, for ``seconds``; each from its own
+    source port (the oldest sockets are closed to stay within the fd limit)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    end = time.monotonic() + seconds
+    opened: list[socket.socket] = []
+    while time.monotonic() < end:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        opened.append(s)
+        if len(opened) > 400:
+            for old in opened[:200]:
+                old.close()
+            del opened[:200]
+        time.sleep(0.0002)
+    for s in opened:
+        s.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -150,6 +171,10 @@ def main() -> int:
     p.add_argument("ifname")
     p.add_argument("sender_ip")
     p.add_argument("target_ip")
+    p = sub.add_parser("syn-flood")
+    p.add_argument("host")
+    p.add_argument("port", type=int)
+    p.add_argument("--seconds", type=float, default=1.0)
     for name in ("connect", "udp", "hold", "prober", "burst"):
         p = sub.add_parser(name)
         p.add_argument("host")
@@ -179,6 +204,9 @@ def main() -> int:
         return 0
     if args.cmd == "burst":
         burst(args.host, args.port, args.count, args.timeout)
+        return 0
+    if args.cmd == "syn-flood":
+        syn_flood(args.host, args.port, args.seconds)
         return 0
     if args.cmd == "udp":
         return 0 if udp(args.host, args.port, args.timeout) else 1

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from coordinator.attachment_identity import cookie_for_slot
+from coordinator.attachment_identity import cookie_for_slot, zone_of_slot
 from coordinator.callers import Caller, Role
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.model import Flow, Goto, Meter
+from coordinator.ovs.conntrack import ConntrackControl
 from coordinator.policy.packet import IPPROTO_TCP, CtState, Direction, Fragment, Packet
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import DENY_ALL_CLASS, AttachParams
@@ -371,6 +372,37 @@ async def test_an_update_that_revokes_a_connection_cuts_it_and_spares_the_rest(s
         for proc in holds.values():
             proc.kill()
             proc.wait()
+
+
+async def test_connections_a_guest_opens_while_their_rule_is_withdrawn_do_not_survive(
+    stack: Stack,
+) -> None:
+    """A hostile guest opening connections to a destination as fast as it can
+    while the rule that allows it is withdrawn: none of them is left in its
+    zone once the update has returned (an entry left there would carry the
+    connection on as established, past the new policy). Without the revoke,
+    about as many entries as the flood made are left."""
+    ns = await _guest(stack)
+    [record] = stack.store.list_attachments()
+    zone = zone_of_slot(record.slot)
+    conntrack = ConntrackControl(stack.ovs.vswitchd_ctl, timeout=10)
+    only_443 = [allow("web", cidrs=["203.0.113.0/24"], ports=[443])]
+    try:
+        for version in (2, 4, 6):
+            await stack.service.apply_policy("sb-1", scope(version=version, egress=WEB))
+            flood = netns.popen_in_netns(ns, [sys.executable, NETPROBE, "syn-flood", SERVER_V4, "8080"])
+            try:
+                await asyncio.sleep(0.4)
+                opened = [e for e in await conntrack.dump(zone) if e.dport == 8080]
+                assert opened, "the flood opened no connection: nothing was tested"
+                await stack.service.apply_policy("sb-1", scope(version=version + 1, egress=only_443))
+                left = [e for e in await conntrack.dump(zone) if e.dport == 8080]
+            finally:
+                flood.kill()
+                flood.wait()
+            assert left == [], f"version {version + 1}: {len(left)} of the flood's connections survived"
+    finally:
+        await conntrack.close()
 
 
 async def test_each_zone_gets_a_connection_limit_and_loses_it_on_detach(stack: Stack) -> None:
