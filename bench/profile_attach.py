@@ -86,6 +86,18 @@ def _spawn_name(argv: Any, *_: Any) -> str:
     return f"spawn {program} {' '.join(rest[1:3] if program == 'ip' else rest[:1])}".strip()
 
 
+def _instrument_ports(steps: StepTimes, ovsdb: Any) -> None:
+    for method in ("ensure_port", "delete_port", "relabel_port", "interface_state"):
+        if hasattr(ovsdb, method):  # (an older tree may lack one: the tool compares trees)
+            steps.wrap_async(ovsdb, method, f"ovsdb.{method}")
+    try:
+        from coordinator.dataplane_parking import PortParking
+    except ImportError:  # a tree from before parking
+        return
+    for method in ("take", "give_back", "park", "unpark"):
+        steps.wrap_async(PortParking, method, f"parking.{method}")
+
+
 def instrument(steps: StepTimes) -> None:
     """Wrap the classes the Attach path goes through (before the daemon builds them)."""
     from coordinator.dataplane import Dataplane
@@ -109,8 +121,7 @@ def instrument(steps: StepTimes) -> None:
     steps.wrap_async(Lifecycle, "detach", "Detach (whole)")
     for method in ("prepare", "add_port", "enforce", "teardown"):
         steps.wrap_async(Dataplane, method, f"dataplane.{method}")
-    for method in ("ensure_port", "delete_port"):
-        steps.wrap_async(Ovsdb, method, f"ovsdb.{method}")
+    _instrument_ports(steps, Ovsdb)
     for method in ("prepare", "release", "health"):
         steps.wrap_sync(EmulatedEswitch, method, f"eswitch.{method}")
     # The OpenFlow channel the daemon programs the bridge through.

@@ -36,6 +36,7 @@ from coordinator.attachment_identity import (
 )
 from coordinator.config import Config
 from coordinator.dataplane_converge import ProofSink, Prover, converge_flows
+from coordinator.dataplane_parking import PortParking
 from coordinator.dataplane_port import (
     AttachmentFlows,
     FlowsRejected,
@@ -62,15 +63,7 @@ from coordinator.ovs.conntrack import ConntrackControl, ConntrackError
 from coordinator.ovs.control import vswitchd_ctl
 from coordinator.ovs.ofsync import ChannelSwitch, MeterBand
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
-from coordinator.ovs.ovsdb import (
-    ATTACHMENT_KEY,
-    OWNER_KEY,
-    OWNER_VALUE,
-    ROLE_KEY,
-    SANDBOX_KEY,
-    Ovsdb,
-    OvsdbError,
-)
+from coordinator.ovs.ovsdb import OWNER_KEY, OWNER_VALUE, ROLE_KEY, Ovsdb, OvsdbError
 from coordinator.ovs.unixctl import UnixctlClient
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
@@ -116,6 +109,7 @@ class Dataplane:
         )
         self._conntrack = ConntrackControl(self._control, userspace_datapath=cfg.datapath_type == "netdev")
         self._probes = SwitchProbes(cfg, backend, ovsdb, switch, self._control)
+        self._parking = PortParking(self._bridge, ovsdb, switch)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.
@@ -156,9 +150,12 @@ class Dataplane:
                 self.uplink_ofport = await self._ovsdb.ensure_port(
                     cfg.bridge, cfg.uplink, {OWNER_KEY: OWNER_VALUE, ROLE_KEY: "uplink"}
                 )
-            # Before any flow: allowed fragmented datagrams need reassembly.
+            # Before any flow: allowed fragmented datagrams need reassembly,
+            # and a parked port forgotten by a restarted ovs-vswitchd is
+            # parked again before the bridge's flows flood to every port.
             await self.conntrack.enable_fragment_reassembly()
             await self._switch.match_fragments_as_parsed()
+            await self._parking.repark(await self._ovsdb.owned_ports(cfg.bridge))
             result = await self._switch.sync(BRIDGE_COOKIE, self.bridge_flows())
             self._flow_counts[BRIDGE_COOKIE] = result.total
             if result.added or result.removed:
@@ -171,14 +168,6 @@ class Dataplane:
 
     # -- one attachment -------------------------------------------------------
 
-    def port_ids(self, record: AttachmentRecord) -> dict[str, str]:
-        return {
-            OWNER_KEY: OWNER_VALUE,
-            ROLE_KEY: "attachment",
-            ATTACHMENT_KEY: record.attachment_id,
-            SANDBOX_KEY: record.sandbox_id,
-        }
-
     async def prepare(self, record: AttachmentRecord) -> str:
         try:
             return await asyncio.to_thread(self._backend.prepare, record.device, record.mac)
@@ -190,7 +179,7 @@ class Dataplane:
         before any flow lets traffic in (a limit does not count connections
         that already exist when it is set; ``zone_limit=False``: the caller
         sets it). Returns the OpenFlow port."""
-        steps = [self._ovsdb.ensure_port(self._bridge, representor, self.port_ids(record))]
+        steps = [self._parking.take(record, representor)]
         if zone_limit:
             # Independent of the port: set while OVS adds it (both before any flow).
             limit = self._config.limits.conntrack_per_attachment
@@ -199,7 +188,7 @@ class Dataplane:
         # must not race a zone limit still being set.
         outcomes = await asyncio.gather(*steps, return_exceptions=True)
         for outcome in outcomes:
-            if isinstance(outcome, OvsdbError | ConntrackError):
+            if isinstance(outcome, OvsdbError | ConntrackError | OpenFlowError):
                 raise Unavailable(f"attaching {record.device.device_id}: {outcome}") from outcome
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -312,15 +301,16 @@ class Dataplane:
     async def teardown(self, record: AttachmentRecord, on_step: Sequence[str] = ()) -> None:
         """Flows first (the port then carries no traffic: the bridge is
         fail-secure), then the port, then the device. The slot's meter,
-        conntrack entries and zone limit go while the port is removed (none
+        conntrack entries and zone limit go while the port goes (none
         depends on the other once the flows are gone), and so does a VF's
-        function (its representor stays; an SF's goes with it, so an SF
-        goes after its port). Each step idempotent."""
+        function. A VF's representor stays, and its port is parked on the
+        bridge, inert (``dataplane_parking``); an SF's goes with the SF, so
+        its port is removed and the SF goes after it. Each step idempotent."""
         vf = record.device.kind is DeviceKind.VF
         try:
             await self._remove_flows(record.slot)
             faults.reached("detach.flows_removed")
-            port = self._ovsdb.delete_port(self._bridge, record.device.representor)
+            port = self._parking.give_back(record)
             await all_of(self._clear_slot(record.slot), port, *([self.release(record.device)] if vf else []))
             faults.reached("detach.port_removed")
             if not vf:
@@ -488,7 +478,8 @@ class Dataplane:
         return await asyncio.to_thread(self._backend.inventory)
 
     async def switch_intact(self, ports_in_use: Mapping[str, int]) -> str | None:
-        return await self._probes.switch_intact(len(self.bridge_flows()), ports_in_use, self.uplink_ofport)
+        intact = await self._probes.switch_intact(len(self.bridge_flows()), ports_in_use, self.uplink_ofport)
+        return intact or await self._parking.intact()
 
     async def switch_health(self) -> list[HealthFact]:
         return await self._probes.switch_health()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from coordinator.attachment_identity import slot_of_cookie
 from coordinator.eswitch.base import EswitchDevice
-from coordinator.ovs.port_keys import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY
+from coordinator.ovs.port_keys import ATTACHMENT_KEY, PARKED_ROLE, ROLE_KEY, SANDBOX_KEY
 from coordinator.store.records import AttachmentRecord, AttachmentState
 
 
@@ -53,7 +53,9 @@ def plan(
     flow_cookies: Iterable[int],
     prepared: Iterable[EswitchDevice],
     uplink: str,
+    ofports: Mapping[str, int] | None = None,
 ) -> Plan:
+    """``ofports``: the interfaces' OpenFlow ports, where they have one."""
     records = list(records)
     keep = tuple(r for r in records if r.state is AttachmentState.BOUND)
     roll_back = tuple(r for r in records if r.state is AttachmentState.ATTACHING)
@@ -68,8 +70,11 @@ def plan(
                 orphan_ports.append(OrphanPort(name, "", ""))
             continue
         # A port named like an attachment's representor is that attachment's
-        # (its ids are rewritten when it is re-plugged); any other is an orphan.
-        if name not in representors:
+        # (its ids are rewritten when it is re-plugged). A parked one (a VF's,
+        # between attachments) stays while it is a port of the bridge; any
+        # other is an orphan.
+        parked = ids.get(ROLE_KEY) == PARKED_ROLE and (ofports is None or name in ofports)
+        if name not in representors and not parked:
             orphan_ports.append(OrphanPort(name, ids.get(ATTACHMENT_KEY, ""), ids.get(SANDBOX_KEY, "")))
     slots = {r.slot for r in records}
     orphan_slots = sorted(

@@ -50,7 +50,7 @@ REPLICATED_COLUMNS: dict[str, tuple[str, ...]] = {
     "Open_vSwitch": ("bridges", "other_config", "next_cfg", "cur_cfg"),
     "Bridge": ("name", "ports", "fail_mode", "datapath_type", "protocols"),
     "Port": ("name", "interfaces", "external_ids"),
-    "Interface": ("name", "type", "ofport", "error", "external_ids"),
+    "Interface": ("name", "type", "ofport", "ifindex", "error", "external_ids"),
 }
 
 # Re-read a port's OpenFlow number at least this often while waiting, in
@@ -131,6 +131,10 @@ class Ovsdb:
         # ovs-vswitchd's cur_cfg as last notified, and those waiting for it
         # to reach a value (each woken once, when it does).
         self._applied = 0
+        # Interface name -> (OpenFlow port, kernel index) as the replica holds
+        # them, kept by the IDL's change notifications (one dict item set
+        # or popped on its thread at a time): read on the loop, no hop.
+        self._interfaces: dict[str, tuple[int | None, int]] = {}
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -261,6 +265,14 @@ class Ovsdb:
         # is read here, on the IDL's thread (a deleted row's values are
         # those it had: never a number to use).
         name = str(row.name)
+        if deleted:
+            self._interfaces.pop(name, None)
+        else:
+            index = _scalar(getattr(row, "ifindex", None))
+            self._interfaces[name] = (
+                _ofport(getattr(row, "ofport", None)),
+                index if isinstance(index, int) else 0,
+            )
         if name in self._watched and self._loop is not None:
             ofport = None if deleted else _ofport(getattr(row, "ofport", None))
             error = str(_scalar(getattr(row, "error", "")) or "")
@@ -316,6 +328,25 @@ class Ovsdb:
         rows = self._execute("reading Open_vSwitch", self._api.db_list("Open_vSwitch", columns=["cur_cfg"]))
         value = _scalar(rows[0].get("cur_cfg")) if rows else None
         return value if isinstance(value, int) else None
+
+    async def relabel_port(self, name: str, external_ids: dict[str, str]) -> None:
+        """Replace the external_ids of port ``name`` (and its interface),
+        committed; ovs-vswitchd has nothing to apply for it, so it is not
+        waited for. Absent is fine."""
+
+        def commands(api: Any) -> list[Any]:
+            # A map set merges keys into what is there: cleared first, so
+            # the ids of whoever had the port before do not stay.
+            return [
+                step
+                for table in ("Port", "Interface")
+                for step in (
+                    api.db_clear(table, name, "external_ids"),
+                    api.db_set(table, name, ("external_ids", external_ids), if_exists=True),
+                )
+            ]
+
+        await self._change_ports(_PortChange(f"relabelling port {name}", commands))
 
     async def delete_port(self, bridge: str, name: str) -> None:
         change = _PortChange(
@@ -399,6 +430,24 @@ class Ovsdb:
             )
             found = {r["name"]: _scalar(r["ofport"]) for r in rows}
             return {name: port for name, port in found.items() if isinstance(port, int) and port > 0}
+
+        return await self._run(read)
+
+    async def interface_state(self, name: str) -> tuple[int | None, int]:
+        """Interface ``name``'s OpenFlow port (None if it has none) and its
+        kernel interface index (0 when its device is gone or it is absent)."""
+        known = self._interfaces.get(name)
+        if known is not None:
+            return known
+
+        def read() -> tuple[int | None, int]:
+            rows = self._execute(
+                "reading interface",
+                self._api.db_list("Interface", [name], columns=["ofport", "ifindex"], if_exists=True),
+            )
+            row = rows[0] if rows else {}
+            index = _scalar(row.get("ifindex"))
+            return _ofport(row.get("ofport")), index if isinstance(index, int) else 0
 
         return await self._run(read)
 

@@ -112,6 +112,7 @@ class Convergence:
             facts.flow_counts,
             prepared,
             self._ctx.config.ovs.uplink,
+            facts.ofports,
         )
         await self._finish_interrupted(work)
         await self._remove_orphans(work)

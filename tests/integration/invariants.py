@@ -4,8 +4,9 @@ OVS and the real (emulated) eswitch of a dev environment:
 - every stored attachment is BOUND (ATTACHING rolled back, DETACHING finished);
 - the store passes ``PRAGMA integrity_check``;
 - lease generations never decrease;
-- the bridge's ports with our owner tag are exactly the uplink and the
-  BOUND attachments' representors;
+- the bridge's ports with our owner tag are exactly the uplink, the
+  BOUND attachments' representors and parked VF representors, and every
+  parked one is inert on the switch (NO_RECV and NO_FWD set);
 - the flows with our cookie prefix are exactly the bridge's and the BOUND
   attachments', and each attachment has exactly the flows its stored policy
   compiles to (compared by ``ovs-ofctl diff-flows``);
@@ -16,6 +17,7 @@ OVS and the real (emulated) eswitch of a dev environment:
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import tempfile
@@ -32,6 +34,7 @@ from coordinator.flows.compiler import PortFacts, attachment_flows
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.flows.render import render_flows
 from coordinator.ovs.ovsdb import OWNER_KEY, OWNER_VALUE
+from coordinator.ovs.port_keys import is_parked
 from coordinator.policy.codec import scope_from_stored
 
 BOUND = "BOUND"
@@ -116,16 +119,34 @@ def flow_match(flow: str) -> str:
     return " ".join(part for part in match.split(" ") if not part.startswith("cookie="))
 
 
-def owned_ports(dev: env.Endpoint) -> set[str]:
-    ovs = ovs_of(dev)
+def owned_ports(dev: env.Endpoint, *, parked: bool = False) -> set[str]:
+    """Our ports (``parked``: only the parked ones)."""
+    return ports_of(ovs_of(dev), parked=parked)
+
+
+def ports_of(ovs: OvsInstance, *, parked: bool = False) -> set[str]:
+    """The ports with our owner tag (``parked``: only the parked ones)."""
     out = ovs.vsctl("--format=json", "--columns=name,external_ids", "list", "Port")
     table = json.loads(out)
     names = set()
     for name, ids in table["data"]:
         mapping = dict(ids[1]) if ids[0] == "map" else {}
-        if mapping.get(OWNER_KEY) == OWNER_VALUE:
+        if mapping.get(OWNER_KEY) == OWNER_VALUE and (not parked or is_parked(mapping)):
             names.add(name)
     return names
+
+
+def inert_ports(ovs: OvsInstance, bridge: str) -> set[str]:
+    """The bridge's ports whose OpenFlow config has NO_RECV and NO_FWD, as
+    `ovs-ofctl dump-ports-desc` shows them."""
+    text = ovs.ofctl("dump-ports-desc", ovs.mgmt(bridge))
+    found = set()
+    for block in re.split(r"\n(?= \S+\()", text):
+        name = re.match(r"\s*\S+\((.+?)\):", block)
+        config = re.search(r"config:\s*([^\n]*)", block)
+        if name and config and {"NO_RECV", "NO_FWD"} <= set(config.group(1).split()):
+            found.add(name.group(1))
+    return found
 
 
 def our_flows(dev: env.Endpoint) -> dict[int, list[str]]:
@@ -178,7 +199,10 @@ def check(dev: env.Endpoint, fences_before: dict[str, int]) -> list[Row]:
     for attachment_id, generation in fences_before.items():
         assert after.get(attachment_id, 0) >= generation, f"generation of {attachment_id} went backwards"
     config = load_config(Path(dev.config))
-    assert owned_ports(dev) == {config.ovs.uplink} | {r.representor for r in found}
+    parked = owned_ports(dev, parked=True)
+    assert owned_ports(dev) - parked == {config.ovs.uplink} | {r.representor for r in found}
+    assert parked <= inert_ports(ovs_of(dev), dev.bridge), "a parked port is not inert"
+    assert not parked & {r.representor for r in found}
     flows = our_flows(dev)
     assert set(flows) == {BRIDGE_COOKIE} | {cookie_for_slot(r.slot) for r in found}
     for row in found:

@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 
 def _echo_tcp(conn: socket.socket) -> None:
@@ -134,6 +135,22 @@ def burst(host: str, port: int, count: int, timeout: float) -> None:
     print(sum(connect(host, port, timeout, None) for _ in range(count)), flush=True)
 
 
+def sniff_arp(ifname: str, seconds: float) -> None:
+    """Count the ARP frames ``ifname`` receives for ``seconds``: "ready"
+    once listening, then the count."""
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+        s.bind((ifname, 0x0806))
+        print("ready", flush=True)
+        end = time.monotonic() + seconds
+        seen = 0
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([s], [], [], left)
+            if ready:
+                s.recv(2048)
+                seen += 1
+        print(seen, flush=True)
+
+
 def syn_flood(host: str, port: int, seconds: float) -> None:
     """Open connections to ``host``:``port`` as fast as the kernel sends
     SYNs, without waiting for any, for ``seconds``; each from its own
@@ -171,6 +188,9 @@ def main() -> int:
     p.add_argument("ifname")
     p.add_argument("sender_ip")
     p.add_argument("target_ip")
+    p = sub.add_parser("sniff-arp")
+    p.add_argument("ifname")
+    p.add_argument("--seconds", type=float, default=1.0)
     p = sub.add_parser("syn-flood")
     p.add_argument("host")
     p.add_argument("port", type=int)
@@ -188,29 +208,26 @@ def main() -> int:
             p.add_argument("--count", type=int, default=100)
     args = parser.parse_args()
     ports = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
-    if args.cmd == "serve":
-        serve(ports(args.tcp), ports(args.udp), [a for a in args.udp_addresses.split(",") if a])
-        return 0
-    if args.cmd == "connect":
-        return 0 if connect(args.host, args.port, args.timeout, args.source) else 1
-    if args.cmd == "arp-request":
-        arp_request(args.ifname, args.sender_ip, args.target_ip)
-        return 0
-    if args.cmd == "blast":
-        blast(args.host, args.port, args.count, args.size)
-        return 0
-    if args.cmd == "prober":
-        prober(args.host, args.port, args.timeout, args.interval)
-        return 0
-    if args.cmd == "burst":
-        burst(args.host, args.port, args.count, args.timeout)
-        return 0
-    if args.cmd == "syn-flood":
-        syn_flood(args.host, args.port, args.seconds)
-        return 0
-    if args.cmd == "udp":
-        return 0 if udp(args.host, args.port, args.timeout) else 1
-    hold(args.host, args.port, args.timeout)
+    # The probes that answer yes or no exit 0 or 1; the others always 0.
+    judged: dict[str, Callable[[], bool]] = {
+        "connect": lambda: connect(args.host, args.port, args.timeout, args.source),
+        "udp": lambda: udp(args.host, args.port, args.timeout),
+    }
+    if args.cmd in judged:
+        return 0 if judged[args.cmd]() else 1
+    actions: dict[str, Callable[[], None]] = {
+        "serve": lambda: serve(
+            ports(args.tcp), ports(args.udp), [a for a in args.udp_addresses.split(",") if a]
+        ),
+        "arp-request": lambda: arp_request(args.ifname, args.sender_ip, args.target_ip),
+        "blast": lambda: blast(args.host, args.port, args.count, args.size),
+        "prober": lambda: prober(args.host, args.port, args.timeout, args.interval),
+        "burst": lambda: burst(args.host, args.port, args.count, args.timeout),
+        "sniff-arp": lambda: sniff_arp(args.ifname, args.seconds),
+        "syn-flood": lambda: syn_flood(args.host, args.port, args.seconds),
+        "hold": lambda: hold(args.host, args.port, args.timeout),
+    }
+    actions[args.cmd]()
     return 0
 
 

@@ -23,6 +23,7 @@ from hypothesis.strategies import SearchStrategy
 
 from coordinator.identifiers import MAX_ID_LENGTH
 from tests.integration.api_served import ADMIN, METHODS, Served
+from tests.integration.invariants import inert_ports, ports_of
 
 pytestmark = pytest.mark.ovs
 
@@ -133,7 +134,9 @@ async def _check_invariants(served: Served) -> None:
     for pool in await served.stack.service.pools():
         assert pool.free + attached.get(pool.kind.name, 0) == pool.total, (pool, attached)
     ports = set(served.stack.ovs.vsctl("list-ports", BRIDGE).split())
-    assert ports == {"uplink", *(r.device.representor for r in records)}, (ports, records)
+    parked = ports_of(served.stack.ovs, parked=True)
+    assert ports - parked == {"uplink", *(r.device.representor for r in records)}, (ports, records)
+    assert parked <= inert_ports(served.stack.ovs, BRIDGE), parked
     assert len(served.stack.service._locks) == 0
 
 

@@ -1,5 +1,5 @@
 """A VF's port goes on the bridge while its function is prepared, and its
-function is released while the port is removed: neither waits for the
+function is released while the port is parked: neither waits for the
 other (a VF's representor exists whatever its function's state). Checked
 on a private OVS with the emulated eswitch, by holding one step until the
 other has happened (or a bound has passed)."""
@@ -19,6 +19,7 @@ from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.eswitch.emulated import FUNCTION_IFNAME
+from tests.integration.invariants import inert_ports, ports_of
 from tests.integration.stack import HOST, Stack, Uplink, build_stack
 
 pytestmark = pytest.mark.ovs
@@ -67,25 +68,26 @@ async def test_a_vf_port_goes_on_the_bridge_while_its_function_is_prepared(
     assert record.ofport > 0 and _function_up(stack, record.device)
 
 
-async def test_a_vf_function_is_released_while_its_port_is_removed(
+async def test_a_vf_function_is_released_while_its_port_is_parked(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     record = await stack.attach("ov-2", DeviceKind.VF)
     assert _function_up(stack, record.device)
-    removal_may_go = asyncio.Event()
-    real_delete = stack.ovsdb.delete_port
+    parking_may_end = asyncio.Event()
+    real_relabel = stack.ovsdb.relabel_port
 
-    async def delete_port(bridge: str, name: str) -> None:
-        await removal_may_go.wait()  # held until the function is released
-        await real_delete(bridge, name)
+    async def relabel_port(name: str, external_ids: dict[str, str]) -> None:
+        await parking_may_end.wait()  # held until the function is released
+        await real_relabel(name, external_ids)
 
-    monkeypatch.setattr(stack.ovsdb, "delete_port", delete_port)
+    monkeypatch.setattr(stack.ovsdb, "relabel_port", relabel_port)
     detach = asyncio.ensure_future(stack.service.detach(HOST, record.attachment_id, record.lease_generation))
     deadline = time.monotonic() + HOLD_S
     while _function_up(stack, record.device) and time.monotonic() < deadline and not detach.done():
         await asyncio.sleep(0.05)
     released_first = not _function_up(stack, record.device)
-    removal_may_go.set()
+    parking_may_end.set()
     assert await detach
-    assert released_first, "the function was released only after its port was removed"
-    assert record.device.representor not in await stack.ovsdb.interface_ofports()
+    assert released_first, "the function was released only after its port was parked"
+    assert record.device.representor in ports_of(stack.ovs, parked=True)
+    assert record.device.representor in inert_ports(stack.ovs, BRIDGE)

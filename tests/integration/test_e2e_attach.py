@@ -27,7 +27,9 @@ from coordinator.dev import env, netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive
 from coordinator.dev.reflection import list_services
 from coordinator.flows.pipeline import load_pipeline
+from coordinator.ovs.port_keys import is_parked
 from tests.conftest import require_ovs
+from tests.integration.invariants import inert_ports
 from tests.integration.stack import NETPROBE
 
 pytestmark = pytest.mark.ovs
@@ -194,15 +196,20 @@ def test_spoofed_arp_is_dropped(dev: env.Endpoint, host: CoordinatorClient) -> N
         host.detach(a.attachment_id, a.lease_generation)
 
 
-def test_detach_removes_port_flows_and_row_but_keeps_the_fence(
-    dev: env.Endpoint, host: CoordinatorClient
+@pytest.mark.parametrize("kind", [pb.DEVICE_KIND_VF, pb.DEVICE_KIND_SF])
+def test_detach_gives_the_port_back_removes_flows_and_row_but_keeps_the_fence(
+    dev: env.Endpoint, host: CoordinatorClient, kind: int
 ) -> None:
-    a = _attach(host, "sandbox-detach")
+    a = _attach(host, f"sandbox-detach-{kind}", device_kind=kind)
     slot = _slot(dev, a.attachment_id)
     assert slot is not None and _flows(dev, slot)
     assert host.detach(a.attachment_id, a.lease_generation) is True
     assert _flows(dev, slot) == []
-    assert _port_ids(dev, a.device.representor) == {}
+    if kind == pb.DEVICE_KIND_VF:  # the representor stays: its port parked, inert
+        assert is_parked(_port_ids(dev, a.device.representor))
+        assert a.device.representor in inert_ports(_ovs(dev), dev.bridge)
+    else:  # the SF and its representor are gone: so is the port
+        assert _port_ids(dev, a.device.representor) == {}
     assert _slot(dev, a.attachment_id) is None
     # Idempotent with the current generation ...
     assert host.detach(a.attachment_id, a.lease_generation) is False

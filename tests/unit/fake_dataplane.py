@@ -39,7 +39,14 @@ from coordinator.flows.compiler import (
 from coordinator.flows.model import Flow
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.render import render_flows
-from coordinator.ovs.port_keys import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY, SANDBOX_KEY
+from coordinator.ovs.port_keys import (
+    ATTACHMENT_KEY,
+    OWNER_KEY,
+    OWNER_VALUE,
+    ROLE_KEY,
+    SANDBOX_KEY,
+    parked_ids,
+)
 from coordinator.policy.packet import Packet
 from coordinator.policy.scope import Scope
 from coordinator.store.records import AttachmentRecord
@@ -263,12 +270,16 @@ class FakeDataplane:
             self.meters.discard(slot)
 
     async def teardown(self, record: AttachmentRecord) -> None:
-        """As the real one: flows, then port, then device, passing the same
-        fault points."""
+        """As the real one: flows, then port (a VF's parked, an SF's
+        removed), then device, passing the same fault points."""
         self._step("teardown", record.attachment_id)
         await self.remove_slot(record.slot)
         faults.reached("detach.flows_removed")
-        await self.remove_port(record.device.representor)
+        if record.device.kind is DeviceKind.VF and record.device.representor in self.ports:
+            self._step("park_port", record.device.representor)
+            self.ports[record.device.representor] = parked_ids(self.ofports.get(record.device.representor, 0))
+        else:
+            await self.remove_port(record.device.representor)
         faults.reached("detach.port_removed")
         await self.release(record.device)
         faults.reached("detach.device_released")

@@ -16,6 +16,7 @@ from coordinator.events import EventHub
 from coordinator.flows.classes import load_network_classes
 from coordinator.flows.pipeline import load_pipeline
 from coordinator.gateway.client import StreamStatus
+from coordinator.ovs.port_keys import is_parked
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.service import AttachmentService, AttachParams
@@ -95,11 +96,12 @@ class Harness:
         return self.store.events_since(0, limit=10_000)
 
     def world_is_empty_of(self, record: AttachmentRecord) -> bool:
-        """No flows, port, prepared device, meter or zone limit of ``record``."""
+        """No flows, port (a parked one aside), prepared device, meter or zone
+        limit of ``record``."""
         sw = self.switch
         return (
             not sw.flows_of(record)
-            and record.device.representor not in sw.ports
+            and (record.device.representor not in sw.ports or is_parked(sw.ports[record.device.representor]))
             and record.device.device_id not in sw.prepared
             and record.slot not in sw.meters
             and record.slot not in sw.zone_limits

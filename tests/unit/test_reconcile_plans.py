@@ -14,6 +14,7 @@ from coordinator.attachment_identity import BRIDGE_COOKIE, cookie_for_slot, slot
 from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.host_reconcile import Known, plan_host_reconcile
 from coordinator.ovs.ovsdb import ATTACHMENT_KEY, OWNER_KEY, OWNER_VALUE, ROLE_KEY
+from coordinator.ovs.port_keys import parked_ids
 from coordinator.reconcile import plan
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 
@@ -62,6 +63,15 @@ def test_every_kind_of_correction_is_planned() -> None:
     assert work.orphan_slots == (77,)  # not the bridge's, not someone else's cookie
     assert work.orphan_devices == (stray,)
     assert work.missing_ports == ("a1",)
+
+
+def test_a_parked_port_is_no_orphan_while_it_is_a_port_of_the_bridge() -> None:
+    ports = {"uplink": port("", "uplink"), "pf0vf4": parked_ids(9), "pf0vf5": parked_ids(10)}
+    ofports = {"uplink": 1, "pf0vf4": 7}  # pf0vf5's representor is gone: no OpenFlow port
+    work = plan([], ports, [BRIDGE_COOKIE], [], "uplink", ofports)
+    assert [p.name for p in work.orphan_ports] == ["pf0vf5"]
+    # Without the interfaces' numbers, every parked port stays.
+    assert plan([], ports, [BRIDGE_COOKIE], [], "uplink").orphan_ports == ()
 
 
 def test_slot_of_cookie_only_for_our_attachment_cookies() -> None:

@@ -13,6 +13,7 @@ import pytest
 from coordinator import faults
 from coordinator.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from coordinator.faults import FaultInjected
+from coordinator.ovs.port_keys import is_parked
 from coordinator.service import DENY_ALL_CLASS, AttachParams
 from coordinator.store.records import AttachmentRecord, AttachmentState, PolicyState
 from tests.unit.fake_dataplane import FakeDataplane, devices
@@ -59,7 +60,8 @@ async def test_a_fault_at_any_attach_point_rolls_back_completely(tmp_path: Path,
         assert h.store.list_attachments() == []
         assert "AttachFailed" in h.reasons()
         only = devices()[0]
-        assert only.device_id not in h.switch.prepared and only.representor not in h.switch.ports
+        assert only.device_id not in h.switch.prepared
+        assert only.representor not in h.switch.ports or is_parked(h.switch.ports[only.representor])
         assert [c for c in h.switch.tables if c != 0xBFC0_0000_0000_0000] == []
         # The device is free again: the next attach gets it.
         assert (await h.attach("sb-2")).state is AttachmentState.BOUND
@@ -75,7 +77,7 @@ async def test_a_failing_switch_step_rolls_the_attach_back(tmp_path: Path, step:
             await h.attach("sb-1")
         assert h.store.list_attachments() == []
         assert "teardown" in h.switch.steps()
-        assert not h.switch.prepared and not h.switch.ports
+        assert not h.switch.prepared and all(is_parked(ids) for ids in h.switch.ports.values())
 
 
 async def test_a_vf_port_refused_beside_the_prepare_is_added_again_after_it(tmp_path: Path) -> None:
@@ -154,7 +156,7 @@ async def test_wait_initial_times_out_and_rolls_back(tmp_path: Path) -> None:
         h.service.policy_source = FakeStream()
         with pytest.raises(Exception, match="no policy for sandbox sb-1"):
             await h.attach("sb-1", initial="WAIT_INITIAL", initial_policy_timeout_ms=10)
-        assert h.store.list_attachments() == [] and not h.switch.ports
+        assert h.store.list_attachments() == [] and all(is_parked(ids) for ids in h.switch.ports.values())
 
 
 async def test_the_gate_refuses_attach_while_lost_draining_or_unhealthy(tmp_path: Path) -> None:

@@ -1,0 +1,203 @@
+"""VF representors parked on the bridge between attachments.
+
+A VF outlives its attachment, and so does its representor. Taking the
+representor off the bridge at every Detach and putting it back at the next
+Attach costs ovs-vswitchd's main thread most of an attach-detach cycle: with
+the userspace datapath a port's removal closes its packet socket, and the
+kernel waits for an RCU grace period (~11 ms on the bench machine) while
+nothing else on that thread - another attachment's flows, conntrack calls,
+OVSDB changes - is answered; removals do not batch.
+
+So a Detach parks a VF's port instead, once its flows are gone: its
+OpenFlow configuration is set to NO_RECV|NO_FWD|NO_PACKET_IN (nothing it
+sends is taken in; nothing is sent out of it, the bridge's ARP and ND
+floods included) and its external_ids to role=parked (nobody's
+attachment, and no orphan to reconcile). The next Attach of that VF takes
+the port back: ``ensure_port`` rewrites the ids, ``unpark`` clears the
+bits before any of the new attachment's flows exist.
+
+OVS keeps a port's configuration in memory only. After an ovs-vswitchd
+restart every port comes back with none, so ``repark`` - which the bridge's
+set-up runs before it installs the bridge flows that flood - parks every
+port OVSDB marks parked again.
+
+A parked port records the kernel index of the device it was parked on. If
+the device is gone or was made anew since (the host changed its VFs), the
+port is no longer that representor's: it is removed, by ``repark`` or by
+the ``take`` that finds it so, and the next Attach adds a fresh one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from coordinator.eswitch.base import DeviceKind
+from coordinator.ovs.ofchannel import OpenFlowChannel
+from coordinator.ovs.ofports import PARKED, PortDesc, port_descs, set_port_config
+from coordinator.ovs.ofsync import ChannelSwitch
+from coordinator.ovs.openflow import OpenFlowError
+from coordinator.ovs.ovsdb import Ovsdb
+from coordinator.ovs.port_keys import (
+    ATTACHMENT_KEY,
+    OWNER_KEY,
+    OWNER_VALUE,
+    PARKED_IFINDEX_KEY,
+    ROLE_KEY,
+    SANDBOX_KEY,
+    is_parked,
+    parked_ids,
+)
+from coordinator.store.records import AttachmentRecord
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PortParking", "attachment_port_ids"]
+
+
+def attachment_port_ids(record: AttachmentRecord) -> dict[str, str]:
+    """The external_ids of ``record``'s port: ours, and whose it is."""
+    return {
+        OWNER_KEY: OWNER_VALUE,
+        ROLE_KEY: "attachment",
+        ATTACHMENT_KEY: record.attachment_id,
+        SANDBOX_KEY: record.sandbox_id,
+    }
+
+
+class PortParking:
+    """An attachment's port: taken (added, or a parked one taken back) and
+    given back (a VF's parked, an SF's removed)."""
+
+    def __init__(self, bridge: str, ovsdb: Ovsdb, switch: ChannelSwitch) -> None:
+        self._bridge = bridge
+        self._ovsdb = ovsdb
+        self._switch = switch
+        # Port name -> its description as last read or as last set by us:
+        # how a port's hardware address (which a port-mod must name) and
+        # whether it is parked are known without a read per call.
+        self._descs: dict[str, PortDesc] = {}
+        # Parked port name -> the index of the device it was parked on.
+        self._parked_on: dict[str, int] = {}
+
+    @property
+    def _channel(self) -> OpenFlowChannel:
+        return self._switch.channel
+
+    async def _read(self) -> dict[str, PortDesc]:
+        self._descs = await port_descs(self._channel.exchange, self._channel.xid)
+        return self._descs
+
+    async def _set(self, name: str, config: int) -> bool:
+        """Set ``name``'s parking bits to ``config``'s; False if the bridge
+        has no such port. A refusal on a description read earlier (the port
+        came back under another number, or with another address, after an
+        ovs-vswitchd restart) reads the ports again and tries once more."""
+        for fresh in (False, True):
+            desc = (await self._read() if fresh else self._descs).get(name)
+            if desc is None:
+                if fresh:
+                    return False
+                continue
+            if desc.config & PARKED == config & PARKED:
+                return True
+            try:
+                await set_port_config(self._channel.exchange, self._channel.xid, desc, config)
+            except OpenFlowError:
+                if fresh:
+                    raise
+                continue
+            self._descs[name] = PortDesc(desc.number, name, desc.hw_addr, (desc.config & ~PARKED) | config)
+            return True
+        return False  # pragma: no cover - the second round always returns
+
+    async def take(self, record: AttachmentRecord, representor: str) -> int:
+        """Put ``representor`` on the bridge as ``record``'s port, not
+        parked; its OpenFlow port number. Raises OvsdbError or OpenFlowError."""
+        ids = attachment_port_ids(record)
+        parked_on = self._parked_on.pop(representor, None)
+        if parked_on is not None:
+            # Taken back as it is: its ids replaced (a set would merge the
+            # parked ones in) and its bits cleared; nothing for ovs-vswitchd
+            # to add, so nothing to wait for.
+            ofport, ifindex = await self._ovsdb.interface_state(representor)
+            if ofport is not None and ifindex == parked_on:
+                await self._ovsdb.relabel_port(representor, ids)
+                await self.unpark(representor)
+                return ofport
+            await self._remove_stale(representor)
+        ofport = await self._ovsdb.ensure_port(self._bridge, representor, ids)
+        await self.unpark(representor)  # parked bits on a port we did not park (a crash mid-way)
+        return ofport
+
+    async def _remove_stale(self, name: str) -> None:
+        log.info("parked port's device changed: port removed", extra={"port": name})
+        await self._ovsdb.delete_port(self._bridge, name)
+        self._descs.pop(name, None)
+        self._parked_on.pop(name, None)
+
+    async def give_back(self, record: AttachmentRecord) -> None:
+        """After its flows are gone: a VF's port parked, an SF's removed
+        (the SF and its representor go next)."""
+        if record.device.kind is DeviceKind.VF:
+            await self.park(record.device.representor)
+        else:
+            await self._ovsdb.delete_port(self._bridge, record.device.representor)
+
+    async def park(self, name: str) -> None:
+        """Make port ``name`` inert and mark it parked (absent is fine: a
+        representor the host removed has nothing left to park). Raises
+        OpenFlowError or OvsdbError."""
+        _, ifindex = await self._ovsdb.interface_state(name)
+        if await self._set(name, PARKED):
+            await self._ovsdb.relabel_port(name, parked_ids(ifindex))
+            self._parked_on[name] = ifindex
+
+    async def unpark(self, name: str) -> None:
+        """Clear the parking bits of port ``name`` if it is parked; a port
+        never parked costs no exchange. Raises OpenFlowError."""
+        desc = self._descs.get(name)
+        if desc is not None and desc.config & PARKED:
+            await self._set(name, 0)
+
+    async def intact(self) -> str | None:
+        """None if every port parked here is still inert on the switch;
+        else why not. An ovs-vswitchd restarted with its flows restored
+        (``ovs-ctl restart`` saves and restores them) has our base flows
+        back but forgot every port's configuration: only this tells."""
+        if not self._parked_on:
+            return None
+        try:
+            descs = await self._read()
+        except OpenFlowError as exc:
+            return f"switch unreachable: {exc}"
+        for name in sorted(self._parked_on):
+            desc = descs.get(name)
+            if desc is not None and not desc.parked:
+                return f"parked port {name} is no longer inert (ovs-vswitchd restarted?)"
+        return None
+
+    async def repark(self, ports: Mapping[str, Mapping[str, str]]) -> list[str]:
+        """Read every port's configuration, and park again each of
+        ``ports`` (ours, with their external_ids) that OVSDB marks parked
+        and the switch no longer holds so (it forgets across a restart); a
+        parked port whose device is gone or new is removed. Returns the
+        names parked again."""
+        descs = await self._read()
+        again = []
+        self._parked_on = {}
+        for name, ids in sorted(ports.items()):
+            if not is_parked(dict(ids)):
+                continue
+            _, ifindex = await self._ovsdb.interface_state(name)
+            if not ifindex or str(ifindex) != ids.get(PARKED_IFINDEX_KEY, ""):
+                await self._remove_stale(name)
+                continue
+            self._parked_on[name] = ifindex
+            desc = descs.get(name)
+            if desc is not None and not desc.parked:
+                await self._set(name, PARKED)
+                again.append(name)
+        if again:
+            log.info("parked ports parked again", extra={"ports": len(again)})
+        return again
