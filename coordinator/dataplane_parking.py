@@ -30,10 +30,10 @@ the ``take`` that finds it so, and the next Attach adds a fresh one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from coordinator.eswitch.base import DeviceKind
-from coordinator.ovs.ofchannel import OpenFlowChannel
+from coordinator.ovs.ofchannel import ChannelError, Outcome, Outgoing
 from coordinator.ovs.ofports import PARKED, PortDesc, port_descs, set_port_config
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.openflow import OpenFlowError
@@ -77,32 +77,49 @@ class PortParking:
         # how a port's hardware address (which a port-mod must name) and
         # whether it is parked are known without a read per call.
         self._descs: dict[str, PortDesc] = {}
+        # The channel connection ``_descs`` was read on: a reconnect (an
+        # ovs-vswitchd restart renumbers ports, forgets their bits) voids it.
+        self._read_on = -1
         # Parked port name -> the index of the device it was parked on.
         self._parked_on: dict[str, int] = {}
 
-    @property
-    def _channel(self) -> OpenFlowChannel:
-        return self._switch.channel
+    async def _exchange(self, messages: Sequence[Outgoing]) -> list[Outcome]:
+        # The channel's own failures (closed, timed out) as the switch's
+        # errors, which every caller of the door handles.
+        try:
+            return await self._switch.channel.exchange(messages)
+        except ChannelError as exc:
+            raise OpenFlowError(str(exc)) from exc
+
+    def _xid(self) -> int:
+        return self._switch.channel.xid()
 
     async def _read(self) -> dict[str, PortDesc]:
-        self._descs = await port_descs(self._channel.exchange, self._channel.xid)
+        connection = self._switch.channel.connects
+        self._descs = await port_descs(self._exchange, self._xid)
+        self._read_on = connection
         return self._descs
 
-    async def _set(self, name: str, config: int) -> bool:
+    def _known(self) -> dict[str, PortDesc]:
+        """The descriptions as last read, if read on this very connection."""
+        return self._descs if self._read_on == self._switch.channel.connects else {}
+
+    async def _set(self, name: str, config: int, *, always: bool = False) -> bool:
         """Set ``name``'s parking bits to ``config``'s; False if the bridge
-        has no such port. A refusal on a description read earlier (the port
-        came back under another number, or with another address, after an
-        ovs-vswitchd restart) reads the ports again and tries once more."""
+        has no such port. ``always``: sent even if the description says
+        they are so already (it may be behind the switch). A refusal on a
+        description read earlier (the port came back under another number,
+        or with another address) reads the ports again and tries once more."""
         for fresh in (False, True):
-            desc = (await self._read() if fresh else self._descs).get(name)
+            desc = (await self._read() if fresh else self._known()).get(name)
             if desc is None:
                 if fresh:
                     return False
                 continue
-            if desc.config & PARKED == config & PARKED:
+            if desc.config & PARKED == config & PARKED and not always:
                 return True
             try:
-                await set_port_config(self._channel.exchange, self._channel.xid, desc, config)
+                await set_port_config(self._exchange, self._xid, desc, config)
             except OpenFlowError:
                 if fresh:
                     raise
@@ -131,7 +148,7 @@ class PortParking:
         return ofport
 
     async def _remove_stale(self, name: str) -> None:
-        log.info("parked port's device changed: port removed", extra={"port": name})
+        log.info("parked port's device gone or changed: port removed", extra={"port": name})
         await self._ovsdb.delete_port(self._bridge, name)
         self._descs.pop(name, None)
         self._parked_on.pop(name, None)
@@ -145,18 +162,23 @@ class PortParking:
             await self._ovsdb.delete_port(self._bridge, record.device.representor)
 
     async def park(self, name: str) -> None:
-        """Make port ``name`` inert and mark it parked (absent is fine: a
-        representor the host removed has nothing left to park). Raises
-        OpenFlowError or OvsdbError."""
+        """Make port ``name`` inert and mark it parked. The port-mod is sent
+        whatever the descriptions say (a retried Detach may follow a restart
+        they missed). A port the switch does not list (its representor gone)
+        cannot be parked and is removed. Raises OpenFlowError or OvsdbError."""
         _, ifindex = await self._ovsdb.interface_state(name)
-        if await self._set(name, PARKED):
+        if await self._set(name, PARKED, always=True):
             await self._ovsdb.relabel_port(name, parked_ids(ifindex))
             self._parked_on[name] = ifindex
+        else:
+            await self._remove_stale(name)
 
     async def unpark(self, name: str) -> None:
         """Clear the parking bits of port ``name`` if it is parked; a port
         never parked costs no exchange. Raises OpenFlowError."""
-        desc = self._descs.get(name)
+        desc = self._known().get(name)
+        if desc is None and name in self._descs:
+            desc = (await self._read()).get(name)  # known from an older connection only
         if desc is not None and desc.config & PARKED:
             await self._set(name, 0)
 
