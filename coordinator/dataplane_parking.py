@@ -205,12 +205,13 @@ class PortParking:
         and the switch no longer holds so (it forgets across a restart); a
         parked port whose device is gone or new is removed. Returns the
         names parked again."""
+        parked = {name: ids for name, ids in sorted(ports.items()) if is_parked(dict(ids))}
+        self._parked_on = {}
+        if not parked:  # the usual start of a full switch: no read of every port's description
+            return []
         descs = await self._read()
         again = []
-        self._parked_on = {}
-        for name, ids in sorted(ports.items()):
-            if not is_parked(dict(ids)):
-                continue
+        for name, ids in parked.items():
             _, ifindex = await self._ovsdb.interface_state(name)
             if not ifindex or str(ifindex) != ids.get(PARKED_IFINDEX_KEY, ""):
                 await self._remove_stale(name)
