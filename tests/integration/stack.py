@@ -177,6 +177,17 @@ async def build_stack(
     )
 
 
+async def restart_daemon(stack: Stack) -> Stack:
+    """The daemon stopped (its connections and store closed) and built
+    again on the same store, OVS and eswitch: a restart of the daemon."""
+    await stack.switch.channel.close()
+    await stack.ovsdb.close()
+    await stack.async_store.close()
+    again = await build(stack.config, stack.backend)
+    return Stack(stack.config, stack.ovs, again.store.sync, stack.backend, again.ovsdb, stack.openflow,
+                 again.service, again.events, again.store, again.switch)  # fmt: skip
+
+
 def probe_tcp(ns: str, host: str, port: int, *, source: str | None = None, timeout: float = 1.0) -> bool:
     argv = [sys.executable, NETPROBE, "connect", host, str(port), "--timeout", str(timeout)]
     if source:

@@ -17,7 +17,6 @@ import pytest
 import pytest_asyncio
 
 from coordinator.attachment_identity import BRIDGE_COOKIE
-from coordinator.daemon import build
 from coordinator.dev import netns
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.eswitch.base import DeviceKind
@@ -35,6 +34,7 @@ from tests.integration.stack import (
     Uplink,
     build_stack,
     probe_tcp,
+    restart_daemon,
 )
 
 pytestmark = pytest.mark.ovs
@@ -181,12 +181,7 @@ async def test_a_restarted_daemon_keeps_a_parked_port_parked_and_reports_no_drif
         record = await stack.attach("sb-daemon", DeviceKind.VF)
         await _detach(stack, record)
         last = stack.store.events_since(0, limit=10_000)[-1].seq
-        await stack.switch.channel.close()
-        await stack.ovsdb.close()
-        await stack.async_store.close()
-        again = await build(stack.config, stack.backend)  # a restart of the daemon
-        restarted = Stack(stack.config, ovs, again.store.sync, stack.backend, again.ovsdb, stack.openflow,
-                          again.service, again.events, again.store, again.switch)  # fmt: skip
+        restarted = await restart_daemon(stack)
         later = [e for e in restarted.store.events_since(0, limit=10_000) if e.seq > last]
         assert [e for e in later if e.type == EventKind.ATTACHMENT_DRIFT] == []
         rep = record.device.representor

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from coordinator.attachment_identity import BRIDGE_COOKIE, COOKIE_OWNER, COOKIE_OWNER_MASK, cookie_for_slot
-from coordinator.daemon import build
 from coordinator.dev.ovs_instance import OvsInstance
 from coordinator.errors import ResourceExhausted
 from coordinator.metrics import Metrics
@@ -19,7 +18,7 @@ from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
 from coordinator.watches.switch import recover
 from tests.integration.stack import HOST as HOST_ADMIN
-from tests.integration.stack import Stack, Uplink, build_stack
+from tests.integration.stack import Stack, Uplink, build_stack, restart_daemon
 
 pytestmark = pytest.mark.ovs
 
@@ -87,20 +86,17 @@ async def test_hosts_that_never_reconcile_after_a_restart(
                               extra={"reconcile": {"reconcile_mode": mode}})  # fmt: skip
     record = await stack.attach("quiet")
     assert await stack.service.expire_unreconciled() == []  # heard from: it attached
-    await stack.switch.channel.close()
-    await stack.ovsdb.close()
-    await stack.async_store.close()
-    again = await build(stack.config, stack.backend)  # a restart of the daemon
-    restarted = Stack(stack.config, ovs, again.store.sync, stack.backend, again.ovsdb, stack.openflow,
-                      again.service, again.events, again.store, again.switch)  # fmt: skip
+    restarted = await restart_daemon(stack)
     try:
-        assert await again.service.expire_unreconciled() == [record.attachment_id]
-        events = [e for e in await again.store.events_since(0) if e.attachment_id == record.attachment_id]
+        assert await restarted.service.expire_unreconciled() == [record.attachment_id]
+        events = [
+            e for e in await restarted.async_store.events_since(0) if e.attachment_id == record.attachment_id
+        ]
         if mode == "advisory":
-            assert await again.store.get(record.attachment_id) is not None
+            assert await restarted.async_store.get(record.attachment_id) is not None
             assert events[-1].type == "DpuHostNotReconciled"
         else:
-            assert await again.store.get(record.attachment_id) is None
+            assert await restarted.async_store.get(record.attachment_id) is None
             assert events[-1].reason == "HostNeverReconciled"
             assert not _our_flow_cookies(restarted) - {f"cookie={BRIDGE_COOKIE:#x}"}
     finally:
