@@ -184,19 +184,24 @@ class PortParking:
 
     async def intact(self) -> str | None:
         """None if every port parked here is still inert on the switch;
-        else why not. An ovs-vswitchd restarted with its flows restored
-        (``ovs-ctl restart`` saves and restores them) has our base flows
-        back but forgot every port's configuration: only this tells."""
+        else why not, each such port parked again first. An ovs-vswitchd
+        restarted with its flows restored (``ovs-ctl restart`` saves and
+        restores them) has our base flows back but forgot every port's
+        configuration: only this tells."""
         if not self._parked_on:
             return None
         try:
             descs = await self._read()
         except OpenFlowError as exc:
             return f"switch unreachable: {exc}"
-        for name in sorted(self._parked_on):
-            desc = descs.get(name)
-            if desc is not None and not desc.parked:
-                return f"parked port {name} is no longer inert (ovs-vswitchd restarted?)"
+        lost = [name for name in sorted(self._parked_on) if name in descs and not descs[name].parked]
+        try:
+            for name in lost:  # inert again at once, not after the re-programming it asks for
+                await self._set(name, PARKED)
+        except OpenFlowError as exc:
+            return f"switch unreachable: {exc}"
+        if lost:
+            return f"parked port {lost[0]} was no longer inert (ovs-vswitchd restarted?)"
         return None
 
     async def repark(self, ports: Mapping[str, Mapping[str, str]]) -> list[str]:

@@ -167,6 +167,7 @@ async def test_a_parked_port_that_lost_its_bits_with_the_flows_still_there_is_no
     assert rep not in inert_ports(ovs, BRIDGE)
     lost = await stack.service.switch_intact()
     assert lost is not None and f"parked port {rep}" in lost
+    assert rep in inert_ports(ovs, BRIDGE)  # at once, before the re-programming
     await recover(stack.service, f"test: {lost}")
     assert rep in inert_ports(ovs, BRIDGE) and await stack.service.switch_intact() is None
     assert _arp_heard(_hold_up(stack, record), uplink) == 0
