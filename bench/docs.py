@@ -446,12 +446,17 @@ sync of one cookie asks for it again.
 
 In the 06:33 run: a one-rule change 2.7 ms at 100 rules (0.18x OVN,
 5.95x the channel floor) and 4.2 ms at 1,000 (0.12x), a fresh policy
-5.4 ms (0.14x) and 18.3 ms (0.07x). In the run above (07:04, a reply to
+5.4 ms (0.14x) and 18.3 ms (0.07x). In the 07:04 run (a reply to
 a cancelled monitor request no longer vouching for anything; the
 machine quieter): 2.2 ms at 100 rules (0.18x, 5.51x the channel floor)
 and 3.3 ms at 1,000 (0.11x), a fresh policy 4.4 ms (0.14x) and 14.8 ms
 (0.07x); right after OVN's round the one-rule changes took 2.9 and 4.2
-ms. The channel floor stays out of
+ms. In the run above (19:16; the policy path unchanged since 07:04, the
+machine slower: OVN's one-rule change at 1,000 rules 44.5 against 30.1
+ms): 2.6 ms at 100 rules (0.20x, 6.71x the channel floor) and 5.0 ms at
+1,000 (0.11x), a fresh policy 5.1 ms (0.14x) and 16.8 ms (0.06x); at
+18:50, slower still (OVN 79.3 ms), the 1,000-rule change read 8.2 ms
+(0.10x). The channel floor stays out of
 reach by design: three times its 0.45 ms is less than the commit (its
 fsync alone 0.3-0.6 ms) and the conntrack revoke that every verified
 apply makes beside its bundle.
@@ -726,26 +731,40 @@ longer sleeps. Storms of 8 clients x 50 and x 100 cycles, the two codes
 taking turns: 47.2, 46.6, 42.7 against 43.1, 41.5, 41.1 attaches/s; one
 client's cycle 38.3 against 44.1 ms.
 
-What bounds the storm now is ovs-vswitchd removing ports. On a private
-OVS, `ovs-vsctl` adds a port in 12 ms (about 10 of them the process) and
-removes one in 23 ms; removing 2 and 4 ports in one transaction takes 38
-and 64 ms, so removals do not batch: each costs ovs-vswitchd's main
-thread ~14 ms (OVS reconfigures its datapath for each). With an attach
-and a detach per cycle, and the port's addition, flows and conntrack
-calls on that same thread, that caps this machine's OVS near 60 cycles a
-second before any of the daemon's own work. A VF's representor kept on
-the bridge across a Detach (a measurement only, not kept: with its
-flows, meter, conntrack entries and zone limit gone it passes nothing on
-the fail-secure bridge) gave 51.5 against 44.4 attaches/s with 8
-clients. Reaching 60 would take that change of what a Detach leaves
-behind (the reconcile's ownership of ports and its invariants with it)
-and still less of the daemon's CPU a cycle. In the 03:56 run: BASELINE
-12.7 ms, WAIT_INITIAL 18.7 ms, 8 clients 42.4 attaches/s; in the
-04:20 run (an Attach's and a Detach's small commits now writing the
-WAL over): 12.6 ms, 16.2 ms and 46.4 attaches/s; in the run above
-(07:04, an Attach's flows reported by the flow monitor): 10.4 ms, 15.9
-ms and 45.9 attaches/s (06:33: 11.2, 17.8 and 42.8; the 8-client storm
-reads 38-46 from run to run).
+What bounded the storm next was ovs-vswitchd removing ports. On a private
+OVS, `ovs-vsctl` adds a port in ~10 ms (about 6 of them the process) and
+removes one in ~20 ms; 8 additions in one transaction take 12-14 ms, 8
+removals 108-146 ms: removals do not batch. `strace` of ovs-vswitchd
+shows why: its main thread spends ~11 ms of each removal in the close()
+of the port's packet socket (the userspace datapath receives a system
+port through an AF_PACKET socket, and the kernel waits for an RCU grace
+period when one is released), and answers nothing else meanwhile - no
+other attachment's flows, conntrack calls or OVSDB changes.
+
+So a Detach now parks a VF's port instead of removing it
+(`coordinator/dataplane_parking.py`): with its flows gone, its OpenFlow
+config is set to NO_RECV NO_FWD NO_PACKET_IN (nothing it sends is taken
+in; nothing, floods included, is sent out of it) and its ids to
+role=parked; the VF's next Attach takes it back (its ids replaced, its
+bits cleared) with nothing for ovs-vswitchd to add. Sequential cycles (1
+client x 60, the dev stack, the two codes taking turns): 37.7 and 40.8
+against 29.3 and 25.0 cycles a second, Attach 11.5-12.7 against
+12.7-15.3 ms, Detach 12.8-13.5 against 20.3-24.0 ms.
+
+The storm of 8 clients gains little: 41.5-48.3 against 40.8-45.6
+attaches/s over three runs each; 2, 4, 8 and 16 clients reach 40, 45,
+45 and 55. What bounds it now is the daemon's interpreter: ~18 ms of CPU
+per cycle over all its threads (~8.5 on the event loop, the rest on
+ovsdbapp's connection thread, the store's threads and the thread pool),
+one GIL among them, held ~80% of the storm's wall time, while no other
+resource is half busy (ovs-vswitchd's main thread ~7.5 ms a cycle, the
+machine ~1.4 of its 2 cores). 60 attaches/s needs that under ~13 ms a
+cycle. In the 03:56 run: BASELINE 12.7 ms, WAIT_INITIAL 18.7 ms, 8
+clients 42.4 attaches/s; 04:20: 12.6 ms, 16.2 ms and 46.4/s; 06:33:
+11.2, 17.8 and 42.8; 07:04: 10.4, 15.9 and 45.9 (the 8-client storm
+reads 38-48 from run to run); the run above (19:16, a VF's port parked
+at Detach): BASELINE 13.7 ms, WAIT_INITIAL 15.0 ms, 8 clients 45.8/s
+(18:50, the parking's first commit: 14.8, 18.0 and 47.3).
 """
 
 
@@ -878,12 +897,18 @@ start until Health, and its RSS read as the scale case reads it).
 - **In the 04:20 run** (the store's WAL now checkpointed when idle):
   the no-drift reconcile 1.52 s, the start until Health 4.95 s, RSS 110
   MB, the re-program 16.5 s against 13.6 s for the raw bundle (1.22x).
-- **In the run above** (07:04, the flow monitor cancelled for the
+- **In the 07:04 run** (the flow monitor cancelled for the
   re-program's and the reconcile's bulk work): the no-drift reconcile
   1.08 s, the start until Health 5.69 s, RSS 113 MB, the re-program 14.6
   s against 11.4 s for the raw bundle (1.29x); at 06:33, 1.52 s and
   1.38x. With the monitor left on
   (06:09): 22.6 s against 12.6 s (1.79x).
+- **In the run above** (19:16; no port is parked in this case, so the
+  bridge's set-up reads no port description): the no-drift reconcile
+  1.89 s, the start until Health 5.84 s, RSS 112 MB, the re-program 21.7
+  s against 14.2 s for the raw bundle (1.53x); at 18:50, before that
+  read was skipped, 2.13 s and 1.44x with the raw bundle itself at 18.3
+  s: the machine's speed moved that much between runs.
 """
 
 
