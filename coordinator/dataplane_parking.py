@@ -210,7 +210,7 @@ class PortParking:
         and the switch no longer holds so (it forgets across a restart); a
         parked port whose device is gone or new is removed. Returns the
         names parked again."""
-        parked = {name: ids for name, ids in sorted(ports.items()) if is_parked(dict(ids))}
+        parked = {name: ids for name, ids in sorted(ports.items()) if is_parked(ids)}
         self._parked_on = {}
         if not parked:  # the usual start of a full switch: no read of every port's description
             return []

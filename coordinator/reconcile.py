@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from coordinator.attachment_identity import slot_of_cookie
 from coordinator.eswitch.base import EswitchDevice
-from coordinator.ovs.port_keys import ATTACHMENT_KEY, PARKED_ROLE, ROLE_KEY, SANDBOX_KEY
+from coordinator.ovs.port_keys import ATTACHMENT_KEY, ROLE_KEY, SANDBOX_KEY, is_parked
 from coordinator.store.records import AttachmentRecord, AttachmentState
 
 
@@ -73,7 +73,7 @@ def plan(
         # (its ids are rewritten when it is re-plugged). A parked one (a VF's,
         # between attachments) stays while it is a port of the bridge; any
         # other is an orphan.
-        parked = ids.get(ROLE_KEY) == PARKED_ROLE and (ofports is None or name in ofports)
+        parked = is_parked(ids) and (ofports is None or name in ofports)
         if name not in representors and not parked:
             orphan_ports.append(OrphanPort(name, ids.get(ATTACHMENT_KEY, ""), ids.get(SANDBOX_KEY, "")))
     slots = {r.slot for r in records}

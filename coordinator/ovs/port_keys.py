@@ -4,6 +4,8 @@ planner can use them without importing ovsdbapp."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 OWNER_KEY = "bluefield-coordinator-owner"
 OWNER_VALUE = "bluefield-coordinator"
 ATTACHMENT_KEY = "bluefield-coordinator-attachment-id"
@@ -23,5 +25,5 @@ def parked_ids(ifindex: int) -> dict[str, str]:
     return {OWNER_KEY: OWNER_VALUE, ROLE_KEY: PARKED_ROLE, PARKED_IFINDEX_KEY: str(ifindex)}
 
 
-def is_parked(ids: dict[str, str] | None) -> bool:
+def is_parked(ids: Mapping[str, str] | None) -> bool:
     return ids is not None and ids.get(ROLE_KEY) == PARKED_ROLE
