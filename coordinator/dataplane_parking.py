@@ -192,10 +192,7 @@ class PortParking:
             return None
         try:
             descs = await self._read()
-        except OpenFlowError as exc:
-            return f"switch unreachable: {exc}"
-        lost = [name for name in sorted(self._parked_on) if name in descs and not descs[name].parked]
-        try:
+            lost = [name for name in sorted(self._parked_on) if name in descs and not descs[name].parked]
             for name in lost:  # inert again at once, not after the re-programming it asks for
                 await self._set(name, PARKED)
         except OpenFlowError as exc:
