@@ -9,13 +9,14 @@ transaction (taken by the worker when it gets to them): concurrent
 attaches share one round trip instead of queueing behind each other.
 
 A port change is answered once ovs-vswitchd has applied it (its
-``cur_cfg`` reached the ``next_cfg`` the transaction set), but that wait
-happens on the loop, woken by the IDL's change notifications, not on the
-worker or ovsdbapp's connection thread (which ovsdbapp's own transactions
-would hold for the whole reconfiguration): the next transaction commits
-while ovs-vswitchd still applies the one before, and ovs-vswitchd applies
-whatever has been committed by the time it looks, in one reconfiguration.
-A new port's OpenFlow number is awaited the same way.
+``cur_cfg`` reached the ``next_cfg`` the transaction set), waited for on
+the loop, woken by the IDL's notifications, not on the worker or
+ovsdbapp's connection thread (its own transactions hold that for the whole
+reconfiguration): the next transaction commits while ovs-vswitchd applies
+the one before, and it applies all committed by then in one pass. A new
+port's OpenFlow number is awaited the same way. A relabel sets no
+``next_cfg``: ovs-vswitchd reads no external_ids, and would reconfigure
+the whole switch for nothing.
 """
 
 from __future__ import annotations
@@ -63,15 +64,19 @@ class OvsdbError(RuntimeError):
 
 
 class _CommitOnly(impl_idl.OvsVsctlTransaction):  # type: ignore[misc]
-    """ovsdbapp's Open_vSwitch transaction (it bumps ``next_cfg``, so
-    ovs-vswitchd reports when it has applied it) without its wait for
-    that on the connection thread: the ``next_cfg`` to wait for is kept
-    for the caller, who waits on the loop."""
+    """ovsdbapp's Open_vSwitch transaction, not waiting on its thread. If it
+    ``applies``, it bumps ``next_cfg`` (ovs-vswitchd reconfigures the whole
+    switch, then reports) and keeps it for the caller to wait for on the loop."""
 
     next_cfg: int | None = None
+    applies = True
+
+    def pre_commit(self, txn: Any) -> None:
+        if self.applies:
+            super().pre_commit(txn)
 
     def do_post_commit(self, txn: Any) -> None:
-        self.next_cfg = txn.get_increment_new_value()
+        self.next_cfg = txn.get_increment_new_value() if self.applies else None
 
 
 class _WatchingIdl(connection.OvsdbIdl):  # type: ignore[misc]
@@ -110,6 +115,7 @@ class _PortChange:
     committed: bool = False
     error: OvsdbError | None = None
     next_cfg: int | None = None  # what ovs-vswitchd reports once it has applied the change
+    applies: bool = True  # False: nothing for ovs-vswitchd (labels only), next_cfg stays
 
 
 class Ovsdb:
@@ -260,19 +266,16 @@ class Ovsdb:
                 self._notified.pop(name, None)
 
     def _interface_changed(self, row: Any, deleted: bool) -> None:
-        # On ovsdbapp's connection thread: only a membership test here (the
-        # loop owns the dict), the wake-up itself runs on the loop. The row
-        # is read here, on the IDL's thread (a deleted row's values are
-        # those it had: never a number to use).
+        # On ovsdbapp's connection thread: the row is read here (a deleted
+        # row's values are those it had: never a number to use); only a
+        # membership test of the loop's dict, the wake-up runs on the loop.
         name = str(row.name)
         if deleted:
             self._interfaces.pop(name, None)
         else:
             index = _scalar(getattr(row, "ifindex", None))
-            self._interfaces[name] = (
-                _ofport(getattr(row, "ofport", None)),
-                index if isinstance(index, int) else 0,
-            )
+            ofport_now = _ofport(getattr(row, "ofport", None))
+            self._interfaces[name] = (ofport_now, index if isinstance(index, int) else 0)
         if name in self._watched and self._loop is not None:
             ofport = None if deleted else _ofport(getattr(row, "ofport", None))
             error = str(_scalar(getattr(row, "error", "")) or "")
@@ -330,9 +333,8 @@ class Ovsdb:
         return value if isinstance(value, int) else None
 
     async def relabel_port(self, name: str, external_ids: dict[str, str]) -> None:
-        """Replace the external_ids of port ``name`` (and its interface),
-        committed; ovs-vswitchd has nothing to apply for it, so it is not
-        waited for. Absent is fine."""
+        """Replace the external_ids of port ``name`` (and its interface), once
+        committed (nothing for ovs-vswitchd to apply). Absent is fine."""
 
         def commands(api: Any) -> list[Any]:
             # A map set merges keys into what is there: cleared first, so
@@ -346,7 +348,7 @@ class Ovsdb:
                 )
             ]
 
-        await self._change_ports(_PortChange(f"relabelling port {name}", commands))
+        await self._change_ports(_PortChange(f"relabelling port {name}", commands, applies=False))
 
     async def delete_port(self, bridge: str, name: str) -> None:
         change = _PortChange(
@@ -383,7 +385,8 @@ class Ovsdb:
         """One transaction for the whole batch; if it fails, each change on
         its own, so one bad change fails only its own caller."""
         try:
-            next_cfg = self._commit([c for change in batch for c in change.commands(self._api)])
+            commands = [c for change in batch for c in change.commands(self._api)]
+            next_cfg = self._commit(commands, applies=any(change.applies for change in batch))
             for change in batch:
                 change.next_cfg = next_cfg
             return [None] * len(batch)
@@ -393,16 +396,17 @@ class Ovsdb:
         errors: list[OvsdbError | None] = []
         for change in batch:
             try:
-                change.next_cfg = self._commit(change.commands(self._api))
+                change.next_cfg = self._commit(change.commands(self._api), applies=change.applies)
                 errors.append(None)
             except Exception as exc:
                 errors.append(OvsdbError(f"{change.what}: {exc}"))
         return errors
 
-    def _commit(self, commands: list[Any]) -> int | None:
+    def _commit(self, commands: list[Any], *, applies: bool) -> int | None:
         """Commit ``commands`` in one transaction, without waiting for
         ovs-vswitchd; returns the ``next_cfg`` that says it has applied them."""
         txn = _CommitOnly(self._api, self._api.ovsdb_connection, check_error=True, log_errors=False)
+        txn.applies = applies
         for command in commands:
             txn.add(command)
         txn.commit()

@@ -1,7 +1,8 @@
 """Port additions and removals asked for together share one OVSDB
 transaction, and one bad request among them fails only its own caller; a
 change is answered once ovs-vswitchd has applied it, and the next one is
-committed meanwhile, not after."""
+committed meanwhile, not after. A change of labels only gives ovs-vswitchd
+nothing to apply."""
 
 from __future__ import annotations
 
@@ -60,9 +61,9 @@ def _count_transactions(db: Ovsdb, monkeypatch: pytest.MonkeyPatch) -> list[int]
     sizes: list[int] = []
     real = db._commit
 
-    def counted(commands: list[Any]) -> int | None:
+    def counted(commands: list[Any], *, applies: bool) -> int | None:
         sizes.append(len(commands))
-        return real(commands)
+        return real(commands, applies=applies)
 
     monkeypatch.setattr(db, "_commit", counted)
     return sizes
@@ -169,3 +170,34 @@ async def test_the_replica_takes_updates_without_giving_up_the_interpreter_per_r
     await db.ensure_port(bridge, names[0], {"test": "yield"})
     await db.delete_port(bridge, names[0])
     assert zero_sleeps == []
+
+
+def _next_cfg(ovs: OvsInstance) -> int:
+    """The configuration number the database asks ovs-vswitchd to reach:
+    each bump makes it run its reconfiguration of the whole switch."""
+    return int(ovs.vsctl("--no-wait", "get", "Open_vSwitch", ".", "next_cfg"))
+
+
+async def test_relabelling_a_port_asks_vswitchd_to_apply_nothing(
+    ovsdb: tuple[Ovsdb, str, list[str]], ovs_session: OvsInstance
+) -> None:
+    """A Detach and an Attach each relabel a parked port. ovs-vswitchd does
+    not read external_ids, so a relabel must not bump ``next_cfg``: that
+    would make it reconfigure the whole switch, on the thread that also
+    answers our OpenFlow channel, and send the replica an update when it
+    is done, for every Attach and every Detach."""
+    db, bridge, names = ovsdb
+    await db.ensure_port(bridge, names[0], {"test": "before"})
+    before = _next_cfg(ovs_session)
+    for i in range(3):
+        await db.relabel_port(names[0], {"test": f"label-{i}"})
+    assert _next_cfg(ovs_session) == before
+    assert ovs_session.vsctl("--no-wait", "get", "Port", names[0], "external_ids").strip() == (
+        "{test=label-2}"
+    )
+    # A port addition still waits for ovs-vswitchd, also in one transaction with a relabel.
+    outcomes = await _while_worker_busy(
+        db, db.relabel_port(names[0], {"test": "again"}), db.ensure_port(bridge, names[1], {})
+    )
+    assert outcomes[0] is None and isinstance(outcomes[1], int) and outcomes[1] > 0, outcomes
+    assert _next_cfg(ovs_session) == before + 1
