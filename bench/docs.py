@@ -128,8 +128,10 @@ only its runs right after OVN, the cold case, is under the table.
   the old connection end and reconnects; one flow-stats read, one bundle
   of every flow, one read-back. Its *floor*: the very flows it installed,
   dumped, ovs-vswitchd restarted once more, and sent as one raw
-  `ovs-ofctl --bundle add-flows` (file written beforehand). Building the emulated eswitch
-  (veth pairs) is outside both clocks. The untimed setup is most of the
+  `ovs-ofctl --bundle add-flows` (file written beforehand). The two take
+  turns three times, and each side's median is reported: a single sample
+  of a dozen seconds moves by a tenth from run to run here. Building the
+  emulated eswitch (veth pairs) is outside both clocks. The untimed setup is most of the
   case's time (about six minutes for 1,024 here): each Attach waits for
   ovs-vswitchd, whose work per OVSDB change grows with the ports on a
   userspace-datapath bridge - even with every representor port plugged
@@ -451,15 +453,30 @@ a cancelled monitor request no longer vouching for anything; the
 machine quieter): 2.2 ms at 100 rules (0.18x, 5.51x the channel floor)
 and 3.3 ms at 1,000 (0.11x), a fresh policy 4.4 ms (0.14x) and 14.8 ms
 (0.07x); right after OVN's round the one-rule changes took 2.9 and 4.2
-ms. In the run above (19:16; the policy path unchanged since 07:04, the
+ms. In the 19:16 run (the policy path unchanged since 07:04, the
 machine slower: OVN's one-rule change at 1,000 rules 44.5 against 30.1
 ms): 2.6 ms at 100 rules (0.20x, 6.71x the channel floor) and 5.0 ms at
 1,000 (0.11x), a fresh policy 5.1 ms (0.14x) and 16.8 ms (0.06x); at
 18:50, slower still (OVN 79.3 ms), the 1,000-rule change read 8.2 ms
-(0.10x). The channel floor stays out of
-reach by design: three times its 0.45 ms is less than the commit (its
-fsync alone 0.3-0.6 ms) and the conntrack revoke that every verified
-apply makes beside its bundle.
+(0.10x). At 00:15 (the policy path unchanged, the machine quick: OVN
+36.3 ms): 2.0 ms at 100 rules (0.17x, 5.71x the channel floor) and 4.2
+ms at 1,000 (0.11x), a fresh policy 4.3 ms (0.13x) and 15.3 ms (0.07x).
+At 07:05 (unchanged again, the machine at its slowest: the whole run 672
+s against 465, OVN 49.5 ms): 3.3 ms at 100 rules (0.19x, 6.53x) and 5.8
+ms at 1,000 (0.12x), a fresh policy 5.8 ms (0.14x) and 20.5 ms (0.06x).
+In the run above (08:36,
+unchanged; OVN 44.8 ms): 2.6 ms at 100 rules (0.18x, 6.42x the channel
+floor) and 5.1 ms at 1,000 (0.11x), a fresh policy 5.2 ms (0.14x) and
+15.2 ms (0.06x). The ratios hold where the milliseconds move with the
+machine. The channel floor stays out of reach by design: three times
+its 0.35-0.5 ms is about what the durable commit and the read-back take
+together, before the conntrack revoke that every verified apply makes
+beside its bundle. On this machine's disk a commit of the store (WAL,
+`synchronous=FULL`) takes 0.36 ms at the median (0.016 ms with
+`NORMAL`; an fdatasync alone 0.125 ms), and it cannot start before the
+read-back (or the flow monitor's report) has said whether the switch
+took the change: what is recorded
+as applied must be what the switch holds, also after a crash.
 """
 
 
@@ -762,9 +779,26 @@ machine ~1.4 of its 2 cores). 60 attaches/s needs that under ~13 ms a
 cycle. In the 03:56 run: BASELINE 12.7 ms, WAIT_INITIAL 18.7 ms, 8
 clients 42.4 attaches/s; 04:20: 12.6 ms, 16.2 ms and 46.4/s; 06:33:
 11.2, 17.8 and 42.8; 07:04: 10.4, 15.9 and 45.9 (the 8-client storm
-reads 38-48 from run to run); the run above (19:16, a VF's port parked
-at Detach): BASELINE 13.7 ms, WAIT_INITIAL 15.0 ms, 8 clients 45.8/s
-(18:50, the parking's first commit: 14.8, 18.0 and 47.3).
+reads 38-48 from run to run); 19:16 (a VF's port parked at Detach):
+BASELINE 13.7 ms, WAIT_INITIAL 15.0 ms, 8 clients 45.8/s (18:50, the
+parking's first commit: 14.8, 18.0 and 47.3).
+
+Part of that CPU was not ours. Relabelling a parked port (its
+`external_ids` replaced at Attach and at Detach) went through a
+transaction that bumped the switch's `next_cfg`, and ovs-vswitchd answers
+every bump with a reconfiguration of the whole switch (`bridge_reconfigure`:
+every bridge, port and interface looked at again), although it reads no
+`external_ids`. Counted with `ovs-appctl coverage/show` on a private OVS:
+20 `ovs-vsctl --no-wait set port ... external_ids` added no
+`bridge_reconfigure`, 20 waited ones added 20. A relabel now leaves
+`next_cfg` alone and so waits for no ovs-vswitchd; in a storm the
+daemon's CPU fell from ~15 to ~12.5 ms a cycle. (Each cycle still costs
+about 2.5 reconfigurations, from the emulated eswitch's link changes of
+its veth pairs; a real eswitch's representors do not toggle so.) The
+first full run after it (00:15): BASELINE 9.3 ms, WAIT_INITIAL 9.7 ms, 8
+clients 69.4/s. At 07:05, the machine at its slowest (see above): 14.1
+ms, 17.8 ms and 40.4/s. The run above (08:36): 10.4 ms,
+12.4 ms and 63.1/s.
 """
 
 
@@ -903,12 +937,19 @@ start until Health, and its RSS read as the scale case reads it).
   s against 11.4 s for the raw bundle (1.29x); at 06:33, 1.52 s and
   1.38x. With the monitor left on
   (06:09): 22.6 s against 12.6 s (1.79x).
-- **In the run above** (19:16; no port is parked in this case, so the
+- **In the 19:16 run** (no port is parked in this case, so the
   bridge's set-up reads no port description): the no-drift reconcile
   1.89 s, the start until Health 5.84 s, RSS 112 MB, the re-program 21.7
   s against 14.2 s for the raw bundle (1.53x); at 18:50, before that
   read was skipped, 2.13 s and 1.44x with the raw bundle itself at 18.3
-  s: the machine's speed moved that much between runs.
+  s: the machine's speed moved that much between runs. At 00:15: 1.50
+  s, 5.33 s, 110 MB, the re-program 17.6 s against 12.1 s (1.45x).
+- **Since 07:05** the re-program and its raw bundle take turns three
+  times and each side's median counts (one sample each before). At
+  07:05, the machine at its slowest: the no-drift reconcile 1.65 s, the
+  start until Health 6.20 s, RSS 117 MB, the re-program 23.0 s against
+  16.3 s (1.41x). The run above (08:36): 1.76 s, 7.18
+  s, 113 MB, the re-program 19.5 s against 15.6 s (1.25x).
 """
 
 
