@@ -19,6 +19,7 @@ from coordinator.attachment_identity import (
     meter_of_slot,
     zone_of_slot,
 )
+from coordinator.flows.builder import ETH_IPV6, PROTO_ICMPV6, UNTAGGED, FlowBuilder
 from coordinator.flows.model import (
     Ct,
     CtClear,
@@ -32,27 +33,26 @@ from coordinator.flows.model import (
     Meter,
     Output,
 )
+from coordinator.flows.nd import (
+    bridge_nd_flows,
+    egress_nd_flows,
+    ingress_nd_flows,
+    on_link_prefixes,
+    uplink_claim_drops,
+)
 from coordinator.flows.pipeline import Pipeline
 from coordinator.flows.rules import CT_NEW, dns_rules, egress_side, ingress_side, rule_flows
 from coordinator.policy.scope import RuleAction, Scope
 
 ETH_ARP = "0x0806"
 ETH_IP = "0x0800"
-ETH_IPV6 = "0x86dd"
-# The L2 guard: the only ethertypes the pipeline handles, and "no VLAN tag
-# at all" (the tag-present bit clear: no 802.1Q, priority or 802.1ad tag).
+# The L2 guard: the only ethertypes the pipeline handles (and no VLAN tag).
 GUARDED_ETHERTYPES = (ETH_IP, ETH_IPV6, ETH_ARP)
-UNTAGGED = "0x0000/0x1000"
 ARP_REQUEST = "1"
 UNSPECIFIED_V4 = "0.0.0.0"
 LIMITED_BROADCAST_V4 = "255.255.255.255"
 PROTO_UDP = "17"
-PROTO_ICMPV6 = "58"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
-IPV6_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
-ZERO_MAC = "00:00:00:00:00:00"
-ND_SOLICIT = "135"
-ND_ADVERT = "136"
 ROUTER_ADVERT = "134"
 DHCPV6_SERVER_PORT = "547"
 FRAG_LATER = "later"
@@ -99,28 +99,8 @@ class PortFacts:
         return meter_of_slot(self.slot)
 
 
-class _Builder:
-    """Collects flows for one cookie with pipeline-checked priorities."""
-
-    def __init__(self, pipeline: Pipeline, cookie: int) -> None:
-        self.pipeline = pipeline
-        self.cookie = cookie
-        self.flows: list[Flow] = []
-
-    def add(self, table: str, priority: tuple[str, int], match: Match, *actions: FlowAction) -> None:
-        flow = Flow(
-            table=table,
-            priority=self.pipeline.priority(*priority),
-            match=match,
-            actions=actions,
-            cookie=self.cookie,
-        )
-        self.pipeline.check(flow)
-        self.flows.append(flow)
-
-
 def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
-    b = _Builder(pipeline, BRIDGE_COOKIE)
+    b = FlowBuilder(pipeline, BRIDGE_COOKIE)
     uplink = bridge.uplink_ofport
     if uplink is not None:
         for eth in GUARDED_ETHERTYPES:
@@ -138,18 +118,7 @@ def bridge_flows(pipeline: Pipeline, bridge: BridgeFacts) -> list[Flow]:
     # never bypassed by broadcast or multicast IP).
     for table in ("forward", "ingress_classify"):
         b.add(table, ("base", 10), (("dl_dst", BROADCAST), ("dl_type", ETH_ARP)), Flood())
-        for nd_type in (ND_SOLICIT, ND_ADVERT):
-            b.add(
-                table,
-                ("base", 10),
-                (
-                    ("dl_dst", IPV6_MULTICAST),
-                    ("dl_type", ETH_IPV6),
-                    ("nw_proto", PROTO_ICMPV6),
-                    ("icmpv6_type", nd_type),
-                ),
-                Flood(),
-            )
+    bridge_nd_flows(b, uplink)
     if uplink is not None:
         b.add("forward", ("default_action", 0), (), Output(uplink))
     return b.flows
@@ -169,7 +138,7 @@ def _base_flows_of(pipeline: Pipeline, port: PortFacts, scope: Scope) -> tuple[F
     found = _base_flows.get(key)
     if found is not None and found[0] is pipeline:
         return found[1]
-    b = _Builder(pipeline, port.cookie)
+    b = FlowBuilder(pipeline, port.cookie)
     _classify(b, port, scope)
     _egress_spoof(b, port, scope)
     _egress_conntrack(b, port, scope)
@@ -187,7 +156,7 @@ def forget_base_flows() -> None:
 
 
 def attachment_flows(pipeline: Pipeline, port: PortFacts, scope: Scope) -> list[Flow]:
-    b = _Builder(pipeline, port.cookie)
+    b = FlowBuilder(pipeline, port.cookie)
     b.flows += _base_flows_of(pipeline, port, scope)
     families = [f for f in (4, 6) if _own_networks(scope, f)]
     b.flows += rule_flows(
@@ -211,7 +180,7 @@ def cut_flows(pipeline: Pipeline, port: PortFacts) -> list[Flow]:
     address probes) and far fewer flows, so many attachments stop in one
     small bundle; the attachment's cookie, so read-back and reconcile treat
     them as its flows (a sync to its desired flows removes them)."""
-    b = _Builder(pipeline, port.cookie)
+    b = FlowBuilder(pipeline, port.cookie)
     b.add("classify", ("cut", 0), (("in_port", str(port.ofport)),), Drop())
     b.add("ingress_classify", ("cut", 0), (("dl_dst", port.mac),), Drop())
     return b.flows
@@ -232,7 +201,7 @@ def _guarded(ofport: int, eth: str) -> Match:
     return (("in_port", str(ofport)), ("vlan_tci", UNTAGGED), ("dl_type", eth))
 
 
-def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
+def _classify(b: FlowBuilder, port: PortFacts, scope: Scope) -> None:
     police = (Meter(port.meter),) if scope.egress_rate_limit else ()
     for eth in GUARDED_ETHERTYPES:
         b.add("classify", ("base", 20), _guarded(port.ofport, eth), *police, Goto("egress_spoof"))
@@ -242,9 +211,12 @@ def _classify(b: _Builder, port: PortFacts, scope: Scope) -> None:
     # fabric to send this guest's traffic elsewhere.
     for net in _own_networks(scope, 4):
         b.add("classify", ("base", 10), (("dl_type", ETH_ARP), ("arp_spa", net)), Drop())
+    # Neighbour discovery from the uplink claiming them likewise.
+    if _own_networks(scope, 6):
+        uplink_claim_drops(b, _own_v6(port, scope))
 
 
-def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
+def _egress_spoof(b: FlowBuilder, port: PortFacts, scope: Scope) -> None:
     src = (("in_port", str(port.ofport)),)
     own_mac = (*src, ("dl_src", port.mac))
     # A guest never serves DHCP or advertises routes.
@@ -296,14 +268,8 @@ def _egress_spoof(b: _Builder, port: PortFacts, scope: Scope) -> None:
         )
     v6 = _own_networks(scope, 6)
     if v6:
-        for nd_type in (ND_SOLICIT, ND_ADVERT):
-            b.add(
-                "egress_spoof",
-                ("base", 20),
-                (*own_mac, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", nd_type)),
-                Goto("egress_nd"),
-            )
-        _egress_nd(b, port, v6)
+        on_link = on_link_prefixes(n for n in scope.addresses if isinstance(n, ipaddress.IPv6Network))
+        egress_nd_flows(b, port.ofport, port.mac, _own_v6(port, scope), on_link)
     for net in v6:
         b.add(
             "egress_spoof",
@@ -321,38 +287,11 @@ def link_local_v6(mac: str) -> str:
     return str(ipaddress.IPv6Address(bytes.fromhex("fe80000000000000") + interface_id))
 
 
-def _egress_nd(b: _Builder, port: PortFacts, v6: list[str]) -> None:
-    nd = (
-        ("in_port", str(port.ofport)),
-        ("dl_src", port.mac),
-        ("dl_type", ETH_IPV6),
-        ("nw_proto", PROTO_ICMPV6),
-    )
-    # Receivers learn a solicitation's source address -> its source
-    # link-layer address, so the source must be one of ours - the scope's or
-    # the link-local one the guest's MAC gives it (any other link-local would
-    # let it claim the gateway's or another guest's) - with our own MAC or
-    # none. Duplicate address detection (the unspecified source, no option)
-    # only for our own addresses: for another's, it makes the owner give up
-    # its address while tentative.
-    own = (*v6, link_local_v6(port.mac))
-    for src in own:
-        for sll in (port.mac, ZERO_MAC):
-            b.add("egress_nd", ("base", 0),
-                  (*nd, ("ipv6_src", src), ("icmpv6_type", ND_SOLICIT), ("nd_sll", sll)), Goto("forward"))  # fmt: skip
-    for target in own:
-        b.add("egress_nd", ("base", 0),
-              (*nd, ("ipv6_src", "::"), ("icmpv6_type", ND_SOLICIT), ("nd_target", target), ("nd_sll", ZERO_MAC)),
-              Goto("forward"))  # fmt: skip
-    # Advertisements may only claim our own addresses for our own MAC.
-    for net in own:
-        for tll in (port.mac, ZERO_MAC):
-            b.add(
-                "egress_nd",
-                ("base", 0),
-                (*nd, ("icmpv6_type", ND_ADVERT), ("nd_target", net), ("nd_tll", tll)),
-                Goto("forward"),
-            )
+def _own_v6(port: PortFacts, scope: Scope) -> list[str]:
+    """The scope's IPv6 networks and the link-local address of the MAC: the
+    only sources and neighbour-discovery targets a guest may use (any
+    other link-local would let it claim the gateway's or another guest's)."""
+    return [*_own_networks(scope, 6), link_local_v6(port.mac)]
 
 
 def _ip_types(scope: Scope) -> list[str]:
@@ -364,7 +303,7 @@ def _ip_types(scope: Scope) -> list[str]:
     return types
 
 
-def _egress_conntrack(b: _Builder, port: PortFacts, scope: Scope) -> None:
+def _egress_conntrack(b: FlowBuilder, port: PortFacts, scope: Scope) -> None:
     src = (("in_port", str(port.ofport)),)
     for eth in _ip_types(scope):
         b.add("egress_ct", ("base", 0), (*src, ("dl_type", eth)), Ct(port.zone, "egress_policy"))
@@ -384,7 +323,7 @@ def _egress_conntrack(b: _Builder, port: PortFacts, scope: Scope) -> None:
         )
 
 
-def _state_flows(b: _Builder, table: str, match: Match, pass_action: FlowAction, commit: str) -> None:
+def _state_flows(b: FlowBuilder, table: str, match: Match, pass_action: FlowAction, commit: str) -> None:
     b.add(table, ("guard", 0), (*match, ("ct_state", CT_INVALID)), Drop())
     b.add(table, ("base", 0), (*match, ("ct_state", CT_ESTABLISHED)), pass_action)
     b.add(table, ("base", 0), (*match, ("ct_state", CT_RELATED)), pass_action)
@@ -397,13 +336,13 @@ def _state_flows(b: _Builder, table: str, match: Match, pass_action: FlowAction,
     b.add(table, ("guard", 0), (*match, ("ct_state", CT_NEW), ("ip_frag", FRAG_LATER)), Goto(commit))
 
 
-def _forward(b: _Builder, port: PortFacts) -> None:
+def _forward(b: FlowBuilder, port: PortFacts) -> None:
     # Local delivery re-enters at ingress_classify so the receiver's ingress
     # policy and conntrack zone apply; the sender's ct state must not leak.
     b.add("forward", ("base", 0), (("dl_dst", port.mac),), CtClear(), Goto("ingress_classify"))
 
 
-def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
+def _ingress(b: FlowBuilder, port: PortFacts, scope: Scope) -> None:
     dst = (("dl_dst", port.mac),)
     deliver = Output(port.ofport)
     b.add("ingress_classify", ("base", 10), (*dst, ("dl_type", ETH_ARP)), deliver)
@@ -415,13 +354,7 @@ def _ingress(b: _Builder, port: PortFacts, scope: Scope) -> None:
             deliver,
         )
     if _own_networks(scope, 6):
-        for nd_type in (ND_SOLICIT, ND_ADVERT):
-            b.add(
-                "ingress_classify",
-                ("base", 10),
-                (*dst, ("dl_type", ETH_IPV6), ("nw_proto", PROTO_ICMPV6), ("icmpv6_type", nd_type)),
-                deliver,
-            )
+        ingress_nd_flows(b, port.ofport, port.mac, _own_v6(port, scope))
     for eth, field in ((ETH_IP, "nw_dst"), (ETH_IPV6, "ipv6_dst")):
         # Only traffic addressed to the guest's own addresses is tracked;
         # the rest misses and is dropped.

@@ -24,7 +24,10 @@ Building the flow (:func:`trace_request`)
   header for protocol 1 over IPv6 or 58 over IPv4, so a packet's ICMP type
   and code are left out there (no NetworkScope rule can match them either).
   ND options (``nd_target``, ``nd_sll``, ``nd_tll``) are not part of a
-  :class:`Packet` and stay zero (unspecified).
+  :class:`Packet` and stay zero (unspecified). A neighbour discovery
+  message (ICMPv6 types 133-137) is traced with hop limit 255, as every
+  real one is sent; any other packet with the hop limit 0 of an
+  unspecified field (nothing but neighbour discovery is matched on it).
 - Framing: a VLAN tag is ``vlan_tci=<0x1000 | id>`` (the tag-present bit
   set; id 0 is a priority tag); a frame of another ethertype is
   ``dl_type=<ethertype>`` with no L3/L4 fields. Fragments carry
@@ -88,6 +91,8 @@ CT_PASSES = 4
 
 # The far end of every trace: the MAC of "something behind the uplink".
 DEFAULT_REMOTE_MAC = "02:00:5e:10:fe:01"
+NEIGHBOUR_DISCOVERY_TYPES = range(133, 138)  # router/neighbour solicitation and advertisement, redirect
+ND_HOP_LIMIT = 255
 
 CT_NEXT: Mapping[CtState, str] = {
     CtState.NEW: "trk,new",
@@ -186,6 +191,8 @@ def _ip_fields(packet: Packet) -> list[str]:
         fields += [f"icmp_type={packet.icmp_type}", f"icmp_code={packet.icmp_code}"]
     elif packet.protocol == IPPROTO_ICMPV6 and v6:
         fields += [f"icmpv6_type={packet.icmp_type}", f"icmpv6_code={packet.icmp_code}"]
+        if packet.icmp_type in NEIGHBOUR_DISCOVERY_TYPES:
+            fields.append(f"nw_ttl={ND_HOP_LIMIT}")
     return fields
 
 

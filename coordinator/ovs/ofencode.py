@@ -170,6 +170,8 @@ def _field(name: str, text: str, dl_type: int | None, nw_proto: int | None) -> t
             return name, _ip(text)
         case "nw_proto":
             return ("arp_op" if arp else "ip_proto"), _int(text, 16 if arp else 8)
+        case "nw_ttl":  # the IP TTL or IPv6 hop limit: an Open vSwitch extension field
+            return name, _int(text, 8)
         case "tp_src" | "tp_dst":
             prefix = _TP_PREFIX.get(nw_proto or -1)
             if prefix is None:

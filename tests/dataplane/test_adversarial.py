@@ -1,5 +1,5 @@
 """The hostile guest: raw frames crafted in a guest namespace (and on the
-fabric), captured wherever they could arrive (tests/dataplane/cases.py).
+fabric), captured wherever they could arrive (tests/dataplane/cases.py and nd_cases.py).
 
 One private OVS and one coordinator stack serve the whole module: three
 attachments (the attacker ``guest`` and a ``peer``, both with a NetworkScope,
@@ -33,9 +33,12 @@ from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.records import PolicyState
 from tests.conftest import require_ovs
 from tests.dataplane.cases import CASES, GUEST_SCOPE, PEER_SCOPE, SENTINELS, Case, Env, Tag
+from tests.dataplane.nd_cases import ND_CASES
 from tests.integration.stack import Stack, build_stack
 
 pytestmark = pytest.mark.ovs
+
+ALL_CASES = (*CASES, *ND_CASES)
 
 WIRE = str(Path(__file__).with_name("wire.py"))
 BRIDGE = "br-hostile"
@@ -224,14 +227,14 @@ async def _arrivals(tmp: Path, ovs: OvsInstance, fabric: str) -> Arrivals:
             "classed": stack.guest_ns(classed),
         }
         env = Env(guest_mac=guest.mac, peer_mac=peer.mac, classed_mac=classed.mac, uplink_mac=_mac(fabric))
-        return await asyncio.to_thread(run_cases, places, env, CASES)
+        return await asyncio.to_thread(run_cases, places, env, ALL_CASES)
     finally:
         await stack.close()
 
 
-@pytest.mark.parametrize("index", range(len(CASES)), ids=[c.name for c in CASES])
+@pytest.mark.parametrize("index", range(len(ALL_CASES)), ids=[c.name for c in ALL_CASES])
 def test_frames_arrive_only_where_the_policy_says(arrivals: Arrivals, index: int) -> None:
-    case = CASES[index]
+    case = ALL_CASES[index]
     tag = tag_for(index)
     got = tuple(arrivals.seen(tag(n)) for n in range(len(case.expect)))
     assert got == case.expect, (
