@@ -56,6 +56,11 @@ class ServerConfig:
     # listener"), so this bounds what floods on open connections hold.
     # The host extension keeps one connection; each ctl command opens one.
     max_connections: int = 4
+    # Seconds a connection may stay open before its first authorized call
+    # (a TLS handshake, a certificate with a role): silent sockets, failed
+    # handshakes and connections that only call the standard health service
+    # are closed then, and until then any newcomer may take their place.
+    unproven_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -259,6 +264,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "server.shutdown_grace_s": (0, 600),
     "server.reload_interval_s": (0.2, 86_400),
     "server.max_connections": (2, 1024),
+    "server.unproven_timeout_s": (0.5, 300),
     "eswitch.inventory_poll_s": (0.1, 3600),
     "health.poll_s": (0.5, 3600),
     "health.offload_cache_s": (0, 600),

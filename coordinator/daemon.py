@@ -12,12 +12,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
 from coordinator import faults
 from coordinator.api.auth import RoleMap
 from coordinator.api.rpc_metrics import RpcMetricsInterceptor
-from coordinator.api.server import ServerSetupError, load_server_trust, start_server
+from coordinator.api.server import ApiServer, ServerSetupError, load_server_trust, start_server
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.client import TlsFiles
 from coordinator.config import Config
@@ -338,9 +336,7 @@ def _follow_metrics_trust(reloader: TrustReloader, server: MetricsServer, report
     reloader.on_reloaded = reloaded
 
 
-async def _stop_serving(
-    config: Config, adapters: Adapters, server: grpc.aio.Server, notifier: Notifier
-) -> None:
+async def _stop_serving(config: Config, adapters: Adapters, server: ApiServer, notifier: Notifier) -> None:
     log.info("stopping")
     notifier.stopping("stopping: draining RPCs")
     await adapters.events.close()

@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
+from coordinator.api import front
 from coordinator.api.auth import Forbidden, RoleMap, Unauthenticated
 from coordinator.bounded import DETAIL_LIMIT, bounded
 from coordinator.callers import Caller, Role
@@ -123,6 +124,9 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{method} is not allowed for role {caller.role.value}"
             )
+        # Authenticated, not revoked, a role for the method: the connection
+        # has proven itself and keeps its slot (api/front).
+        front.prove(context.peer() or "")
         message = received.decode()
         if message is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, UNDECODABLE)

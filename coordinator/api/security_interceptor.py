@@ -20,6 +20,7 @@ import grpc
 from cryptography import x509
 
 from coordinator import ocsf
+from coordinator.api import front
 from coordinator.api.authorize import Received
 from coordinator.api.handlers import on_call_end
 from coordinator.certs import IdentityError, identity_from_certificate
@@ -170,7 +171,7 @@ class SecurityEventInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
                 certificate = x509.load_pem_x509_certificate(pems[0])
             except ValueError:
                 certificate = None
-        ip, port = parse_peer(context.peer() or "")
+        ip, port = parse_peer(front.outer_peer(context.peer() or ""))
         return ocsf.Peer(identity, self._roles.get(identity, ""), ip, port), certificate
 
 

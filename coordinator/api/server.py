@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2_grpc as pb_grpc
+from coordinator.api.front import FrontDoor
 from coordinator.api.servicer import CoordinatorServicer
 from coordinator.config import ServerConfig
 from coordinator.trust.config_files import server_files
@@ -63,6 +64,23 @@ class ServerSetupError(RuntimeError):
     pass
 
 
+class ApiServer:
+    """gRPC behind the listener's front (``api/front``): stopped together."""
+
+    def __init__(self, grpc_server: grpc.aio.Server, front: FrontDoor) -> None:
+        self.grpc_server = grpc_server
+        self.front = front
+
+    async def stop(self, grace: float | None) -> None:
+        """No new connection; calls in flight get ``grace`` seconds over the
+        relayed connections, which close after."""
+        self.front.stop_accepting()
+        try:
+            await self.grpc_server.stop(grace)
+        finally:
+            await self.front.close()
+
+
 def server_credentials(trust: TrustReloader) -> grpc.ServerCredentials:
     """Credentials that follow ``trust``: grpc asks the fetcher before every
     new connection's handshake, and it hands over the set in force whenever
@@ -104,11 +122,34 @@ async def start_server(
     servicer: CoordinatorServicer,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     trust: TrustReloader | None = None,
-) -> tuple[grpc.aio.Server, int]:
+) -> tuple[ApiServer, int]:
     """``trust``: the reloaded set the listener follows (the daemon's); by
     default the files of ``config`` as they are now."""
+    front = FrontDoor(config.max_connections, config.unproven_timeout_s)
+    try:
+        return await _start(config, servicer, interceptors, trust, front)
+    except BaseException:
+        await front.close()
+        raise
+
+
+async def _start(
+    config: ServerConfig,
+    servicer: CoordinatorServicer,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]],
+    trust: TrustReloader | None,
+    front: FrontDoor,
+) -> tuple[ApiServer, int]:
+    # Only the front connects to gRPC: its limits are the front's (a few
+    # more, for connections the front has let go that gRPC still winds
+    # down). A handshake gets no longer than a connection gets to prove itself.
+    handshake_ms = int(config.unproven_timeout_s * 1000)
+    options = (
+        *SERVER_OPTIONS,
+        ("grpc.max_allowed_incoming_connections", 2 * config.max_connections),
+        ("grpc.server_handshake_timeout_ms", handshake_ms),
+    )
     # The authorizer is innermost: the others see every call, refused ones too.
-    options = (*SERVER_OPTIONS, ("grpc.max_allowed_incoming_connections", config.max_connections))
     server = grpc.aio.server(interceptors=[*interceptors, servicer.authorizer], options=options)
     pb_grpc.add_CoordinatorServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
@@ -117,10 +158,16 @@ async def start_server(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_secure_port(config.listen, server_credentials(trust or load_server_trust(config)))
-    if port == 0:
-        raise ServerSetupError(f"server.listen: cannot listen on {config.listen}")
+    credentials = server_credentials(trust or load_server_trust(config))
+    if server.add_secure_port(f"unix:{front.inner_path}", credentials) == 0:
+        raise ServerSetupError(f"server.listen: gRPC cannot listen on {front.inner_path}")
     await server.start()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    host, _, port_text = config.listen.rpartition(":")
+    try:
+        port = await front.start(host.removeprefix("[").removesuffix("]"), int(port_text))
+    except (OSError, ValueError) as exc:
+        await server.stop(0)
+        raise ServerSetupError(f"server.listen: cannot listen on {config.listen}: {exc}") from exc
+    return ApiServer(server, front), port

@@ -87,10 +87,11 @@ def _channel(target: str, pki: DevPki, cert: Path, key: Path) -> grpc.aio.Channe
     return grpc.aio.secure_channel(target, credentials)
 
 
-def served_config(config: Config, pki: DevPki, log: Path) -> Config:
+def served_config(config: Config, pki: DevPki, log: Path, **server: Any) -> Config:
     """``config`` serving mTLS on a free port of 127.0.0.1 with the dev
     PKI's server certificate, its admin and host identities in their roles,
-    and security events written to ``log``."""
+    and security events written to ``log``; ``server``: other [server]
+    settings."""
     return dataclasses.replace(
         config,
         server=ServerConfig(
@@ -98,7 +99,7 @@ def served_config(config: Config, pki: DevPki, log: Path) -> Config:
             cert=str(pki.server_cert),
             key=str(pki.server_key),
             client_ca=str(pki.ca_cert),
-            max_connections=32,  # the fuzz and hostile-caller tests open several clients at once
+            **{"max_connections": 32, **server},  # the fuzz and hostile-caller tests open several clients
         ),
         auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity,)),
         logs=LogsConfig(security_events_path=str(log)),
@@ -106,10 +107,12 @@ def served_config(config: Config, pki: DevPki, log: Path) -> Config:
 
 
 @asynccontextmanager
-async def serve(tmp: Path, ovs: OvsInstance, pki: DevPki, bridge: str, uplink: str) -> AsyncIterator[Served]:
+async def serve(
+    tmp: Path, ovs: OvsInstance, pki: DevPki, bridge: str, uplink: str, **server: Any
+) -> AsyncIterator[Served]:
     stack = await build_stack(tmp, ovs, bridge, uplink)
     log = tmp / "security-events.jsonl"
-    config = served_config(stack.config, pki, log)
+    config = served_config(stack.config, pki, log, **server)
     security = start_security_events(config, stack.async_store, stack.events)
     servicer = CoordinatorServicer(
         stack.service, stack.async_store, stack.events, RoleMap(config.auth), "emulated"

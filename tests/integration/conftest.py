@@ -47,5 +47,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 async def served(
     request: pytest.FixtureRequest, tmp_path: Path, ovs: OvsInstance, uplink: Uplink, pki: DevPki
 ) -> AsyncIterator[Served]:
-    async with serve(tmp_path, ovs, pki, request.module.BRIDGE, "uplink") as running:
+    server = getattr(request.module, "SERVER_SETTINGS", {})
+    async with serve(tmp_path, ovs, pki, request.module.BRIDGE, "uplink", **server) as running:
         yield running
