@@ -11,9 +11,10 @@ to take another's traffic.
 - Destinations. A solicitation goes to a solicited-node group, or to a
   neighbour's unicast address (to confirm it is still there); an
   advertisement to all nodes, or to the solicitor. A neighbour's unicast
-  address is link-local, or on one of the guest's own /64s - the prefix
-  the scope lists, or the /64 of an address it lists: on the guest's link,
-  so nothing the router sends on elsewhere.
+  address is link-local, or on one of the guest's own /64s - a /64 the
+  scope lists, or the /64 of an address or longer prefix it lists: on the
+  guest's link, so nothing the router sends on elsewhere. A wider prefix
+  is routed to the guest, not its link, and adds no destination.
 - From a guest: sources only its own addresses (the scope's, or the EUI-64
   link-local of its MAC); duplicate address detection only for those;
   advertisements claim only those, from those; link-layer options carry
@@ -21,7 +22,10 @@ to take another's traffic.
   option as one without options and without a target (where Linux takes
   the first option): a solicitation without a target is dropped.
 - From the uplink: nothing claiming a guest's address - an advertisement
-  for it, a solicitation from it - as with ARP.
+  for it, a solicitation from it - as with ARP; no duplicate address
+  detection for it (it makes the guest give the address up while
+  tentative); and nothing without a target (a repeated option), which a
+  receiver would read by its first option.
 - Towards a guest, unicast: only to its own addresses.
 
 What does not fit is dropped, never policed as ordinary ICMPv6.
@@ -52,10 +56,11 @@ def _nd(nd_type: str) -> Match:
 
 
 def on_link_prefixes(networks: Iterable[ipaddress.IPv6Network]) -> list[str]:
-    """The guest's own /64s: each listed prefix of /64 or wider, and the /64
-    of each longer one (a single address included)."""
-    wide = [n if n.prefixlen <= ON_LINK_PREFIX else n.supernet(new_prefix=ON_LINK_PREFIX) for n in networks]
-    return [str(n) for n in ipaddress.collapse_addresses(wide)]
+    """The guest's own /64s: the /64 of each listed address or prefix of
+    /64 or longer. (A wider prefix - at worst ::/0 - would make every
+    address a neighbour's.)"""
+    links = {n.supernet(new_prefix=ON_LINK_PREFIX) for n in networks if n.prefixlen >= ON_LINK_PREFIX}
+    return [str(n) for n in sorted(links)]
 
 
 def bridge_nd_flows(b: FlowBuilder, uplink: int | None) -> None:
@@ -71,6 +76,7 @@ def bridge_nd_flows(b: FlowBuilder, uplink: int | None) -> None:
     for nd_type in ND_TYPES:
         guarded = (("in_port", str(uplink)), ("vlan_tci", UNTAGGED))
         b.add("classify", ("base", 5), (*guarded, *_nd(nd_type)), Goto("uplink_nd"))
+        b.add("uplink_nd", ("guard", 0), (*_nd(nd_type), ("nd_target", UNSPECIFIED_V6)), Drop())
     b.add("uplink_nd", ("base", 0), (), Goto("ingress_classify"))
 
 
@@ -130,3 +136,5 @@ def uplink_claim_drops(b: FlowBuilder, own: Sequence[str]) -> None:
     for address in own:
         b.add("uplink_nd", ("guard", 0), (*_nd(ND_ADVERT), ("nd_target", address)), Drop())
         b.add("uplink_nd", ("guard", 0), (*_nd(ND_SOLICIT), ("ipv6_src", address)), Drop())
+        b.add("uplink_nd", ("guard", 0),
+              (*_nd(ND_SOLICIT), ("ipv6_src", UNSPECIFIED_V6), ("nd_target", address)), Drop())  # fmt: skip

@@ -61,7 +61,8 @@ def _rule(name: str, protocol: str, port: int, cidrs: list[str]) -> dict[str, An
 
 
 GUEST_SCOPE: dict[str, Any] = {
-    "addresses": [GUEST_V4, GUEST_V6],
+    # The /44: a prefix routed to the guest, wider than a link's /64.
+    "addresses": [GUEST_V4, GUEST_V6, "2001:db8:100::/44"],
     "egress": [
         _rule("udp-fabric", "PROTOCOL_UDP", 5000, _FABRIC_V4 + _FABRIC_V6),
         _rule("https", "PROTOCOL_TCP", 443, _FABRIC_V4 + _FABRIC_V6),

@@ -48,6 +48,8 @@ ROUTER_LL = "fe80::1"
 GUEST_SOLICITED, GUEST_SOLICITED_MAC = "ff02::1:ff00:10", "33:33:ff:00:00:10"
 PEER_SOLICITED, PEER_SOLICITED_MAC = "ff02::1:ff00:20", "33:33:ff:00:00:20"
 ALL_NODES, ALL_NODES_MAC = "ff02::1", "33:33:00:00:00:01"
+ROUTED_OFF_LINK = "2001:db8:10a::5"  # in the guest's 2001:db8:100::/44, not on its /64
+FOREIGN_MAC = "02:00:5e:00:53:99"
 
 
 def _solicit(
@@ -118,6 +120,10 @@ ND_CASES: tuple[Case, ...] = (
          _one(lambda e, t: _advertise(e, t, dst=SERVER_V6, mac_dst=e.uplink_mac)), (NOWHERE,)),
     Case("nd: advertisement from a foreign source address", "guest",
          _one(lambda e, t: _advertise(e, t, dst=ALL_NODES, mac_dst=ALL_NODES_MAC, src=PEER_V6)), (NOWHERE,)),
+    # A prefix of the scope wider than /64 is routed to the guest, not its link.
+    Case("nd: solicitation into the guest's routed /44, off its link", "guest",
+         _one(lambda e, t: _solicit(e, t, dst=ROUTED_OFF_LINK, mac_dst=e.uplink_mac, target=ROUTED_OFF_LINK,
+                                    src=GUEST_V6)), (NOWHERE,)),
     # The controls: what neighbours on one link do.
     Case("nd: unreachability detection of the router's link-local address", "guest",
          _one(lambda e, t: _solicit(e, t, dst=ROUTER_LL, mac_dst=e.uplink_mac, target=ROUTER_LL)), (UPLINK,)),
@@ -147,6 +153,24 @@ ND_CASES: tuple[Case, ...] = (
          _one(lambda e, t: _from_uplink(e, t, IPv6(src=PEER_V6, dst=GUEST_SOLICITED, hlim=255),
                                         ICMPv6ND_NS(tgt=GUEST_V6) / ICMPv6NDOptSrcLLAddr(lladdr=e.uplink_mac),
                                         GUEST_SOLICITED_MAC)),
+         (NOWHERE,)),
+    # Open vSwitch reads a repeated option as no target at all: a Linux
+    # receiver takes the first, and learns the attacker's MAC for the peer.
+    Case("nd: uplink advertisement claiming the peer's address, option repeated", "uplink",
+         _one(lambda e, t: _from_uplink(e, t, IPv6(src=ROUTER_LL, dst=ALL_NODES, hlim=255),
+                                        ICMPv6ND_NA(tgt=PEER_V6, O=1) / ICMPv6NDOptDstLLAddr(lladdr=FOREIGN_MAC)
+                                        / ICMPv6NDOptDstLLAddr(lladdr=FOREIGN_MAC), ALL_NODES_MAC)),
+         (NOWHERE,)),
+    Case("nd: uplink advertisement to the guest claiming its own address, option repeated", "uplink",
+         _one(lambda e, t: _from_uplink(e, t, IPv6(src=ROUTER_LL, dst=GUEST_V6, hlim=255),
+                                        ICMPv6ND_NA(tgt=GUEST_V6, S=1, O=1) / ICMPv6NDOptDstLLAddr(lladdr=FOREIGN_MAC)
+                                        / ICMPv6NDOptDstLLAddr(lladdr=FOREIGN_MAC))),
+         (NOWHERE,)),
+    # Duplicate address detection for a guest's address makes the guest give
+    # it up while tentative.
+    Case("nd: uplink duplicate address detection for the peer's address", "uplink",
+         _one(lambda e, t: _from_uplink(e, t, IPv6(src="::", dst=PEER_SOLICITED, hlim=255),
+                                        ICMPv6ND_NS(tgt=PEER_V6), PEER_SOLICITED_MAC)),
          (NOWHERE,)),
     Case("nd: uplink unreachability detection of the guest", "uplink",
          _one(lambda e, t: _from_uplink(e, t, IPv6(src=ROUTER_LL, dst=GUEST_V6, hlim=255),
