@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponen
 
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2_grpc as gw_grpc
+from coordinator.bounded import DETAIL_LIMIT, bounded
 from coordinator.client import TlsFiles
 from coordinator.gateway.channel import GatewayChannels
 from coordinator.gateway.reference import DENIED_TRAILER
@@ -213,7 +214,8 @@ class PolicyStreamClient:
         self.status.epoch = event.gateway_epoch
         if event.seq == expected_seq - 1 and event.seq > 0:
             log.info(
-                "duplicate policy event ignored", extra={"seq": event.seq, "sandbox_id": event.sandbox_id}
+                "duplicate policy event ignored",
+                extra={"seq": event.seq, "sandbox_id": bounded(event.sandbox_id)},
             )
             return False
         if event.seq != expected_seq:
@@ -227,14 +229,18 @@ class PolicyStreamClient:
         if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
             trailers: list[Any] = list(exc.trailing_metadata() or ())
             denied = next((str(v) for k, v in trailers if k == DENIED_TRAILER), "")
-            if denied:
+            # Only a sandbox this stream asked for can be denied to it: the
+            # gateway's word on any other is neither acted on nor kept.
+            if denied in self._wanted:
                 # Not ours to enforce from this gateway: stop asking for it.
                 self._wanted.discard(denied)
                 self.status.denied.add(denied)
                 if self._on_denied is not None:
                     await self._on_denied(denied, exc.details() or "permission denied")
                 return
-        log.warning("policy stream failed: %s %s", exc.code().name, exc.details())
+        log.warning(
+            "policy stream failed: %s %s", exc.code().name, bounded(exc.details() or "", DETAIL_LIMIT)
+        )
 
     def _mark_up(self) -> None:
         self.status.connected = True

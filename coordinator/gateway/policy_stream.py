@@ -86,7 +86,7 @@ class PolicyStreamHandler:
             await self._service.degrade(
                 sandbox_id,
                 "InvalidPolicy",
-                f"seq {event.seq}: projection.sandbox_id {projection.sandbox_id!r} is not the event's sandbox",
+                f"seq {event.seq}: projection.sandbox_id {quoted(projection.sandbox_id)} is not the event's sandbox",
             )
             return
         try:

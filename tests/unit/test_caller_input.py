@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import pytest
 
 from coordinator import ocsf
 from coordinator._proto.bluefield.gateway.v1 import policy_pb2 as gw
 from coordinator.api.security_interceptor import SecurityEventInterceptor
-from coordinator.bounded import TRUNCATED_MARK, bounded
+from coordinator.bounded import DETAIL_LIMIT, TRUNCATED_MARK, bounded
+from coordinator.certs import init_dev_pki
+from coordinator.client import TlsFiles
 from coordinator.config import AuthConfig, PolicyConfig
 from coordinator.gateway import policy_dir
+from coordinator.gateway.client import PolicyStreamClient
 from coordinator.gateway.policy_book import PolicyBook
 from coordinator.gateway.policy_stream import PolicyStreamHandler
+from coordinator.gateway.reference import DENIED_TRAILER
 from coordinator.identifiers import MAX_ID_LENGTH, is_identifier
 from coordinator.security_rate import IdentityRateLimit
 
@@ -115,12 +120,14 @@ class _RecordingService:
     def __init__(self) -> None:
         self.book = PolicyBook()
         self.seen: list[str] = []
+        self.messages: list[str] = []
 
     async def apply_latest(self, sandbox_id: str) -> None:
         self.seen.append(sandbox_id)
 
     async def degrade(self, sandbox_id: str, reason: str, message: str) -> None:
         self.seen.append(sandbox_id)
+        self.messages.append(message)
 
 
 async def test_policy_events_for_malformed_sandbox_ids_reach_nothing() -> None:
@@ -133,3 +140,43 @@ async def test_policy_events_for_malformed_sandbox_ids_reach_nothing() -> None:
     assert service.seen == []
     await handler.on_event(gw.PolicyEvent(seq=3, type=gw.EVENT_TYPE_REMOVED, sandbox_id="sb-1"))
     assert service.seen == ["sb-1"]
+
+
+async def test_a_foreign_projection_sandbox_id_is_echoed_bounded() -> None:
+    service = _RecordingService()
+    handler = PolicyStreamHandler(service, PolicyConfig())  # type: ignore[arg-type]
+    projection = gw.PolicyProjection(sandbox_id="x" * 100_000)
+    await handler.on_event(
+        gw.PolicyEvent(seq=1, type=gw.EVENT_TYPE_INITIAL, sandbox_id="sb-1", projection=projection)
+    )
+    [message] = service.messages
+    assert "projection.sandbox_id" in message and len(message) <= DETAIL_LIMIT
+
+
+async def test_a_denial_is_kept_only_for_a_sandbox_the_stream_asked_for(tmp_path: Path) -> None:
+    pki = init_dev_pki(tmp_path)
+    denials: list[str] = []
+
+    async def on_event(event: gw.PolicyEvent) -> None:
+        return None
+
+    async def on_denied(sandbox_id: str, message: str) -> None:
+        denials.append(sandbox_id)
+
+    client = PolicyStreamClient(
+        "127.0.0.1:1",
+        TlsFiles(str(pki.ca_cert), str(pki.host_cert), str(pki.host_key)),
+        on_event,
+        on_denied=on_denied,
+    )
+    client.register(["sb-1"])
+
+    def refusal(sandbox_id: str) -> grpc.aio.AioRpcError:
+        trailers = grpc.aio.Metadata((DENIED_TRAILER, sandbox_id))
+        return grpc.aio.AioRpcError(grpc.StatusCode.PERMISSION_DENIED, grpc.aio.Metadata(), trailers, "no")
+
+    for n in range(1000):
+        await client._session_failed(refusal(f"sb-never-asked-{n}"))
+    assert client.status.denied == set() and denials == []
+    await client._session_failed(refusal("sb-1"))
+    assert client.status.denied == {"sb-1"} and denials == ["sb-1"]
