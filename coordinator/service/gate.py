@@ -10,15 +10,19 @@ the ``max_attach_qps`` bucket and the refusal while the switch is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from coordinator.admission import TokenBucket
 from coordinator.errors import ResourceExhausted, Unavailable
 from coordinator.waiting import wait_within
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class OperationGate:
@@ -30,6 +34,7 @@ class OperationGate:
         self._converging: str | None = None
         self._converged = asyncio.Event()
         self._converged.set()
+        self._converge_wanted = asyncio.Event()
         self._converge_lock = asyncio.Lock()
         self._stopping = False
         self.switch_lost: str | None = None
@@ -65,12 +70,36 @@ class OperationGate:
         async with self._converge_lock:
             self._converging = reason
             self._converged.clear()
+            self._converge_wanted.set()
             try:
                 await self._idle.wait()
                 yield
             finally:
                 self._converging = None
+                self._converge_wanted.clear()
                 self._converged.set()
+
+    async def unless_converging(self, what: str, waiting: Awaitable[T]) -> T:
+        """``waiting`` inside an operation, for what is not the daemon's to
+        hurry (the gateway's policy, for as long as the caller asked): given
+        up with UNAVAILABLE as soon as a re-programming of the switch wants
+        to run, which waits for every operation in flight and must not wait
+        for this one."""
+        waited: asyncio.Future[T] = asyncio.ensure_future(waiting)
+        wanted = asyncio.ensure_future(self._converge_wanted.wait())
+        try:
+            await asyncio.wait((waited, wanted), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            wanted.cancel()
+            if not waited.done():
+                waited.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waited
+        if waited.cancelled():
+            raise Unavailable(
+                f"{what}: the switch is being re-programmed ({self._converging}); retry shortly"
+            )
+        return waited.result()
 
     @property
     def converging(self) -> str | None:

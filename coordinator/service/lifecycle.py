@@ -139,7 +139,7 @@ class Lifecycle:
         ctx.register(record.sandbox_id)
         timeout = (timeout_ms or ctx.config.policy.initial_policy_timeout_ms) / 1000
         try:
-            scope = await ctx.book.wait(record.sandbox_id, timeout)
+            scope = await self._gate.unless_converging("Attach", ctx.book.wait(record.sandbox_id, timeout))
         except TimeoutError as exc:
             raise DeadlineExceeded(f"{exc}; attach of {record.sandbox_id} rolled back") from exc
         except PolicyDenied as exc:

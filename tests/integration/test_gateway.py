@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from coordinator._proto.bluefield.coordinator.v1 import coordinator_pb2 as pb
-from coordinator.client import CoordinatorClient
+from coordinator.client import CoordinatorClient, RetryPolicy
 from coordinator.dev import env, netns
 from coordinator.dev.ovs_instance import OvsInstance, pid_alive
 from tests.conftest import require_ovs
@@ -532,3 +533,54 @@ def test_a_resync_that_never_completes_leaves_the_unconfirmed_stale(resync: Setu
         resync.restart()
         for a in attachments:
             _detach(resync, a)
+
+
+def test_a_long_initial_wait_does_not_hold_back_the_repair_of_a_restarted_switch(keep: Setup) -> None:
+    """A host may ask an Attach to wait an hour for the gateway's policy. A
+    re-programming of the switch (after ovs-vswitchd restarts) runs alone,
+    once no operation is in flight: the waiting Attach gives way
+    (UNAVAILABLE, rolled back) rather than keep every guest unrepaired."""
+    outcome: list[grpc.StatusCode] = []
+    client = CoordinatorClient(
+        keep.endpoint.coordinator, keep.endpoint.host_tls(), timeout=3_700, retry=RetryPolicy(attempts=1)
+    )
+
+    def wait_an_hour() -> None:
+        try:
+            client.attach("sb-waits-long", "hi", f"req-{uuid.uuid4()}", device_kind=pb.DEVICE_KIND_VF,
+                          initial_policy=pb.INITIAL_POLICY_WAIT_INITIAL, initial_policy_timeout_ms=3_600_000)  # fmt: skip
+            outcome.append(grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            outcome.append(err.code())
+
+    waiter = threading.Thread(target=wait_an_hour, daemon=True)
+    waiter.start()
+    try:
+        with keep.admin() as admin:
+            assert _eventually(lambda: any(a.sandbox_id == "sb-waits-long" for a in admin.list()), timeout=10)
+        ovs = OvsInstance(Path(keep.endpoint.ovs_rundir), keep.endpoint.ovs_netns)
+        pid = ovs.vswitchd_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        _wait_dead(pid)
+        ovs.start_vswitchd()
+        assert _eventually(lambda: bool(outcome), timeout=30), (
+            "the waiting Attach held the switch's repair back"
+        )
+        assert outcome == [grpc.StatusCode.UNAVAILABLE]
+        keep.write_policy("sb-after-repair", policy(1, [443]))
+        assert _eventually(lambda: _attached_once(keep, "sb-after-repair"), timeout=30)
+        with keep.admin() as admin:
+            assert not any(a.sandbox_id == "sb-waits-long" for a in admin.list())
+    finally:
+        client.close()
+        waiter.join(timeout=10)
+
+
+def _attached_once(setup: Setup, sandbox: str) -> bool:
+    try:
+        a = _attach(setup, sandbox)
+    except grpc.RpcError:
+        return False
+    _detach(setup, a)
+    return a.policy.state == pb.POLICY_STATE_APPLIED
