@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from coordinator import faults
+from coordinator.bounded import quoted
 from coordinator.callers import Caller
 from coordinator.dataplane_port import FlowsRejected
 from coordinator.errors import (
@@ -88,6 +89,12 @@ class Lifecycle:
             existing = await ctx.store.find_by_request(caller.identity, params.request_id)
             if existing is not None:
                 return _replay(existing, params, network_class)
+            # Whoever attaches a sandbox's device gets the sandbox's policy:
+            # while one host identity has it attached, it is that host's.
+            if any(r.owner != caller.identity for r in await ctx.store.attachments_of(params.sandbox_id)):
+                raise PermissionDenied(
+                    f"sandbox_id: sandbox {quoted(params.sandbox_id)} is attached by another host identity"
+                )
             self._gate.admit_attach()
             failing = (await self._health.report(fresh=False)).failing_required()
             if failing:

@@ -32,6 +32,7 @@ from tests.integration.stack import Stack, build_stack
 
 ADMIN = Caller("spiffe://bluefield.local/admin/admin", Role.ADMIN)
 STRANGER = "spiffe://bluefield.local/host/stranger"
+OTHER_HOST = "spiffe://bluefield.local/host/other"  # a second identity in the host role
 SERVICE = pb.DESCRIPTOR.services_by_name["Coordinator"]
 METHODS = {m.name: m for m in SERVICE.methods}
 STREAM_WAIT_S = 0.5
@@ -70,7 +71,7 @@ class Served:
     pki: DevPki
     target: str
     security_log: Path
-    callers: dict[str, RawCaller]  # "host", "admin", "stranger" (no role)
+    callers: dict[str, RawCaller]  # "host", "other_host", "admin", "stranger" (no role)
 
     def security_lines(self) -> list[dict[str, Any]]:
         if not self.security_log.exists():
@@ -101,7 +102,7 @@ def served_config(config: Config, pki: DevPki, log: Path, **server: Any) -> Conf
             client_ca=str(pki.ca_cert),
             **{"max_connections": 32, **server},  # the fuzz and hostile-caller tests open several clients
         ),
-        auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity,)),
+        auth=AuthConfig(admins=(pki.admin_identity,), hosts=(pki.host_identity, OTHER_HOST)),
         logs=LogsConfig(security_events_path=str(log)),
     )
 
@@ -121,10 +122,12 @@ async def serve(
     server, port = await start_server(config.server, servicer, interceptors=[metrics, *security.interceptors])
     target = f"127.0.0.1:{port}"
     stranger_cert, stranger_key = issue_client_cert(pki.ca_cert, pki.ca_key, tmp, "stranger", uri=STRANGER)
+    other_cert, other_key = issue_client_cert(pki.ca_cert, pki.ca_key, tmp, "other-host", uri=OTHER_HOST)
     channels = {
         "host": _channel(target, pki, pki.host_cert, pki.host_key),
         "admin": _channel(target, pki, pki.admin_cert, pki.admin_key),
         "stranger": _channel(target, pki, stranger_cert, stranger_key),
+        "other_host": _channel(target, pki, other_cert, other_key),
     }
     try:
         yield Served(stack, pki, target, log, {k: RawCaller(c) for k, c in channels.items()})

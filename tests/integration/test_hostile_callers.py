@@ -18,7 +18,7 @@ from coordinator.callers import Caller, Role
 from coordinator.errors import AlreadyExists, NotFound
 from coordinator.security_rate import BURST
 from coordinator.service import AttachParams
-from tests.integration.api_served import METHODS, Served
+from tests.integration.api_served import METHODS, OTHER_HOST, Served
 
 pytestmark = pytest.mark.ovs
 
@@ -187,3 +187,27 @@ async def test_an_exception_that_escapes_is_internal_without_its_text(served: Se
         faults.disable_all()
     assert (code, details) == (grpc.StatusCode.INTERNAL, "internal error")
     assert not served.stack.store.list_attachments()  # rolled back
+
+
+async def test_a_sandbox_attached_by_one_host_is_refused_to_another(served: Served) -> None:
+    """Whoever attaches a sandbox's device gets that sandbox's policy: while
+    one host identity has it attached, no other host identity may."""
+    host, other = served.callers["host"], served.callers["other_host"]
+
+    def attach(sandbox: str) -> pb.AttachRequest:
+        return pb.AttachRequest(sandbox_id=sandbox, host_instance_id="hi-1", request_id=f"r-{uuid.uuid4()}")
+
+    code, _ = await host.message("Attach", attach("sb-owned"))
+    assert code == grpc.StatusCode.OK
+    code, details = await other.message("Attach", attach("sb-owned"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and details.startswith("sandbox_id:"), details
+    assert "host/" not in details  # the other identity is not told whose it is
+    [record] = served.stack.store.list_attachments(sandbox_id="sb-owned")
+    assert record.owner == served.pki.host_identity
+    code, _ = await host.message("Detach", pb.DetachRequest(attachment_id=record.attachment_id,
+                                                             lease_generation=record.lease_generation))  # fmt: skip
+    assert code == grpc.StatusCode.OK
+    code, _ = await other.message("Attach", attach("sb-owned"))
+    assert code == grpc.StatusCode.OK  # nobody's once detached
+    [record] = served.stack.store.list_attachments(sandbox_id="sb-owned")
+    assert record.owner == OTHER_HOST
