@@ -80,6 +80,14 @@ def _from_uplink(env: Env, tag: Tag, ip: Packet, nd: Packet, mac_dst: str = "") 
     return Ether(src=env.uplink_mac, dst=mac_dst or env.guest_mac) / ip / nd / Padding(tag(0) * 2)
 
 
+def _uplink_solicit(env: Env, tag: Tag, *, src: str, dst: str, mac_dst: str = "") -> Packet:
+    """A solicitation from the uplink for the guest's address."""
+    ip = IPv6(src=src, dst=dst, hlim=255)
+    return _from_uplink(
+        env, tag, ip, ICMPv6ND_NS(tgt=GUEST_V6) / ICMPv6NDOptSrcLLAddr(lladdr=env.uplink_mac), mac_dst
+    )
+
+
 def _options_off_link(env: Env, tag: Tag) -> Packet:
     # An option of a type no receiver knows carries whatever the guest likes.
     data = tag(0) + bytes(6)
@@ -150,9 +158,7 @@ ND_CASES: tuple[Case, ...] = (
                                         ALL_NODES_MAC)),
          (NOWHERE,)),
     Case("nd: uplink solicitation from the peer's address", "uplink",
-         _one(lambda e, t: _from_uplink(e, t, IPv6(src=PEER_V6, dst=GUEST_SOLICITED, hlim=255),
-                                        ICMPv6ND_NS(tgt=GUEST_V6) / ICMPv6NDOptSrcLLAddr(lladdr=e.uplink_mac),
-                                        GUEST_SOLICITED_MAC)),
+         _one(lambda e, t: _uplink_solicit(e, t, src=PEER_V6, dst=GUEST_SOLICITED, mac_dst=GUEST_SOLICITED_MAC)),
          (NOWHERE,)),
     # Open vSwitch reads a repeated option as no target at all: a Linux
     # receiver takes the first, and learns the attacker's MAC for the peer.
@@ -173,12 +179,8 @@ ND_CASES: tuple[Case, ...] = (
                                         ICMPv6ND_NS(tgt=PEER_V6), PEER_SOLICITED_MAC)),
          (NOWHERE,)),
     Case("nd: uplink unreachability detection of the guest", "uplink",
-         _one(lambda e, t: _from_uplink(e, t, IPv6(src=ROUTER_LL, dst=GUEST_V6, hlim=255),
-                                        ICMPv6ND_NS(tgt=GUEST_V6) / ICMPv6NDOptSrcLLAddr(lladdr=e.uplink_mac))),
-         (GUEST,)),
+         _one(lambda e, t: _uplink_solicit(e, t, src=ROUTER_LL, dst=GUEST_V6)), (GUEST,)),
     Case("nd: uplink solicitation for the guest's address", "uplink",
-         _one(lambda e, t: _from_uplink(e, t, IPv6(src=ROUTER_LL, dst=GUEST_SOLICITED, hlim=255),
-                                        ICMPv6ND_NS(tgt=GUEST_V6) / ICMPv6NDOptSrcLLAddr(lladdr=e.uplink_mac),
-                                        GUEST_SOLICITED_MAC)),
+         _one(lambda e, t: _uplink_solicit(e, t, src=ROUTER_LL, dst=GUEST_SOLICITED, mac_dst=GUEST_SOLICITED_MAC)),
          (FLOODED_FROM_UPLINK,)),
 )  # fmt: skip
