@@ -38,6 +38,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,32 @@ _ABSTRACT = "unix-abstract:"
 # reads of 256 KiB, each a fresh object above malloc's mmap threshold, left
 # the daemon's heap tens of MB larger after 40 MB went through).
 READ_BYTES = 64 * 1024
+LOG_EVERY_S = 10.0  # a flood of connections logs one line per kind this often
 # Relayed connections of this process, by the abstract name gRPC sees.
 _relayed: dict[str, _Connection] = {}
+
+
+class _Sparse:
+    """One log line per ``LOG_EVERY_S`` for one kind of event, counting the
+    ones in between: a flood of connections must not flood the log."""
+
+    def __init__(self, level: int, what: str) -> None:
+        self._level = level
+        self._what = what
+        self._last = float("-inf")
+        self._since = 0
+
+    def note(self, peer: str) -> None:
+        now = time.monotonic()
+        self._since += 1
+        if now - self._last >= LOG_EVERY_S:
+            log.log(self._level, "api connection from %s %s (%d since the last such line)", peer, self._what,
+                    self._since)  # fmt: skip
+            self._last, self._since = now, 0
+
+
+_expired = _Sparse(logging.INFO, "closed: no authorized call in time")
+_refused = _Sparse(logging.WARNING, "refused: every slot holds a proven connection")
 
 
 def prove(grpc_peer: str) -> None:
@@ -146,7 +171,7 @@ class _Connection:
 
     def expire(self) -> None:
         if not self.proven:
-            log.info("api connection from %s closed: no authorized call in time", self.peer_uri)
+            _expired.note(self.peer_uri)
             self.close()
 
     def close(self) -> None:
@@ -190,12 +215,11 @@ class FrontDoor:
         key = peer_key(host)
         self._count += 1
         name = f"{self._token}/{self._count}"
-        family = "ipv6" if ":" in host else "ipv4"
-        uri = f"ipv6:[{host}]:{port}" if family == "ipv6" else f"ipv4:{host}:{port}"
+        uri = f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
         if len(self._open) >= self.max_connections:
             victim = self._victim()
             if victim is None:
-                log.warning("api connection from %s refused: every slot holds a proven connection", uri)
+                _refused.note(uri)
                 return None
             victim.close()
         connection = _Connection(self, name, key, uri)
