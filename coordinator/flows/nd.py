@@ -7,7 +7,8 @@ solicitation carrying made-up options to a host behind the router) or a way
 to take another's traffic.
 
 - Hop limit 255, in both directions: a receiver takes nothing else
-  (RFC 4861, 7.1), and no router forwards it so.
+  (RFC 4861, 7.1), and no router forwards it so. Unfragmented: receivers
+  ignore fragmented ND (RFC 6980).
 - Destinations. A solicitation goes to a solicited-node group, or to a
   neighbour's unicast address (to confirm it is still there); an
   advertisement to all nodes, or to the solicitor. A neighbour's unicast
@@ -49,6 +50,10 @@ LINK_LOCAL_UNICAST = "fe80::/10"
 UNSPECIFIED_V6 = "::"
 IPV6_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
 ON_LINK_PREFIX = 64  # the subnet of an IPv6 link (RFC 4291, 2.5.4)
+# What every neighbour discovery message that passes has: hop limit 255,
+# and no fragment header - receivers ignore fragmented ND (RFC 6980), so a
+# first fragment would only carry whatever follows it.
+ON_ONE_LINK: Match = (("nw_ttl", HOP_LIMIT), ("ip_frag", "no"))
 
 
 def _nd(nd_type: str) -> Match:
@@ -69,7 +74,7 @@ def bridge_nd_flows(b: FlowBuilder, uplink: int | None) -> None:
     for table in ("forward", "ingress_classify"):
         for nd_type, group in ((ND_SOLICIT, SOLICITED_NODES), (ND_ADVERT, ALL_NODES)):
             b.add(table, ("base", 10),
-                  (("dl_dst", IPV6_MULTICAST), *_nd(nd_type), ("nw_ttl", HOP_LIMIT), ("ipv6_dst", group)),
+                  (("dl_dst", IPV6_MULTICAST), *_nd(nd_type), *ON_ONE_LINK, ("ipv6_dst", group)),
                   Flood())  # fmt: skip
     if uplink is None:
         return
@@ -96,7 +101,7 @@ def egress_nd_flows(
         for source in sources:
             for destination in destinations:
                 b.add("egress_spoof", ("base", 20),
-                      (*src, *_nd(nd_type), ("nw_ttl", HOP_LIMIT), ("ipv6_src", source),
+                      (*src, *_nd(nd_type), *ON_ONE_LINK, ("ipv6_src", source),
                        ("ipv6_dst", destination)),
                       Goto("egress_nd"))  # fmt: skip
     for nd_type in ND_TYPES:
@@ -128,7 +133,7 @@ def ingress_nd_flows(b: FlowBuilder, ofport: int, mac: str, own: Sequence[str]) 
     for nd_type in ND_TYPES:
         for destination in own:
             b.add("ingress_classify", ("base", 10),
-                  (("dl_dst", mac), *_nd(nd_type), ("nw_ttl", HOP_LIMIT), ("ipv6_dst", destination)),
+                  (("dl_dst", mac), *_nd(nd_type), *ON_ONE_LINK, ("ipv6_dst", destination)),
                   Output(ofport))  # fmt: skip
 
 

@@ -22,9 +22,10 @@ from scapy.layers.inet6 import (
     ICMPv6NDOptSrcLLAddr,
     ICMPv6NDOptUnknown,
     IPv6,
+    IPv6ExtHdrFragment,
 )
 from scapy.layers.l2 import Ether
-from scapy.packet import Packet, Padding
+from scapy.packet import Packet, Padding, Raw
 
 from tests.dataplane.cases import (
     GUEST,
@@ -100,6 +101,16 @@ def _options_off_link(env: Env, tag: Tag) -> Packet:
     )
 
 
+def _fragmented_solicitation(env: Env, tag: Tag) -> Packet:
+    body = bytes(ICMPv6ND_NS(tgt=PEER_V6) / ICMPv6NDOptSrcLLAddr(lladdr=env.guest_mac)) + tag(0) * 2
+    return (
+        Ether(src=env.guest_mac, dst=PEER_SOLICITED_MAC)
+        / IPv6(src=link_local(env.guest_mac), dst=PEER_SOLICITED, hlim=255)
+        / IPv6ExtHdrFragment(nh=58, m=1, offset=0, id=0x7575)
+        / Raw(body)
+    )
+
+
 def _repeated_sll(env: Env, tag: Tag) -> Packet:
     # Open vSwitch reads a repeated option as no option and no target; a
     # Linux receiver takes the first, and would learn the foreign MAC.
@@ -128,6 +139,10 @@ ND_CASES: tuple[Case, ...] = (
          _one(lambda e, t: _advertise(e, t, dst=SERVER_V6, mac_dst=e.uplink_mac)), (NOWHERE,)),
     Case("nd: advertisement from a foreign source address", "guest",
          _one(lambda e, t: _advertise(e, t, dst=ALL_NODES, mac_dst=ALL_NODES_MAC, src=PEER_V6)), (NOWHERE,)),
+    # Receivers ignore fragmented neighbour discovery (RFC 6980), so a first
+    # fragment is nothing but a carrier of whatever follows its header.
+    Case("nd: fragmented solicitation (its first fragment)", "guest",
+         _one(_fragmented_solicitation), (NOWHERE,)),
     # A prefix of the scope wider than /64 is routed to the guest, not its link.
     Case("nd: solicitation into the guest's routed /44, off its link", "guest",
          _one(lambda e, t: _solicit(e, t, dst=ROUTED_OFF_LINK, mac_dst=e.uplink_mac, target=ROUTED_OFF_LINK,
