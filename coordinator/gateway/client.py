@@ -200,6 +200,12 @@ class PolicyStreamClient:
             if not self._accept(event, expected_seq):
                 continue
             expected_seq = event.seq + 1
+            if event.type != gw.EVENT_TYPE_SYNC_COMPLETE and event.sandbox_id not in self._wanted:
+                # Not asked for (never, or no longer): counted in the
+                # sequence, handed to no one, so nothing of it is kept.
+                log.debug("policy event for a sandbox not registered ignored",
+                          extra={"seq": event.seq, "sandbox_id": bounded(event.sandbox_id)})  # fmt: skip
+                continue
             try:
                 await self._on_event(event)
             except Exception:

@@ -232,3 +232,26 @@ async def test_every_session_is_a_resync_of_what_it_registered(pki: DevPki) -> N
         finally:
             client.stop()
             await asyncio.wait_for(task, 5)
+
+
+async def test_events_for_sandboxes_never_registered_reach_nothing(pki: DevPki) -> None:
+    """A hostile or broken gateway's events for sandboxes this coordinator
+    never asked for are counted in the stream's sequence but handed to no
+    one: nothing of them is kept."""
+
+    def script(session: int, registered: list[str]) -> list[gw.PolicyEvent]:
+        strays = [event(n, f"sb-stray-{n}", 1) for n in range(1, 1001)]
+        return [*strays, event(1001, "sb-a", 7)]
+
+    received: list[gw.PolicyEvent] = []
+    async with scripted(pki, script) as (_, target):
+        client = _client(pki, target, received)
+        client.register(["sb-a"])
+        task = asyncio.ensure_future(client.run())
+        try:
+            await _until(lambda: any(e.sandbox_id == "sb-a" for e in received))
+            assert [(e.seq, e.sandbox_id) for e in received] == [(1001, "sb-a")]
+            assert client.status.resyncs == 0 and client.status.last_seq == 1001
+        finally:
+            client.stop()
+            await asyncio.wait_for(task, 5)
