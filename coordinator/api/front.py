@@ -37,6 +37,7 @@ import os
 import secrets
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,11 +46,16 @@ log = logging.getLogger(__name__)
 
 IPV6_PEER_PREFIX = 64  # one site's addresses count as one peer
 _ABSTRACT = "unix-abstract:"
-# Each end reads into a buffer of its own of this size, reused: a flood
-# passing through allocates nothing but the copy of each read (asyncio's own
-# reads of 256 KiB, each a fresh object above malloc's mmap threshold, left
-# the daemon's heap tens of MB larger after 40 MB went through).
+# Each end reads into a buffer of its own of this size, reused, so a flood
+# passing through allocates nothing per read: asyncio's own reads (a fresh
+# object of up to 256 KiB each) and even a 64 KiB copy of each read left the
+# daemon's heap tens of MB larger after 40 MB went through.
 READ_BYTES = 64 * 1024
+# Up to Python 3.11 a socket transport copies what it cannot send at once
+# into a buffer of its own, so it may be handed a view of the read buffer;
+# later versions keep the object handed to them, which must then be a copy.
+WRITE_KEEPS_DATA = sys.version_info >= (3, 12)
+INNER_SNDBUF = 32 * 1024
 LOG_EVERY_S = 10.0  # a flood of connections logs one line per kind this often
 # Relayed connections of this process, by the abstract name gRPC sees.
 _relayed: dict[str, _Connection] = {}
@@ -120,8 +126,12 @@ class _Side(asyncio.BufferedProtocol):
         return self._read
 
     def buffer_updated(self, nbytes: int) -> None:
-        # A copy: the transport may keep what it cannot send at once.
-        self.data_received(bytes(self._read[:nbytes]))
+        read = self._read[:nbytes]
+        other = self.peer.transport if self.peer is not None else None
+        if other is None or WRITE_KEEPS_DATA:
+            self.data_received(bytes(read))  # kept until sent
+        else:
+            other.write(read)
 
     def data_received(self, data: bytes) -> None:
         other = self.peer.transport if self.peer is not None else None
@@ -245,6 +255,10 @@ class FrontDoor:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind("\0" + connection.name)  # the name gRPC gives the connection's calls
+            # No more ahead of gRPC than TCP would have in flight: a unix
+            # socket's buffer lets a flood arrive in bursts that gRPC reads
+            # into large slices, and the daemon's heap stays grown.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, INNER_SNDBUF)
             sock.setblocking(False)
             await loop.sock_connect(sock, self.inner_path)
             transport, _ = await loop.create_connection(lambda: connection.inner, sock=sock)
