@@ -85,6 +85,17 @@ def _client(pki: DevPki, target: str, received: list[gw.PolicyEvent], **kwargs: 
     return PolicyStreamClient(target, tls, on_event, backoff_base_s=0.01, backoff_cap_s=0.05, **kwargs)
 
 
+@contextlib.asynccontextmanager
+async def running(client: PolicyStreamClient) -> AsyncIterator[None]:
+    """The client's stream runs during the body; stopped (within 5 s) after it."""
+    task = asyncio.ensure_future(client.run())
+    try:
+        yield
+    finally:
+        client.stop()
+        await asyncio.wait_for(task, 5)
+
+
 async def _until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
@@ -102,15 +113,11 @@ async def test_duplicates_are_dropped_and_a_gap_forces_a_resync(pki: DevPki) -> 
     async with scripted(pki, script) as (gateway, target):
         client = _client(pki, target, received)
         client.register(["sb-a"])
-        task = asyncio.ensure_future(client.run())
-        try:
+        async with running(client):
             await _until(lambda: len(received) == 3)
             assert [(e.seq, e.projection.network.version) for e in received] == [(1, 1), (2, 2), (1, 5)]
             assert client.status.resyncs == 1 and client.status.connected
             assert gateway.registrations == [["sb-a"], ["sb-a"]]
-        finally:
-            client.stop()
-            await asyncio.wait_for(task, 5)
 
 
 async def test_a_seq_regression_or_new_epoch_resyncs(pki: DevPki) -> None:
@@ -123,14 +130,10 @@ async def test_a_seq_regression_or_new_epoch_resyncs(pki: DevPki) -> None:
     async with scripted(pki, script) as (_, target):
         client = _client(pki, target, received)
         client.register(["sb-a"])
-        task = asyncio.ensure_future(client.run())
-        try:
+        async with running(client):
             await _until(lambda: len(received) == 3)
             assert [e.projection.network.version for e in received] == [1, 2, 3]
             assert client.status.epoch == "e2" and client.status.resyncs == 2
-        finally:
-            client.stop()
-            await asyncio.wait_for(task, 5)
 
 
 def test_the_reference_gateway_disconnects_a_consumer_whose_queue_is_full(tmp_path: Path) -> None:
@@ -171,13 +174,9 @@ async def test_after_a_slow_consumer_disconnect_the_client_resyncs(pki: DevPki) 
     received: list[gw.PolicyEvent] = []
     client = _client(pki, f"127.0.0.1:{port}", received)
     client.register(["sb-a"])
-    task = asyncio.ensure_future(client.run())
-    try:
+    async with running(client):
         await _until(lambda: [e.projection.network.version for e in received] == [1, 2])
         assert client.status.reconnects == 1 and client.status.connected
-    finally:
-        client.stop()
-        await asyncio.wait_for(task, 5)
         await server.stop(0)
 
 
@@ -223,15 +222,11 @@ async def test_every_session_is_a_resync_of_what_it_registered(pki: DevPki) -> N
     async with scripted(pki, script) as (_, target):
         client = _client(pki, target, received, on_resync=on_resync)
         client.register(["sb-a", "sb-b"])
-        task = asyncio.ensure_future(client.run())
-        try:
+        async with running(client):
             await _until(lambda: len(received) == 6)
             assert resyncs == [frozenset({"sb-a", "sb-b"})] * 2
             assert [e.type for e in received].count(gw.EVENT_TYPE_SYNC_COMPLETE) == 2
             assert client.status.resyncs == 1
-        finally:
-            client.stop()
-            await asyncio.wait_for(task, 5)
 
 
 async def test_events_for_sandboxes_never_registered_reach_nothing(pki: DevPki) -> None:
@@ -247,11 +242,7 @@ async def test_events_for_sandboxes_never_registered_reach_nothing(pki: DevPki) 
     async with scripted(pki, script) as (_, target):
         client = _client(pki, target, received)
         client.register(["sb-a"])
-        task = asyncio.ensure_future(client.run())
-        try:
+        async with running(client):
             await _until(lambda: any(e.sandbox_id == "sb-a" for e in received))
             assert [(e.seq, e.sandbox_id) for e in received] == [(1001, "sb-a")]
             assert client.status.resyncs == 0 and client.status.last_seq == 1001
-        finally:
-            client.stop()
-            await asyncio.wait_for(task, 5)
