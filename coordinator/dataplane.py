@@ -109,7 +109,7 @@ class Dataplane:
         )
         self._conntrack = ConntrackControl(self._control, userspace_datapath=cfg.datapath_type == "netdev")
         self._probes = SwitchProbes(cfg, backend, ovsdb, switch, self._control)
-        self._parking = PortParking(self._bridge, ovsdb, switch)
+        self._parking = PortParking(self._bridge, ovsdb, switch, backend)
         self.uplink_ofport: int | None = None
         # slot -> whether its meter exists; absent = unknown until the meters
         # are learned (reconverge), known absent after.

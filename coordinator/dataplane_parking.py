@@ -11,15 +11,21 @@ OVSDB changes - is answered; removals do not batch.
 So a Detach parks a VF's port instead, once its flows are gone: its
 OpenFlow configuration is set to NO_RECV|NO_FWD|NO_PACKET_IN (nothing it
 sends is taken in; nothing is sent out of it, the bridge's ARP and ND
-floods included) and its external_ids to role=parked (nobody's
-attachment, and no orphan to reconcile). The next Attach of that VF takes
-the port back: ``ensure_port`` rewrites the ids, ``unpark`` clears the
-bits before any of the new attachment's flows exist.
+floods included), its representor is set down, and its external_ids say
+role=parked (nobody's attachment, and no orphan to reconcile). The next
+Attach of that VF takes the port back: ``ensure_port`` rewrites the ids,
+``unpark`` sets the representor up and clears the bits before any of the
+new attachment's flows exist.
 
 OVS keeps a port's configuration in memory only. After an ovs-vswitchd
 restart every port comes back with none, so ``repark`` - which the bridge's
 set-up runs before it installs the bridge flows that flood - parks every
-port OVSDB marks parked again.
+port OVSDB marks parked again. That needs the daemon, though, and
+`ovs-ctl restart` (a package upgrade) brings the flows back by itself,
+floods included, while the daemon may not be looking or not be running at
+all. The representor's state is the kernel's, which no restart of OVS
+touches: a representor that is down carries nothing to or from its VF,
+so a parked VF stays deaf and mute through such a window.
 
 A parked port records the kernel index of the device it was parked on. If
 the device is gone or was made anew since (the host changed its VFs), the
@@ -32,7 +38,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
-from coordinator.eswitch.base import DeviceKind
+from coordinator.eswitch.base import DeviceKind, EswitchBackend, EswitchError
 from coordinator.ovs.ofchannel import ChannelError, Outcome, Outgoing
 from coordinator.ovs.ofports import PARKED, PortDesc, port_descs, set_port_config
 from coordinator.ovs.ofsync import ChannelSwitch
@@ -69,10 +75,11 @@ class PortParking:
     """An attachment's port: taken (added, or a parked one taken back) and
     given back (a VF's parked, an SF's removed)."""
 
-    def __init__(self, bridge: str, ovsdb: Ovsdb, switch: ChannelSwitch) -> None:
+    def __init__(self, bridge: str, ovsdb: Ovsdb, switch: ChannelSwitch, backend: EswitchBackend) -> None:
         self._bridge = bridge
         self._ovsdb = ovsdb
         self._switch = switch
+        self._backend = backend
         # Port name -> its description as last read or as last set by us:
         # how a port's hardware address (which a port-mod must name) and
         # whether it is parked are known without a read per call.
@@ -168,14 +175,31 @@ class PortParking:
         cannot be parked and is removed. Raises OpenFlowError or OvsdbError."""
         _, ifindex = await self._ovsdb.interface_state(name)
         if await self._set(name, PARKED, always=True):
+            self._representor_up(name, False)
             await self._ovsdb.relabel_port(name, parked_ids(ifindex))
             self._parked_on[name] = ifindex
         else:
             await self._remove_stale(name)
 
+    def _representor_up(self, name: str, up: bool) -> None:
+        """The representor of port ``name`` set up or down. An ioctl (a few
+        microseconds), so called on the loop. One that cannot be set is
+        logged: the port's bits are what parks it while ovs-vswitchd runs,
+        the representor's state only what keeps it parked through an OVS
+        restart, so neither a Detach nor an Attach fails on it."""
+        try:
+            found = self._backend.set_representor_up(name, up)
+        except EswitchError as exc:
+            log.warning("representor not set %s: %s", "up" if up else "down", exc, extra={"port": name})
+            return
+        if not found and not up:  # setting up, a missing one fails the port's own step
+            log.warning("representor not set down: no such netdev", extra={"port": name})
+
     async def unpark(self, name: str) -> None:
-        """Clear the parking bits of port ``name`` if it is parked; a port
-        never parked costs no exchange. Raises OpenFlowError."""
+        """Set the representor of port ``name`` up (a parked one is down)
+        and clear the port's parking bits if it is parked; a port never
+        parked costs no exchange. Raises OpenFlowError."""
+        self._representor_up(name, True)
         desc = self._known().get(name)
         if desc is None and name in self._descs:
             desc = (await self._read()).get(name)  # known from an older connection only
@@ -219,6 +243,7 @@ class PortParking:
                 await self._remove_stale(name)
                 continue
             self._parked_on[name] = ifindex
+            self._representor_up(name, False)  # also one parked before representors were set down
             desc = descs.get(name)
             if desc is not None and not desc.parked:
                 await self._set(name, PARKED)

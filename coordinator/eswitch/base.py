@@ -73,6 +73,17 @@ class EswitchBackend(Protocol):
         """Undo ``prepare`` (delete the SF, clear the address). Idempotent."""
         ...
 
+    def set_representor_up(self, representor: str, up: bool) -> bool:
+        """Set the representor netdev administratively up or down; False if
+        there is no such netdev. A representor that is down carries nothing
+        to or from its function, whatever the bridge's flows and port
+        configuration say, and that is kernel state: it outlives an
+        ovs-vswitchd restart, which forgets the ports' OpenFlow
+        configuration. (On mlx5 a representor's state is also its
+        function's vport state: the function's link goes down with it.)
+        Raises EswitchError."""
+        ...
+
     def prepared(self) -> list[PreparedDevice]:
         """Functions that are prepared now (an SF that exists, a function with
         an address set), claimed or not: reconcile releases the unclaimed and

@@ -126,10 +126,20 @@ class EmulatedEswitch:
         return True
 
     def _representor_up(self, slot: EswitchDevice) -> bool:
+        """Whether the representor exists, set up if it was down (as while
+        its port is parked) by an ioctl."""
         try:
-            return self._switch_links_now.is_up(slot.representor)
+            return self._switch_links_now.set_up(slot.representor, True)
         except OSError:
             return False  # unreadable: the ip path below finds out
+
+    def set_representor_up(self, representor: str, up: bool) -> bool:
+        try:
+            return self._switch_links_now.set_up(representor, up)
+        except OSError as exc:
+            raise EswitchError(
+                f"representor {representor}: setting it {'up' if up else 'down'}: {exc}"
+            ) from exc
 
     def release(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)

@@ -4,8 +4,8 @@ A socket stays in the network namespace it was made in. One made by a
 short-lived thread that entered the namespace (``setns`` moves only the
 calling thread) answers ``SIOCGIFFLAGS`` (and takes ``SIOCSIFHWADDR``,
 ``SIOCSIFFLAGS``) for that namespace's links from any thread afterwards:
-whether a link exists and is up, or giving it an address and setting it
-up, costs an ioctl, not an ``ip`` process (a fork+exec, tens of milliseconds on a busy machine).
+whether a link exists and is up, giving it an address, or setting it up
+or down, costs an ioctl, not an ``ip`` process (a fork+exec, tens of milliseconds on a busy machine).
 The thread ends right after, so no thread of the daemon is left in
 another namespace. iproute2 and pyroute2 offer no such query without a
 child process, hence these few lines by hand.
@@ -78,6 +78,23 @@ class NetnsLinks:
             fcntl.ioctl(
                 fd, SIOCSIFFLAGS, _IFREQ.pack(ifname.encode(), flags | IFF_UP).ljust(_IFREQ_SIZE, b"\0")
             )
+
+    def set_up(self, ifname: str, up: bool) -> bool:
+        """Set the link administratively up or down (what ``ip link set dev
+        IFNAME up|down`` does); False if there is no such link. Raises OSError."""
+        flags = self.flags(ifname)
+        if flags is None:
+            return False
+        wanted = flags | IFF_UP if up else flags & ~IFF_UP
+        if wanted != flags:
+            request = _IFREQ.pack(ifname.encode(), wanted).ljust(_IFREQ_SIZE, b"\0")
+            try:
+                fcntl.ioctl(self._socket().fileno(), SIOCSIFFLAGS, request)
+            except OSError as exc:
+                if exc.errno == errno.ENODEV:
+                    return False
+                raise
+        return True
 
     def close(self) -> None:
         with self._lock:

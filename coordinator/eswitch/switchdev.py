@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from coordinator.eswitch.base import DeviceKind, EswitchDevice, EswitchError, HealthFact, PreparedDevice
 from coordinator.eswitch.devlink import ZERO_MAC, DevlinkError, DevlinkPort, DevlinkTransport, pci_handle
 from coordinator.eswitch.net_events import NetEvent, NetEventSource, PyudevNetEventSource, RepresentorWatcher
+from coordinator.eswitch.netns_link import NetnsLinks
 from coordinator.eswitch.switchdev_settings import SwitchdevSettings, compare_versions, host_vf_pci_address
 from coordinator.eswitch.sysfs import NetDevice, PortFlavour, Sysfs
 
@@ -89,6 +90,8 @@ class SwitchdevEswitch:
         # one device); different slots proceed in parallel.
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # Representors are the daemon's own namespace's netdevs.
+        self._links = NetnsLinks("")
 
     @property
     def settings(self) -> SwitchdevSettings:
@@ -393,6 +396,14 @@ class SwitchdevEswitch:
                 return  # deleted meanwhile: released all the same
             raise EswitchError(f"{what}: step 'port del' failed: {exc}") from exc
 
+    def set_representor_up(self, representor: str, up: bool) -> bool:
+        try:
+            return self._links.set_up(representor, up)
+        except OSError as exc:
+            raise EswitchError(
+                f"representor {representor}: setting it {'up' if up else 'down'}: {exc}"
+            ) from exc
+
     # ------------------------------------------------------------------ health
 
     def health(self) -> list[HealthFact]:
@@ -450,7 +461,7 @@ class SwitchdevEswitch:
         ]
 
     def close(self) -> None:
-        pass
+        self._links.close()
 
 
 def _representor_fact(name: str, device: NetDevice | None, what: str) -> HealthFact:

@@ -4,8 +4,10 @@ would - hears none of the bridge's ARP floods and gets nothing out; the
 next attach of the VF takes the port back; a restarted ovs-vswitchd, which
 forgets port configuration, has the port parked again before the bridge's
 flows flood, and one whose flows came back without the ports' configuration
-is noticed by the switch watch; a restarted daemon keeps parked ports as
-they are."""
+is noticed by the switch watch, and meanwhile (or while the daemon is not
+running at all) the port's representor is down, so the restored floods
+reach nothing through it; a restarted daemon keeps parked ports as they
+are."""
 
 from __future__ import annotations
 
@@ -171,6 +173,49 @@ async def test_a_parked_port_that_lost_its_bits_with_the_flows_still_there_is_no
     await recover(stack.service, f"test: {lost}")
     assert rep in inert_ports(ovs, BRIDGE) and await stack.service.switch_intact() is None
     assert _arp_heard(_hold_up(stack, record), uplink) == 0
+
+
+def _restart_keeping_flows(ovs: OvsInstance) -> None:
+    """What `ovs-ctl restart` does (its `ovs-save`): the bridge's flows
+    dumped, ovs-vswitchd restarted, the flows added back in one bundle. The
+    ports come back without the configuration OpenFlow gave them."""
+    dumped = ovs.ofctl("dump-flows", "--no-stats", "--no-names", ovs.mgmt(BRIDGE))
+    flows = [line.strip() for line in dumped.splitlines() if line.strip() and "_FLOW" not in line]
+    assert flows
+    ovs.stop_vswitchd()
+    ovs.start_vswitchd()
+    ovs.ofctl("add-flows", "--bundle", ovs.mgmt(BRIDGE), "-", input="\n".join(flows) + "\n")
+
+
+async def test_a_parked_vf_hears_no_restored_flood_before_the_daemon_looks_again(
+    stack: Stack, ovs: OvsInstance, uplink: Uplink
+) -> None:
+    """ovs-vswitchd restarted with its flows restored, the daemon not
+    looking (it may be down for good): the parked port lost its bits, but
+    not its representor's kernel state, which is down."""
+    record = await stack.attach("sb-saved", DeviceKind.VF)
+    await _detach(stack, record)
+    rep = record.device.representor
+    _restart_keeping_flows(ovs)
+    assert rep not in inert_ports(ovs, BRIDGE)  # forgotten, and nobody has looked yet
+    ns = _hold_up(stack, record)
+    assert _arp_heard(ns, uplink) == 0
+    listen = netns.popen_in_netns(
+        uplink.ns, [sys.executable, NETPROBE, "sniff-arp", "eth0", "--seconds", "1.0"]
+    )
+    try:
+        assert listen.stdout is not None and listen.stdout.readline().strip() == "ready"
+        netns.run_in_netns(ns, [sys.executable, NETPROBE, "arp-request", "eth0", GUEST_V4, UPLINK_V4])
+        assert int(listen.stdout.readline()) == 0
+    finally:
+        listen.kill()
+        listen.wait()
+    # The next attach of the VF has its representor up again.
+    await recover(stack.service, "test: vswitchd restarted")
+    again = await stack.attach("sb-saved-again", DeviceKind.VF)
+    assert again.device == record.device
+    ns = stack.configure_guest(again, f"{REUSED_V4}/24")
+    assert _arp_heard(ns, uplink) >= 3
 
 
 async def test_a_restarted_daemon_keeps_a_parked_port_parked_and_reports_no_drift(

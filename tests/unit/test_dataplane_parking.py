@@ -1,9 +1,11 @@
 """PortParking's decisions against a recording switch and OVSDB: what it
 sends when its descriptions are behind the switch, a channel that fails,
-a port the switch no longer lists, a reconnect."""
+a port the switch no longer lists, a reconnect; the representor set down
+while parked and up when taken back, a failure to do so logged."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -12,9 +14,11 @@ import pytest
 
 import coordinator.dataplane_parking as parking_module
 from coordinator.dataplane_parking import PortParking
+from coordinator.eswitch.base import EswitchError
 from coordinator.ovs.ofchannel import ChannelClosed, Outcome, Outgoing
 from coordinator.ovs.ofports import PARKED, PortDesc
 from coordinator.ovs.openflow import OpenFlowError
+from coordinator.ovs.port_keys import is_parked, parked_ids
 
 REP = "pf0vf3"
 
@@ -60,6 +64,22 @@ class Ovsdb:
         self.removed.append(name)
 
 
+@dataclass
+class Backend:
+    """Representors' states as the kernel holds them."""
+
+    up: dict[str, bool] = field(default_factory=lambda: {REP: True})
+    fail: bool = False
+
+    def set_representor_up(self, representor: str, up: bool) -> bool:
+        if self.fail:
+            raise EswitchError(f"representor {representor}: permission denied")
+        if representor not in self.up:
+            return False
+        self.up[representor] = up
+        return True
+
+
 @pytest.fixture
 def switch(monkeypatch: pytest.MonkeyPatch) -> Switch:
     sw = Switch()
@@ -78,8 +98,8 @@ def switch(monkeypatch: pytest.MonkeyPatch) -> Switch:
     return sw
 
 
-def _parking(switch: Switch, ovsdb: Ovsdb) -> PortParking:
-    return PortParking("br", ovsdb, switch)  # type: ignore[arg-type]
+def _parking(switch: Switch, ovsdb: Ovsdb, backend: Backend | None = None) -> PortParking:
+    return PortParking("br", ovsdb, switch, backend or Backend())  # type: ignore[arg-type]
 
 
 async def test_park_sends_its_port_mod_even_when_the_descriptions_say_parked(switch: Switch) -> None:
@@ -115,3 +135,31 @@ async def test_after_a_reconnect_unpark_reads_the_switch_again(switch: Switch) -
     switch.ports[REP] = PortDesc(9, REP, "02:00:00:00:00:07", 0)
     await parking.unpark(REP)
     assert switch.port_mods == [(REP, PARKED)]  # nothing to clear: no port-mod to a stale number
+
+
+async def test_a_parked_ports_representor_is_down_until_the_port_is_taken_back(switch: Switch) -> None:
+    backend = Backend()
+    parking = _parking(switch, Ovsdb(), backend)
+    await parking.park(REP)
+    assert backend.up[REP] is False
+    await parking.unpark(REP)
+    assert backend.up[REP] is True and switch.port_mods == [(REP, PARKED), (REP, 0)]
+
+
+async def test_repark_sets_down_a_representor_parked_while_it_stayed_up(switch: Switch) -> None:
+    """A port parked by a daemon that left representors up, or set up by hand."""
+    backend = Backend()
+    switch.ports[REP] = replace(switch.ports[REP], config=PARKED)
+    ids = parked_ids(42)
+    await _parking(switch, Ovsdb(), backend).repark({REP: ids})
+    assert backend.up[REP] is False
+
+
+async def test_a_representor_that_cannot_be_set_down_is_logged_and_the_port_parked_all_the_same(
+    switch: Switch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ovsdb = Ovsdb()
+    with caplog.at_level(logging.WARNING, logger=parking_module.__name__):
+        await _parking(switch, ovsdb, Backend(fail=True)).park(REP)
+    assert switch.ports[REP].parked and is_parked(ovsdb.labels[REP])
+    assert "not set down" in caplog.text and "permission denied" in caplog.text
