@@ -17,7 +17,7 @@ from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.leases import next_generation
 from coordinator.policy.scope import Scope
-from coordinator.store import policy_rows, proof_rows
+from coordinator.store import fence_rows, policy_rows, proof_rows
 from coordinator.store.errors import (
     AttachmentLimitReached,
     PoolExhausted,
@@ -52,10 +52,16 @@ EVERYONE = "*"
 
 class Store:
     def __init__(
-        self, path: Path, *, event_log_size: int = 10000, clock: Callable[[], float] = time.time
+        self,
+        path: Path,
+        *,
+        event_log_size: int = 10000,
+        detached_fences_kept: int = fence_rows.KEPT,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._path = path
         self._event_log_size = event_log_size
+        self._detached_fences = fence_rows.DetachedFences(detached_fences_kept)
         self._clock = clock
         path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so the
@@ -188,10 +194,7 @@ class Store:
                 wanted = new.kind.value.upper() if new.kind else "VF or SF"
                 raise PoolExhausted(f"no free {wanted} device")
             slot = device_from_row(row)
-            fence = db.execute(
-                "SELECT generation FROM lease_fences WHERE attachment_id = ?", (new.attachment_id,)
-            ).fetchone()
-            generation = next_generation(fence[0] if fence else None)
+            generation = next_generation(fence_rows.generation(db, new.attachment_id))
             db.execute(
                 """INSERT INTO lease_fences (attachment_id, owner, sandbox_id, generation) VALUES (?, ?, ?, ?)
                    ON CONFLICT (attachment_id) DO UPDATE SET generation = excluded.generation,
@@ -305,15 +308,14 @@ class Store:
             return self._require(db, attachment_id)
 
     def delete_attachment(self, attachment_id: str, *, reason: str, message: str, actor: str = "") -> None:
-        """Remove the row (freeing its device and slot); the fence stays.
+        """Remove the row (freeing its device and slot); the fence stays
+        (among the newest ``detached_fences_kept`` detached ones).
         ``actor``: the caller identity that asked for it, if one did."""
         now = self._clock()
         with self._txn() as db:
             record = self._require(db, attachment_id)
             db.execute("DELETE FROM attachments WHERE attachment_id = ?", (attachment_id,))
-            db.execute(
-                "UPDATE lease_fences SET detached_at = ? WHERE attachment_id = ?", (now, attachment_id)
-            )
+            self._detached_fences.detached(db, attachment_id, now)
             self.append_event(record, Event(EventKind.ATTACHMENT_BOUND, False, reason, message, actor))
 
     def take_over(self, attachment_id: str, host_instance_id: str) -> AttachmentRecord:
@@ -322,10 +324,8 @@ class Store:
         instance's calls with the old generation are refused from now on."""
         with self._txn() as db:
             old = self._require(db, attachment_id)
-            (fence,) = db.execute(
-                "SELECT generation FROM lease_fences WHERE attachment_id = ?", (attachment_id,)
-            ).fetchone()
-            generation = next_generation(max(fence, old.lease_generation))
+            fence = fence_rows.generation(db, attachment_id)
+            generation = next_generation(max(fence or 0, old.lease_generation))
             db.execute(
                 "UPDATE lease_fences SET generation = ? WHERE attachment_id = ?", (generation, attachment_id)
             )
@@ -361,14 +361,7 @@ class Store:
         return attachment_from_row(row)
 
     def fence(self, attachment_id: str) -> Fence | None:
-        row = self._db.execute(
-            "SELECT * FROM lease_fences WHERE attachment_id = ?", (attachment_id,)
-        ).fetchone()
-        if row is None:
-            return None
-        return Fence(
-            row["attachment_id"], row["owner"], row["sandbox_id"], row["generation"], row["detached_at"]
-        )
+        return fence_rows.read(self._db, attachment_id)
 
     # -- policies ------------------------------------------------------------
 

@@ -117,6 +117,11 @@ MIGRATIONS: tuple[str, ...] = (
         proof BLOB NOT NULL
     );
     """,
+    # 7: the fences of detached attachments by age, so the oldest can go
+    # (``Store.delete_attachment``) without a scan of every fence.
+    """
+    CREATE INDEX lease_fences_detached ON lease_fences (detached_at) WHERE detached_at IS NOT NULL;
+    """,
 )
 
 

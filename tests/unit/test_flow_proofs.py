@@ -32,6 +32,7 @@ from coordinator.ovs.ofwire import (
 from coordinator.policy.scope import Scope
 from coordinator.policy.validate import scope_from_mapping
 from coordinator.store.db import Store
+from coordinator.store.schema import MIGRATIONS
 from coordinator.store.worker import AsyncStore
 
 PIPELINE = load_pipeline()
@@ -181,5 +182,5 @@ def test_proofs_carried_go_with_the_next_commit_and_at_close(tmp_path: Path) -> 
     asyncio.run(run())
     reopened = Store(tmp_path / "store.db")
     assert reopened.flow_proofs() == {5: b"second", 6: b"at close"}
-    assert reopened.schema_version == 6
+    assert reopened.schema_version == len(MIGRATIONS)
     reopened.close()

@@ -9,6 +9,7 @@ from coordinator.eswitch.base import DeviceKind, EswitchDevice
 from coordinator.event_kinds import Event, EventKind
 from coordinator.policy.scope import Scope
 from coordinator.store.db import AttachmentLimitReached, PoolExhausted, Store, StoreError
+from coordinator.store.fence_rows import PRUNE_EVERY
 from coordinator.store.records import AttachmentState, NewAttachment, PolicyState
 from coordinator.store.schema import MIGRATIONS
 
@@ -100,6 +101,24 @@ def test_delete_frees_device_and_slot_but_keeps_fence(store: Store) -> None:
     assert fence is not None and fence.generation == 1 and fence.detached_at is not None
     again = store.create_attachment(_new(5, DeviceKind.VF), mac_for=_macs, max_attachments=10)
     assert again.slot == a.slot  # lowest free slot is reused once its owner is gone
+
+
+def test_fences_of_detached_attachments_are_bounded_newest_kept(tmp_path: Path) -> None:
+    """A host that attaches and detaches for ever must not grow the store
+    for ever: the fences of the newest detached attachments stay (a Detach
+    retried after a lost answer is still told it is done), older ones go,
+    and a live attachment's fence always stays."""
+    clock = iter(range(1, 1_000_000))
+    store = Store(tmp_path / "state.db", detached_fences_kept=5, clock=lambda: float(next(clock)))
+    store.sync_devices(_slots(2, 0))
+    live = store.create_attachment(_new(0), mac_for=_macs, max_attachments=10)
+    for i in range(1, 301):
+        a = store.create_attachment(_new(i), mac_for=_macs, max_attachments=10)
+        store.delete_attachment(a.attachment_id, reason="Detached", message="bye")
+    (rows,) = store._db.execute("SELECT COUNT(*) FROM lease_fences").fetchone()
+    assert rows <= 1 + 5 + PRUNE_EVERY
+    assert store.fence(live.attachment_id) is not None
+    assert store.fence("att-300") is not None and store.fence("att-1") is None
 
 
 def test_slots_fill_gaps(store: Store) -> None:
