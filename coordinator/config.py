@@ -209,6 +209,10 @@ class MetricsConfig:
     cert: str = ""
     key: str = ""
     client_ca: str = ""
+    # CRL files scrapers' certificates are checked against (as server.crl;
+    # needs client_ca; a CRL past its next_update is handled as
+    # server.crl_after_next_update says). () = no revocation checking.
+    crl: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,8 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError("metrics.key" if metrics.cert else "metrics.cert", "cert and key go together")
     if metrics.client_ca and not metrics.cert:
         raise ConfigError("metrics.client_ca", "needs metrics.cert and metrics.key")
+    if metrics.crl and not metrics.client_ca:
+        raise ConfigError("metrics.crl", "needs metrics.client_ca (scrapers' certificates to check)")
     if metrics.listen and not metrics.cert and not _is_loopback(metrics.listen):
         raise ConfigError(
             "metrics.listen",

@@ -278,6 +278,13 @@ async def _start_metrics(
     m = config.metrics
     if not m.listen:
         return None
+    # Python's ssl could check CRLs in the handshake, but only fail-closed,
+    # and a failed handshake tells the scraper nothing; the API listener's
+    # check follows the reloaded set and server.crl_after_next_update, and
+    # answers why: scrapers get the same.
+    refusal = None
+    if trust is not None and m.crl:
+        refusal = PeerCheck(lambda: trust.state, stale_policy=config.server.crl_after_next_update).refusal
     server = await start_metrics_server(
         m.listen,
         metrics.registry,
@@ -285,6 +292,7 @@ async def _start_metrics(
         key=m.key,
         client_ca=m.client_ca,
         before_scrape=metrics.refresh,
+        refusal=refusal,
     )
     if trust is not None:
         _follow_metrics_trust(trust, server, report)

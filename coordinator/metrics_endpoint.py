@@ -20,6 +20,7 @@ import contextlib
 import inspect
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -138,16 +139,22 @@ async def start_metrics_server(
     key: str = "",
     client_ca: str = "",
     before_scrape: Refresher | None = None,
+    refusal: Callable[[str], str] | None = None,
 ) -> MetricsServer:
     """Serve ``registry`` at ``http(s)://ADDRESS/metrics`` (port 0: any free
     port, see ``MetricsServer.port``). TLS when ``cert`` and ``key`` are
     given. ``before_scrape`` (usually ``Metrics.refresh``) runs on the event
-    loop before each scrape."""
+    loop before each scrape. ``refusal`` (with ``client_ca``): why a
+    scraper's certificate (PEM) is refused now, "" if it is not; a refused
+    one is answered 403 before its request is read (revocation,
+    ``trust.peer``)."""
     host, port = parse_listen(address)
     if bool(cert) != bool(key):
         raise MetricsServerError("metrics: cert and key must be given together")
     if client_ca and not cert:
         raise MetricsServerError("metrics: client_ca needs cert and key (TLS)")
+    if refusal is not None and not client_ca:
+        raise MetricsServerError("metrics: checking scrapers' certificates needs client_ca")
     tls = ReloadableTls(cert, key, client_ca) if cert else None
     context = tls.base if tls is not None else None
     connections: set[asyncio.Task[Any]] = set()
@@ -157,7 +164,8 @@ async def start_metrics_server(
         if task is not None:
             connections.add(task)
         try:
-            await _serve_one(reader, writer, registry, before_scrape)
+            refused = _refused(writer, refusal) if refusal is not None else ""
+            await _serve_one(reader, writer, registry, before_scrape, refused=refused)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
             pass  # the scraper went away or sent garbage; nothing to answer
         finally:
@@ -184,13 +192,53 @@ async def start_metrics_server(
     return MetricsServer(server, host, int(bound), context is not None, connections, tls)
 
 
+def _refused(writer: asyncio.StreamWriter, refusal: Callable[[str], str]) -> str:
+    """Why the connection's client certificate is refused ("" if it is not)."""
+    ssl_object = writer.get_extra_info("ssl_object")
+    leaf = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if not leaf:
+        return "no client certificate"  # client_ca makes one required: not reached
+    why = refusal(ssl.DER_cert_to_PEM_cert(leaf))
+    if why:
+        _refusals.note(why)
+    return why
+
+
+class _SparseRefusals:
+    """A refused scraper is logged at most once a minute, with how many were
+    refused meanwhile: a scraper retrying a revoked certificate every
+    second does not fill the log."""
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval_s = interval_s
+        self._last = -interval_s
+        self._since = 0
+
+    def note(self, why: str) -> None:
+        self._since += 1
+        now = time.monotonic()
+        if now - self._last >= self._interval_s:
+            log.warning("metrics scraper refused: %s", why[:200], extra={"refused": self._since})
+            self._last, self._since = now, 0
+
+
+_refusals = _SparseRefusals()
+
+
 async def _serve_one(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     registry: CollectorRegistry,
     before_scrape: Refresher | None,
+    *,
+    refused: str = "",
 ) -> None:
     head = await wait_within(reader.readuntil(b"\r\n\r\n"), timeout=_REQUEST_TIMEOUT_S)
+    if refused:
+        # Decided before the request was read; it is read only so that the
+        # answer is not lost to a reset (closing on unread bytes sends one).
+        await _respond(writer, 403, "text/plain; charset=utf-8", b"client certificate refused\n")
+        return
     request_line, *header_lines = head.decode("latin-1").split("\r\n")
     parts = request_line.split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/"):
@@ -232,6 +280,7 @@ async def _serve_one(
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     500: "Internal Server Error",

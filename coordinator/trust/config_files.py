@@ -22,8 +22,9 @@ def metrics_files(metrics: MetricsConfig) -> TrustFiles | None:
     if not (metrics.listen and metrics.cert):
         return None
     return TrustFiles(
-        metrics.cert, metrics.key, metrics.client_ca, (), "metrics.cert", "metrics.key", "metrics.client_ca"
-    )
+        metrics.cert, metrics.key, metrics.client_ca, metrics.crl,
+        "metrics.cert", "metrics.key", "metrics.client_ca", "metrics.crl",
+    )  # fmt: skip
 
 
 def gateway_files(gateway: GatewayClientConfig) -> TrustFiles | None:
