@@ -464,11 +464,14 @@ ms at 1,000 (0.11x), a fresh policy 4.3 ms (0.13x) and 15.3 ms (0.07x).
 At 07:05 (unchanged again, the machine at its slowest: the whole run 672
 s against 465, OVN 49.5 ms): 3.3 ms at 100 rules (0.19x, 6.53x) and 5.8
 ms at 1,000 (0.12x), a fresh policy 5.8 ms (0.14x) and 20.5 ms (0.06x).
-In the run above (08:36,
-unchanged; OVN 44.8 ms): 2.6 ms at 100 rules (0.18x, 6.42x the channel
-floor) and 5.1 ms at 1,000 (0.11x), a fresh policy 5.2 ms (0.14x) and
-15.2 ms (0.06x). The ratios hold where the milliseconds move with the
-machine. The channel floor stays out of reach by design: three times
+At 08:36 (unchanged; OVN 44.8 ms): 2.6 ms at 100 rules (0.18x, 6.42x
+the channel floor) and 5.1 ms at 1,000 (0.11x), a fresh policy 5.2 ms
+(0.14x) and 15.2 ms (0.06x). In the run above (16:30 the same day,
+the policy path unchanged, the machine slow again: OVN 52.5 ms, its
+fresh 1,000 rules 368 ms against 229): 2.8 ms at 100 rules (0.19x,
+5.70x the channel floor) and 5.6 ms at 1,000 (0.11x), a fresh policy
+5.1 ms (0.15x) and 20.5 ms (0.06x). The ratios hold where the
+milliseconds move with the machine. The channel floor stays out of reach by design: three times
 its 0.35-0.5 ms is about what the durable commit and the read-back take
 together, before the conntrack revoke that every verified apply makes
 beside its bundle. On this machine's disk a commit of the store (WAL,
@@ -797,8 +800,19 @@ about 2.5 reconfigurations, from the emulated eswitch's link changes of
 its veth pairs; a real eswitch's representors do not toggle so.) The
 first full run after it (00:15): BASELINE 9.3 ms, WAIT_INITIAL 9.7 ms, 8
 clients 69.4/s. At 07:05, the machine at its slowest (see above): 14.1
-ms, 17.8 ms and 40.4/s. The run above (08:36): 10.4 ms,
-12.4 ms and 63.1/s.
+ms, 17.8 ms and 40.4/s. At 08:36: 10.4 ms, 12.4 ms and 63.1/s.
+
+Since then the API listener is the daemon's own front (it accepts TCP
+and relays each connection to gRPC on a unix socket, so that silent
+sockets cannot hold every slot), and a parked VF's representor is set
+down at Detach and up at its next Attach. The front cost about 1 ms per
+Attach in quiet pairs against the code before it (8.7/10.0/8.4 against
+7.5/7.9/8.8 ms; 8 clients within the noise). The run above (16:30) fell
+in a slow window of the machine: 12.0 ms, 19.1 ms and 46.5/s. Right
+before it, the attach case alone, alternately on this code and on the
+code before the representor change: BASELINE 13.2 and 12.2 against 13.6
+and 15.8 ms, 8 clients 36.9 and 55.5 against 39.1 and 40.2/s - the
+window, not the change.
 """
 
 
@@ -948,8 +962,10 @@ start until Health, and its RSS read as the scale case reads it).
   times and each side's median counts (one sample each before). At
   07:05, the machine at its slowest: the no-drift reconcile 1.65 s, the
   start until Health 6.20 s, RSS 117 MB, the re-program 23.0 s against
-  16.3 s (1.41x). The run above (08:36): 1.76 s, 7.18
-  s, 113 MB, the re-program 19.5 s against 15.6 s (1.25x).
+  16.3 s (1.41x). At 08:36: 1.76 s, 7.18 s, 113 MB, the re-program
+  19.5 s against 15.6 s (1.25x). The run above (16:30, the slow window
+  of the policy and attach cases): 1.75 s, 6.33 s, 110 MB, the
+  re-program 23.0 s against 16.0 s (1.44x).
 """
 
 
