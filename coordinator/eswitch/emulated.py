@@ -134,12 +134,7 @@ class EmulatedEswitch:
             return False  # unreadable: the ip path below finds out
 
     def set_representor_up(self, representor: str, up: bool) -> bool:
-        try:
-            return self._switch_links_now.set_up(representor, up)
-        except OSError as exc:
-            raise EswitchError(
-                f"representor {representor}: setting it {'up' if up else 'down'}: {exc}"
-            ) from exc
+        return self._switch_links_now.set_up_or_raise(representor, up)
 
     def release(self, slot: EswitchDevice) -> None:
         guest = self.guest_netns(slot)

@@ -22,6 +22,8 @@ import struct
 import threading
 from pathlib import Path
 
+from coordinator.eswitch.base import EswitchError
+
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS = 0x8913
@@ -95,6 +97,14 @@ class NetnsLinks:
                     return False
                 raise
         return True
+
+    def set_up_or_raise(self, ifname: str, up: bool) -> bool:
+        """``set_up`` as a backend's ``set_representor_up``: a failure as
+        EswitchError naming the representor."""
+        try:
+            return self.set_up(ifname, up)
+        except OSError as exc:
+            raise EswitchError(f"representor {ifname}: setting it {'up' if up else 'down'}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:

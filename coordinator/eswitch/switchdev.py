@@ -397,12 +397,7 @@ class SwitchdevEswitch:
             raise EswitchError(f"{what}: step 'port del' failed: {exc}") from exc
 
     def set_representor_up(self, representor: str, up: bool) -> bool:
-        try:
-            return self._links.set_up(representor, up)
-        except OSError as exc:
-            raise EswitchError(
-                f"representor {representor}: setting it {'up' if up else 'down'}: {exc}"
-            ) from exc
+        return self._links.set_up_or_raise(representor, up)
 
     # ------------------------------------------------------------------ health
 

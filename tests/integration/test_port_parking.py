@@ -77,6 +77,20 @@ def _arp_heard(guest_ns: str, uplink: Uplink) -> int:
         sniff.wait()
 
 
+def _fabric_heard(guest_ns: str, uplink: Uplink) -> int:
+    """ARP frames the fabric receives while the guest asks once who has its address."""
+    listen = netns.popen_in_netns(
+        uplink.ns, [sys.executable, NETPROBE, "sniff-arp", "eth0", "--seconds", "1.0"]
+    )
+    try:
+        assert listen.stdout is not None and listen.stdout.readline().strip() == "ready"
+        netns.run_in_netns(guest_ns, [sys.executable, NETPROBE, "arp-request", "eth0", GUEST_V4, UPLINK_V4])
+        return int(listen.stdout.readline())
+    finally:
+        listen.kill()
+        listen.wait()
+
+
 def _hold_up(stack: Stack, record: AttachmentRecord) -> str:
     """The guest's side of the VF up again after a detach downed it: a guest
     that does not let go of its VF."""
@@ -99,16 +113,7 @@ async def test_a_detached_vfs_port_is_parked_and_hears_no_flood(stack: Stack, up
     ns = _hold_up(stack, record)
     assert _arp_heard(ns, uplink) == 0
     # Nor does anything it sends get anywhere: the fabric hears none of its ARP.
-    listen = netns.popen_in_netns(
-        uplink.ns, [sys.executable, NETPROBE, "sniff-arp", "eth0", "--seconds", "1.0"]
-    )
-    try:
-        assert listen.stdout is not None and listen.stdout.readline().strip() == "ready"
-        netns.run_in_netns(ns, [sys.executable, NETPROBE, "arp-request", "eth0", GUEST_V4, UPLINK_V4])
-        assert int(listen.stdout.readline()) == 0
-    finally:
-        listen.kill()
-        listen.wait()
+    assert _fabric_heard(ns, uplink) == 0
 
 
 async def test_the_next_attach_of_the_vf_takes_its_parked_port_back(stack: Stack, uplink: Uplink) -> None:
@@ -200,16 +205,7 @@ async def test_a_parked_vf_hears_no_restored_flood_before_the_daemon_looks_again
     assert rep not in inert_ports(ovs, BRIDGE)  # forgotten, and nobody has looked yet
     ns = _hold_up(stack, record)
     assert _arp_heard(ns, uplink) == 0
-    listen = netns.popen_in_netns(
-        uplink.ns, [sys.executable, NETPROBE, "sniff-arp", "eth0", "--seconds", "1.0"]
-    )
-    try:
-        assert listen.stdout is not None and listen.stdout.readline().strip() == "ready"
-        netns.run_in_netns(ns, [sys.executable, NETPROBE, "arp-request", "eth0", GUEST_V4, UPLINK_V4])
-        assert int(listen.stdout.readline()) == 0
-    finally:
-        listen.kill()
-        listen.wait()
+    assert _fabric_heard(ns, uplink) == 0
     # The next attach of the VF has its representor up again.
     await recover(stack.service, "test: vswitchd restarted")
     again = await stack.attach("sb-saved-again", DeviceKind.VF)
