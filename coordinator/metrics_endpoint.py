@@ -20,7 +20,6 @@ import contextlib
 import inspect
 import logging
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from coordinator.sparse_log import SparseLog
 from coordinator.waiting import wait_within
 
 __all__ = [
@@ -200,29 +200,12 @@ def _refused(writer: asyncio.StreamWriter, refusal: Callable[[str], str]) -> str
         return "no client certificate"  # client_ca makes one required: not reached
     why = refusal(ssl.DER_cert_to_PEM_cert(leaf))
     if why:
-        _refusals.note(why)
+        _refusals.note(why[:200])
     return why
 
 
-class _SparseRefusals:
-    """A refused scraper is logged at most once a minute, with how many were
-    refused meanwhile: a scraper retrying a revoked certificate every
-    second does not fill the log."""
-
-    def __init__(self, interval_s: float = 60.0) -> None:
-        self._interval_s = interval_s
-        self._last = -interval_s
-        self._since = 0
-
-    def note(self, why: str) -> None:
-        self._since += 1
-        now = time.monotonic()
-        if now - self._last >= self._interval_s:
-            log.warning("metrics scraper refused: %s", why[:200], extra={"refused": self._since})
-            self._last, self._since = now, 0
-
-
-_refusals = _SparseRefusals()
+# A scraper retrying a revoked certificate every second does not fill the log.
+_refusals = SparseLog(log, logging.WARNING, "metrics scraper refused: %s", 60.0)
 
 
 async def _serve_one(

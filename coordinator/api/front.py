@@ -39,8 +39,9 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from coordinator.sparse_log import SparseLog
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +62,12 @@ LOG_EVERY_S = 10.0  # a flood of connections logs one line per kind this often
 _relayed: dict[str, _Connection] = {}
 
 
-class _Sparse:
-    """One log line per ``LOG_EVERY_S`` for one kind of event, counting the
-    ones in between: a flood of connections must not flood the log."""
-
-    def __init__(self, level: int, what: str) -> None:
-        self._level = level
-        self._what = what
-        self._last = float("-inf")
-        self._since = 0
-
-    def note(self, peer: str) -> None:
-        now = time.monotonic()
-        self._since += 1
-        if now - self._last >= LOG_EVERY_S:
-            log.log(self._level, "api connection from %s %s (%d since the last such line)", peer, self._what,
-                    self._since)  # fmt: skip
-            self._last, self._since = now, 0
-
-
-_expired = _Sparse(logging.INFO, "closed: no authorized call in time")
-_refused = _Sparse(logging.WARNING, "refused: every slot holds a proven connection")
+_expired = SparseLog(
+    log, logging.INFO, "api connection from %s closed: no authorized call in time", LOG_EVERY_S
+)
+_refused = SparseLog(
+    log, logging.WARNING, "api connection from %s refused: every slot holds a proven connection", LOG_EVERY_S
+)
 
 
 def prove(grpc_peer: str) -> None:

@@ -73,13 +73,8 @@ class NetnsLinks:
             SIOCSIFHWADDR,
             _IFREQ_HWADDR.pack(ifname.encode(), ARPHRD_ETHER, address).ljust(_IFREQ_SIZE, b"\0"),
         )
-        flags = self.flags(ifname)
-        if flags is None:
+        if not self.set_up(ifname, True):
             raise OSError(errno.ENODEV, f"no link {ifname}")
-        if not flags & IFF_UP:
-            fcntl.ioctl(
-                fd, SIOCSIFFLAGS, _IFREQ.pack(ifname.encode(), flags | IFF_UP).ljust(_IFREQ_SIZE, b"\0")
-            )
 
     def set_up(self, ifname: str, up: bool) -> bool:
         """Set the link administratively up or down (what ``ip link set dev
