@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 # watch re-programs once it is back) rather than hold its caller for the
 # whole request timeout.
 OPENFLOW_CONNECT_S = 1.0
+# Connections to the bridge a bulk sync (a re-program of the whole switch)
+# stages its bundles on side by side (``ovs/oflanes``); the others than the
+# first connect on their first bulk sync, without a flow monitor.
+BULK_LANES = 4
 
 
 def make_backend(config: Config) -> EswitchBackend:
@@ -102,7 +106,7 @@ class Adapters:
 
     async def close(self) -> None:
         await self.dataplane.close()
-        await self.switch.channel.close()
+        await self.switch.close()
         await self.ovsdb.close()
         self.backend.close()
         await self.store.close()
@@ -116,14 +120,23 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
     ovsdb = Ovsdb(config.ovs.db, timeout=config.ovs.timeout_s)
     cfg = config.ovs
     pipeline = load_pipeline()
+
     # Connected by the first request (the service's start programs the
     # bridge), reconnected whenever ovs-vswitchd restarts; each connection
-    # watches the bridge's flow changes (``ovs/ofwatch``).
+    # watches the bridge's flow changes (``ovs/ofwatch``). Beside it, the
+    # connections bulk syncs also stage their bundles on: no flow monitor,
+    # xids from the one count.
+    def mgmt() -> str:
+        return bridge_mgmt(cfg.rundir, cfg.bridge)
+
     channel = OpenFlowChannel(
-        lambda: bridge_mgmt(cfg.rundir, cfg.bridge), timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S,
-        watch_flows=True,
-    )  # fmt: skip
-    switch = ChannelSwitch(channel, pipeline, explain_timeout=cfg.timeout_s)
+        mgmt, timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S, watch_flows=True
+    )
+    lanes = [
+        OpenFlowChannel(mgmt, timeout=cfg.timeout_s, connect_timeout=OPENFLOW_CONNECT_S, xids=channel.xids)
+        for _ in range(BULK_LANES - 1)
+    ]
+    switch = ChannelSwitch(channel, pipeline, explain_timeout=cfg.timeout_s, lanes=lanes)
     try:
         # Backends use blocking netlink libraries that refuse to run on a
         # thread with a running event loop: construct (and call) them off-loop.
@@ -147,7 +160,7 @@ async def build(config: Config, backend: EswitchBackend | None = None) -> Adapte
             await dataplane.close()
             raise
     except BaseException:
-        await channel.close()
+        await switch.close()
         await ovsdb.close()
         await store.close()
         raise

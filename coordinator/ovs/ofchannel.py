@@ -37,7 +37,7 @@ import itertools
 import logging
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -237,6 +237,7 @@ class OpenFlowChannel:
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
         watch_flows: bool = False,
+        xids: Iterator[int] | None = None,
     ) -> None:
         self._resolve = resolve
         self._watch_flows = watch_flows
@@ -246,7 +247,7 @@ class OpenFlowChannel:
         self._backoff_max = backoff_max
         self._conn: _Connection | None = None
         self._connecting = asyncio.Lock()
-        self._xids = itertools.cycle(range(1, _MAX_XID + 1))
+        self._xids = xids if xids is not None else itertools.cycle(range(1, _MAX_XID + 1))
         self.connects = 0  # successful connections so far (tests and metrics read it)
 
     @property
@@ -290,6 +291,12 @@ class OpenFlowChannel:
 
     def xid(self) -> int:
         return next(self._xids)
+
+    @property
+    def xids(self) -> Iterator[int]:
+        """This channel's count of xids, to give a channel beside it
+        (``xids=``): requests made for one may then go on the other."""
+        return self._xids
 
     async def connect(self) -> None:
         await self._connection(time.monotonic() + self._connect_timeout)

@@ -45,6 +45,20 @@ from coordinator.sequences import changed_span
 KNOWN_FLOWS_KEPT = 16_384  # a thousand-rule attachment holds about 2,000
 
 
+class StaleKnown(Exception):
+    """A sync from the remembered state read back something else: the
+    switch was changed behind our back."""
+
+
+@dataclass(frozen=True)
+class SwitchState:
+    """What a cookie holds and, if asked, which meters exist."""
+
+    flows: list[InstalledFlow]
+    meters: set[int] | None  # None: not read
+    seen: int | None = None  # the flow watch's stamp of the read (``ofwatch``)
+
+
 @dataclass(frozen=True, slots=True)
 class Held:
     """One cookie's flows as a verified read showed them."""

@@ -14,7 +14,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from coordinator.ovs.ofchannel import Outcome, Outgoing
 from coordinator.ovs.ofencode import DATAPATH
-from coordinator.ovs.ofwire import FlowKey, WireError, bundle_ctrl_type
+from coordinator.ovs.ofwire import FlowKey, WireError, bundle_ctrl_type, bundle_id_of, multipart_body
 from coordinator.ovs.openflow import OpenFlowError
 
 ALL_COOKIES = -1
@@ -41,6 +41,14 @@ def serialize(message: Any, xid: int) -> bytes:
     message.set_xid(xid)
     message.serialize()
     return bytes(message.buf)
+
+
+def discard_of(bundle_open: bytes, xid: int) -> bytes:
+    """The request discarding the bundle that ``bundle_open`` opened."""
+    ctrl = parser.ONFBundleCtrlMsg(
+        DATAPATH, bundle_id_of(bundle_open), ofp.ONF_BCT_DISCARD_REQUEST, BUNDLE_FLAGS, []
+    )
+    return serialize(ctrl, xid)
 
 
 def cookie_mask(mask: int) -> int:
@@ -93,6 +101,13 @@ def named_changes(named: Sequence[int | FlowKey], *, deleted: int = 0) -> Callab
         return f"{'delete' if i < deleted else 'add'} of {describe_key(what)}"
 
     return label
+
+
+def bodies_of(outcome: Outcome, what: str) -> list[bytes]:
+    """The bodies of a multipart reply; OpenFlowError naming ``what`` if refused."""
+    if outcome.error is not None:
+        raise OpenFlowError(f"{what}: {outcome.error.describe()}")
+    return [multipart_body(reply)[1] for reply in outcome.replies]
 
 
 def check_bundle(sent: Sequence[Outgoing], outcomes: Sequence[Outcome], label: Callable[[int], str]) -> None:

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -43,12 +43,14 @@ from coordinator.ovs.ofconfig import match_fragments_as_parsed
 from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
 from coordinator.ovs.ofexplain import verify_read_back
 from coordinator.ovs.ofintent import ByKey, CookieIntents, Wanted
-from coordinator.ovs.ofknown import Held, KnownFlows, verified_by_report
+from coordinator.ovs.ofknown import Held, KnownFlows, StaleKnown, SwitchState, verified_by_report
+from coordinator.ovs.oflanes import bundle_then_read
 from coordinator.ovs.ofmessages import (
     ALL_COOKIES,
     BUNDLE_FLAGS,
     BundleError,
     MeterBand,
+    bodies_of,
     by_position,
     check_bundle,
     delete_cookie,
@@ -66,7 +68,6 @@ from coordinator.ovs.ofwire import (
     bundle_adds,
     delete_strict,
     digests_by_cookie,
-    multipart_body,
     with_xid,
 )
 from coordinator.ovs.openflow import OpenFlowError, SyncResult
@@ -74,20 +75,6 @@ from coordinator.ovs.openflow import OpenFlowError, SyncResult
 _MAX_KEPT_REQUESTS = 4096  # encoded flow-stats requests kept by (cookie, mask)
 # More are bulk work (``OpenFlowChannel.unwatch``): ~5 us a change reported, ~2.5 a flow read.
 BULK_CHANGES = 128
-
-
-class _StaleKnown(Exception):
-    """A sync from the remembered state read back something else: the
-    switch was changed behind our back."""
-
-
-@dataclass(frozen=True)
-class SwitchState:
-    """What a cookie holds and, if asked, which meters exist."""
-
-    flows: list[InstalledFlow]
-    meters: set[int] | None  # None: not read
-    seen: int | None = None  # the flow watch's stamp of the read (``ofwatch``)
 
 
 class ChannelSwitch:
@@ -105,8 +92,11 @@ class ChannelSwitch:
         encoder: FlowEncoder | None = None,
         explain_target: Callable[[], str] | None = None,
         explain_timeout: float = 10.0,
+        lanes: Sequence[OpenFlowChannel] = (),
     ) -> None:
         self._channel = channel
+        # Connections for bulk bundles side by side (``oflanes``): this one first.
+        self._lanes = [channel, *lanes]
         self._pipeline = pipeline
         self._encoder = encoder or FlowEncoder(pipeline)
         self._explain_target = explain_target or (lambda: f"unix:{channel.path}")
@@ -127,9 +117,17 @@ class ChannelSwitch:
 
     # -- exchanges ------------------------------------------------------------
 
-    async def _exchange(self, messages: Sequence[Outgoing]) -> list[Outcome]:
+    @property
+    def lanes(self) -> int:
+        return len(self._lanes)
+
+    async def close(self) -> None:
+        for channel in self._lanes:
+            await channel.close()
+
+    async def _exchange(self, messages: Sequence[Outgoing], lane: int = 0) -> list[Outcome]:
         try:
-            return await self._channel.exchange(messages)
+            return await self._lanes[lane].exchange(messages)
         except ChannelError as exc:
             raise OpenFlowError(str(exc)) from exc
 
@@ -144,7 +142,7 @@ class ChannelSwitch:
 
     def _flows_of(self, outcome: Outcome, what: str, mask: int = ALL_COOKIES) -> list[InstalledFlow]:
         try:  # many cookies: no memo
-            bodies = _bodies_of(outcome, what)
+            bodies = bodies_of(outcome, what)
             return [f for body in bodies for f in self._reader.read(body, remember=mask == ALL_COOKIES)]
         except WireError as exc:
             raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
@@ -178,7 +176,7 @@ class ChannelSwitch:
         makes flows of them), and every cookie's digest of them."""
         [outcome] = await self._exchange([self._stats(cookie, mask)])
         try:
-            bodies = _bodies_of(outcome, what := f"reading flows of cookie {cookie:#x}")
+            bodies = bodies_of(outcome, what := f"reading flows of cookie {cookie:#x}")
             return bodies, digests_by_cookie(bodies)
         except WireError as exc:
             raise OpenFlowError(f"{what}: unreadable flow stats: {exc}") from exc
@@ -256,7 +254,7 @@ class ChannelSwitch:
             if added or len(known) != len(wanted):
                 try:
                     return await self._sync_from_known(cookie, desired, wanted, known, added, beside_readback)
-                except _StaleKnown:
+                except StaleKnown:
                     beside_readback = None  # it ran with the first bundle
         changes = await self.sync_many(
             {cookie: desired}, cookie, ALL_COOKIES, installed=installed,
@@ -288,7 +286,7 @@ class ChannelSwitch:
                 cookie, self._channel.connects, after, wanted, since, removed, self._held(cookie, seen, after)
             )  # fmt: skip
             if held is None:
-                raise _StaleKnown
+                raise StaleKnown
         return SyncResult(added=len(added), removed=len(removed), total=len(desired))
 
     def _held(self, cookie: int, seen: int | None, flows: Sequence[InstalledFlow]) -> int | None:
@@ -305,6 +303,8 @@ class ChannelSwitch:
         mask: int,
         beside_readback: Callable[[], Awaitable[object]] | None,
         prior: Held | None = None,
+        lane: int = 0,
+        turn: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[list[InstalledFlow], int | None] | Held:
         """One atomic bundle deleting ``removed`` and adding ``added``, and
         what ``cookie``/``mask`` holds after it, read back (with the flow
@@ -338,14 +338,15 @@ class ChannelSwitch:
             )  # fmt: skip
             return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}", mask), outcome.seen
         if beside_readback is None:
-            results = await self._exchange([*bundle, self._stats(cookie, mask)])
+            results = await self._exchange([*bundle, self._stats(cookie, mask)], lane)
             check_bundle(bundle, results[: len(bundle)], label)
             return self._flows_of(results[-1], "reading back flows", mask), results[-1].seen
         # The read-back is written right behind the bundle (the switch takes
         # them in order), and ``beside_readback`` starts as soon as the
-        # bundle's barrier answers, while the read-back is under way.
-        sent = asyncio.ensure_future(self._exchange(bundle))  # tasks start in order
-        readback = asyncio.ensure_future(self._exchange([self._stats(cookie, mask)]))
+        # bundle's barrier answers, while the read-back is under way; with
+        # ``turn``, the bundle is staged at once and committed once it returns.
+        exchange, stats = functools.partial(self._exchange, lane=lane), self._stats(cookie, mask)
+        sent, readback = await bundle_then_read(exchange, bundle, stats, turn, self._channel.xid)
         try:
             check_bundle(bundle, await sent, label)
         except BaseException:
@@ -372,6 +373,8 @@ class ChannelSwitch:
         meters: Mapping[int, MeterBand] | None = None,
         read: Awaitable[SwitchState] | None = None,
         wanted: Wanted | None = None,
+        lane: int = 0,
+        turn: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[int, SyncResult]:
         """Make every cookie of ``desired`` hold exactly its flows: meters
         set first, then one atomic bundle of only the differences, read
@@ -381,7 +384,8 @@ class ChannelSwitch:
         (``read(meters=True)`` when ``meters`` are set) already asked for;
         ``beside_readback`` runs once the bundle is in, alongside the
         read-back. ``wanted``: the ``encode`` of every flow of ``desired``
-        in turn, already made. Returns the changes by cookie."""
+        in turn, already made. ``lane`` and ``turn``: see ``oflanes``.
+        Returns the changes by cookie."""
         if wanted is None:
             wanted = self.encode(f for flows in desired.values() for f in flows)
         if len(desired) > 1 or mask != ALL_COOKIES:
@@ -409,7 +413,9 @@ class ChannelSwitch:
         if meters:
             await set_meters(self._exchange, self._channel.xid, meters, existing)
         if removed or added:
-            got = await self._change_and_read_back(removed, added, wanted, cookie, mask, beside_readback)
+            got = await self._change_and_read_back(
+                removed, added, wanted, cookie, mask, beside_readback, lane=lane, turn=turn
+            )
             assert not isinstance(got, Held)  # read back: no ``prior`` given
             after, seen = got
             await verify_read_back(
@@ -489,12 +495,6 @@ class ChannelSwitch:
     async def delete_meter(self, meter_id: int) -> None:
         """Remove a meter no flow references any more (absent is fine)."""
         await delete_meter(self._exchange, self._channel.xid, meter_id)
-
-
-def _bodies_of(outcome: Outcome, what: str) -> list[bytes]:
-    if outcome.error is not None:
-        raise OpenFlowError(f"{what}: {outcome.error.describe()}")
-    return [multipart_body(reply)[1] for reply in outcome.replies]
 
 
 __all__ = ["ALL_COOKIES", "BundleError", "ChannelSwitch", "MeterBand", "SwitchState"]

@@ -355,15 +355,25 @@ def bundle_adds(bundle_id: int, inners: Sequence[bytes], xids: Iterable[int]) ->
     return out
 
 
-def bundle_ctrl_type(message: bytes) -> int:
-    """The control type of an ONF bundle-control reply."""
+def _bundle_ctrl(message: bytes) -> tuple[int, int]:
+    """The bundle id and control type of an ONF bundle-control message."""
     if len(message) < HEADER.size + _EXPERIMENTER.size + _BUNDLE_CTRL.size:
-        raise WireError("bundle control reply cut")
+        raise WireError("bundle control message cut")
     experimenter, exp_type = _EXPERIMENTER.unpack_from(message, HEADER.size)
     if experimenter != ofproto_common.ONF_EXPERIMENTER_ID or exp_type != ofp.ONF_ET_BUNDLE_CONTROL:
-        raise WireError(f"experimenter reply {experimenter:#x}/{exp_type} is no bundle control reply")
-    _, kind, _ = _BUNDLE_CTRL.unpack_from(message, HEADER.size + _EXPERIMENTER.size)
-    return int(kind)
+        raise WireError(f"experimenter message {experimenter:#x}/{exp_type} is no bundle control")
+    bundle_id, kind, _ = _BUNDLE_CTRL.unpack_from(message, HEADER.size + _EXPERIMENTER.size)
+    return int(bundle_id), int(kind)
+
+
+def bundle_ctrl_type(message: bytes) -> int:
+    """The control type of an ONF bundle-control reply."""
+    return _bundle_ctrl(message)[1]
+
+
+def bundle_id_of(message: bytes) -> int:
+    """The bundle an ONF bundle-control message (ours: an open) is about."""
+    return _bundle_ctrl(message)[0]
 
 
 def delete_strict(installed: InstalledFlow) -> bytes:

@@ -71,9 +71,9 @@ def _sent(switch: ChannelSwitch) -> list[list[Outgoing]]:
     exchanges: list[list[Outgoing]] = []
     exchange = switch._exchange
 
-    async def recorded(messages: Any) -> Any:
+    async def recorded(messages: Any, lane: int = 0) -> Any:
         exchanges.append(list(messages))
-        return await exchange(messages)
+        return await exchange(messages, lane)
 
     switch._exchange = recorded  # type: ignore[method-assign]
     return exchanges

@@ -191,9 +191,9 @@ def _counting(switch: ChannelSwitch) -> list[int]:
     sizes: list[int] = []
     exchange = switch._exchange
 
-    async def counted(messages: Any) -> Any:
+    async def counted(messages: Any, lane: int = 0) -> Any:
         sizes.append(len(messages))
-        return await exchange(messages)
+        return await exchange(messages, lane)
 
     switch._exchange = counted  # type: ignore[method-assign]
     return sizes

@@ -134,21 +134,41 @@ def test_a_flow_missing_or_one_too_many_is_a_difference(drift: str) -> None:
 
 class _Ranges:
     """A stand-in for ``ChannelSwitch.sync_many``: what happened, in order
-    (a range asked for, a range's sync begun and ended), each sync taking
-    some turns of the loop; ``refuse``: the range whose sync fails."""
+    (a range asked for, its bundle sent, committed once its turn came -
+    or discarded - and its sync ended), each step taking some turns of the
+    loop; ``refuse``: the range whose bundle is refused, ``differ``: the
+    range whose read-back does not match."""
 
-    def __init__(self, refuse: int | None = None) -> None:
+    def __init__(self, refuse: int | None = None, differ: int | None = None) -> None:
         self.log: list[tuple[str, int]] = []
+        self.lanes: dict[int, int] = {}
         self.refuse = refuse
+        self.differ = differ
 
-    async def sync_many(self, intent, within, mask, *, installed, wanted):  # type: ignore[no-untyped-def]
+    async def sync_many(
+        self, intent, within, mask, *, installed, wanted, beside_readback=None, lane=0, turn=None
+    ):  # type: ignore[no-untyped-def]
         await installed
         first = (min(intent) & 0xFFFF) // ofsweep.RANGE_SLOTS
         self.log.append(("sync", first))
-        for _ in range(2 * ofsweep.RANGE_SLOTS):  # longer than the next range takes to make
+        self.lanes[first] = lane
+        for _ in range(4 * ofsweep.RANGE_SLOTS):  # staged: longer than the next range takes to make
             await asyncio.sleep(0)
+        if turn is not None:
+            try:
+                await turn()
+            except OpenFlowError:
+                self.log.append(("discarded", first))
+                raise
         if first == self.refuse:
             raise OpenFlowError(f"range {first} refused")
+        self.log.append(("committed", first))
+        if beside_readback is not None:
+            await beside_readback()
+        for _ in range(6 * ofsweep.RANGE_SLOTS):  # the read-back, parsed and compared
+            await asyncio.sleep(0)
+        if first == self.differ:
+            raise OpenFlowError(f"range {first} read back otherwise")
         self.log.append(("synced", first))
         return {c: SyncResult(len(flows), 0, len(flows)) for c, flows in intent.items()}
 
@@ -163,34 +183,89 @@ class _Logged(_Compiled):
         return super().__getitem__(cookie)
 
 
-def test_a_range_is_compiled_while_the_one_before_is_in_the_switch_and_sent_after_it(
-    monkeypatch: pytest.MonkeyPatch,
+def _lanes(monkeypatch: pytest.MonkeyPatch, ranges: _Ranges, lanes: int) -> ChannelSwitch:
+    channel = OpenFlowChannel(lambda: "/nonexistent", timeout=0.1)
+    others = [
+        OpenFlowChannel(lambda: "/nonexistent", timeout=0.1, xids=channel.xids) for _ in range(lanes - 1)
+    ]
+    switch = ChannelSwitch(channel, PIPELINE, lanes=others)
+    monkeypatch.setattr(switch, "sync_many", ranges.sync_many)
+    return switch
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_ranges_go_out_side_by_side_and_are_committed_in_cookie_order(
+    monkeypatch: pytest.MonkeyPatch, lanes: int
 ) -> None:
     """After a restart of ovs-vswitchd (nothing of ours held), every range
-    is sent: each compiled and encoded while the range before it is synced,
-    but sent only once that one is done; a refused range stops the rest."""
+    is sent: each compiled and encoded while the ranges before it are in
+    the switch, sent at once on the next connection, and committed once the
+    one before it is; one range more than there are connections at a time."""
     monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 8)  # forty slots from 1: ranges 0 to 5
-    for refuse in (None, 2):
-        ranges = _Ranges(refuse)
-        switch = _switch()
-        monkeypatch.setattr(switch, "sync_many", ranges.sync_many)
-        if refuse is None:
-            changes, counts = asyncio.run(ofsweep.sync_in_ranges(switch, _Logged(ranges), []))
-            assert set(changes) == set(COOKIES) and counts == {c: PER_COOKIE for c in COOKIES}
-        else:
-            with pytest.raises(OpenFlowError, match="range 2 refused"):
-                asyncio.run(ofsweep.sync_in_ranges(switch, _Logged(ranges), []))
-        syncs = [e for e in ranges.log if e[0] != "compile"]
-        last = 5 if refuse is None else refuse
-        expected = [e for n in range(last + 1) for e in (("sync", n), ("synced", n))]
-        assert syncs == (expected if refuse is None else expected[:-1])
-        for n in range(1, last + 1):
-            # Range n was compiled while range n - 1 was in the switch.
-            compiled = [i for i, e in enumerate(ranges.log) if e == ("compile", n)]
-            assert ranges.log.index(("sync", n - 1)) < compiled[0]
-            assert compiled[-1] < ranges.log.index(("synced", n - 1))
-        if refuse is not None:  # the range after the refused one made, none after it
-            assert ("compile", refuse + 1) in ranges.log and ("compile", refuse + 2) not in ranges.log
+    ranges = _Ranges()
+    changes, counts = asyncio.run(
+        ofsweep.sync_in_ranges(_lanes(monkeypatch, ranges, lanes), _Logged(ranges), [])
+    )
+    assert set(changes) == set(COOKIES) and counts == {c: PER_COOKIE for c in COOKIES}
+    log = ranges.log
+    at = log.index
+    assert [e for e in log if e[0] == "committed"] == [("committed", n) for n in range(6)]
+    assert ranges.lanes == {n: n % lanes for n in range(6)}
+    for n in range(1, 6):
+        # Compiled while the one before it was in the switch and, with
+        # connections to spare, sent before that one was verified.
+        compiled = [i for i, e in enumerate(log) if e == ("compile", n)]
+        assert at(("sync", n - 1)) < compiled[0] and compiled[-1] < at(("sync", n))
+        assert lanes == 1 or at(("sync", n)) < at(("synced", n - 1))
+    for n in range(lanes + 1, 6):  # no more ranges sent than one more than the connections
+        assert at(("synced", n - lanes - 1)) < at(("sync", n))
+    if lanes > 1:  # several staged at once, beside the one being committed
+        assert at(("sync", 2)) < at(("committed", 0))
+
+
+def test_a_refused_range_is_committed_after_none_and_those_sent_behind_it_are_discarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 8)
+    ranges = _Ranges(refuse=2)
+    unretrieved: list[object] = []
+
+    async def sweep() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context))
+        await ofsweep.sync_in_ranges(_lanes(monkeypatch, ranges, 3), _Logged(ranges), [])
+
+    with pytest.raises(OpenFlowError, match="range 2 refused"):
+        asyncio.run(sweep())
+    log = ranges.log
+    assert [e for e in log if e[0] == "committed"] == [("committed", 0), ("committed", 1)]
+    sent_after = [n for kind, n in log if kind == "sync" and n > 2]
+    assert sent_after and [("discarded", n) for n in sent_after] == [e for e in log if e[0] == "discarded"]
+    gc.collect()
+    assert unretrieved == []
+
+
+def test_a_range_read_back_otherwise_fails_the_sweep_once_the_range_after_it_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The range sent behind it is neither cut short (its bundle is in the
+    switch) nor left unretrieved; the mismatch is what the caller sees and
+    no range after those two is sent."""
+    monkeypatch.setattr(ofsweep, "RANGE_SLOTS", 8)
+    ranges = _Ranges(differ=1)
+    switch = _switch()
+    monkeypatch.setattr(switch, "sync_many", ranges.sync_many)
+    unretrieved: list[object] = []
+
+    async def sweep() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: unretrieved.append(context))
+        await ofsweep.sync_in_ranges(switch, _Logged(ranges), [])
+
+    with pytest.raises(OpenFlowError, match="range 1 read back otherwise"):
+        asyncio.run(sweep())
+    assert [e for e in ranges.log if e[0] != "compile"][-1] == ("synced", 2)
+    assert ("sync", 3) not in ranges.log
+    gc.collect()
+    assert unretrieved == []
 
 
 class _FailingCompile(_Logged):
@@ -250,7 +325,9 @@ def test_a_caller_cancelled_after_a_refusal_leaves_nothing_unretrieved(
     ranges = _Ranges(refuse=0)
     switch = _switch()
 
-    async def refused_at_once(intent, within, mask, *, installed, wanted):  # type: ignore[no-untyped-def]
+    async def refused_at_once(
+        intent, within, mask, *, installed, wanted, beside_readback=None, lane=0, turn=None
+    ):  # type: ignore[no-untyped-def]
         await installed
         ranges.log.append(("sync", 0))
         raise OpenFlowError("range 0 refused")
