@@ -466,13 +466,17 @@ s against 465, OVN 49.5 ms): 3.3 ms at 100 rules (0.19x, 6.53x) and 5.8
 ms at 1,000 (0.12x), a fresh policy 5.8 ms (0.14x) and 20.5 ms (0.06x).
 At 08:36 (unchanged; OVN 44.8 ms): 2.6 ms at 100 rules (0.18x, 6.42x
 the channel floor) and 5.1 ms at 1,000 (0.11x), a fresh policy 5.2 ms
-(0.14x) and 15.2 ms (0.06x). In the run above (16:30 the same day,
-the policy path unchanged, the machine slow again: OVN 52.5 ms, its
-fresh 1,000 rules 368 ms against 229): 2.8 ms at 100 rules (0.19x,
-5.70x the channel floor) and 5.6 ms at 1,000 (0.11x), a fresh policy
-5.1 ms (0.15x) and 20.5 ms (0.06x). The ratios hold where the
-milliseconds move with the machine. The channel floor stays out of reach by design: three times
-its 0.35-0.5 ms is about what the durable commit and the read-back take
+(0.14x) and 15.2 ms (0.06x). At 16:30 the same day (the policy path
+unchanged, the machine slow again: OVN 52.5 ms, its fresh 1,000 rules
+368 ms against 229): 2.8 ms at 100 rules (0.19x, 5.70x the channel
+floor) and 5.6 ms at 1,000 (0.11x), a fresh policy 5.1 ms (0.15x) and
+20.5 ms (0.06x). In the run above (19:37 the next day, on another host
+of the same size - an Intel Xeon where the runs before had an AMD EPYC -
+and the policy path unchanged: OVN 29.5 ms, its fresh 1,000 rules 178
+ms): 1.8 ms at 100 rules (0.20x, 6.77x the channel floor) and 3.5 ms at
+1,000 (0.12x), a fresh policy 3.8 ms (0.16x) and 11.7 ms (0.07x). The
+ratios hold where the milliseconds move with the machine. The channel floor stays out of reach by design: three times
+its 0.27-0.5 ms is about what the durable commit and the read-back take
 together, before the conntrack revoke that every verified apply makes
 beside its bundle. On this machine's disk a commit of the store (WAL,
 `synchronous=FULL`) takes 0.36 ms at the median (0.016 ms with
@@ -807,12 +811,15 @@ and relays each connection to gRPC on a unix socket, so that silent
 sockets cannot hold every slot), and a parked VF's representor is set
 down at Detach and up at its next Attach. The front cost about 1 ms per
 Attach in quiet pairs against the code before it (8.7/10.0/8.4 against
-7.5/7.9/8.8 ms; 8 clients within the noise). The run above (16:30) fell
-in a slow window of the machine: 12.0 ms, 19.1 ms and 46.5/s. Right
-before it, the attach case alone, alternately on this code and on the
-code before the representor change: BASELINE 13.2 and 12.2 against 13.6
-and 15.8 ms, 8 clients 36.9 and 55.5 against 39.1 and 40.2/s - the
-window, not the change.
+7.5/7.9/8.8 ms; 8 clients within the noise). The 16:30 run fell in a
+slow window of the machine: 12.0 ms, 19.1 ms and 46.5/s. Right before
+it, the attach case alone, alternately on this code and on the code
+before the representor change: BASELINE 13.2 and 12.2 against 13.6 and
+15.8 ms, 8 clients 36.9 and 55.5 against 39.1 and 40.2/s - the window,
+not the change. In the run above (19:37 the next day, on the Intel host,
+the attach path unchanged): 7.0 ms, 9.2 ms and 74.1/s; at 18:27 on that
+host, on the code before the bulk sync's connections, 7.3 ms, 9.3 ms
+and 74.7/s.
 """
 
 
@@ -966,6 +973,30 @@ start until Health, and its RSS read as the scale case reads it).
   19.5 s against 15.6 s (1.25x). The run above (16:30, the slow window
   of the policy and attach cases): 1.75 s, 6.33 s, 110 MB, the
   re-program 23.0 s against 16.0 s (1.44x).
+- **Ranges side by side** (`ovs/oflanes`). What bounded the re-program
+  was not the switch's work but one connection: ovs-vswitchd takes a
+  bounded number of messages from each OpenFlow connection per turn of
+  its main loop, so one connection fed a bundle of ~60,000 adds over
+  hundreds of turns. On one held 1024 x 32 state (59,410 flows) with
+  `ovs-ofctl`: all of them as one bundle 8.0-8.6 s, as two bundles at
+  once 4.7-5.0 s, as four at once 2.1-2.7 s. The sweep now sends each
+  range (32 slots, ~1,900 flows) at once on the next of four connections
+  (the daemon's and three without a flow monitor), each bundle staged
+  there and committed only once the one before it is, so a place two
+  cookies claim still ends with the later one's flow and a bundle whose
+  predecessor was refused is discarded, never committed. Before, a range
+  went out only once the one before it was verified, over the one
+  connection: 8.2-9.8 s on that state. Committing a range before the
+  previous one was verified, still over one connection, gained little
+  (within the noise: 7.4-9.5 against 8.2-9.6 s): the switch's own
+  read-back, not ours, sat between the bundles. On that state, with four
+  connections: 16 or 32 slots a range 3.5-3.9 s, 64 slots 4.6 s, 128
+  slots 5.3 s (and 146 MB resident after it, against 106-109 MB with 32
+  slots); eight connections no faster than four; the raw bundle 5.6-6.7
+  s. The run at 18:27 (before the change, on the same Intel host) read the
+  re-program 10.27 s against 5.95 s (1.73x), the no-drift reconcile 1.07
+  s and RSS 116 MB; the run above (19:37): 4.00 s against 5.63 s
+  (0.71x), 0.99 s and 113 MB.
 """
 
 
