@@ -9,10 +9,11 @@ connections arrive about three times as fast (measured with ovs-ofctl on
 a thousand ports: 59,410 flows in 8.0-8.6 s as one bundle, 2.1-2.7 s as
 four at once). A bundle lives on the connection that opened it, so each
 connection stages a bundle of its own; only the commits are kept in
-order, each sent once the one before it is committed, so a place two
-bundles claim still ends with the later one's flow, as one ordered bundle
-of them all would leave it. A bundle whose predecessor was refused is
-discarded, never committed.
+order, each sent once the one before it is committed and read back (the
+read in the commit's own exchange), so a place two bundles claim still
+ends with the later one's flow, as one ordered bundle of them all would
+leave it, and no read-back shows a later bundle's flows. A bundle whose
+predecessor was refused is discarded, never committed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from coordinator.ovs.ofchannel import Outcome, Outgoing, Reply
 from coordinator.ovs.ofmessages import discard_of
@@ -37,9 +39,10 @@ async def bundle_then_read(
     """Send ``bundle`` (``prepare_bundle``'s open, adds, commit) with
     ``read`` written right behind it; returns, under way, every message's
     outcome (for ``check_bundle``) and the read's. With ``turn``, the
-    bundle is staged at once and committed (the read behind the commit)
-    once ``turn`` returns; ``turn`` raising (the bundle before was
-    refused), the staged bundle is discarded and that is raised."""
+    bundle is staged at once and committed once ``turn`` returns, the
+    read in the commit's exchange (its outcome ready once the read is
+    answered); ``turn`` raising (the bundle before was refused), the
+    staged bundle is discarded and that is raised."""
     if turn is None:
         sent = asyncio.ensure_future(exchange(bundle))  # tasks start in order
         return sent, asyncio.ensure_future(exchange([read]))
@@ -55,17 +58,28 @@ async def bundle_then_read(
     except BaseException:  # cancelled
         staged.cancel()
         raise
-    commit = asyncio.ensure_future(exchange(bundle[-1:]))
-    readback = asyncio.ensure_future(exchange([read]))  # tasks start in order
+    # The read goes in the commit's own exchange, so the commit counts as
+    # done only once the read is answered: the next bundle's commit, on
+    # another connection, cannot reach the switch before this read, which
+    # would then show a place the later bundle took as missing here.
+    both = asyncio.ensure_future(exchange([bundle[-1], read]))
 
     async def outcomes() -> list[Outcome]:
         try:
-            return [*await staged, *await commit]
+            return [*await staged, (await both)[0]]
         except BaseException:
-            for task in (staged, commit):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_all(staged, both)
             raise
 
-    return asyncio.ensure_future(outcomes()), readback
+    async def read_outcome() -> list[Outcome]:
+        return [(await both)[1]]
+
+    return asyncio.ensure_future(outcomes()), asyncio.ensure_future(read_outcome())
+
+
+async def cancel_all(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait for each to end, whatever it raises."""
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

@@ -54,6 +54,10 @@ async def _already(flows: list[InstalledFlow]) -> list[InstalledFlow]:
     return flows
 
 
+async def _now() -> None:
+    return None
+
+
 async def sync_in_ranges(
     switch: ChannelSwitch,
     desired: Mapping[int, Sequence[Flow]],
@@ -70,7 +74,8 @@ async def sync_in_ranges(
     held none of their flows, nothing is compared and ``lost`` is left
     empty: which cookie wins is then not worked out). Raises
     OpenFlowError (the ranges before the refused one stay synced, none
-    after it is sent)."""
+    after it is committed; one whose read-back differs raises once the
+    ranges sent behind it are done)."""
     order = sorted(desired)
     ours = set(order)
     by_cookie: dict[int, list[InstalledFlow]] = {}
@@ -112,11 +117,12 @@ async def _sync_differing(
 
     A range is compiled and encoded while the ones before it are in the
     switch, and sent at once on the next of the switch's connections
-    (``oflanes``): staged beside the others, committed as soon as the one
-    before it is, its read-back then parsed and compared here while the
-    switch takes the next. After a restart of ovs-vswitchd, when every flow
-    is sent again, the switch never waits for us, nor one connection for
-    another. Commits stay in cookie order, and none follows a refused one.
+    (``oflanes``): staged beside the others, committed once the one before
+    it is committed and read back, its own read-back then parsed and
+    compared here while the switch takes the next. After a restart of
+    ovs-vswitchd, when every flow is sent again, the switch never waits
+    for us, nor one connection for another. Commits stay in cookie order,
+    and none follows a refused one.
     At most one range more than there are connections is held at once."""
     changes: dict[int, SyncResult] = {}
     in_flight: collections.deque[_Range] = collections.deque()  # sent, oldest first
@@ -186,11 +192,15 @@ class _Range:
         after: _Range | None,
     ) -> None:
         self._committed = asyncio.Event()
+        self._after = after
 
         async def committed() -> None:
             self._committed.set()
+            self._after = None
 
-        turn = None if after is None else after.committed
+        # Every range waits for its turn, the first one's at once: so each
+        # one's read-back goes in its commit's exchange (``oflanes``).
+        turn = _now if after is None else after.committed
         sync = switch.sync_many(
             intent, within, mask, installed=_already(installed), wanted=wanted, beside_readback=committed,
             lane=lane, turn=turn,
@@ -208,6 +218,12 @@ class _Range:
                 waiting.cancel()
         if not self._committed.is_set():
             self.task.result()  # the sync is over: raises what failed it
+            # Nothing was sent (nothing differed), so it never waited for its
+            # turn: the range before it still comes first.
+            if self._after is not None:
+                await self._after.committed()
+            self._committed.set()
+            self._after = None
 
 
 async def _prepared(

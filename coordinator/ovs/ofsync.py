@@ -28,7 +28,6 @@ bundle error of the commit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -44,7 +43,7 @@ from coordinator.ovs.ofencode import DATAPATH, EncodedFlow, FlowEncoder
 from coordinator.ovs.ofexplain import verify_read_back
 from coordinator.ovs.ofintent import ByKey, CookieIntents, Wanted
 from coordinator.ovs.ofknown import Held, KnownFlows, StaleKnown, SwitchState, verified_by_report
-from coordinator.ovs.oflanes import bundle_then_read
+from coordinator.ovs.oflanes import bundle_then_read, cancel_all
 from coordinator.ovs.ofmessages import (
     ALL_COOKIES,
     BUNDLE_FLAGS,
@@ -314,7 +313,7 @@ class ChannelSwitch:
         changes = [delete_strict(f) for f in removed] + [wanted[k][1].add for k in added]
         label = named_changes([*(f.key for f in removed), *added], deleted=len(removed))
         bundle = self.prepare_bundle(changes)
-        if bulk := len(changes) > BULK_CHANGES:
+        if bulk := len(changes) > BULK_CHANGES or turn is not None:  # a range of a sweep: bulk, however small
             self._channel.unwatch()
         else:  # before the bundle: a read-back after it is stamped once the monitor is in
             self._channel.rewatch()
@@ -337,7 +336,7 @@ class ChannelSwitch:
                 self._exchange([self._stats(cookie, mask)]), beside_readback() if beside_readback else asyncio.sleep(0)
             )  # fmt: skip
             return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}", mask), outcome.seen
-        if beside_readback is None:
+        if beside_readback is None and turn is None:
             results = await self._exchange([*bundle, self._stats(cookie, mask)], lane)
             check_bundle(bundle, results[: len(bundle)], label)
             return self._flows_of(results[-1], "reading back flows", mask), results[-1].seen
@@ -350,12 +349,11 @@ class ChannelSwitch:
         try:
             check_bundle(bundle, await sent, label)
         except BaseException:
-            for task in (sent, readback):
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+            await cancel_all(sent, readback)
             raise
-        [outcome], _ = await asyncio.gather(readback, beside_readback())
+        [outcome], _ = await asyncio.gather(
+            readback, beside_readback() if beside_readback else asyncio.sleep(0)
+        )
         return self._flows_of(outcome, f"reading flows of cookie {cookie:#x}", mask), outcome.seen
 
     def _read_entry(self, entry: bytes) -> InstalledFlow:

@@ -126,7 +126,7 @@ class Stack:
         await self.close()
 
     async def close(self) -> None:
-        await self.switch.channel.close()
+        await self.switch.close()
         await self.ovsdb.close()
         self.backend.destroy()
         await self.async_store.close()
@@ -180,7 +180,7 @@ async def build_stack(
 async def restart_daemon(stack: Stack) -> Stack:
     """The daemon stopped (its connections and store closed) and built
     again on the same store, OVS and eswitch: a restart of the daemon."""
-    await stack.switch.channel.close()
+    await stack.switch.close()
     await stack.ovsdb.close()
     await stack.async_store.close()
     again = await build(stack.config, stack.backend)

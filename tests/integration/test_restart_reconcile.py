@@ -46,7 +46,7 @@ def _scope(i: int) -> Scope:
 
 async def _stop(stack: Stack | Adapters) -> None:
     """The daemon stops: its connections close, the flows stay in OVS."""
-    await stack.switch.channel.close()
+    await stack.switch.close()
     await stack.ovsdb.close()
     await (stack.async_store if isinstance(stack, Stack) else stack.store).close()
 
