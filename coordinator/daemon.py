@@ -65,8 +65,8 @@ log = logging.getLogger(__name__)
 # whole request timeout.
 OPENFLOW_CONNECT_S = 1.0
 # Connections to the bridge a bulk sync (a re-program of the whole switch)
-# stages its bundles on side by side (``ovs/oflanes``); the others than the
-# first connect on their first bulk sync, without a flow monitor.
+# stages its bundles on side by side (``ovs/oflanes``); all but the first
+# connect on the first bulk sync, and ask for no flow monitor.
 BULK_LANES = 4
 
 
