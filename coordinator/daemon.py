@@ -260,6 +260,7 @@ async def run_daemon(config: Config) -> int:
             servicer,
             interceptors=[RpcMetricsInterceptor(metrics), *security.interceptors],
             trust=server_trust,
+            on_shed=metrics.api_connection_shed,
         )
         log.info("serving", extra={"listen": config.server.listen, "port": port, "backend": backend.name})
         # Only now: the store is open, the switch converged, gRPC listens.

@@ -124,6 +124,14 @@ class Metrics:
             buckets=_RPC_BUCKETS,
             registry=r,
         )
+        self.api_connections_shed = Counter(
+            f"{PREFIX}_api_connections_shed",
+            "API connections the listener closed or refused before a call on them was authorized, by why:"
+            " displaced (a newcomer took the place), expired (past unproven_timeout_s), refused (every"
+            " place held by a proven connection).",
+            ["reason"],
+            registry=r,
+        )
         self.reconcile_corrections = Counter(
             f"{PREFIX}_reconcile_corrections",
             "Differences between intended and actual state that reconciliation corrected, by kind.",
@@ -225,6 +233,10 @@ class Metrics:
     def policy_applied(self, seconds: float, *, ok: bool) -> None:
         """One attachment's policy apply (compile, bundle, verify) took ``seconds``."""
         self.policy_apply_seconds.labels(result="ok" if ok else "error").observe(seconds)
+
+    def api_connection_shed(self, reason: str) -> None:
+        """The API listener shed a connection not yet proven, for ``reason``."""
+        self.api_connections_shed.labels(reason=reason).inc()
 
     def corrected(self, kind: str) -> None:
         """Reconcile corrected one difference of ``kind`` (a drift reason)."""

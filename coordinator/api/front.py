@@ -39,6 +39,7 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from coordinator.sparse_log import SparseLog
@@ -168,6 +169,7 @@ class _Connection:
     def expire(self) -> None:
         if not self.proven:
             _expired.note(self.peer_uri)
+            self.front.on_shed("expired")
             self.close()
 
     def close(self) -> None:
@@ -185,11 +187,16 @@ class _Connection:
 
 
 class FrontDoor:
-    """Accepts on ``listen`` and relays to gRPC's unix socket ``inner_path``."""
+    """Accepts on ``listen`` and relays to gRPC's unix socket ``inner_path``;
+    ``on_shed`` is told why each connection it closes or refuses before it
+    is proven went (``displaced``, ``expired``, ``refused``)."""
 
-    def __init__(self, max_connections: int, unproven_timeout_s: float) -> None:
+    def __init__(
+        self, max_connections: int, unproven_timeout_s: float, on_shed: Callable[[str], None] = lambda _: None
+    ) -> None:
         self.max_connections = max_connections
         self.unproven_timeout_s = unproven_timeout_s
+        self.on_shed = on_shed
         self._dir = Path(tempfile.mkdtemp(prefix="bfc-api-"))  # 0700: the daemon's user only
         self.inner_path = str(self._dir / "grpc.sock")
         self._token = f"bluefield-coordinator/{os.getpid()}/{secrets.token_hex(4)}"
@@ -216,7 +223,9 @@ class FrontDoor:
             victim = self._victim()
             if victim is None:
                 _refused.note(uri)
+                self.on_shed("refused")
                 return None
+            self.on_shed("displaced")
             victim.close()
         connection = _Connection(self, name, key, uri)
         self._open[name] = connection

@@ -3,7 +3,7 @@ and the standard grpc.health.v1 service."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
@@ -122,10 +122,12 @@ async def start_server(
     servicer: CoordinatorServicer,
     interceptors: Sequence[grpc.aio.ServerInterceptor[Any, Any]] = (),
     trust: TrustReloader | None = None,
+    on_shed: Callable[[str], None] = lambda _: None,
 ) -> tuple[ApiServer, int]:
     """``trust``: the reloaded set the listener follows (the daemon's); by
-    default the files of ``config`` as they are now."""
-    front = FrontDoor(config.max_connections, config.unproven_timeout_s)
+    default the files of ``config`` as they are now. ``on_shed``: see
+    ``FrontDoor``."""
+    front = FrontDoor(config.max_connections, config.unproven_timeout_s, on_shed)
     try:
         return await _start(config, servicer, interceptors, trust, front)
     except BaseException:
