@@ -28,6 +28,7 @@ from coordinator.attachment_identity import cookie_range
 from coordinator.flows.model import Flow
 from coordinator.ovs.ofencode import FlowEncoder
 from coordinator.ovs.ofintent import ByKey, Wanted
+from coordinator.ovs.oflanes import cancel_all
 from coordinator.ovs.ofsync import ChannelSwitch
 from coordinator.ovs.ofwire import FlowKey, InstalledFlow
 from coordinator.ovs.openflow import SyncResult
@@ -152,12 +153,9 @@ async def _sync_differing(
         while in_flight:
             changes.update(await _verified(in_flight))
     finally:
+        await cancel_all(*(p.task for p in in_flight if not p.task.done()))  # the caller was cancelled
         for pending in in_flight:
-            if not pending.task.done():  # the caller was cancelled
-                pending.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending.task
-            elif not pending.task.cancelled():
+            if not pending.task.cancelled():
                 pending.task.exception()  # raised above, or after an error of ours: seen either way
     return changes
 
